@@ -1,0 +1,3 @@
+//! The node agent and node CLI.
+
+fn main() {}

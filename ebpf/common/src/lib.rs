@@ -1,0 +1,1 @@
+//! Types shared between the kernel programs and userspace.

@@ -1,0 +1,1 @@
+//! Proxy side of registration with the node agent.

@@ -1,0 +1,130 @@
+//! Idempotent installation of what the project needs on a fresh machine.
+
+use crate::util::{done, is_root, output, exec, step};
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::Command;
+
+/// Debian packages the tests, the demo and the benchmarks use.
+const DEB_PACKAGES: &[&str] = &[
+    "iproute2",
+    "iptables",
+    "nftables",
+    "tcpdump",
+    "bpftool",
+    "curl",
+    "wrk",
+    "nghttp2-client",
+    "protobuf-compiler",
+    "python3-pip",
+];
+
+const BPF_LINKER_VERSION: &str = "0.13.0";
+
+/// Everything: Debian packages, then the eBPF toolchain.
+pub fn all() -> Result<()> {
+    deb_packages()?;
+    ebpf_toolchain()
+}
+
+/// Installs the Debian packages that are missing (needs root when any is).
+pub fn deb_packages() -> Result<()> {
+    let t = step("checking Debian packages");
+    let missing: Vec<&str> = DEB_PACKAGES
+        .iter()
+        .copied()
+        .filter(|p| {
+            output(Command::new("dpkg-query").args(["-W", "-f=${Status}", p]))
+                .is_none_or(|s| !s.contains("install ok installed"))
+        })
+        .collect();
+    if missing.is_empty() {
+        done("all Debian packages present", t);
+        return Ok(());
+    }
+    if !is_root() {
+        bail!(
+            "Debian packages missing: {}; install them as root: apt-get install {}",
+            missing.join(" "),
+            missing.join(" ")
+        );
+    }
+    eprintln!("    installing {}", missing.join(" "));
+    exec(
+        Command::new("apt-get").args(["update", "-qq"]),
+        "apt-get update failed: check the network and /etc/apt/sources.list",
+    )?;
+    exec(
+        Command::new("apt-get")
+            .args(["install", "-y", "-qq", "--no-install-recommends"])
+            .args(&missing)
+            .env("DEBIAN_FRONTEND", "noninteractive"),
+        "apt-get install failed: see the lines above",
+    )?;
+    done("Debian packages installed", t);
+    Ok(())
+}
+
+/// Installs rust-src for the nightly toolchain and bpf-linker linked against
+/// the nightly's own LLVM.
+pub fn ebpf_toolchain() -> Result<()> {
+    let t = step("checking the nightly toolchain and its rust-src");
+    let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
+        .context("no nightly toolchain: install it with `rustup toolchain install nightly`")?;
+    let installed =
+        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
+            .unwrap_or_default();
+    if installed.lines().any(|l| l.starts_with("rust-src")) {
+        done("rust-src present", t);
+    } else {
+        exec(
+            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
+            "could not add rust-src to the nightly toolchain",
+        )?;
+        done("rust-src installed", t);
+    }
+
+    let t = step(&format!("checking bpf-linker {BPF_LINKER_VERSION}"));
+    // bpf-linker finds the nightly's libLLVM only in the nightly's environment.
+    let have = output(Command::new("rustup").args(["run", "nightly", "bpf-linker", "--version"]))
+        .unwrap_or_default();
+    if have.contains(BPF_LINKER_VERSION) {
+        done(&format!("bpf-linker present ({have})"), t);
+        return Ok(());
+    }
+    // bpf-linker must use the nightly's LLVM; link it against the libLLVM the
+    // nightly ships (there is no Debian package of that LLVM version).
+    let libllvm = std::fs::read_dir(PathBuf::from(&sysroot).join("lib"))
+        .context("reading the nightly sysroot")?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("libLLVM.so."))
+        })
+        .context("the nightly toolchain ships no libLLVM.so.*: reinstall the nightly")?;
+    let llvm_major = libllvm
+        .file_name()
+        .and_then(|n| n.to_str())
+        .and_then(|n| n.strip_prefix("libLLVM.so."))
+        .and_then(|v| v.split('.').next())
+        .context("cannot read the LLVM version from the libLLVM file name")?
+        .to_string();
+    let prefix = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()))
+        .join(".local/conduit-llvm");
+    std::fs::create_dir_all(prefix.join("lib")).context("creating the LLVM prefix")?;
+    let link = prefix.join("lib/libLLVM.so");
+    let _ = std::fs::remove_file(&link);
+    std::os::unix::fs::symlink(&libllvm, &link).context("linking libLLVM.so")?;
+    eprintln!("    building bpf-linker against {} (about a minute)", libllvm.display());
+    exec(
+        Command::new("cargo")
+            .args(["+stable", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
+            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+            .env("LLVM_PREFIX", &prefix),
+        "cargo install bpf-linker failed: see the lines above",
+    )?;
+    done("bpf-linker installed", t);
+    Ok(())
+}

@@ -1,0 +1,50 @@
+//! Small helpers shared by the tasks: paths, progress lines, running commands.
+
+use anyhow::{Context, Result, bail};
+use std::path::PathBuf;
+use std::process::Command;
+use std::time::Instant;
+
+/// The workspace root (the parent of `xtask/`).
+pub fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives one level below the workspace root")
+        .to_path_buf()
+}
+
+/// Prints a progress line for a step and returns a timer for [`done`].
+pub fn step(what: &str) -> Instant {
+    eprintln!("==> {what}");
+    Instant::now()
+}
+
+/// Prints how long a step took.
+pub fn done(what: &str, started: Instant) {
+    eprintln!("    {what}: done in {:.1}s", started.elapsed().as_secs_f64());
+}
+
+/// Runs a command with inherited stdio; fails with the command line and a hint.
+pub fn exec(cmd: &mut Command, hint: &str) -> Result<()> {
+    let shown = format!("{cmd:?}");
+    let status = cmd
+        .status()
+        .with_context(|| format!("could not start {shown}: {hint}"))?;
+    if !status.success() {
+        bail!("{shown} failed ({status}): {hint}");
+    }
+    Ok(())
+}
+
+/// Runs a command and returns its trimmed stdout, or None when it fails.
+pub fn output(cmd: &mut Command) -> Option<String> {
+    let out = cmd.output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).trim().to_string())
+}
+
+/// True when the current user is root.
+pub fn is_root() -> bool {
+    output(Command::new("id").arg("-u")).as_deref() == Some("0")
+}
