@@ -1,0 +1,1 @@
+//! Sidecar injection: adds the conduit proxy to workload YAML.

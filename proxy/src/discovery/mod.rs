@@ -1,0 +1,42 @@
+//! Discovery: from an original destination address to the set of endpoints
+//! behind it. The proxy only sees the [`Discover`] trait; backends are a
+//! static file (here) and the controller's `Destination.Get` stream.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use tokio::sync::watch;
+
+/// One endpoint of a destination, as discovery describes it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// The peer's mTLS identity (SPIFFE ID) when it is meshed.
+    pub identity: Option<String>,
+    /// Set when the endpoint runs a conduit proxy: its inbound port.
+    pub meshed_inbound_port: Option<u16>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The current state of a destination.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Destination {
+    /// Name used in metrics, e.g. `web.default.svc.cluster.local:80`.
+    pub name: String,
+    pub endpoints: Vec<Endpoint>,
+}
+
+/// What discovery knows about an original destination.
+#[derive(Debug, Clone)]
+pub enum Resolution {
+    /// Not a known service: forward unchanged to the original address.
+    Unknown,
+    /// A known destination; the receiver always holds its latest state.
+    Known(watch::Receiver<Destination>),
+}
+
+/// Resolves original destinations. Implementations must be cheap to call per
+/// connection (cache and share watches).
+pub trait Discover: Send + Sync + 'static {
+    fn resolve(&self, orig_dst: SocketAddr) -> Resolution;
+}
