@@ -1,0 +1,1 @@
+//! Proxy identity and mutual TLS between conduit proxies.
