@@ -32,6 +32,10 @@ pub struct EndpointInfo {
 pub struct DestinationView {
     /// False when the target is not known at all ("does not exist").
     pub exists: bool,
+    /// Canonical name for metrics when the target is a known service, e.g.
+    /// `web.default.svc.cluster.local:80` (also when it was asked for by
+    /// cluster IP). `None` for pod IPs and unknown targets.
+    pub name: Option<String>,
     pub endpoints: Vec<EndpointInfo>,
 }
 
