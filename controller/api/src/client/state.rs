@@ -1,0 +1,194 @@
+//! The state a client builds from a stream of updates.
+
+use crate::destination::v1::{Update, update::Kind};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+
+/// One endpoint of a destination (mirrors the proxy's discovery `Endpoint`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Endpoint {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// SPIFFE ID the endpoint's proxy must present, when meshed and known.
+    pub identity: Option<String>,
+    /// Set when the endpoint runs a conduit proxy: its inbound (mTLS) port.
+    pub meshed_inbound_port: Option<u16>,
+    pub labels: BTreeMap<String, String>,
+}
+
+/// What the client knows about one target.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DestinationState {
+    /// The target as asked for (`web.default.svc.cluster.local:80`, `10.96.0.10:80`).
+    pub target: String,
+    /// Canonical service name from the controller (for metrics); `None` until
+    /// known, or when the target is not a service.
+    pub name: Option<String>,
+    /// `None` until the controller first answered; `Some(false)` when the
+    /// controller does not know the target (send traffic to the original
+    /// address unchanged).
+    pub exists: Option<bool>,
+    /// Current endpoints, sorted by address.
+    pub endpoints: Vec<Endpoint>,
+    /// Whether the stream to the controller is up. While it is down the
+    /// other fields keep the last known state.
+    pub connected: bool,
+}
+
+impl DestinationState {
+    pub(crate) fn new(target: String) -> Self {
+        DestinationState {
+            target,
+            name: None,
+            exists: None,
+            endpoints: Vec::new(),
+            connected: false,
+        }
+    }
+
+    /// The name to use in metrics: the canonical name, else the target.
+    pub fn display_name(&self) -> &str {
+        self.name.as_deref().unwrap_or(&self.target)
+    }
+}
+
+/// Endpoints keyed by address while a stream is being applied.
+#[derive(Debug, Default)]
+pub(crate) struct EndpointSet {
+    pub(crate) name: Option<String>,
+    pub(crate) exists: Option<bool>,
+    pub(crate) endpoints: BTreeMap<SocketAddr, Endpoint>,
+}
+
+impl EndpointSet {
+    /// Applies one update; malformed entries are skipped with a warning
+    /// rather than failing the whole stream.
+    pub(crate) fn apply(&mut self, update: Update) {
+        self.name = Some(update.destination_name).filter(|n| !n.is_empty());
+        match update.kind {
+            Some(Kind::Add(add)) => {
+                self.exists = Some(true);
+                for ep in add.endpoints {
+                    match convert_endpoint(ep) {
+                        Ok(ep) => {
+                            self.endpoints.insert(ep.addr, ep);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "ignoring malformed endpoint"),
+                    }
+                }
+            }
+            Some(Kind::Remove(rm)) => {
+                for a in &rm.addresses {
+                    match SocketAddr::try_from(a) {
+                        Ok(addr) => {
+                            self.endpoints.remove(&addr);
+                        }
+                        Err(e) => tracing::warn!(error = %e, "ignoring malformed removal"),
+                    }
+                }
+            }
+            Some(Kind::NoEndpoints(ne)) => {
+                self.exists = Some(ne.exists);
+                self.endpoints.clear();
+            }
+            None => tracing::warn!("ignoring update without content"),
+        }
+    }
+
+    /// Writes this set into `state`; returns whether anything changed.
+    pub(crate) fn publish(&self, state: &mut DestinationState) -> bool {
+        let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
+        let changed = state.name != self.name
+            || state.exists != self.exists
+            || state.endpoints != endpoints
+            || !state.connected;
+        state.name.clone_from(&self.name);
+        state.exists = self.exists;
+        state.endpoints = endpoints;
+        state.connected = true;
+        changed
+    }
+}
+
+fn convert_endpoint(ep: crate::destination::v1::Endpoint) -> Result<Endpoint, crate::AddressError> {
+    let addr = SocketAddr::try_from(ep.address.as_ref().ok_or(crate::AddressError::Missing)?)?;
+    let meshed_inbound_port = match ep.protocol_hint {
+        Some(h) if h.meshed => Some(
+            u16::try_from(h.inbound_port).map_err(|_| crate::AddressError::Port(h.inbound_port))?,
+        ),
+        _ => None,
+    };
+    Ok(Endpoint {
+        addr,
+        weight: ep.weight,
+        identity: Some(ep.identity).filter(|i| !i.is_empty()),
+        meshed_inbound_port,
+        labels: ep.labels.into_iter().collect(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::destination::v1 as pb;
+
+    fn add(addrs: &[&str]) -> Update {
+        Update {
+            kind: Some(Kind::Add(pb::AddEndpoints {
+                endpoints: addrs
+                    .iter()
+                    .map(|a| pb::Endpoint {
+                        address: Some(a.parse::<SocketAddr>().unwrap().into()),
+                        weight: 1,
+                        identity: "spiffe://td/ns/a/sa/b".into(),
+                        protocol_hint: Some(pb::ProtocolHint {
+                            meshed: true,
+                            inbound_port: 4143,
+                        }),
+                        labels: Default::default(),
+                    })
+                    .collect(),
+            })),
+            destination_name: "web.default.svc.cluster.local:80".into(),
+        }
+    }
+
+    #[test]
+    fn add_remove_and_no_endpoints() {
+        let mut set = EndpointSet::default();
+        set.apply(add(&["10.0.0.1:80", "10.0.0.2:80"]));
+        assert_eq!(set.endpoints.len(), 2);
+        assert_eq!(set.exists, Some(true));
+        let ep = &set.endpoints[&"10.0.0.1:80".parse().unwrap()];
+        assert_eq!(ep.meshed_inbound_port, Some(4143));
+        set.apply(Update {
+            kind: Some(Kind::Remove(pb::RemoveEndpoints {
+                addresses: vec!["10.0.0.1:80".parse::<SocketAddr>().unwrap().into()],
+            })),
+            destination_name: String::new(),
+        });
+        assert_eq!(set.endpoints.len(), 1);
+        assert_eq!(set.name, None);
+        set.apply(Update {
+            kind: Some(Kind::NoEndpoints(pb::NoEndpoints { exists: false })),
+            destination_name: String::new(),
+        });
+        assert!(set.endpoints.is_empty());
+        assert_eq!(set.exists, Some(false));
+    }
+
+    #[test]
+    fn malformed_endpoint_is_skipped() {
+        let mut set = EndpointSet::default();
+        let mut u = add(&["10.0.0.1:80"]);
+        if let Some(Kind::Add(a)) = &mut u.kind {
+            a.endpoints[0].address = Some(pb::TcpAddress {
+                ip: vec![1],
+                port: 1,
+            });
+        }
+        set.apply(u);
+        assert!(set.endpoints.is_empty());
+        assert_eq!(set.exists, Some(true));
+    }
+}
