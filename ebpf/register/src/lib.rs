@@ -1,1 +1,228 @@
-//! Proxy side of registration with the node agent.
+//! Proxy side of registration with the conduit node agent.
+//!
+//! A meshed pod's proxy calls [`register`] (or [`maintain`], which also
+//! re-registers after an agent restart) with its pod's identity, its ports and
+//! its inbound listener. The agent enrols the pod in the kernel maps: traffic
+//! capture for the pod is on for as long as the returned [`Registration`] (and
+//! so the unix connection) lives, and stops when it is dropped. The wire format
+//! lives in [`wire`] and is shared with the agent.
+
+// Receiving a descriptor passed with SCM_RIGHTS needs `OwnedFd::from_raw_fd`
+// (one place, in `wire::recv_request`).
+#![allow(unsafe_code)]
+
+pub mod wire;
+
+use serde::{Deserialize, Serialize};
+use std::net::IpAddr;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use tokio::io::AsyncReadExt;
+use tokio::net::UnixStream;
+
+/// Default path of the agent's unix socket.
+pub const DEFAULT_SOCKET: &str = "/run/conduit/agent.sock";
+
+/// What a proxy tells the agent about its pod.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct PodInfo {
+    pub name: String,
+    pub namespace: String,
+    pub service_account: Option<String>,
+    /// Proxy ports inside the pod (defaults 4140 / 4143 / 4191).
+    pub outbound_port: u16,
+    pub inbound_port: u16,
+    pub admin_port: u16,
+    /// Inbound ports that sk_lookup must leave alone (besides the proxy's own).
+    pub skip_inbound_ports: Vec<u16>,
+    /// Outbound destination ports never captured.
+    pub skip_outbound_ports: Vec<u16>,
+}
+
+impl PodInfo {
+    /// A pod with the default proxy ports and no skip-ports.
+    pub fn new(name: impl Into<String>, namespace: impl Into<String>) -> Self {
+        Self {
+            name: name.into(),
+            namespace: namespace.into(),
+            service_account: None,
+            outbound_port: 4140,
+            inbound_port: 4143,
+            admin_port: 4191,
+            skip_inbound_ports: Vec::new(),
+            skip_outbound_ports: Vec::new(),
+        }
+    }
+
+    /// Checks what does not depend on the agent's limits: names present,
+    /// ports non-zero and distinct.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.name.is_empty() || self.name.len() > 253 {
+            return Err(format!(
+                "pod name must have 1 to 253 characters, got {:?}",
+                self.name
+            ));
+        }
+        if self.namespace.is_empty() || self.namespace.len() > 253 {
+            return Err(format!(
+                "pod namespace must have 1 to 253 characters, got {:?}",
+                self.namespace
+            ));
+        }
+        let ports = [
+            ("outbound_port", self.outbound_port),
+            ("inbound_port", self.inbound_port),
+            ("admin_port", self.admin_port),
+        ];
+        for (what, p) in ports {
+            if p == 0 {
+                return Err(format!("{what} must not be 0"));
+            }
+        }
+        if self.outbound_port == self.inbound_port
+            || self.outbound_port == self.admin_port
+            || self.inbound_port == self.admin_port
+        {
+            return Err(format!(
+                "proxy ports must differ: outbound {}, inbound {}, admin {}",
+                self.outbound_port, self.inbound_port, self.admin_port
+            ));
+        }
+        if self.skip_inbound_ports.contains(&0) || self.skip_outbound_ports.contains(&0) {
+            return Err("skip-ports must not contain 0".into());
+        }
+        Ok(())
+    }
+}
+
+/// The agent's answer when enrolment succeeded.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Enrolled {
+    /// Cookie of the pod's network namespace (the key of the pod in the maps).
+    pub netns_cookie: u64,
+    /// The pod's addresses, as the agent found them in the namespace.
+    pub pod_ips: Vec<IpAddr>,
+    /// The proxy's uid (from SO_PEERCRED): its sockets are never captured.
+    pub proxy_uid: u32,
+}
+
+/// Why registration failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RegisterError {
+    #[error("cannot connect to the agent at {path}: {source}")]
+    Connect {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("I/O error talking to the agent: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("registration protocol error: {0}")]
+    Protocol(String),
+    #[error("the agent refused the registration: {0}")]
+    Refused(String),
+    #[error("invalid pod info: {0}")]
+    InvalidPod(String),
+}
+
+/// An active registration: capture for the pod lasts while this value (and so
+/// the unix connection) lives. Dropping it ends capture for the pod.
+#[derive(Debug)]
+pub struct Registration {
+    stream: UnixStream,
+    enrolled: Enrolled,
+}
+
+impl Registration {
+    /// What the agent enrolled.
+    pub fn enrolled(&self) -> &Enrolled {
+        &self.enrolled
+    }
+
+    /// Resolves when the agent closes the connection (agent restart/exit).
+    /// Anything the agent sends after its answer is ignored.
+    pub async fn closed(&mut self) {
+        let mut buf = [0u8; 256];
+        loop {
+            match self.stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            }
+        }
+    }
+}
+
+/// Connects to the agent's unix socket, sends `pod` and the inbound listener fd
+/// (SCM_RIGHTS), waits for the agent's answer.
+pub async fn register(
+    socket: &Path,
+    pod: &PodInfo,
+    inbound_listener: BorrowedFd<'_>,
+) -> Result<Registration, RegisterError> {
+    pod.validate().map_err(RegisterError::InvalidPod)?;
+    let mut stream =
+        UnixStream::connect(socket)
+            .await
+            .map_err(|source| RegisterError::Connect {
+                path: socket.to_path_buf(),
+                source,
+            })?;
+    let request = wire::Request {
+        version: wire::PROTOCOL_VERSION,
+        pod: pod.clone(),
+    };
+    wire::send_request(&mut stream, &request, inbound_listener).await?;
+    match wire::read_frame::<wire::Response>(&mut stream).await? {
+        None => Err(RegisterError::Protocol(
+            "the agent closed the connection without answering".into(),
+        )),
+        Some(wire::Response::Refused { reason }) => Err(RegisterError::Refused(reason)),
+        Some(wire::Response::Enrolled(enrolled)) => Ok(Registration { stream, enrolled }),
+    }
+}
+
+/// First retry delay of [`maintain`].
+pub const BACKOFF_MIN: Duration = Duration::from_millis(100);
+/// Longest retry delay of [`maintain`].
+pub const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Keeps the pod registered for as long as the returned task runs: registers,
+/// and when the connection closes (agent restarted) registers again with
+/// backoff (100 ms doubling to 5 s). `on_change` is told each time the state
+/// changes (true = enrolled). Aborting the task ends the registration.
+pub fn maintain(
+    socket: PathBuf,
+    pod: PodInfo,
+    inbound_listener: OwnedFd,
+    on_change: impl Fn(bool) + Send + 'static,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut backoff = BACKOFF_MIN;
+        loop {
+            match register(&socket, &pod, inbound_listener.as_fd()).await {
+                Ok(mut reg) => {
+                    tracing::info!(
+                        socket = %socket.display(),
+                        netns_cookie = reg.enrolled().netns_cookie,
+                        pod_ips = ?reg.enrolled().pod_ips,
+                        "registered with the node agent: capture is on"
+                    );
+                    on_change(true);
+                    backoff = BACKOFF_MIN;
+                    reg.closed().await;
+                    tracing::warn!(socket = %socket.display(), "node agent closed the registration; re-registering");
+                    on_change(false);
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, retry_in = ?backoff, "registration with the node agent failed");
+                }
+            }
+            tokio::time::sleep(backoff).await;
+            backoff = (backoff * 2).min(BACKOFF_MAX);
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests;
