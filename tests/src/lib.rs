@@ -1,1 +1,29 @@
-//! End-to-end test harness.
+//! End-to-end test harness for conduit-ebpf: builds "pods" as network
+//! namespaces joined by veth to a Linux bridge, places processes in a cgroup
+//! tree of the test's own (optionally as an unprivileged user), runs the real
+//! node agent against that cgroup, and provides the small test applications
+//! (server, client, test proxy) whose JSON reports let tests assert exactly
+//! what the kernel capture did. Everything a test creates is named after it
+//! and removed on drop. Privileged tests skip visibly without root, cgroup v2
+//! or bpf, and fail instead under `CONDUIT_REQUIRE_PRIVILEGED=1`.
+
+pub mod agent;
+pub mod apps;
+pub mod bins;
+pub mod cgroup;
+pub mod cmd;
+pub mod env;
+pub mod names;
+pub mod netns;
+pub mod network;
+pub mod privilege;
+pub mod process;
+pub mod report;
+mod sys;
+pub mod topology;
+pub mod wait;
+
+pub use agent::{Agent, AgentConfig};
+pub use apps::{ProxyMode, TestProxy, TestServer, client};
+pub use env::Env;
+pub use wait::wait_until;

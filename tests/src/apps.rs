@@ -1,0 +1,241 @@
+//! The test's applications and proxy, running in pods: a server, a client
+//! (one connection per run) and the test proxy, all speaking the JSON lines
+//! of [`crate::report`].
+
+use crate::bins;
+use crate::env::{Env, PROXY_UID};
+use crate::process::Process;
+use crate::report::{ClientOutcome, ClientReport, ProxyEvent, Reply, ServerEvent, Side};
+use crate::wait::wait_until;
+use anyhow::{Context, Result, anyhow, bail};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// How long a process may take to start listening or to register.
+pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A test server listening on `[::]:<port>` (IPv4 and IPv6) in a pod.
+#[derive(Debug)]
+pub struct TestServer {
+    /// The server process.
+    pub process: Process,
+    /// Its name (in every reply).
+    pub name: String,
+}
+
+impl TestServer {
+    /// Starts server `name` in `pod` on `port`.
+    pub fn start(env: &Env, pod: &str, port: u16, name: &str) -> Result<Self> {
+        let mut process = env
+            .spawn(pod, "app", bins::find(bins::TEST_APP)?)?
+            .args([
+                "server",
+                "--name",
+                name,
+                "--listen",
+                &format!("[::]:{port}"),
+            ])
+            .start()?;
+        process.wait_for_line("listening", START_TIMEOUT, |l| {
+            l.contains(r#""event":"listening""#)
+        })?;
+        Ok(Self {
+            process,
+            name: name.to_owned(),
+        })
+    }
+
+    /// The connections it accepted so far.
+    pub fn accepted(&self) -> Vec<(SocketAddr, SocketAddr)> {
+        parse_lines::<ServerEvent>(&self.process.stdout_lines())
+            .into_iter()
+            .filter_map(|e| match e {
+                ServerEvent::Accepted { local, peer } => Some((local, peer)),
+                ServerEvent::Listening { .. } => None,
+            })
+            .collect()
+    }
+}
+
+/// Runs the test client once in `pod`: it dials `addr`, sends a line and
+/// reads the reply line.
+pub fn client(env: &Env, pod: &str, addr: SocketAddr) -> Result<ClientReport> {
+    let done = env
+        .spawn(pod, "app", bins::find(bins::TEST_APP)?)?
+        .args([
+            "client",
+            "--connect",
+            &addr.to_string(),
+            "--send",
+            &format!("hello from {pod}"),
+        ])
+        .quiet()
+        .run(Duration::from_secs(15))?;
+    let line = done
+        .stdout()
+        .last()
+        .ok_or_else(|| {
+            anyhow!(
+                "the client printed nothing ({}): {}",
+                done.status,
+                done.stderr()
+            )
+        })?
+        .to_owned();
+    serde_json::from_str(&line).with_context(|| format!("client output: {line}"))
+}
+
+impl ClientReport {
+    /// The reply, or an error saying what failed.
+    pub fn reply(&self) -> Result<(&SocketAddr, &Reply)> {
+        match &self.outcome {
+            ClientOutcome::Replied { peer, reply, .. } => Ok((peer, reply)),
+            ClientOutcome::Failed { step, error } => {
+                bail!("dialling {} failed at {step}: {error}", self.dialled)
+            }
+        }
+    }
+
+    /// Ok when a proxy answered (the connection was captured); returns the
+    /// original destination it recovered and the side that accepted.
+    pub fn captured(&self) -> Result<(SocketAddr, Side)> {
+        match self.reply()? {
+            (
+                _,
+                Reply::Proxy {
+                    original_dst, side, ..
+                },
+            ) => Ok((*original_dst, *side)),
+            (_, other) => bail!("not captured: {other:?}"),
+        }
+    }
+
+    /// Ok when the server `name` answered (directly or relayed).
+    pub fn served_by(&self, name: &str) -> Result<&Reply> {
+        match self.reply()? {
+            (_, r @ Reply::Server { name: n, .. }) if n == name => Ok(r),
+            (_, other) => bail!("expected server {name} to answer, got {other:?}"),
+        }
+    }
+}
+
+/// How the test proxy handles what it accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ProxyMode {
+    /// Answer each connection with a [`Reply::Proxy`] line.
+    Report,
+    /// Connect to the original destination and relay both ways.
+    Relay,
+}
+
+/// The test proxy in a pod, as uid 1337.
+#[derive(Debug)]
+pub struct TestProxy {
+    /// The proxy process.
+    pub process: Process,
+}
+
+impl TestProxy {
+    /// Starts the proxy for `pod`; registers with the agent at `socket` if
+    /// given (and waits for the enrolment), else only listens.
+    pub fn start(env: &Env, pod: &str, mode: ProxyMode, socket: Option<&Path>) -> Result<Self> {
+        let mut spawn = env
+            .spawn(pod, "proxy", bins::find(bins::TEST_PROXY)?)?
+            .user(PROXY_UID, PROXY_UID)
+            .args(["--pod", pod, "--namespace", "conduit-tests"])
+            .args([
+                "--mode",
+                if mode == ProxyMode::Report {
+                    "report"
+                } else {
+                    "relay"
+                },
+            ]);
+        if let Some(s) = socket {
+            spawn = spawn.arg("--agent-socket").arg(s);
+        }
+        let mut proxy = Self {
+            process: spawn.start()?,
+        };
+        proxy
+            .process
+            .wait_for_line("listening", START_TIMEOUT, |l| {
+                l.contains(r#""event":"listening""#)
+            })?;
+        if socket.is_some() {
+            proxy.wait_registered(1)?;
+        }
+        Ok(proxy)
+    }
+
+    /// Every event so far.
+    pub fn events(&self) -> Vec<ProxyEvent> {
+        parse_lines(&self.process.stdout_lines())
+    }
+
+    /// The accepted connections so far: (side, peer, original destination).
+    pub fn accepted(&self) -> Vec<(Side, SocketAddr, SocketAddr)> {
+        self.events()
+            .into_iter()
+            .filter_map(|e| match e {
+                ProxyEvent::Accepted {
+                    side,
+                    peer,
+                    original_dst,
+                    ..
+                } => Some((side, peer, original_dst)),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn count(&self, want: &ProxyEvent) -> usize {
+        self.events().iter().filter(|e| *e == want).count()
+    }
+
+    /// Waits until the proxy has been enrolled `n` times in total.
+    pub fn wait_registered(&mut self, n: usize) -> Result<()> {
+        wait_until("the proxy to register", START_TIMEOUT, || {
+            if let Some(s) = self.process.exited() {
+                bail!("the proxy exited ({s}):\n{}", self.process.output_text());
+            }
+            let got = self.count(&ProxyEvent::Registered);
+            if got >= n {
+                Ok(())
+            } else {
+                Err(anyhow!("registered {got} times, want {n}"))
+            }
+        })
+    }
+
+    /// Waits until the proxy has seen its registration end `n` times in total.
+    pub fn wait_unregistered(&mut self, n: usize) -> Result<()> {
+        wait_until("the proxy's registration to end", START_TIMEOUT, || {
+            let got = self.count(&ProxyEvent::Unregistered);
+            if got >= n {
+                Ok(())
+            } else {
+                Err(anyhow!("unregistered {got} times, want {n}"))
+            }
+        })
+    }
+
+    /// Tells the proxy to close its registration (it keeps listening).
+    pub fn unregister(&mut self) -> Result<()> {
+        self.process.send_line("unregister")
+    }
+
+    /// Tells the proxy to register again.
+    pub fn register(&mut self) -> Result<()> {
+        self.process.send_line("register")
+    }
+}
+
+fn parse_lines<T: serde::de::DeserializeOwned>(lines: &[String]) -> Vec<T> {
+    lines
+        .iter()
+        .filter(|l| l.starts_with('{'))
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect()
+}

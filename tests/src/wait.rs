@@ -1,0 +1,91 @@
+//! Waiting for conditions: poll with a timeout, never sleep a fixed time.
+
+use anyhow::{Result, anyhow};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+/// How often conditions are polled.
+pub const POLL: Duration = Duration::from_millis(20);
+
+static INTERRUPTED: AtomicBool = AtomicBool::new(false);
+
+/// Makes every running and future wait fail at once (the demo's Ctrl-C).
+pub fn interrupt() {
+    INTERRUPTED.store(true, Ordering::SeqCst);
+}
+
+/// True once [`interrupt`] was called.
+pub fn interrupted() -> bool {
+    INTERRUPTED.load(Ordering::SeqCst)
+}
+
+/// Calls `check` until it returns `Ok`, at most for `timeout`. An `Err` from
+/// `check` means "not yet"; the last one is part of the timeout error, so a
+/// failing test says what it saw, not only what it wanted.
+pub fn wait_until<T>(what: &str, timeout: Duration, check: impl FnMut() -> Result<T>) -> Result<T> {
+    poll(what, timeout, true, check)
+}
+
+/// Like [`wait_until`], but not cut short by [`interrupt`]: for clean-up,
+/// which must finish after a Ctrl-C.
+pub fn wait_cleanup<T>(
+    what: &str,
+    timeout: Duration,
+    check: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    poll(what, timeout, false, check)
+}
+
+fn poll<T>(
+    what: &str,
+    timeout: Duration,
+    interruptible: bool,
+    mut check: impl FnMut() -> Result<T>,
+) -> Result<T> {
+    let start = Instant::now();
+    loop {
+        let last = match check() {
+            Ok(v) => return Ok(v),
+            Err(e) => e,
+        };
+        if interruptible && interrupted() {
+            return Err(anyhow!("interrupted while waiting for {what}"));
+        }
+        if start.elapsed() >= timeout {
+            return Err(last.context(format!(
+                "timed out after {timeout:?} waiting for {what}; last state"
+            )));
+        }
+        std::thread::sleep(POLL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn returns_the_first_success() {
+        let mut n = 0;
+        let v = wait_until("three calls", Duration::from_secs(5), || {
+            n += 1;
+            if n == 3 {
+                Ok(n)
+            } else {
+                Err(anyhow!("only {n}"))
+            }
+        })
+        .unwrap();
+        assert_eq!(v, 3);
+    }
+
+    #[test]
+    fn timeout_reports_the_last_state() {
+        let e = wait_until::<()>("never", Duration::from_millis(50), || {
+            Err(anyhow!("still red"))
+        })
+        .unwrap_err();
+        let msg = format!("{e:#}");
+        assert!(msg.contains("never") && msg.contains("still red"), "{msg}");
+    }
+}

@@ -1,0 +1,115 @@
+//! The harness itself, with plain sockets and no agent: pods reach each other
+//! over IPv4 and IPv6, processes land in the right netns, cgroup and user,
+//! and everything is gone after drop.
+
+use anyhow::{Result, ensure};
+use conduit_tests::cmd::ip;
+use conduit_tests::report::Reply;
+use conduit_tests::{Env, TestServer, bins, client};
+use std::path::Path;
+use std::time::Duration;
+
+#[test]
+fn pods_talk_over_ipv4_and_ipv6() -> Result<()> {
+    let Some(env) = Env::privileged("harness_pods_talk", &["a", "b"])? else {
+        return Ok(());
+    };
+    let server = TestServer::start(&env, "b", 8080, "server-b")?;
+    let (a, b) = (env.pod("a"), env.pod("b"));
+    for dst in [b.v4(8080), b.v6(8080)] {
+        let report = client(&env, "a", dst)?;
+        let (peer, reply) = report.reply()?;
+        ensure!(*peer == dst, "getpeername {peer} != dialled {dst}");
+        let Reply::Server {
+            name,
+            peer: seen,
+            received,
+            local,
+        } = reply
+        else {
+            panic!("{reply:?}")
+        };
+        ensure!(
+            name == "server-b" && received == "hello from a",
+            "{reply:?}"
+        );
+        ensure!(*local == dst, "server's local address {local} != {dst}");
+        let want = if dst.is_ipv4() {
+            a.ipv4.into()
+        } else {
+            std::net::IpAddr::V6(a.ipv6)
+        };
+        ensure!(seen.ip() == want, "server saw {seen}, want {want}");
+    }
+    ensure!(
+        server.accepted().len() == 2,
+        "server accepted {:?}",
+        server.accepted()
+    );
+    Ok(())
+}
+
+#[test]
+fn processes_run_in_their_pod_cgroup_and_user() -> Result<()> {
+    let Some(env) = Env::privileged("harness_placement", &["a"])? else {
+        return Ok(());
+    };
+    let cg = env.pod_cgroup("a", "proxy")?;
+    let done = env
+        .spawn("a", "proxy", "/bin/sh")?
+        .user(1337, 1337)
+        .args(["-c", "id -u; cat /proc/self/cgroup | grep '^0::'; readlink /proc/self/ns/net; grep CapEff /proc/self/status"])
+        .run(Duration::from_secs(10))?;
+    ensure!(done.status.success(), "sh failed: {}", done.stderr());
+    let out: Vec<&str> = done.stdout().collect();
+    ensure!(out[0] == "1337", "uid: {out:?}");
+    let rel = cg
+        .path()
+        .strip_prefix(conduit_tests::cgroup::cgroup2_mount()?)?;
+    ensure!(
+        out[1] == format!("0::/{}", rel.display()),
+        "cgroup: {out:?}"
+    );
+    let ns = std::fs::read_link("/proc/self/ns/net")?;
+    ensure!(
+        Path::new(out[2]) != ns,
+        "process ran in the test's own netns"
+    );
+    ensure!(
+        out[3].ends_with("0000000000000000"),
+        "capabilities left: {out:?}"
+    );
+    Ok(())
+}
+
+#[test]
+fn drop_removes_everything() -> Result<()> {
+    let Some(env) = Env::privileged("harness_drop", &["a", "b"])? else {
+        return Ok(());
+    };
+    let bridge = env.topology().bridge().name().to_owned();
+    let veth = env.pod("a").host_veth().to_owned();
+    let netns = env.pod("a").netns().path();
+    let cgroup = env.cgroup().path().to_owned();
+    let server = TestServer::start(&env, "b", 8080, "server-b")?;
+    let pid = server.process.pid();
+    // Drop the environment while the server still runs: the cgroup kill
+    // must take it down.
+    std::mem::forget(server);
+    drop(env);
+    ensure!(!netns.exists(), "netns left: {}", netns.display());
+    ensure!(!cgroup.exists(), "cgroup left: {}", cgroup.display());
+    ensure!(
+        ip(&["link", "show", &bridge]).is_err(),
+        "bridge {bridge} left"
+    );
+    ensure!(ip(&["link", "show", &veth]).is_err(), "veth {veth} left");
+    // Forgotten, so never reaped: it may linger as a zombie, but must not run.
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    ensure!(
+        stat.is_empty() || stat.contains(") Z "),
+        "server process {pid} still runs: {stat}"
+    );
+    let _ = bins::find(bins::TEST_APP)?;
+    Ok(())
+}
