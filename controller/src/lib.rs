@@ -1,8 +1,17 @@
 //! conduit-controller: answers proxies' discovery questions (where are the
-//! endpoints of this destination, and who are they) and signs their
-//! certificates (identity). Backends: Kubernetes (kube-rs reflectors) and a
-//! YAML file for use without a cluster.
+//! endpoints of this destination, and who are they) over
+//! `conduit.destination.v1.Destination/Get`, and signs their certificates
+//! over `conduit.identity.v1.Identity/Certify`. Backends: Kubernetes (kube-rs
+//! reflectors) and a YAML file for use without a cluster.
 
+pub mod admin;
+pub mod cli;
+pub mod destination;
+pub mod file;
+pub mod identity;
 pub mod inject;
 pub mod kubernetes;
+pub mod metrics;
 pub mod model;
+pub mod server;
+pub mod store;
