@@ -113,3 +113,41 @@ fn drop_removes_everything() -> Result<()> {
     let _ = bins::find(bins::TEST_APP)?;
     Ok(())
 }
+
+#[test]
+fn test_proxy_runs_unregistered() -> Result<()> {
+    use conduit_tests::report::{ProxyEvent, Side};
+    use conduit_tests::{ProxyMode, TestProxy};
+    let Some(env) = Env::privileged("harness_test_proxy", &["a", "b"])? else {
+        return Ok(());
+    };
+    let proxy = TestProxy::start(&env, "a", ProxyMode::Report, None)?;
+    // Inbound, dialled directly: the original destination is the listener itself.
+    let dst = env.pod("a").v4(4143);
+    let report = client(&env, "b", dst)?;
+    let (orig, side) = report.captured()?;
+    ensure!(orig == dst && side == Side::Inbound, "{report:?}");
+    let dst6 = env.pod("a").v6(4143);
+    let (orig, _) = client(&env, "b", dst6)?.captured()?;
+    ensure!(orig == dst6, "IPv6 inbound original destination {orig}");
+    // Outbound, dialled directly (not captured): no original destination, so
+    // the proxy reports a failure and closes the connection.
+    let report = client(&env, "a", "127.0.0.1:4140".parse()?)?;
+    ensure!(
+        report.reply().is_err(),
+        "uncaptured outbound got a reply: {report:?}"
+    );
+    conduit_tests::wait_until(
+        "the proxy to report the failure",
+        Duration::from_secs(5),
+        || {
+            let failed = proxy.events().into_iter().any(|e| matches!(e, ProxyEvent::Failed { error, .. } if error.contains("SO_ORIGINAL_DST")));
+            if failed {
+                Ok(())
+            } else {
+                anyhow::bail!("events: {:?}", proxy.events())
+            }
+        },
+    )?;
+    Ok(())
+}
