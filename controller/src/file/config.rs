@@ -251,6 +251,12 @@ impl Snapshot {
                 backends.push(backend);
             }
             let key = (svc.name.clone(), svc.namespace.clone());
+            if snap.services.contains_key(&key) {
+                return Err(invalid(format!(
+                    "service {}.{} defined twice",
+                    svc.name, svc.namespace
+                )));
+            }
             if let Some(ip) = svc.cluster_ip {
                 if let Some(other) = snap.by_cluster_ip.insert(ip, key.clone()) {
                     return Err(invalid(format!(

@@ -89,6 +89,21 @@ async fn follow_once(
     };
     let mut stream = match client.get(request).await {
         Ok(response) => response.into_inner(),
+        Err(status) if status.code() == tonic::Code::InvalidArgument => {
+            // The controller does not understand the target: it is not a
+            // destination it will ever know. Say so (callers use the
+            // original address); retries continue at the slowest pace.
+            tracing::debug!(%target, message = status.message(), "target refused by the controller");
+            tx.send_if_modified(|s| {
+                let unknown = DestinationState {
+                    exists: Some(false),
+                    connected: true,
+                    ..DestinationState::new(s.target.clone())
+                };
+                (*s != unknown).then(|| *s = unknown).is_some()
+            });
+            return false;
+        }
         Err(status) => {
             tracing::debug!(%target, code = ?status.code(), message = status.message(), "Destination.Get failed");
             return false;

@@ -1,0 +1,327 @@
+//! `Identity.Certify` over real gRPC on loopback: accepted and refused cases.
+
+mod common;
+
+use common::*;
+use conduit_controller::identity::Issuer;
+use conduit_controller_api::identity::v1::{CertifyRequest, identity_client::IdentityClient};
+use rcgen::{CertificateParams, KeyPair, SanType};
+use std::time::{Duration, SystemTime};
+use tonic::Code;
+use x509_parser::prelude::*;
+
+const WEB_ID: &str = "spiffe://test.local/ns/default/sa/web";
+
+fn csr(sans: &[SanType], key: &KeyPair) -> Vec<u8> {
+    let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.subject_alt_names = sans.to_vec();
+    params.serialize_request(key).unwrap().der().to_vec()
+}
+
+fn uri(s: &str) -> SanType {
+    SanType::URI(s.to_string().try_into().unwrap())
+}
+
+async fn certify(
+    c: &TestController,
+    identity: &str,
+    token: &str,
+    csr: Vec<u8>,
+) -> Result<conduit_controller_api::identity::v1::CertifyResponse, tonic::Status> {
+    let mut client = IdentityClient::new(c.channel());
+    client
+        .certify(CertifyRequest {
+            identity: identity.into(),
+            token: token.into(),
+            certificate_signing_request: csr,
+        })
+        .await
+        .map(|r| r.into_inner())
+}
+
+async fn refused(
+    c: &TestController,
+    identity: &str,
+    token: &str,
+    csr: Vec<u8>,
+    code: Code,
+    needle: &str,
+) {
+    let status = certify(c, identity, token, csr)
+        .await
+        .expect_err("should be refused");
+    assert_eq!(status.code(), code, "{}", status.message());
+    assert!(
+        status.message().contains(needle),
+        "message {:?} should mention {needle:?}",
+        status.message()
+    );
+}
+
+#[tokio::test]
+async fn signs_a_spiffe_leaf_for_a_valid_request() {
+    let c = TestController::start("").await;
+    let key = KeyPair::generate().unwrap();
+    let before = SystemTime::now();
+    let resp = certify(&c, WEB_ID, WEB_TOKEN, csr(&[uri(WEB_ID)], &key))
+        .await
+        .unwrap();
+
+    let (_, leaf) = X509Certificate::from_der(&resp.leaf_certificate).unwrap();
+    let sans: Vec<String> = leaf
+        .subject_alternative_name()
+        .unwrap()
+        .unwrap()
+        .value
+        .general_names
+        .iter()
+        .map(|g| g.to_string())
+        .collect();
+    assert_eq!(sans, [format!("URI({WEB_ID})")]);
+    assert!(!leaf.is_ca());
+    assert_eq!(
+        leaf.public_key().subject_public_key.data.as_ref(),
+        key.public_key_raw()
+    );
+    // Signed by the issuer in the chain.
+    assert_eq!(resp.intermediate_certificates.len(), 1);
+    let (_, issuer) = X509Certificate::from_der(&resp.intermediate_certificates[0]).unwrap();
+    leaf.verify_signature(Some(issuer.public_key()))
+        .expect("leaf signed by the issuer");
+    assert_eq!(leaf.issuer(), issuer.subject());
+    // 24 h lifetime, reported as valid_until.
+    let not_after = leaf.validity().not_after.timestamp();
+    let valid_until = resp.valid_until.unwrap().seconds;
+    assert_eq!(not_after, valid_until);
+    let expected = before
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        + 86400;
+    assert!(
+        (not_after - expected).abs() <= 5,
+        "not_after {not_after}, expected about {expected}"
+    );
+    let eku = leaf.extended_key_usage().unwrap().unwrap().value;
+    assert!(eku.server_auth && eku.client_auth);
+}
+
+#[tokio::test]
+async fn refuses_malformed_and_mismatched_requests() {
+    let c = TestController::start("").await;
+    let key = KeyPair::generate().unwrap();
+    let good = csr(&[uri(WEB_ID)], &key);
+
+    refused(
+        &c,
+        WEB_ID,
+        WEB_TOKEN,
+        b"not a csr".to_vec(),
+        Code::InvalidArgument,
+        "malformed CSR",
+    )
+    .await;
+    refused(
+        &c,
+        WEB_ID,
+        WEB_TOKEN,
+        Vec::new(),
+        Code::InvalidArgument,
+        "malformed CSR",
+    )
+    .await;
+    let mut trailing = good.clone();
+    trailing.push(0);
+    refused(
+        &c,
+        WEB_ID,
+        WEB_TOKEN,
+        trailing,
+        Code::InvalidArgument,
+        "trailing",
+    )
+    .await;
+
+    // Not self-signed: flip a bit of the signature (the last byte).
+    let mut tampered = good.clone();
+    *tampered.last_mut().unwrap() ^= 1;
+    refused(
+        &c,
+        WEB_ID,
+        WEB_TOKEN,
+        tampered,
+        Code::InvalidArgument,
+        "signature",
+    )
+    .await;
+
+    refused(
+        &c,
+        WEB_ID,
+        WEB_TOKEN,
+        csr(&[], &key),
+        Code::InvalidArgument,
+        "no identity",
+    )
+    .await;
+    refused(
+        &c,
+        WEB_ID,
+        WEB_TOKEN,
+        csr(
+            &[uri(WEB_ID), uri("spiffe://test.local/ns/default/sa/db")],
+            &key,
+        ),
+        Code::InvalidArgument,
+        "exactly one",
+    )
+    .await;
+    refused(
+        &c,
+        WEB_ID,
+        WEB_TOKEN,
+        csr(
+            &[SanType::DnsName("web.default.svc".try_into().unwrap())],
+            &key,
+        ),
+        Code::InvalidArgument,
+        "not a URI",
+    )
+    .await;
+    refused(
+        &c,
+        WEB_ID,
+        WEB_TOKEN,
+        csr(&[uri("spiffe://test.local/ns/default/sa/db")], &key),
+        Code::InvalidArgument,
+        "does not match",
+    )
+    .await;
+    refused(
+        &c,
+        "web",
+        WEB_TOKEN,
+        good.clone(),
+        Code::InvalidArgument,
+        "not a SPIFFE ID",
+    )
+    .await;
+    refused(
+        &c,
+        "spiffe://other.domain/ns/default/sa/web",
+        WEB_TOKEN,
+        csr(&[uri("spiffe://other.domain/ns/default/sa/web")], &key),
+        Code::InvalidArgument,
+        "trust domain",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn refuses_missing_wrong_and_foreign_tokens() {
+    let c = TestController::start("").await;
+    let key = KeyPair::generate().unwrap();
+    let good = csr(&[uri(WEB_ID)], &key);
+    refused(
+        &c,
+        WEB_ID,
+        "",
+        good.clone(),
+        Code::Unauthenticated,
+        "token missing",
+    )
+    .await;
+    refused(
+        &c,
+        WEB_ID,
+        "not-a-known-token-at-all",
+        good.clone(),
+        Code::Unauthenticated,
+        "not in the token file",
+    )
+    .await;
+    // A valid token, but of the db service account.
+    refused(
+        &c,
+        WEB_ID,
+        DB_TOKEN,
+        good.clone(),
+        Code::PermissionDenied,
+        "default/db",
+    )
+    .await;
+    // The db token works for db.
+    let db = "spiffe://test.local/ns/default/sa/db";
+    certify(&c, db, DB_TOKEN, csr(&[uri(db)], &key))
+        .await
+        .unwrap();
+}
+
+#[tokio::test]
+async fn refuses_when_the_issuer_has_expired() {
+    let two_days_ago = SystemTime::now() - Duration::from_secs(2 * 86400);
+    let expired = Issuer::generate(TRUST_DOMAIN, two_days_ago, Duration::from_secs(86400)).unwrap();
+    let c = TestController::start_with_issuer("", expired).await;
+    let key = KeyPair::generate().unwrap();
+    refused(
+        &c,
+        WEB_ID,
+        WEB_TOKEN,
+        csr(&[uri(WEB_ID)], &key),
+        Code::FailedPrecondition,
+        "issuer certificate expired",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn leaf_never_outlives_the_issuer() {
+    let issuer =
+        Issuer::generate(TRUST_DOMAIN, SystemTime::now(), Duration::from_secs(3600)).unwrap();
+    let issuer_end = issuer.not_after();
+    let c = TestController::start_with_issuer("", issuer).await;
+    let key = KeyPair::generate().unwrap();
+    let resp = certify(&c, WEB_ID, WEB_TOKEN, csr(&[uri(WEB_ID)], &key))
+        .await
+        .unwrap();
+    let until = resp.valid_until.unwrap().seconds;
+    let end = issuer_end
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(until <= end, "leaf until {until} beyond issuer {end}");
+}
+
+#[tokio::test]
+async fn certify_results_are_counted_in_metrics() {
+    let c = TestController::start("").await;
+    let key = KeyPair::generate().unwrap();
+    certify(&c, WEB_ID, WEB_TOKEN, csr(&[uri(WEB_ID)], &key))
+        .await
+        .unwrap();
+    let _ = certify(&c, WEB_ID, "", csr(&[uri(WEB_ID)], &key)).await;
+    let body = http_get(c.admin_addr(), "/metrics").await;
+    assert!(
+        body.contains("conduit_controller_identity_certify_total{result=\"ok\"} 1"),
+        "{body}"
+    );
+    assert!(
+        body.contains("conduit_controller_identity_certify_total{result=\"unauthenticated\"} 1"),
+        "{body}"
+    );
+    assert!(http_get(c.admin_addr(), "/ready").await.contains("ready"));
+    assert!(http_get(c.admin_addr(), "/live").await.contains("live"));
+}
+
+/// A minimal HTTP/1.1 GET over a real socket.
+async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    out
+}
