@@ -140,6 +140,17 @@ impl TestProxy {
     /// Starts the proxy for `pod`; registers with the agent at `socket` if
     /// given (and waits for the enrolment), else only listens.
     pub fn start(env: &Env, pod: &str, mode: ProxyMode, socket: Option<&Path>) -> Result<Self> {
+        Self::start_with(env, pod, mode, socket, &[])
+    }
+
+    /// Like [`TestProxy::start`], with further arguments (`--skip-inbound-port 9090`, ...).
+    pub fn start_with(
+        env: &Env,
+        pod: &str,
+        mode: ProxyMode,
+        socket: Option<&Path>,
+        extra: &[&str],
+    ) -> Result<Self> {
         let mut spawn = env
             .spawn(pod, "proxy", bins::find(bins::TEST_PROXY)?)?
             .user(PROXY_UID, PROXY_UID)
@@ -151,7 +162,8 @@ impl TestProxy {
                 } else {
                     "relay"
                 },
-            ]);
+            ])
+            .args(extra);
         if let Some(s) = socket {
             spawn = spawn.arg("--agent-socket").arg(s);
         }

@@ -10,7 +10,9 @@
 pub mod agent;
 pub mod apps;
 pub mod bins;
+pub mod bpf;
 pub mod cgroup;
+pub mod checks;
 pub mod cmd;
 pub mod env;
 pub mod names;

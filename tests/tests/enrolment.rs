@@ -1,0 +1,69 @@
+//! Only enrolled pods are captured: a pod whose proxy has not registered,
+//! and a namespace with no proxy at all, reach their destinations directly,
+//! while an enrolled pod on the same node is captured at the same time.
+
+use anyhow::{Result, ensure};
+use conduit_tests::checks::{captured_outbound, direct};
+use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client};
+use std::net::IpAddr;
+
+#[test]
+fn pod_with_unregistered_proxy_not_captured() -> Result<()> {
+    let Some(env) = Env::privileged("unregistered_pod", &["enrolled", "idle", "server"])? else {
+        return Ok(());
+    };
+    let agent = env.agent_config()?.start()?;
+    let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let _enrolled = TestProxy::start(
+        &env,
+        "enrolled",
+        ProxyMode::Report,
+        Some(&agent.config.socket),
+    )?;
+    // Listening on 4140/4143 like a proxy, but never registered.
+    let idle = TestProxy::start(&env, "idle", ProxyMode::Report, None)?;
+    let (s, i) = (env.pod("server"), env.pod("idle"));
+    for (dst, from) in [
+        (s.v4(8080), IpAddr::V4(i.ipv4)),
+        (s.v6(8080), IpAddr::V6(i.ipv6)),
+    ] {
+        direct(&client(&env, "idle", dst)?, "server", from)?;
+        captured_outbound(&client(&env, "enrolled", dst)?, dst)?;
+    }
+    ensure!(
+        idle.accepted().is_empty(),
+        "the unregistered proxy accepted {:?}",
+        idle.accepted()
+    );
+    Ok(())
+}
+
+#[test]
+fn non_enrolled_namespace_not_captured() -> Result<()> {
+    let Some(env) = Env::privileged("non_enrolled_ns", &["enrolled", "outside", "server"])? else {
+        return Ok(());
+    };
+    let agent = env.agent_config()?.start()?;
+    let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let enrolled = TestProxy::start(
+        &env,
+        "enrolled",
+        ProxyMode::Report,
+        Some(&agent.config.socket),
+    )?;
+    let (s, o) = (env.pod("server"), env.pod("outside"));
+    for (dst, from) in [
+        (s.v4(8080), IpAddr::V4(o.ipv4)),
+        (s.v6(8080), IpAddr::V6(o.ipv6)),
+    ] {
+        direct(&client(&env, "outside", dst)?, "server", from)?;
+        captured_outbound(&client(&env, "enrolled", dst)?, dst)?;
+    }
+    // The enrolled pod's proxy saw its own pod's two connections, no others.
+    ensure!(
+        enrolled.accepted().len() == 2,
+        "enrolled proxy accepted {:?}",
+        enrolled.accepted()
+    );
+    Ok(())
+}

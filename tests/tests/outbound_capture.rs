@@ -1,0 +1,101 @@
+//! Outbound capture: an application's connect() in an enrolled pod goes to
+//! the pod's proxy, which recovers the original destination with
+//! getsockopt(SO_ORIGINAL_DST) / IP6T_SO_ORIGINAL_DST; the application's
+//! getpeername still shows the address it dialled.
+
+use anyhow::Result;
+use conduit_tests::checks::{captured_outbound, direct};
+use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client};
+use std::net::{IpAddr, SocketAddr};
+
+/// Pods: `app` (enrolled, with the test proxy) and `server`.
+fn setup(test: &str) -> Result<Option<(Env, conduit_tests::Agent)>> {
+    let Some(env) = Env::privileged(test, &["app", "server"])? else {
+        return Ok(None);
+    };
+    let agent = env.agent_config()?.start()?;
+    Ok(Some((env, agent)))
+}
+
+#[test]
+fn outbound_ipv4_original_destination() -> Result<()> {
+    let Some((env, agent)) = setup("outbound_ipv4")? else {
+        return Ok(());
+    };
+    let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let _proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
+    let dst = env.pod("server").v4(8080);
+    captured_outbound(&client(&env, "app", dst)?, dst)?;
+    // A second destination port: the record is per connection, not per pod.
+    let other = env.pod("server").v4(9999);
+    captured_outbound(&client(&env, "app", other)?, other)?;
+    Ok(())
+}
+
+#[test]
+fn outbound_ipv6_original_destination() -> Result<()> {
+    let Some((env, agent)) = setup("outbound_ipv6")? else {
+        return Ok(());
+    };
+    let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let _proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
+    let dst = env.pod("server").v6(8080);
+    captured_outbound(&client(&env, "app", dst)?, dst)?;
+    Ok(())
+}
+
+#[test]
+fn outbound_ipv4_mapped_ipv6_original_destination() -> Result<()> {
+    let Some((env, agent)) = setup("outbound_v4mapped")? else {
+        return Ok(());
+    };
+    let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let _proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
+    // An AF_INET6 socket dialling ::ffff:a.b.c.d (what dual-stack apps do).
+    let mapped = SocketAddr::new(IpAddr::V6(env.pod("server").ipv4.to_ipv6_mapped()), 8080);
+    captured_outbound(&client(&env, "app", mapped)?, mapped)?;
+    Ok(())
+}
+
+#[test]
+fn outbound_loopback_destinations_not_captured() -> Result<()> {
+    let Some((env, agent)) = setup("outbound_loopback")? else {
+        return Ok(());
+    };
+    let _local = TestServer::start(&env, "app", 8080, "local")?;
+    let proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
+    for dst in ["127.0.0.1:8080", "[::1]:8080"] {
+        let dst: SocketAddr = dst.parse()?;
+        direct(&client(&env, "app", dst)?, "local", dst.ip())?;
+    }
+    anyhow::ensure!(
+        proxy.accepted().is_empty(),
+        "proxy accepted {:?}",
+        proxy.accepted()
+    );
+    Ok(())
+}
+
+#[test]
+fn outbound_skip_ports_not_captured() -> Result<()> {
+    let Some((env, agent)) = setup("outbound_skip_ports")? else {
+        return Ok(());
+    };
+    let _server = TestServer::start(&env, "server", 9090, "server")?;
+    let _proxy = TestProxy::start_with(
+        &env,
+        "app",
+        ProxyMode::Report,
+        Some(&agent.config.socket),
+        &["--skip-outbound-port", "9090"],
+    )?;
+    let app = env.pod("app");
+    direct(
+        &client(&env, "app", env.pod("server").v4(9090))?,
+        "server",
+        IpAddr::V4(app.ipv4),
+    )?;
+    let dst = env.pod("server").v4(9091);
+    captured_outbound(&client(&env, "app", dst)?, dst)?;
+    Ok(())
+}

@@ -1,0 +1,81 @@
+//! Capture follows the proxy's registration: it stops when the registration
+//! closes (told to, or the proxy dies) and resumes when a proxy registers
+//! again. Connections made while no proxy is registered go direct.
+
+use anyhow::Result;
+use conduit_tests::checks::{captured_outbound, direct};
+use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client, wait_until};
+use nix::sys::signal::Signal;
+use std::net::IpAddr;
+use std::time::Duration;
+
+/// How long the agent may take to notice a closed registration.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+fn expect_direct(env: &Env) -> Result<()> {
+    let (s, a) = (env.pod("server"), env.pod("app"));
+    wait_until("capture to stop", STOP_TIMEOUT, || {
+        direct(
+            &client(env, "app", s.v4(8080))?,
+            "server",
+            IpAddr::V4(a.ipv4),
+        )
+    })?;
+    // And it stays stopped, for IPv6 too.
+    direct(
+        &client(env, "app", s.v4(8080))?,
+        "server",
+        IpAddr::V4(a.ipv4),
+    )?;
+    direct(
+        &client(env, "app", s.v6(8080))?,
+        "server",
+        IpAddr::V6(a.ipv6),
+    )
+}
+
+fn expect_captured(env: &Env) -> Result<()> {
+    let s = env.pod("server");
+    captured_outbound(&client(env, "app", s.v4(8080))?, s.v4(8080))?;
+    captured_outbound(&client(env, "app", s.v6(8080))?, s.v6(8080))
+}
+
+#[test]
+fn capture_stops_when_registration_closes_and_resumes_on_register() -> Result<()> {
+    let Some(env) = Env::privileged("registration_closes", &["app", "server"])? else {
+        return Ok(());
+    };
+    let agent = env.agent_config()?.start()?;
+    let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let mut proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
+    expect_captured(&env)?;
+
+    proxy.unregister()?;
+    proxy.wait_unregistered(1)?;
+    expect_direct(&env)?;
+
+    // Capture is on again as soon as the agent has answered the registration.
+    proxy.register()?;
+    proxy.wait_registered(2)?;
+    expect_captured(&env)?;
+    Ok(())
+}
+
+#[test]
+fn capture_stops_when_proxy_dies_and_resumes_with_a_new_proxy() -> Result<()> {
+    let Some(env) = Env::privileged("registration_proxy_dies", &["app", "server"])? else {
+        return Ok(());
+    };
+    let agent = env.agent_config()?.start()?;
+    let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let mut proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
+    expect_captured(&env)?;
+
+    proxy.process.signal(Signal::SIGKILL)?;
+    proxy.process.wait_exit(Duration::from_secs(5))?;
+    expect_direct(&env)?;
+
+    let _proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
+    expect_captured(&env)?;
+    Ok(())
+}
