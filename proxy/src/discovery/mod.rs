@@ -2,6 +2,12 @@
 //! behind it. The proxy only sees the [`Discover`] trait; backends are a
 //! static file (here) and the controller's `Destination.Get` stream.
 
+pub mod config;
+mod static_backend;
+
+pub use config::{ConfigError, ServiceConfig, ServiceFlag};
+pub use static_backend::{MAX_FILE_BYTES, StaticDiscovery, StaticError};
+
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use tokio::sync::watch;
@@ -16,6 +22,19 @@ pub struct Endpoint {
     /// Set when the endpoint runs a conduit proxy: its inbound port.
     pub meshed_inbound_port: Option<u16>,
     pub labels: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    /// An endpoint with weight 1, no identity, not meshed, no labels.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            weight: 1,
+            identity: None,
+            meshed_inbound_port: None,
+            labels: BTreeMap::new(),
+        }
+    }
 }
 
 /// The current state of a destination.

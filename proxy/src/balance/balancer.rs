@@ -1,0 +1,497 @@
+//! [`Balancer`]: power of two choices over peak-EWMA cost, following a
+//! destination's `watch` channel, and [`Pick`], the handle that carries a
+//! request's (or a connection's) outcome back.
+
+use super::BalanceConfig;
+use super::accrual::Health;
+use super::ewma::PeakEwma;
+use crate::discovery::{Destination, Endpoint};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+
+/// Balances over one destination's endpoints. Cheap to clone; clones share
+/// their statistics.
+#[derive(Clone, Debug)]
+pub struct Balancer {
+    shared: Arc<Shared>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    config: BalanceConfig,
+    state: Mutex<State>,
+}
+
+#[derive(Debug)]
+struct State {
+    rx: watch::Receiver<Destination>,
+    name: Arc<str>,
+    endpoints: Vec<Arc<EndpointState>>,
+}
+
+/// One endpoint and its statistics.
+#[derive(Debug)]
+pub(crate) struct EndpointState {
+    endpoint: Arc<Endpoint>,
+    stats: Mutex<Stats>,
+}
+
+#[derive(Debug, Clone)]
+struct Stats {
+    ewma: PeakEwma,
+    in_flight: u32,
+    health: Health,
+}
+
+/// What a [`Balancer`] knows about one endpoint right now.
+#[derive(Debug, Clone)]
+pub struct EndpointSnapshot {
+    pub addr: SocketAddr,
+    pub weight: u32,
+    /// Decayed peak-EWMA latency estimate.
+    pub latency: Duration,
+    pub in_flight: u32,
+    pub health: Health,
+}
+
+impl EndpointState {
+    fn new(endpoint: Endpoint, config: &BalanceConfig, now: Instant) -> Self {
+        let ewma = PeakEwma::new(config.default_rtt, config.decay, now);
+        EndpointState {
+            endpoint: Arc::new(endpoint),
+            stats: Mutex::new(Stats {
+                ewma,
+                in_flight: 0,
+                health: Health::ALIVE,
+            }),
+        }
+    }
+
+    fn stats(&self) -> MutexGuard<'_, Stats> {
+        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl Balancer {
+    /// A balancer following `rx`: endpoint changes apply to the next pick,
+    /// and endpoints that stay keep their statistics.
+    pub fn new(mut rx: watch::Receiver<Destination>, config: BalanceConfig) -> Self {
+        let dest = rx.borrow_and_update().clone();
+        let now = Instant::now();
+        let endpoints = dest
+            .endpoints
+            .into_iter()
+            .map(|e| Arc::new(EndpointState::new(e, &config, now)))
+            .collect();
+        let state = State {
+            rx,
+            name: dest.name.into(),
+            endpoints,
+        };
+        Balancer {
+            shared: Arc::new(Shared {
+                config,
+                state: Mutex::new(state),
+            }),
+        }
+    }
+
+    pub fn config(&self) -> &BalanceConfig {
+        &self.shared.config
+    }
+
+    /// The destination's name (for metrics).
+    pub fn name(&self) -> Arc<str> {
+        self.state().name.clone()
+    }
+
+    /// Whether anyone besides this handle (clones, picks) holds it.
+    pub fn in_use(&self) -> bool {
+        Arc::strong_count(&self.shared) > 1
+    }
+
+    /// Whether both follow the same discovery watch.
+    pub fn follows(&self, rx: &watch::Receiver<Destination>) -> bool {
+        self.state().rx.same_channel(rx)
+    }
+
+    /// Picks an endpoint, or `None` when the destination has none.
+    pub fn pick(&self) -> Option<Pick> {
+        self.pick_avoiding(&[])
+    }
+
+    /// Like [`pick`](Self::pick), but avoids the given addresses when another
+    /// endpoint can be picked (used to retry elsewhere).
+    pub fn pick_avoiding(&self, avoid: &[SocketAddr]) -> Option<Pick> {
+        let now = Instant::now();
+        let cfg = &self.shared.config;
+        let mut state = self.state();
+        state.refresh(cfg, now);
+        let eps = &state.endpoints;
+        if eps.is_empty() {
+            return None;
+        }
+        let usable =
+            |e: &&Arc<EndpointState>| e.endpoint.weight > 0 && !avoid.contains(&e.endpoint.addr);
+        // A probe that is due goes first, so dead endpoints come back promptly.
+        for ep in eps.iter().filter(usable) {
+            let mut s = ep.stats();
+            if s.health.probe_due(now) {
+                s.health.start_probe();
+                s.in_flight += 1;
+                drop(s);
+                return Some(Pick::new(ep.clone(), self.shared.clone(), true, now));
+            }
+        }
+        let alive: Vec<&Arc<EndpointState>> = eps
+            .iter()
+            .filter(usable)
+            .filter(|e| e.stats().health.is_alive())
+            .collect();
+        let candidates = if !alive.is_empty() {
+            alive
+        } else {
+            // Nothing healthy (or everything avoided): rather than fail every
+            // request, balance over all endpoints with weight, then over all.
+            let weighted: Vec<_> = eps.iter().filter(|e| e.endpoint.weight > 0).collect();
+            if weighted.is_empty() {
+                eps.iter().collect()
+            } else {
+                weighted
+            }
+        };
+        let chosen = p2c(&candidates, now)?.clone();
+        chosen.stats().in_flight += 1;
+        Some(Pick::new(chosen, self.shared.clone(), false, now))
+    }
+
+    /// Waits until the destination has at least one endpoint, at most
+    /// `timeout`. Returns whether it has one.
+    pub async fn ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.state().rx.clone();
+        let found = tokio::time::timeout(timeout, rx.wait_for(|d| !d.endpoints.is_empty())).await;
+        matches!(found, Ok(Ok(_)))
+    }
+
+    /// The endpoints and their statistics, for tests and debugging.
+    pub fn snapshot(&self) -> Vec<EndpointSnapshot> {
+        let now = Instant::now();
+        let mut state = self.state();
+        state.refresh(&self.shared.config, now);
+        state
+            .endpoints
+            .iter()
+            .map(|e| {
+                let s = e.stats();
+                EndpointSnapshot {
+                    addr: e.endpoint.addr,
+                    weight: e.endpoint.weight,
+                    latency: Duration::from_nanos(s.ewma.estimate_ns(now) as u64),
+                    in_flight: s.in_flight,
+                    health: s.health,
+                }
+            })
+            .collect()
+    }
+
+    fn state(&self) -> MutexGuard<'_, State> {
+        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+impl State {
+    /// Applies a new destination state, keeping the statistics of endpoints
+    /// that stay.
+    fn refresh(&mut self, cfg: &BalanceConfig, now: Instant) {
+        if !matches!(self.rx.has_changed(), Ok(true)) {
+            return;
+        }
+        let dest = self.rx.borrow_and_update().clone();
+        let mut old: HashMap<SocketAddr, Arc<EndpointState>> = self
+            .endpoints
+            .drain(..)
+            .map(|e| (e.endpoint.addr, e))
+            .collect();
+        self.endpoints = dest
+            .endpoints
+            .into_iter()
+            .map(|e| match old.remove(&e.addr) {
+                Some(prev) if *prev.endpoint == e => prev,
+                Some(prev) => {
+                    let stats = prev.stats().clone();
+                    Arc::new(EndpointState {
+                        endpoint: Arc::new(e),
+                        stats: Mutex::new(stats),
+                    })
+                }
+                None => Arc::new(EndpointState::new(e, cfg, now)),
+            })
+            .collect();
+        self.name = dest.name.into();
+        tracing::debug!(destination = %self.name, endpoints = self.endpoints.len(), "endpoints updated");
+    }
+}
+
+/// Power of two choices: two distinct random candidates, the lower cost wins.
+fn p2c<'a>(c: &[&'a Arc<EndpointState>], now: Instant) -> Option<&'a Arc<EndpointState>> {
+    match c.len() {
+        0 => None,
+        1 => Some(c[0]),
+        n => {
+            let i = rand::random_range(0..n);
+            let mut j = rand::random_range(0..n - 1);
+            if j >= i {
+                j += 1;
+            }
+            Some(if cost(c[i], now) <= cost(c[j], now) {
+                c[i]
+            } else {
+                c[j]
+            })
+        }
+    }
+}
+
+/// Latency estimate times (in-flight + 1), divided by the weight.
+fn cost(e: &EndpointState, now: Instant) -> f64 {
+    let s = e.stats();
+    s.ewma.estimate_ns(now) * f64::from(s.in_flight + 1) / f64::from(e.endpoint.weight.max(1))
+}
+
+/// One use of an endpoint: a request (HTTP) or a connection (TCP). It
+/// counts as load until it completes. Call [`success`](Pick::success) or
+/// [`failure`](Pick::failure); dropping it without either means cancelled
+/// (load released, no outcome recorded).
+#[derive(Debug)]
+pub struct Pick {
+    ep: Arc<EndpointState>,
+    shared: Arc<Shared>,
+    probe: bool,
+    start: Instant,
+    latency_recorded: bool,
+    done: bool,
+}
+
+impl Pick {
+    fn new(ep: Arc<EndpointState>, shared: Arc<Shared>, probe: bool, start: Instant) -> Self {
+        Pick {
+            ep,
+            shared,
+            probe,
+            start,
+            latency_recorded: false,
+            done: false,
+        }
+    }
+
+    /// The picked endpoint.
+    pub fn endpoint(&self) -> &Arc<Endpoint> {
+        &self.ep.endpoint
+    }
+
+    pub fn addr(&self) -> SocketAddr {
+        self.ep.endpoint.addr
+    }
+
+    /// Whether this is the probe of an endpoint that was out of rotation.
+    pub fn is_probe(&self) -> bool {
+        self.probe
+    }
+
+    /// Time since the pick.
+    pub fn elapsed(&self) -> Duration {
+        self.start.elapsed()
+    }
+
+    /// Records the time since the pick as a latency sample now (e.g. when
+    /// the response headers arrive, or when a TCP connection is
+    /// established). Only the first call counts; `success` records one
+    /// itself if this was not called.
+    pub fn record_latency(&mut self) {
+        self.observe(false);
+    }
+
+    fn observe(&mut self, only_raise: bool) {
+        if !self.latency_recorded {
+            self.latency_recorded = true;
+            let now = Instant::now();
+            let mut s = self.ep.stats();
+            let rtt = now - self.start;
+            if !only_raise || rtt.as_secs_f64() * 1e9 > s.ewma.estimate_ns(now) {
+                s.ewma.observe(rtt, now);
+            }
+        }
+    }
+
+    /// The endpoint served well.
+    pub fn success(mut self) {
+        self.complete(true);
+    }
+
+    /// The endpoint failed (connect error, reset, timeout, 5xx): counts
+    /// towards failure accrual. A failure's latency counts only when it
+    /// raises the estimate (a timeout makes the endpoint look slow, a fast
+    /// refusal never makes it look fast).
+    pub fn failure(mut self) {
+        self.complete(false);
+    }
+
+    fn complete(&mut self, success: bool) {
+        self.observe(!success);
+        self.done = true;
+        let now = Instant::now();
+        let mut s = self.ep.stats();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        s.health
+            .record(success, self.probe, &self.shared.config.accrual, now);
+        if !s.health.is_alive() && !success {
+            tracing::debug!(endpoint = %self.ep.endpoint.addr, health = ?s.health, "endpoint failing");
+        }
+    }
+}
+
+impl Drop for Pick {
+    fn drop(&mut self) {
+        if self.done {
+            return;
+        }
+        let mut s = self.ep.stats();
+        s.in_flight = s.in_flight.saturating_sub(1);
+        if self.probe {
+            s.health.probe_cancelled(Instant::now());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::AccrualConfig;
+
+    fn addr(p: u16) -> SocketAddr {
+        SocketAddr::from(([127, 0, 0, 1], p))
+    }
+
+    fn balancer(ports: &[u16], config: BalanceConfig) -> (watch::Sender<Destination>, Balancer) {
+        let eps = ports.iter().map(|p| Endpoint::plain(addr(*p))).collect();
+        let (tx, rx) = watch::channel(Destination {
+            name: "svc".into(),
+            endpoints: eps,
+        });
+        (tx, Balancer::new(rx, config))
+    }
+
+    fn count(b: &Balancer, n: usize, port: u16) -> usize {
+        (0..n)
+            .filter(|_| b.pick().unwrap().addr().port() == port)
+            .count()
+    }
+
+    #[test]
+    fn lower_latency_and_lower_load_win() {
+        let (_tx, b) = balancer(&[1, 2], BalanceConfig::default());
+        // Make 2 slow: a sample far above the default.
+        let mut p = b.pick_avoiding(&[addr(1)]).unwrap();
+        p.start -= Duration::from_secs(1);
+        p.success();
+        assert_eq!(
+            count(&b, 100, 1),
+            100,
+            "with two endpoints p2c always compares both"
+        );
+        // Enough load on 1 (30 ms x 41 > 1 s x 1) shifts picks to 2.
+        let held: Vec<Pick> = (0..40)
+            .map(|_| b.pick_avoiding(&[addr(2)]).unwrap())
+            .collect();
+        assert_eq!(b.snapshot()[0].in_flight, 40);
+        assert_eq!(b.pick().unwrap().addr(), addr(2));
+        drop(held);
+        assert_eq!(b.snapshot()[0].in_flight, 0);
+    }
+
+    #[test]
+    fn in_flight_load_spreads_equal_endpoints() {
+        let (_tx, b) = balancer(&[1, 2, 3], BalanceConfig::default());
+        let held: Vec<Pick> = (0..300).map(|_| b.pick().unwrap()).collect();
+        for e in b.snapshot() {
+            assert!((80..=120).contains(&e.in_flight), "{e:?}");
+        }
+        drop(held);
+    }
+
+    #[test]
+    fn follows_destination_updates_and_keeps_stats() {
+        let (tx, b) = balancer(&[1, 2], BalanceConfig::default());
+        let held = b.pick_avoiding(&[addr(2)]).unwrap();
+        tx.send_modify(|d| {
+            d.endpoints.remove(1);
+            d.endpoints.push(Endpoint::plain(addr(3)));
+            d.endpoints[0].weight = 5;
+            d.name = "renamed".into();
+        });
+        let snap = b.snapshot();
+        assert_eq!(
+            snap.iter().map(|e| e.addr.port()).collect::<Vec<_>>(),
+            vec![1, 3]
+        );
+        assert_eq!(
+            (snap[0].weight, snap[0].in_flight),
+            (5, 1),
+            "stats kept across a weight change"
+        );
+        assert_eq!(&*b.name(), "renamed");
+        drop(held);
+        // Weight 0: no new traffic while another endpoint is usable.
+        tx.send_modify(|d| d.endpoints[0].weight = 0);
+        assert_eq!(count(&b, 50, 3), 50);
+        tx.send_modify(|d| d.endpoints.clear());
+        assert!(b.pick().is_none());
+    }
+
+    #[test]
+    fn failing_endpoint_leaves_rotation_and_is_probed_back() {
+        let cfg = BalanceConfig {
+            accrual: AccrualConfig {
+                threshold: 2,
+                min_backoff: Duration::from_millis(50),
+                max_backoff: Duration::from_secs(1),
+            },
+            ..Default::default()
+        };
+        let (_tx, b) = balancer(&[1, 2], cfg);
+        for _ in 0..2 {
+            b.pick_avoiding(&[addr(2)]).unwrap().failure();
+        }
+        assert!(!b.snapshot()[0].health.is_alive());
+        assert_eq!(count(&b, 50, 2), 50, "dead endpoint gets nothing");
+        std::thread::sleep(Duration::from_millis(70));
+        let probe = b.pick().unwrap();
+        assert!(probe.is_probe() && probe.addr() == addr(1));
+        assert_eq!(count(&b, 20, 2), 20, "one probe at a time");
+        drop(probe);
+        let probe = b.pick().unwrap();
+        assert!(probe.is_probe(), "a cancelled probe is sent again");
+        probe.success();
+        assert!(b.snapshot()[0].health.is_alive());
+    }
+
+    #[test]
+    fn all_dead_still_balances() {
+        let cfg = BalanceConfig {
+            accrual: AccrualConfig {
+                threshold: 1,
+                min_backoff: Duration::from_secs(60),
+                max_backoff: Duration::from_secs(60),
+            },
+            ..Default::default()
+        };
+        let (_tx, b) = balancer(&[1, 2], cfg);
+        b.pick_avoiding(&[addr(2)]).unwrap().failure();
+        b.pick_avoiding(&[addr(1)]).unwrap().failure();
+        assert!(b.snapshot().iter().all(|e| !e.health.is_alive()));
+        assert!(b.pick().is_some());
+    }
+}

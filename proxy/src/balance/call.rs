@@ -1,0 +1,364 @@
+//! Running a request or opening a connection through a [`Balancer`]:
+//! timeouts, retries bounded by a [`RetryBudget`], failover to another
+//! endpoint.
+
+use super::budget::RetryBudget;
+use super::{Balancer, Pick};
+use crate::discovery::Endpoint;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::time::Instant;
+
+/// How one request (or connection attempt) is run.
+#[derive(Debug, Clone)]
+pub struct RequestPolicy {
+    /// Bound on the whole request, retries included.
+    pub timeout: Option<Duration>,
+    /// Bound on one attempt; a timed out attempt is a failure and may be
+    /// retried.
+    pub try_timeout: Option<Duration>,
+    /// Attempts at most, the first included (1 = no retries).
+    pub max_attempts: u32,
+    /// Shared budget that retries draw from; `None` = no retries.
+    pub budget: Option<Arc<RetryBudget>>,
+}
+
+impl Default for RequestPolicy {
+    fn default() -> Self {
+        RequestPolicy {
+            timeout: None,
+            try_timeout: None,
+            max_attempts: 1,
+            budget: None,
+        }
+    }
+}
+
+/// What one attempt gave. `Failure` carries the value to hand back if the
+/// request is not retried (an error, or a 5xx response).
+#[derive(Debug)]
+pub enum Attempt<R> {
+    Success(R),
+    Failure(R),
+}
+
+/// Why a request got no answer from any endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CallError {
+    #[error("destination {0} has no endpoints")]
+    NoEndpoints(Arc<str>),
+    #[error("request to {destination} timed out after {elapsed:?} ({attempts} attempts)")]
+    Timeout {
+        destination: Arc<str>,
+        elapsed: Duration,
+        attempts: u32,
+    },
+}
+
+/// Why no connection could be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectError<E: std::error::Error + 'static> {
+    #[error("destination {0} has no endpoints")]
+    NoEndpoints(Arc<str>),
+    #[error("connecting to {addr} (destination {destination}) timed out")]
+    Timeout {
+        destination: Arc<str>,
+        addr: SocketAddr,
+    },
+    #[error("connecting to {addr} (destination {destination}): {source}")]
+    Failed {
+        destination: Arc<str>,
+        addr: SocketAddr,
+        source: E,
+    },
+}
+
+/// Whether a method may be retried after it may have reached the server
+/// (RFC 9110 section 9.2.2: GET, HEAD, OPTIONS, TRACE, PUT, DELETE). The
+/// caller must also be able to send the request again (no body, or a
+/// buffered one).
+pub fn is_idempotent(method: &http::Method) -> bool {
+    use http::Method;
+    [
+        Method::GET,
+        Method::HEAD,
+        Method::OPTIONS,
+        Method::TRACE,
+        Method::PUT,
+        Method::DELETE,
+    ]
+    .contains(method)
+}
+
+/// Runs `fut` with an optional timeout (`None` = no bound).
+pub async fn with_timeout<F: Future>(
+    timeout: Option<Duration>,
+    fut: F,
+) -> Result<F::Output, tokio::time::error::Elapsed> {
+    match timeout {
+        Some(t) => tokio::time::timeout(t, fut).await,
+        None => Ok(fut.await),
+    }
+}
+
+impl RequestPolicy {
+    fn try_bound(&self, deadline: Option<Instant>) -> Option<Duration> {
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        match (left, self.try_timeout) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// Whether another attempt may start after `attempts` of them.
+    fn may_retry(&self, attempts: u32, deadline: Option<Instant>) -> bool {
+        attempts < self.max_attempts
+            && deadline.is_none_or(|d| Instant::now() < d)
+            && self.budget.as_ref().is_some_and(|b| b.try_withdraw())
+    }
+}
+
+impl Balancer {
+    /// Runs one request: picks an endpoint, calls `attempt` with it, records
+    /// latency and outcome, and retries on another endpoint when `retryable`
+    /// (see [`is_idempotent`]), attempts remain and the budget allows.
+    /// Returns the last attempt's value, success or failure.
+    pub async fn call<R, F, Fut>(
+        &self,
+        policy: &RequestPolicy,
+        retryable: bool,
+        mut attempt: F,
+    ) -> Result<R, CallError>
+    where
+        F: FnMut(Arc<Endpoint>) -> Fut,
+        Fut: Future<Output = Attempt<R>>,
+    {
+        let start = Instant::now();
+        let deadline = policy.timeout.map(|t| start + t);
+        if let Some(b) = &policy.budget {
+            b.deposit();
+        }
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempts = 0;
+        loop {
+            let pick = self
+                .pick_avoiding(&tried)
+                .ok_or_else(|| CallError::NoEndpoints(self.name()))?;
+            attempts += 1;
+            tried.push(pick.addr());
+            let outcome =
+                with_timeout(policy.try_bound(deadline), attempt(pick.endpoint().clone())).await;
+            let last = match outcome {
+                Ok(Attempt::Success(r)) => {
+                    pick.success();
+                    return Ok(r);
+                }
+                Ok(Attempt::Failure(r)) => {
+                    pick.failure();
+                    Some(r)
+                }
+                Err(_) => {
+                    pick.failure();
+                    None
+                }
+            };
+            let can_retry = retryable && policy.may_retry(attempts, deadline);
+            match last {
+                Some(r) if !can_retry => return Ok(r),
+                None if !can_retry => {
+                    return Err(CallError::Timeout {
+                        destination: self.name(),
+                        elapsed: start.elapsed(),
+                        attempts,
+                    });
+                }
+                _ => {
+                    tracing::debug!(destination = %self.name(), attempts, "retrying on another endpoint")
+                }
+            }
+        }
+    }
+
+    /// Opens a connection: picks an endpoint and calls `connect` with it; on
+    /// an error or timeout fails over to another endpoint (nothing was sent,
+    /// so this is always safe) while attempts remain and the budget allows.
+    /// The returned [`Pick`] has the connect time recorded as latency;
+    /// hold it for the connection's life (it counts as load).
+    pub async fn connect<C, E, F, Fut>(
+        &self,
+        policy: &RequestPolicy,
+        mut connect: F,
+    ) -> Result<(C, Pick), ConnectError<E>>
+    where
+        E: std::error::Error + 'static,
+        F: FnMut(Arc<Endpoint>) -> Fut,
+        Fut: Future<Output = Result<C, E>>,
+    {
+        let deadline = policy.timeout.map(|t| Instant::now() + t);
+        if let Some(b) = &policy.budget {
+            b.deposit();
+        }
+        let mut tried: Vec<SocketAddr> = Vec::new();
+        let mut attempts = 0;
+        loop {
+            let mut pick = self
+                .pick_avoiding(&tried)
+                .ok_or_else(|| ConnectError::NoEndpoints(self.name()))?;
+            attempts += 1;
+            let addr = pick.addr();
+            tried.push(addr);
+            let err =
+                match with_timeout(policy.try_bound(deadline), connect(pick.endpoint().clone()))
+                    .await
+                {
+                    Ok(Ok(conn)) => {
+                        pick.record_latency();
+                        return Ok((conn, pick));
+                    }
+                    Ok(Err(source)) => ConnectError::Failed {
+                        destination: self.name(),
+                        addr,
+                        source,
+                    },
+                    Err(_) => ConnectError::Timeout {
+                        destination: self.name(),
+                        addr,
+                    },
+                };
+            pick.failure();
+            if !policy.may_retry(attempts, deadline) {
+                return Err(err);
+            }
+            tracing::debug!(error = %err, "connect failed; trying another endpoint");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::balance::{BalanceConfig, BudgetConfig};
+    use crate::discovery::Destination;
+    use tokio::sync::watch;
+
+    fn balancer(n: u16) -> (watch::Sender<Destination>, Balancer) {
+        let eps = (1..=n)
+            .map(|p| Endpoint::plain(SocketAddr::from(([127, 0, 0, 1], p))))
+            .collect();
+        let (tx, rx) = watch::channel(Destination {
+            name: "svc".into(),
+            endpoints: eps,
+        });
+        (tx, Balancer::new(rx, BalanceConfig::default()))
+    }
+
+    #[test]
+    fn idempotent_methods() {
+        assert!(is_idempotent(&http::Method::GET));
+        assert!(is_idempotent(&http::Method::PUT));
+        assert!(!is_idempotent(&http::Method::POST));
+        assert!(!is_idempotent(&http::Method::PATCH));
+    }
+
+    #[tokio::test]
+    async fn retries_on_other_endpoints_within_attempts() {
+        let (_tx, b) = balancer(3);
+        let policy = RequestPolicy {
+            max_attempts: 3,
+            budget: Some(Arc::new(RetryBudget::new(BudgetConfig::default()))),
+            ..Default::default()
+        };
+        let mut seen = Vec::new();
+        let r = b
+            .call(&policy, true, |ep| {
+                seen.push(ep.addr);
+                async move {
+                    if ep.addr.port() == 3 {
+                        Attempt::Success("ok")
+                    } else {
+                        Attempt::Failure("bad")
+                    }
+                }
+            })
+            .await;
+        let mut distinct = seen.clone();
+        distinct.dedup();
+        assert_eq!(
+            distinct.len(),
+            seen.len(),
+            "each attempt on another endpoint: {seen:?}"
+        );
+        assert_eq!(
+            r,
+            Ok("ok"),
+            "three attempts on three endpoints reach the good one"
+        );
+        // Not retryable: one attempt only.
+        let mut n = 0;
+        let r = b
+            .call(&policy, false, |_| {
+                n += 1;
+                async { Attempt::Failure("bad") }
+            })
+            .await;
+        assert_eq!((r, n), (Ok("bad"), 1));
+        // No budget: no retries.
+        let mut n = 0;
+        let no_budget = RequestPolicy {
+            max_attempts: 3,
+            ..Default::default()
+        };
+        let _ = b
+            .call(&no_budget, true, |_| {
+                n += 1;
+                async { Attempt::Failure(()) }
+            })
+            .await;
+        assert_eq!(n, 1);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn timeouts_bound_attempts_and_the_whole_request() {
+        let (_tx, b) = balancer(2);
+        let policy = RequestPolicy {
+            timeout: Some(Duration::from_millis(250)),
+            try_timeout: Some(Duration::from_millis(100)),
+            max_attempts: 10,
+            budget: Some(Arc::new(RetryBudget::new(BudgetConfig::default()))),
+        };
+        let mut n = 0;
+        let r: Result<(), _> = b
+            .call(&policy, true, |_| {
+                n += 1;
+                std::future::pending()
+            })
+            .await;
+        assert!(
+            matches!(r, Err(CallError::Timeout { attempts: 3, .. })),
+            "{r:?}"
+        );
+        assert_eq!(n, 3);
+        assert!(b.snapshot().iter().all(|e| e.in_flight == 0));
+    }
+
+    #[tokio::test]
+    async fn no_endpoints() {
+        let (tx, b) = balancer(0);
+        let r = b
+            .call(&RequestPolicy::default(), true, |_| async {
+                Attempt::Success(())
+            })
+            .await;
+        assert_eq!(r, Err(CallError::NoEndpoints("svc".into())));
+        let b2 = b.clone();
+        let waiter = tokio::spawn(async move { b2.ready(Duration::from_secs(5)).await });
+        tx.send_modify(|d| {
+            d.endpoints
+                .push(Endpoint::plain("127.0.0.1:9".parse().unwrap()))
+        });
+        assert!(waiter.await.unwrap());
+        assert!(b.pick().is_some());
+    }
+}
