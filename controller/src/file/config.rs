@@ -257,24 +257,15 @@ impl Snapshot {
                     svc.name, svc.namespace
                 )));
             }
-            if let Some(ip) = svc.cluster_ip {
-                if let Some(other) = snap.by_cluster_ip.insert(ip, key.clone()) {
-                    return Err(invalid(format!(
-                        "clusterIP {ip} is also used by {}.{}",
-                        other.0, other.1
-                    )));
-                }
-            }
-            if snap
-                .services
-                .insert(key, Service { ports, backends })
-                .is_some()
+            if let Some(ip) = svc.cluster_ip
+                && let Some(other) = snap.by_cluster_ip.insert(ip, key.clone())
             {
                 return Err(invalid(format!(
-                    "service {}.{} defined twice",
-                    svc.name, svc.namespace
+                    "clusterIP {ip} is also used by {}.{}",
+                    other.0, other.1
                 )));
             }
+            snap.services.insert(key, Service { ports, backends });
         }
         Ok(snap)
     }

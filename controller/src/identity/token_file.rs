@@ -41,10 +41,13 @@ pub enum TokenFileError {
     Parse { path: PathBuf, message: String },
 }
 
+/// Modification time and length of a file.
+type Stamp = (SystemTime, u64);
+
 pub struct TokenFileVerifier {
     path: PathBuf,
     /// (modification time and length of the loaded file, its entries)
-    cache: Mutex<(Option<(SystemTime, u64)>, Vec<TokenEntry>)>,
+    cache: Mutex<(Option<Stamp>, Vec<TokenEntry>)>,
 }
 
 impl TokenFileVerifier {
