@@ -24,6 +24,8 @@ pub struct AgentConfig {
     pub pin_dir: PathBuf,
     /// Further arguments (`--sockmap-fastpath`, `--exclude-cidr ...`).
     pub extra_args: Vec<String>,
+    /// Copy the agent's log lines to stderr (tests: yes; the demo: only on failure).
+    pub echo_logs: bool,
 }
 
 impl AgentConfig {
@@ -32,7 +34,7 @@ impl AgentConfig {
         if let Some(dir) = self.socket.parent() {
             std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         }
-        let mut process = Spawn::new("agent", &self.bin)
+        let mut spawn = Spawn::new("agent", &self.bin)
             .arg("agent")
             .arg("--cgroup")
             .arg(&self.cgroup)
@@ -44,8 +46,11 @@ impl AgentConfig {
             .env(
                 "RUST_LOG",
                 std::env::var("CONDUIT_AGENT_LOG").unwrap_or_else(|_| "info".into()),
-            )
-            .start()?;
+            );
+        if !self.echo_logs {
+            spawn = spawn.quiet();
+        }
+        let mut process = spawn.start()?;
         process
             .wait_for_line("agent ready", READY_TIMEOUT, |l| l.contains("agent ready"))
             .context("the agent did not become ready")?;

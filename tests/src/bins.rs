@@ -48,7 +48,8 @@ pub fn find(name: &str) -> Result<PathBuf> {
     let tried: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     bail!(
         "binary {name} not found (looked in {}); build it with `cargo build --workspace --bins` \
-         (after `cargo xtask build-ebpf`) or set {BIN_DIR_VAR}",
+         (after `cargo xtask build-ebpf`; for the release demo \
+         `cargo build --release -p conduit-ebpf -p conduit-tests --bins`) or set {BIN_DIR_VAR}",
         tried.join(", ")
     )
 }

@@ -113,6 +113,12 @@ impl Drop for CgroupTree {
                 self.root.path().display()
             );
         }
+        // The shared `conduit-tests` parent goes with the last test.
+        if let Some(parent) = self.root.path().parent()
+            && parent.file_name().is_some_and(|n| n == "conduit-tests")
+        {
+            let _ = std::fs::remove_dir(parent);
+        }
     }
 }
 

@@ -95,6 +95,7 @@ impl Env {
             socket: self.run_dir.join("agent.sock"),
             pin_dir: self.names.pin_dir(),
             extra_args: Vec::new(),
+            echo_logs: true,
         })
     }
 
@@ -120,5 +121,15 @@ impl Drop for Env {
             }
         }
         let _ = std::fs::remove_dir_all(&self.run_dir);
+        // The shared parents go when the last test's environment is gone
+        // (removing a non-empty directory fails, which is fine).
+        for dir in [self.run_dir.parent(), pin_dir.parent()]
+            .into_iter()
+            .flatten()
+        {
+            if dir.file_name().is_some_and(|n| n == "conduit-tests") {
+                let _ = std::fs::remove_dir(dir);
+            }
+        }
     }
 }

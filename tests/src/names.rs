@@ -12,6 +12,8 @@ pub struct Names {
     pub tag: String,
     /// Third octet of the test's IPv4 subnet `10.77.<n>.0/24` (and `fd77:0:0:<n>::/64`).
     pub subnet: u8,
+    netns_base: String,
+    base: String,
 }
 
 impl Names {
@@ -34,12 +36,30 @@ impl Names {
             })
             .collect();
         let tag = format!("{:06x}", fnv1a(name.as_bytes()) & 0xff_ffff);
-        Self { test, tag, subnet }
+        let netns_base = format!("ct-{test}");
+        let base = format!("conduit-tests/{test}");
+        Self {
+            test,
+            tag,
+            subnet,
+            netns_base,
+            base,
+        }
+    }
+
+    /// Names for the demo: namespaces `conduit-demo-<pod>`, cgroup
+    /// `conduit-demo`, pins under `/sys/fs/bpf/conduit-demo`, socket in
+    /// `/run/conduit-demo`, subnet `10.77.0.0/24` and `fd77::/64`.
+    pub fn demo() -> Self {
+        let mut n = Self::with_subnet("conduit-demo", 0);
+        n.netns_base = "conduit-demo".into();
+        n.base = "conduit-demo".into();
+        n
     }
 
     /// Network namespace of a pod.
     pub fn netns(&self, pod: &str) -> String {
-        format!("ct-{}-{}", self.test, pod)
+        format!("{}-{}", self.netns_base, pod)
     }
 
     /// The bridge joining the pods (at most 15 bytes).
@@ -73,17 +93,17 @@ impl Names {
 
     /// Directory of the test's agent socket and scratch files.
     pub fn run_dir(&self) -> std::path::PathBuf {
-        std::path::Path::new("/run/conduit-tests").join(&self.test)
+        std::path::Path::new("/run").join(&self.base)
     }
 
     /// Where the test's agent pins its maps and links.
     pub fn pin_dir(&self) -> std::path::PathBuf {
-        std::path::Path::new("/sys/fs/bpf/conduit-tests").join(&self.test)
+        std::path::Path::new("/sys/fs/bpf").join(&self.base)
     }
 
     /// The test's cgroup, relative to the cgroup v2 mount.
     pub fn cgroup(&self) -> String {
-        format!("conduit-tests/{}", self.test)
+        self.base.clone()
     }
 }
 
@@ -110,7 +130,15 @@ mod tests {
         let n = Names::with_subnet("demo", 0);
         assert_eq!(n.ipv4(1).to_string(), "10.77.0.1");
         assert_eq!(n.ipv6(2).to_string(), "fd77::2");
+        let d = Names::demo();
+        assert_eq!(d.netns("client"), "conduit-demo-client");
+        assert_eq!(
+            d.pin_dir(),
+            std::path::Path::new("/sys/fs/bpf/conduit-demo")
+        );
         let m = Names::new("x");
+        assert_eq!(m.netns("a"), "ct-x-a");
+        assert_eq!(m.cgroup(), "conduit-tests/x");
         assert!((20..220).contains(&m.subnet));
     }
 }

@@ -24,6 +24,16 @@ impl Netns {
             name: name.to_owned(),
         };
         ns.ip(&["link", "set", "lo", "up"])?;
+        // No duplicate address detection: addresses (link-local ones too)
+        // are usable at once instead of after a second or two.
+        ns.exec(
+            "sysctl",
+            &[
+                "-qw",
+                "net.ipv6.conf.all.accept_dad=0",
+                "net.ipv6.conf.default.accept_dad=0",
+            ],
+        )?;
         Ok(ns)
     }
 
