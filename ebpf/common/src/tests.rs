@@ -1,0 +1,72 @@
+use super::*;
+
+#[test]
+fn v4_mapping_round_trips_and_detects_loopback() {
+    let ip = IpKey::v4(u32::from_ne_bytes([10, 1, 2, 3]));
+    assert!(ip.is_v4());
+    assert_eq!(
+        ip.octets(),
+        [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 10, 1, 2, 3]
+    );
+    assert_eq!(IpKey::from_octets(ip.octets()), ip);
+    assert!(!ip.is_loopback());
+    assert!(IpKey::v4(u32::from_ne_bytes([127, 0, 0, 53])).is_loopback());
+    let mut one = [0u8; 16];
+    one[15] = 1;
+    assert!(IpKey::from_octets(one).is_loopback());
+    one[0] = 0xfd;
+    assert!(!IpKey::from_octets(one).is_loopback());
+}
+
+#[test]
+fn skip_ports_respect_their_length() {
+    let mut pod: PodConfig = unsafe_free_zeroed();
+    pod.outbound_port = 4140;
+    pod.inbound_port = 4143;
+    pod.admin_port = 4191;
+    pod.skip_inbound[0] = 22;
+    pod.skip_inbound[1] = 9000;
+    pod.skip_inbound_len = 1;
+    assert!(pod.skips_inbound(22));
+    assert!(!pod.skips_inbound(9000));
+    assert!(pod.skips_inbound(4143) && pod.skips_inbound(4191));
+    assert!(!pod.skips_outbound(0));
+}
+
+fn unsafe_free_zeroed() -> PodConfig {
+    PodConfig {
+        flags: 0,
+        proxy_uid: 0,
+        proxy_cgroup_id: 0,
+        outbound_port: 0,
+        inbound_port: 0,
+        admin_port: 0,
+        skip_inbound_len: 0,
+        skip_outbound_len: 0,
+        ips_len: 0,
+        _pad: 0,
+        skip_inbound: [0; MAX_SKIP_PORTS],
+        skip_outbound: [0; MAX_SKIP_PORTS],
+        ips: [IpKey::default(); MAX_POD_IPS],
+        proxy_pid: 0,
+        _pad2: 0,
+        proxy_start_time: 0,
+        enrolled_at: 0,
+        name: [0; NAME_LEN],
+        namespace: [0; NAME_LEN],
+    }
+}
+
+#[test]
+fn counter_indices_are_dense_and_named() {
+    assert_eq!(
+        counters::index(Program::SkMsg, Outcome::Fastpath),
+        counters::COUNTERS - 1
+    );
+    for (p, outcomes) in counters::VALID.iter().enumerate() {
+        assert!(!counters::PROGRAM_NAMES[p].is_empty());
+        for o in *outcomes {
+            assert!(!counters::OUTCOME_NAMES[*o as usize].is_empty());
+        }
+    }
+}
