@@ -226,13 +226,13 @@ async fn follow(
             return;
         };
         if notified {
-            // Let a writer finish: a file caught half-written is retried
-            // once before it is reported as bad.
-            tokio::time::sleep(Duration::from_millis(5)).await;
-            if let Err(FileError::Config { .. }) = backend.reload_quietly() {
-                tokio::time::sleep(Duration::from_millis(50)).await;
-            } else {
-                continue;
+            // A file caught half-written (written in place rather than
+            // renamed) is retried once, shortly, before it is reported.
+            match backend.reload_quietly() {
+                Err(FileError::Config { .. }) => {
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                }
+                _ => continue,
             }
         }
         let _ = backend.reload();
