@@ -41,7 +41,7 @@ impl Health {
         consecutive_failures: 0,
     };
 
-    pub(crate) fn is_alive(&self) -> bool {
+    pub fn is_alive(&self) -> bool {
         matches!(self, Health::Alive { .. })
     }
 

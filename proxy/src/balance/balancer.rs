@@ -206,7 +206,9 @@ impl State {
     /// Applies a new destination state, keeping the statistics of endpoints
     /// that stay.
     fn refresh(&mut self, cfg: &BalanceConfig, now: Instant) {
-        if !matches!(self.rx.has_changed(), Ok(true)) {
+        // `Ref::has_changed` also sees the last value sent before the
+        // sender went away (`Receiver::has_changed` would be an error then).
+        if !self.rx.borrow().has_changed() {
             return;
         }
         let dest = self.rx.borrow_and_update().clone();

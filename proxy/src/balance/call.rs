@@ -121,6 +121,23 @@ impl RequestPolicy {
 }
 
 impl Balancer {
+    /// A pick; when the destination has no endpoints yet (e.g. discovery
+    /// has not answered), waits for some, at most
+    /// [`BalanceConfig::endpoint_wait`](super::BalanceConfig) and the deadline.
+    async fn pick_waiting(&self, avoid: &[SocketAddr], deadline: Option<Instant>) -> Option<Pick> {
+        if let Some(p) = self.pick_avoiding(avoid) {
+            return Some(p);
+        }
+        let mut wait = self.config().endpoint_wait;
+        if let Some(d) = deadline {
+            wait = wait.min(d.saturating_duration_since(Instant::now()));
+        }
+        if wait.is_zero() || !self.ready(wait).await {
+            return None;
+        }
+        self.pick_avoiding(avoid)
+    }
+
     /// Runs one request: picks an endpoint, calls `attempt` with it, records
     /// latency and outcome, and retries on another endpoint when `retryable`
     /// (see [`is_idempotent`]), attempts remain and the budget allows.
@@ -144,7 +161,8 @@ impl Balancer {
         let mut attempts = 0;
         loop {
             let pick = self
-                .pick_avoiding(&tried)
+                .pick_waiting(&tried, deadline)
+                .await
                 .ok_or_else(|| CallError::NoEndpoints(self.name()))?;
             attempts += 1;
             tried.push(pick.addr());
@@ -204,7 +222,8 @@ impl Balancer {
         let mut attempts = 0;
         loop {
             let mut pick = self
-                .pick_avoiding(&tried)
+                .pick_waiting(&tried, deadline)
+                .await
                 .ok_or_else(|| ConnectError::NoEndpoints(self.name()))?;
             attempts += 1;
             let addr = pick.addr();
@@ -343,22 +362,30 @@ mod tests {
         assert!(b.snapshot().iter().all(|e| e.in_flight == 0));
     }
 
-    #[tokio::test]
-    async fn no_endpoints() {
+    #[tokio::test(start_paused = true)]
+    async fn no_endpoints_waits_a_bounded_time() {
         let (tx, b) = balancer(0);
+        let t0 = Instant::now();
         let r = b
             .call(&RequestPolicy::default(), true, |_| async {
                 Attempt::Success(())
             })
             .await;
         assert_eq!(r, Err(CallError::NoEndpoints("svc".into())));
-        let b2 = b.clone();
-        let waiter = tokio::spawn(async move { b2.ready(Duration::from_secs(5)).await });
-        tx.send_modify(|d| {
-            d.endpoints
-                .push(Endpoint::plain("127.0.0.1:9".parse().unwrap()))
+        assert_eq!(t0.elapsed(), BalanceConfig::default().endpoint_wait);
+        // Endpoints that arrive while a request waits are used.
+        tokio::spawn(async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            tx.send_modify(|d| {
+                d.endpoints
+                    .push(Endpoint::plain("127.0.0.1:9".parse().unwrap()))
+            });
         });
-        assert!(waiter.await.unwrap());
-        assert!(b.pick().is_some());
+        let r = b
+            .call(&RequestPolicy::default(), true, |ep| async move {
+                Attempt::Success(ep.addr.port())
+            })
+            .await;
+        assert_eq!(r, Ok(9));
     }
 }

@@ -95,6 +95,9 @@ pub struct BalanceConfig {
     /// Time constant of the peak-EWMA decay.
     pub decay: Duration,
     pub accrual: AccrualConfig,
+    /// How long a request or connection waits for endpoints when the
+    /// destination has none (discovery not answered yet) before failing.
+    pub endpoint_wait: Duration,
 }
 
 impl Default for BalanceConfig {
@@ -103,6 +106,7 @@ impl Default for BalanceConfig {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
             accrual: AccrualConfig::default(),
+            endpoint_wait: Duration::from_secs(1),
         }
     }
 }

@@ -49,9 +49,11 @@ struct Inner {
 #[derive(Debug, Default)]
 struct State {
     watches: HashMap<SocketAddr, watch::Sender<Destination>>,
-    /// Hash of the file text last applied (or last refused), so an
-    /// unchanged file is not parsed again.
-    file_hash: Option<u64>,
+    /// Hash of the file text last applied, so an unchanged file is not
+    /// parsed again.
+    applied_hash: Option<u64>,
+    /// Hash of the file text last refused.
+    refused_hash: Option<u64>,
 }
 
 impl StaticDiscovery {
@@ -79,22 +81,29 @@ impl StaticDiscovery {
     /// Reads the file again and applies it when it changed. Returns whether
     /// anything was applied. On error the previous table stays in force.
     pub fn reload(&self) -> Result<bool, StaticError> {
+        self.reload_inner().map_err(|(e, _)| e)
+    }
+
+    /// Like `reload`; the error says whether this file text was refused
+    /// before (so the reload loop logs each bad version once).
+    fn reload_inner(&self) -> Result<bool, (StaticError, bool)> {
         let (file_services, hash) = match &self.inner.file {
             None => (Vec::new(), None),
             Some(path) => {
-                let text = read_bounded(path)?;
+                let text = read_bounded(path).map_err(|e| (e, false))?;
                 let hash = hash_of(&text);
-                if self.read_state().file_hash == Some(hash)
-                    && !self.read_state().watches.is_empty()
-                {
+                if self.read_state().applied_hash == Some(hash) {
                     return Ok(false);
                 }
                 let services = parse_file(&text).map_err(|source| {
-                    self.write_state().file_hash = Some(hash);
-                    StaticError::File {
-                        path: path.clone(),
-                        source,
-                    }
+                    let seen = self.refused(hash);
+                    (
+                        StaticError::File {
+                            path: path.clone(),
+                            source,
+                        },
+                        seen,
+                    )
                 })?;
                 (services, Some(hash))
             }
@@ -102,19 +111,22 @@ impl StaticDiscovery {
         let mut all = self.inner.flags.clone();
         all.extend(file_services);
         let table = Table::build(&all).map_err(|source| {
-            self.write_state().file_hash = hash;
-            StaticError::Combined {
-                path: self.inner.file.clone().unwrap_or_default(),
-                source,
-            }
+            let seen = hash.is_some_and(|h| self.refused(h));
+            let path = self.inner.file.clone().unwrap_or_default();
+            (StaticError::Combined { path, source }, seen)
         })?;
         self.apply(table, hash);
         Ok(true)
     }
 
+    /// Notes a refused file version; returns whether it was refused before.
+    fn refused(&self, hash: u64) -> bool {
+        self.write_state().refused_hash.replace(hash) == Some(hash)
+    }
+
     fn apply(&self, table: Table, hash: Option<u64>) {
         let mut state = self.write_state();
-        state.file_hash = hash;
+        state.applied_hash = hash;
         state
             .watches
             .retain(|addr, _| table.by_addr.contains_key(addr));
@@ -155,12 +167,13 @@ impl StaticDiscovery {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let this = StaticDiscovery { inner };
-                match this.reload() {
+                match this.reload_inner() {
                     Ok(true) => tracing::info!("discovery file changed: table reloaded"),
-                    Ok(false) => {}
-                    Err(e) => {
-                        tracing::error!(error = %e, "discovery file not applied; keeping the previous table")
-                    }
+                    Ok(false) | Err((_, true)) => {}
+                    Err((e, false)) => tracing::error!(
+                        error = %e,
+                        "discovery file not applied; keeping the previous table"
+                    ),
                 }
             }
         }))
