@@ -12,6 +12,10 @@
 //! stdin commands: `unregister` closes the registration (the listeners stay),
 //! `register` registers again.
 
+// One libc::getsockopt with a sockaddr_storage buffer (nix only offers the
+// fixed-family SO_ORIGINAL_DST variants); see `original_dst`.
+#![allow(unsafe_code)]
+
 use anyhow::{Context, Result, bail};
 use clap::{Parser, ValueEnum};
 use conduit_register::{PodInfo, maintain};
@@ -290,20 +294,57 @@ impl Proxy {
 }
 
 /// The original destination of a captured outbound connection, asked the way
-/// a proxy behind iptables REDIRECT asks.
+/// a proxy behind iptables REDIRECT asks: `getsockopt(SOL_IP, SO_ORIGINAL_DST)`
+/// on an IPv4 socket, `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` on an IPv6
+/// one. The buffer is a `sockaddr_storage`, and the answer is decoded by its
+/// family: the agent answers in the family the application dialled, so an
+/// IPv6 destination captured to `127.0.0.1:4140` comes back as a
+/// `sockaddr_in6` on an IPv4 socket.
 fn original_dst(s: &TcpStream, local: SocketAddr) -> Result<SocketAddr> {
-    if local.is_ipv4() {
-        let sa =
-            socket::getsockopt(s, sockopt::OriginalDst).context("getsockopt(SO_ORIGINAL_DST)")?;
-        let ip = Ipv4Addr::from(u32::from_be(sa.sin_addr.s_addr));
-        Ok(SocketAddr::from((ip, u16::from_be(sa.sin_port))))
+    use std::os::fd::AsRawFd;
+    const SO_ORIGINAL_DST: libc::c_int = 80;
+    let (level, what) = if local.is_ipv4() {
+        (libc::SOL_IP, "getsockopt(SOL_IP, SO_ORIGINAL_DST)")
     } else {
-        let sa = socket::getsockopt(s, sockopt::Ip6tOriginalDst)
-            .context("getsockopt(IP6T_SO_ORIGINAL_DST)")?;
-        let ip = Ipv6Addr::from(sa.sin6_addr.s6_addr);
-        Ok(canonical(SocketAddr::from((
-            ip,
-            u16::from_be(sa.sin6_port),
-        ))))
+        (libc::SOL_IPV6, "getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)")
+    };
+    // SAFETY: an all-zero sockaddr_storage is valid.
+    let mut ss: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+    let mut len = libc::socklen_t::try_from(std::mem::size_of_val(&ss))?;
+    // SAFETY: the fd is the live socket of `s`; `ss` and `len` are valid for
+    // writes of `len` bytes and outlive the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            level,
+            SO_ORIGINAL_DST,
+            (&raw mut ss).cast(),
+            &raw mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error()).context(what);
     }
+    let addr = match i32::from(ss.ss_family) {
+        libc::AF_INET if len as usize >= std::mem::size_of::<libc::sockaddr_in>() => {
+            // SAFETY: the family says sockaddr_in and it is long enough.
+            let sin: libc::sockaddr_in =
+                unsafe { std::ptr::read_unaligned((&raw const ss).cast()) };
+            SocketAddr::from((
+                Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr)),
+                u16::from_be(sin.sin_port),
+            ))
+        }
+        libc::AF_INET6 if len as usize >= std::mem::size_of::<libc::sockaddr_in6>() => {
+            // SAFETY: the family says sockaddr_in6 and it is long enough.
+            let sin6: libc::sockaddr_in6 =
+                unsafe { std::ptr::read_unaligned((&raw const ss).cast()) };
+            SocketAddr::from((
+                Ipv6Addr::from(sin6.sin6_addr.s6_addr),
+                u16::from_be(sin6.sin6_port),
+            ))
+        }
+        f => bail!("{what} answered family {f} with {len} bytes"),
+    };
+    Ok(canonical(addr))
 }
