@@ -99,3 +99,36 @@ fn outbound_skip_ports_not_captured() -> Result<()> {
     captured_outbound(&client(&env, "app", dst)?, dst)?;
     Ok(())
 }
+
+#[test]
+fn outbound_excluded_cidr_not_captured() -> Result<()> {
+    let Some(env) = Env::privileged("outbound_exclude_cidr", &["app", "server", "other"])? else {
+        return Ok(());
+    };
+    let mut config = env.agent_config()?;
+    let excluded = env.pod("server");
+    config.extra_args = vec![
+        "--exclude-cidr".into(),
+        format!("{}/32", excluded.ipv4),
+        "--exclude-cidr".into(),
+        format!("{}/128", excluded.ipv6),
+    ];
+    let agent = config.start()?;
+    let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let _proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
+    let app = env.pod("app");
+    direct(
+        &client(&env, "app", excluded.v4(8080))?,
+        "server",
+        IpAddr::V4(app.ipv4),
+    )?;
+    direct(
+        &client(&env, "app", excluded.v6(8080))?,
+        "server",
+        IpAddr::V6(app.ipv6),
+    )?;
+    // Other destinations are still captured.
+    let other = env.pod("other").v4(8080);
+    captured_outbound(&client(&env, "app", other)?, other)?;
+    Ok(())
+}
