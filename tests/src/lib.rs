@@ -31,3 +31,15 @@ pub use agent::{Agent, AgentConfig};
 pub use apps::{ProxyMode, TestProxy, TestServer, client};
 pub use env::Env;
 pub use wait::wait_until;
+
+/// The name of the enclosing function (the test's name), for
+/// [`Env::privileged`] and SKIPPED lines.
+#[macro_export]
+macro_rules! test_name {
+    () => {{
+        fn f() {}
+        let name = ::std::any::type_name_of_val(&f);
+        let name = name.strip_suffix("::f").unwrap_or(name);
+        name.rsplit("::").next().unwrap_or(name)
+    }};
+}

@@ -32,7 +32,7 @@ fn mentions(v: &serde_json::Value, needle: &str) -> bool {
 
 #[test]
 fn agent_restart_keeps_capture_and_adopts_pinned_state() -> Result<()> {
-    let Some(env) = Env::privileged("agent_restart", &["app", "server"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server"])? else {
         return Ok(());
     };
     let config = env.agent_config()?;

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 #[test]
 fn cleanup_leaves_nothing_behind() -> Result<()> {
-    let Some(env) = Env::privileged("cleanup", &["app", "server"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server"])? else {
         return Ok(());
     };
     let agent = env.agent_config()?.start()?;

@@ -9,7 +9,8 @@ use std::net::IpAddr;
 
 #[test]
 fn pod_with_unregistered_proxy_not_captured() -> Result<()> {
-    let Some(env) = Env::privileged("unregistered_pod", &["enrolled", "idle", "server"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["enrolled", "idle", "server"])?
+    else {
         return Ok(());
     };
     let agent = env.agent_config()?.start()?;
@@ -40,7 +41,11 @@ fn pod_with_unregistered_proxy_not_captured() -> Result<()> {
 
 #[test]
 fn non_enrolled_namespace_not_captured() -> Result<()> {
-    let Some(env) = Env::privileged("non_enrolled_ns", &["enrolled", "outside", "server"])? else {
+    let Some(env) = Env::privileged(
+        conduit_tests::test_name!(),
+        &["enrolled", "outside", "server"],
+    )?
+    else {
         return Ok(());
     };
     let agent = env.agent_config()?.start()?;

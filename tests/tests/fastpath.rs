@@ -9,7 +9,7 @@ use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client};
 
 #[test]
 fn fastpath_relays_captured_connections() -> Result<()> {
-    let Some(env) = Env::privileged("fastpath", &["app", "server"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server"])? else {
         return Ok(());
     };
     let mut config = env.agent_config()?;

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 #[test]
 fn pods_talk_over_ipv4_and_ipv6() -> Result<()> {
-    let Some(env) = Env::privileged("harness_pods_talk", &["a", "b"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["a", "b"])? else {
         return Ok(());
     };
     let server = TestServer::start(&env, "b", 8080, "server-b")?;
@@ -51,7 +51,7 @@ fn pods_talk_over_ipv4_and_ipv6() -> Result<()> {
 
 #[test]
 fn processes_run_in_their_pod_cgroup_and_user() -> Result<()> {
-    let Some(env) = Env::privileged("harness_placement", &["a"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["a"])? else {
         return Ok(());
     };
     let cg = env.pod_cgroup("a", "proxy")?;
@@ -84,7 +84,7 @@ fn processes_run_in_their_pod_cgroup_and_user() -> Result<()> {
 
 #[test]
 fn drop_removes_everything() -> Result<()> {
-    let Some(env) = Env::privileged("harness_drop", &["a", "b"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["a", "b"])? else {
         return Ok(());
     };
     let bridge = env.topology().bridge().name().to_owned();
@@ -118,7 +118,7 @@ fn drop_removes_everything() -> Result<()> {
 fn test_proxy_runs_unregistered() -> Result<()> {
     use conduit_tests::report::{ProxyEvent, Side};
     use conduit_tests::{ProxyMode, TestProxy};
-    let Some(env) = Env::privileged("harness_test_proxy", &["a", "b"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["a", "b"])? else {
         return Ok(());
     };
     let proxy = TestProxy::start(&env, "a", ProxyMode::Report, None)?;

@@ -11,7 +11,7 @@ use std::net::IpAddr;
 
 #[test]
 fn inbound_sk_lookup_original_destination() -> Result<()> {
-    let Some(env) = Env::privileged("inbound_sk_lookup", &["pod", "client"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["pod", "client"])? else {
         return Ok(());
     };
     let agent = env.agent_config()?.start()?;
@@ -62,7 +62,7 @@ fn inbound_sk_lookup_original_destination() -> Result<()> {
 
 #[test]
 fn inbound_skip_ports_untouched() -> Result<()> {
-    let Some(env) = Env::privileged("inbound_skip_ports", &["pod", "client"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["pod", "client"])? else {
         return Ok(());
     };
     let agent = env.agent_config()?.start()?;
@@ -101,7 +101,7 @@ fn inbound_skip_ports_untouched() -> Result<()> {
 
 #[test]
 fn inbound_relay_reaches_the_app() -> Result<()> {
-    let Some(env) = Env::privileged("inbound_relay", &["pod", "client"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["pod", "client"])? else {
         return Ok(());
     };
     let agent = env.agent_config()?.start()?;

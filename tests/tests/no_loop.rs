@@ -9,7 +9,7 @@ use std::time::Duration;
 
 #[test]
 fn proxy_own_connections_not_captured() -> Result<()> {
-    let Some(env) = Env::privileged("no_loop", &["app", "server"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server"])? else {
         return Ok(());
     };
     let agent = env.agent_config()?.start()?;

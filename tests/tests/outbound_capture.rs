@@ -19,7 +19,7 @@ fn setup(test: &str) -> Result<Option<(Env, conduit_tests::Agent)>> {
 
 #[test]
 fn outbound_ipv4_original_destination() -> Result<()> {
-    let Some((env, agent)) = setup("outbound_ipv4")? else {
+    let Some((env, agent)) = setup(conduit_tests::test_name!())? else {
         return Ok(());
     };
     let _server = TestServer::start(&env, "server", 8080, "server")?;
@@ -34,7 +34,7 @@ fn outbound_ipv4_original_destination() -> Result<()> {
 
 #[test]
 fn outbound_ipv6_original_destination() -> Result<()> {
-    let Some((env, agent)) = setup("outbound_ipv6")? else {
+    let Some((env, agent)) = setup(conduit_tests::test_name!())? else {
         return Ok(());
     };
     let _server = TestServer::start(&env, "server", 8080, "server")?;
@@ -46,7 +46,7 @@ fn outbound_ipv6_original_destination() -> Result<()> {
 
 #[test]
 fn outbound_ipv4_mapped_ipv6_original_destination() -> Result<()> {
-    let Some((env, agent)) = setup("outbound_v4mapped")? else {
+    let Some((env, agent)) = setup(conduit_tests::test_name!())? else {
         return Ok(());
     };
     let _server = TestServer::start(&env, "server", 8080, "server")?;
@@ -59,7 +59,7 @@ fn outbound_ipv4_mapped_ipv6_original_destination() -> Result<()> {
 
 #[test]
 fn outbound_loopback_destinations_not_captured() -> Result<()> {
-    let Some((env, agent)) = setup("outbound_loopback")? else {
+    let Some((env, agent)) = setup(conduit_tests::test_name!())? else {
         return Ok(());
     };
     let _local = TestServer::start(&env, "app", 8080, "local")?;
@@ -78,7 +78,7 @@ fn outbound_loopback_destinations_not_captured() -> Result<()> {
 
 #[test]
 fn outbound_skip_ports_not_captured() -> Result<()> {
-    let Some((env, agent)) = setup("outbound_skip_ports")? else {
+    let Some((env, agent)) = setup(conduit_tests::test_name!())? else {
         return Ok(());
     };
     let _server = TestServer::start(&env, "server", 9090, "server")?;
@@ -102,7 +102,8 @@ fn outbound_skip_ports_not_captured() -> Result<()> {
 
 #[test]
 fn outbound_excluded_cidr_not_captured() -> Result<()> {
-    let Some(env) = Env::privileged("outbound_exclude_cidr", &["app", "server", "other"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server", "other"])?
+    else {
         return Ok(());
     };
     let mut config = env.agent_config()?;

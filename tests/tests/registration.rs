@@ -42,7 +42,7 @@ fn expect_captured(env: &Env) -> Result<()> {
 
 #[test]
 fn capture_stops_when_registration_closes_and_resumes_on_register() -> Result<()> {
-    let Some(env) = Env::privileged("registration_closes", &["app", "server"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server"])? else {
         return Ok(());
     };
     let agent = env.agent_config()?.start()?;
@@ -63,7 +63,7 @@ fn capture_stops_when_registration_closes_and_resumes_on_register() -> Result<()
 
 #[test]
 fn capture_stops_when_proxy_dies_and_resumes_with_a_new_proxy() -> Result<()> {
-    let Some(env) = Env::privileged("registration_proxy_dies", &["app", "server"])? else {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server"])? else {
         return Ok(());
     };
     let agent = env.agent_config()?.start()?;
