@@ -1,7 +1,9 @@
 //! Mutual TLS between proxies: [`TlsConnector`] (outbound, towards a meshed
 //! endpoint) and [`TlsAcceptor`] (inbound, on the proxy's 4143 listener).
 //!
-//! TLS 1.3 only; certificates come from [`Credentials`] at each handshake.
+//! TLS 1.3 only, no session resumption (every handshake verifies the
+//! peer's current certificate); our certificate comes from [`Credentials`]
+//! at each handshake.
 //! ALPN names the inter-proxy protocol: [`Alpn::H2`] (`conduit/h2`) or
 //! [`Alpn::Opaque`] (`conduit/opaque`).
 
@@ -151,8 +153,8 @@ impl TlsConnector {
             return Err(TlsError::NotReady);
         }
         let config = self.config(expected, alpn)?;
-        // SNI is off: the name below is only the key of the config's own
-        // session cache; identity is checked by the verifier.
+        // SNI is off and the name is not checked: identity is checked by
+        // the verifier, against the SPIFFE URI SAN.
         let name = ServerName::try_from("peer.conduit.invalid")
             .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
         let connecting = tokio_rustls::TlsConnector::from(config).connect(name, stream);
@@ -165,9 +167,7 @@ impl TlsConnector {
         Ok(tls)
     }
 
-    /// One config per (identity, protocol): each has its own verifier and
-    /// session cache, so a resumed session was verified for the same
-    /// identity.
+    /// One config per (identity, protocol), each with its own verifier.
     fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, TlsError> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = configs.get(&(expected.clone(), alpn)) {
@@ -184,6 +184,9 @@ impl TlsConnector {
                 .with_client_cert_resolver(self.credentials.resolver());
         config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
         config.enable_sni = false;
+        // Every handshake verifies the peer's current certificate (see
+        // docs/identity.md: no resumption).
+        config.resumption = rustls::client::Resumption::disabled();
         let config = Arc::new(config);
         if configs.len() >= MAX_CACHED_CLIENT_CONFIGS {
             configs.clear();
@@ -216,6 +219,8 @@ impl TlsAcceptor {
                 .with_client_cert_verifier(Arc::new(verifier))
                 .with_cert_resolver(credentials.resolver());
         config.alpn_protocols = Alpn::ALL.iter().map(|a| a.as_bytes().to_vec()).collect();
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
         Ok(TlsAcceptor {
             credentials,
             config: Arc::new(config),
