@@ -1,0 +1,209 @@
+//! The load generator: a hyper client driving either an open loop (a fixed
+//! request rate, each request's latency measured from the moment it was
+//! *scheduled*, so a stalled server cannot hide its queueing delay: no
+//! coordinated omission) or a closed loop (a fixed number of concurrent
+//! requests, to find the maximum rate).
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Requests allowed in flight in the open loop before new ones are counted
+/// as errors instead of sent (a bound on the generator's memory).
+const MAX_IN_FLIGHT: usize = 20_000;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+impl Protocol {
+    pub fn label(self) -> &'static str {
+        match self {
+            Protocol::Http1 => "HTTP/1.1",
+            Protocol::Http2 => "HTTP/2",
+        }
+    }
+}
+
+/// What one run measured.
+#[derive(Debug, Clone, Default)]
+pub struct Sample {
+    /// Latencies of successful requests, nanoseconds, sorted.
+    pub latencies: Vec<u64>,
+    pub errors: usize,
+    pub elapsed: Duration,
+    /// How late the open loop's pacer was at worst (its own jitter).
+    pub max_send_lag: Duration,
+}
+
+impl Sample {
+    pub fn throughput(&self) -> f64 {
+        self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    pub fn quantile(&self, q: f64) -> Option<Duration> {
+        if self.latencies.is_empty() {
+            return None;
+        }
+        let i =
+            ((self.latencies.len() as f64 * q).ceil() as usize).clamp(1, self.latencies.len()) - 1;
+        Some(Duration::from_nanos(self.latencies[i]))
+    }
+}
+
+type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+
+/// A client for `target` (host header and connection address).
+#[derive(Clone)]
+pub struct Target {
+    client: HttpClient,
+    uri: hyper::Uri,
+}
+
+impl Target {
+    pub fn new(addr: SocketAddr, protocol: Protocol) -> Target {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new())
+            .http2_only(protocol == Protocol::Http2)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .build(connector);
+        Target {
+            client,
+            uri: format!("http://{addr}/").parse().expect("uri"),
+        }
+    }
+
+    /// One GET; true when a 2xx came back with its whole body.
+    async fn get(&self) -> bool {
+        match self.client.get(self.uri.clone()).await {
+            Ok(resp) => {
+                let ok = resp.status().is_success();
+                ok && resp.into_body().collect().await.is_ok()
+            }
+            Err(_) => false,
+        }
+    }
+}
+
+/// Open loop: `rate` requests per second for `duration`. The pacer is an
+/// OS thread sleeping until each request's scheduled time (the tokio timer
+/// has 1 ms granularity, too coarse at thousands of requests per second).
+pub fn open_loop(
+    rt: &tokio::runtime::Handle,
+    target: &Target,
+    rate: u32,
+    duration: Duration,
+) -> Sample {
+    let n = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
+    let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
+    let latencies = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let in_flight = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::with_capacity(n as usize);
+    let mut max_lag = Duration::ZERO;
+    let start = Instant::now();
+    for i in 0..n {
+        let scheduled = start + interval.mul_f64(i as f64);
+        let now = Instant::now();
+        if scheduled > now {
+            std::thread::sleep(scheduled - now);
+        } else {
+            max_lag = max_lag.max(now - scheduled);
+        }
+        if in_flight.load(Ordering::Relaxed) >= MAX_IN_FLIGHT {
+            errors.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        in_flight.fetch_add(1, Ordering::Relaxed);
+        let (target, latencies, errors, in_flight) = (
+            target.clone(),
+            latencies.clone(),
+            errors.clone(),
+            in_flight.clone(),
+        );
+        tasks.push(rt.spawn(async move {
+            if target.get().await {
+                let lat = scheduled.elapsed().as_nanos() as u64;
+                latencies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push(lat);
+            } else {
+                errors.fetch_add(1, Ordering::Relaxed);
+            }
+            in_flight.fetch_sub(1, Ordering::Relaxed);
+        }));
+    }
+    rt.block_on(async {
+        for t in tasks {
+            let _ = t.await;
+        }
+    });
+    let elapsed = start.elapsed();
+    finish(latencies, errors, elapsed, max_lag)
+}
+
+/// Closed loop: `concurrency` requests always in flight for `duration`.
+pub fn closed_loop(
+    rt: &tokio::runtime::Handle,
+    target: &Target,
+    concurrency: usize,
+    duration: Duration,
+) -> Sample {
+    let latencies = Arc::new(Mutex::new(Vec::new()));
+    let errors = Arc::new(AtomicUsize::new(0));
+    let start = Instant::now();
+    let end = start + duration;
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (target, latencies, errors) = (target.clone(), latencies.clone(), errors.clone());
+            rt.spawn(async move {
+                let mut mine = Vec::new();
+                while Instant::now() < end {
+                    let t = Instant::now();
+                    if target.get().await {
+                        mine.push(t.elapsed().as_nanos() as u64);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+                latencies
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .extend(mine);
+            })
+        })
+        .collect();
+    rt.block_on(async {
+        for w in workers {
+            let _ = w.await;
+        }
+    });
+    let elapsed = start.elapsed();
+    finish(latencies, errors, elapsed, Duration::ZERO)
+}
+
+fn finish(
+    latencies: Arc<Mutex<Vec<u64>>>,
+    errors: Arc<AtomicUsize>,
+    elapsed: Duration,
+    max_send_lag: Duration,
+) -> Sample {
+    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    latencies.sort_unstable();
+    Sample {
+        latencies,
+        errors: errors.load(Ordering::Relaxed),
+        elapsed,
+        max_send_lag,
+    }
+}

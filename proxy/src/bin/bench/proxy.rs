@@ -1,0 +1,319 @@
+//! Running the real `conduit-proxy` for the benchmark: find (and build)
+//! the release binary, start it with static discovery pointing the
+//! benchmark service at the server, wait for `/ready`, read its RSS, and
+//! route the client's connections into its outbound listener.
+
+use anyhow::{Context, Result, bail};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The address clients dial through the proxy: a loopback address nothing
+/// listens on, so only the redirect (or the explicit proxy) can answer.
+pub const SERVICE_ADDR: &str = "127.77.0.1:80";
+const RULE_COMMENT: &str = "conduit-proxy-bench";
+
+/// The release `conduit-proxy` next to this benchmark binary, rebuilt so it
+/// matches the sources (cargo does nothing when it is up to date).
+pub fn locate(explicit: Option<PathBuf>, build: bool) -> Result<PathBuf> {
+    if let Some(p) = explicit {
+        if !p.is_file() {
+            bail!("--proxy-bin {} does not exist", p.display());
+        }
+        return Ok(p);
+    }
+    let exe = std::env::current_exe().context("finding the benchmark binary")?;
+    let dir = exe.parent().context("benchmark binary has no directory")?;
+    let bin = dir.join("conduit-proxy");
+    if build {
+        let target_dir = dir.parent().context("target directory")?;
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let profile = dir
+            .file_name()
+            .and_then(|n| n.to_str())
+            .unwrap_or("release");
+        eprintln!(
+            "[bench] building conduit-proxy ({profile}) into {} ...",
+            dir.display()
+        );
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.args([
+            "build",
+            "-p",
+            "conduit-proxy",
+            "--bin",
+            "conduit-proxy",
+            "--manifest-path",
+        ])
+        .arg(&manifest)
+        .env("CARGO_TARGET_DIR", target_dir);
+        if profile == "release" {
+            cmd.arg("--release");
+        }
+        let status = cmd
+            .status()
+            .context("running cargo to build conduit-proxy")?;
+        if !status.success() {
+            bail!(
+                "building conduit-proxy failed (see above); build it yourself with \
+                 `cargo build --release -p conduit-proxy` or pass --proxy-bin"
+            );
+        }
+    }
+    if !bin.is_file() {
+        bail!(
+            "no conduit-proxy binary at {}: build it with `cargo build --release -p conduit-proxy` \
+             or pass --proxy-bin",
+            bin.display()
+        );
+    }
+    Ok(bin)
+}
+
+/// How client connections reach the proxy's outbound listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route {
+    /// iptables `REDIRECT` of SERVICE_ADDR to the outbound port; the proxy
+    /// reads SO_ORIGINAL_DST, exactly as in a pod (needs root).
+    Redirect,
+    /// The client connects to the outbound listener, which is told the
+    /// destination with `--outbound-fixed-dst` (no root needed).
+    Fixed,
+}
+
+pub struct Proxy {
+    child: Child,
+    pub outbound: SocketAddr,
+    pub admin: SocketAddr,
+    pub log: PathBuf,
+    _redirect: Option<Redirect>,
+}
+
+impl Proxy {
+    pub fn start(bin: &Path, server: SocketAddr, route: Route) -> Result<Proxy> {
+        let log =
+            std::env::temp_dir().join(format!("conduit-proxy-bench-{}.log", std::process::id()));
+        let (outbound, inbound, admin) = (free_port()?, free_port()?, free_port()?);
+        let mut cmd = Command::new(bin);
+        cmd.arg("--outbound-addrs")
+            .arg(outbound.to_string())
+            .arg("--inbound-addrs")
+            .arg(inbound.to_string())
+            .arg("--admin-addr")
+            .arg(admin.to_string())
+            .arg("--service")
+            .arg(format!("bench@{SERVICE_ADDR}={server}"))
+            .arg("--log")
+            .arg("warn");
+        if route == Route::Fixed {
+            cmd.arg("--outbound-fixed-dst").arg(SERVICE_ADDR);
+        }
+        let file =
+            std::fs::File::create(&log).with_context(|| format!("creating {}", log.display()))?;
+        cmd.stdin(Stdio::null())
+            .stdout(file.try_clone()?)
+            .stderr(file);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {}", bin.display()))?;
+        let redirect = match route {
+            Route::Redirect => Some(Redirect::install(outbound.port())?),
+            Route::Fixed => None,
+        };
+        let mut proxy = Proxy {
+            child,
+            outbound,
+            admin,
+            log,
+            _redirect: redirect,
+        };
+        proxy.wait_ready(Duration::from_secs(20))?;
+        Ok(proxy)
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Where clients connect.
+    pub fn client_addr(&self, route: Route) -> SocketAddr {
+        match route {
+            Route::Redirect => SERVICE_ADDR.parse().expect("service address"),
+            Route::Fixed => self.outbound,
+        }
+    }
+
+    /// Resident set size now, from /proc.
+    pub fn rss_bytes(&self) -> Result<u64> {
+        proc_status_kb(self.pid(), "VmRSS:").map(|kb| kb * 1024)
+    }
+
+    /// Peak resident set size so far.
+    pub fn peak_rss_bytes(&self) -> Result<u64> {
+        proc_status_kb(self.pid(), "VmHWM:").map(|kb| kb * 1024)
+    }
+
+    fn wait_ready(&mut self, limit: Duration) -> Result<()> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait()? {
+                bail!(
+                    "conduit-proxy exited with {status} before it was ready:\n{}",
+                    self.log_tail()
+                );
+            }
+            if http_get_status(self.admin, "/ready").is_ok_and(|s| s == 200) {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "conduit-proxy not ready after {limit:?}:\n{}",
+                    self.log_tail()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log_tail(&self) -> String {
+        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(20)..].join("\n")
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
+    }
+}
+
+/// An iptables nat OUTPUT rule sending SERVICE_ADDR to the proxy; removed on
+/// drop (and stale ones from an interrupted run are removed first).
+struct Redirect {
+    args: Vec<String>,
+}
+
+impl Redirect {
+    fn install(port: u16) -> Result<Redirect> {
+        remove_stale();
+        let (ip, dport) = SERVICE_ADDR.split_once(':').expect("ip:port");
+        let args: Vec<String> = [
+            "-p",
+            "tcp",
+            "-d",
+            ip,
+            "--dport",
+            dport,
+            "-m",
+            "comment",
+            "--comment",
+            RULE_COMMENT,
+            "-j",
+            "REDIRECT",
+            "--to-ports",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([port.to_string()])
+        .collect();
+        iptables(&["-w", "-t", "nat", "-A", "OUTPUT"], &args)
+            .context("installing the iptables REDIRECT rule (needs root; or use --route fixed)")?;
+        Ok(Redirect { args })
+    }
+}
+
+impl Drop for Redirect {
+    fn drop(&mut self) {
+        if let Err(e) = iptables(&["-w", "-t", "nat", "-D", "OUTPUT"], &self.args) {
+            eprintln!("[bench] warning: could not remove the iptables rule: {e:#}");
+        }
+    }
+}
+
+fn remove_stale() {
+    let Ok(out) = Command::new("iptables")
+        .args(["-w", "-t", "nat", "-S", "OUTPUT"])
+        .output()
+    else {
+        return;
+    };
+    for line in String::from_utf8_lossy(&out.stdout).lines() {
+        if line.contains(RULE_COMMENT)
+            && let Some(rest) = line.strip_prefix("-A OUTPUT ")
+        {
+            let args: Vec<String> = rest
+                .split_whitespace()
+                .map(|s| s.trim_matches('"').to_string())
+                .collect();
+            let _ = iptables(&["-w", "-t", "nat", "-D", "OUTPUT"], &args);
+        }
+    }
+}
+
+fn iptables(pre: &[&str], args: &[String]) -> Result<()> {
+    let out = Command::new("iptables")
+        .args(pre)
+        .args(args)
+        .output()
+        .context("running iptables")?;
+    if !out.status.success() {
+        bail!(
+            "iptables {} {}: {}",
+            pre.join(" "),
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
+    }
+    Ok(())
+}
+
+/// Whether the REDIRECT route can work here: root and an iptables binary.
+pub fn can_redirect() -> bool {
+    nix::unistd::Uid::effective().is_root()
+        && Command::new("iptables")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success())
+}
+
+/// Whether the proxy binary offers `--outbound-fixed-dst`.
+pub fn supports_fixed(bin: &Path) -> bool {
+    Command::new(bin)
+        .arg("--help")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).contains("--outbound-fixed-dst"))
+}
+
+fn free_port() -> Result<SocketAddr> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
+    Ok(l.local_addr()?)
+}
+
+fn proc_status_kb(pid: u32, key: &str) -> Result<u64> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc status")?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .with_context(|| format!("no {key} in /proc/{pid}/status"))
+}
+
+/// A minimal blocking HTTP/1.0 GET for the admin server's status code.
+fn http_get_status(addr: SocketAddr, path: &str) -> std::io::Result<u16> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(200))?;
+    s.set_read_timeout(Some(Duration::from_millis(500)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+    let mut buf = [0u8; 64];
+    let n = s.read(&mut buf)?;
+    let head = String::from_utf8_lossy(&buf[..n]);
+    head.split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .ok_or_else(|| std::io::Error::other("no status line"))
+}

@@ -1,0 +1,260 @@
+//! `conduit-proxy-bench` (`cargo xtask bench proxy`): latency at fixed
+//! request rates (open loop) and the maximum rate (closed loop), HTTP/1.1
+//! and HTTP/2, through one real `conduit-proxy` process and directly to the
+//! same hyper server; prints p50/p99/p99.9, throughput, the proxy's RSS and
+//! the ratio to direct.
+
+#[path = "bench/loadgen.rs"]
+mod loadgen;
+#[path = "bench/proxy.rs"]
+mod proxy;
+#[path = "bench/report.rs"]
+mod report;
+#[path = "bench/server.rs"]
+mod server;
+
+use anyhow::{Context, Result, bail};
+use clap::Parser;
+use loadgen::{Protocol, Target};
+use proxy::{Proxy, Route};
+use report::{Load, Row};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+/// Benchmarks one conduit-proxy against direct connections.
+#[derive(Parser, Debug)]
+#[command(name = "conduit-proxy-bench")]
+struct Args {
+    /// Length of each measured run.
+    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    duration: Duration,
+    /// Unmeasured run before each measured one (connections, caches, EWMA).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    warmup: Duration,
+    /// Fixed request rates (requests per second, open loop).
+    #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
+    rates: Vec<u32>,
+    /// Concurrent requests of the maximum-rate run (closed loop); 0 skips it.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Protocols to measure: http1, http2.
+    #[arg(long, value_delimiter = ',', default_value = "http1,http2")]
+    protocols: Vec<String>,
+    /// How client connections reach the proxy: `redirect` (iptables REDIRECT
+    /// and SO_ORIGINAL_DST, as in a pod; needs root), `fixed` (the proxy's
+    /// --outbound-fixed-dst) or `auto` (redirect when root).
+    #[arg(long, default_value = "auto")]
+    route: String,
+    /// The conduit-proxy binary (default: the one next to this program,
+    /// rebuilt first).
+    #[arg(long)]
+    proxy_bin: Option<PathBuf>,
+    /// Do not rebuild conduit-proxy before running.
+    #[arg(long)]
+    no_build: bool,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s.split_at(
+        s.find(|c: char| !c.is_ascii_digit() && c != '.')
+            .unwrap_or(s.len()),
+    );
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 5s, 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let protocols: Vec<Protocol> = args
+        .protocols
+        .iter()
+        .map(|p| match p.as_str() {
+            "http1" | "h1" => Ok(Protocol::Http1),
+            "http2" | "h2" => Ok(Protocol::Http2),
+            other => bail!("unknown protocol {other:?} (http1, http2)"),
+        })
+        .collect::<Result<_>>()?;
+    let mut loads: Vec<Load> = args
+        .rates
+        .iter()
+        .filter(|r| **r > 0)
+        .map(|r| Load::Rate(*r))
+        .collect();
+    if args.concurrency > 0 {
+        loads.push(Load::Max(args.concurrency));
+    }
+
+    let bin = proxy::locate(
+        args.proxy_bin.clone(),
+        !args.no_build && args.proxy_bin.is_none(),
+    )?;
+    let route = match args.route.as_str() {
+        "redirect" => Route::Redirect,
+        "fixed" => Route::Fixed,
+        "auto" if proxy::can_redirect() => Route::Redirect,
+        "auto" if proxy::supports_fixed(&bin) => Route::Fixed,
+        "auto" => bail!(
+            "cannot route traffic into the proxy: not root (needed for the iptables REDIRECT) and \
+             {} has no --outbound-fixed-dst; run as root",
+            bin.display()
+        ),
+        other => bail!("unknown --route {other:?} (redirect, fixed, auto)"),
+    };
+
+    let server = server::Server::start()?;
+    eprintln!("[bench] hyper server on {}", server.addr);
+    let proxy = Proxy::start(&bin, server.addr, route)?;
+    let through = proxy.client_addr(route);
+    eprintln!(
+        "[bench] conduit-proxy pid {} (outbound {}, route {route:?}: clients dial {through})",
+        proxy.pid(),
+        proxy.outbound
+    );
+    let idle_rss = proxy.rss_bytes()?;
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .context("client runtime")?;
+    let runs = protocols.len() * loads.len() * 2;
+    let per_run = args.duration + args.warmup;
+    eprintln!(
+        "[bench] {runs} runs of {:?} (+{:?} warm-up): about {:.0} s",
+        args.duration,
+        args.warmup,
+        (per_run * runs as u32).as_secs_f64()
+    );
+
+    let mut rows = Vec::new();
+    let mut n = 0;
+    for &protocol in &protocols {
+        let direct_t = rt.block_on(async { Target::new(server.addr, protocol) });
+        let proxy_t = rt.block_on(async { Target::new(through, protocol) });
+        // A request through the proxy first: fail early and clearly.
+        check(&rt, &proxy_t, &proxy, protocol)?;
+        for &load in &loads {
+            for (path, target) in [("direct", &direct_t), ("proxy", &proxy_t)] {
+                n += 1;
+                eprint!(
+                    "[bench] {n:>2}/{runs} {} {} {path:<6} ... ",
+                    protocol.label(),
+                    load
+                );
+                let sampler = (path == "proxy").then(|| RssSampler::start(proxy.pid()));
+                run(&rt, target, load, args.warmup);
+                let sample = run(&rt, target, load, args.duration);
+                let rss = sampler.map(RssSampler::stop);
+                eprintln!(
+                    "{:.0} req/s, p50 {}, p99 {}, {} errors",
+                    sample.throughput(),
+                    report::fmt_opt(sample.quantile(0.5)),
+                    report::fmt_opt(sample.quantile(0.99)),
+                    sample.errors
+                );
+                rows.push(Row {
+                    protocol,
+                    load,
+                    path,
+                    sample,
+                    rss,
+                });
+            }
+        }
+    }
+    let peak_rss = proxy.peak_rss_bytes()?;
+    let idle_after = proxy.rss_bytes()?;
+    drop(proxy);
+    drop(server);
+
+    println!();
+    report::print(&rows, idle_rss, idle_after, peak_rss, &args_line());
+    Ok(())
+}
+
+fn args_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    format!("conduit-proxy-bench {}", args.join(" "))
+        .trim()
+        .to_string()
+}
+
+fn run(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    load: Load,
+    duration: Duration,
+) -> loadgen::Sample {
+    match load {
+        Load::Rate(r) => loadgen::open_loop(rt.handle(), target, r, duration),
+        Load::Max(c) => loadgen::closed_loop(rt.handle(), target, c, duration),
+    }
+}
+
+fn check(
+    rt: &tokio::runtime::Runtime,
+    target: &Target,
+    proxy: &Proxy,
+    protocol: Protocol,
+) -> Result<()> {
+    let s = loadgen::closed_loop(rt.handle(), target, 1, Duration::from_millis(200));
+    if s.latencies.is_empty() {
+        bail!(
+            "no {} request succeeded through the proxy ({} errors); its log:\n{}",
+            protocol.label(),
+            s.errors,
+            proxy.log_tail()
+        );
+    }
+    Ok(())
+}
+
+/// Samples a process's RSS every 50 ms and keeps the largest.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    max: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> Self {
+        let stop = Arc::new(AtomicBool::new(false));
+        let max = Arc::new(AtomicU64::new(0));
+        let (s, m) = (stop.clone(), max.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::Relaxed) {
+                if let Some(kb) = std::fs::read_to_string(format!("/proc/{pid}/status"))
+                    .ok()
+                    .and_then(|t| {
+                        t.lines()
+                            .find_map(|l| l.strip_prefix("VmRSS:"))
+                            .and_then(|v| {
+                                v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
+                            })
+                    })
+                {
+                    m.fetch_max(kb * 1024, Ordering::Relaxed);
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+        });
+        RssSampler { stop, max, thread }
+    }
+
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.max.load(Ordering::Relaxed)
+    }
+}
