@@ -18,6 +18,9 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Concurrent gRPC streams one client connection may open.
+pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
+
 pub struct ServerConfig<V> {
     pub grpc_addr: SocketAddr,
     pub admin_addr: SocketAddr,
@@ -74,6 +77,9 @@ pub async fn start<V: TokenVerifier>(cfg: ServerConfig<V>) -> anyhow::Result<Run
         tonic::transport::Server::builder()
             .http2_keepalive_interval(Some(Duration::from_secs(30)))
             .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+            // Bounds what one connection can hold open (one stream per
+            // destination a proxy talks to).
+            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
             .add_service(DestinationServer::new(destination))
             .add_service(IdentityServer::new(identity))
             .serve_with_incoming_shutdown(incoming, async move {

@@ -365,3 +365,140 @@ fn line_of_service(text: &str, nth: usize, name: &str) -> usize {
         .map(|(n, _)| n + 1)
         .unwrap_or(1)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings() -> Settings {
+        Settings {
+            trust_domain: "td".into(),
+            cluster_domain: "cluster.local".into(),
+        }
+    }
+
+    fn err(text: &str) -> String {
+        Snapshot::parse(text, &settings())
+            .err()
+            .expect("should be refused")
+            .to_string()
+    }
+
+    #[test]
+    fn empty_file_is_no_services() {
+        assert_eq!(Snapshot::parse("", &settings()).unwrap().services(), 0);
+        assert_eq!(
+            Snapshot::parse("services: []", &settings())
+                .unwrap()
+                .services(),
+            0
+        );
+    }
+
+    #[test]
+    fn validation_errors_name_the_line_and_the_problem() {
+        let head = "services:\n  - name: a\n    ports: [{port: 80}]\n";
+        let cases = [
+            (
+                "services:\n  - name: Web\n    ports: [{port: 80}]\n",
+                "line 2:",
+                "DNS label",
+            ),
+            (
+                "services:\n  - name: a\n    ports: []\n",
+                "line 2:",
+                "at least one port",
+            ),
+            (
+                "services:\n  - name: a\n    ports: [{port: 80}, {port: 80}]\n",
+                "line 2:",
+                "listed twice",
+            ),
+            (
+                &format!("{head}    endpoints: [{{ip: 10.0.0.1}}, {{ip: 10.0.0.1}}]\n"),
+                "line 2:",
+                "listed twice",
+            ),
+            (
+                &format!(
+                    "{head}    endpoints: [{{ip: 10.0.0.1, serviceAccount: a, identity: spiffe://td/x}}]\n"
+                ),
+                "line 2:",
+                "not both",
+            ),
+            (
+                &format!("{head}    endpoints: [{{ip: 10.0.0.1, identity: web}}]\n"),
+                "line 2:",
+                "spiffe://",
+            ),
+            (
+                &format!("{head}    endpoints: [{{ip: 10.0.0.1, inboundPort: 4143}}]\n"),
+                "line 2:",
+                "meshed is false",
+            ),
+            (
+                &format!("{head}    endpoints: [{{ip: 10.0.0.1, serviceAccount: A_B}}]\n"),
+                "line 2:",
+                "serviceAccount",
+            ),
+            (
+                "services:\n  - name: a\n    clusterIP: 10.9.9.9\n    ports: [{port: 1}]\n  - name: b\n    clusterIP: 10.9.9.9\n    ports: [{port: 1}]\n",
+                "line 5:",
+                "also used by a.default",
+            ),
+            (
+                "services:\n  - name: a\n    port: [{port: 80}]\n",
+                "line 3",
+                "unknown field `port`",
+            ),
+            (
+                "services:\n  - name: a\n    ports: [{port: 70000}]\n",
+                "line 3",
+                "port",
+            ),
+            ("services: {}\n", "line 1", "sequence"),
+        ];
+        for (text, line, what) in cases {
+            let e = err(text);
+            assert!(
+                e.contains(line) && e.contains(what),
+                "{text:?}: expected {line} and {what:?} in {e:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn pods_in_two_services_must_agree() {
+        let text = "services:\n  - name: a\n    ports: [{port: 1}]\n    endpoints: [{ip: 10.0.0.1, meshed: true}]\n  - name: b\n    ports: [{port: 2}]\n    endpoints: [{ip: 10.0.0.1}]\n";
+        assert!(err(text).contains("different identity or mesh setting"));
+        let ok = text.replace("{ip: 10.0.0.1}]", "{ip: 10.0.0.1, meshed: true}]");
+        let snap = Arc::new(Snapshot::parse(&ok, &settings()).unwrap());
+        let v = Snapshot::view(&snap, &Target::Addr("10.0.0.1:9".parse().unwrap()));
+        assert_eq!(
+            v.endpoints[0].meshed_inbound_port,
+            Some(DEFAULT_INBOUND_PORT)
+        );
+    }
+
+    #[test]
+    fn headless_service_and_unknown_port() {
+        let text = "services:\n  - name: h\n    namespace: db\n    ports: [{port: 5432}]\n    endpoints: [{ip: 10.0.0.5, weight: 3}]\n";
+        let snap = Arc::new(Snapshot::parse(text, &settings()).unwrap());
+        let t = Target::Service {
+            name: "h".into(),
+            namespace: "db".into(),
+            port: 5432,
+        };
+        let v = Snapshot::view(&snap, &t);
+        assert_eq!(v.name.as_deref(), Some("h.db.svc.cluster.local:5432"));
+        assert_eq!(v.endpoints[0].addr, "10.0.0.5:5432".parse().unwrap());
+        assert_eq!(v.endpoints[0].weight, 3);
+        assert_eq!(v.endpoints[0].identity, None);
+        let t = Target::Service {
+            name: "h".into(),
+            namespace: "db".into(),
+            port: 1,
+        };
+        assert!(!Snapshot::view(&snap, &t).exists);
+    }
+}
