@@ -379,8 +379,7 @@ mod tests {
 
     fn err(text: &str) -> String {
         Snapshot::parse(text, &settings())
-            .err()
-            .expect("should be refused")
+            .expect_err("should be refused")
             .to_string()
     }
 
