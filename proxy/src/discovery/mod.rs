@@ -3,9 +3,11 @@
 //! static file (here) and the controller's `Destination.Get` stream.
 
 pub mod config;
+mod controller;
 mod static_backend;
 
 pub use config::{ConfigError, ServiceConfig, ServiceFlag};
+pub use controller::ControllerDiscovery;
 pub use static_backend::{MAX_FILE_BYTES, StaticDiscovery, StaticError};
 
 use std::collections::BTreeMap;
