@@ -3,6 +3,32 @@
 //! node agent's eBPF programs or by iptables REDIRECT) and inbound
 //! connections from peers, detects the protocol, resolves the destination
 //! through discovery, balances requests over endpoints and records metrics.
+//!
+//! Start one with [`app::start`] from a [`config::Config`] and [`app::Deps`];
+//! `Deps` holds the replaceable pieces: original-destination lookup
+//! ([`orig_dst::OrigDst`]), discovery, and the two mTLS seams
+//! ([`transport::Connector`] for every upstream connection,
+//! [`transport::Acceptor`] for every connection from a peer proxy).
 
+pub mod admin;
+pub mod app;
 pub mod balance;
+pub mod config;
+pub mod ctx;
+pub mod detect;
 pub mod discovery;
+pub mod dispatch;
+pub mod http;
+pub mod inbound;
+pub mod io;
+pub mod listen;
+pub mod metrics;
+pub mod orig_dst;
+pub mod outbound;
+pub mod register;
+pub mod route;
+pub mod tcp;
+pub mod transport;
+
+pub use app::{Deps, Running, start};
+pub use config::Config;

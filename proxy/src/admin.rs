@@ -1,0 +1,102 @@
+//! The admin server: `GET /metrics` (Prometheus text), `GET /ready`
+//! (200 once listening, 503 while draining), `GET /live`, and
+//! `POST /shutdown`, which starts a graceful drain and is accepted only
+//! from loopback clients.
+
+use crate::http::{Body, full};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+pub struct Admin {
+    pub registry: Registry,
+    pub ready: AtomicBool,
+    pub shutdown: CancellationToken,
+}
+
+fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+    let mut rsp = Response::new(full(body));
+    *rsp.status_mut() = status;
+    rsp
+}
+
+fn route(admin: &Admin, client: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
+    match (req.method(), req.uri().path()) {
+        (&Method::GET, "/metrics") => {
+            let mut out = String::new();
+            match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
+                Ok(()) => {
+                    let mut rsp = text(StatusCode::OK, out);
+                    rsp.headers_mut().insert(
+                        http::header::CONTENT_TYPE,
+                        http::HeaderValue::from_static(
+                            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                        ),
+                    );
+                    rsp
+                }
+                Err(e) => text(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    format!("encoding metrics: {e}\n"),
+                ),
+            }
+        }
+        (&Method::GET, "/ready") if admin.ready.load(Ordering::Relaxed) => {
+            text(StatusCode::OK, "ready\n")
+        }
+        (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
+        (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
+        (&Method::POST, "/shutdown") if client.ip().is_loopback() => {
+            info!(%client, "shutdown requested through the admin server");
+            admin.shutdown.cancel();
+            text(StatusCode::ACCEPTED, "draining\n")
+        }
+        (&Method::POST, "/shutdown") => {
+            warn!(%client, "refused /shutdown from a non-loopback client");
+            text(
+                StatusCode::FORBIDDEN,
+                "shutdown is accepted from loopback only\n",
+            )
+        }
+        (_, "/metrics" | "/ready" | "/live" | "/shutdown") => {
+            text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
+        }
+        _ => text(
+            StatusCode::NOT_FOUND,
+            "not found: try /metrics, /ready, /live, POST /shutdown\n",
+        ),
+    }
+}
+
+/// Serves until `stop` is cancelled.
+pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: CancellationToken) {
+    loop {
+        let (tcp, client) = tokio::select! {
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => { warn!("admin accept failed: {e}"); continue; }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let admin = admin.clone();
+        tokio::spawn(async move {
+            let svc = service_fn(move |req| {
+                let rsp = route(&admin, client, &req);
+                async move { Ok::<_, std::convert::Infallible>(rsp) }
+            });
+            let mut b = http1::Builder::new();
+            b.timer(TokioTimer::new())
+                .header_read_timeout(std::time::Duration::from_secs(10));
+            let _ = b.serve_connection(TokioIo::new(tcp), svc).await;
+        });
+    }
+}

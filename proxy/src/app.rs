@@ -1,0 +1,247 @@
+//! Assembles a running proxy from a [`Config`] and its kernel- and
+//! network-facing pieces ([`Deps`]), and drains it on request.
+
+use crate::admin::{self, Admin};
+use crate::balance::{BalanceConfig, Balancers, BudgetConfig, RequestPolicy, RetryBudget};
+use crate::config::Config;
+use crate::ctx::Shared;
+use crate::discovery::{Discover, Resolution, StaticDiscovery};
+use crate::http::client::{Client, ClientSettings};
+use crate::listen::{self, Handler};
+use crate::metrics::{Direction, Metrics};
+use crate::orig_dst::{LocalAddr, OrigDst, SoOriginalDst};
+use crate::transport::{Acceptor, Connector, PlainAcceptor, TcpConnector};
+use anyhow::Context as _;
+use futures::FutureExt;
+use prometheus_client::registry::Registry;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+/// Discovery that knows nothing: every destination is forwarded unchanged.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoDiscovery;
+
+impl Discover for NoDiscovery {
+    fn resolve(&self, _orig_dst: SocketAddr) -> Resolution {
+        Resolution::Unknown
+    }
+}
+
+/// The replaceable parts: kernel lookups, discovery, and the two mTLS seams.
+pub struct Deps {
+    pub outbound_orig_dst: Arc<dyn OrigDst>,
+    pub inbound_orig_dst: Arc<dyn OrigDst>,
+    pub discover: Arc<dyn Discover>,
+    pub connector: Arc<dyn Connector>,
+    pub acceptor: Arc<dyn Acceptor>,
+}
+
+impl Deps {
+    /// Production defaults: SO_ORIGINAL_DST, local address, plain TCP, and
+    /// static discovery from `--service` / `--discovery-file` (when given).
+    pub fn system(cfg: &Config) -> anyhow::Result<Self> {
+        let discover: Arc<dyn Discover> = if cfg.services.is_empty() && cfg.discovery_file.is_none()
+        {
+            Arc::new(NoDiscovery)
+        } else {
+            let d = StaticDiscovery::new(cfg.services.clone(), cfg.discovery_file.clone())
+                .context("loading static discovery")?;
+            d.spawn_reload(cfg.discovery_reload);
+            Arc::new(d)
+        };
+        Ok(Self {
+            outbound_orig_dst: Arc::new(SoOriginalDst),
+            inbound_orig_dst: Arc::new(LocalAddr),
+            discover,
+            connector: Arc::new(TcpConnector {
+                connect_timeout: cfg.connect_timeout,
+            }),
+            acceptor: Arc::new(PlainAcceptor),
+        })
+    }
+
+    /// Loopback testing: fixed original destination for outbound, the
+    /// given discovery, plain TCP.
+    pub fn fixed(cfg: &Config, outbound_dst: SocketAddr, discover: Arc<dyn Discover>) -> Self {
+        Self {
+            outbound_orig_dst: Arc::new(crate::orig_dst::Fixed(outbound_dst)),
+            inbound_orig_dst: Arc::new(LocalAddr),
+            discover,
+            connector: Arc::new(TcpConnector {
+                connect_timeout: cfg.connect_timeout,
+            }),
+            acceptor: Arc::new(PlainAcceptor),
+        }
+    }
+}
+
+/// A started proxy.
+pub struct Running {
+    pub outbound_addrs: Vec<SocketAddr>,
+    pub inbound_addrs: Vec<SocketAddr>,
+    pub admin_addr: SocketAddr,
+    shutdown: CancellationToken,
+    done: tokio::task::JoinHandle<()>,
+}
+
+impl Running {
+    /// Starts draining: stop accepting, finish in-flight work.
+    pub fn shutdown(&self) {
+        self.shutdown.cancel();
+    }
+    /// Cancelled when draining starts (signal, POST /shutdown, or [`Running::shutdown`]).
+    pub fn stop_token(&self) -> CancellationToken {
+        self.shutdown.clone()
+    }
+    /// Resolves once drained (or the grace period ran out).
+    pub async fn wait(self) {
+        let _ = self.done.await;
+    }
+}
+
+fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
+    let mut out = Vec::new();
+    for a in addrs {
+        match listen::bind(*a) {
+            Ok(l) => out.push(l),
+            // IPv6 may be missing in a pod; the IPv4 listener is enough.
+            Err(e) if a.is_ipv6() && addrs.len() > 1 => {
+                warn!("{what} listener {a} not bound (IPv6 unavailable?): {e}")
+            }
+            Err(e) => return Err(e).with_context(|| format!("binding the {what} listener on {a}")),
+        }
+    }
+    Ok(out)
+}
+
+fn addrs(ls: &[TcpListener]) -> Vec<SocketAddr> {
+    ls.iter().filter_map(|l| l.local_addr().ok()).collect()
+}
+
+pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
+    let outbound = bind_all(&cfg.outbound_addrs, "outbound")?;
+    let inbound = bind_all(&cfg.inbound_addrs, "inbound")?;
+    let admin_listener = listen::bind(cfg.admin_addr)
+        .with_context(|| format!("binding the admin listener on {}", cfg.admin_addr))?;
+    let (outbound_addrs, inbound_addrs) = (addrs(&outbound), addrs(&inbound));
+    let admin_addr = admin_listener.local_addr()?;
+
+    let mut registry = Registry::default();
+    let metrics = Metrics::new(&mut registry, cfg.max_dst_labels);
+    let shutdown = CancellationToken::new();
+    let client = Client::new(
+        deps.connector,
+        ClientSettings {
+            idle_timeout: cfg.pool_idle_timeout,
+            max_idle_per_upstream: 64,
+            max_header_bytes: cfg.max_header_bytes,
+        },
+    );
+    let registration = crate::register::start(&cfg, inbound.first(), &mut registry)?;
+    let policy = RequestPolicy {
+        timeout: cfg.request_timeout,
+        try_timeout: cfg.request_try_timeout,
+        max_attempts: cfg.max_attempts.max(1),
+        budget: Some(Arc::new(RetryBudget::new(BudgetConfig::default()))),
+    };
+    let balancers = Balancers::new(
+        deps.discover,
+        BalanceConfig {
+            endpoint_wait: cfg.connect_timeout,
+            ..BalanceConfig::default()
+        },
+    );
+    let admin = Arc::new(Admin {
+        registry,
+        ready: false.into(),
+        shutdown: shutdown.clone(),
+    });
+    let shared = Arc::new(Shared {
+        cfg,
+        metrics,
+        client,
+        balancers,
+        policy,
+        outbound_orig_dst: deps.outbound_orig_dst,
+        inbound_orig_dst: deps.inbound_orig_dst,
+        acceptor: deps.acceptor,
+        shutdown: shutdown.clone(),
+        tracker: TaskTracker::new(),
+    });
+
+    let out_handler: Handler = |s, t, c, l, a| crate::outbound::handle(s, t, c, l, a).boxed();
+    let in_handler: Handler = |s, t, c, l, a| crate::inbound::handle(s, t, c, l, a).boxed();
+    let out_limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    let in_limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
+    for l in outbound {
+        tokio::spawn(listen::accept_loop(
+            shared.clone(),
+            l,
+            Direction::Outbound,
+            out_limit.clone(),
+            out_handler,
+        ));
+    }
+    for l in inbound {
+        tokio::spawn(listen::accept_loop(
+            shared.clone(),
+            l,
+            Direction::Inbound,
+            in_limit.clone(),
+            in_handler,
+        ));
+    }
+    let admin_stop = CancellationToken::new();
+    tokio::spawn(admin::serve(
+        admin.clone(),
+        admin_listener,
+        admin_stop.clone(),
+    ));
+    let sweeper = {
+        let shared = shared.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+                shared.client.sweep();
+            }
+        })
+    };
+    admin.ready.store(true, Ordering::Relaxed);
+    info!(outbound = ?outbound_addrs, inbound = ?inbound_addrs, admin = %admin_addr, "conduit-proxy listening");
+
+    let done = tokio::spawn(async move {
+        shared.shutdown.cancelled().await;
+        admin.ready.store(false, Ordering::Relaxed);
+        let grace = shared.cfg.shutdown_grace_period;
+        info!(
+            open = shared.tracker.len(),
+            "draining: no new connections; waiting up to {grace:?} for in-flight work"
+        );
+        shared.tracker.close();
+        match tokio::time::timeout(grace, shared.tracker.wait()).await {
+            Ok(()) => info!("drained"),
+            Err(_) => warn!(
+                open = shared.tracker.len(),
+                "grace period over; closing remaining connections"
+            ),
+        }
+        sweeper.abort();
+        if let Some(r) = registration {
+            r.abort();
+        }
+        admin_stop.cancel();
+    });
+    Ok(Running {
+        outbound_addrs,
+        inbound_addrs,
+        admin_addr,
+        shutdown,
+        done,
+    })
+}

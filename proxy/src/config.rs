@@ -1,0 +1,257 @@
+//! Command-line flags and `CONDUIT_PROXY_*` environment variables.
+
+use crate::discovery::ServiceFlag;
+use clap::Parser;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Parses `250ms`, `10s`, `5m`, `1h` (a bare number is seconds).
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let (num, unit) = s
+        .find(|c: char| !c.is_ascii_digit())
+        .map_or((s, "s"), |i| s.split_at(i));
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?}: expected e.g. 500ms, 10s, 5m"))?;
+    match unit {
+        "ms" => Ok(Duration::from_millis(n)),
+        "s" => Ok(Duration::from_secs(n)),
+        "m" => Ok(Duration::from_secs(n * 60)),
+        "h" => Ok(Duration::from_secs(n * 3600)),
+        _ => Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
+    }
+}
+
+/// conduit-proxy: the transparent data-plane proxy beside every meshed pod.
+///
+/// Outbound connections (captured by the node agent's eBPF programs or by
+/// iptables REDIRECT) arrive on the outbound listener; the original
+/// destination comes from SO_ORIGINAL_DST. Inbound connections arrive on the
+/// inbound listener, either from peer proxies (which send a transport header
+/// naming the application port) or steered by sk_lookup (the local address
+/// is the original destination). Every flag can also be set through the
+/// environment variable shown.
+#[derive(Debug, Clone, Parser)]
+#[command(name = "conduit-proxy", version, about, long_about = None)]
+pub struct Config {
+    /// Outbound listener addresses (comma separated).
+    #[arg(
+        long,
+        alias = "outbound-addr",
+        env = "CONDUIT_PROXY_OUTBOUND_ADDRS",
+        value_delimiter = ',',
+        default_value = "127.0.0.1:4140,[::1]:4140"
+    )]
+    pub outbound_addrs: Vec<SocketAddr>,
+
+    /// Inbound listener addresses (comma separated). An IPv6 wildcard is bound
+    /// IPv6-only so it can sit beside the IPv4 one.
+    #[arg(
+        long,
+        alias = "inbound-addr",
+        env = "CONDUIT_PROXY_INBOUND_ADDRS",
+        value_delimiter = ',',
+        default_value = "0.0.0.0:4143,[::]:4143"
+    )]
+    pub inbound_addrs: Vec<SocketAddr>,
+
+    /// Admin server: /metrics, /ready, /live, POST /shutdown (loopback clients only).
+    #[arg(long, env = "CONDUIT_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
+    pub admin_addr: SocketAddr,
+
+    /// Address of the local application for inbound traffic (its port is the
+    /// original destination port).
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_INBOUND_APP_IP",
+        default_value = "127.0.0.1"
+    )]
+    pub inbound_app_ip: IpAddr,
+
+    /// Destination ports that skip protocol detection and are forwarded as
+    /// opaque TCP at once (server-speaks-first protocols: SMTP, MySQL, ...).
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_OPAQUE_PORTS",
+        value_delimiter = ',',
+        default_value = "25,587,3306,4444,5432,6379,9300,11211"
+    )]
+    pub opaque_ports: Vec<u16>,
+
+    /// How long to wait for a client's first bytes before treating the
+    /// connection as a server-speaks-first protocol (forwarded as opaque).
+    #[arg(long, env = "CONDUIT_PROXY_DETECT_TIMEOUT", value_parser = parse_duration, default_value = "500ms")]
+    pub detect_timeout: Duration,
+
+    /// Timeout for establishing an upstream TCP connection.
+    #[arg(long, env = "CONDUIT_PROXY_CONNECT_TIMEOUT", value_parser = parse_duration, default_value = "1s")]
+    pub connect_timeout: Duration,
+
+    /// Opaque TCP connections with no bytes in either direction for this long are closed.
+    #[arg(long, env = "CONDUIT_PROXY_TCP_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "1h")]
+    pub tcp_idle_timeout: Duration,
+
+    /// Slow clients: time allowed to send a complete HTTP/1 request head.
+    #[arg(long, env = "CONDUIT_PROXY_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
+    pub header_read_timeout: Duration,
+
+    /// Largest HTTP request or response head accepted, in bytes (431 beyond).
+    #[arg(long, env = "CONDUIT_PROXY_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
+    pub max_header_bytes: usize,
+
+    /// Most header fields accepted in one HTTP/1 request (431 beyond).
+    #[arg(long, env = "CONDUIT_PROXY_MAX_HEADERS", default_value_t = 100)]
+    pub max_headers: usize,
+
+    /// Most bytes of a request body the proxy holds in memory (to replay it on
+    /// a retry). Bodies are otherwise streamed; a larger body is forwarded but
+    /// not retried.
+    #[arg(long, env = "CONDUIT_PROXY_MAX_BUFFERED_BODY", default_value_t = 64 * 1024)]
+    pub max_buffered_body: usize,
+
+    /// Upper bound on concurrently open accepted connections, per direction.
+    /// Connections beyond it are closed at once (and counted).
+    #[arg(long, env = "CONDUIT_PROXY_MAX_CONNECTIONS", default_value_t = 10_000)]
+    pub max_connections: usize,
+
+    /// Idle pooled upstream HTTP connections are closed after this long.
+    #[arg(long, env = "CONDUIT_PROXY_POOL_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "90s")]
+    pub pool_idle_timeout: Duration,
+
+    /// On SIGTERM or POST /shutdown: how long in-flight requests may finish
+    /// before the proxy exits anyway.
+    #[arg(long, env = "CONDUIT_PROXY_SHUTDOWN_GRACE_PERIOD", value_parser = parse_duration, default_value = "30s")]
+    pub shutdown_grace_period: Duration,
+
+    /// Most distinct destination names used as metric labels; more are
+    /// reported as `overflow`.
+    #[arg(long, env = "CONDUIT_PROXY_MAX_DST_LABELS", default_value_t = 500)]
+    pub max_dst_labels: usize,
+
+    /// Static discovery file (YAML, see docs/proxy.md), re-read when it changes.
+    #[arg(long, env = "CONDUIT_PROXY_DISCOVERY_FILE")]
+    pub discovery_file: Option<PathBuf>,
+
+    /// A static service: `NAME@ADDR[,ADDR...]=ENDPOINT[,ENDPOINT...]` or
+    /// `ADDR=ENDPOINT[,...]`. Repeat the flag; in the environment separate
+    /// services with `;`.
+    #[arg(
+        long = "service",
+        env = "CONDUIT_PROXY_SERVICES",
+        value_delimiter = ';'
+    )]
+    pub services: Vec<ServiceFlag>,
+
+    /// How often the discovery file is checked for changes.
+    #[arg(long, env = "CONDUIT_PROXY_DISCOVERY_RELOAD", value_parser = parse_duration, default_value = "2s")]
+    pub discovery_reload: Duration,
+
+    /// Bound on a request to a discovered service until its response
+    /// headers, retries included (unset: no bound).
+    #[arg(long, env = "CONDUIT_PROXY_REQUEST_TIMEOUT", value_parser = parse_duration)]
+    pub request_timeout: Option<Duration>,
+
+    /// Bound on one attempt of such a request (unset: no bound).
+    #[arg(long, env = "CONDUIT_PROXY_REQUEST_TRY_TIMEOUT", value_parser = parse_duration)]
+    pub request_try_timeout: Option<Duration>,
+
+    /// Attempts per request at most, the first included. Only idempotent
+    /// requests without a body are retried, and only within the retry
+    /// budget (20% of requests plus 10 per second).
+    #[arg(long, env = "CONDUIT_PROXY_MAX_ATTEMPTS", default_value_t = 3)]
+    pub max_attempts: u32,
+
+    /// Node agent's unix socket. When set, the proxy registers its pod with
+    /// the agent (which starts eBPF capture) and keeps the registration alive.
+    #[arg(long, env = "CONDUIT_PROXY_AGENT_SOCKET")]
+    pub agent_socket: Option<PathBuf>,
+
+    /// Pod name told to the agent.
+    #[arg(long, env = "CONDUIT_PROXY_POD_NAME", default_value = "unknown")]
+    pub pod_name: String,
+
+    /// Pod namespace told to the agent.
+    #[arg(long, env = "CONDUIT_PROXY_POD_NAMESPACE", default_value = "default")]
+    pub pod_namespace: String,
+
+    /// Pod service account told to the agent.
+    #[arg(long, env = "CONDUIT_PROXY_SERVICE_ACCOUNT")]
+    pub service_account: Option<String>,
+
+    /// Inbound ports the agent's capture must leave alone.
+    #[arg(long, env = "CONDUIT_PROXY_SKIP_INBOUND_PORTS", value_delimiter = ',')]
+    pub skip_inbound_ports: Vec<u16>,
+
+    /// Outbound destination ports the agent's capture must leave alone.
+    #[arg(long, env = "CONDUIT_PROXY_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
+    pub skip_outbound_ports: Vec<u16>,
+
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `conduit_proxy=debug`.
+    #[arg(long, env = "CONDUIT_PROXY_LOG", default_value = "info")]
+    pub log: String,
+
+    /// Log format: `plain` or `json`.
+    #[arg(long, env = "CONDUIT_PROXY_LOG_FORMAT", default_value = "plain")]
+    pub log_format: String,
+}
+
+impl Config {
+    /// Defaults for embedding (tests): every listener on an ephemeral loopback port.
+    pub fn loopback_for_tests() -> Self {
+        let mut c = Config::parse_from(["conduit-proxy"]);
+        c.outbound_addrs = vec!["127.0.0.1:0".parse().unwrap()];
+        c.inbound_addrs = vec!["127.0.0.1:0".parse().unwrap()];
+        c.admin_addr = "127.0.0.1:0".parse().unwrap();
+        c.shutdown_grace_period = Duration::from_secs(5);
+        c
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+        assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("fast").is_err());
+        assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn defaults_match_the_design() {
+        let c = Config::parse_from(["conduit-proxy"]);
+        assert_eq!(
+            c.outbound_addrs,
+            vec![
+                "127.0.0.1:4140".parse().unwrap(),
+                "[::1]:4140".parse().unwrap()
+            ]
+        );
+        assert_eq!(
+            c.inbound_addrs,
+            vec![
+                "0.0.0.0:4143".parse().unwrap(),
+                "[::]:4143".parse().unwrap()
+            ]
+        );
+        assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+    }
+
+    #[test]
+    fn flags_override() {
+        let c = Config::parse_from([
+            "conduit-proxy",
+            "--opaque-ports",
+            "1,2",
+            "--detect-timeout",
+            "50ms",
+        ]);
+        assert_eq!(c.opaque_ports, vec![1, 2]);
+        assert_eq!(c.detect_timeout, Duration::from_millis(50));
+    }
+}

@@ -1,0 +1,59 @@
+//! The shared middle of both paths: given an accepted connection and its
+//! route, detect the protocol (unless the port is configured opaque) and
+//! hand it to HTTP or opaque TCP.
+
+use crate::ctx::{ConnCtx, Shared};
+use crate::detect::{self, Detected};
+use crate::http::{self, Proto};
+use crate::io::{Io, PrefixedIo};
+use crate::metrics::DetectLabels;
+use std::sync::Arc;
+use tracing::{debug, info};
+
+/// Detects and serves a connection arriving transparently (captured).
+pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: impl Io) {
+    let direction = conn.direction.as_str();
+    let port = conn.route.orig_dst.port();
+    let count = |protocol: &'static str| {
+        shared
+            .metrics
+            .detect
+            .get_or_create(&DetectLabels {
+                direction,
+                protocol,
+            })
+            .inc()
+    };
+    if shared.cfg.opaque_ports.contains(&port) {
+        count("opaque_port");
+        return crate::tcp::forward(&shared, &conn, io).await;
+    }
+    let (detected, prefix) = match detect::detect(&mut io, shared.cfg.detect_timeout).await {
+        Ok(d) => d,
+        Err(e) => {
+            debug!(direction, client = %conn.client_addr, "read failed during protocol detection: {e}");
+            return;
+        }
+    };
+    count(detected.label());
+    let io = PrefixedIo::new(prefix, io);
+    match detected {
+        Detected::Http1 | Detected::Http2 => {
+            conn.source_proto = if detected == Detected::Http1 {
+                Proto::Http1
+            } else {
+                Proto::Http2
+            };
+            http::server::serve(shared.clone(), Arc::new(conn), io).await
+        }
+        Detected::Closed => {
+            debug!(direction, client = %conn.client_addr, "client closed before sending anything")
+        }
+        Detected::Timeout => {
+            info!(direction, client = %conn.client_addr, dst = %conn.dst_label,
+                "no bytes from client within {:?}: forwarding as opaque (server speaks first?)", shared.cfg.detect_timeout);
+            crate::tcp::forward(&shared, &conn, io).await
+        }
+        Detected::Tls | Detected::Opaque => crate::tcp::forward(&shared, &conn, io).await,
+    }
+}

@@ -1,0 +1,234 @@
+//! Upstream HTTP connections: HTTP/1.1 connections pooled per upstream
+//! (keep-alive, reused when idle) and one multiplexed HTTP/2 connection per
+//! upstream. Peer proxies are always reached over HTTP/2, so all HTTP
+//! between two proxies shares one connection.
+
+use super::{Body, Proto};
+use crate::transport::{self, ConnectTarget, Connector, MeshProto, TransportHeader};
+use hyper::body::Incoming;
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+use tracing::debug;
+
+/// One hop's destination: where to connect, the application port to name
+/// in the transport header (peer proxies only) and the HTTP version.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct Upstream {
+    pub target: ConnectTarget,
+    pub mesh_port: Option<u16>,
+    pub proto: Proto,
+}
+
+impl Upstream {
+    fn header(&self, proto: MeshProto) -> Option<TransportHeader> {
+        self.mesh_port.map(|port| TransportHeader { proto, port })
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("connecting to {addr}: {source}")]
+    Connect {
+        addr: std::net::SocketAddr,
+        source: std::io::Error,
+    },
+    #[error("HTTP handshake with {addr}: {source}")]
+    Handshake {
+        addr: std::net::SocketAddr,
+        source: hyper::Error,
+    },
+    #[error("request to {addr}: {source}")]
+    Request {
+        addr: std::net::SocketAddr,
+        source: hyper::Error,
+    },
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientSettings {
+    pub idle_timeout: Duration,
+    pub max_idle_per_upstream: usize,
+    pub max_header_bytes: usize,
+}
+
+type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+
+pub struct Client {
+    connector: Arc<dyn Connector>,
+    settings: ClientSettings,
+    h1: Mutex<HashMap<Upstream, Vec<(Instant, http1::SendRequest<Body>)>>>,
+    h2: Mutex<HashMap<Upstream, H2Slot>>,
+}
+
+impl Client {
+    pub fn new(connector: Arc<dyn Connector>, settings: ClientSettings) -> Self {
+        Self {
+            connector,
+            settings,
+            h1: Mutex::default(),
+            h2: Mutex::default(),
+        }
+    }
+
+    pub fn connector(&self) -> &Arc<dyn Connector> {
+        &self.connector
+    }
+
+    pub async fn send(
+        &self,
+        up: &Upstream,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        match up.proto {
+            Proto::Http1 => self.send_h1(up, req).await,
+            Proto::Http2 => self.send_h2(up, req).await,
+        }
+    }
+
+    async fn send_h1(
+        &self,
+        up: &Upstream,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let addr = up.target.addr;
+        let mut req = req;
+        // A pooled connection may have been closed by the server just now;
+        // hyper hands the request back if it was never written, and we try
+        // a fresh connection.
+        if let Some(mut sender) = self.take_h1(up) {
+            let fut = sender.try_send_request(req);
+            self.put_h1(up, sender);
+            match fut.await {
+                Ok(rsp) => return Ok(rsp),
+                Err(mut e) => match e.take_message() {
+                    Some(r) => req = r,
+                    None => {
+                        return Err(ClientError::Request {
+                            addr,
+                            source: e.into_error(),
+                        });
+                    }
+                },
+            }
+        }
+        let mut sender = self.connect_h1(up, MeshProto::Http1, false).await?;
+        let fut = sender.send_request(req);
+        self.put_h1(up, sender);
+        fut.await
+            .map_err(|source| ClientError::Request { addr, source })
+    }
+
+    fn take_h1(&self, up: &Upstream) -> Option<http1::SendRequest<Body>> {
+        let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = pool.get_mut(up)?;
+        let timeout = self.settings.idle_timeout;
+        idle.retain(|(t, s)| !s.is_closed() && (t.elapsed() < timeout || !s.is_ready()));
+        let i = idle.iter().position(|(_, s)| s.is_ready())?;
+        Some(idle.swap_remove(i).1)
+    }
+
+    fn put_h1(&self, up: &Upstream, sender: http1::SendRequest<Body>) {
+        let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let idle = pool.entry(up.clone()).or_default();
+        if idle.len() < self.settings.max_idle_per_upstream {
+            idle.push((Instant::now(), sender));
+        }
+    }
+
+    /// A new HTTP/1.1 connection. `upgrades` keeps the connection usable
+    /// as a byte stream after a 101 or a CONNECT.
+    pub async fn connect_h1(
+        &self,
+        up: &Upstream,
+        mesh: MeshProto,
+        upgrades: bool,
+    ) -> Result<http1::SendRequest<Body>, ClientError> {
+        let addr = up.target.addr;
+        let io = transport::open(&*self.connector, &up.target, up.header(mesh))
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let (sender, conn) = http1::Builder::new()
+            .max_buf_size(self.settings.max_header_bytes.max(8192))
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| ClientError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            let res = if upgrades {
+                conn.with_upgrades().await
+            } else {
+                conn.await
+            };
+            if let Err(e) = res {
+                debug!(%addr, error = %e, "upstream HTTP/1 connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
+    async fn send_h2(
+        &self,
+        up: &Upstream,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, ClientError> {
+        let addr = up.target.addr;
+        let mut sender = self.h2_sender(up).await?;
+        sender
+            .ready()
+            .await
+            .map_err(|source| ClientError::Request { addr, source })?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| ClientError::Request { addr, source })
+    }
+
+    async fn h2_sender(&self, up: &Upstream) -> Result<http2::SendRequest<Body>, ClientError> {
+        let slot = {
+            let mut pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            pool.entry(up.clone()).or_default().clone()
+        };
+        let mut guard = slot.lock().await;
+        if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
+            return Ok(s.clone());
+        }
+        let addr = up.target.addr;
+        let io = transport::open(&*self.connector, &up.target, up.header(MeshProto::H2))
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .keep_alive_interval(Duration::from_secs(10))
+            .keep_alive_timeout(Duration::from_secs(20))
+            .adaptive_window(true)
+            .max_header_list_size(self.settings.max_header_bytes as u32)
+            .handshake(TokioIo::new(io))
+            .await
+            .map_err(|source| ClientError::Handshake { addr, source })?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                debug!(%addr, error = %e, "upstream HTTP/2 connection ended");
+            }
+        });
+        *guard = Some(sender.clone());
+        Ok(sender)
+    }
+
+    /// Drops pooled connections that are closed or idle too long.
+    pub fn sweep(&self) {
+        let timeout = self.settings.idle_timeout;
+        let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        h1.retain(|_, idle| {
+            idle.retain(|(t, s)| !s.is_closed() && (t.elapsed() < timeout || !s.is_ready()));
+            !idle.is_empty()
+        });
+        drop(h1);
+        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        h2.retain(|_, slot| match slot.try_lock() {
+            Ok(g) => g.as_ref().is_some_and(|s| !s.is_closed()),
+            Err(_) => true,
+        });
+    }
+}

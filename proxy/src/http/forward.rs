@@ -1,0 +1,243 @@
+//! One request, from the accepted connection to the next hop and back.
+//! The same code serves inbound and outbound; only the connection's
+//! [`Route`](crate::route::Route) differs. Requests to a discovered
+//! destination go through its balancer (endpoint choice, timeouts,
+//! budgeted retries of idempotent requests without a body).
+
+use super::client::{ClientError, Upstream};
+use super::{Body, ORIG_PROTO_HEADER, Proto, boxed, error_response, headers, tunnel};
+use crate::balance::{Attempt, CallError, is_idempotent};
+use crate::ctx::{ConnCtx, Shared};
+use crate::metrics::{ReqLabels, RspLabels, status_class};
+use crate::route::{Picked, RouteTarget, picked_for};
+use crate::transport::MeshProto;
+use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
+use hyper::body::Incoming;
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Instant;
+use tracing::{debug, warn};
+
+#[derive(Debug, thiserror::Error)]
+enum ForwardError {
+    #[error(transparent)]
+    Call(#[from] CallError),
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    #[error(transparent)]
+    Upstream(#[from] ClientError),
+}
+
+impl ForwardError {
+    fn response(&self) -> Response<Body> {
+        use ForwardError::*;
+        match self {
+            Call(CallError::NoEndpoints(_)) => {
+                error_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoints")
+            }
+            Call(CallError::Timeout { .. }) => {
+                error_response(StatusCode::GATEWAY_TIMEOUT, "request timeout")
+            }
+            BadRequest(_) => error_response(StatusCode::BAD_REQUEST, "bad request"),
+            Upstream(ClientError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::TimedOut =>
+            {
+                error_response(StatusCode::GATEWAY_TIMEOUT, "upstream connect timeout")
+            }
+            Upstream(ClientError::Connect { .. }) => {
+                error_response(StatusCode::BAD_GATEWAY, "upstream connect failed")
+            }
+            Upstream(_) => error_response(StatusCode::BAD_GATEWAY, "upstream request failed"),
+        }
+    }
+
+    fn reason(&self) -> &'static str {
+        match self {
+            ForwardError::Call(CallError::NoEndpoints(_)) => "no_endpoints",
+            ForwardError::Call(CallError::Timeout { .. }) => "request_timeout",
+            ForwardError::BadRequest(_) => "bad_request",
+            ForwardError::Upstream(ClientError::Connect { .. }) => "connect",
+            ForwardError::Upstream(_) => "upstream",
+        }
+    }
+}
+
+/// The hyper service for every proxied HTTP connection.
+pub async fn handle(
+    shared: Arc<Shared>,
+    conn: Arc<ConnCtx>,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, Infallible> {
+    let start = Instant::now();
+    let m = &shared.metrics;
+    let direction = conn.direction.as_str();
+    let labels = ReqLabels {
+        direction,
+        dst: conn.dst_label.clone(),
+    };
+    m.requests.get_or_create(&labels).inc();
+    let (method, uri) = (req.method().clone(), req.uri().clone());
+    let rsp = match forward(&shared, &conn, req).await {
+        Ok(rsp) => rsp,
+        Err(e) => {
+            warn!(direction, client = %conn.client_addr, dst = %conn.dst_label, %method, %uri, "{e}");
+            m.error(conn.direction, e.reason());
+            e.response()
+        }
+    };
+    let status_class = status_class(rsp.status().as_u16());
+    m.responses
+        .get_or_create(&RspLabels {
+            direction,
+            dst: conn.dst_label.clone(),
+            status_class,
+        })
+        .inc();
+    m.response_latency
+        .get_or_create(&labels)
+        .observe(start.elapsed().as_secs_f64());
+    debug!(direction, %method, %uri, status = rsp.status().as_u16(), "request done");
+    Ok(rsp)
+}
+
+async fn forward(
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnCtx>,
+    mut req: Request<Incoming>,
+) -> Result<Response<Body>, ForwardError> {
+    let upgrade = conn.source_proto == Proto::Http1 && headers::is_upgrade(&req);
+    // Only a peer proxy may ask for HTTP/1 towards the application.
+    let orig_h1 = req.headers_mut().remove(ORIG_PROTO_HEADER).is_some() && conn.from_peer;
+    let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    headers::strip_hop_by_hop(req.headers_mut(), upgrade);
+    let req = req.map(boxed);
+    if let Some(client_upgrade) = client_upgrade {
+        return forward_upgrade(shared, conn, req, client_upgrade).await;
+    }
+    let balancer = match &conn.route.target {
+        RouteTarget::Direct(addr) => {
+            return send(shared, conn, Picked::direct(*addr), req, orig_h1).await;
+        }
+        RouteTarget::Balanced(b) => b,
+    };
+    let retryable = is_idempotent(req.method()) && req.body().is_end_stream();
+    let template = retryable.then(|| {
+        (
+            req.method().clone(),
+            req.uri().clone(),
+            req.headers().clone(),
+        )
+    });
+    let mut first = Some(req);
+    let attempt = |ep: Arc<crate::discovery::Endpoint>| {
+        let req = first.take().or_else(|| {
+            let (method, uri, headers) = template.clone()?;
+            let mut r = Request::new(super::empty());
+            (*r.method_mut(), *r.uri_mut(), *r.headers_mut()) = (method, uri, headers);
+            Some(r)
+        });
+        let (shared, conn) = (shared.clone(), conn.clone());
+        async move {
+            let Some(req) = req else {
+                return Attempt::Failure(Err(ForwardError::BadRequest(
+                    "request body cannot be replayed".into(),
+                )));
+            };
+            match send(&shared, &conn, picked_for(&ep), req, orig_h1).await {
+                Ok(r) if r.status().is_server_error() => Attempt::Failure(Ok(r)),
+                Ok(r) => Attempt::Success(Ok(r)),
+                Err(e) => Attempt::Failure(Err(e)),
+            }
+        }
+    };
+    balancer.call(&shared.policy, retryable, attempt).await?
+}
+
+/// One attempt towards one next hop.
+async fn send(
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnCtx>,
+    picked: Picked,
+    mut req: Request<Body>,
+    orig_h1: bool,
+) -> Result<Response<Body>, ForwardError> {
+    let meshed = picked.mesh_port.is_some();
+    let proto = match (meshed, orig_h1) {
+        (true, _) => Proto::Http2,
+        (false, true) => Proto::Http1,
+        (false, false) => conn.source_proto,
+    };
+    headers::for_version(&mut req, proto, &conn.route.orig_dst.to_string())
+        .map_err(|e| ForwardError::BadRequest(e.to_string()))?;
+    if meshed && conn.source_proto == Proto::Http1 {
+        req.headers_mut()
+            .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
+    }
+    let up = Upstream {
+        target: picked.target,
+        mesh_port: picked.mesh_port,
+        proto,
+    };
+    let mut rsp = shared.client.send(&up, req).await?;
+    headers::strip_hop_by_hop(rsp.headers_mut(), false);
+    Ok(rsp.map(boxed))
+}
+
+/// `Upgrade` and `CONNECT`: a connection of its own (it turns into a byte
+/// stream), HTTP/1.1 end to end, then a tunnel.
+async fn forward_upgrade(
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnCtx>,
+    mut req: Request<Body>,
+    client_upgrade: hyper::upgrade::OnUpgrade,
+) -> Result<Response<Body>, ForwardError> {
+    let (picked, pick) = match &conn.route.target {
+        RouteTarget::Direct(addr) => (Picked::direct(*addr), None),
+        RouteTarget::Balanced(b) => {
+            let pick = b.pick().ok_or_else(|| CallError::NoEndpoints(b.name()))?;
+            (picked_for(pick.endpoint()), Some(pick))
+        }
+    };
+    let is_connect = req.method() == Method::CONNECT;
+    headers::for_version(&mut req, Proto::Http1, &conn.route.orig_dst.to_string())
+        .map_err(|e| ForwardError::BadRequest(e.to_string()))?;
+    let up = Upstream {
+        target: picked.target,
+        mesh_port: picked.mesh_port,
+        proto: Proto::Http1,
+    };
+    let addr = up.target.addr;
+    let sent = async {
+        let mut sender = shared
+            .client
+            .connect_h1(&up, MeshProto::Http1, true)
+            .await?;
+        sender
+            .send_request(req)
+            .await
+            .map_err(|source| ClientError::Request { addr, source })
+    };
+    let mut rsp = match sent.await {
+        Ok(r) => {
+            if let Some(p) = pick {
+                p.success();
+            }
+            r
+        }
+        Err(e) => {
+            if let Some(p) = pick {
+                p.failure();
+            }
+            return Err(e.into());
+        }
+    };
+    let switched = rsp.status() == StatusCode::SWITCHING_PROTOCOLS
+        || (is_connect && rsp.status().is_success());
+    if switched {
+        let upstream_upgrade = hyper::upgrade::on(&mut rsp);
+        tunnel::spawn(shared, conn, client_upgrade, upstream_upgrade);
+    }
+    headers::strip_hop_by_hop(rsp.headers_mut(), switched && !is_connect);
+    Ok(rsp.map(boxed))
+}

@@ -1,0 +1,240 @@
+//! Golden metrics, exposed on the admin `/metrics` endpoint in Prometheus
+//! text format. Every label set is bounded: directions, protocols, status
+//! classes and reasons are fixed vocabularies, and destination names pass
+//! through [`DstLabels`], which admits a fixed number of distinct values and
+//! folds the rest into `overflow`.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::collections::HashSet;
+use std::sync::Mutex;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Direction {
+    Inbound,
+    Outbound,
+}
+
+impl Direction {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Direction::Inbound => "inbound",
+            Direction::Outbound => "outbound",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DirLabels {
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReqLabels {
+    pub direction: &'static str,
+    pub dst: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RspLabels {
+    pub direction: &'static str,
+    pub dst: String,
+    /// `1xx` .. `5xx`, or `error` when no response came (the proxy answered).
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectLabels {
+    pub direction: &'static str,
+    pub protocol: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub direction: &'static str,
+    pub reason: &'static str,
+}
+
+type HistFamily = Family<ReqLabels, Histogram, fn() -> Histogram>;
+
+fn latency_histogram() -> Histogram {
+    // 0.1 ms .. ~26 s.
+    Histogram::new(prometheus_client::metrics::histogram::exponential_buckets(
+        0.0001, 2.0, 19,
+    ))
+}
+
+/// All proxy metrics; cheap to clone (every metric is an `Arc` inside).
+#[derive(Clone)]
+pub struct Metrics {
+    pub requests: Family<ReqLabels, Counter>,
+    pub responses: Family<RspLabels, Counter>,
+    pub response_latency: HistFamily,
+    pub tcp_open: Family<DirLabels, Counter>,
+    pub tcp_close: Family<DirLabels, Counter>,
+    pub tcp_open_connections: Family<DirLabels, Gauge>,
+    pub tcp_read_bytes: Family<DirLabels, Counter>,
+    pub tcp_write_bytes: Family<DirLabels, Counter>,
+    pub detect: Family<DetectLabels, Counter>,
+    pub refused: Family<ReasonLabels, Counter>,
+    pub errors: Family<ReasonLabels, Counter>,
+    pub dst_labels: std::sync::Arc<DstLabels>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry, max_dst_labels: usize) -> Self {
+        let m = Self {
+            requests: Family::default(),
+            responses: Family::default(),
+            response_latency: Family::new_with_constructor(latency_histogram),
+            tcp_open: Family::default(),
+            tcp_close: Family::default(),
+            tcp_open_connections: Family::default(),
+            tcp_read_bytes: Family::default(),
+            tcp_write_bytes: Family::default(),
+            detect: Family::default(),
+            refused: Family::default(),
+            errors: Family::default(),
+            dst_labels: std::sync::Arc::new(DstLabels::new(max_dst_labels)),
+        };
+        let r = registry.sub_registry_with_prefix("conduit");
+        r.register(
+            "request",
+            "HTTP requests received, by direction and destination",
+            m.requests.clone(),
+        );
+        r.register(
+            "response",
+            "HTTP responses sent, by status class",
+            m.responses.clone(),
+        );
+        r.register(
+            "response_latency_seconds",
+            "Time from request received to response headers sent",
+            m.response_latency.clone(),
+        );
+        r.register("tcp_open", "TCP connections accepted", m.tcp_open.clone());
+        r.register("tcp_close", "TCP connections closed", m.tcp_close.clone());
+        r.register(
+            "tcp_open_connections",
+            "TCP connections currently open",
+            m.tcp_open_connections.clone(),
+        );
+        r.register(
+            "tcp_read_bytes",
+            "Bytes read from accepted connections",
+            m.tcp_read_bytes.clone(),
+        );
+        r.register(
+            "tcp_write_bytes",
+            "Bytes written to accepted connections",
+            m.tcp_write_bytes.clone(),
+        );
+        r.register(
+            "protocol_detect",
+            "Protocol detection outcomes",
+            m.detect.clone(),
+        );
+        r.register(
+            "connections_refused",
+            "Connections refused, by reason",
+            m.refused.clone(),
+        );
+        r.register("errors", "Errors by direction and reason", m.errors.clone());
+        m
+    }
+
+    pub fn dst(&self, name: &str) -> String {
+        self.dst_labels.admit(name)
+    }
+
+    pub fn error(&self, dir: Direction, reason: &'static str) {
+        self.errors
+            .get_or_create(&ReasonLabels {
+                direction: dir.as_str(),
+                reason,
+            })
+            .inc();
+    }
+}
+
+/// Bounds the `dst` label: the first `max` distinct names are kept, later
+/// ones become `overflow`.
+#[derive(Debug)]
+pub struct DstLabels {
+    max: usize,
+    seen: Mutex<HashSet<String>>,
+}
+
+impl DstLabels {
+    pub fn new(max: usize) -> Self {
+        Self {
+            max,
+            seen: Mutex::new(HashSet::new()),
+        }
+    }
+
+    pub fn admit(&self, name: &str) -> String {
+        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        if seen.contains(name) {
+            return name.to_string();
+        }
+        if seen.len() < self.max {
+            seen.insert(name.to_string());
+            return name.to_string();
+        }
+        "overflow".to_string()
+    }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    match status {
+        100..=199 => "1xx",
+        200..=299 => "2xx",
+        300..=399 => "3xx",
+        400..=499 => "4xx",
+        _ => "5xx",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dst_labels_are_bounded() {
+        let l = DstLabels::new(2);
+        assert_eq!(l.admit("a"), "a");
+        assert_eq!(l.admit("b"), "b");
+        assert_eq!(l.admit("c"), "overflow");
+        assert_eq!(l.admit("a"), "a");
+    }
+
+    #[test]
+    fn encodes_text() {
+        let mut reg = Registry::default();
+        let m = Metrics::new(&mut reg, 10);
+        m.requests
+            .get_or_create(&ReqLabels {
+                direction: "outbound",
+                dst: m.dst("web:80"),
+            })
+            .inc();
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        assert!(
+            out.contains("conduit_request_total{direction=\"outbound\",dst=\"web:80\"} 1"),
+            "{out}"
+        );
+    }
+}

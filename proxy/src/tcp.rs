@@ -1,0 +1,140 @@
+//! Opaque TCP: bytes copied both ways with half-close (EOF on one side
+//! becomes a write shutdown on the other while the other direction keeps
+//! flowing) and an idle timeout. Byte counts are kept by the accepted
+//! connection's [`Activity`], which also feeds the metrics.
+
+use crate::ctx::{ConnCtx, Shared};
+use crate::io::{Activity, Io};
+use crate::route::{Picked, RouteTarget, picked_for};
+use crate::transport::{self, MeshProto, TransportHeader};
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tracing::{debug, info};
+
+/// Copies between `a` and `b` until both directions finish, or until
+/// `activity` (which must watch `a`'s bytes) has seen nothing for `idle`.
+pub async fn pipe<A, B>(
+    a: &mut A,
+    b: &mut B,
+    activity: &Activity,
+    idle: Duration,
+) -> io::Result<(u64, u64)>
+where
+    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
+    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
+{
+    let copy = tokio::io::copy_bidirectional(a, b);
+    tokio::pin!(copy);
+    loop {
+        let left = idle.saturating_sub(activity.idle_for());
+        if left.is_zero() {
+            return Err(io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("idle for {idle:?}"),
+            ));
+        }
+        tokio::select! {
+            res = &mut copy => return res,
+            _ = tokio::time::sleep(left) => {}
+        }
+    }
+}
+
+/// Forwards an accepted connection as opaque TCP to the connection's
+/// route; a discovered destination's balancer picks the endpoint and fails
+/// over on connect errors.
+pub async fn forward(shared: &Arc<Shared>, conn: &ConnCtx, mut client: impl Io) {
+    let connector = shared.client.connector().clone();
+    let open = |picked: Picked| {
+        let connector = connector.clone();
+        async move {
+            let header = picked.mesh_port.map(|port| TransportHeader {
+                proto: MeshProto::Tcp,
+                port,
+            });
+            let io = transport::open(&*connector, &picked.target, header).await?;
+            Ok::<_, io::Error>((io, picked.target.addr))
+        }
+    };
+    let opened = match &conn.route.target {
+        RouteTarget::Direct(addr) => open(Picked::direct(*addr))
+            .await
+            .map(|c| (c, None))
+            .map_err(|e| e.to_string()),
+        RouteTarget::Balanced(b) => b
+            .connect(&shared.policy, |ep| open(picked_for(&ep)))
+            .await
+            .map(|(c, pick)| (c, Some(pick)))
+            .map_err(|e| e.to_string()),
+    };
+    let ((mut upstream, addr), _pick) = match opened {
+        Ok(o) => o,
+        Err(e) => {
+            info!(client = %conn.client_addr, dst = %conn.dst_label, "opaque connect failed: {e}");
+            shared.metrics.error(conn.direction, "connect");
+            return;
+        }
+    };
+    match pipe(
+        &mut client,
+        &mut upstream,
+        &conn.activity,
+        shared.cfg.tcp_idle_timeout,
+    )
+    .await
+    {
+        Ok((up, down)) => {
+            debug!(client = %conn.client_addr, upstream = %addr, up, down, "opaque connection done")
+        }
+        Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+            info!(client = %conn.client_addr, upstream = %addr, "closing idle opaque connection: {e}");
+            shared.metrics.error(conn.direction, "idle_timeout");
+        }
+        Err(e) => {
+            debug!(client = %conn.client_addr, upstream = %addr, "opaque connection ended: {e}")
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::io::CountingIo;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    #[tokio::test]
+    async fn half_close_keeps_the_other_direction() {
+        let (mut client, proxy_a) = tokio::io::duplex(1024);
+        let (proxy_b, mut server) = tokio::io::duplex(1024);
+        let act = Activity::new();
+        let mut a = CountingIo::new(proxy_a, act.clone());
+        let mut b = proxy_b;
+        let task =
+            tokio::spawn(async move { pipe(&mut a, &mut b, &act, Duration::from_secs(5)).await });
+        client.write_all(b"request").await.unwrap();
+        client.shutdown().await.unwrap();
+        let mut got = Vec::new();
+        server.read_to_end(&mut got).await.unwrap(); // sees EOF
+        assert_eq!(got, b"request");
+        server.write_all(b"late response").await.unwrap();
+        drop(server);
+        let mut back = Vec::new();
+        client.read_to_end(&mut back).await.unwrap();
+        assert_eq!(back, b"late response");
+        assert_eq!(task.await.unwrap().unwrap(), (7, 13));
+    }
+
+    #[tokio::test]
+    async fn idle_connections_time_out() {
+        let (_client, proxy_a) = tokio::io::duplex(64);
+        let (mut proxy_b, _server) = tokio::io::duplex(64);
+        let act = Activity::new();
+        let mut a = CountingIo::new(proxy_a, act.clone());
+        let err = pipe(&mut a, &mut proxy_b, &act, Duration::from_millis(50))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::TimedOut);
+    }
+}

@@ -1,0 +1,32 @@
+//! How the proxy reaches peers and how peers reach it. Two seams carry the
+//! future mutual TLS: [`Connector`] makes every upstream connection and
+//! [`Acceptor`] takes every connection a meshed peer makes to the inbound
+//! port. Plain TCP implementations live here; a TLS implementation wraps
+//! them without touching the rest of the proxy. [`header`] is the short
+//! transport header by which a peer proxy says which application port and
+//! protocol it wants.
+
+pub mod accept;
+pub mod connect;
+pub mod header;
+
+pub use accept::{Accepted, Acceptor, PlainAcceptor};
+pub use connect::{ConnectTarget, Connector, TcpConnector};
+pub use header::{MeshProto, TransportHeader};
+
+use crate::io::BoxIo;
+use std::io;
+
+/// Opens a connection through `connector` and, towards a peer proxy, writes
+/// the transport header first. Every upstream connection is made here.
+pub async fn open(
+    connector: &dyn Connector,
+    target: &ConnectTarget,
+    header: Option<TransportHeader>,
+) -> io::Result<BoxIo> {
+    let mut io = connector.connect(target).await?;
+    if let Some(h) = header {
+        h.write(&mut io).await?;
+    }
+    Ok(io)
+}

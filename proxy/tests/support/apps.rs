@@ -1,0 +1,207 @@
+//! Real application servers for the tests.
+
+use bytes::Bytes;
+use http::{HeaderMap, HeaderValue, Request, Response};
+use http_body_util::{BodyExt, Full, StreamBody, combinators::BoxBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use tokio::net::TcpListener;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+fn full(b: impl Into<Bytes>) -> Body {
+    Full::new(b.into()).map_err(|never| match never {}).boxed()
+}
+
+/// An HTTP/1.1 + HTTP/2 server (hyper, auto-detected):
+/// * `/echo`: streams the request body back; request facts in headers
+///   (`x-version`, `x-host`, `x-saw-connection`, `x-saw-orig-proto`, `x-saw-te`);
+///   request trailers are returned as response trailers.
+/// * `/trailers`: body `data` then trailer `x-checksum: 42`.
+/// * `/status/NNN`: that status.
+/// * `/chunks/N`: N chunks of 1 KiB, streamed.
+pub async fn http_server() -> SocketAddr {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                    .serve_connection_with_upgrades(TokioIo::new(tcp), service_fn(app))
+                    .await;
+            });
+        }
+    });
+    addr
+}
+
+async fn app(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+    let path = req.uri().path().to_string();
+    let mut rsp = if path == "/echo" {
+        let facts = facts(&req);
+        let body = req.into_body();
+        let mut r = Response::new(body.boxed());
+        r.headers_mut().extend(facts);
+        r
+    } else if path == "/trailers" {
+        let frames = vec![
+            Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"data"))),
+            Ok(Frame::trailers({
+                let mut t = HeaderMap::new();
+                t.insert("x-checksum", HeaderValue::from_static("42"));
+                t
+            })),
+        ];
+        Response::new(BodyExt::boxed(StreamBody::new(futures::stream::iter(
+            frames,
+        ))))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(format!("status {code}")));
+        *r.status_mut() = code.parse().unwrap_or(http::StatusCode::BAD_REQUEST);
+        r
+    } else if let Some(n) = path.strip_prefix("/chunks/") {
+        let n: usize = n.parse().unwrap_or(1);
+        let frames =
+            (0..n).map(|_| Ok::<_, hyper::Error>(Frame::data(Bytes::from(vec![b'x'; 1024]))));
+        Response::new(BodyExt::boxed(StreamBody::new(futures::stream::iter(
+            frames.collect::<Vec<_>>(),
+        ))))
+    } else {
+        let mut r = Response::new(full("not found"));
+        *r.status_mut() = http::StatusCode::NOT_FOUND;
+        r
+    };
+    rsp.headers_mut()
+        .insert("x-app", HeaderValue::from_static("echo"));
+    Ok(rsp)
+}
+
+fn facts(req: &Request<Incoming>) -> HeaderMap {
+    let mut h = HeaderMap::new();
+    let v = |s: String| HeaderValue::from_str(&s).unwrap_or(HeaderValue::from_static("?"));
+    h.insert("x-version", v(format!("{:?}", req.version())));
+    let host = req
+        .headers()
+        .get("host")
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_string)
+        .or_else(|| req.uri().authority().map(|a| a.to_string()))
+        .unwrap_or_default();
+    h.insert("x-host", v(host));
+    h.insert(
+        "x-saw-connection",
+        v(req.headers().contains_key("connection").to_string()),
+    );
+    h.insert(
+        "x-saw-keep-alive",
+        v(req.headers().contains_key("keep-alive").to_string()),
+    );
+    h.insert(
+        "x-saw-orig-proto",
+        v(req.headers().contains_key("conduit-orig-proto").to_string()),
+    );
+    h.insert(
+        "x-saw-custom",
+        v(req
+            .headers()
+            .get("x-custom")
+            .map(|v| v.to_str().unwrap_or("").to_string())
+            .unwrap_or_default()),
+    );
+    h
+}
+
+/// A WebSocket echo server (tokio-tungstenite).
+pub async fn websocket_server() -> SocketAddr {
+    use futures::{SinkExt, StreamExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+                    return;
+                };
+                while let Some(Ok(msg)) = ws.next().await {
+                    if msg.is_text() || msg.is_binary() {
+                        if ws.send(msg).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Opaque echo: every byte read is written back; on EOF, writes "bye" and
+/// closes (checks half-close).
+pub async fn tcp_echo_server() -> SocketAddr {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut tcp, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    match tcp.read(&mut buf).await {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if tcp.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    }
+                }
+                let _ = tcp.write_all(b"bye").await;
+            });
+        }
+    });
+    addr
+}
+
+/// Server-speaks-first (SMTP-like): greets on connect, then answers each line.
+pub async fn greeting_server() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = l.accept().await else {
+                return;
+            };
+            tokio::spawn(async move {
+                let (r, mut w) = tcp.into_split();
+                if w.write_all(b"220 mail.test ESMTP ready\r\n").await.is_err() {
+                    return;
+                }
+                let mut lines = BufReader::new(r).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = if line.starts_with("QUIT") {
+                        "221 bye\r\n".to_string()
+                    } else {
+                        format!("250 ok {line}\r\n")
+                    };
+                    if w.write_all(reply.as_bytes()).await.is_err() || line.starts_with("QUIT") {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
