@@ -70,6 +70,24 @@ impl Ca {
             .clone()
     }
 
+    /// Signs a CSR (as the controller would), keeping its URI SAN.
+    pub fn sign_csr(
+        &self,
+        csr_der: &[u8],
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> CertificateDer<'static> {
+        let csr =
+            rcgen::CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).unwrap();
+        let [SanType::URI(uri)] = csr.params.subject_alt_names.as_slice() else {
+            panic!(
+                "CSR must have exactly one URI SAN: {:?}",
+                csr.params.subject_alt_names
+            )
+        };
+        self.sign(&csr.public_key, uri.as_str(), not_before, not_after)
+    }
+
     /// A new key and a leaf for it, valid for an hour either side of now.
     pub fn issue(&self, uri: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
         let now = SystemTime::now();
