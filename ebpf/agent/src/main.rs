@@ -1,3 +1,78 @@
-//! The node agent and node CLI.
+//! `conduit-ebpf`: the conduit node agent and node CLI.
+//!
+//! * `agent` loads the kernel programs embedded in this binary, attaches them
+//!   at the node's cgroup v2 root, pins maps and links under the pin dir (so
+//!   a restart does not interrupt capture) and enrols pods whose proxies
+//!   register on its unix socket;
+//! * `status` shows, from the pinned state, what is attached, the maps, the
+//!   enrolled pods and the counters (`--json` for machines);
+//! * `cleanup` detaches and removes everything pinned.
 
-fn main() {}
+// Needed in few places: reading SO_NETNS_COOKIE with getsockopt (no safe
+// wrapper in nix), and forgetting the sk_msg attachment so it outlives the
+// agent (see loader.rs). Each `unsafe` block says why it is sound.
+#![allow(unsafe_code)]
+
+mod agent;
+mod cleanup;
+mod enrol;
+mod features;
+mod loader;
+mod netns;
+mod object;
+mod pins;
+mod status;
+mod sys;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+/// Default pin directory (maps, programs, links).
+pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/conduit";
+
+#[derive(Parser)]
+#[command(
+    name = "conduit-ebpf",
+    version,
+    about = "conduit node agent: eBPF traffic capture for meshed pods"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Load and attach the capture programs, then enrol pods whose proxies register.
+    Agent(agent::Options),
+    /// Show what is attached, maps, enrolled pods and counters.
+    Status {
+        /// Machine-readable output (schema in docs/ebpf.md).
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+    /// Detach and remove everything pinned (stop the agent first).
+    Cleanup {
+        #[arg(long, default_value = DEFAULT_PIN_DIR)]
+        pin_dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match cli.command {
+        Command::Agent(opts) => agent::run(opts),
+        Command::Status { json, pin_dir } => status::run(&pin_dir, json),
+        Command::Cleanup { pin_dir } => cleanup::run(&pin_dir),
+    }
+}

@@ -66,6 +66,8 @@ pub const MAX_SKIP_PORTS: usize = 16;
 pub const MAX_POD_IPS: usize = 4;
 /// Bytes kept of a pod's name and namespace.
 pub const NAME_LEN: usize = 64;
+/// Bytes kept of the attach cgroup's path.
+pub const PATH_LEN: usize = 256;
 
 /// Names of the kernel programs (the `#[...]` functions), as the agent looks
 /// them up in the object and pins them.
@@ -255,17 +257,31 @@ pub const CONFIG_FASTPATH: u32 = 1;
 /// Node-wide settings (index 0 of [`MAP_CONFIG`]). aya-log records are
 /// switched by the `AYA_LOG_LEVEL` global, set at load (off by default).
 #[repr(C)]
-#[derive(Clone, Copy, Debug, Default)]
+#[derive(Clone, Copy, Debug)]
 pub struct GlobalConfig {
     pub flags: u32,
     pub _pad: u32,
+    // Bookkeeping, not read by the kernel programs: where capture is attached.
+    pub cgroup_id: u64,
+    pub cgroup_path: [u8; PATH_LEN],
+}
+
+impl Default for GlobalConfig {
+    fn default() -> Self {
+        Self {
+            flags: 0,
+            _pad: 0,
+            cgroup_id: 0,
+            cgroup_path: [0; PATH_LEN],
+        }
+    }
 }
 
 const _: () = assert!(core::mem::size_of::<IpKey>() == 16);
 const _: () = assert!(core::mem::size_of::<OrigDst>() == 20);
 const _: () = assert!(core::mem::size_of::<TupleKey>() == 48);
 const _: () = assert!(core::mem::size_of::<PodConfig>() == 312);
-const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 8);
+const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 16 + PATH_LEN);
 
 #[cfg(feature = "user")]
 mod pod_impls {

@@ -1,40 +1,45 @@
-//! Reading addresses out of the kernel contexts, normalised to [`IpKey`]
-//! (16 bytes, IPv4-mapped) and host-order ports.
+//! Reading addresses out of the kernel contexts, normalised to
+//! `IpKey` (16 bytes, IPv4-mapped) and host-order ports.
+//!
+//! Context and socket fields must be read with a constant offset from the
+//! context register (the verifier rejects computed pointers), so these are
+//! macros expanding to direct field loads in each branch.
 
-use conduit_ebpf_common::{AF_INET, AF_INET6, IpKey};
 use core::ptr::read_volatile;
 
-/// Reads four 4-byte context words one by one (the verifier rejects wider
-/// loads of these fields, which LLVM would otherwise merge).
-#[inline(always)]
-pub fn ip6(words: *const [u32; 4]) -> [u32; 4] {
-    let p = words as *const u32;
-    // SAFETY: `words` points at a 16-byte context field.
-    unsafe {
-        [
-            read_volatile(p),
-            read_volatile(p.add(1)),
-            read_volatile(p.add(2)),
-            read_volatile(p.add(3)),
-        ]
-    }
-}
-
-/// An address from a context by family, or `None` for other families.
-#[inline(always)]
-pub fn by_family(family: u32, ip4: *const u32, ip6w: *const [u32; 4]) -> Option<IpKey> {
-    if family == AF_INET as u32 {
-        // SAFETY: context field pointer.
-        Some(IpKey::v4(unsafe { read_volatile(ip4) }))
-    } else if family == AF_INET6 as u32 {
-        Some(IpKey::v6(ip6(ip6w)))
-    } else {
-        None
-    }
-}
-
+/// Reads a context field once, as a single load of its own size.
 #[inline(always)]
 pub fn field<T>(p: *const T) -> T {
-    // SAFETY: context field pointer.
+    // SAFETY: callers pass a pointer to a context field.
     unsafe { read_volatile(p) }
 }
+
+/// `ip_of!(ptr, family, ip4_field, ip6_field)`: the address by family, or
+/// `None` for other families. Both fields are read unconditionally with
+/// volatile loads, so LLVM cannot fold them into one load at a computed
+/// offset (which the verifier rejects); the family then picks a value.
+macro_rules! ip_of {
+    ($base:expr, $family:expr, $f4:ident, $f6:ident) => {{
+        let family = $family;
+        // SAFETY: fields of the program's context, one 4-byte load each.
+        let (v4, w) = unsafe {
+            (
+                $crate::addr::field(core::ptr::addr_of!((*$base).$f4)),
+                [
+                    $crate::addr::field(core::ptr::addr_of!((*$base).$f6[0])),
+                    $crate::addr::field(core::ptr::addr_of!((*$base).$f6[1])),
+                    $crate::addr::field(core::ptr::addr_of!((*$base).$f6[2])),
+                    $crate::addr::field(core::ptr::addr_of!((*$base).$f6[3])),
+                ],
+            )
+        };
+        if family == conduit_ebpf_common::AF_INET as u32 {
+            Some(conduit_ebpf_common::IpKey::v4(v4))
+        } else if family == conduit_ebpf_common::AF_INET6 as u32 {
+            Some(conduit_ebpf_common::IpKey::v6(w))
+        } else {
+            None
+        }
+    }};
+}
+pub(crate) use ip_of;

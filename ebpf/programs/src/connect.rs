@@ -1,7 +1,7 @@
 //! `cgroup/connect4|6`: outbound capture; `cgroup/getpeername4|6`: the
 //! application sees the peer it dialled.
 
-use crate::addr::{field, ip6};
+use crate::addr::field;
 use crate::maps::{EXCLUDE, ORIG_BY_COOKIE, count, pod};
 use aya_ebpf::{
     EbpfContext,
@@ -26,7 +26,7 @@ const LOOPBACK4_BE: u32 = u32::from_be_bytes([127, 0, 0, 1]).to_be();
 
 #[cgroup_sock_addr(connect4)]
 pub fn conduit_connect4(ctx: SockAddrContext) -> i32 {
-    let outcome = match try_connect(&ctx, false) {
+    let outcome = match try_connect::<false>(&ctx) {
         Ok(o) | Err(o) => o,
     };
     count(Program::Connect4, outcome);
@@ -35,7 +35,7 @@ pub fn conduit_connect4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(connect6)]
 pub fn conduit_connect6(ctx: SockAddrContext) -> i32 {
-    let outcome = match try_connect(&ctx, true) {
+    let outcome = match try_connect::<true>(&ctx) {
         Ok(o) | Err(o) => o,
     };
     count(Program::Connect6, outcome);
@@ -45,7 +45,7 @@ pub fn conduit_connect6(ctx: SockAddrContext) -> i32 {
 /// Decides whether to capture this connect; on capture records the original
 /// destination under the socket cookie and rewrites the destination to the
 /// pod's proxy on loopback (`::ffff:127.0.0.1` for IPv6 sockets).
-fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<Outcome, Outcome> {
+fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Result<Outcome, Outcome> {
     let sa = ctx.sock_addr;
     // SAFETY (all field reads below): `sa` is the program's context.
     if field(unsafe { addr_of!((*sa).type_) }) != SOCK_STREAM
@@ -67,8 +67,15 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<Outcome, Outcome> {
     {
         return Ok(Outcome::SkippedProxy);
     }
-    let dst = if v6 {
-        IpKey::v6(ip6(unsafe { addr_of!((*sa).user_ip6) }))
+    let dst = if V6 {
+        IpKey::v6(unsafe {
+            [
+                field(addr_of!((*sa).user_ip6[0])),
+                field(addr_of!((*sa).user_ip6[1])),
+                field(addr_of!((*sa).user_ip6[2])),
+                field(addr_of!((*sa).user_ip6[3])),
+            ]
+        })
     } else {
         IpKey::v4(field(unsafe { addr_of!((*sa).user_ip4) }))
     };
@@ -97,7 +104,7 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<Outcome, Outcome> {
     // SAFETY: writes of 4-byte context fields, one store each (see toolchain
     // notes: merged stores are rejected by the verifier).
     unsafe {
-        if v6 {
+        if V6 {
             let p = addr_of_mut!((*sa).user_ip6) as *mut u32;
             let mapped = IpKey::v4(LOOPBACK4_BE).words;
             write_volatile(p, mapped[0]);
@@ -118,7 +125,7 @@ fn try_connect(ctx: &SockAddrContext, v6: bool) -> Result<Outcome, Outcome> {
 
 #[cgroup_sock_addr(getpeername4)]
 pub fn conduit_getpeername4(ctx: SockAddrContext) -> i32 {
-    if let Ok(o) = try_getpeername(&ctx, false) {
+    if let Ok(o) = try_getpeername::<false>(&ctx) {
         count(Program::Getpeername4, o);
     }
     1
@@ -126,7 +133,7 @@ pub fn conduit_getpeername4(ctx: SockAddrContext) -> i32 {
 
 #[cgroup_sock_addr(getpeername6)]
 pub fn conduit_getpeername6(ctx: SockAddrContext) -> i32 {
-    if let Ok(o) = try_getpeername(&ctx, true) {
+    if let Ok(o) = try_getpeername::<true>(&ctx) {
         count(Program::Getpeername6, o);
     }
     1
@@ -134,18 +141,18 @@ pub fn conduit_getpeername6(ctx: SockAddrContext) -> i32 {
 
 /// Rewrites the peer address of a captured socket to its original
 /// destination. `Err(())` for sockets that were never captured (not counted).
-fn try_getpeername(ctx: &SockAddrContext, v6: bool) -> Result<Outcome, ()> {
+fn try_getpeername<const V6: bool>(ctx: &SockAddrContext) -> Result<Outcome, ()> {
     let sa = ctx.sock_addr;
     // SAFETY: helper taking the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: read-only copy of the record.
     let orig = *unsafe { ORIG_BY_COOKIE.get(&cookie) }.ok_or(())?;
-    if !v6 && orig.family != AF_INET {
+    if !V6 && orig.family != AF_INET {
         return Err(());
     }
     // SAFETY: 4-byte context stores, one each.
     unsafe {
-        if v6 {
+        if V6 {
             let p = addr_of_mut!((*sa).user_ip6) as *mut u32;
             write_volatile(p, orig.ip.words[0]);
             write_volatile(p.add(1), orig.ip.words[1]);

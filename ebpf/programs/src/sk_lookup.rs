@@ -3,7 +3,7 @@
 //! inbound listener (held in the listeners sockhash under the pod's netns
 //! cookie). No NAT: the accepted socket's local address is the original one.
 
-use crate::addr::{by_family, field};
+use crate::addr::{field, ip_of};
 use crate::maps::{LISTENERS, POD_IPS, count, pod};
 use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
 use conduit_ebpf_common::{MAX_POD_IPS, Outcome, Program};
@@ -27,10 +27,7 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<Outcome, Outcome> {
         return Ok(Outcome::SkippedNotTcp);
     }
     let family = field(unsafe { addr_of!((*l).family) });
-    let local = by_family(family, unsafe { addr_of!((*l).local_ip4) }, unsafe {
-        addr_of!((*l).local_ip6)
-    })
-    .ok_or(Outcome::SkippedNotPodIp)?;
+    let local = ip_of!(l, family, local_ip4, local_ip6).ok_or(Outcome::SkippedNotPodIp)?;
     // SAFETY: copied out at once.
     let netns = (unsafe { POD_IPS.get(&local) })
         .copied()
@@ -40,10 +37,7 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<Outcome, Outcome> {
     if pod.skips_inbound(port) {
         return Ok(Outcome::SkippedPort);
     }
-    let remote = by_family(family, unsafe { addr_of!((*l).remote_ip4) }, unsafe {
-        addr_of!((*l).remote_ip6)
-    })
-    .ok_or(Outcome::SkippedNotPodIp)?;
+    let remote = ip_of!(l, family, remote_ip4, remote_ip6).ok_or(Outcome::SkippedNotPodIp)?;
     // The pod talking to itself (e.g. its proxy forwarding to the app).
     let mut i = 0;
     while i < MAX_POD_IPS {

@@ -3,7 +3,7 @@
 //! when enabled) puts the app's and the proxy's loopback sockets in a
 //! sockhash. `sk_msg`: hands payload between such a pair directly.
 
-use crate::addr::{by_family, field};
+use crate::addr::{field, ip_of};
 use crate::maps::{FASTPATH, ORIG_BY_COOKIE, ORIG_BY_TUPLE, config_flags, count, pod};
 use aya_ebpf::{
     EbpfContext,
@@ -35,12 +35,8 @@ fn endpoints(ctx: &SockOpsContext) -> Option<(IpKey, u16, IpKey, u16)> {
     let so = ctx.ops;
     // SAFETY (field reads): `so` is the program's context.
     let family = field(unsafe { addr_of!((*so).family) });
-    let local = by_family(family, unsafe { addr_of!((*so).local_ip4) }, unsafe {
-        addr_of!((*so).local_ip6)
-    })?;
-    let remote = by_family(family, unsafe { addr_of!((*so).remote_ip4) }, unsafe {
-        addr_of!((*so).remote_ip6)
-    })?;
+    let local = ip_of!(so, family, local_ip4, local_ip6)?;
+    let remote = ip_of!(so, family, remote_ip4, remote_ip6)?;
     let local_port = field(unsafe { addr_of!((*so).local_port) }) as u16;
     // remote_port holds the network-order port in its upper 16 bits.
     let remote_port = u16::from_be((field(unsafe { addr_of!((*so).remote_port) }) >> 16) as u16);
@@ -146,12 +142,8 @@ fn try_sk_msg(ctx: &SkMsgContext) -> Result<Outcome, Outcome> {
     let m = ctx.msg;
     // SAFETY (field reads): `m` is the program's context.
     let family = field(unsafe { addr_of!((*m).family) });
-    let local = by_family(family, unsafe { addr_of!((*m).local_ip4) }, unsafe {
-        addr_of!((*m).local_ip6)
-    });
-    let remote = by_family(family, unsafe { addr_of!((*m).remote_ip4) }, unsafe {
-        addr_of!((*m).remote_ip6)
-    });
+    let local = ip_of!(m, family, local_ip4, local_ip6);
+    let remote = ip_of!(m, family, remote_ip4, remote_ip6);
     let (Some(local), Some(remote)) = (local, remote) else {
         return Err(Outcome::SkippedNoRecord);
     };

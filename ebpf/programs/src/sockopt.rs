@@ -6,7 +6,7 @@
 //! (16 bytes) for IPv4, a `sockaddr_in6` (28 bytes) for IPv6, whatever the
 //! level asked; a buffer too short for it leaves the kernel's answer alone.
 
-use crate::addr::{by_family, field};
+use crate::addr::{field, ip_of};
 use crate::maps::{ORIG_BY_TUPLE, count};
 use aya_ebpf::{
     EbpfContext, helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext,
@@ -59,12 +59,8 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<Option<Outcome>, Outcome> {
     }
     // SAFETY: `sk` is the context's non-null socket pointer.
     let family = field(unsafe { addr_of!((*sk).family) });
-    let local = by_family(family, unsafe { addr_of!((*sk).src_ip4) }, unsafe {
-        addr_of!((*sk).src_ip6)
-    });
-    let remote = by_family(family, unsafe { addr_of!((*sk).dst_ip4) }, unsafe {
-        addr_of!((*sk).dst_ip6)
-    });
+    let local = ip_of!(sk, family, src_ip4, src_ip6);
+    let remote = ip_of!(sk, family, dst_ip4, dst_ip6);
     let (Some(local), Some(remote)) = (local, remote) else {
         return Ok(Some(Outcome::SkippedNoRecord));
     };

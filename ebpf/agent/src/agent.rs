@@ -1,0 +1,326 @@
+//! `conduit-ebpf agent`: probe, load or adopt, then serve registrations.
+
+use crate::enrol::{Node, Peer};
+use crate::loader::{self, LoadOptions, to_field};
+use crate::pins::Pins;
+use crate::{features, netns, object};
+use anyhow::{Context, Result, anyhow};
+use aya::maps::lpm_trie::Key;
+use conduit_ebpf_common::{CONFIG_FASTPATH, GlobalConfig, MAX_EXCLUDED_CIDRS};
+use conduit_register::wire::{self, PROTOCOL_VERSION, Response};
+use std::collections::{HashMap, HashSet};
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+use tokio::net::{UnixListener, UnixStream};
+
+#[derive(clap::Args, Debug)]
+pub struct Options {
+    /// cgroup v2 directory to attach at (default: the cgroup v2 mount).
+    #[arg(long)]
+    pub cgroup: Option<PathBuf>,
+    /// Unix socket where proxies register.
+    #[arg(long, default_value = conduit_register::DEFAULT_SOCKET)]
+    pub socket: PathBuf,
+    /// bpffs directory for pinned maps, programs and links.
+    #[arg(long, default_value = crate::DEFAULT_PIN_DIR)]
+    pub pin_dir: PathBuf,
+    /// Enable the sockops + sk_msg fast path between applications and proxies.
+    #[arg(long)]
+    pub sockmap_fastpath: bool,
+    /// Destinations never captured (repeatable), e.g. 10.96.0.1/32 or fd00::/8.
+    #[arg(long = "exclude-cidr", value_name = "CIDR")]
+    pub exclude_cidr: Vec<String>,
+    /// After adopting pinned state, how long pods have to re-register.
+    #[arg(long, default_value = "10", value_name = "SECONDS")]
+    pub grace_period: u64,
+    /// Forward the programs' aya-log debug records to the agent log.
+    #[arg(long)]
+    pub bpf_log: bool,
+}
+
+/// Parses `a.b.c.d/n` or `x::/n` into an LPM key over mapped addresses.
+pub fn parse_cidr(s: &str) -> Result<Key<[u32; 4]>> {
+    let (ip, len) = s.split_once('/').unwrap_or((s, ""));
+    let ip: IpAddr = ip
+        .parse()
+        .map_err(|_| anyhow!("invalid CIDR {s:?}: bad address"))?;
+    let max = if ip.is_ipv4() { 32 } else { 128 };
+    let len: u32 = if len.is_empty() {
+        max
+    } else {
+        len.parse()
+            .map_err(|_| anyhow!("invalid CIDR {s:?}: bad prefix"))?
+    };
+    if len > max {
+        return Err(anyhow!("invalid CIDR {s:?}: prefix longer than {max}"));
+    }
+    let prefix = if ip.is_ipv4() { len + 96 } else { len };
+    Ok(Key::new(prefix, crate::enrol::ip_key(ip).words))
+}
+
+/// Who currently owns each enrolled netns (the latest registration wins).
+#[derive(Default)]
+struct Owners {
+    next: u64,
+    by_netns: HashMap<u64, u64>,
+    /// Pods adopted from a previous agent, waiting to re-register.
+    pending: HashSet<u64>,
+}
+
+struct Shared {
+    node: Mutex<Node>,
+    owners: Mutex<Owners>,
+}
+
+pub fn run(opts: Options) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
+    rt.block_on(serve(opts))
+}
+
+async fn serve(opts: Options) -> Result<()> {
+    let object = object::get()?;
+    let found = features::probe();
+    features::require(&found)?;
+    let cgroup2 = features::cgroup2_mount().context("cgroup v2 is not mounted")?;
+    let cgroup = opts.cgroup.clone().unwrap_or_else(|| cgroup2.clone());
+    features::check_cgroup(&cgroup)?;
+    let excluded = opts
+        .exclude_cidr
+        .iter()
+        .map(|c| parse_cidr(c))
+        .collect::<Result<Vec<_>>>()?;
+    if excluded.len() > MAX_EXCLUDED_CIDRS as usize {
+        return Err(anyhow!("at most {MAX_EXCLUDED_CIDRS} --exclude-cidr"));
+    }
+    crate::pins::ensure_dir(&opts.pin_dir)?;
+    let pins = Pins::new(&opts.pin_dir);
+    let loaded = loader::load_or_adopt(&LoadOptions {
+        pins: &pins,
+        cgroup: &cgroup,
+        object,
+        bpf_log: opts.bpf_log,
+    })?;
+    let adopted = loaded.adopted;
+    let _ebpf = loaded._ebpf;
+    let mut node = Node {
+        pins: pins.clone(),
+        maps: loaded.maps,
+        sk_lookup: loaded.sk_lookup,
+        cgroup2,
+    };
+
+    // Node-wide settings and exclusions.
+    let cfg = GlobalConfig {
+        flags: if opts.sockmap_fastpath {
+            CONFIG_FASTPATH
+        } else {
+            0
+        },
+        _pad: 0,
+        cgroup_id: netns::cgroup_id(&cgroup)?,
+        cgroup_path: to_field(&cgroup.to_string_lossy()),
+    };
+    node.maps
+        .config
+        .set(0, cfg, 0)
+        .context("writing the node settings")?;
+    if opts.sockmap_fastpath {
+        loader::attach_fastpath(&pins).context("attaching the sk_msg fast path")?;
+        tracing::info!("sockmap fast path on");
+    }
+    let old: Vec<_> = node.maps.exclude.keys().filter_map(|k| k.ok()).collect();
+    for k in old {
+        let _ = node.maps.exclude.remove(&k);
+    }
+    for k in &excluded {
+        node.maps
+            .exclude
+            .insert(k, 1, 0)
+            .context("storing an excluded CIDR")?;
+    }
+
+    // Pods enrolled under a previous agent: drop the dead, wait for the live.
+    let mut owners = Owners::default();
+    let enrolled: Vec<u64> = node.pods().into_iter().map(|(c, _)| c).collect();
+    for (cookie, pod) in node.pods() {
+        if netns::alive(pod.proxy_pid, pod.proxy_start_time) {
+            owners.pending.insert(cookie);
+        } else {
+            node.remove(cookie);
+        }
+    }
+    for cookie in pins.pod_links() {
+        if !enrolled.contains(&cookie) {
+            node.remove(cookie);
+        }
+    }
+    let pending = owners.pending.len();
+    let shared = Arc::new(Shared {
+        node: Mutex::new(node),
+        owners: Mutex::new(owners),
+    });
+    if pending > 0 {
+        tracing::info!(
+            pods = pending,
+            grace_secs = opts.grace_period,
+            "waiting for adopted pods to re-register"
+        );
+        let s = shared.clone();
+        let grace = Duration::from_secs(opts.grace_period);
+        tokio::spawn(async move {
+            tokio::time::sleep(grace).await;
+            let stale: Vec<u64> = s.owners.lock().unwrap().pending.drain().collect();
+            let mut node = s.node.lock().unwrap();
+            for cookie in stale {
+                tracing::warn!(netns_cookie = cookie, "proxy did not re-register in time");
+                node.remove(cookie);
+            }
+        });
+    }
+
+    let listener = bind(&opts.socket)?;
+    tracing::info!(
+        socket = %opts.socket.display(), pin_dir = %pins.dir.display(), cgroup = %cgroup.display(),
+        adopted, fastpath = opts.sockmap_fastpath, "agent ready"
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => { tokio::spawn(handle(shared.clone(), stream)); }
+                Err(e) => tracing::warn!(error = %e, "accept failed"),
+            },
+            _ = term.recv() => break,
+            _ = tokio::signal::ctrl_c() => break,
+        }
+    }
+    // Leave pinned state (and so capture) in place for the next agent; the
+    // pods' registrations close with this process and they re-register.
+    let _ = std::fs::remove_file(&opts.socket);
+    tracing::info!("agent stopping; pinned programs and maps stay in place");
+    std::process::exit(0);
+}
+
+fn bind(path: &std::path::Path) -> Result<UnixListener> {
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    match std::fs::remove_file(path) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => {
+            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
+        }
+    }
+    let l = UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
+    // Proxies run under their own uids; SO_PEERCRED tells who they are.
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    Ok(l)
+}
+
+/// One registration: enrol, answer, hold until the proxy hangs up, remove.
+async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => return tracing::warn!(error = %e, "SO_PEERCRED failed"),
+    };
+    let request =
+        tokio::time::timeout(Duration::from_secs(5), wire::recv_request(&mut stream)).await;
+    let (request, fd) = match request {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => return refuse(&mut stream, format!("{e}")).await,
+        Err(_) => return refuse(&mut stream, "no request within 5 s".into()).await,
+    };
+    if request.version != PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version {} not supported (agent speaks {PROTOCOL_VERSION})",
+            request.version
+        );
+        return refuse(&mut stream, msg).await;
+    }
+    let Some(pid) = cred.pid().filter(|p| *p > 0) else {
+        return refuse(
+            &mut stream,
+            "the caller's pid is unknown (SO_PEERCRED)".into(),
+        )
+        .await;
+    };
+    let peer = Peer {
+        pid: pid as u32,
+        uid: cred.uid(),
+    };
+    let pod = request.pod;
+    let s = shared.clone();
+    let result = tokio::task::spawn_blocking(move || {
+        let enrolled = s.node.lock().unwrap().enrol(peer, &pod, fd)?;
+        let mut owners = s.owners.lock().unwrap();
+        owners.next += 1;
+        let token = owners.next;
+        owners.by_netns.insert(enrolled.netns_cookie, token);
+        owners.pending.remove(&enrolled.netns_cookie);
+        Ok::<_, anyhow::Error>((enrolled, token, pod))
+    })
+    .await;
+    let (enrolled, token, pod) = match result {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::warn!(
+                pid = peer.pid,
+                error = format!("{e:#}"),
+                "registration refused"
+            );
+            return refuse(&mut stream, format!("{e:#}")).await;
+        }
+        Err(e) => return refuse(&mut stream, format!("internal error: {e}")).await,
+    };
+    let cookie = enrolled.netns_cookie;
+    if let Err(e) = wire::write_frame(&mut stream, &Response::Enrolled(enrolled)).await {
+        tracing::warn!(error = %e, "answering the proxy failed");
+    } else {
+        // Hold the registration until the proxy hangs up.
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 256];
+        while let Ok(n) = stream.read(&mut buf).await {
+            if n == 0 {
+                break;
+            }
+        }
+    }
+    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie = cookie, "registration closed");
+    let _ = tokio::task::spawn_blocking(move || {
+        let mut owners = shared.owners.lock().unwrap();
+        if owners.by_netns.get(&cookie) == Some(&token) {
+            owners.by_netns.remove(&cookie);
+            drop(owners);
+            shared.node.lock().unwrap().remove(cookie);
+        }
+    })
+    .await;
+}
+
+async fn refuse(stream: &mut UnixStream, reason: String) {
+    tracing::warn!(%reason, "registration refused");
+    let _ = wire::write_frame(stream, &Response::Refused { reason }).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_cidr;
+
+    #[test]
+    fn cidrs_become_mapped_prefixes() {
+        let k = parse_cidr("10.96.0.0/12").unwrap();
+        assert_eq!({ k.prefix_len }, 108);
+        assert_eq!(parse_cidr("10.0.0.1").map(|k| k.prefix_len).unwrap(), 128);
+        assert_eq!(parse_cidr("fd00::/8").map(|k| k.prefix_len).unwrap(), 8);
+        assert!(parse_cidr("10.0.0.0/33").is_err());
+        assert!(parse_cidr("nonsense/8").is_err());
+        assert!(parse_cidr("::/129").is_err());
+    }
+}

@@ -1,0 +1,134 @@
+//! What the agent learns about a process: its network namespace (cookie and
+//! addresses, read from inside the namespace), cgroup and start time.
+
+use anyhow::{Context, Result, anyhow};
+use nix::sched::CloneFlags;
+use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
+use std::fs::File;
+use std::net::IpAddr;
+use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::fs::MetadataExt;
+use std::path::Path;
+
+/// `SO_NETNS_COOKIE` (include/uapi/asm-generic/socket.h).
+const SO_NETNS_COOKIE: libc::c_int = 71;
+
+/// The cookie of the network namespace a socket belongs to.
+pub fn socket_netns_cookie(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
+    let mut cookie: u64 = 0;
+    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
+    // SAFETY: `fd` is a valid descriptor for the call; `cookie` and `len`
+    // are valid for writes of the sizes given.
+    let rc = unsafe {
+        libc::getsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            SO_NETNS_COOKIE,
+            (&mut cookie as *mut u64).cast(),
+            &mut len,
+        )
+    };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cookie)
+}
+
+#[derive(Debug, Clone)]
+pub struct Netns {
+    pub cookie: u64,
+    /// Addresses of the namespace's interfaces, loopback and link-local left out.
+    pub ips: Vec<IpAddr>,
+}
+
+/// Enters the network namespace of `pid` on a short-lived thread and reads
+/// its cookie and addresses there.
+pub fn inspect(pid: u32) -> Result<Netns> {
+    let ns = File::open(format!("/proc/{pid}/ns/net"))
+        .with_context(|| format!("opening the network namespace of pid {pid}"))?;
+    std::thread::scope(|s| {
+        s.spawn(|| -> Result<Netns> {
+            // Only this thread switches namespace, and it ends right after.
+            nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
+                .context("entering the network namespace")?;
+            let sock = socket(
+                AddressFamily::Inet,
+                SockType::Datagram,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )
+            .context("creating a probe socket")?;
+            use std::os::fd::AsFd;
+            let cookie = socket_netns_cookie(sock.as_fd()).context("reading SO_NETNS_COOKIE")?;
+            let mut ips = Vec::new();
+            for ifa in nix::ifaddrs::getifaddrs().context("listing interface addresses")? {
+                let Some(addr) = ifa.address else { continue };
+                let ip = if let Some(a) = addr.as_sockaddr_in() {
+                    IpAddr::V4(a.ip())
+                } else if let Some(a) = addr.as_sockaddr_in6() {
+                    IpAddr::V6(a.ip())
+                } else {
+                    continue;
+                };
+                let link_local =
+                    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+                if !ip.is_loopback() && !ip.is_unspecified() && !link_local && !ips.contains(&ip) {
+                    ips.push(ip);
+                }
+            }
+            Ok(Netns { cookie, ips })
+        })
+        .join()
+        .map_err(|_| anyhow!("the namespace thread panicked"))?
+    })
+}
+
+/// The cgroup v2 path of `pid`, relative to the cgroup v2 mount.
+pub fn cgroup_path(pid: u32) -> Result<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("0::"))
+        .map(str::to_string)
+        .ok_or_else(|| anyhow!("pid {pid} has no cgroup v2 membership"))
+}
+
+/// The id of a cgroup v2 directory (its inode number).
+pub fn cgroup_id(dir: &Path) -> Result<u64> {
+    Ok(std::fs::metadata(dir)
+        .with_context(|| format!("cgroup {}", dir.display()))?
+        .ino())
+}
+
+/// Start time of `pid` (clock ticks since boot), to tell a live process from
+/// a reused pid.
+pub fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+/// Whether the process that enrolled a pod still runs.
+pub fn alive(pid: u32, start: u64) -> bool {
+    pid != 0 && start_time(pid) == Some(start)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_our_own_namespace_and_process() {
+        let me = std::process::id();
+        assert!(start_time(me).is_some());
+        assert!(alive(me, start_time(me).unwrap()));
+        assert!(!alive(me, start_time(me).unwrap() + 1));
+        let sock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        use std::os::fd::AsFd;
+        let cookie = socket_netns_cookie(sock.as_fd()).unwrap();
+        assert_ne!(cookie, 0);
+        if nix::unistd::Uid::effective().is_root() {
+            assert_eq!(inspect(me).unwrap().cookie, cookie);
+        }
+    }
+}
