@@ -316,9 +316,9 @@ mod tests {
     #[test]
     fn cidrs_become_mapped_prefixes() {
         let k = parse_cidr("10.96.0.0/12").unwrap();
-        assert_eq!({ k.prefix_len }, 108);
-        assert_eq!(parse_cidr("10.0.0.1").map(|k| k.prefix_len).unwrap(), 128);
-        assert_eq!(parse_cidr("fd00::/8").map(|k| k.prefix_len).unwrap(), 8);
+        assert_eq!(k.prefix_len(), 108);
+        assert_eq!(parse_cidr("10.0.0.1").map(|k| k.prefix_len()).unwrap(), 128);
+        assert_eq!(parse_cidr("fd00::/8").map(|k| k.prefix_len()).unwrap(), 8);
         assert!(parse_cidr("10.0.0.0/33").is_err());
         assert!(parse_cidr("nonsense/8").is_err());
         assert!(parse_cidr("::/129").is_err());
