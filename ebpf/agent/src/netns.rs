@@ -108,9 +108,17 @@ pub fn start_time(pid: u32) -> Option<u64> {
     after.split_whitespace().nth(19)?.parse().ok()
 }
 
-/// Whether the process that enrolled a pod still runs.
+/// Whether the process that enrolled a pod still runs (a zombie does not).
 pub fn alive(pid: u32, start: u64) -> bool {
-    pid != 0 && start_time(pid) == Some(start)
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let mut fields = after.split_whitespace();
+    let running = !matches!(fields.next(), Some("Z" | "X" | "x"));
+    pid != 0 && running && fields.nth(18).and_then(|f| f.parse().ok()) == Some(start)
 }
 
 #[cfg(test)]
