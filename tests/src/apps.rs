@@ -6,7 +6,7 @@ use crate::bins;
 use crate::env::{Env, PROXY_UID};
 use crate::process::Process;
 use crate::report::{ClientOutcome, ClientReport, ProxyEvent, Reply, ServerEvent, Side};
-use crate::wait::wait_until;
+use crate::wait::{fatal, wait_until};
 use anyhow::{Context, Result, anyhow, bail};
 use std::net::SocketAddr;
 use std::path::Path;
@@ -210,7 +210,10 @@ impl TestProxy {
     pub fn wait_registered(&mut self, n: usize) -> Result<()> {
         wait_until("the proxy to register", START_TIMEOUT, || {
             if let Some(s) = self.process.exited() {
-                bail!("the proxy exited ({s}):\n{}", self.process.output_text());
+                return Err(fatal(format!(
+                    "the proxy exited ({s}):\n{}",
+                    self.process.output_text()
+                )));
             }
             let got = self.count(&ProxyEvent::Registered);
             if got >= n {

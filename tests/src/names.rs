@@ -96,9 +96,10 @@ impl Names {
         std::path::Path::new("/run").join(&self.base)
     }
 
-    /// Where the test's agent pins its maps and links.
+    /// Where the test's agent pins its maps and links: directly under
+    /// `/sys/fs/bpf` (`conduit-tests-<test>`), which the agent mounts if needed.
     pub fn pin_dir(&self) -> std::path::PathBuf {
-        std::path::Path::new("/sys/fs/bpf").join(&self.base)
+        std::path::Path::new("/sys/fs/bpf").join(self.base.replace('/', "-"))
     }
 
     /// The test's cgroup, relative to the cgroup v2 mount.
@@ -139,6 +140,10 @@ mod tests {
         let m = Names::new("x");
         assert_eq!(m.netns("a"), "ct-x-a");
         assert_eq!(m.cgroup(), "conduit-tests/x");
+        assert_eq!(
+            m.pin_dir(),
+            std::path::Path::new("/sys/fs/bpf/conduit-tests-x")
+        );
         assert!((20..220).contains(&m.subnet));
     }
 }

@@ -5,8 +5,8 @@
 use crate::cgroup::Cgroup;
 use crate::netns::Netns;
 use crate::sys::{ChildSetup, enter_on_exec};
-use crate::wait::{wait_cleanup, wait_until};
-use anyhow::{Context, Result, anyhow, bail};
+use crate::wait::{fatal, wait_cleanup, wait_until};
+use anyhow::{Context, Result, anyhow};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::ffi::OsString;
@@ -97,6 +97,8 @@ impl Spawn {
     pub fn start(self) -> Result<Process> {
         let mut cmd = Command::new(&self.program);
         cmd.args(&self.args)
+            // Logs are read by tests and people through pipes: no colours.
+            .env("NO_COLOR", "1")
             .envs(self.envs.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -237,10 +239,15 @@ impl Process {
                 return Ok(l);
             }
             if let Some(status) = self.child.try_wait()? {
-                bail!(
-                    "{label} exited ({status}) first; output:\n{}",
+                // Its last lines may still be in the pipes.
+                self.join_readers();
+                if let Some((_, l)) = self.lines().into_iter().find(|(_, l)| pred(l)) {
+                    return Ok(l);
+                }
+                return Err(fatal(format!(
+                    "{label} exited ({status}); its output:\n{}",
                     self.output_text()
-                );
+                )));
             }
             Err(anyhow!("not yet"))
         })
@@ -289,10 +296,15 @@ impl Process {
             let _ = self.child.kill();
             let _ = self.child.wait();
         }
+        self.join_readers();
+        res
+    }
+
+    /// Waits for the output readers (after the process exited).
+    fn join_readers(&mut self) {
         for r in self.readers.drain(..) {
             let _ = r.join();
         }
-        res
     }
 
     /// SIGTERM, then SIGKILL if it has not exited within `grace`.

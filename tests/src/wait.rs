@@ -19,6 +19,24 @@ pub fn interrupted() -> bool {
     INTERRUPTED.load(Ordering::SeqCst)
 }
 
+/// An error that ends a wait at once instead of meaning "not yet" (for
+/// example: the process we wait on has exited).
+#[derive(Debug)]
+pub struct Fatal(pub String);
+
+impl std::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for Fatal {}
+
+/// An error that stops [`wait_until`] at once.
+pub fn fatal(msg: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(Fatal(msg.into()))
+}
+
 /// Calls `check` until it returns `Ok`, at most for `timeout`. An `Err` from
 /// `check` means "not yet"; the last one is part of the timeout error, so a
 /// failing test says what it saw, not only what it wanted.
@@ -46,6 +64,9 @@ fn poll<T>(
     loop {
         let last = match check() {
             Ok(v) => return Ok(v),
+            Err(e) if e.downcast_ref::<Fatal>().is_some() => {
+                return Err(e.context(format!("while waiting for {what}")));
+            }
             Err(e) => e,
         };
         if interruptible && interrupted() {
@@ -77,6 +98,14 @@ mod tests {
         })
         .unwrap();
         assert_eq!(v, 3);
+    }
+
+    #[test]
+    fn fatal_errors_end_the_wait_at_once() {
+        let start = Instant::now();
+        let e = wait_until::<()>("x", Duration::from_secs(30), || Err(fatal("gone"))).unwrap_err();
+        assert!(start.elapsed() < Duration::from_secs(1));
+        assert!(format!("{e:#}").contains("gone"));
     }
 
     #[test]
