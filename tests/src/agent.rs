@@ -87,6 +87,12 @@ impl AgentConfig {
         })
     }
 
+    /// `conduit-ebpf status --json`, typed.
+    pub fn status(&self) -> Result<crate::status::Status> {
+        let v = self.status_json()?;
+        serde_json::from_value(v.clone()).with_context(|| format!("unexpected status --json: {v}"))
+    }
+
     /// `conduit-ebpf status` (the operator's table), as text.
     pub fn status_text(&self) -> Result<String> {
         let out = self.cli(&["status"])?;

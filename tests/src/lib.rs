@@ -23,6 +23,7 @@ pub mod privilege;
 pub mod process;
 pub mod report;
 pub mod signals;
+pub mod status;
 mod sys;
 pub mod topology;
 pub mod wait;

@@ -1,7 +1,8 @@
 //! Restarting the agent does not interrupt capture: SIGTERM leaves the
 //! pinned maps and links in place, connections made while no agent runs are
 //! still captured, and the new agent adopts the pinned state (same maps,
-//! links and programs; `status --json` shows the pod) and the proxy's new
+//! links and programs; `status --json` shows the pod, with or without an agent)
+//! and the proxy's new
 //! registration.
 
 use anyhow::{Result, anyhow, ensure};
@@ -19,16 +20,6 @@ use std::time::Duration;
 const OLD_AGENT: u8 = 0;
 const NO_AGENT: u8 = 1;
 const NEW_AGENT: u8 = 2;
-
-/// True if `needle` occurs as a string anywhere in `v`.
-fn mentions(v: &serde_json::Value, needle: &str) -> bool {
-    match v {
-        serde_json::Value::String(s) => s == needle,
-        serde_json::Value::Array(a) => a.iter().any(|x| mentions(x, needle)),
-        serde_json::Value::Object(o) => o.values().any(|x| mentions(x, needle)),
-        _ => false,
-    }
-}
 
 #[test]
 fn agent_restart_keeps_capture_and_adopts_pinned_state() -> Result<()> {
@@ -145,10 +136,15 @@ fn restart(
             }
         },
     )?;
-    let status = config.status_json()?;
+    // The pinned state, read without an agent: still attached, pod still
+    // enrolled with its (live) proxy.
+    let status = config.status()?;
+    let pod = status
+        .pod("app")
+        .ok_or_else(|| anyhow!("no agent: pod app not in status: {status:?}"))?;
     ensure!(
-        mentions(&status, "app"),
-        "status without an agent does not show pod app: {status}"
+        status.attached && pod.proxy_alive && pod.proxy_pid == proxy.process.pid(),
+        "{status:?}"
     );
 
     let agent = config.start()?;
@@ -165,10 +161,13 @@ fn restart(
             }
         },
     )?;
-    let status = config.status_json()?;
+    let status = config.status()?;
+    let pod = status
+        .pod("app")
+        .ok_or_else(|| anyhow!("new agent: pod app not in status: {status:?}"))?;
     ensure!(
-        mentions(&status, "app"),
-        "the new agent's status does not show pod app: {status}"
+        status.attached && pod.proxy_pid == proxy.process.pid(),
+        "{status:?}"
     );
     let netns: Vec<PathBuf> = env
         .topology()
@@ -176,8 +175,19 @@ fn restart(
         .iter()
         .map(|p| p.netns().path())
         .collect();
-    Ok((
-        BpfObjects::collect(env.cgroup().path(), &netns, &config.pin_dir)?,
-        agent,
-    ))
+    let objects = BpfObjects::collect(env.cgroup().path(), &netns, &config.pin_dir)?;
+    // What status reports is what bpftool sees.
+    for p in &status.programs {
+        ensure!(
+            objects.progs.contains(&p.id),
+            "status program {p:?} not seen by bpftool: {objects:?}"
+        );
+    }
+    for m in &status.maps {
+        ensure!(
+            objects.maps.contains(&m.id),
+            "status map {m:?} not seen by bpftool: {objects:?}"
+        );
+    }
+    Ok((objects, agent))
 }

@@ -39,6 +39,29 @@ fn cleanup_leaves_nothing_behind() -> Result<()> {
         "nothing pinned: {ours:?}"
     );
 
+    // Everything the agent reports is among what bpftool found (so the
+    // check below covers it), sk_lookup in the pod's namespace included.
+    let status = config.status()?;
+    ensure!(
+        status
+            .programs
+            .iter()
+            .any(|p| p.attach_type == "sk_lookup" && p.link_id.is_some()),
+        "{status:?}"
+    );
+    for p in status.programs.iter().filter(|p| p.link_id.is_some()) {
+        ensure!(
+            ours.progs.contains(&p.id),
+            "status program {p:?} missing from {ours:?}"
+        );
+    }
+    for m in &status.maps {
+        ensure!(
+            ours.maps.contains(&m.id),
+            "status map {m:?} missing from {ours:?}"
+        );
+    }
+
     agent.stop()?;
     config.cleanup()?;
     wait_until(

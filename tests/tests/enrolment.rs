@@ -31,6 +31,11 @@ fn pod_with_unregistered_proxy_not_captured() -> Result<()> {
         direct(&client(&env, "idle", dst)?, "server", from)?;
         captured_outbound(&client(&env, "enrolled", dst)?, dst)?;
     }
+    let pods = agent.config.status()?.pods;
+    ensure!(
+        pods.len() == 1 && pods[0].name == "enrolled",
+        "enrolled pods: {pods:?}"
+    );
     ensure!(
         idle.accepted().is_empty(),
         "the unregistered proxy accepted {:?}",
@@ -64,6 +69,11 @@ fn non_enrolled_namespace_not_captured() -> Result<()> {
         direct(&client(&env, "outside", dst)?, "server", from)?;
         captured_outbound(&client(&env, "enrolled", dst)?, dst)?;
     }
+    let pods = agent.config.status()?.pods;
+    ensure!(
+        pods.len() == 1 && pods[0].name == "enrolled",
+        "enrolled pods: {pods:?}"
+    );
     // The enrolled pod's proxy saw its own pod's two connections, no others.
     ensure!(
         enrolled.accepted().len() == 2,

@@ -52,6 +52,26 @@ fn inbound_sk_lookup_original_destination() -> Result<()> {
         "the app was reached directly: {:?}",
         app.accepted()
     );
+    let status = agent.config.status()?;
+    let pod = status
+        .pod("pod")
+        .ok_or_else(|| anyhow::anyhow!("pod not enrolled: {status:?}"))?;
+    let link = pod
+        .sk_lookup_link_id
+        .ok_or_else(|| anyhow::anyhow!("no sk_lookup link: {pod:?}"))?;
+    ensure!(
+        status
+            .programs
+            .iter()
+            .any(|p| p.attach_type == "sk_lookup" && p.link_id == Some(link)),
+        "no sk_lookup program with link {link}: {:?}",
+        status.programs
+    );
+    ensure!(
+        status.counter("sk_lookup", "captured") == 3,
+        "{:?}",
+        status.counters
+    );
     ensure!(
         proxy.accepted().len() == 3,
         "proxy accepted {:?}",

@@ -3,7 +3,7 @@
 //! getsockopt(SO_ORIGINAL_DST) / IP6T_SO_ORIGINAL_DST; the application's
 //! getpeername still shows the address it dialled.
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
 use conduit_tests::checks::{captured_outbound, direct};
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client};
 use std::net::{IpAddr, SocketAddr};
@@ -29,6 +29,39 @@ fn outbound_ipv4_original_destination() -> Result<()> {
     // A second destination port: the record is per connection, not per pod.
     let other = env.pod("server").v4(9999);
     captured_outbound(&client(&env, "app", other)?, other)?;
+
+    // The agent's own account agrees: one pod, its proxy's uid and addresses,
+    // and exactly two captures answered by getsockopt.
+    let status = agent.config.status()?;
+    let app = env.pod("app");
+    ensure!(
+        status.attached && status.pod_names() == ["app"],
+        "{status:?}"
+    );
+    let pod = status.pod("app").unwrap();
+    ensure!(
+        pod.proxy_uid == conduit_tests::env::PROXY_UID && pod.proxy_alive,
+        "{pod:?}"
+    );
+    ensure!(
+        pod.pod_ips.contains(&IpAddr::V4(app.ipv4)) && pod.pod_ips.contains(&IpAddr::V6(app.ipv6)),
+        "{pod:?}"
+    );
+    ensure!(
+        status.counter("connect4", "captured") == 2,
+        "{:?}",
+        status.counters
+    );
+    ensure!(
+        status.counter("getsockopt", "captured") == 2,
+        "{:?}",
+        status.counters
+    );
+    ensure!(
+        status.counter("getpeername4", "captured") >= 2,
+        "{:?}",
+        status.counters
+    );
     Ok(())
 }
 

@@ -2,7 +2,8 @@
 //! closes (told to, or the proxy dies) and resumes when a proxy registers
 //! again. Connections made while no proxy is registered go direct.
 
-use anyhow::Result;
+use anyhow::{Result, ensure};
+use conduit_tests::AgentConfig;
 use conduit_tests::checks::{captured_outbound, direct};
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client, wait_until};
 use nix::sys::signal::Signal;
@@ -12,7 +13,7 @@ use std::time::Duration;
 /// How long the agent may take to notice a closed registration.
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
-fn expect_direct(env: &Env) -> Result<()> {
+fn expect_direct(env: &Env, agent: &AgentConfig) -> Result<()> {
     let (s, a) = (env.pod("server"), env.pod("app"));
     wait_until("capture to stop", STOP_TIMEOUT, || {
         direct(
@@ -31,11 +32,22 @@ fn expect_direct(env: &Env) -> Result<()> {
         &client(env, "app", s.v6(8080))?,
         "server",
         IpAddr::V6(a.ipv6),
-    )
+    )?;
+    let status = agent.status()?;
+    ensure!(
+        status.pods.is_empty(),
+        "pods still enrolled: {:?}",
+        status.pods
+    );
+    Ok(())
 }
 
-fn expect_captured(env: &Env) -> Result<()> {
+fn expect_captured(env: &Env, agent: &AgentConfig) -> Result<()> {
     let s = env.pod("server");
+    ensure!(
+        agent.status()?.pod_names() == ["app"],
+        "pod app not enrolled"
+    );
     captured_outbound(&client(env, "app", s.v4(8080))?, s.v4(8080))?;
     captured_outbound(&client(env, "app", s.v6(8080))?, s.v6(8080))
 }
@@ -48,16 +60,16 @@ fn capture_stops_when_registration_closes_and_resumes_on_register() -> Result<()
     let agent = env.agent_config()?.start()?;
     let _server = TestServer::start(&env, "server", 8080, "server")?;
     let mut proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
-    expect_captured(&env)?;
+    expect_captured(&env, &agent.config)?;
 
     proxy.unregister()?;
     proxy.wait_unregistered(1)?;
-    expect_direct(&env)?;
+    expect_direct(&env, &agent.config)?;
 
     // Capture is on again as soon as the agent has answered the registration.
     proxy.register()?;
     proxy.wait_registered(2)?;
-    expect_captured(&env)?;
+    expect_captured(&env, &agent.config)?;
     Ok(())
 }
 
@@ -69,13 +81,13 @@ fn capture_stops_when_proxy_dies_and_resumes_with_a_new_proxy() -> Result<()> {
     let agent = env.agent_config()?.start()?;
     let _server = TestServer::start(&env, "server", 8080, "server")?;
     let mut proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
-    expect_captured(&env)?;
+    expect_captured(&env, &agent.config)?;
 
     proxy.process.signal(Signal::SIGKILL)?;
     proxy.process.wait_exit(Duration::from_secs(5))?;
-    expect_direct(&env)?;
+    expect_direct(&env, &agent.config)?;
 
     let _proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
-    expect_captured(&env)?;
+    expect_captured(&env, &agent.config)?;
     Ok(())
 }
