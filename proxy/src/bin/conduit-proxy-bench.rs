@@ -112,6 +112,15 @@ fn main() -> Result<()> {
         other => bail!("unknown --route {other:?} (redirect, fixed, auto)"),
     };
 
+    let load_before = report::load_average();
+    if let Some((load, cpus)) = load_before
+        && load > cpus as f64 / 2.0
+    {
+        eprintln!(
+            "[bench] warning: load average {load:.2} on {cpus} CPUs before starting: other processes \
+             compete for the CPU and the numbers will be noisy"
+        );
+    }
     let server = server::Server::start()?;
     eprintln!("[bench] hyper server on {}", server.addr);
     let proxy = Proxy::start(&bin, server.addr, route)?;
@@ -178,8 +187,15 @@ fn main() -> Result<()> {
     drop(proxy);
     drop(server);
 
+    let summary = report::Summary {
+        idle_rss,
+        idle_after,
+        peak_rss,
+        load_before,
+        load_after: report::load_average(),
+    };
     println!();
-    report::print(&rows, idle_rss, idle_after, peak_rss, &args_line());
+    report::print(&rows, &summary, &args_line());
     Ok(())
 }
 

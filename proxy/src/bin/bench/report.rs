@@ -55,7 +55,25 @@ fn added(proxy: Option<Duration>, direct: Option<Duration>) -> String {
     }
 }
 
-pub fn print(rows: &[Row], idle_rss: u64, idle_after: u64, peak_rss: u64, command: &str) {
+/// The machine's 1-minute load average and CPU count, from /proc.
+pub fn load_average() -> Option<(f64, usize)> {
+    let text = std::fs::read_to_string("/proc/loadavg").ok()?;
+    let load = text.split_whitespace().next()?.parse().ok()?;
+    Some((
+        load,
+        std::thread::available_parallelism().map_or(1, |n| n.get()),
+    ))
+}
+
+pub struct Summary {
+    pub idle_rss: u64,
+    pub idle_after: u64,
+    pub peak_rss: u64,
+    pub load_before: Option<(f64, usize)>,
+    pub load_after: Option<(f64, usize)>,
+}
+
+pub fn print(rows: &[Row], sum: &Summary, command: &str) {
     println!("| protocol | load | path | p50 | p99 | p99.9 | throughput | errors | proxy RSS |");
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
     for pair in rows.chunks(2) {
@@ -88,21 +106,48 @@ pub fn print(rows: &[Row], idle_rss: u64, idle_after: u64, peak_rss: u64, comman
         }
     }
     println!();
+    for pair in rows.chunks(2) {
+        if let [d, p] = pair {
+            let q = |s: &Sample, x| s.quantile(x);
+            match p.load {
+                Load::Rate(_) => println!(
+                    "- {} at {}: added p50 {}, added p99 {}",
+                    p.protocol.label(),
+                    p.load,
+                    added(q(&p.sample, 0.5), q(&d.sample, 0.5)),
+                    added(q(&p.sample, 0.99), q(&d.sample, 0.99)),
+                ),
+                Load::Max(_) => println!(
+                    "- {} maximum rate: {:.0} req/s through the proxy, {:.0} direct ({:.2}× of direct)",
+                    p.protocol.label(),
+                    p.sample.throughput(),
+                    d.sample.throughput(),
+                    p.sample.throughput() / d.sample.throughput().max(1e-9),
+                ),
+            }
+        }
+    }
     println!(
-        "proxy RSS: idle {} at start, {} idle after the runs, peak {} (VmHWM)",
-        fmt_mb(idle_rss),
-        fmt_mb(idle_after),
-        fmt_mb(peak_rss)
+        "- proxy RSS: idle {} at start, {} idle after the runs, peak {} (VmHWM); largest under load {}",
+        fmt_mb(sum.idle_rss),
+        fmt_mb(sum.idle_after),
+        fmt_mb(sum.peak_rss),
+        fmt_mb(rows.iter().filter_map(|r| r.rss).max().unwrap_or(0)),
     );
+    if let (Some((before, cpus)), Some((after, _))) = (sum.load_before, sum.load_after) {
+        println!(
+            "- machine: {cpus} CPUs, load average {before:.2} before, {after:.2} after (the benchmark itself adds about 2)"
+        );
+    }
     let lag = rows
         .iter()
         .map(|r| r.sample.max_send_lag)
         .max()
         .unwrap_or_default();
     println!(
-        "open-loop latencies are measured from each request's scheduled send time \
+        "- open-loop latencies are measured from each request's scheduled send time \
          (worst pacer lag {}); max rows are closed loop",
         fmt_dur(lag)
     );
-    println!("command: {command}");
+    println!("- command: {command}");
 }
