@@ -63,6 +63,8 @@ impl AgentConfig {
     fn cli(&self, args: &[&str]) -> Result<std::process::Output> {
         Command::new(&self.bin)
             .args(args)
+            .env("RUST_BACKTRACE", "0")
+            .env("NO_COLOR", "1")
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .output()

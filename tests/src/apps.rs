@@ -154,7 +154,7 @@ impl TestProxy {
         let mut spawn = env
             .spawn(pod, "proxy", bins::find(bins::TEST_PROXY)?)?
             .user(PROXY_UID, PROXY_UID)
-            .args(["--pod", pod, "--namespace", "conduit-tests"])
+            .args(["--pod", pod, "--namespace", "default"])
             .args([
                 "--mode",
                 if mode == ProxyMode::Report {

@@ -17,6 +17,15 @@ use std::process::{Child, ChildStdin, Command, ExitStatus, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+static ECHO: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(true);
+
+/// Whether processes started from now on copy their output to stderr
+/// (default yes: a failing test shows what its processes said; the demo
+/// turns it off and prints what matters itself).
+pub fn set_echo(on: bool) {
+    ECHO.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// Which stream a line came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Stream {
@@ -46,7 +55,7 @@ impl Spawn {
             args: Vec::new(),
             envs: Vec::new(),
             setup: ChildSetup::default(),
-            echo: true,
+            echo: ECHO.load(std::sync::atomic::Ordering::SeqCst),
         }
     }
 

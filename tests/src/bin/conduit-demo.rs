@@ -29,6 +29,7 @@ fn main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }
+    conduit_tests::process::set_echo(false);
     println!("conduit-ebpf capture demo\n");
     let mut steps = Steps::new(6);
     let machine = steps.run("checking the machine", || {
@@ -41,7 +42,11 @@ fn main() {
     let result = run(&cli, &mut steps);
     println!("\ncleaned up: pods, bridge, cgroups, agent and its pinned BPF state are gone");
     if result.is_err() {
-        eprintln!("the demo failed (see above)");
+        if conduit_tests::wait::interrupted() {
+            eprintln!("interrupted");
+        } else {
+            eprintln!("the demo failed (see above)");
+        }
         std::process::exit(if conduit_tests::wait::interrupted() {
             130
         } else {
