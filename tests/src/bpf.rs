@@ -97,14 +97,14 @@ impl BpfObjects {
             }
         }
         for id in o.progs.clone() {
-            if let Ok(v) = bpftool(&["prog", "show", "id", &id.to_string()]) {
-                if let Some(m) = v.get("map_ids").and_then(Value::as_array) {
-                    o.maps.extend(
-                        m.iter()
-                            .filter_map(Value::as_u64)
-                            .filter_map(|n| u32::try_from(n).ok()),
-                    );
-                }
+            if let Ok(v) = bpftool(&["prog", "show", "id", &id.to_string()])
+                && let Some(m) = v.get("map_ids").and_then(Value::as_array)
+            {
+                o.maps.extend(
+                    m.iter()
+                        .filter_map(Value::as_u64)
+                        .filter_map(|n| u32::try_from(n).ok()),
+                );
             }
         }
         Ok(o)
