@@ -81,6 +81,11 @@ impl Node {
             bail!("the passed inbound descriptor is not a listening TCP socket");
         }
         let ns = netns::inspect(peer.pid)?;
+        if netns::own_netns_cookie().ok() == Some(ns.cookie) {
+            bail!(
+                "refusing to enrol the node's own network namespace (is the proxy in a pod network namespace?)"
+            );
+        }
         let listener_ns =
             netns::socket_netns_cookie(listener.as_fd()).context("reading the listener's netns")?;
         if listener_ns != ns.cookie {

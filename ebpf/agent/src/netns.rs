@@ -34,6 +34,18 @@ pub fn socket_netns_cookie(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
     Ok(cookie)
 }
 
+/// The cookie of the agent's own network namespace.
+pub fn own_netns_cookie() -> std::io::Result<u64> {
+    use std::os::fd::AsFd;
+    let sock = socket(
+        AddressFamily::Inet,
+        SockType::Datagram,
+        SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    socket_netns_cookie(sock.as_fd())
+}
+
 #[derive(Debug, Clone)]
 pub struct Netns {
     pub cookie: u64,
