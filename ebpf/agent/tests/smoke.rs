@@ -32,7 +32,8 @@ fn privileged() -> bool {
     if std::env::var("CONDUIT_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
         panic!("privileged smoke test cannot run ({why}) and CONDUIT_REQUIRE_PRIVILEGED=1");
     }
-    eprintln!("SKIPPED conduit-ebpf smoke test: {why}");
+    // Straight to stderr, past libtest's capture, so the skip is visible.
+    let _ = writeln!(std::io::stderr(), "SKIPPED conduit-ebpf smoke test: {why}");
     false
 }
 
