@@ -1,10 +1,12 @@
 //! Capture follows the proxy's registration: it stops when the registration
 //! closes (told to, or the proxy dies) and resumes when a proxy registers
-//! again. Connections made while no proxy is registered go direct.
+//! again, outbound and inbound. Connections made while no proxy is
+//! registered go direct (the app in pod `app` listens on 9000 for inbound).
 
 use anyhow::{Result, ensure};
 use conduit_tests::AgentConfig;
 use conduit_tests::checks::{captured_outbound, direct};
+use conduit_tests::report::Side;
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client, wait_until};
 use nix::sys::signal::Signal;
 use std::net::IpAddr;
@@ -33,6 +35,17 @@ fn expect_direct(env: &Env, agent: &AgentConfig) -> Result<()> {
         "server",
         IpAddr::V6(a.ipv6),
     )?;
+    // Inbound too: the app answers itself.
+    direct(
+        &client(env, "server", a.v4(9000))?,
+        "local-app",
+        IpAddr::V4(s.ipv4),
+    )?;
+    direct(
+        &client(env, "server", a.v6(9000))?,
+        "local-app",
+        IpAddr::V6(s.ipv6),
+    )?;
     let status = agent.status()?;
     ensure!(
         status.pods.is_empty(),
@@ -49,7 +62,16 @@ fn expect_captured(env: &Env, agent: &AgentConfig) -> Result<()> {
         "pod app not enrolled"
     );
     captured_outbound(&client(env, "app", s.v4(8080))?, s.v4(8080))?;
-    captured_outbound(&client(env, "app", s.v6(8080))?, s.v6(8080))
+    captured_outbound(&client(env, "app", s.v6(8080))?, s.v6(8080))?;
+    let a = env.pod("app");
+    for dst in [a.v4(9000), a.v6(9000)] {
+        let (orig, side) = client(env, "server", dst)?.captured()?;
+        ensure!(
+            side == Side::Inbound && orig == dst,
+            "inbound {dst}: {side:?} {orig}"
+        );
+    }
+    Ok(())
 }
 
 #[test]
@@ -59,6 +81,7 @@ fn capture_stops_when_registration_closes_and_resumes_on_register() -> Result<()
     };
     let agent = env.agent_config()?.start()?;
     let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let _local_app = TestServer::start(&env, "app", 9000, "local-app")?;
     let mut proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
     expect_captured(&env, &agent.config)?;
 
@@ -80,6 +103,7 @@ fn capture_stops_when_proxy_dies_and_resumes_with_a_new_proxy() -> Result<()> {
     };
     let agent = env.agent_config()?.start()?;
     let _server = TestServer::start(&env, "server", 8080, "server")?;
+    let _local_app = TestServer::start(&env, "app", 9000, "local-app")?;
     let mut proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
     expect_captured(&env, &agent.config)?;
 
