@@ -72,7 +72,13 @@ struct Owners {
 struct Shared {
     node: Mutex<Node>,
     owners: Mutex<Owners>,
+    /// Registrations being served; bounded so a runaway client cannot
+    /// exhaust the agent.
+    active: std::sync::atomic::AtomicUsize,
 }
+
+/// Most registrations served at once (each pod holds one).
+const MAX_ACTIVE: usize = 2 * conduit_ebpf_common::MAX_PODS as usize;
 
 pub fn run(opts: Options) -> Result<()> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -163,6 +169,7 @@ async fn serve(opts: Options) -> Result<()> {
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         owners: Mutex::new(owners),
+        active: std::sync::atomic::AtomicUsize::new(0),
     });
     if pending > 0 {
         tracing::info!(
@@ -192,7 +199,19 @@ async fn serve(opts: Options) -> Result<()> {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => { tokio::spawn(handle(shared.clone(), stream)); }
+                Ok((mut stream, _)) => {
+                    use std::sync::atomic::Ordering;
+                    let s = shared.clone();
+                    if s.active.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
+                        s.active.fetch_sub(1, Ordering::SeqCst);
+                        tokio::spawn(async move { refuse(&mut stream, "too many registrations".into()).await });
+                        continue;
+                    }
+                    tokio::spawn(async move {
+                        handle(s.clone(), stream).await;
+                        s.active.fetch_sub(1, Ordering::SeqCst);
+                    });
+                }
                 Err(e) => tracing::warn!(error = %e, "accept failed"),
             },
             _ = term.recv() => break,

@@ -8,9 +8,9 @@
 //!   enrolled pods and the counters (`--json` for machines);
 //! * `cleanup` detaches and removes everything pinned.
 
-// Needed in few places: reading SO_NETNS_COOKIE with getsockopt (no safe
-// wrapper in nix), and forgetting the sk_msg attachment so it outlives the
-// agent (see loader.rs). Each `unsafe` block says why it is sound.
+// Needed in two places: reading SO_NETNS_COOKIE with getsockopt (no safe
+// wrapper in nix; netns.rs), and two raw bpf(2) commands aya 0.14 lacks for
+// the getsockopt link (sys.rs). Each `unsafe` block says why it is sound.
 #![allow(unsafe_code)]
 
 mod agent;
