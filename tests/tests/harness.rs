@@ -151,3 +151,47 @@ fn test_proxy_runs_unregistered() -> Result<()> {
     )?;
     Ok(())
 }
+
+/// The skip rule, for real: this very test binary, run again as an
+/// unprivileged user, skips a privileged test with a visible SKIPPED line,
+/// and fails it under CONDUIT_REQUIRE_PRIVILEGED=1.
+#[test]
+fn unprivileged_runs_skip_visibly_or_fail_when_required() -> Result<()> {
+    if !conduit_tests::privilege::check(conduit_tests::test_name!()) {
+        return Ok(());
+    }
+    let me = std::env::current_exe()?;
+    let run = |require: &str| {
+        conduit_tests::process::Spawn::new("unprivileged", &me)
+            .user(65534, 65534)
+            .env(conduit_tests::privilege::REQUIRE_VAR, require)
+            .args([
+                "--exact",
+                "pods_talk_over_ipv4_and_ipv6",
+                "--test-threads=1",
+            ])
+            .quiet()
+            .run(Duration::from_secs(30))
+    };
+    let skipped = run("0")?;
+    ensure!(
+        skipped.status.success(),
+        "skipping run failed: {}",
+        skipped.stderr()
+    );
+    ensure!(
+        skipped
+            .stderr()
+            .contains("SKIPPED pods_talk_over_ipv4_and_ipv6: not running as root"),
+        "no SKIPPED line: {}",
+        skipped.stderr()
+    );
+    let required = run("1")?;
+    ensure!(
+        !required.status.success(),
+        "required run passed without root"
+    );
+    let all: Vec<String> = required.lines.iter().map(|(_, l)| l.clone()).collect();
+    ensure!(all.join("\n").contains("needs root"), "{all:?}");
+    Ok(())
+}
