@@ -4,8 +4,8 @@
 //! TLS 1.3 only, no session resumption (every handshake verifies the
 //! peer's current certificate); our certificate comes from [`Credentials`]
 //! at each handshake.
-//! ALPN names the inter-proxy protocol: [`Alpn::H2`] (`conduit/h2`) or
-//! [`Alpn::Opaque`] (`conduit/opaque`).
+//! ALPN names the inter-proxy protocol: [`Alpn::H2`] (`conduit/h2`),
+//! [`Alpn::Http1`] (`conduit/http1`) or [`Alpn::Opaque`] (`conduit/opaque`).
 
 use crate::credentials::Credentials;
 use crate::spiffe::SpiffeId;
@@ -33,17 +33,21 @@ pub enum Alpn {
     /// `conduit/h2`: HTTP/2 between proxies (HTTP/1 and HTTP/2 requests
     /// alike are carried over it).
     H2,
+    /// `conduit/http1`: one HTTP/1.1 connection (requests that become byte
+    /// streams: `Upgrade`, `CONNECT`).
+    Http1,
     /// `conduit/opaque`: a byte stream the proxies do not interpret (TCP,
     /// or protocols not detected).
     Opaque,
 }
 
 impl Alpn {
-    pub const ALL: [Alpn; 2] = [Alpn::H2, Alpn::Opaque];
+    pub const ALL: [Alpn; 3] = [Alpn::H2, Alpn::Http1, Alpn::Opaque];
 
     pub const fn as_bytes(self) -> &'static [u8] {
         match self {
             Alpn::H2 => b"conduit/h2",
+            Alpn::Http1 => b"conduit/http1",
             Alpn::Opaque => b"conduit/opaque",
         }
     }
@@ -55,10 +59,8 @@ impl Alpn {
 
 impl fmt::Display for Alpn {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Alpn::H2 => "conduit/h2",
-            Alpn::Opaque => "conduit/opaque",
-        })
+        // The names are ASCII.
+        f.write_str(std::str::from_utf8(self.as_bytes()).unwrap_or("conduit/?"))
     }
 }
 
@@ -115,11 +117,13 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
+type ClientConfigs = HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>;
+
 /// Outbound mTLS. Cheap to clone.
 #[derive(Debug, Clone)]
 pub struct TlsConnector {
     credentials: Credentials,
-    configs: Arc<Mutex<HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>>>,
+    configs: Arc<Mutex<ClientConfigs>>,
     timeout: Duration,
 }
 

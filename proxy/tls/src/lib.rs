@@ -7,7 +7,7 @@
 //! present exactly the identity discovery gave; inbound with
 //! [`TlsAcceptor`], which requires a client certificate from the trust
 //! domain and reports the peer's identity. ALPN names the inter-proxy
-//! protocol ([`Alpn`]: `conduit/h2`, `conduit/opaque`). Rotation swaps the
+//! protocol ([`Alpn`]: `conduit/h2`, `conduit/http1`, `conduit/opaque`). Rotation swaps the
 //! certificate that new handshakes present; established connections keep
 //! going. See docs/identity.md.
 //!

@@ -8,6 +8,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 const SCHEME: &str = "spiffe://";
 /// The SPIFFE spec's limit on a whole ID.
@@ -119,9 +120,13 @@ impl FromStr for TrustDomain {
     }
 }
 
-/// The identity of a Kubernetes service account in a trust domain.
+/// The identity of a Kubernetes service account in a trust domain. Cheap
+/// to clone (shared).
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct SpiffeId {
+pub struct SpiffeId(Arc<Parts>);
+
+#[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+struct Parts {
     trust_domain: TrustDomain,
     namespace: String,
     service_account: String,
@@ -147,11 +152,11 @@ impl SpiffeId {
                 reason,
             }
         })?;
-        Ok(SpiffeId {
+        Ok(SpiffeId(Arc::new(Parts {
             trust_domain,
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
-        })
+        })))
     }
 
     /// Parses `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
@@ -193,27 +198,27 @@ impl SpiffeId {
 
     /// Fails unless this ID is in `trust_domain`.
     pub fn check_trust_domain(&self, trust_domain: &TrustDomain) -> Result<(), SpiffeIdError> {
-        if &self.trust_domain == trust_domain {
+        if &self.0.trust_domain == trust_domain {
             Ok(())
         } else {
             Err(SpiffeIdError::WrongTrustDomain {
                 id: self.to_string(),
-                found: self.trust_domain.to_string(),
+                found: self.0.trust_domain.to_string(),
                 expected: trust_domain.to_string(),
             })
         }
     }
 
     pub fn trust_domain(&self) -> &TrustDomain {
-        &self.trust_domain
+        &self.0.trust_domain
     }
 
     pub fn namespace(&self) -> &str {
-        &self.namespace
+        &self.0.namespace
     }
 
     pub fn service_account(&self) -> &str {
-        &self.service_account
+        &self.0.service_account
     }
 }
 
@@ -222,7 +227,7 @@ impl fmt::Display for SpiffeId {
         write!(
             f,
             "{SCHEME}{}/ns/{}/sa/{}",
-            self.trust_domain, self.namespace, self.service_account
+            self.0.trust_domain, self.0.namespace, self.0.service_account
         )
     }
 }

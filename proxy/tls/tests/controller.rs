@@ -1,0 +1,194 @@
+//! Proxies certified by the real controller's `Identity.Certify` (gRPC on
+//! loopback, token file backend), then mTLS between them.
+
+mod support;
+
+use conduit_controller::identity::{
+    Certifier as ControllerCertifier, IdentityService, Issuer, TokenFileVerifier,
+};
+use conduit_controller::metrics::Metrics;
+use conduit_controller_api::identity::v1::identity_server::IdentityServer;
+use conduit_proxy_tls::{
+    Alpn, CertifyError, Credentials, GrpcCertifier, RefreshError, Refresher, SpiffeId, TlsAcceptor,
+    TlsConnector, TokenFile, TrustAnchors,
+};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+use support::*;
+use tokio::net::{TcpListener, TcpStream};
+
+const TD: &str = "test.local";
+const WEB: &str = "spiffe://test.local/ns/shop/sa/web";
+const BOOKS: &str = "spiffe://test.local/ns/shop/sa/books";
+const WEB_TOKEN: &str = "web-token-0123456789abcdef";
+const BOOKS_TOKEN: &str = "books-token-0123456789abcdef";
+
+struct Controller {
+    addr: SocketAddr,
+    anchors_pem: String,
+    dir: tempfile::TempDir,
+}
+
+/// The controller's identity service with a generated issuer and a token
+/// file, on a free loopback port.
+async fn controller(leaf_lifetime: Duration) -> Controller {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.yaml");
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens:\n  - token: {WEB_TOKEN}\n    namespace: shop\n    serviceAccount: web\n  - token: {BOOKS_TOKEN}\n    namespace: shop\n    serviceAccount: books\n"
+        ),
+    )
+    .unwrap();
+    let issuer = Issuer::generate(
+        TD,
+        SystemTime::now() - Duration::from_secs(60),
+        Duration::from_secs(86400),
+    )
+    .unwrap();
+    let anchors_pem = issuer.certificate_pem().to_owned();
+    let certifier = Arc::new(ControllerCertifier::new(
+        issuer,
+        TokenFileVerifier::load(&tokens).unwrap(),
+        TD.into(),
+        leaf_lifetime,
+    ));
+    let service = IdentityService::new(certifier, Arc::new(Metrics::new()));
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(IdentityServer::new(service))
+            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+    );
+    Controller {
+        addr,
+        anchors_pem,
+        dir,
+    }
+}
+
+impl Controller {
+    fn proxy(&self, identity: &str, token: &str) -> (Credentials, Refresher<GrpcCertifier>) {
+        let anchors = TrustAnchors::from_pem(self.anchors_pem.as_bytes()).unwrap();
+        let credentials = Credentials::new(SpiffeId::parse(identity).unwrap(), anchors);
+        let token_path = self
+            .dir
+            .path()
+            .join(format!("token-{}", identity.rsplit('/').next().unwrap()));
+        std::fs::write(&token_path, token).unwrap();
+        let certifier = GrpcCertifier::connect_lazy(&format!("http://{}", self.addr)).unwrap();
+        let refresher = Refresher::new(credentials.clone(), TokenFile::new(token_path), certifier);
+        (credentials, refresher)
+    }
+}
+
+async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
+    tokio::time::timeout(Duration::from_secs(20), f)
+        .await
+        .unwrap_or_else(|_| panic!("{what} did not happen within 20 s"))
+}
+
+#[tokio::test]
+async fn proxies_certified_by_the_controller_talk_mtls() {
+    let ctl = controller(Duration::from_secs(24 * 3600)).await;
+    let (web, web_refresher) = ctl.proxy(WEB, WEB_TOKEN);
+    let (books, books_refresher) = ctl.proxy(BOOKS, BOOKS_TOKEN);
+    assert!(!web.is_ready());
+    tokio::spawn(web_refresher.run());
+    tokio::spawn(books_refresher.run());
+    within("certification", async {
+        web.ready().await;
+        books.ready().await;
+    })
+    .await;
+    assert!(web.is_ready() && books.is_ready());
+    // The controller's 24 h leaf.
+    let lifetime = web
+        .expiry()
+        .unwrap()
+        .duration_since(SystemTime::now())
+        .unwrap();
+    assert!(
+        lifetime > Duration::from_secs(23 * 3600) && lifetime <= Duration::from_secs(24 * 3600),
+        "{lifetime:?}"
+    );
+    assert_eq!(
+        conduit_proxy_tls::certificate_identity(web.current().unwrap().leaf()).unwrap(),
+        id(WEB)
+    );
+
+    let acceptor = TlsAcceptor::new(books.clone()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let server = tokio::spawn(async move {
+        let (tcp, _) = listener.accept().await.unwrap();
+        let (tls, peer) = acceptor.accept(tcp).await.unwrap();
+        tokio::spawn(echo(tls));
+        peer
+    });
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut tls = TlsConnector::new(web.clone())
+        .connect(tcp, &id(BOOKS), Alpn::H2)
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut tls, b"GET /books").await, b"GET /books");
+    let peer = server.await.unwrap();
+    assert_eq!(peer.identity, id(WEB));
+    assert_eq!(peer.alpn, Alpn::H2);
+}
+
+#[tokio::test]
+async fn the_controller_refuses_a_bad_token() {
+    let ctl = controller(Duration::from_secs(3600)).await;
+    // A token the controller does not know.
+    let (creds, refresher) = ctl.proxy(WEB, "not-a-known-token-at-all");
+    let err = refresher.refresh_once().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RefreshError::Certify(CertifyError::Refused {
+                code: tonic::Code::Unauthenticated,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    // Another service account's token.
+    let (_, refresher) = ctl.proxy(WEB, BOOKS_TOKEN);
+    let err = refresher.refresh_once().await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            RefreshError::Certify(CertifyError::Refused {
+                code: tonic::Code::PermissionDenied,
+                ..
+            })
+        ),
+        "{err}"
+    );
+    assert!(!creds.is_ready());
+}
+
+#[tokio::test]
+async fn an_unreachable_controller_is_unavailable() {
+    // A port with nothing listening.
+    let addr = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let ctl = controller(Duration::from_secs(3600)).await;
+    let ctl = Controller { addr, ..ctl };
+    let (creds, refresher) = ctl.proxy(WEB, WEB_TOKEN);
+    let err = within("the failed call", refresher.refresh_once())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RefreshError::Certify(CertifyError::Unavailable(_))),
+        "{err}"
+    );
+    assert!(!creds.is_ready());
+}
