@@ -7,7 +7,7 @@ use aya::programs::ProgramType;
 use serde::Serialize;
 use std::path::{Path, PathBuf};
 
-const CGROUP2_SUPER_MAGIC: i64 = 0x63677270;
+const CGROUP2_SUPER_MAGIC: u32 = 0x63677270;
 
 #[derive(Debug, Clone, Serialize)]
 pub struct Feature {
@@ -95,7 +95,7 @@ pub fn cgroup2_mount() -> Option<PathBuf> {
 pub fn check_cgroup(path: &Path) -> Result<()> {
     let st = nix::sys::statfs::statfs(path)
         .with_context(|| format!("cgroup {} not found", path.display()))?;
-    if st.filesystem_type().0 as i64 != CGROUP2_SUPER_MAGIC {
+    if st.filesystem_type().0 as u32 != CGROUP2_SUPER_MAGIC {
         bail!("{} is not a cgroup v2 directory", path.display());
     }
     Ok(())

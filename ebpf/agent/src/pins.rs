@@ -10,7 +10,7 @@
 use anyhow::{Context, Result, bail};
 use std::path::{Path, PathBuf};
 
-const BPF_FS_MAGIC: i64 = 0xcafe4a11;
+const BPF_FS_MAGIC: u32 = 0xcafe4a11;
 
 #[derive(Clone, Debug)]
 pub struct Pins {
@@ -47,7 +47,7 @@ impl Pins {
 }
 
 fn is_bpffs(path: &Path) -> bool {
-    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    nix::sys::statfs::statfs(path).is_ok_and(|s| s.filesystem_type().0 as u32 == BPF_FS_MAGIC)
 }
 
 /// Creates the pin dir on a bpffs, mounting bpffs at /sys/fs/bpf when the

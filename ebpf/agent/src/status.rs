@@ -289,7 +289,7 @@ pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
     Ok(())
 }
 
-fn render(s: &Status) -> String {
+pub fn render(s: &Status) -> String {
     use std::fmt::Write;
     let mut o = String::new();
     let state = if s.attached {
@@ -353,8 +353,8 @@ fn render(s: &Status) -> String {
     if !s.pods.is_empty() {
         let _ = writeln!(
             o,
-            "  {:<30} {:<22} {:>20} {:>8} {:>6} {:<6} {}",
-            "NAMESPACE/NAME", "IPS", "NETNS COOKIE", "PROXY", "UID", "ALIVE", "PORTS out/in/admin"
+            "  {:<30} {:<22} {:>20} {:>8} {:>6} {:<6} PORTS out/in/admin",
+            "NAMESPACE/NAME", "IPS", "NETNS COOKIE", "PROXY", "UID", "ALIVE"
         );
     }
     for p in &s.pods {
@@ -383,4 +383,89 @@ fn render(s: &Status) -> String {
         let _ = writeln!(o, "  (none)");
     }
     o
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_shows_pods_programs_and_only_nonzero_counters() {
+        let s = Status {
+            pin_dir: "/sys/fs/bpf/conduit".into(),
+            attached: true,
+            cgroup: Some("/sys/fs/cgroup".into()),
+            fastpath: false,
+            features: vec![Feature {
+                name: "program sk_lookup".into(),
+                available: false,
+            }],
+            programs: vec![ProgramStatus {
+                name: p::CONNECT4.into(),
+                kind: "cgroup_sock_addr".into(),
+                attach_type: "cgroup/connect4".into(),
+                attach_point: Some("cgroup:/sys/fs/cgroup".into()),
+                id: 7,
+                link_id: Some(9),
+            }],
+            maps: vec![MapStatus {
+                name: common::MAP_PODS.into(),
+                id: 3,
+                entries: 1,
+                max_entries: 1024,
+            }],
+            pods: vec![PodStatus {
+                name: "web-1".into(),
+                namespace: "default".into(),
+                netns_cookie: 4242,
+                pod_ips: vec!["10.1.2.3".parse().unwrap()],
+                proxy_pid: 77,
+                proxy_uid: 1337,
+                proxy_cgroup_id: 5,
+                proxy_alive: true,
+                outbound_port: 4140,
+                inbound_port: 4143,
+                admin_port: 4191,
+                skip_inbound_ports: vec![],
+                skip_outbound_ports: vec![],
+                sk_lookup_link_id: Some(11),
+                enrolled_at: 0,
+            }],
+            counters: vec![
+                CounterStatus {
+                    program: "connect4".into(),
+                    outcome: "captured".into(),
+                    value: 3,
+                },
+                CounterStatus {
+                    program: "connect6".into(),
+                    outcome: "captured".into(),
+                    value: 0,
+                },
+            ],
+        };
+        let t = render(&s);
+        assert!(t.contains("capture: attached"), "{t}");
+        assert!(t.contains("MISSING: program sk_lookup"), "{t}");
+        assert!(
+            t.contains("conduit_connect4") && t.contains("cgroup:/sys/fs/cgroup"),
+            "{t}"
+        );
+        assert!(
+            t.contains("default/web-1") && t.contains("10.1.2.3") && t.contains("4140/4143/4191"),
+            "{t}"
+        );
+        assert!(t.contains("connect4") && !t.contains("connect6"), "{t}");
+        let json: serde_json::Value = serde_json::to_value(&s).unwrap();
+        assert_eq!(json["programs"][0]["type"], "cgroup_sock_addr");
+        assert_eq!(json["pods"][0]["pod_ips"][0], "10.1.2.3");
+    }
+
+    #[test]
+    fn fixed_fields_round_trip_and_truncate() {
+        let f: [u8; 8] = loader::to_field("default");
+        assert_eq!(cstr(&f), "default");
+        let f: [u8; 4] = loader::to_field("namespace");
+        assert_eq!(cstr(&f), "nam");
+    }
 }
