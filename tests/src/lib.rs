@@ -27,6 +27,7 @@ pub mod status;
 mod sys;
 pub mod topology;
 pub mod wait;
+pub mod wire;
 
 pub use agent::{Agent, AgentConfig};
 pub use apps::{ProxyMode, TestProxy, TestServer, client};

@@ -195,3 +195,29 @@ fn unprivileged_runs_skip_visibly_or_fail_when_required() -> Result<()> {
     ensure!(all.join("\n").contains("needs root"), "{all:?}");
     Ok(())
 }
+
+/// The packet capture helper sees what travels on a pod's veth: here the
+/// plaintext line of a direct connection (issue 6 uses it to check TLS).
+#[test]
+fn packet_capture_sees_plaintext_on_the_veth() -> Result<()> {
+    use conduit_tests::wire::{PacketCapture, contains};
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["a", "b"])? else {
+        return Ok(());
+    };
+    let _server = TestServer::start(&env, "b", 8080, "server-b")?;
+    let pcap = env.run_dir().join("b.pcap");
+    let capture = PacketCapture::start(env.pod("b").host_veth(), pcap, "tcp port 8080")?;
+    client(&env, "a", env.pod("b").v4(8080))?.served_by("server-b")?;
+    capture.wait_for(b"\"name\":\"server-b\"", Duration::from_secs(5))?;
+    let bytes = capture.stop()?;
+    ensure!(
+        contains(&bytes, b"hello from a"),
+        "the request was not on the wire ({} bytes)",
+        bytes.len()
+    );
+    ensure!(
+        contains(&bytes, b"\"name\":\"server-b\""),
+        "the reply was not on the wire"
+    );
+    Ok(())
+}
