@@ -51,6 +51,8 @@ impl Env {
         }
         let cgroups = CgroupTree::create(&names.cgroup())?;
         let topology = Topology::create(names.clone(), pods)?;
+        // A stale agent socket of a crashed run must not be mistaken for ours.
+        let _ = std::fs::remove_dir_all(&run_dir);
         std::fs::create_dir_all(&run_dir)
             .with_context(|| format!("creating {}", run_dir.display()))?;
         Ok(Self {
