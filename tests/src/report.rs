@@ -155,7 +155,11 @@ pub fn canonical(addr: SocketAddr) -> SocketAddr {
 /// Prints one event as a JSON line on stdout.
 pub fn emit<T: Serialize>(event: &T) {
     match serde_json::to_string(event) {
-        Ok(s) => println!("{s}"),
+        // Never panic when the reader went away (println! would).
+        Ok(s) => {
+            use std::io::Write;
+            let _ = writeln!(std::io::stdout().lock(), "{s}");
+        }
         Err(e) => eprintln!("cannot serialise event: {e}"),
     }
 }
