@@ -9,7 +9,10 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::future::Future;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
+
+/// How long one `Certify` call may take (connecting included).
+pub const DEFAULT_CERTIFY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Tokens longer than this are refused rather than read.
 pub const MAX_TOKEN_BYTES: u64 = 64 * 1024;
@@ -56,6 +59,7 @@ pub trait Certifier: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct GrpcCertifier {
     client: pb::identity_client::IdentityClient<tonic::transport::Channel>,
+    timeout: Duration,
 }
 
 impl GrpcCertifier {
@@ -63,7 +67,15 @@ impl GrpcCertifier {
     pub fn new(channel: tonic::transport::Channel) -> Self {
         GrpcCertifier {
             client: pb::identity_client::IdentityClient::new(channel),
+            timeout: DEFAULT_CERTIFY_TIMEOUT,
         }
+    }
+
+    /// Gives up on a call (as `Unavailable`, so it is retried) after
+    /// `timeout`.
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.timeout = timeout;
+        self
     }
 
     /// A lazily connecting channel to `uri` (e.g. `http://controller:8086`).
@@ -78,13 +90,15 @@ impl GrpcCertifier {
 impl Certifier for GrpcCertifier {
     async fn certify(&self, request: CertifyRequest) -> Result<Certified, CertifyError> {
         let mut client = self.client.clone();
-        let response = client
-            .certify(pb::CertifyRequest {
-                identity: request.identity.to_string(),
-                token: request.token,
-                certificate_signing_request: request.csr_der,
-            })
+        let mut grpc_request = tonic::Request::new(pb::CertifyRequest {
+            identity: request.identity.to_string(),
+            token: request.token,
+            certificate_signing_request: request.csr_der,
+        });
+        grpc_request.set_timeout(self.timeout);
+        let response = tokio::time::timeout(self.timeout, client.certify(grpc_request))
             .await
+            .map_err(|_| CertifyError::Unavailable(format!("no answer within {:?}", self.timeout)))?
             .map_err(|status| match status.code() {
                 tonic::Code::Unavailable
                 | tonic::Code::DeadlineExceeded

@@ -60,8 +60,8 @@ mod verify;
 
 pub use anchors::{AnchorsError, TrustAnchors};
 pub use certify::{
-    Certified, Certifier, CertifyError, CertifyRequest, GrpcCertifier, MAX_TOKEN_BYTES, TokenError,
-    TokenFile, key_and_csr,
+    Certified, Certifier, CertifyError, CertifyRequest, DEFAULT_CERTIFY_TIMEOUT, GrpcCertifier,
+    MAX_TOKEN_BYTES, TokenError, TokenFile, key_and_csr,
 };
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use connect::{Alpn, DEFAULT_HANDSHAKE_TIMEOUT, Peer, TlsAcceptor, TlsConnector, TlsError};

@@ -1,5 +1,5 @@
 //! Keeping a certificate: certify at start, renew at about 70% of each
-//! certificate's lifetime, retry failures with jittered exponential
+//! certificate's (remaining) lifetime, retry failures with jittered exponential
 //! backoff. The schedule is two pure functions ([`refresh_delay`],
 //! [`retry_delay`]) so it can be tested without waiting.
 
@@ -20,6 +20,10 @@ pub struct RefreshPolicy {
     pub retry_initial: Duration,
     /// ...and each further one twice as long, up to this.
     pub retry_max: Duration,
+    /// Never renew sooner than this after a success (a controller handing
+    /// out very short certificates, e.g. near its issuer's expiry, must
+    /// not make the proxy spin).
+    pub min_renew_delay: Duration,
 }
 
 impl Default for RefreshPolicy {
@@ -29,14 +33,18 @@ impl Default for RefreshPolicy {
             jitter: 0.05,
             retry_initial: Duration::from_secs(1),
             retry_max: Duration::from_secs(60),
+            min_renew_delay: Duration::from_secs(1),
         }
     }
 }
 
-/// How long to wait from `now` before renewing a certificate valid from
-/// `not_before` to `not_after`: at `renew_at ± jitter` of its lifetime, where
-/// `unit` (in `[0, 1]`, random in use) picks the point in the jitter range.
-/// Zero if that moment has passed, or if the validity is empty.
+/// How long to wait, from `now` (when the certificate was received), before
+/// renewing a certificate valid from `not_before` to `not_after`: at
+/// `renew_at ± jitter` of its lifetime, where `unit` (in `[0, 1]`, random in
+/// use) picks the point in the jitter range. The lifetime counts from
+/// `now` if `not_before` is earlier: issuers backdate `not_before` for clock
+/// skew, and that past time is not usable lifetime. At least
+/// `min_renew_delay`.
 pub fn refresh_delay(
     policy: &RefreshPolicy,
     not_before: SystemTime,
@@ -44,14 +52,17 @@ pub fn refresh_delay(
     now: SystemTime,
     unit: f64,
 ) -> Duration {
-    let lifetime = match not_after.duration_since(not_before) {
-        Ok(d) if !d.is_zero() => d,
-        _ => return Duration::ZERO,
-    };
+    if not_after <= not_before {
+        return policy.min_renew_delay;
+    }
+    let start = not_before.max(now);
+    let lifetime = not_after.duration_since(start).unwrap_or(Duration::ZERO);
     let unit = unit.clamp(0.0, 1.0);
     let fraction = (policy.renew_at + policy.jitter * (2.0 * unit - 1.0)).clamp(0.0, 1.0);
-    let at = not_before + lifetime.mul_f64(fraction);
-    at.duration_since(now).unwrap_or(Duration::ZERO)
+    let at = start + lifetime.mul_f64(fraction);
+    at.duration_since(now)
+        .unwrap_or(Duration::ZERO)
+        .max(policy.min_renew_delay)
 }
 
 /// How long to wait before retry number `attempt` (0 for the first retry
@@ -171,7 +182,7 @@ mod tests {
 
     #[track_caller]
     fn assert_near(a: Duration, b: Duration) {
-        let diff = if a > b { a - b } else { b - a };
+        let diff = a.abs_diff(b);
         assert!(diff < Duration::from_millis(1), "{a:?} != {b:?}");
     }
 
@@ -192,24 +203,29 @@ mod tests {
             refresh_delay(&p, nb, na, nb, 1.0),
             (24 * HOUR).mul_f64(0.75),
         );
-        // Measured from now, not from issue time.
+        // A backdated certificate: the lifetime counts from now.
         let later = nb + 10 * HOUR;
         assert_near(
             refresh_delay(&p, nb, na, later, 0.5),
-            (24 * HOUR).mul_f64(0.7) - 10 * HOUR,
+            (14 * HOUR).mul_f64(0.7),
         );
-        // Past the point: renew at once.
+        // Not valid yet: from notBefore.
         assert_near(
-            refresh_delay(&p, nb, na, nb + 20 * HOUR, 0.5),
-            Duration::ZERO,
+            refresh_delay(&p, nb, na, nb - HOUR, 0.5),
+            HOUR + (24 * HOUR).mul_f64(0.7),
         );
-        assert_near(refresh_delay(&p, nb, na, na + HOUR, 1.0), Duration::ZERO);
-        // Out-of-range units are clamped; a backwards validity renews now.
+        // Short, expired or empty validity: never sooner than the floor.
+        assert_near(
+            refresh_delay(&p, nb, nb + Duration::from_millis(10), nb, 0.5),
+            p.min_renew_delay,
+        );
+        assert_near(refresh_delay(&p, nb, na, na + HOUR, 1.0), p.min_renew_delay);
+        assert_near(refresh_delay(&p, na, nb, nb, 0.5), p.min_renew_delay);
+        // Out-of-range units are clamped.
         assert_near(
             refresh_delay(&p, nb, na, nb, 7.0),
             (24 * HOUR).mul_f64(0.75),
         );
-        assert_near(refresh_delay(&p, na, nb, nb, 0.5), Duration::ZERO);
         // Random units stay inside the range.
         for _ in 0..1000 {
             let d = refresh_delay(&p, nb, na, nb, rand::random());

@@ -192,3 +192,98 @@ async fn an_unreachable_controller_is_unavailable() {
     );
     assert!(!creds.is_ready());
 }
+
+#[tokio::test]
+async fn a_controller_that_never_answers_times_out() {
+    // Accepts connections and then says nothing.
+    let silent = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = silent.local_addr().unwrap();
+    let held = tokio::spawn(async move {
+        let mut open = Vec::new();
+        while let Ok((tcp, _)) = silent.accept().await {
+            open.push(tcp);
+        }
+    });
+    let ctl = controller(Duration::from_secs(3600)).await;
+    let anchors = TrustAnchors::from_pem(ctl.anchors_pem.as_bytes()).unwrap();
+    let creds = Credentials::new(id(WEB), anchors);
+    let token = ctl.dir.path().join("token");
+    std::fs::write(&token, WEB_TOKEN).unwrap();
+    let certifier = GrpcCertifier::connect_lazy(&format!("http://{addr}"))
+        .unwrap()
+        .with_timeout(Duration::from_millis(300));
+    let refresher = Refresher::new(creds.clone(), TokenFile::new(token), certifier);
+    let err = within("the timeout", refresher.refresh_once())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, RefreshError::Certify(CertifyError::Unavailable(_))),
+        "{err}"
+    );
+    assert!(!creds.is_ready());
+    held.abort();
+}
+
+#[tokio::test]
+async fn renewal_from_the_controller_keeps_connections_open() {
+    // 3 s leaves: the Refresher renews after about 2 s.
+    let ctl = controller(Duration::from_secs(3)).await;
+    let (web, web_refresher) = ctl.proxy(WEB, WEB_TOKEN);
+    let (books, books_refresher) = ctl.proxy(BOOKS, BOOKS_TOKEN);
+    tokio::spawn(web_refresher.run());
+    tokio::spawn(books_refresher.run());
+    within("certification", async {
+        web.ready().await;
+        books.ready().await;
+    })
+    .await;
+    let first_books_leaf = books.current().unwrap().leaf().clone();
+
+    let acceptor = TlsAcceptor::new(books.clone()).unwrap();
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let (tls, _) = acceptor.accept(tcp).await.unwrap();
+            tokio::spawn(echo(tls));
+        }
+    });
+    let connector = TlsConnector::new(web.clone());
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut open = connector
+        .connect(tcp, &id(BOOKS), Alpn::Opaque)
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut open, b"one").await, b"one");
+
+    // Wait until both sides hold a renewed certificate.
+    let (mut web_changes, mut books_changes) = (web.subscribe(), books.subscribe());
+    let web_leaf = web.current().unwrap().leaf().clone();
+    within("renewal", async {
+        web_changes
+            .wait_for(|c| c.as_ref().is_some_and(|c| *c.leaf() != web_leaf))
+            .await
+            .unwrap();
+        books_changes
+            .wait_for(|c| c.as_ref().is_some_and(|c| *c.leaf() != first_books_leaf))
+            .await
+            .unwrap();
+    })
+    .await;
+    assert!(web.is_ready() && books.is_ready());
+
+    // The connection made with the first certificates still carries data.
+    assert_eq!(round_trip(&mut open, b"two").await, b"two");
+    // A new one is made with the renewed ones.
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let mut fresh = connector
+        .connect(tcp, &id(BOOKS), Alpn::Opaque)
+        .await
+        .unwrap();
+    assert_eq!(round_trip(&mut fresh, b"three").await, b"three");
+    assert_ne!(
+        fresh.get_ref().1.peer_certificates().unwrap()[0],
+        first_books_leaf
+    );
+}
