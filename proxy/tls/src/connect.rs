@@ -103,6 +103,31 @@ impl From<std::io::Error> for TlsError {
     }
 }
 
+/// For I/O-typed seams: keeps the transport error as it was, maps the rest
+/// to a kind (`TimedOut`, `PermissionDenied` for refused identities and
+/// certificates, `InvalidData` otherwise) with this error as the source.
+impl From<TlsError> for std::io::Error {
+    fn from(e: TlsError) -> Self {
+        use std::io::ErrorKind;
+        let kind = match &e {
+            TlsError::Io(_) => ErrorKind::Other,
+            TlsError::Timeout(_) => ErrorKind::TimedOut,
+            TlsError::NotReady => ErrorKind::NotConnected,
+            TlsError::PeerIdentity(_) | TlsError::PeerAlert(_) => ErrorKind::PermissionDenied,
+            TlsError::Handshake(
+                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented,
+            ) => ErrorKind::PermissionDenied,
+            TlsError::Handshake(_) | TlsError::NoAlpn | TlsError::Config(_) => {
+                ErrorKind::InvalidData
+            }
+        };
+        match e {
+            TlsError::Io(io) => io,
+            e => std::io::Error::new(kind, e),
+        }
+    }
+}
+
 /// What the server learnt about an accepted peer.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Peer {

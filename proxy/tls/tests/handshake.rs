@@ -111,6 +111,12 @@ async fn refused_when_the_server_has_another_identity() {
         }
         other => panic!("expected an identity mismatch, got {other}"),
     }
+    let io: std::io::Error = TlsError::PeerIdentity(PeerIdentityError::NoIdentity).into();
+    assert_eq!(io.kind(), std::io::ErrorKind::PermissionDenied);
+    assert!(
+        io.to_string().contains("no URI subject alternative name"),
+        "{io}"
+    );
     // The server saw the client's refusal.
     let server_err = results.recv().await.unwrap().unwrap_err();
     assert!(
