@@ -8,6 +8,7 @@ use super::ewma::PeakEwma;
 use crate::discovery::{Destination, Endpoint};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
@@ -23,6 +24,24 @@ pub struct Balancer {
 struct Shared {
     config: BalanceConfig,
     state: Mutex<State>,
+    /// Origin of `probe_at`.
+    base: Instant,
+    /// Nanoseconds after `base` when some endpoint's probe is due (0 = look
+    /// now, `u64::MAX` = none), so picks scan for probes only then.
+    probe_at: AtomicU64,
+}
+
+impl Shared {
+    fn nanos(&self, t: Instant) -> u64 {
+        t.saturating_duration_since(self.base)
+            .as_nanos()
+            .min(u128::from(u64::MAX - 1)) as u64
+    }
+
+    /// An endpoint's probe will be due at `t`.
+    fn probe_due_at(&self, t: Instant) {
+        self.probe_at.fetch_min(self.nanos(t), Ordering::Relaxed);
+    }
 }
 
 #[derive(Debug)]
@@ -95,6 +114,8 @@ impl Balancer {
             shared: Arc::new(Shared {
                 config,
                 state: Mutex::new(state),
+                base: now,
+                probe_at: AtomicU64::new(u64::MAX),
             }),
         }
     }
@@ -129,43 +150,72 @@ impl Balancer {
         let now = Instant::now();
         let cfg = &self.shared.config;
         let mut state = self.state();
-        state.refresh(cfg, now);
+        if state.refresh(cfg, now) {
+            // New endpoint set: look for due probes on the next pick.
+            self.shared.probe_at.store(0, Ordering::Relaxed);
+        }
         let eps = &state.endpoints;
         if eps.is_empty() {
             return None;
         }
-        let usable =
-            |e: &&Arc<EndpointState>| e.endpoint.weight > 0 && !avoid.contains(&e.endpoint.addr);
         // A probe that is due goes first, so dead endpoints come back promptly.
-        for ep in eps.iter().filter(usable) {
-            let mut s = ep.stats();
-            if s.health.probe_due(now) {
-                s.health.start_probe();
-                s.in_flight += 1;
-                drop(s);
-                return Some(Pick::new(ep.clone(), self.shared.clone(), true, now));
-            }
+        if self.shared.nanos(now) >= self.shared.probe_at.load(Ordering::Relaxed)
+            && let Some(ep) = self.start_due_probe(eps, avoid, now)
+        {
+            return Some(Pick::new(ep, self.shared.clone(), true, now));
         }
-        let alive: Vec<&Arc<EndpointState>> = eps
-            .iter()
-            .filter(usable)
-            .filter(|e| e.stats().health.is_alive())
-            .collect();
-        let candidates = if !alive.is_empty() {
-            alive
-        } else {
-            // Nothing healthy (or everything avoided): rather than fail every
-            // request, balance over all endpoints with weight, then over all.
-            let weighted: Vec<_> = eps.iter().filter(|e| e.endpoint.weight > 0).collect();
-            if weighted.is_empty() {
-                eps.iter().collect()
-            } else {
-                weighted
+        // Fast path: two random endpoints, both in rotation.
+        let chosen = match eps.len() {
+            1 => eligible_cost(&eps[0], avoid, now).map(|_| &eps[0]),
+            n => {
+                let (i, j) = two_distinct(n);
+                match (
+                    eligible_cost(&eps[i], avoid, now),
+                    eligible_cost(&eps[j], avoid, now),
+                ) {
+                    (Some(a), Some(b)) => Some(if a <= b { &eps[i] } else { &eps[j] }),
+                    _ => None,
+                }
             }
         };
-        let chosen = p2c(&candidates, now)?.clone();
+        let chosen = match chosen {
+            Some(ep) => ep.clone(),
+            None => slow_pick(eps, avoid, now)?.clone(),
+        };
         chosen.stats().in_flight += 1;
         Some(Pick::new(chosen, self.shared.clone(), false, now))
+    }
+
+    /// Starts the first due probe among usable endpoints, and records when
+    /// the next one will be due.
+    fn start_due_probe(
+        &self,
+        eps: &[Arc<EndpointState>],
+        avoid: &[SocketAddr],
+        now: Instant,
+    ) -> Option<Arc<EndpointState>> {
+        let seen = self.shared.probe_at.load(Ordering::Relaxed);
+        let mut next = u64::MAX;
+        let mut probe = None;
+        for ep in eps.iter().filter(|e| e.endpoint.weight > 0) {
+            let mut s = ep.stats();
+            if let Health::Dead { until, .. } = s.health {
+                if probe.is_none() && s.health.probe_due(now) && !avoid.contains(&ep.endpoint.addr)
+                {
+                    s.health.start_probe();
+                    s.in_flight += 1;
+                    probe = Some(ep.clone());
+                } else {
+                    next = next.min(self.shared.nanos(until));
+                }
+            }
+        }
+        // Completions lower `probe_at` concurrently; only raise it if none did.
+        let _ =
+            self.shared
+                .probe_at
+                .compare_exchange(seen, next, Ordering::Relaxed, Ordering::Relaxed);
+        probe
     }
 
     /// Waits until the destination has at least one endpoint, at most
@@ -205,11 +255,11 @@ impl Balancer {
 impl State {
     /// Applies a new destination state, keeping the statistics of endpoints
     /// that stay.
-    fn refresh(&mut self, cfg: &BalanceConfig, now: Instant) {
+    fn refresh(&mut self, cfg: &BalanceConfig, now: Instant) -> bool {
         // `Ref::has_changed` also sees the last value sent before the
         // sender went away (`Receiver::has_changed` would be an error then).
         if !self.rx.borrow().has_changed() {
-            return;
+            return false;
         }
         let dest = self.rx.borrow_and_update().clone();
         let mut old: HashMap<SocketAddr, Arc<EndpointState>> = self
@@ -234,7 +284,54 @@ impl State {
             .collect();
         self.name = dest.name.into();
         tracing::debug!(destination = %self.name, endpoints = self.endpoints.len(), "endpoints updated");
+        true
     }
+}
+
+/// Two distinct random indexes below `n` (n >= 2).
+fn two_distinct(n: usize) -> (usize, usize) {
+    let i = rand::random_range(0..n);
+    let mut j = rand::random_range(0..n - 1);
+    if j >= i {
+        j += 1;
+    }
+    (i, j)
+}
+
+/// The cost of an endpoint that may take this request, else `None`.
+fn eligible_cost(e: &EndpointState, avoid: &[SocketAddr], now: Instant) -> Option<f64> {
+    if e.endpoint.weight == 0 || avoid.contains(&e.endpoint.addr) {
+        return None;
+    }
+    let s = e.stats();
+    s.health
+        .is_alive()
+        .then(|| cost_of(&s, e.endpoint.weight, now))
+}
+
+/// Power of two choices among every eligible endpoint; when none is (all
+/// out of rotation, or avoided), among all endpoints with weight, then all:
+/// better than failing every request.
+fn slow_pick<'a>(
+    eps: &'a [Arc<EndpointState>],
+    avoid: &[SocketAddr],
+    now: Instant,
+) -> Option<&'a Arc<EndpointState>> {
+    let alive: Vec<&Arc<EndpointState>> = eps
+        .iter()
+        .filter(|e| eligible_cost(e, avoid, now).is_some())
+        .collect();
+    let candidates = if !alive.is_empty() {
+        alive
+    } else {
+        let weighted: Vec<_> = eps.iter().filter(|e| e.endpoint.weight > 0).collect();
+        if weighted.is_empty() {
+            eps.iter().collect()
+        } else {
+            weighted
+        }
+    };
+    p2c(&candidates, now)
 }
 
 /// Power of two choices: two distinct random candidates, the lower cost wins.
@@ -243,11 +340,7 @@ fn p2c<'a>(c: &[&'a Arc<EndpointState>], now: Instant) -> Option<&'a Arc<Endpoin
         0 => None,
         1 => Some(c[0]),
         n => {
-            let i = rand::random_range(0..n);
-            let mut j = rand::random_range(0..n - 1);
-            if j >= i {
-                j += 1;
-            }
+            let (i, j) = two_distinct(n);
             Some(if cost(c[i], now) <= cost(c[j], now) {
                 c[i]
             } else {
@@ -259,8 +352,11 @@ fn p2c<'a>(c: &[&'a Arc<EndpointState>], now: Instant) -> Option<&'a Arc<Endpoin
 
 /// Latency estimate times (in-flight + 1), divided by the weight.
 fn cost(e: &EndpointState, now: Instant) -> f64 {
-    let s = e.stats();
-    s.ewma.estimate_ns(now) * f64::from(s.in_flight + 1) / f64::from(e.endpoint.weight.max(1))
+    cost_of(&e.stats(), e.endpoint.weight, now)
+}
+
+fn cost_of(s: &Stats, weight: u32, now: Instant) -> f64 {
+    s.ewma.estimate_ns(now) * f64::from(s.in_flight + 1) / f64::from(weight.max(1))
 }
 
 /// One use of an endpoint: a request (HTTP) or a connection (TCP). It
@@ -349,6 +445,9 @@ impl Pick {
         s.in_flight = s.in_flight.saturating_sub(1);
         s.health
             .record(success, self.probe, &self.shared.config.accrual, now);
+        if let Health::Dead { until, .. } = s.health {
+            self.shared.probe_due_at(until);
+        }
         if !s.health.is_alive() && !success {
             tracing::debug!(endpoint = %self.ep.endpoint.addr, health = ?s.health, "endpoint failing");
         }
@@ -363,7 +462,9 @@ impl Drop for Pick {
         let mut s = self.ep.stats();
         s.in_flight = s.in_flight.saturating_sub(1);
         if self.probe {
-            s.health.probe_cancelled(Instant::now());
+            let now = Instant::now();
+            s.health.probe_cancelled(now);
+            self.shared.probe_due_at(now);
         }
     }
 }
