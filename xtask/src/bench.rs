@@ -1,6 +1,6 @@
 //! `cargo xtask bench <what>`: benchmark programs that print tables.
 
-use crate::util::{root, exec};
+use crate::util::{exec, root};
 use crate::{build_ebpf, setup};
 use anyhow::Result;
 use std::process::Command;

@@ -1,7 +1,7 @@
 //! `cargo xtask build-ebpf`: builds the kernel programs object with nightly.
 
 use crate::setup;
-use crate::util::{done, root, exec, step};
+use crate::util::{done, exec, root, step};
 use anyhow::{Context, Result};
 use std::path::PathBuf;
 use std::process::Command;
@@ -28,7 +28,15 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     let target_dir = root().join("target/ebpf");
     exec(
         Command::new("cargo")
-            .args(["+nightly", "build", "--release", "--target", "bpfel-unknown-none", "-Z", "build-std=core"])
+            .args([
+                "+nightly",
+                "build",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+            ])
             .current_dir(&dir)
             .env("CARGO_TARGET_DIR", &target_dir)
             // Userspace settings from the environment must not leak into the BPF build.
@@ -44,6 +52,9 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
     if std::fs::read(&dest).ok().as_deref() != Some(&fresh[..]) {
         std::fs::write(&dest, &fresh).with_context(|| format!("writing {}", dest.display()))?;
     }
-    done(&format!("eBPF object at {} ({} bytes)", dest.display(), fresh.len()), t);
+    done(
+        &format!("eBPF object at {} ({} bytes)", dest.display(), fresh.len()),
+        t,
+    );
     Ok(dest)
 }

@@ -14,7 +14,10 @@ use anyhow::Result;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "conduit-ebpf build and development tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "conduit-ebpf build and development tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,

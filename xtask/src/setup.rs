@@ -1,6 +1,6 @@
 //! Idempotent installation of what the project needs on a fresh machine.
 
-use crate::util::{done, is_root, output, exec, step};
+use crate::util::{done, exec, is_root, output, step};
 use anyhow::{Context, Result, bail};
 use std::path::PathBuf;
 use std::process::Command;
@@ -71,9 +71,14 @@ pub fn ebpf_toolchain() -> Result<()> {
     let t = step("checking the nightly toolchain and its rust-src");
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .context("no nightly toolchain: install it with `rustup toolchain install nightly`")?;
-    let installed =
-        output(Command::new("rustup").args(["component", "list", "--toolchain", "nightly", "--installed"]))
-            .unwrap_or_default();
+    let installed = output(Command::new("rustup").args([
+        "component",
+        "list",
+        "--toolchain",
+        "nightly",
+        "--installed",
+    ]))
+    .unwrap_or_default();
     if installed.lines().any(|l| l.starts_with("rust-src")) {
         done("rust-src present", t);
     } else {
@@ -117,11 +122,25 @@ pub fn ebpf_toolchain() -> Result<()> {
     let link = prefix.join("lib/libLLVM.so");
     let _ = std::fs::remove_file(&link);
     std::os::unix::fs::symlink(&libllvm, &link).context("linking libLLVM.so")?;
-    eprintln!("    building bpf-linker against {} (about a minute)", libllvm.display());
+    eprintln!(
+        "    building bpf-linker against {} (about a minute)",
+        libllvm.display()
+    );
     exec(
         Command::new("cargo")
-            .args(["+stable", "install", "bpf-linker", "--version", BPF_LINKER_VERSION, "--force"])
-            .args(["--no-default-features", "--features", &format!("llvm-{llvm_major}")])
+            .args([
+                "+stable",
+                "install",
+                "bpf-linker",
+                "--version",
+                BPF_LINKER_VERSION,
+                "--force",
+            ])
+            .args([
+                "--no-default-features",
+                "--features",
+                &format!("llvm-{llvm_major}"),
+            ])
             .env("LLVM_PREFIX", &prefix),
         "cargo install bpf-linker failed: see the lines above",
     )?;

@@ -3,7 +3,7 @@
 //! Unit and loopback tests run in parallel; the end-to-end tests in `tests/`
 //! share kernel state (pinned maps, cgroup attachments) and run one at a time.
 
-use crate::util::{done, root, exec, step};
+use crate::util::{done, exec, root, step, target_dir};
 use crate::{build_ebpf, setup};
 use anyhow::Result;
 use std::process::Command;
@@ -20,7 +20,9 @@ pub fn run(opts: &Options) -> Result<()> {
 
     let t = step("building all binaries (the end-to-end tests run them)");
     exec(
-        Command::new("cargo").args(["build", "--workspace", "--bins"]).current_dir(root()),
+        Command::new("cargo")
+            .args(["build", "--workspace", "--bins"])
+            .current_dir(root()),
         "the workspace does not build",
     )?;
     done("binaries built", t);
@@ -42,7 +44,7 @@ pub fn run(opts: &Options) -> Result<()> {
             .args(["test", "-p", "conduit-tests", "--", "--test-threads=1"])
             .args(&filter)
             .current_dir(root())
-            .env("CONDUIT_BIN_DIR", root().join("target/debug")),
+            .env("CONDUIT_BIN_DIR", target_dir().join("debug")),
         "end-to-end tests failed",
     )?;
     done("end-to-end tests", t);

@@ -13,6 +13,21 @@ pub fn root() -> PathBuf {
         .to_path_buf()
 }
 
+/// Cargo's target directory for userspace builds (honours CARGO_TARGET_DIR).
+pub fn target_dir() -> PathBuf {
+    match std::env::var_os("CARGO_TARGET_DIR") {
+        Some(dir) => {
+            let dir = PathBuf::from(dir);
+            if dir.is_absolute() {
+                dir
+            } else {
+                root().join(dir)
+            }
+        }
+        None => root().join("target"),
+    }
+}
+
 /// Prints a progress line for a step and returns a timer for [`done`].
 pub fn step(what: &str) -> Instant {
     eprintln!("==> {what}");
@@ -21,7 +36,10 @@ pub fn step(what: &str) -> Instant {
 
 /// Prints how long a step took.
 pub fn done(what: &str, started: Instant) {
-    eprintln!("    {what}: done in {:.1}s", started.elapsed().as_secs_f64());
+    eprintln!(
+        "    {what}: done in {:.1}s",
+        started.elapsed().as_secs_f64()
+    );
 }
 
 /// Runs a command with inherited stdio; fails with the command line and a hint.
