@@ -440,3 +440,35 @@ fn kustomizations_list_every_manifest() {
         assert!(manifests_dir().join("cleanup").join(&r).exists(), "{r}");
     }
 }
+
+#[test]
+fn documented_issuer_script_makes_an_issuer_the_controller_loads() {
+    if std::process::Command::new("openssl")
+        .arg("version")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIPPED: openssl is not installed (manifests/make-issuer.sh needs it)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new("sh")
+        .arg(manifests_dir().join("make-issuer.sh"))
+        .args(["mesh.example", "30"])
+        .env("ISSUER_DIR", dir.path())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let cert = std::fs::read_to_string(dir.path().join("tls.crt")).unwrap();
+    let key = std::fs::read_to_string(dir.path().join("tls.key")).unwrap();
+    let issuer = conduit_controller::identity::Issuer::from_pem(&cert, &key)
+        .unwrap_or_else(|e| panic!("the controller refuses the script's issuer: {e}"));
+    assert!(
+        issuer.not_after()
+            > std::time::SystemTime::now() + std::time::Duration::from_secs(29 * 86400)
+    );
+}
