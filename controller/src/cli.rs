@@ -3,10 +3,11 @@
 
 use crate::file::{FileBackend, Settings};
 use crate::identity::{Certifier, Issuer, TokenFileVerifier};
+use crate::kubernetes::{KubernetesBackend, TokenReviewVerifier};
 use crate::metrics::Metrics;
 use crate::model::{DiscoveryBackend, TokenError, TokenVerifier};
 use crate::server::{self, ServerConfig};
-use anyhow::{Context, bail};
+use anyhow::Context;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::str::FromStr;
@@ -90,10 +91,14 @@ pub struct ServeArgs {
     #[arg(long, default_value = "24h", value_parser = parse_duration)]
     pub leaf_lifetime: Duration,
     /// Token file (YAML: tokens -> namespace/serviceAccount) for Certify
-    /// without Kubernetes. Without it (and without --discovery kubernetes)
-    /// Certify refuses every request.
+    /// without Kubernetes (with --discovery kubernetes it replaces
+    /// TokenReview). Without it and without Kubernetes, Certify refuses every
+    /// request.
     #[arg(long, value_name = "PATH")]
     pub token_file: Option<PathBuf>,
+    /// Audience required of service account tokens in Kubernetes TokenReviews.
+    #[arg(long, default_value = crate::kubernetes::mesh::IDENTITY_AUDIENCE)]
+    pub token_audience: String,
     /// Safety-net poll interval of the discovery file (changes are also
     /// picked up at once through filesystem notifications).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -103,6 +108,7 @@ pub struct ServeArgs {
 /// The token checks chosen by the flags.
 pub enum Verifier {
     File(TokenFileVerifier),
+    Kubernetes(Box<TokenReviewVerifier>),
     Disabled,
 }
 
@@ -115,6 +121,7 @@ impl TokenVerifier for Verifier {
     ) -> Result<(), TokenError> {
         match self {
             Verifier::File(v) => v.verify(token, namespace, service_account).await,
+            Verifier::Kubernetes(v) => v.verify(token, namespace, service_account).await,
             Verifier::Disabled => Err(TokenError::Unavailable(
                 "no token verifier configured: start the controller with --token-file or --discovery kubernetes".into(),
             )),
@@ -126,6 +133,7 @@ impl TokenVerifier for Verifier {
 pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     raise_fd_limit();
     let metrics = Arc::new(Metrics::new());
+    let mut kube_client = None;
     let backend: Arc<dyn DiscoveryBackend> = match &args.discovery {
         Discovery::File(path) => FileBackend::start(
             path,
@@ -136,13 +144,26 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             args.file_poll_interval,
             Some(metrics.clone()),
         )?,
-        Discovery::Kubernetes => bail!(
-            "--discovery kubernetes: the Kubernetes backend is not available in this build yet"
-        ),
+        Discovery::Kubernetes => {
+            let client = crate::kubernetes::client().await.context(
+                "connecting to the Kubernetes API (in-cluster service account or $KUBECONFIG)",
+            )?;
+            let backend = KubernetesBackend::start(
+                client.clone(),
+                args.trust_domain.clone(),
+                args.cluster_domain.clone(),
+            )?;
+            kube_client = Some(client);
+            Arc::new(backend)
+        }
     };
-    let verifier = match &args.token_file {
-        Some(p) => Verifier::File(TokenFileVerifier::load(p)?),
-        None => {
+    let verifier = match (&args.token_file, kube_client) {
+        (Some(p), _) => Verifier::File(TokenFileVerifier::load(p)?),
+        (None, Some(client)) => Verifier::Kubernetes(TokenReviewVerifier::new(
+            client,
+            args.token_audience.clone(),
+        )),
+        (None, None) => {
             tracing::warn!("no --token-file: Identity.Certify will refuse every request");
             Verifier::Disabled
         }

@@ -191,3 +191,37 @@ fn a_bad_file_at_startup_is_an_error() {
         .unwrap();
     assert!(err.to_string().contains("line 3"), "{err}");
 }
+
+#[tokio::test]
+async fn follows_a_configmap_style_symlink_swap() {
+    use std::os::unix::fs::symlink;
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    std::fs::create_dir(d.join("..v1")).unwrap();
+    std::fs::write(d.join("..v1/discovery.yaml"), web_service(&["10.0.0.1"])).unwrap();
+    symlink("..v1", d.join("..data")).unwrap();
+    symlink("..data/discovery.yaml", d.join("discovery.yaml")).unwrap();
+    // Poll only every 30 s: the change must come through notifications.
+    let backend = FileBackend::start(
+        d.join("discovery.yaml"),
+        settings(),
+        Duration::from_secs(30),
+        None,
+    )
+    .unwrap();
+    let mut web = backend.watch(&web_target());
+    assert_eq!(addrs(&web.borrow()), ["10.0.0.1:8080"]);
+
+    // What the kubelet does: a new directory, then an atomic `..data` swap.
+    std::fs::create_dir(d.join("..v2")).unwrap();
+    std::fs::write(d.join("..v2/discovery.yaml"), web_service(&["10.0.0.2"])).unwrap();
+    symlink("..v2", d.join("..data_tmp")).unwrap();
+    std::fs::rename(d.join("..data_tmp"), d.join("..data")).unwrap();
+    let v = wait_for(&mut web, |v| {
+        v.endpoints.len() == 1
+            && v.endpoints[0].addr.port() == 8080
+            && v.endpoints[0].addr.ip().to_string() == "10.0.0.2"
+    })
+    .await;
+    assert_eq!(addrs(&v), ["10.0.0.2:8080"]);
+}

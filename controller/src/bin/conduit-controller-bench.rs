@@ -59,6 +59,8 @@ struct Row {
     rss_base_kib: u64,
     rss_connected_kib: u64,
     rss_end_kib: u64,
+    /// Controller CPU time per change.
+    cpu_per_change: Duration,
 }
 
 fn main() -> anyhow::Result<()> {
@@ -134,6 +136,21 @@ impl Controller {
             .spawn()
             .context("starting the controller")?;
         Ok(Controller { child, log })
+    }
+
+    /// User plus system CPU time used so far.
+    fn cpu(&self) -> anyhow::Result<Duration> {
+        let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
+        // Fields after the command name (which is in parentheses).
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
+        let f: Vec<&str> = rest.split_whitespace().collect();
+        let ticks: u64 = f.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
+            + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
+        let hz = nix::unistd::sysconf(nix::unistd::SysconfVar::CLK_TCK)
+            .ok()
+            .flatten()
+            .unwrap_or(100) as u64;
+        Ok(Duration::from_micros(ticks * 1_000_000 / hz.max(1)))
     }
 
     fn rss_kib(&self) -> anyhow::Result<u64> {
@@ -244,6 +261,7 @@ async fn measure(n: usize, cli: &Cli) -> anyhow::Result<Row> {
     );
     let rss_connected_kib = controller.rss_kib()?;
 
+    let cpu_before = controller.cpu()?;
     let mut samples = Vec::with_capacity(n * cli.changes);
     let mut all_seen = Vec::with_capacity(cli.changes);
     for g in 1..=cli.changes {
@@ -262,6 +280,7 @@ async fn measure(n: usize, cli: &Cli) -> anyhow::Result<Row> {
         }
     }
     let rss_end_kib = controller.rss_kib()?;
+    let cpu_per_change = (controller.cpu()? - cpu_before) / u32::try_from(cli.changes.max(1))?;
     drop(controller);
     for t in tasks {
         t.abort();
@@ -275,6 +294,7 @@ async fn measure(n: usize, cli: &Cli) -> anyhow::Result<Row> {
         rss_base_kib,
         rss_connected_kib,
         rss_end_kib,
+        cpu_per_change,
     })
 }
 
@@ -329,16 +349,16 @@ fn print_table(rows: &[Row], cli: &Cli) {
     );
     println!();
     println!(
-        "| clients | changes | p50 | p99 | max | last client p50 | last client p99 | connect all | RSS idle | RSS with clients | RSS after changes |"
+        "| clients | changes | p50 | p99 | max | last client p50 | last client p99 | connect all | controller CPU per change | RSS idle | RSS with clients | RSS after changes |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for r in rows {
         let mut s = r.samples.clone();
         s.sort();
         let mut a = r.all_seen.clone();
         a.sort();
         println!(
-            "| {} | {} | {} | {} | {} | {} | {} | {:.2?} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} | {:.2?} | {} | {} | {} | {} |",
             r.clients,
             r.changes,
             ms(percentile(&s, 0.5)),
@@ -347,6 +367,7 @@ fn print_table(rows: &[Row], cli: &Cli) {
             ms(percentile(&a, 0.5)),
             ms(percentile(&a, 0.99)),
             r.connect_time,
+            ms(r.cpu_per_change),
             mib(r.rss_base_kib),
             mib(r.rss_connected_kib),
             mib(r.rss_end_kib),

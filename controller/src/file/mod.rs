@@ -195,8 +195,25 @@ fn watch_dir(path: &Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWat
         path: dir.clone(),
         source,
     };
+    let name = path.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
-        if event.is_ok() {
+        // Only events about our file, or about a Kubernetes ConfigMap
+        // mount's `..data` symlink swap (names starting with `..`), matter;
+        // opening or reading a file does not (closing after a write does).
+        use notify::event::{AccessKind, AccessMode, EventKind};
+        let relevant = event.is_ok_and(|e| {
+            !matches!(
+                e.kind,
+                EventKind::Access(
+                    AccessKind::Open(_) | AccessKind::Read | AccessKind::Close(AccessMode::Read)
+                )
+            ) && (e.paths.is_empty()
+                || e.paths.iter().any(|p| {
+                    let n = p.file_name();
+                    n == name.as_deref() || n.is_some_and(|n| n.to_string_lossy().starts_with(".."))
+                }))
+        });
+        if relevant {
             // Capacity 1: events arriving while a reload is pending coalesce.
             let _ = tx.try_send(());
         }
