@@ -159,10 +159,10 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     };
     let verifier = match (&args.token_file, kube_client) {
         (Some(p), _) => Verifier::File(TokenFileVerifier::load(p)?),
-        (None, Some(client)) => Verifier::Kubernetes(TokenReviewVerifier::new(
+        (None, Some(client)) => Verifier::Kubernetes(Box::new(TokenReviewVerifier::new(
             client,
             args.token_audience.clone(),
-        )),
+        ))),
         (None, None) => {
             tracing::warn!("no --token-file: Identity.Certify will refuse every request");
             Verifier::Disabled
