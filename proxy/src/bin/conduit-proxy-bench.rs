@@ -15,7 +15,7 @@ mod server;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use loadgen::{Protocol, Target};
+use loadgen::{Protocol, Sample, Target};
 use proxy::{Proxy, Route};
 use report::{Load, Row};
 use std::path::PathBuf;
@@ -30,6 +30,9 @@ struct Args {
     /// Length of each measured run.
     #[arg(long, value_parser = parse_duration, default_value = "5s")]
     duration: Duration,
+    /// Slices each measurement is cut into, alternating direct and proxy.
+    #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
     /// Unmeasured run before each measured one (connections, caches, EWMA).
     #[arg(long, value_parser = parse_duration, default_value = "1s")]
     warmup: Duration,
@@ -137,10 +140,11 @@ fn main() -> Result<()> {
         .enable_all()
         .build()
         .context("client runtime")?;
-    let runs = protocols.len() * loads.len() * 2;
-    let per_run = args.duration + args.warmup;
+    let runs = protocols.len() * loads.len();
+    let per_run = (args.duration + args.warmup) * 2;
     eprintln!(
-        "[bench] {runs} runs of {:?} (+{:?} warm-up): about {:.0} s",
+        "[bench] {runs} measurements of {:?} direct + {:?} through the proxy (+{:?} warm-up each): about {:.0} s",
+        args.duration,
         args.duration,
         args.warmup,
         (per_run * runs as u32).as_secs_f64()
@@ -154,32 +158,50 @@ fn main() -> Result<()> {
         // A request through the proxy first: fail early and clearly.
         check(&rt, &proxy_t, &proxy, protocol)?;
         for &load in &loads {
-            for (path, target) in [("direct", &direct_t), ("proxy", &proxy_t)] {
-                n += 1;
-                eprint!(
-                    "[bench] {n:>2}/{runs} {} {} {path:<6} ... ",
-                    protocol.label(),
-                    load
-                );
-                let sampler = (path == "proxy").then(|| RssSampler::start(proxy.pid()));
-                run(&rt, target, load, args.warmup);
-                let sample = run(&rt, target, load, args.duration);
-                let rss = sampler.map(RssSampler::stop);
-                eprintln!(
-                    "{:.0} req/s, p50 {}, p99 {}, {} errors",
-                    sample.throughput(),
-                    report::fmt_opt(sample.quantile(0.5)),
-                    report::fmt_opt(sample.quantile(0.99)),
-                    sample.errors
-                );
-                rows.push(Row {
-                    protocol,
-                    load,
-                    path,
-                    sample,
-                    rss,
-                });
+            n += 1;
+            eprint!(
+                "[bench] {n:>2}/{runs} {} {}: warm-up",
+                protocol.label(),
+                load
+            );
+            run(&rt, &direct_t, load, args.warmup);
+            run(&rt, &proxy_t, load, args.warmup);
+            // Direct and proxy alternate in `rounds` slices, so both see the
+            // same background load on a shared machine.
+            let slice = args.duration / args.rounds;
+            let (mut direct, mut through) = (Sample::default(), Sample::default());
+            let sampler = RssSampler::start(proxy.pid());
+            for round in 1..=args.rounds {
+                eprint!(", round {round}/{}", args.rounds);
+                direct.merge(run(&rt, &direct_t, load, slice));
+                through.merge(run(&rt, &proxy_t, load, slice));
             }
+            let rss = sampler.stop();
+            eprintln!(
+                "\n[bench]       direct {:.0} req/s p50 {} p99 {} ({} errors); proxy {:.0} req/s p50 {} p99 {} ({} errors)",
+                direct.throughput(),
+                report::fmt_opt(direct.quantile(0.5)),
+                report::fmt_opt(direct.quantile(0.99)),
+                direct.errors,
+                through.throughput(),
+                report::fmt_opt(through.quantile(0.5)),
+                report::fmt_opt(through.quantile(0.99)),
+                through.errors,
+            );
+            rows.push(Row {
+                protocol,
+                load,
+                path: "direct",
+                sample: direct,
+                rss: None,
+            });
+            rows.push(Row {
+                protocol,
+                load,
+                path: "proxy",
+                sample: through,
+                rss: Some(rss),
+            });
         }
     }
     let peak_rss = proxy.peak_rss_bytes()?;

@@ -45,6 +45,17 @@ pub struct Sample {
 }
 
 impl Sample {
+    /// Adds another run's results (same target and load).
+    pub fn merge(&mut self, other: Sample) {
+        let mut all = std::mem::take(&mut self.latencies);
+        all.extend(other.latencies);
+        all.sort_unstable();
+        self.latencies = all;
+        self.errors += other.errors;
+        self.elapsed += other.elapsed;
+        self.max_send_lag = self.max_send_lag.max(other.max_send_lag);
+    }
+
     pub fn throughput(&self) -> f64 {
         self.latencies.len() as f64 / self.elapsed.as_secs_f64().max(1e-9)
     }
@@ -205,5 +216,33 @@ fn finish(
         errors: errors.load(Ordering::Relaxed),
         elapsed,
         max_send_lag,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(lat: &[u64], secs: u64) -> Sample {
+        Sample {
+            latencies: lat.to_vec(),
+            errors: 1,
+            elapsed: Duration::from_secs(secs),
+            max_send_lag: Duration::ZERO,
+        }
+    }
+
+    #[test]
+    fn quantiles_and_merge() {
+        let mut s = sample(&(1..=1000).collect::<Vec<_>>(), 1);
+        assert_eq!(s.quantile(0.5), Some(Duration::from_nanos(500)));
+        assert_eq!(s.quantile(0.99), Some(Duration::from_nanos(990)));
+        assert_eq!(s.quantile(0.999), Some(Duration::from_nanos(999)));
+        assert_eq!(s.quantile(1.0), Some(Duration::from_nanos(1000)));
+        s.merge(sample(&[0; 1000], 1));
+        assert_eq!(s.latencies.len(), 2000);
+        assert_eq!(s.quantile(0.5), Some(Duration::from_nanos(0)));
+        assert_eq!((s.errors, s.throughput()), (2, 1000.0));
+        assert_eq!(Sample::default().quantile(0.5), None);
     }
 }
