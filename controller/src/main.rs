@@ -1,15 +1,32 @@
-//! `conduit-controller`: the mesh's discovery and identity server.
+//! `conduit-controller`: the mesh's discovery and identity server, and the
+//! `inject` tool that adds the proxy to workload YAML.
 
 use clap::Parser;
 use conduit_controller::cli::ServeArgs;
 
 /// The conduit controller: Destination (discovery) and Identity
 /// (certificates) over gRPC, admin HTTP with /metrics, /ready and /live.
+/// With a subcommand, a tool instead (see `inject --help`).
 #[derive(Debug, Parser)]
-#[command(name = "conduit-controller", version, about, long_about = None)]
+#[command(
+    name = "conduit-controller",
+    version,
+    about,
+    long_about = None,
+    args_conflicts_with_subcommands = true,
+    subcommand_negates_reqs = true
+)]
 struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
     #[command(flatten)]
-    serve: ServeArgs,
+    serve: Option<ServeArgs>,
+}
+
+#[derive(Debug, clap::Subcommand)]
+enum Command {
+    /// Add the conduit proxy to workloads' pod templates (YAML in, YAML out).
+    Inject(conduit_controller::inject::Args),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -21,6 +38,16 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let runtime = tokio::runtime::Runtime::new()?;
-    runtime.block_on(conduit_controller::cli::run(cli.serve))
+    match (cli.command, cli.serve) {
+        (Some(Command::Inject(args)), _) => conduit_controller::inject::run(args),
+        (None, Some(serve)) => {
+            let runtime = tokio::runtime::Runtime::new()?;
+            runtime.block_on(conduit_controller::cli::run(serve))
+        }
+        (None, None) => {
+            use clap::CommandFactory;
+            Cli::command().print_help()?;
+            std::process::exit(2);
+        }
+    }
 }

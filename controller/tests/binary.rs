@@ -220,3 +220,34 @@ async fn serves_discovery_and_identity_then_exits_on_sigterm() {
         "the generated issuer is announced:\n{log}"
     );
 }
+
+#[test]
+fn inject_subcommand_reads_stdin_and_writes_stdout() {
+    use std::io::Write;
+    let mut child = Command::new(BIN)
+        .args(["inject", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"apiVersion: v1\nkind: Pod\nmetadata: {name: a, namespace: default}\nspec:\n  containers: [{name: app, image: x}]\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let yaml = String::from_utf8(out.stdout).unwrap();
+    assert!(
+        yaml.contains("conduit-proxy"),
+        "the proxy is added:\n{yaml}"
+    );
+    let help = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(String::from_utf8_lossy(&help.stdout).contains("inject"));
+}
