@@ -49,11 +49,12 @@ fn get_mut<'a>(v: &'a mut Value, path: &[&str]) -> Option<&'a mut Value> {
     path.iter().try_fold(v, |v, k| v.get_mut(*k))
 }
 
+/// Checks that an object parses as its k8s-openapi type.
+type Check = fn(&Value) -> Result<(), String>;
+
 /// Where a kind keeps its pod template (metadata + spec), and a check that
 /// the object parses as its type.
-fn template_path(
-    kind: &str,
-) -> Option<(&'static [&'static str], fn(&Value) -> Result<(), String>)> {
+fn template_path(kind: &str) -> Option<(&'static [&'static str], Check)> {
     use k8s_openapi::api::{apps::v1 as apps, batch::v1 as batch, core::v1 as core};
     fn check<T: serde::de::DeserializeOwned>(v: &Value) -> Result<(), String> {
         serde_path_to_error::deserialize::<_, T>(v.clone())

@@ -330,3 +330,7 @@ fn resolve_target_port(svc_port: Option<&ServicePort>, pod: Option<&PodEntry>) -
         None => u16::try_from(sp.port).ok(),
     }
 }
+
+#[cfg(test)]
+#[path = "snapshot_tests.rs"]
+mod tests;

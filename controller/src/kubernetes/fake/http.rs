@@ -111,13 +111,13 @@ pub(super) async fn handle(
     Ok(resp)
 }
 
-fn filter(r: &Route, q: &HashMap<String, String>) -> Result<Filter, Response<Body>> {
+fn filter(r: &Route, q: &HashMap<String, String>) -> Result<Filter, Box<Response<Body>>> {
     Filter::parse(
         r.namespace.clone(),
         q.get("fieldSelector").map(String::as_str),
         q.get("labelSelector").map(String::as_str),
     )
-    .map_err(|e| error(400, "BadRequest", &e))
+    .map_err(|e| Box::new(error(400, "BadRequest", &e)))
 }
 
 fn get(state: &Shared, r: &Route) -> Response<Body> {
@@ -140,7 +140,7 @@ fn get(state: &Shared, r: &Route) -> Response<Body> {
 fn list(state: &Shared, r: &Route, q: &HashMap<String, String>) -> Response<Body> {
     let f = match filter(r, q) {
         Ok(f) => f,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let limit: usize = match q.get("limit").map(|l| l.parse()) {
         None => usize::MAX,
@@ -216,7 +216,7 @@ fn list(state: &Shared, r: &Route, q: &HashMap<String, String>) -> Response<Body
 fn watch(state: &Shared, r: &Route, q: &HashMap<String, String>) -> Response<Body> {
     let f = match filter(r, q) {
         Ok(f) => f,
-        Err(resp) => return resp,
+        Err(resp) => return *resp,
     };
     let timeout = match q.get("timeoutSeconds").map(|t| t.parse::<u64>()) {
         None => DEFAULT_WATCH_TIMEOUT,
