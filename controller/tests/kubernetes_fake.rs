@@ -135,3 +135,42 @@ async fn watch_streams_events_bookmarks_and_410() {
             .is_none()
     );
 }
+
+#[tokio::test]
+async fn streaming_list_watchers_get_the_initial_state_and_its_end_bookmark() {
+    use kube::runtime::watcher::{self, Event};
+    let fake = FakeApiServer::start().await.unwrap();
+    fake.apply(&pod("ns", "a", "10.0.0.1", "sa", "node-a", false, &[]));
+    let api: Api<Pod> = Api::all(fake.client());
+    let mut events = watcher::watcher(api, watcher::Config::default().streaming_lists()).boxed();
+    let mut names = Vec::new();
+    loop {
+        match tokio::time::timeout(WAIT, events.try_next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap()
+        {
+            Event::Init => {}
+            Event::InitApply(p) => names.push(p.metadata.name.unwrap()),
+            Event::InitDone => break,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(names, ["a"]);
+    assert_eq!(
+        fake.stats().lists_of("pods"),
+        0,
+        "no list request in streaming mode"
+    );
+    fake.apply(&pod("ns", "b", "10.0.0.2", "sa", "node-a", false, &[]));
+    match tokio::time::timeout(WAIT, events.try_next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+    {
+        Event::Apply(p) => assert_eq!(p.metadata.name.as_deref(), Some("b")),
+        other => panic!("unexpected {other:?}"),
+    }
+}

@@ -257,10 +257,27 @@ fn watch(state: &Shared, r: &Route, q: &HashMap<String, String>) -> Response<Bod
                 }
             }
             None => {
+                let kind = st
+                    .colls
+                    .get(&r.coll)
+                    .map(|c| c.kind.clone())
+                    .unwrap_or_default();
                 if let Some(c) = st.colls.get(&r.coll) {
                     for o in c.objects.values().filter(|o| f.matches(o)) {
                         let _ = tx.try_send(watch_line("ADDED", o));
                     }
+                }
+                // Streaming lists: a bookmark marks the end of the initial state.
+                if q.get("sendInitialEvents").map(String::as_str) == Some("true") {
+                    let end = json!({
+                        "kind": kind,
+                        "apiVersion": r.coll.api_version(),
+                        "metadata": {
+                            "resourceVersion": st.rv.to_string(),
+                            "annotations": { "k8s.io/initial-events-end": "true" },
+                        },
+                    });
+                    let _ = tx.try_send(watch_line("BOOKMARK", &end));
                 }
             }
         }

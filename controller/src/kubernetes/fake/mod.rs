@@ -4,7 +4,9 @@
 //! gets a new resourceVersion from one counter, lists paginate (`limit`,
 //! `continue`) and filter (`fieldSelector`, `labelSelector`, equality
 //! forms), watches stream `ADDED`/`MODIFIED`/`DELETED`/`BOOKMARK` lines and
-//! resume from a resourceVersion, and a compacted history answers with an
+//! resume from a resourceVersion (or stream the initial state first, ending
+//! with the `initial-events-end` bookmark, for `sendInitialEvents=true`),
+//! and a compacted history answers with an
 //! `ERROR` event carrying 410 Gone, after which clients must relist.
 //! `POST .../tokenreviews` answers from tokens registered with
 //! [`FakeApiServer::add_token`].
