@@ -142,7 +142,10 @@ impl Controller {
     fn cpu(&self) -> anyhow::Result<Duration> {
         let stat = std::fs::read_to_string(format!("/proc/{}/stat", self.child.id()))?;
         // Fields after the command name (which is in parentheses).
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).context("malformed stat")?;
+        let rest = stat
+            .rsplit_once(')')
+            .map(|(_, r)| r)
+            .context("malformed stat")?;
         let f: Vec<&str> = rest.split_whitespace().collect();
         let ticks: u64 = f.get(11).and_then(|u| u.parse().ok()).unwrap_or(0)
             + f.get(12).and_then(|s| s.parse().ok()).unwrap_or(0);
@@ -337,6 +340,16 @@ fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
+/// CPU time comes in clock ticks (usually 10 ms): say so when below one.
+fn cpu(per_change: Duration, changes: usize) -> String {
+    if per_change.is_zero() {
+        let tick = Duration::from_millis(10) / u32::try_from(changes.max(1)).unwrap_or(u32::MAX);
+        format!("< {}", ms(tick))
+    } else {
+        ms(per_change)
+    }
+}
+
 fn mib(kib: u64) -> String {
     format!("{:.1} MiB", kib as f64 / 1024.0)
 }
@@ -367,7 +380,7 @@ fn print_table(rows: &[Row], cli: &Cli) {
             ms(percentile(&a, 0.5)),
             ms(percentile(&a, 0.99)),
             r.connect_time,
-            ms(r.cpu_per_change),
+            cpu(r.cpu_per_change, r.changes),
             mib(r.rss_base_kib),
             mib(r.rss_connected_kib),
             mib(r.rss_end_kib),
