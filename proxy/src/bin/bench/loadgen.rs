@@ -42,6 +42,8 @@ pub struct Sample {
     pub elapsed: Duration,
     /// How late the open loop's pacer was at worst (its own jitter).
     pub max_send_lag: Duration,
+    /// Connections the client opened during the run.
+    pub connections: usize,
 }
 
 impl Sample {
@@ -54,6 +56,7 @@ impl Sample {
         self.errors += other.errors;
         self.elapsed += other.elapsed;
         self.max_send_lag = self.max_send_lag.max(other.max_send_lag);
+        self.connections += other.connections;
     }
 
     pub fn throughput(&self) -> f64 {
@@ -70,27 +73,67 @@ impl Sample {
     }
 }
 
-type HttpClient = Client<HttpConnector, Empty<Bytes>>;
+type HttpClient = Client<CountingConnector, Empty<Bytes>>;
+
+/// An `HttpConnector` that counts the connections it opens (an open-loop
+/// HTTP/1.1 client opens one per concurrent request, so a stall shows as
+/// a burst of new connections).
+#[derive(Clone)]
+pub struct CountingConnector {
+    inner: HttpConnector,
+    count: Arc<AtomicUsize>,
+}
+
+impl tower_service::Service<hyper::Uri> for CountingConnector {
+    type Response = <HttpConnector as tower_service::Service<hyper::Uri>>::Response;
+    type Error = <HttpConnector as tower_service::Service<hyper::Uri>>::Error;
+    type Future = <HttpConnector as tower_service::Service<hyper::Uri>>::Future;
+
+    fn poll_ready(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, uri: hyper::Uri) -> Self::Future {
+        self.count.fetch_add(1, Ordering::Relaxed);
+        self.inner.call(uri)
+    }
+}
 
 /// A client for `target` (host header and connection address).
 #[derive(Clone)]
 pub struct Target {
     client: HttpClient,
     uri: hyper::Uri,
+    connections: Arc<AtomicUsize>,
 }
 
 impl Target {
     pub fn new(addr: SocketAddr, protocol: Protocol) -> Target {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
+        let mut inner = HttpConnector::new();
+        inner.set_nodelay(true);
+        let connections = Arc::new(AtomicUsize::new(0));
+        let connector = CountingConnector {
+            inner,
+            count: connections.clone(),
+        };
         let client = Client::builder(TokioExecutor::new())
             .http2_only(protocol == Protocol::Http2)
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
+        let uri = format!("http://{addr}/").parse().expect("uri");
         Target {
             client,
-            uri: format!("http://{addr}/").parse().expect("uri"),
+            uri,
+            connections,
         }
+    }
+
+    /// Connections opened so far.
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
     }
 
     /// One GET; true when a 2xx came back with its whole body.
@@ -114,6 +157,7 @@ pub fn open_loop(
     rate: u32,
     duration: Duration,
 ) -> Sample {
+    let conns_before = target.connections();
     let n = (f64::from(rate) * duration.as_secs_f64()).round() as u64;
     let interval = Duration::from_secs_f64(1.0 / f64::from(rate.max(1)));
     let latencies = Arc::new(Mutex::new(Vec::with_capacity(n as usize)));
@@ -160,7 +204,9 @@ pub fn open_loop(
         }
     });
     let elapsed = start.elapsed();
-    finish(latencies, errors, elapsed, max_lag)
+    let mut s = finish(latencies, errors, elapsed, max_lag);
+    s.connections = target.connections() - conns_before;
+    s
 }
 
 /// Closed loop: `concurrency` requests always in flight for `duration`.
@@ -170,6 +216,7 @@ pub fn closed_loop(
     concurrency: usize,
     duration: Duration,
 ) -> Sample {
+    let conns_before = target.connections();
     let latencies = Arc::new(Mutex::new(Vec::new()));
     let errors = Arc::new(AtomicUsize::new(0));
     let start = Instant::now();
@@ -200,7 +247,9 @@ pub fn closed_loop(
         }
     });
     let elapsed = start.elapsed();
-    finish(latencies, errors, elapsed, Duration::ZERO)
+    let mut s = finish(latencies, errors, elapsed, Duration::ZERO);
+    s.connections = target.connections() - conns_before;
+    s
 }
 
 fn finish(
@@ -216,6 +265,7 @@ fn finish(
         errors: errors.load(Ordering::Relaxed),
         elapsed,
         max_send_lag,
+        connections: 0,
     }
 }
 
@@ -229,6 +279,7 @@ mod tests {
             errors: 1,
             elapsed: Duration::from_secs(secs),
             max_send_lag: Duration::ZERO,
+            connections: 0,
         }
     }
 

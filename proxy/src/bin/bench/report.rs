@@ -74,13 +74,15 @@ pub struct Summary {
 }
 
 pub fn print(rows: &[Row], sum: &Summary, command: &str) {
-    println!("| protocol | load | path | p50 | p99 | p99.9 | throughput | errors | proxy RSS |");
-    println!("|---|---|---|---:|---:|---:|---:|---:|---:|");
+    println!(
+        "| protocol | load | path | p50 | p99 | p99.9 | throughput | errors | new conns | proxy RSS |"
+    );
+    println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for pair in rows.chunks(2) {
         for r in pair {
             let s = &r.sample;
             println!(
-                "| {} | {} | {} | {} | {} | {} | {:.0} req/s | {} | {} |",
+                "| {} | {} | {} | {} | {} | {} | {:.0} req/s | {} | {} | {} |",
                 r.protocol.label(),
                 r.load,
                 r.path,
@@ -89,13 +91,14 @@ pub fn print(rows: &[Row], sum: &Summary, command: &str) {
                 fmt_opt(s.quantile(0.999)),
                 s.throughput(),
                 s.errors,
+                s.connections,
                 r.rss.map_or_else(|| "".into(), fmt_mb),
             );
         }
         if let [d, p] = pair {
             let q = |s: &Sample, x| s.quantile(x);
             println!(
-                "| {} | {} | **proxy − direct** | {} | {} | {} | {:.2}× | | |",
+                "| {} | {} | **proxy − direct** | {} | {} | {} | {:.2}× | | | |",
                 p.protocol.label(),
                 p.load,
                 added(q(&p.sample, 0.5), q(&d.sample, 0.5)),
