@@ -466,3 +466,32 @@ async fn paginated_initial_list() {
         assert_eq!(v.name, Some(format!("s{i}.many.svc.cluster.local:80")));
     }
 }
+
+#[tokio::test]
+async fn not_ready_until_every_kind_is_listed() {
+    let fake = FakeApiServer::start().await.unwrap();
+    web_objects(&fake);
+    // As with missing RBAC for EndpointSlices: services and pods list, slices do not.
+    fake.fail("endpointslices", 403);
+    let backend =
+        KubernetesBackend::start(fake.client(), TD.into(), "cluster.local".into()).unwrap();
+    wait_until("a refused slice list and listed services and pods", || {
+        let s = fake.stats();
+        s.refused.get("endpointslices").copied().unwrap_or(0) >= 1
+            && s.lists_of("services") >= 1
+            && s.lists_of("pods") >= 1
+    })
+    .await;
+    assert!(!backend.is_ready(), "ready without EndpointSlices");
+    let mut rx = backend.watch(&name("web", "shop", 80));
+    assert!(
+        !rx.borrow().exists,
+        "nothing is served before every kind is listed"
+    );
+    fake.heal();
+    let v = wait_view(&mut rx, "served after the slices list", |v| {
+        v.endpoints.len() == 2
+    })
+    .await;
+    assert!(v.exists && backend.is_ready());
+}

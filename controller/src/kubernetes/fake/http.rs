@@ -90,6 +90,22 @@ pub(super) async fn handle(
             &format!("the server could not find the requested resource ({path})"),
         ));
     };
+    let failure = lock(&state).failures.get(&r.coll.plural).copied();
+    if let Some(code) = failure.filter(|_| req.method() == Method::GET && r.name.is_none()) {
+        let reason = match code {
+            403 => "Forbidden",
+            500 => "InternalError",
+            503 => "ServiceUnavailable",
+            _ => "Failure",
+        };
+        let mut st = lock(&state);
+        *st.stats.refused.entry(r.coll.plural.clone()).or_default() += 1;
+        return Ok(error(
+            code,
+            reason,
+            &format!("{} is failing on purpose (fake API server)", r.coll.plural),
+        ));
+    }
     let resp = match (req.method().clone(), r.name.is_some()) {
         (Method::POST, false) if r.coll.plural == "tokenreviews" => {
             match Limited::new(req.into_body(), MAX_BODY).collect().await {

@@ -49,6 +49,8 @@ pub struct Stats {
     pub watches: BTreeMap<String, u64>,
     /// `(plural, resourceVersion)` of every watch request, in order.
     pub watch_from: Vec<(String, String)>,
+    /// Plural -> list and watch requests refused by [`FakeApiServer::fail`].
+    pub refused: BTreeMap<String, u64>,
     /// Single-object GETs.
     pub gets: u64,
     pub token_reviews: Vec<TokenReviewSeen>,
@@ -229,6 +231,17 @@ impl FakeApiServer {
                 audiences: audiences.iter().map(|a| a.to_string()).collect(),
             },
         );
+    }
+
+    /// Makes list and watch requests of `plural` (e.g. `endpointslices`)
+    /// fail with `code` (403, 500, 503, ...) until [`heal`](Self::heal).
+    pub fn fail(&self, plural: &str, code: u16) {
+        self.lock().failures.insert(plural.to_string(), code);
+    }
+
+    /// Ends every failure set with [`fail`](Self::fail).
+    pub fn heal(&self) {
+        self.lock().failures.clear();
     }
 
     pub fn stats(&self) -> Stats {

@@ -159,6 +159,8 @@ pub(super) struct State {
     pub history: std::collections::VecDeque<HistEvent>,
     pub watches: Vec<Watch>,
     pub tokens: HashMap<String, TokenEntry>,
+    /// Plural -> HTTP status that list and watch requests get instead.
+    pub failures: HashMap<String, u16>,
     pub stats: super::Stats,
 }
 
