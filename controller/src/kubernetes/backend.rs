@@ -57,11 +57,62 @@ impl Drop for KubernetesBackend {
     }
 }
 
+/// Keeps the caches small: only what the views are computed from is kept
+/// (managed fields and annotations go; of pods, only container names and
+/// ports, service account, node, host network, phase and IPs stay).
+trait Trim {
+    fn trim(&mut self);
+}
+
+impl Trim for Service {
+    fn trim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.status = None;
+    }
+}
+
+impl Trim for EndpointSlice {
+    fn trim(&mut self) {
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+    }
+}
+
+impl Trim for Pod {
+    fn trim(&mut self) {
+        use k8s_openapi::api::core::v1::{Container, PodSpec, PodStatus};
+        self.metadata.managed_fields = None;
+        self.metadata.annotations = None;
+        self.metadata.owner_references = None;
+        let slim = |c: &Container| Container {
+            name: c.name.clone(),
+            ports: c.ports.clone(),
+            ..Default::default()
+        };
+        self.spec = self.spec.take().map(|s| PodSpec {
+            containers: s.containers.iter().map(slim).collect(),
+            init_containers: s.init_containers.map(|cs| cs.iter().map(slim).collect()),
+            service_account_name: s.service_account_name,
+            node_name: s.node_name,
+            host_network: s.host_network,
+            ..Default::default()
+        });
+        self.status = self.status.take().map(|s| PodStatus {
+            phase: s.phase,
+            pod_ip: s.pod_ip,
+            pod_ips: s.pod_ips,
+            ..Default::default()
+        });
+    }
+}
+
 /// Runs one reflector forever (the watcher retries with backoff) and pokes
 /// `changed` after every change of its store.
 fn reflect<K>(api: Api<K>, page_size: u32, changed: Arc<Notify>) -> (Store<K>, JoinHandle<()>)
 where
     K: Resource<DynamicType = ()>
+        + Trim
         + Clone
         + Debug
         + serde::de::DeserializeOwned
@@ -71,7 +122,8 @@ where
 {
     let (reader, writer) = reflector::store();
     let config = watcher::Config::default().page_size(page_size);
-    let stream = reflector::reflector(writer, watcher(api, config).default_backoff());
+    let events = watcher(api, config).default_backoff().modify(K::trim);
+    let stream = reflector::reflector(writer, events);
     let kind = K::kind(&());
     let task = tokio::spawn(async move {
         let mut stream = std::pin::pin!(stream);
