@@ -71,8 +71,13 @@ pub fn require(features: &[Feature]) -> Result<()> {
         .map(|f| f.name.as_str())
         .collect();
     if !missing.is_empty() {
+        let who = if nix::unistd::Uid::effective().is_root() {
+            ""
+        } else {
+            " (not running as root: the probes need CAP_BPF/CAP_SYS_ADMIN, run the agent as root)"
+        };
         bail!(
-            "this kernel lacks what capture needs: {} (needs root, the bpf syscall, and a kernel with these features)",
+            "this kernel lacks what capture needs: {}{who}",
             missing.join(", ")
         );
     }
