@@ -168,3 +168,27 @@ async fn api_server_away_is_an_api_error() {
         "{err:?}"
     );
 }
+
+#[tokio::test]
+async fn checker_bundles_node_and_timeout() {
+    use conduit_controller::kubernetes::pod_check::PodChecker;
+    let (_fake, c) = setup().await;
+    let checker = PodChecker::new(c, "node-b", Duration::from_secs(5));
+    checker
+        .check(&claim("shop", "web-1", &["10.1.0.2"]))
+        .await
+        .unwrap();
+    let err = checker
+        .check(&claim("shop", "web-0", &["10.1.0.1"]))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, PodClaimError::OtherNode { .. }), "{err:?}");
+    // Outside a cluster (no node name) there is no checker.
+    assert!(std::env::var_os(conduit_controller::kubernetes::pod_check::NODE_NAME_ENV).is_none());
+    assert!(
+        PodChecker::from_env(Duration::from_secs(1))
+            .await
+            .unwrap()
+            .is_none()
+    );
+}

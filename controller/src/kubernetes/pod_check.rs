@@ -7,6 +7,19 @@
 //!
 //! [`validate`] asks once; [`validate_until`] retries the answers that can be
 //! a race with the kubelet (pod not yet visible, IP not yet reported).
+//! [`PodChecker`] bundles the client, the node and the timeout for the
+//! agent:
+//!
+//! ```no_run
+//! # async fn agent(name: String, namespace: String, ips: Vec<std::net::IpAddr>) -> anyhow::Result<()> {
+//! use conduit_controller::kubernetes::pod_check::{PodChecker, PodClaim};
+//! let checker = PodChecker::from_env(std::time::Duration::from_secs(10)).await?;
+//! // On each registration, before enrolling:
+//! if let Some(checker) = &checker {
+//!     checker.check(&PodClaim { name, namespace, ips }).await?; // refuse on Err
+//! }
+//! # Ok(()) }
+//! ```
 
 use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
@@ -194,5 +207,69 @@ pub async fn validate_until(
             }
             other => return other,
         }
+    }
+}
+
+/// Environment variable naming the agent's node (the DaemonSet sets it from
+/// `spec.nodeName`); without it the agent is not in a cluster.
+pub const NODE_NAME_ENV: &str = "CONDUIT_NODE_NAME";
+
+/// What the agent keeps to check claims: a client, its node, and how long a
+/// claim may stay unconfirmed.
+#[derive(Clone)]
+pub struct PodChecker {
+    client: kube::Client,
+    node_name: String,
+    timeout: Duration,
+}
+
+impl std::fmt::Debug for PodChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PodChecker")
+            .field("node_name", &self.node_name)
+            .field("timeout", &self.timeout)
+            .finish()
+    }
+}
+
+/// Why the checker could not be set up in a cluster.
+#[derive(Debug, thiserror::Error)]
+#[error("{NODE_NAME_ENV} is set ({node}) but no Kubernetes client could be made: {source}")]
+pub struct PodCheckerError {
+    pub node: String,
+    #[source]
+    pub source: kube::Error,
+}
+
+impl PodChecker {
+    pub fn new(client: kube::Client, node_name: impl Into<String>, timeout: Duration) -> Self {
+        PodChecker {
+            client,
+            node_name: node_name.into(),
+            timeout,
+        }
+    }
+
+    /// In a cluster ([`NODE_NAME_ENV`] set): a checker with the in-cluster
+    /// client; outside one (the local mesh): `None`, and claims are not
+    /// checked.
+    pub async fn from_env(timeout: Duration) -> Result<Option<PodChecker>, PodCheckerError> {
+        let Some(node) = std::env::var(NODE_NAME_ENV).ok().filter(|n| !n.is_empty()) else {
+            return Ok(None);
+        };
+        let client = super::client().await.map_err(|source| PodCheckerError {
+            node: node.clone(),
+            source,
+        })?;
+        Ok(Some(PodChecker::new(client, node, timeout)))
+    }
+
+    pub fn node_name(&self) -> &str {
+        &self.node_name
+    }
+
+    /// [`validate_until`] with this checker's node and timeout.
+    pub async fn check(&self, claim: &PodClaim) -> Result<(), PodClaimError> {
+        validate_until(&self.client, &self.node_name, claim, self.timeout).await
     }
 }
