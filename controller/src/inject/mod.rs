@@ -84,12 +84,10 @@ pub struct Args {
 pub enum InjectError {
     #[error("document {document}: not valid YAML: {message}")]
     Yaml { document: usize, message: String },
-    #[error("document {document}: {source}")]
-    Object {
-        document: usize,
-        #[source]
-        source: ObjectError,
-    },
+    /// (The object error is part of the message, not a separate source,
+    /// so that error chains do not repeat it.)
+    #[error("document {document}: {error}")]
+    Object { document: usize, error: ObjectError },
     #[error("document {document}: cannot write YAML: {message}")]
     Write { document: usize, message: String },
 }
@@ -115,7 +113,7 @@ pub fn inject_yaml(input: &str, options: &Options) -> Result<Injected, InjectErr
             continue;
         }
         document::inject(&mut value, options, &mut outcomes)
-            .map_err(|source| InjectError::Object { document, source })?;
+            .map_err(|error| InjectError::Object { document, error })?;
         let text = serde_yaml::to_string(&value).map_err(|e| InjectError::Write {
             document,
             message: e.to_string(),
