@@ -56,6 +56,7 @@ mod connect;
 mod credentials;
 mod refresh;
 mod spiffe;
+pub mod testing;
 mod verify;
 
 pub use anchors::{AnchorsError, TrustAnchors};

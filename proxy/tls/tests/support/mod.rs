@@ -1,73 +1,32 @@
 //! Test certificate authorities (rcgen) and loopback TLS plumbing.
 #![allow(dead_code)]
 
+use conduit_proxy_tls::testing::TestCa;
 use conduit_proxy_tls::{Clock, Credentials, SpiffeId, TrustAnchors};
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 pub const HOUR: Duration = Duration::from_secs(3600);
 
-/// A certificate authority for tests.
+/// A certificate authority for tests (the crate's `TestCa`, unwrapped).
 pub struct Ca {
     pub cert: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+    inner: TestCa,
 }
 
 impl Ca {
     pub fn new(name: &str) -> Ca {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
-        let now = SystemTime::now();
-        params.not_before = (now - 24 * HOUR).into();
-        params.not_after = (now + 24 * HOUR).into();
-        let cert = params.self_signed(&key).unwrap();
-        let der = cert.der().clone();
+        let inner = TestCa::new(name).unwrap();
         Ca {
-            cert: der,
-            issuer: Issuer::new(params, key),
+            cert: inner.certificate().clone(),
+            inner,
         }
     }
 
     pub fn anchors(&self) -> TrustAnchors {
-        TrustAnchors::from_der([self.cert.clone()]).unwrap()
-    }
-
-    /// A leaf for `public_key` naming `uri`, valid between the given times.
-    pub fn sign(
-        &self,
-        public_key: &impl rcgen::PublicKeyData,
-        uri: &str,
-        not_before: SystemTime,
-        not_after: SystemTime,
-    ) -> CertificateDer<'static> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(uri.to_owned().try_into().unwrap())];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-        params
-            .signed_by(public_key, &self.issuer)
-            .unwrap()
-            .der()
-            .clone()
+        self.inner.anchors().unwrap()
     }
 
     /// Signs a CSR (as the controller would), keeping its URI SAN.
@@ -77,15 +36,7 @@ impl Ca {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> CertificateDer<'static> {
-        let csr =
-            rcgen::CertificateSigningRequestParams::from_der(&csr_der.to_vec().into()).unwrap();
-        let [SanType::URI(uri)] = csr.params.subject_alt_names.as_slice() else {
-            panic!(
-                "CSR must have exactly one URI SAN: {:?}",
-                csr.params.subject_alt_names
-            )
-        };
-        self.sign(&csr.public_key, uri.as_str(), not_before, not_after)
+        self.inner.sign_csr(csr_der, not_before, not_after).unwrap()
     }
 
     /// A new key and a leaf for it, valid for an hour either side of now.
@@ -100,10 +51,7 @@ impl Ca {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().unwrap();
-        let leaf = self.sign(&key, uri, not_before, not_after);
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        (vec![leaf], key)
+        self.inner.issue(uri, not_before, not_after).unwrap()
     }
 }
 
