@@ -188,8 +188,12 @@ pub fn run(args: Args) -> anyhow::Result<()> {
         );
     }
     let input = read_input(&args.input)?;
-    let injected =
-        inject_yaml(&input, &options).with_context(|| format!("injecting {}", args.input))?;
+    let source = if args.input == "-" {
+        "standard input"
+    } else {
+        args.input.as_str()
+    };
+    let injected = inject_yaml(&input, &options).with_context(|| format!("injecting {source}"))?;
     match &args.output {
         Some(path) => {
             let tmp = path.with_extension("conduit-inject.tmp");
