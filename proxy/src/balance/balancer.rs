@@ -4,6 +4,7 @@
 
 use super::BalanceConfig;
 use super::accrual::Health;
+use super::budget::RetryBudget;
 use super::ewma::PeakEwma;
 use crate::discovery::{Destination, Endpoint};
 use std::collections::HashMap;
@@ -24,6 +25,8 @@ pub struct Balancer {
 struct Shared {
     config: BalanceConfig,
     state: Mutex<State>,
+    /// This destination's retry budget.
+    budget: RetryBudget,
     /// Origin of `probe_at`.
     base: Instant,
     /// Nanoseconds after `base` when some endpoint's probe is due (0 = look
@@ -110,10 +113,12 @@ impl Balancer {
             name: dest.name.into(),
             endpoints,
         };
+        let budget = RetryBudget::new(config.retry_budget);
         Balancer {
             shared: Arc::new(Shared {
                 config,
                 state: Mutex::new(state),
+                budget,
                 base: now,
                 probe_at: AtomicU64::new(u64::MAX),
             }),
@@ -122,6 +127,12 @@ impl Balancer {
 
     pub fn config(&self) -> &BalanceConfig {
         &self.shared.config
+    }
+
+    /// This destination's retry budget (used when the request policy names
+    /// no budget of its own).
+    pub fn retry_budget(&self) -> &RetryBudget {
+        &self.shared.budget
     }
 
     /// The destination's name (for metrics).

@@ -21,7 +21,10 @@ pub struct RequestPolicy {
     pub try_timeout: Option<Duration>,
     /// Attempts at most, the first included (1 = no retries).
     pub max_attempts: u32,
-    /// Shared budget that retries draw from; `None` = no retries.
+    /// Budget that retries draw from. `None` (the default): the
+    /// destination's own budget ([`BalanceConfig::retry_budget`](super::BalanceConfig)),
+    /// so a failing service cannot spend the retries of healthy ones.
+    /// `Some`: this budget, e.g. one shared by a group of destinations.
     pub budget: Option<Arc<RetryBudget>>,
 }
 
@@ -112,11 +115,18 @@ impl RequestPolicy {
         }
     }
 
+    /// The budget for a request to `balancer`'s destination.
+    fn budget<'a>(&'a self, balancer: &'a Balancer) -> &'a RetryBudget {
+        self.budget
+            .as_deref()
+            .unwrap_or_else(|| balancer.retry_budget())
+    }
+
     /// Whether another attempt may start after `attempts` of them.
-    fn may_retry(&self, attempts: u32, deadline: Option<Instant>) -> bool {
+    fn may_retry(&self, budget: &RetryBudget, attempts: u32, deadline: Option<Instant>) -> bool {
         attempts < self.max_attempts
             && deadline.is_none_or(|d| Instant::now() < d)
-            && self.budget.as_ref().is_some_and(|b| b.try_withdraw())
+            && budget.try_withdraw()
     }
 }
 
@@ -154,9 +164,8 @@ impl Balancer {
     {
         let start = Instant::now();
         let deadline = policy.timeout.map(|t| start + t);
-        if let Some(b) = &policy.budget {
-            b.deposit();
-        }
+        let budget = policy.budget(self);
+        budget.deposit();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempts = 0;
         loop {
@@ -182,7 +191,7 @@ impl Balancer {
                     None
                 }
             };
-            let can_retry = retryable && policy.may_retry(attempts, deadline);
+            let can_retry = retryable && policy.may_retry(budget, attempts, deadline);
             match last {
                 Some(r) if !can_retry => return Ok(r),
                 None if !can_retry => {
@@ -215,9 +224,8 @@ impl Balancer {
         Fut: Future<Output = Result<C, E>>,
     {
         let deadline = policy.timeout.map(|t| Instant::now() + t);
-        if let Some(b) = &policy.budget {
-            b.deposit();
-        }
+        let budget = policy.budget(self);
+        budget.deposit();
         let mut tried: Vec<SocketAddr> = Vec::new();
         let mut attempts = 0;
         loop {
@@ -247,7 +255,7 @@ impl Balancer {
                     },
                 };
             pick.failure();
-            if !policy.may_retry(attempts, deadline) {
+            if !policy.may_retry(budget, attempts, deadline) {
                 return Err(err);
             }
             tracing::debug!(error = %err, "connect failed; trying another endpoint");
@@ -323,14 +331,29 @@ mod tests {
             })
             .await;
         assert_eq!((r, n), (Ok("bad"), 1));
-        // No budget: no retries.
+        // One attempt allowed: no retries.
         let mut n = 0;
-        let no_budget = RequestPolicy {
+        let once = RequestPolicy::default();
+        let _ = b
+            .call(&once, true, |_| {
+                n += 1;
+                async { Attempt::Failure(()) }
+            })
+            .await;
+        assert_eq!(n, 1);
+        // An empty budget: no retries either.
+        let mut n = 0;
+        let empty = RequestPolicy {
             max_attempts: 3,
+            budget: Some(Arc::new(RetryBudget::new(BudgetConfig {
+                ratio: 0.0,
+                min_per_sec: 0,
+                ttl: Duration::from_secs(1),
+            }))),
             ..Default::default()
         };
         let _ = b
-            .call(&no_budget, true, |_| {
+            .call(&empty, true, |_| {
                 n += 1;
                 async { Attempt::Failure(()) }
             })
@@ -360,6 +383,48 @@ mod tests {
         );
         assert_eq!(n, 3);
         assert!(b.snapshot().iter().all(|e| e.in_flight == 0));
+    }
+
+    #[tokio::test]
+    async fn each_destination_has_its_own_budget() {
+        let config = BalanceConfig {
+            retry_budget: BudgetConfig {
+                ratio: 0.0,
+                min_per_sec: 1,
+                ttl: Duration::from_secs(1),
+            },
+            ..Default::default()
+        };
+        let dest = |port| {
+            let ep = Endpoint::plain(SocketAddr::from(([127, 0, 0, 1], port)));
+            let (tx, rx) = watch::channel(Destination {
+                name: "d".into(),
+                endpoints: vec![ep],
+            });
+            (tx, Balancer::new(rx, config.clone()))
+        };
+        let ((_ta, a), (_tb, b)) = (dest(1), dest(2));
+        let policy = RequestPolicy {
+            max_attempts: 3,
+            ..Default::default()
+        };
+        let attempts = |bal: Balancer| {
+            let policy = policy.clone();
+            async move {
+                let mut n = 0;
+                let _ = bal
+                    .call(&policy, true, |_| {
+                        n += 1;
+                        async { Attempt::Failure(()) }
+                    })
+                    .await;
+                n
+            }
+        };
+        // The floor allows one retry per destination per second.
+        assert_eq!(attempts(a.clone()).await, 2);
+        assert_eq!(attempts(a.clone()).await, 1, "a's budget is spent");
+        assert_eq!(attempts(b.clone()).await, 2, "b still has its own");
     }
 
     #[tokio::test(start_paused = true)]

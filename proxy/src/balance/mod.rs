@@ -21,11 +21,11 @@
 //! attempt with the per-try/total timeouts of a [`RequestPolicy`], records
 //! latency and outcome, and retries on another endpoint when the request is
 //! retryable ([`is_idempotent`] and replayable), attempts remain and the
-//! shared [`RetryBudget`] allows:
+//! destination's [`RetryBudget`] allows:
 //!
 //! ```ignore
 //! let policy = RequestPolicy { timeout: Some(10 * SEC), try_timeout: None,
-//!                              max_attempts: 3, budget: Some(budget.clone()) };
+//!                              max_attempts: 3, budget: None /* the destination's own */ };
 //! let resp = balancer.call(&policy, is_idempotent(req.method()) && body_is_empty, |ep| {
 //!     let req = rebuild(&parts);
 //!     async move {
@@ -69,7 +69,9 @@
 //!   request is its probe; success brings it back, failure doubles the
 //!   backoff (up to `max_backoff`). If no endpoint is in rotation, requests
 //!   are spread over all of them rather than all failing.
-//! * The retry budget allows `ratio` retries per original request over
+//! * Each destination has its own retry budget (unless the policy names a
+//!   shared one), so a failing service cannot spend the retries of healthy
+//!   ones. The retry budget allows `ratio` retries per original request over
 //!   `ttl`, plus `min_per_sec`.
 
 mod accrual;
@@ -95,6 +97,8 @@ pub struct BalanceConfig {
     /// Time constant of the peak-EWMA decay.
     pub decay: Duration,
     pub accrual: AccrualConfig,
+    /// Each destination's own retry budget (see [`RequestPolicy::budget`]).
+    pub retry_budget: BudgetConfig,
     /// How long a request or connection waits for endpoints when the
     /// destination has none (discovery not answered yet) before failing.
     pub endpoint_wait: Duration,
@@ -106,6 +110,7 @@ impl Default for BalanceConfig {
             default_rtt: Duration::from_millis(30),
             decay: Duration::from_secs(10),
             accrual: AccrualConfig::default(),
+            retry_budget: BudgetConfig::default(),
             endpoint_wait: Duration::from_secs(1),
         }
     }
