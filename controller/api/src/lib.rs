@@ -6,6 +6,7 @@
 //! known endpoints while the controller is away.
 
 pub mod client;
+pub mod codec;
 mod convert;
 
 pub use convert::AddressError;
