@@ -1,0 +1,214 @@
+//! Mutual TLS on the transport seams, from `conduit-proxy-tls` (see
+//! docs/identity.md).
+//!
+//! * [`TlsConnector`] is the [`Connector`] for a proxy with an identity: to
+//!   a meshed endpoint whose identity discovery gave, TLS presenting our
+//!   certificate and requiring exactly that identity, with the transport
+//!   header's protocol as ALPN; to anything else (an application, or a
+//!   meshed endpoint without a known identity), plain TCP.
+//! * [`TlsAcceptor`] is the [`Acceptor`] for the inbound port: TLS with a
+//!   client certificate from our trust domain required; the verified
+//!   identity becomes `peer_identity`.
+
+use super::{Accepted, Acceptor, ConnectTarget, Connector, MeshProto, TcpConnector};
+use crate::io::BoxIo;
+use conduit_proxy_tls::{Alpn, Credentials, SpiffeId, TlsError};
+use futures::future::BoxFuture;
+use std::io;
+use tokio::net::TcpStream;
+
+/// The ALPN name for what a connection to a peer proxy carries.
+pub fn alpn(proto: MeshProto) -> Alpn {
+    match proto {
+        MeshProto::H2 => Alpn::H2,
+        MeshProto::Http1 => Alpn::Http1,
+        MeshProto::Tcp => Alpn::Opaque,
+    }
+}
+
+/// The transport header protocol an ALPN name stands for.
+pub fn mesh_proto(alpn: Alpn) -> MeshProto {
+    match alpn {
+        Alpn::H2 => MeshProto::H2,
+        Alpn::Http1 => MeshProto::Http1,
+        Alpn::Opaque => MeshProto::Tcp,
+    }
+}
+
+/// Keeps the error's kind, adds where it happened.
+fn context(e: TlsError, what: String) -> io::Error {
+    let e = io::Error::from(e);
+    io::Error::new(e.kind(), format!("{what}: {e}"))
+}
+
+/// Outbound: mTLS to meshed endpoints with a known identity.
+#[derive(Debug, Clone)]
+pub struct TlsConnector {
+    tcp: TcpConnector,
+    tls: conduit_proxy_tls::TlsConnector,
+}
+
+impl TlsConnector {
+    pub fn new(tcp: TcpConnector, credentials: Credentials) -> Self {
+        TlsConnector {
+            tcp,
+            tls: conduit_proxy_tls::TlsConnector::new(credentials),
+        }
+    }
+}
+
+impl Connector for TlsConnector {
+    fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
+        let (addr, timeout) = (target.addr, self.tcp.connect_timeout);
+        let identity = match &target.meshed_identity {
+            Some(Some(id)) => Some(id.clone()),
+            _ => None,
+        };
+        let alpn = alpn(target.proto.unwrap_or(MeshProto::Tcp));
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let expected = match identity.as_deref().map(SpiffeId::parse) {
+                None => None,
+                Some(Ok(id)) => Some(id),
+                Some(Err(e)) => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidInput,
+                        format!("discovery gave endpoint {addr} an unusable identity: {e}"),
+                    ));
+                }
+            };
+            let tcp = TcpConnector::connect_tcp(addr, timeout).await?;
+            let Some(expected) = expected else {
+                return Ok(Box::new(tcp) as BoxIo);
+            };
+            let stream = tls
+                .connect(tcp, &expected, alpn)
+                .await
+                .map_err(|e| context(e, format!("mTLS to {addr} (expecting {expected})")))?;
+            Ok(Box::new(stream) as BoxIo)
+        })
+    }
+}
+
+/// Inbound: mTLS required on the inbound port.
+#[derive(Debug, Clone)]
+pub struct TlsAcceptor {
+    tls: conduit_proxy_tls::TlsAcceptor,
+}
+
+impl TlsAcceptor {
+    pub fn new(credentials: Credentials) -> Result<Self, TlsError> {
+        Ok(TlsAcceptor {
+            tls: conduit_proxy_tls::TlsAcceptor::new(credentials)?,
+        })
+    }
+}
+
+impl Acceptor for TlsAcceptor {
+    fn accept(&self, tcp: TcpStream) -> BoxFuture<'static, io::Result<Accepted>> {
+        let tls = self.tls.clone();
+        Box::pin(async move {
+            let client = tcp.peer_addr().ok();
+            let (stream, peer) = tls.accept(tcp).await.map_err(|e| {
+                let from = client.map_or_else(|| "a peer".to_owned(), |c| c.to_string());
+                context(e, format!("mTLS from {from}"))
+            })?;
+            tracing::debug!(peer = %peer.identity, alpn = %peer.alpn, "inbound mTLS");
+            Ok(Accepted {
+                io: Box::new(stream),
+                peer_identity: Some(peer.identity.to_string()),
+            })
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conduit_proxy_tls::testing::TestCa;
+    use std::time::Duration;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    const CLIENT: &str = "spiffe://td.local/ns/shop/sa/web";
+    const SERVER: &str = "spiffe://td.local/ns/shop/sa/books";
+
+    fn tcp() -> TcpConnector {
+        TcpConnector {
+            connect_timeout: Duration::from_secs(5),
+        }
+    }
+
+    async fn inbound(
+        ca: &TestCa,
+    ) -> (
+        std::net::SocketAddr,
+        tokio::task::JoinHandle<io::Result<Accepted>>,
+    ) {
+        let server = ca.credentials(&SpiffeId::parse(SERVER).unwrap()).unwrap();
+        let acceptor = TlsAcceptor::new(server).unwrap();
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            let (tcp, _) = listener.accept().await?;
+            acceptor.accept(tcp).await
+        });
+        (addr, task)
+    }
+
+    #[tokio::test]
+    async fn meshed_endpoints_get_mtls_with_the_identity_checked() {
+        let ca = TestCa::new("mesh").unwrap();
+        let client = ca.credentials(&SpiffeId::parse(CLIENT).unwrap()).unwrap();
+        let connector = TlsConnector::new(tcp(), client);
+
+        let (addr, server) = inbound(&ca).await;
+        let mut target = ConnectTarget::meshed(addr, Some(SERVER.into()));
+        target.proto = Some(MeshProto::H2);
+        let mut io = connector.connect(&target).await.unwrap();
+        let mut accepted = server.await.unwrap().unwrap();
+        assert_eq!(accepted.peer_identity.as_deref(), Some(CLIENT));
+        io.write_all(b"ping").await.unwrap();
+        io.flush().await.unwrap();
+        let mut buf = [0u8; 4];
+        accepted.io.read_exact(&mut buf).await.unwrap();
+        assert_eq!(&buf, b"ping");
+
+        // Another identity at that address: refused.
+        let (addr, _server) = inbound(&ca).await;
+        let target = ConnectTarget::meshed(addr, Some("spiffe://td.local/ns/shop/sa/other".into()));
+        let err = connector.connect(&target).await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(err.to_string().contains("sa/other"), "{err}");
+
+        // An identity that is not a SPIFFE ID: a clear error, no connection.
+        let target = ConnectTarget::meshed(addr, Some("books".into()));
+        let err = connector.connect(&target).await.err().unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+    }
+
+    #[tokio::test]
+    async fn plain_targets_stay_plain_and_plain_peers_are_refused() {
+        let ca = TestCa::new("mesh").unwrap();
+        let client = ca.credentials(&SpiffeId::parse(CLIENT).unwrap()).unwrap();
+        let connector = TlsConnector::new(tcp(), client);
+        let (addr, server) = inbound(&ca).await;
+        // A meshed endpoint without an identity, like an application, gets
+        // plain TCP; the TLS-requiring inbound side refuses it.
+        let mut io = connector
+            .connect(&ConnectTarget::meshed(addr, None))
+            .await
+            .unwrap();
+        io.write_all(b"CONDUIT/1 tcp 8080\n").await.unwrap();
+        io.flush().await.unwrap();
+        assert!(server.await.unwrap().is_err());
+    }
+
+    #[test]
+    fn alpn_follows_the_transport_header() {
+        for proto in [MeshProto::H2, MeshProto::Http1, MeshProto::Tcp] {
+            assert_eq!(mesh_proto(alpn(proto)), proto);
+        }
+        assert_eq!(alpn(MeshProto::H2).as_bytes(), b"conduit/h2");
+    }
+}
