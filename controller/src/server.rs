@@ -18,6 +18,11 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+/// Largest `GetRequest` accepted (a target name is at most a few hundred bytes).
+pub const MAX_GET_REQUEST: usize = 4 * 1024;
+/// Largest `CertifyRequest` accepted (a token and a CSR).
+pub const MAX_CERTIFY_REQUEST: usize = 64 * 1024;
+
 /// Concurrent gRPC streams one client connection may open.
 pub const MAX_STREAMS_PER_CONNECTION: u32 = 4096;
 
@@ -80,8 +85,12 @@ pub async fn start<V: TokenVerifier>(cfg: ServerConfig<V>) -> anyhow::Result<Run
             // Bounds what one connection can hold open (one stream per
             // destination a proxy talks to).
             .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(DestinationServer::new(destination))
-            .add_service(IdentityServer::new(identity))
+            .add_service(
+                DestinationServer::new(destination).max_decoding_message_size(MAX_GET_REQUEST),
+            )
+            .add_service(
+                IdentityServer::new(identity).max_decoding_message_size(MAX_CERTIFY_REQUEST),
+            )
             .serve_with_incoming_shutdown(incoming, async move {
                 let _ = stop.wait_for(|s| *s).await;
             }),

@@ -325,3 +325,12 @@ async fn http_get(addr: std::net::SocketAddr, path: &str) -> String {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
     out
 }
+
+#[tokio::test]
+async fn refuses_oversized_requests() {
+    let c = TestController::start("").await;
+    let status = certify(&c, WEB_ID, WEB_TOKEN, vec![0u8; 100 * 1024])
+        .await
+        .expect_err("too large");
+    assert_eq!(status.code(), Code::OutOfRange, "{}", status.message());
+}
