@@ -1,12 +1,12 @@
 //! [`Balancer`]: power of two choices over peak-EWMA cost, following a
-//! destination's `watch` channel, and [`Pick`], the handle that carries a
-//! request's (or a connection's) outcome back.
+//! destination's `watch` channel. See the module documentation for the API.
 
 use super::BalanceConfig;
 use super::accrual::Health;
 use super::budget::RetryBudget;
-use super::ewma::PeakEwma;
-use crate::discovery::{Destination, Endpoint};
+use super::choose::{EndpointState, eligible_cost, slow_pick, two_distinct};
+use super::pick::Pick;
+use crate::discovery::Destination;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -22,8 +22,8 @@ pub struct Balancer {
 }
 
 #[derive(Debug)]
-struct Shared {
-    config: BalanceConfig,
+pub(super) struct Shared {
+    pub(super) config: BalanceConfig,
     state: Mutex<State>,
     /// This destination's retry budget.
     budget: RetryBudget,
@@ -42,7 +42,7 @@ impl Shared {
     }
 
     /// An endpoint's probe will be due at `t`.
-    fn probe_due_at(&self, t: Instant) {
+    pub(super) fn probe_due_at(&self, t: Instant) {
         self.probe_at.fetch_min(self.nanos(t), Ordering::Relaxed);
     }
 }
@@ -54,20 +54,6 @@ struct State {
     endpoints: Vec<Arc<EndpointState>>,
 }
 
-/// One endpoint and its statistics.
-#[derive(Debug)]
-pub(crate) struct EndpointState {
-    endpoint: Arc<Endpoint>,
-    stats: Mutex<Stats>,
-}
-
-#[derive(Debug, Clone)]
-struct Stats {
-    ewma: PeakEwma,
-    in_flight: u32,
-    health: Health,
-}
-
 /// What a [`Balancer`] knows about one endpoint right now.
 #[derive(Debug, Clone)]
 pub struct EndpointSnapshot {
@@ -77,24 +63,6 @@ pub struct EndpointSnapshot {
     pub latency: Duration,
     pub in_flight: u32,
     pub health: Health,
-}
-
-impl EndpointState {
-    fn new(endpoint: Endpoint, config: &BalanceConfig, now: Instant) -> Self {
-        let ewma = PeakEwma::new(config.default_rtt, config.decay, now);
-        EndpointState {
-            endpoint: Arc::new(endpoint),
-            stats: Mutex::new(Stats {
-                ewma,
-                in_flight: 0,
-                health: Health::ALIVE,
-            }),
-        }
-    }
-
-    fn stats(&self) -> MutexGuard<'_, Stats> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
-    }
 }
 
 impl Balancer {
@@ -299,191 +267,11 @@ impl State {
     }
 }
 
-/// Two distinct random indexes below `n` (n >= 2).
-fn two_distinct(n: usize) -> (usize, usize) {
-    let i = rand::random_range(0..n);
-    let mut j = rand::random_range(0..n - 1);
-    if j >= i {
-        j += 1;
-    }
-    (i, j)
-}
-
-/// The cost of an endpoint that may take this request, else `None`.
-fn eligible_cost(e: &EndpointState, avoid: &[SocketAddr], now: Instant) -> Option<f64> {
-    if e.endpoint.weight == 0 || avoid.contains(&e.endpoint.addr) {
-        return None;
-    }
-    let s = e.stats();
-    s.health
-        .is_alive()
-        .then(|| cost_of(&s, e.endpoint.weight, now))
-}
-
-/// Power of two choices among every eligible endpoint; when none is (all
-/// out of rotation, or avoided), among all endpoints with weight, then all:
-/// better than failing every request.
-fn slow_pick<'a>(
-    eps: &'a [Arc<EndpointState>],
-    avoid: &[SocketAddr],
-    now: Instant,
-) -> Option<&'a Arc<EndpointState>> {
-    let alive: Vec<&Arc<EndpointState>> = eps
-        .iter()
-        .filter(|e| eligible_cost(e, avoid, now).is_some())
-        .collect();
-    let candidates = if !alive.is_empty() {
-        alive
-    } else {
-        let weighted: Vec<_> = eps.iter().filter(|e| e.endpoint.weight > 0).collect();
-        if weighted.is_empty() {
-            eps.iter().collect()
-        } else {
-            weighted
-        }
-    };
-    p2c(&candidates, now)
-}
-
-/// Power of two choices: two distinct random candidates, the lower cost wins.
-fn p2c<'a>(c: &[&'a Arc<EndpointState>], now: Instant) -> Option<&'a Arc<EndpointState>> {
-    match c.len() {
-        0 => None,
-        1 => Some(c[0]),
-        n => {
-            let (i, j) = two_distinct(n);
-            Some(if cost(c[i], now) <= cost(c[j], now) {
-                c[i]
-            } else {
-                c[j]
-            })
-        }
-    }
-}
-
-/// Latency estimate times (in-flight + 1), divided by the weight.
-fn cost(e: &EndpointState, now: Instant) -> f64 {
-    cost_of(&e.stats(), e.endpoint.weight, now)
-}
-
-fn cost_of(s: &Stats, weight: u32, now: Instant) -> f64 {
-    s.ewma.estimate_ns(now) * f64::from(s.in_flight + 1) / f64::from(weight.max(1))
-}
-
-/// One use of an endpoint: a request (HTTP) or a connection (TCP). It
-/// counts as load until it completes. Call [`success`](Pick::success) or
-/// [`failure`](Pick::failure); dropping it without either means cancelled
-/// (load released, no outcome recorded).
-#[derive(Debug)]
-pub struct Pick {
-    ep: Arc<EndpointState>,
-    shared: Arc<Shared>,
-    probe: bool,
-    start: Instant,
-    latency_recorded: bool,
-    done: bool,
-}
-
-impl Pick {
-    fn new(ep: Arc<EndpointState>, shared: Arc<Shared>, probe: bool, start: Instant) -> Self {
-        Pick {
-            ep,
-            shared,
-            probe,
-            start,
-            latency_recorded: false,
-            done: false,
-        }
-    }
-
-    /// The picked endpoint.
-    pub fn endpoint(&self) -> &Arc<Endpoint> {
-        &self.ep.endpoint
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.ep.endpoint.addr
-    }
-
-    /// Whether this is the probe of an endpoint that was out of rotation.
-    pub fn is_probe(&self) -> bool {
-        self.probe
-    }
-
-    /// Time since the pick.
-    pub fn elapsed(&self) -> Duration {
-        self.start.elapsed()
-    }
-
-    /// Records the time since the pick as a latency sample now (e.g. when
-    /// the response headers arrive, or when a TCP connection is
-    /// established). Only the first call counts; `success` records one
-    /// itself if this was not called.
-    pub fn record_latency(&mut self) {
-        self.observe(false);
-    }
-
-    fn observe(&mut self, only_raise: bool) {
-        if !self.latency_recorded {
-            self.latency_recorded = true;
-            let now = Instant::now();
-            let mut s = self.ep.stats();
-            let rtt = now - self.start;
-            if !only_raise || rtt.as_secs_f64() * 1e9 > s.ewma.estimate_ns(now) {
-                s.ewma.observe(rtt, now);
-            }
-        }
-    }
-
-    /// The endpoint served well.
-    pub fn success(mut self) {
-        self.complete(true);
-    }
-
-    /// The endpoint failed (connect error, reset, timeout, 5xx): counts
-    /// towards failure accrual. A failure's latency counts only when it
-    /// raises the estimate (a timeout makes the endpoint look slow, a fast
-    /// refusal never makes it look fast).
-    pub fn failure(mut self) {
-        self.complete(false);
-    }
-
-    fn complete(&mut self, success: bool) {
-        self.observe(!success);
-        self.done = true;
-        let now = Instant::now();
-        let mut s = self.ep.stats();
-        s.in_flight = s.in_flight.saturating_sub(1);
-        s.health
-            .record(success, self.probe, &self.shared.config.accrual, now);
-        if let Health::Dead { until, .. } = s.health {
-            self.shared.probe_due_at(until);
-        }
-        if !s.health.is_alive() && !success {
-            tracing::debug!(endpoint = %self.ep.endpoint.addr, health = ?s.health, "endpoint failing");
-        }
-    }
-}
-
-impl Drop for Pick {
-    fn drop(&mut self) {
-        if self.done {
-            return;
-        }
-        let mut s = self.ep.stats();
-        s.in_flight = s.in_flight.saturating_sub(1);
-        if self.probe {
-            let now = Instant::now();
-            s.health.probe_cancelled(now);
-            self.shared.probe_due_at(now);
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::balance::AccrualConfig;
+    use crate::discovery::Endpoint;
 
     fn addr(p: u16) -> SocketAddr {
         SocketAddr::from(([127, 0, 0, 1], p))

@@ -79,13 +79,16 @@ mod balancer;
 mod budget;
 mod cache;
 mod call;
+mod choose;
 mod ewma;
+mod pick;
 
 pub use accrual::{AccrualConfig, Health};
-pub use balancer::{Balancer, EndpointSnapshot, Pick};
+pub use balancer::{Balancer, EndpointSnapshot};
 pub use budget::{BudgetConfig, RetryBudget};
 pub use cache::{Balancers, DEFAULT_CAPACITY};
 pub use call::{Attempt, CallError, ConnectError, RequestPolicy, is_idempotent, with_timeout};
+pub use pick::Pick;
 
 use std::time::Duration;
 
