@@ -167,3 +167,41 @@ async fn metrics_text(c: &TestController) -> String {
     s.read_to_string(&mut out).await.unwrap();
     out
 }
+
+/// Polls the controller's open-stream gauge until it equals `n`.
+async fn wait_streams(c: &TestController, n: usize) {
+    let want = format!("conduit_controller_destination_streams {n}\n");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let m = metrics_text(c).await;
+        if m.contains(&want) {
+            return;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "expected {n} open streams:\n{m}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn dropping_every_receiver_ends_the_stream_and_a_new_watch_restarts_it() {
+    let c = TestController::start(&web_service(&["10.0.0.1"])).await;
+    let resolver = DestinationResolver::with_options(c.channel(), fast_retry(), 100);
+    let a = resolver.resolve(WEB, Duration::from_secs(10)).await;
+    let b = resolver.watch(WEB);
+    assert_eq!(a.borrow().exists, Some(true));
+    wait_streams(&c, 1).await;
+    drop(a);
+    assert_eq!(resolver.len(), 1, "still followed through b");
+    drop(b);
+    wait_streams(&c, 0).await;
+    assert_eq!(resolver.len(), 0);
+    // Resolving again opens a new stream with the current state.
+    write_atomic(&c.discovery, &web_service(&["10.0.0.9"]));
+    let mut again = resolver.watch(WEB);
+    let s = wait_for(&mut again, |s| addrs(s) == ["10.0.0.9:8080"]).await;
+    assert!(s.connected);
+    wait_streams(&c, 1).await;
+}

@@ -1,20 +1,23 @@
 //! One shared watch per target.
 
 use super::state::DestinationState;
-use super::watch::{WatchOptions, watch_destination_with};
+use super::watch::{WatchOptions, spawn_watch};
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::Channel;
 
-/// Shares one [`watch_destination_with`] per target between callers, so a
-/// proxy resolving the same destination per connection opens one stream.
+/// Shares one watch (one `Destination.Get` stream) per target between
+/// callers, so a proxy resolving the same destination per connection opens
+/// one stream.
 ///
-/// At most `capacity` targets are cached; beyond that the oldest cache entry
-/// is forgotten (its watch lives on while someone still holds a receiver,
-/// and ends when the last one is dropped).
+/// The resolver keeps no receiver itself: a target's stream lives while some
+/// caller holds a receiver and ends when the last one is dropped; the next
+/// [`watch`](Self::watch) of that target starts a new one. At most `capacity`
+/// targets are remembered (entries whose stream ended are forgotten first,
+/// then the oldest; a forgotten entry's stream lives on while it is used).
 #[derive(Debug)]
 pub struct DestinationResolver {
     channel: Channel,
@@ -23,9 +26,11 @@ pub struct DestinationResolver {
     watches: Mutex<Cache>,
 }
 
+type Shared = Arc<watch::Sender<DestinationState>>;
+
 #[derive(Debug, Default)]
 struct Cache {
-    by_target: HashMap<String, (u64, watch::Receiver<DestinationState>)>,
+    by_target: HashMap<String, (u64, Shared)>,
     next_seq: u64,
 }
 
@@ -45,12 +50,17 @@ impl DestinationResolver {
         }
     }
 
-    /// The shared watch for `target`, started on first use. Must be called
-    /// within a Tokio runtime.
+    /// The shared watch for `target`, started when nobody follows it yet.
+    /// Must be called within a Tokio runtime.
     pub fn watch(&self, target: &str) -> watch::Receiver<DestinationState> {
         let mut cache = self.watches.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((_, rx)) = cache.by_target.get(target) {
-            return rx.clone();
+        if let Some((_, tx)) = cache.by_target.get(target)
+            && !tx.is_closed()
+        {
+            return tx.subscribe();
+        }
+        if cache.by_target.len() >= self.capacity {
+            cache.by_target.retain(|_, (_, tx)| !tx.is_closed());
         }
         if cache.by_target.len() >= self.capacity {
             let oldest = cache
@@ -62,10 +72,10 @@ impl DestinationResolver {
                 cache.by_target.remove(&k);
             }
         }
-        let rx = watch_destination_with(self.channel.clone(), target, self.options);
+        let (tx, rx) = spawn_watch(self.channel.clone(), target.to_owned(), self.options);
         let seq = cache.next_seq;
         cache.next_seq += 1;
-        cache.by_target.insert(target.to_owned(), (seq, rx.clone()));
+        cache.by_target.insert(target.to_owned(), (seq, tx));
         rx
     }
 
@@ -87,13 +97,14 @@ impl DestinationResolver {
         rx
     }
 
-    /// Number of cached targets.
+    /// Number of targets with a live stream (someone holds a receiver).
     pub fn len(&self) -> usize {
-        self.watches
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+        let cache = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        cache
             .by_target
-            .len()
+            .values()
+            .filter(|(_, tx)| !tx.is_closed())
+            .count()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -2,6 +2,7 @@
 
 use super::state::{DestinationState, EndpointSet};
 use crate::destination::v1::{GetRequest, destination_client::DestinationClient};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -44,17 +45,31 @@ pub fn watch_destination_with(
     target: impl Into<String>,
     options: WatchOptions,
 ) -> watch::Receiver<DestinationState> {
-    let target = target.into();
+    spawn_watch(channel, target.into(), options).1
+}
+
+/// Starts following `target`; returns the shared sender (to subscribe more
+/// receivers while it is open) and a first receiver. The task ends when the
+/// receiver count drops to zero.
+pub(crate) fn spawn_watch(
+    channel: Channel,
+    target: String,
+    options: WatchOptions,
+) -> (
+    Arc<watch::Sender<DestinationState>>,
+    watch::Receiver<DestinationState>,
+) {
     let (tx, rx) = watch::channel(DestinationState::new(target.clone()));
-    tokio::spawn(follow_forever(channel, target, options, tx));
-    rx
+    let tx = Arc::new(tx);
+    tokio::spawn(follow_forever(channel, target, options, tx.clone()));
+    (tx, rx)
 }
 
 async fn follow_forever(
     channel: Channel,
     target: String,
     options: WatchOptions,
-    tx: watch::Sender<DestinationState>,
+    tx: Arc<watch::Sender<DestinationState>>,
 ) {
     let mut client = DestinationClient::new(channel);
     let mut backoff = options.initial_backoff;
