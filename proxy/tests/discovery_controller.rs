@@ -7,7 +7,6 @@ use conduit_controller::file::{FileBackend, Settings};
 use conduit_controller::identity::{Certifier, Issuer, TokenFileVerifier};
 use conduit_controller::metrics::Metrics;
 use conduit_controller::server::{self, ServerConfig};
-use conduit_controller_api::client::DestinationResolver;
 use conduit_proxy::balance::{BalanceConfig, Balancers};
 use conduit_proxy::discovery::{ControllerDiscovery, Discover, Resolution};
 use std::net::SocketAddr;
@@ -78,10 +77,10 @@ async fn follows_the_real_controller() {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc_addr))
         .unwrap()
         .connect_lazy();
-    let d = Arc::new(ControllerDiscovery::new(
-        DestinationResolver::new(channel),
-        Duration::from_secs(5),
-    ));
+    let d = Arc::new(
+        ControllerDiscovery::new(channel, Duration::from_secs(5))
+            .with_limits(100, Duration::from_millis(300)),
+    );
     let balancers = Balancers::new(d.clone(), BalanceConfig::default());
 
     let svc: SocketAddr = "10.96.0.10:80".parse().unwrap();
@@ -114,6 +113,16 @@ async fn follows_the_real_controller() {
     })
     .await;
     assert!(balancers.get(unknown).is_none());
+    assert_eq!(d.len(), 2);
+
+    // A destination nobody asks for is forgotten (its stream ends); the
+    // one asked for again and again stays.
+    wait_until("the idle unknown target is forgotten", || {
+        let _ = d.resolve(svc);
+        d.len() == 1
+    })
+    .await;
+    assert!(matches!(d.resolve(svc), Resolution::Known(_)));
     running.shutdown().await.unwrap();
 }
 
@@ -127,10 +136,7 @@ async fn unreachable_controller_falls_back_to_the_original_address() {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{port}"))
         .unwrap()
         .connect_lazy();
-    let d = ControllerDiscovery::new(
-        DestinationResolver::new(channel),
-        Duration::from_millis(200),
-    );
+    let d = ControllerDiscovery::new(channel, Duration::from_millis(200));
     let svc: SocketAddr = "10.96.0.10:80".parse().unwrap();
     assert!(
         matches!(d.resolve(svc), Resolution::Known(_)),

@@ -113,6 +113,11 @@ impl Balancer {
         Arc::strong_count(&self.shared) > 1
     }
 
+    /// Whether both handles share one balancer (same statistics).
+    pub fn same_as(&self, other: &Balancer) -> bool {
+        Arc::ptr_eq(&self.shared, &other.shared)
+    }
+
     /// Whether both follow the same discovery watch.
     pub fn follows(&self, rx: &watch::Receiver<Destination>) -> bool {
         self.state().rx.same_channel(rx)

@@ -6,9 +6,12 @@ use crate::discovery::{Discover, Resolution};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// Default bound on cached balancers.
 pub const DEFAULT_CAPACITY: usize = 10_000;
+/// Default time after which an unused balancer is forgotten.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Resolves original destinations through discovery and hands out the
 /// destination's shared [`Balancer`].
@@ -16,7 +19,13 @@ pub struct Balancers {
     discover: Arc<dyn Discover>,
     config: BalanceConfig,
     capacity: usize,
-    cache: Mutex<HashMap<SocketAddr, Balancer>>,
+    idle_timeout: Duration,
+    cache: Mutex<Cache>,
+}
+
+struct Cache {
+    entries: HashMap<SocketAddr, (Balancer, Instant)>,
+    last_sweep: Instant,
 }
 
 impl std::fmt::Debug for Balancers {
@@ -30,21 +39,28 @@ impl std::fmt::Debug for Balancers {
 
 impl Balancers {
     pub fn new(discover: Arc<dyn Discover>, config: BalanceConfig) -> Self {
-        Self::with_capacity(discover, config, DEFAULT_CAPACITY)
+        Self::with_limits(discover, config, DEFAULT_CAPACITY, DEFAULT_IDLE_TIMEOUT)
     }
 
-    /// At most `capacity` destinations are cached; when full, balancers
-    /// that nobody else holds are forgotten first.
-    pub fn with_capacity(
+    /// At most `capacity` destinations are cached; a balancer nobody else
+    /// holds (no connection, no request in flight) and not asked for during
+    /// `idle_timeout` is forgotten (with its statistics, and its hold on the
+    /// discovery watch); when full, such balancers go first.
+    pub fn with_limits(
         discover: Arc<dyn Discover>,
         config: BalanceConfig,
         capacity: usize,
+        idle_timeout: Duration,
     ) -> Self {
         Balancers {
             discover,
             config,
             capacity: capacity.max(1),
-            cache: Mutex::new(HashMap::new()),
+            idle_timeout,
+            cache: Mutex::new(Cache {
+                entries: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
         }
     }
 
@@ -56,32 +72,45 @@ impl Balancers {
     /// does not know it (forward the connection unchanged to `orig_dst`).
     pub fn get(&self, orig_dst: SocketAddr) -> Option<Balancer> {
         let resolution = self.discover.resolve(orig_dst);
+        let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if now.saturating_duration_since(cache.last_sweep) >= self.idle_timeout / 4 {
+            let idle = self.idle_timeout;
+            cache
+                .entries
+                .retain(|_, (b, used)| b.in_use() || now.saturating_duration_since(*used) < idle);
+            cache.last_sweep = now;
+        }
         let rx = match resolution {
             Resolution::Unknown => {
-                cache.remove(&orig_dst);
+                cache.entries.remove(&orig_dst);
                 return None;
             }
             Resolution::Known(rx) => rx,
         };
-        if let Some(b) = cache.get(&orig_dst)
+        if let Some((b, used)) = cache.entries.get_mut(&orig_dst)
             && b.follows(&rx)
         {
+            *used = now;
             return Some(b.clone());
         }
         let balancer = Balancer::new(rx, self.config.clone());
-        if cache.len() >= self.capacity && !cache.contains_key(&orig_dst) {
-            cache.retain(|_, b| b.in_use());
+        if cache.entries.len() >= self.capacity && !cache.entries.contains_key(&orig_dst) {
+            cache.entries.retain(|_, (b, _)| b.in_use());
         }
-        if cache.len() < self.capacity || cache.contains_key(&orig_dst) {
-            cache.insert(orig_dst, balancer.clone());
+        if cache.entries.len() < self.capacity || cache.entries.contains_key(&orig_dst) {
+            cache.entries.insert(orig_dst, (balancer.clone(), now));
         }
         Some(balancer)
     }
 
     /// Number of cached destinations.
     pub fn len(&self) -> usize {
-        self.cache.lock().unwrap_or_else(|p| p.into_inner()).len()
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -94,17 +123,27 @@ mod tests {
     use super::*;
     use crate::discovery::StaticDiscovery;
 
+    fn discovery() -> Arc<StaticDiscovery> {
+        Arc::new(
+            StaticDiscovery::new(
+                vec![
+                    "a@1.1.1.1:80=127.0.0.1:1".parse().unwrap(),
+                    "b@2.2.2.2:80=127.0.0.1:2".parse().unwrap(),
+                ],
+                None,
+            )
+            .unwrap(),
+        )
+    }
+
     #[test]
     fn shares_balancers_and_forgets_unknown() {
-        let d = StaticDiscovery::new(
-            vec![
-                "a@1.1.1.1:80=127.0.0.1:1".parse().unwrap(),
-                "b@2.2.2.2:80=127.0.0.1:2".parse().unwrap(),
-            ],
-            None,
-        )
-        .unwrap();
-        let bs = Balancers::with_capacity(Arc::new(d), BalanceConfig::default(), 1);
+        let bs = Balancers::with_limits(
+            discovery(),
+            BalanceConfig::default(),
+            1,
+            DEFAULT_IDLE_TIMEOUT,
+        );
         assert!(bs.get("9.9.9.9:80".parse().unwrap()).is_none());
         let a1 = bs.get("1.1.1.1:80".parse().unwrap()).unwrap();
         let _p = a1.pick().unwrap();
@@ -114,5 +153,23 @@ mod tests {
         let _b = bs.get("2.2.2.2:80".parse().unwrap()).unwrap();
         assert_eq!(bs.len(), 1);
         assert_eq!(&*bs.get("1.1.1.1:80".parse().unwrap()).unwrap().name(), "a");
+    }
+
+    #[test]
+    fn idle_balancers_are_forgotten_unless_in_use() {
+        let idle = Duration::from_millis(40);
+        let bs = Balancers::with_limits(discovery(), BalanceConfig::default(), 100, idle);
+        let held = bs.get("1.1.1.1:80".parse().unwrap()).unwrap();
+        drop(bs.get("2.2.2.2:80".parse().unwrap()).unwrap());
+        assert_eq!(bs.len(), 2);
+        std::thread::sleep(idle * 2);
+        // Any call sweeps: `b` is gone, `a` (held by a connection) stays.
+        assert!(bs.get("9.9.9.9:80".parse().unwrap()).is_none());
+        assert_eq!(bs.len(), 1);
+        assert!(
+            bs.get("1.1.1.1:80".parse().unwrap())
+                .unwrap()
+                .same_as(&held)
+        );
     }
 }

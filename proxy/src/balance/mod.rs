@@ -86,7 +86,7 @@ mod pick;
 pub use accrual::{AccrualConfig, Health};
 pub use balancer::{Balancer, EndpointSnapshot};
 pub use budget::{BudgetConfig, RetryBudget};
-pub use cache::{Balancers, DEFAULT_CAPACITY};
+pub use cache::{Balancers, DEFAULT_CAPACITY, DEFAULT_IDLE_TIMEOUT};
 pub use call::{Attempt, CallError, ConnectError, RequestPolicy, is_idempotent, with_timeout};
 pub use pick::Pick;
 

@@ -1,7 +1,8 @@
 //! [`ControllerDiscovery`]: a [`Discover`] backend over the controller's
 //! `Destination.Get` stream (client in `conduit_controller_api::client`).
 //!
-//! * One watch per original destination, shared by every connection.
+//! * One watch (one `Get` stream) per original destination, shared by every
+//!   connection to it.
 //! * A target the controller does not know resolves to
 //!   [`Resolution::Unknown`] (forward unchanged).
 //! * Before the first answer the destination has no endpoints, so the
@@ -10,27 +11,51 @@
 //!   and the stream is down, connections go to the original address
 //!   unchanged rather than fail: the proxy keeps working without its
 //!   controller. Targets it did answer about keep their last endpoints.
+//! * Streams are bounded: at most `capacity` destinations are followed
+//!   (below the controller's 4096 streams per connection), and one not
+//!   resolved for `idle_timeout` is forgotten, which ends its stream once
+//!   no balancer uses it any more.
 
 use super::{Destination, Discover, Endpoint, Resolution};
-use conduit_controller_api::client::{self, DestinationResolver, DestinationState};
+use conduit_controller_api::client::{self, DestinationState, WatchOptions};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use tonic::transport::Channel;
 
-/// Default bound on cached destinations.
-pub const DEFAULT_CAPACITY: usize = 10_000;
+/// Default bound on followed destinations (the controller allows 4096
+/// streams per connection).
+pub const DEFAULT_CAPACITY: usize = 4000;
+/// Default time after which an unused destination is forgotten.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Why the controller address was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("bad controller address {addr:?}: {source}")]
+pub struct ControllerAddrError {
+    addr: String,
+    source: tonic::transport::Error,
+}
 
 pub struct ControllerDiscovery {
-    resolver: DestinationResolver,
+    channel: Channel,
+    options: WatchOptions,
     fallback_after: Duration,
     capacity: usize,
-    cache: Mutex<HashMap<SocketAddr, Cached>>,
+    idle_timeout: Duration,
+    cache: Mutex<Cache>,
+}
+
+struct Cache {
+    entries: HashMap<SocketAddr, Cached>,
+    last_sweep: Instant,
 }
 
 struct Cached {
     created: Instant,
+    last_used: Instant,
     state: watch::Receiver<DestinationState>,
     mapped: watch::Receiver<Destination>,
 }
@@ -39,20 +64,69 @@ impl std::fmt::Debug for ControllerDiscovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControllerDiscovery")
             .field("fallback_after", &self.fallback_after)
+            .field("capacity", &self.capacity)
+            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
 
 impl ControllerDiscovery {
-    /// Discovery over `resolver` (e.g. `DestinationResolver::new(tonic::transport::Endpoint::from_shared(
-    /// "http://controller:8086")?.connect_lazy())`).
-    pub fn new(resolver: DestinationResolver, fallback_after: Duration) -> Self {
+    /// Discovery over a channel to the controller (e.g.
+    /// `Endpoint::from_shared("http://controller:8086")?.connect_lazy()`).
+    /// This keeps its own cache of watches (rather than sharing a
+    /// `DestinationResolver`), so forgetting a destination ends its stream.
+    pub fn new(channel: Channel, fallback_after: Duration) -> Self {
         ControllerDiscovery {
-            resolver,
+            channel,
+            options: WatchOptions::default(),
             fallback_after,
             capacity: DEFAULT_CAPACITY,
-            cache: Mutex::new(HashMap::new()),
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            cache: Mutex::new(Cache {
+                entries: HashMap::new(),
+                last_sweep: Instant::now(),
+            }),
         }
+    }
+
+    /// Discovery from the controller at `addr` (`host:port`), connecting
+    /// lazily (the proxy starts even when the controller is away).
+    pub fn connect_lazy(addr: &str, fallback_after: Duration) -> Result<Self, ControllerAddrError> {
+        let bad = |source| ControllerAddrError {
+            addr: addr.into(),
+            source,
+        };
+        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
+            .map_err(bad)?
+            .connect_timeout(Duration::from_secs(5))
+            .connect_lazy();
+        Ok(Self::new(channel, fallback_after))
+    }
+
+    /// Changes the reconnect backoff of the streams.
+    pub fn with_watch_options(mut self, options: WatchOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Changes the bounds on followed destinations.
+    pub fn with_limits(mut self, capacity: usize, idle_timeout: Duration) -> Self {
+        self.capacity = capacity.max(1);
+        self.idle_timeout = idle_timeout;
+        self
+    }
+
+    /// Number of destinations followed.
+    pub fn len(&self) -> usize {
+        self.cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .entries
+            .len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
     }
 
     fn watch(
@@ -63,31 +137,43 @@ impl ControllerDiscovery {
         watch::Receiver<DestinationState>,
         watch::Receiver<Destination>,
     ) {
+        let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        if now.saturating_duration_since(cache.last_sweep) >= self.idle_timeout / 4 {
+            let idle = self.idle_timeout;
+            cache
+                .entries
+                .retain(|_, c| now.saturating_duration_since(c.last_used) < idle);
+            cache.last_sweep = now;
+        }
         // A mapped watch whose task ended (source gone) is rebuilt.
-        if let Some(c) = cache.get(&orig_dst)
+        if let Some(c) = cache.entries.get_mut(&orig_dst)
             && c.mapped.has_changed().is_ok()
         {
+            c.last_used = now;
             return (c.created, c.state.clone(), c.mapped.clone());
         }
-        if cache.len() >= self.capacity {
-            let oldest = cache.iter().min_by_key(|(_, c)| c.created).map(|(k, _)| *k);
-            if let Some(k) = oldest {
-                cache.remove(&k);
+        if cache.entries.len() >= self.capacity {
+            let lru = cache
+                .entries
+                .iter()
+                .min_by_key(|(_, c)| c.last_used)
+                .map(|(k, _)| *k);
+            if let Some(k) = lru {
+                cache.entries.remove(&k);
             }
         }
-        let state = self.resolver.watch_addr(orig_dst);
+        let target = client::addr_target(orig_dst);
+        let state = client::watch_destination_with(self.channel.clone(), &target, self.options);
         let mapped = client::map_watch(state.clone(), move |s| to_destination(s, orig_dst));
-        let created = Instant::now();
-        cache.insert(
-            orig_dst,
-            Cached {
-                created,
-                state: state.clone(),
-                mapped: mapped.clone(),
-            },
-        );
-        (created, state, mapped)
+        let entry = Cached {
+            created: now,
+            last_used: now,
+            state: state.clone(),
+            mapped: mapped.clone(),
+        };
+        cache.entries.insert(orig_dst, entry);
+        (now, state, mapped)
     }
 }
 
