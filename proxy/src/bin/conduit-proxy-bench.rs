@@ -78,6 +78,7 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn main() -> Result<()> {
+    proxy::cleanup_on_interrupt()?;
     let args = Args::parse();
     let protocols: Vec<Protocol> = args
         .protocols

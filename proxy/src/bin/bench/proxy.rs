@@ -7,12 +7,44 @@ use anyhow::{Context, Result, bail};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{Duration, Instant};
 
 /// The address clients dial through the proxy: a loopback address nothing
 /// listens on, so only the redirect (or the explicit proxy) can answer.
 pub const SERVICE_ADDR: &str = "127.77.0.1:80";
 const RULE_COMMENT: &str = "conduit-proxy-bench";
+
+/// The running proxy's pid, for the interrupt handler.
+static PROXY_PID: AtomicU32 = AtomicU32::new(0);
+
+/// On Ctrl-C or SIGTERM: stop the proxy and remove the iptables rule before
+/// exiting, so an interrupted run leaves nothing behind. Call first thing in
+/// `main`, before any other thread exists (they inherit the signal mask).
+pub fn cleanup_on_interrupt() -> Result<()> {
+    use nix::sys::signal::{SigSet, Signal};
+    let mut set = SigSet::empty();
+    set.add(Signal::SIGINT);
+    set.add(Signal::SIGTERM);
+    set.thread_block().context("blocking SIGINT/SIGTERM")?;
+    std::thread::Builder::new()
+        .name("bench-signals".into())
+        .spawn(move || {
+            if let Ok(sig) = set.wait() {
+                eprintln!("\n[bench] {sig}: stopping the proxy and removing the iptables rule");
+                let pid = PROXY_PID.load(Ordering::SeqCst);
+                if pid != 0 {
+                    let _ = nix::sys::signal::kill(
+                        nix::unistd::Pid::from_raw(pid as i32),
+                        Signal::SIGKILL,
+                    );
+                }
+                remove_stale();
+                std::process::exit(130);
+            }
+        })?;
+    Ok(())
+}
 
 /// The release `conduit-proxy` next to this benchmark binary, rebuilt so it
 /// matches the sources (cargo does nothing when it is up to date).
@@ -118,6 +150,7 @@ impl Proxy {
         let child = cmd
             .spawn()
             .with_context(|| format!("starting {}", bin.display()))?;
+        PROXY_PID.store(child.id(), Ordering::SeqCst);
         let redirect = match route {
             Route::Redirect => Some(Redirect::install(outbound.port())?),
             Route::Fixed => None,
@@ -188,6 +221,7 @@ impl Drop for Proxy {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        PROXY_PID.store(0, Ordering::SeqCst);
         let _ = std::fs::remove_file(&self.log);
     }
 }
