@@ -3,7 +3,7 @@
 //! connection would report it) in front of three real HTTP/1.1 servers
 //! found through static discovery. Requests spread; when a server dies no
 //! GET is lost (failover and budgeted retries); when it returns it is
-//! probed back into rotation.
+//! probed back into rotation. Opaque TCP connections fail over too.
 
 mod balance_util;
 
@@ -17,15 +17,23 @@ use std::time::Duration;
 const SERVICE: &str = "10.96.0.7:80";
 
 async fn proxy_for(servers: &[&TestServer]) -> conduit_proxy::Running {
+    proxy_to(servers.iter().map(|s| s.addr).collect(), false).await
+}
+
+/// A proxy whose service (opaque TCP when `opaque`) has these endpoints.
+async fn proxy_to(endpoints: Vec<SocketAddr>, opaque: bool) -> conduit_proxy::Running {
     let svc: SocketAddr = SERVICE.parse().unwrap();
     let discovery = StaticDiscovery::from_services(vec![ServiceConfig {
         name: "web.test.svc.cluster.local:80".into(),
         addresses: vec![svc],
-        endpoints: servers.iter().map(|s| Endpoint::plain(s.addr)).collect(),
+        endpoints: endpoints.into_iter().map(Endpoint::plain).collect(),
     }])
     .unwrap();
     let mut cfg = Config::loopback_for_tests();
     cfg.max_attempts = 2;
+    if opaque {
+        cfg.opaque_ports = vec![svc.port()];
+    }
     conduit_proxy::start(cfg.clone(), Deps::fixed(&cfg, svc, Arc::new(discovery)))
         .await
         .expect("proxy starts")
@@ -80,5 +88,41 @@ async fn proxy_spreads_fails_over_and_probes_back() {
         || traffic.is_finished(),
     )
     .await;
+    proxy.shutdown();
+}
+
+/// A TCP server that answers each connection with `name` and closes it.
+async fn tcp_namer(name: &'static str) -> SocketAddr {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                let _ = s.write_all(name.as_bytes()).await;
+                let _ = s.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+#[tokio::test]
+async fn opaque_tcp_connections_fail_over_from_a_dead_endpoint() {
+    use tokio::io::AsyncReadExt;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let live = tcp_namer("live").await;
+    let proxy = proxy_to(vec![dead, live], true).await;
+    for _ in 0..30 {
+        let mut s = tokio::net::TcpStream::connect(proxy.outbound_addrs[0])
+            .await
+            .unwrap();
+        let mut got = String::new();
+        s.read_to_string(&mut got).await.unwrap();
+        assert_eq!(got, "live", "every connection reaches the live endpoint");
+    }
     proxy.shutdown();
 }
