@@ -72,6 +72,7 @@ fn main() -> anyhow::Result<()> {
                     .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
             )
             .with_writer(std::io::stderr)
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init();
         return tokio::runtime::Runtime::new()?.block_on(conduit_controller::cli::run(args));
     }

@@ -10,7 +10,7 @@
 //!       - port: 80
 //!         targetPort: 8080         # default: port
 //!     endpoints:
-//!       - ip: 10.0.0.2
+//!       - ip: 10.0.0.2               # (or addr:)
 //!         weight: 1                # default 1
 //!         serviceAccount: web      # identity spiffe://<td>/ns/default/sa/web
 //!         meshed: true             # runs a conduit proxy
@@ -64,6 +64,7 @@ struct PortSpec {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 struct EndpointSpec {
+    #[serde(alias = "addr")]
     ip: IpAddr,
     #[serde(default = "default_weight")]
     weight: u32,

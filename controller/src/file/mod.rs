@@ -17,18 +17,15 @@ use tokio::sync::{mpsc, watch};
 /// Why the discovery file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum FileError {
-    #[error("cannot read discovery file {path}: {source}")]
+    #[error("cannot read discovery file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
-    #[error("discovery file {path} rejected: {source}")]
-    Config { path: PathBuf, source: ConfigError },
-    #[error("cannot watch {path} for changes: {source}")]
-    Watch {
-        path: PathBuf,
-        source: notify::Error,
-    },
+    #[error("discovery file {path} rejected: {error}")]
+    Config { path: PathBuf, error: ConfigError },
+    #[error("cannot watch {path} for changes: {error}")]
+    Watch { path: PathBuf, error: notify::Error },
 }
 
 /// Outcome counters of reloads, for tests and metrics.
@@ -65,9 +62,9 @@ impl FileBackend {
     ) -> Result<Arc<FileBackend>, FileError> {
         let path = path.into();
         let text = read(&path)?;
-        let snapshot = Snapshot::parse(&text, &settings).map_err(|source| FileError::Config {
+        let snapshot = Snapshot::parse(&text, &settings).map_err(|error| FileError::Config {
             path: path.clone(),
-            source,
+            error,
         })?;
         tracing::info!(path = %path.display(), services = snapshot.services(), "discovery file loaded");
         let backend = Arc::new(FileBackend {
@@ -146,11 +143,11 @@ impl FileBackend {
         }
         let snapshot = match Snapshot::parse(&text, &self.settings) {
             Ok(s) => s,
-            Err(source) => {
+            Err(error) => {
                 texts.1 = Some(text);
                 return Err(FileError::Config {
                     path: self.path.clone(),
-                    source,
+                    error,
                 });
             }
         };
@@ -179,9 +176,9 @@ impl DiscoveryBackend for FileBackend {
 }
 
 fn read(path: &Path) -> Result<String, FileError> {
-    std::fs::read_to_string(path).map_err(|source| FileError::Read {
+    std::fs::read_to_string(path).map_err(|error| FileError::Read {
         path: path.into(),
-        source,
+        error,
     })
 }
 
@@ -191,9 +188,9 @@ fn watch_dir(path: &Path, tx: mpsc::Sender<()>) -> Result<notify::RecommendedWat
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let err = |source| FileError::Watch {
+    let err = |error| FileError::Watch {
         path: dir.clone(),
-        source,
+        error,
     };
     let name = path.file_name().map(|n| n.to_owned());
     let mut watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {

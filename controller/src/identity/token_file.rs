@@ -32,10 +32,10 @@ struct TokenEntry {
 /// Why a token file could not be read.
 #[derive(Debug, thiserror::Error)]
 pub enum TokenFileError {
-    #[error("cannot read token file {path}: {source}")]
+    #[error("cannot read token file {path}: {error}")]
     Read {
         path: PathBuf,
-        source: std::io::Error,
+        error: std::io::Error,
     },
     #[error("token file {path} rejected: {message}")]
     Parse { path: PathBuf, message: String },
@@ -112,9 +112,9 @@ fn stamp(path: &Path) -> std::io::Result<(SystemTime, u64)> {
 }
 
 fn read(path: &Path) -> Result<((SystemTime, u64), Vec<TokenEntry>), TokenFileError> {
-    let err = |source| TokenFileError::Read {
+    let err = |error| TokenFileError::Read {
         path: path.into(),
-        source,
+        error,
     };
     let s = stamp(path).map_err(err)?;
     let text = std::fs::read_to_string(path).map_err(err)?;
