@@ -2,6 +2,7 @@
 
 use super::state::{DestinationState, EndpointSet};
 use crate::destination::v1::{GetRequest, destination_client::DestinationClient};
+use futures::FutureExt;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::watch;
@@ -132,7 +133,24 @@ async fn follow_once(
             Ok(Some(update)) => {
                 set.apply(update);
                 delivered = true;
+                // Apply what has already arrived too (a change is often an
+                // add and a remove), so readers see one consistent update.
+                // `message()` is cancel safe, so polling it once is fine.
+                let mut ended = false;
+                for _ in 0..MAX_BATCH {
+                    match stream.message().now_or_never() {
+                        Some(Ok(Some(more))) => set.apply(more),
+                        Some(_) => {
+                            ended = true;
+                            break;
+                        }
+                        None => break,
+                    }
+                }
                 tx.send_if_modified(|state| set.publish(state));
+                if ended {
+                    return delivered;
+                }
             }
             Ok(None) => {
                 tracing::debug!(%target, "Destination.Get stream closed by the controller");
@@ -145,6 +163,9 @@ async fn follow_once(
         }
     }
 }
+
+/// Updates applied together before publishing (bounds the time a reader waits).
+const MAX_BATCH: usize = 64;
 
 /// Between half and all of `d`, so that many proxies do not retry in step.
 fn jitter(d: Duration) -> Duration {
