@@ -187,9 +187,17 @@ impl TlsConnector {
         let name = ServerName::try_from("peer.conduit.invalid")
             .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
         let connecting = tokio_rustls::TlsConnector::from(config).connect(name, stream);
-        let tls = tokio::time::timeout(self.timeout, connecting)
-            .await
-            .map_err(|_| TlsError::Timeout(self.timeout))??;
+        let tls = match tokio::time::timeout(self.timeout, connecting).await {
+            Err(_) => return Err(TlsError::Timeout(self.timeout)),
+            Ok(Err(e)) => {
+                let e = TlsError::from(e);
+                if let TlsError::PeerIdentity(refused) = &e {
+                    tracing::warn!(expected = %expected, "outbound mTLS refused: {refused}");
+                }
+                return Err(e);
+            }
+            Ok(Ok(tls)) => tls,
+        };
         if tls.get_ref().1.alpn_protocol() != Some(alpn.as_bytes()) {
             return Err(TlsError::NoAlpn);
         }
@@ -272,9 +280,17 @@ impl TlsAcceptor {
             return Err(TlsError::NotReady);
         }
         let accepting = tokio_rustls::TlsAcceptor::from(self.config.clone()).accept(stream);
-        let tls = tokio::time::timeout(self.timeout, accepting)
-            .await
-            .map_err(|_| TlsError::Timeout(self.timeout))??;
+        let tls = match tokio::time::timeout(self.timeout, accepting).await {
+            Err(_) => return Err(TlsError::Timeout(self.timeout)),
+            Ok(Err(e)) => {
+                let e = TlsError::from(e);
+                if let TlsError::PeerIdentity(refused) = &e {
+                    tracing::warn!("inbound mTLS refused: {refused}");
+                }
+                return Err(e);
+            }
+            Ok(Ok(tls)) => tls,
+        };
         let conn = tls.get_ref().1;
         let alpn = conn
             .alpn_protocol()
