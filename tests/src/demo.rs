@@ -16,12 +16,31 @@ use std::time::Instant;
 pub struct Steps {
     done: usize,
     total: usize,
+    loud: bool,
 }
 
 impl Steps {
     /// `total` steps.
     pub fn new(total: usize) -> Self {
-        Self { done: 0, total }
+        Self {
+            done: 0,
+            total,
+            loud: true,
+        }
+    }
+
+    /// Steps that print nothing (tests: a failure carries its own error).
+    pub fn silent() -> Self {
+        Self {
+            done: 0,
+            total: 0,
+            loud: false,
+        }
+    }
+
+    /// Whether steps (and their details) are printed.
+    pub fn loud(&self) -> bool {
+        self.loud
     }
 
     /// Runs one step, printing its title, then `ok (time)` or the error.
@@ -30,6 +49,9 @@ impl Steps {
             bail!("interrupted");
         }
         self.done += 1;
+        if !self.loud {
+            return f().with_context(|| title.to_owned());
+        }
         println!("[{}/{}] {title}", self.done, self.total);
         let start = Instant::now();
         let r = f();

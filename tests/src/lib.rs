@@ -16,7 +16,15 @@ pub mod checks;
 pub mod cmd;
 pub mod demo;
 pub mod env;
+pub mod mesh;
 pub mod names;
+
+/// The mesh application's gRPC service (`proto/echo.proto`).
+#[allow(missing_docs, clippy::all)]
+pub mod pb {
+    tonic::include_proto!("conduit.mesh.echo");
+}
+
 pub mod netns;
 pub mod network;
 pub mod privilege;

@@ -69,8 +69,32 @@ pub fn contains(haystack: &[u8], needle: &[u8]) -> bool {
     !needle.is_empty() && haystack.windows(needle.len()).any(|w| w == needle)
 }
 
+/// True if `bytes` hold a TLS handshake record carrying a ClientHello
+/// (record type 22, version 3.x, then handshake type 1), as every TLS
+/// connection starts.
+pub fn has_tls_client_hello(bytes: &[u8]) -> bool {
+    bytes
+        .windows(6)
+        .any(|w| w[0] == 0x16 && w[1] == 0x03 && w[2] <= 0x04 && w[5] == 0x01)
+}
+
+/// True if `bytes` hold a TLS handshake record carrying a ServerHello
+/// (handshake type 2).
+pub fn has_tls_server_hello(bytes: &[u8]) -> bool {
+    bytes
+        .windows(6)
+        .any(|w| w[0] == 0x16 && w[1] == 0x03 && w[2] == 0x03 && w[5] == 0x02)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn finds_tls_hellos() {
+        assert!(super::has_tls_client_hello(&[9, 0x16, 3, 1, 0, 200, 1, 0]));
+        assert!(super::has_tls_server_hello(&[0x16, 3, 3, 0, 90, 2]));
+        assert!(!super::has_tls_client_hello(b"GET / HTTP/1.1"));
+    }
+
     #[test]
     fn contains_finds_bytes() {
         assert!(super::contains(b"xxhello fromyy", b"hello from"));
