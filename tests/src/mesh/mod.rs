@@ -36,7 +36,7 @@ use anyhow::{Context, Result, anyhow};
 use app::AppServer;
 use controller::{Controller, ControllerFiles};
 use proxy::{MeshProxy, ProxyConfig};
-use spec::MeshSpec;
+use spec::{Capture, MeshSpec};
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::PermissionsExt;
@@ -134,7 +134,40 @@ impl Mesh {
                 let hosts =
                     HostsFile::write(client.netns().name(), &spec::hosts_file(&spec, &env.names))?;
                 let vips = format!("10.96.{}.0/24", env.names.subnet);
-                client.netns().ip(&["route", "add", "unreachable", &vips])?;
+                match spec.capture {
+                    Capture::Iptables => {
+                        let pods = format!("10.77.{}.0/24", env.names.subnet);
+                        for dst in [&vips, &pods] {
+                            let uid = crate::env::PROXY_UID.to_string();
+                            client.netns().exec(
+                                "iptables",
+                                &[
+                                    "-w",
+                                    "-t",
+                                    "nat",
+                                    "-A",
+                                    "OUTPUT",
+                                    "-p",
+                                    "tcp",
+                                    "-d",
+                                    dst,
+                                    "-m",
+                                    "owner",
+                                    "!",
+                                    "--uid-owner",
+                                    &uid,
+                                    "-j",
+                                    "REDIRECT",
+                                    "--to-ports",
+                                    "4140",
+                                ],
+                            )?;
+                        }
+                    }
+                    Capture::Ebpf | Capture::None => {
+                        client.netns().ip(&["route", "add", "unreachable", &vips])?;
+                    }
+                }
                 Ok(hosts)
             },
         )?;
@@ -234,7 +267,8 @@ impl Mesh {
             token_file: self.token_file(pod),
             trust_anchors: self.files.issuer_cert.clone(),
             controller,
-            agent_socket: self.agent.config.socket.clone(),
+            agent_socket: (self.spec.capture == Capture::Ebpf)
+                .then(|| self.agent.config.socket.clone()),
             extra_args: self.spec.proxy_args.clone(),
         })
     }
@@ -249,7 +283,10 @@ impl Mesh {
         let config = self.proxy_config(pod)?;
         let proxy = MeshProxy::start(&self.env, &config)?;
         self.proxies.insert(pod.to_owned(), proxy);
-        self.wait_enrolled(pod, true)
+        if config.agent_socket.is_some() {
+            self.wait_enrolled(pod, true)?;
+        }
+        Ok(())
     }
 
     /// Kills `pod`'s proxy (SIGKILL) and waits until the agent has
@@ -259,8 +296,12 @@ impl Mesh {
             .proxies
             .remove(pod)
             .ok_or_else(|| anyhow!("no proxy running in {pod}"))?;
+        let registered = proxy.config.agent_socket.is_some();
         proxy.kill()?;
-        self.wait_enrolled(pod, false)
+        if registered {
+            self.wait_enrolled(pod, false)?;
+        }
+        Ok(())
     }
 
     /// Waits until the agent's status lists `pod` (or no longer does).

@@ -37,8 +37,8 @@ pub struct ProxyConfig {
     pub trust_anchors: PathBuf,
     /// The controller's gRPC address.
     pub controller: SocketAddr,
-    /// The agent's registration socket.
-    pub agent_socket: PathBuf,
+    /// The agent's registration socket (None: do not register).
+    pub agent_socket: Option<PathBuf>,
     /// Further arguments.
     pub extra_args: Vec<String>,
 }
@@ -46,29 +46,35 @@ pub struct ProxyConfig {
 impl ProxyConfig {
     /// The command-line arguments (see `conduit-proxy --help`).
     pub fn args(&self) -> Vec<String> {
-        let mut a: Vec<String> = [
-            "--agent-socket",
-            &self.agent_socket.to_string_lossy(),
-            "--pod-name",
-            &self.pod,
-            "--pod-namespace",
-            &self.namespace,
-            "--service-account",
-            &self.service_account,
-            "--controller-addr",
-            &self.controller.to_string(),
-            "--identity",
-            &self.identity,
-            "--identity-token-file",
-            &self.token_file.to_string_lossy(),
-            "--identity-trust-anchors",
-            &self.trust_anchors.to_string_lossy(),
-            "--admin-addr",
-            &format!("0.0.0.0:{ADMIN_PORT}"),
-        ]
-        .iter()
-        .map(|s| (*s).to_owned())
-        .collect();
+        let mut a: Vec<String> = Vec::new();
+        if let Some(s) = &self.agent_socket {
+            a.extend([
+                "--agent-socket".to_owned(),
+                s.to_string_lossy().into_owned(),
+            ]);
+        }
+        a.extend(
+            [
+                "--pod-name",
+                &self.pod,
+                "--pod-namespace",
+                &self.namespace,
+                "--service-account",
+                &self.service_account,
+                "--controller-addr",
+                &self.controller.to_string(),
+                "--identity",
+                &self.identity,
+                "--identity-token-file",
+                &self.token_file.to_string_lossy(),
+                "--identity-trust-anchors",
+                &self.trust_anchors.to_string_lossy(),
+                "--admin-addr",
+                &format!("0.0.0.0:{ADMIN_PORT}"),
+            ]
+            .iter()
+            .map(|s| (*s).to_owned()),
+        );
         a.extend(self.extra_args.iter().cloned());
         a
     }

@@ -49,6 +49,21 @@ pub struct ServiceSpec {
     pub announced_service_account: Option<String>,
 }
 
+/// How the client pod's outbound connections reach its proxy.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Capture {
+    /// The agent's eBPF programs (proxies register with the agent).
+    Ebpf,
+    /// iptables `REDIRECT` in the client pod (nat OUTPUT, every uid but the
+    /// proxy's, to the service range and the pod subnet); proxies do not
+    /// register with the agent. Only outbound: peer proxies reach the
+    /// servers' proxies on 4143 directly.
+    Iptables,
+    /// Nothing: proxies run but nothing is sent to them (the client reaches
+    /// pods directly; service IPs are unreachable).
+    None,
+}
+
 /// A whole mesh: one client pod, the servers, the services.
 #[derive(Debug, Clone)]
 pub struct MeshSpec {
@@ -68,6 +83,8 @@ pub struct MeshSpec {
     pub agent_args: Vec<String>,
     /// Applications print nothing per request (benchmarks).
     pub quiet_apps: bool,
+    /// How traffic is captured.
+    pub capture: Capture,
 }
 
 impl MeshSpec {
@@ -101,6 +118,7 @@ impl MeshSpec {
             proxy_args: Vec::new(),
             agent_args: Vec::new(),
             quiet_apps: false,
+            capture: Capture::Ebpf,
         }
     }
 
