@@ -9,6 +9,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioExecutor;
+use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 /// as errors instead of sent (a bound on the generator's memory).
 const MAX_IN_FLIGHT: usize = 20_000;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The HTTP version the client speaks (HTTP/2 with prior knowledge).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Protocol {
     Http1,
     Http2,
@@ -31,10 +33,45 @@ impl Protocol {
             Protocol::Http2 => "HTTP/2",
         }
     }
+
+    /// Parses `http1` / `h1` / `http2` / `h2`.
+    pub fn parse(s: &str) -> Result<Protocol, String> {
+        match s {
+            "http1" | "h1" => Ok(Protocol::Http1),
+            "http2" | "h2" => Ok(Protocol::Http2),
+            other => Err(format!("unknown protocol {other:?} (http1, http2)")),
+        }
+    }
+}
+
+/// How hard the client pushes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Load {
+    /// Open loop at this many requests per second.
+    Rate(u32),
+    /// Closed loop with this many concurrent requests.
+    Max(usize),
+}
+
+impl std::fmt::Display for Load {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Load::Rate(r) => write!(f, "{r} req/s"),
+            Load::Max(c) => write!(f, "max (c={c})"),
+        }
+    }
+}
+
+/// Runs `load` against `target` for `duration` ([`open_loop`] or [`closed_loop`]).
+pub fn run(rt: &tokio::runtime::Handle, target: &Target, load: Load, duration: Duration) -> Sample {
+    match load {
+        Load::Rate(r) => open_loop(rt, target, r, duration),
+        Load::Max(c) => closed_loop(rt, target, c, duration),
+    }
 }
 
 /// What one run measured.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct Sample {
     /// Latencies of successful requests, nanoseconds, sorted.
     pub latencies: Vec<u64>,
@@ -64,12 +101,7 @@ impl Sample {
     }
 
     pub fn quantile(&self, q: f64) -> Option<Duration> {
-        if self.latencies.is_empty() {
-            return None;
-        }
-        let i =
-            ((self.latencies.len() as f64 * q).ceil() as usize).clamp(1, self.latencies.len()) - 1;
-        Some(Duration::from_nanos(self.latencies[i]))
+        crate::stats::quantile(&self.latencies, q).map(Duration::from_nanos)
     }
 }
 
@@ -123,7 +155,9 @@ impl Target {
             .http2_only(protocol == Protocol::Http2)
             .pool_idle_timeout(Duration::from_secs(30))
             .build(connector);
-        let uri = format!("http://{addr}/").parse().expect("uri");
+        let uri = format!("http://{addr}/")
+            .parse()
+            .expect("a socket address makes a valid URI");
         Target {
             client,
             uri,

@@ -1,24 +1,11 @@
-//! The results table (Markdown, so it can be pasted into docs/benchmarks.md).
+//! Formatting of durations, sizes and differences, the machine's load
+//! average, and the one-proxy-against-direct results table of
+//! `conduit-proxy-bench` (Markdown, so it can be pasted into
+//! docs/benchmarks.md).
 
+pub use crate::loadgen::Load;
 use crate::loadgen::{Protocol, Sample};
 use std::time::Duration;
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Load {
-    /// Open loop at this many requests per second.
-    Rate(u32),
-    /// Closed loop with this many concurrent requests.
-    Max(usize),
-}
-
-impl std::fmt::Display for Load {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            Load::Rate(r) => write!(f, "{r} req/s"),
-            Load::Max(c) => write!(f, "max (c={c})"),
-        }
-    }
-}
 
 pub struct Row {
     pub protocol: Protocol,
@@ -42,16 +29,19 @@ pub fn fmt_opt(d: Option<Duration>) -> String {
     d.map_or_else(|| "-".into(), fmt_dur)
 }
 
-fn fmt_mb(b: u64) -> String {
+pub fn fmt_mb(b: u64) -> String {
     format!("{:.1} MB", b as f64 / 1e6)
 }
 
 /// `+123 µs` (proxy minus direct).
-fn added(proxy: Option<Duration>, direct: Option<Duration>) -> String {
-    match (proxy, direct) {
-        (Some(p), Some(d)) if p >= d => format!("+{}", fmt_dur(p - d)),
-        (Some(p), Some(d)) => format!("-{}", fmt_dur(d - p)),
-        _ => "-".into(),
+pub fn added(proxy: Option<Duration>, direct: Option<Duration>) -> String {
+    match crate::stats::added(proxy, direct) {
+        Some(n) if n >= 0 => format!("+{}", fmt_dur(Duration::from_nanos(n as u64))),
+        Some(n) => format!(
+            "-{}",
+            fmt_dur(Duration::from_nanos(n.unsigned_abs() as u64))
+        ),
+        None => "-".into(),
     }
 }
 

@@ -1,5 +1,5 @@
 //! The benchmark's upstream: a real hyper server answering `200 ok` over
-//! HTTP/1.1 and HTTP/2 (prior knowledge) on one loopback port, on its own
+//! HTTP/1.1 and HTTP/2 (prior knowledge) on the same port, on its own
 //! single-threaded runtime so the load generator does not starve it.
 
 use anyhow::{Context, Result};
@@ -9,6 +9,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::net::SocketAddr;
 
+/// A server on its own thread; stopped on drop.
 pub struct Server {
     pub addr: SocketAddr,
     shutdown: Option<tokio::sync::oneshot::Sender<()>>,
@@ -16,9 +17,15 @@ pub struct Server {
 }
 
 impl Server {
+    /// On a free loopback port.
     pub fn start() -> Result<Server> {
-        let listener =
-            std::net::TcpListener::bind("127.0.0.1:0").context("binding the benchmark server")?;
+        Server::bind("127.0.0.1:0".parse().expect("a literal address"))
+    }
+
+    /// On `addr` (port 0: a free one, see [`Server::addr`]).
+    pub fn bind(addr: SocketAddr) -> Result<Server> {
+        let listener = std::net::TcpListener::bind(addr)
+            .with_context(|| format!("binding the benchmark server to {addr}"))?;
         listener.set_nonblocking(true)?;
         let addr = listener.local_addr()?;
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
@@ -30,8 +37,9 @@ impl Server {
             .name("bench-server".into())
             .spawn(move || {
                 rt.block_on(async move {
-                    let listener =
-                        tokio::net::TcpListener::from_std(listener).expect("server listener");
+                    let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                        return;
+                    };
                     tokio::select! {
                         _ = rx => {}
                         _ = serve(listener) => {}
@@ -46,7 +54,8 @@ impl Server {
     }
 }
 
-async fn serve(listener: tokio::net::TcpListener) {
+/// Answers `200 ok` to every request on every connection `listener` accepts.
+pub async fn serve(listener: tokio::net::TcpListener) {
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
@@ -72,6 +81,30 @@ impl Drop for Server {
         }
         if let Some(t) = self.thread.take() {
             let _ = t.join();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::loadgen::{Load, Protocol, Target, run};
+    use std::time::Duration;
+
+    #[test]
+    fn answers_http1_and_http2() {
+        let server = Server::start().unwrap();
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(1)
+            .enable_all()
+            .build()
+            .unwrap();
+        for p in [Protocol::Http1, Protocol::Http2] {
+            let t = rt.block_on(async { Target::new(server.addr, p) });
+            let s = run(rt.handle(), &t, Load::Rate(200), Duration::from_millis(100));
+            assert_eq!((s.latencies.len(), s.errors), (20, 0), "{p:?}");
+            let s = run(rt.handle(), &t, Load::Max(4), Duration::from_millis(100));
+            assert!(!s.latencies.is_empty() && s.errors == 0, "{p:?}");
         }
     }
 }

@@ -17,6 +17,7 @@ const DEB_PACKAGES: &[&str] = &[
     "nghttp2-client",
     "protobuf-compiler",
     "python3-pip",
+    "fonts-dejavu-core",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

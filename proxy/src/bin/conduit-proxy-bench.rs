@@ -4,23 +4,17 @@
 //! same hyper server; prints p50/p99/p99.9, throughput, the proxy's RSS and
 //! the ratio to direct.
 
-#[path = "bench/loadgen.rs"]
-mod loadgen;
 #[path = "bench/proxy.rs"]
 mod proxy;
-#[path = "bench/report.rs"]
-mod report;
-#[path = "bench/server.rs"]
-mod server;
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use loadgen::{Protocol, Sample, Target};
+use conduit_bench::loadgen::{self, Load, Protocol, Sample, Target};
+use conduit_bench::procstat::Sampler;
+use conduit_bench::report::{self, Row};
+use conduit_bench::server;
 use proxy::{Proxy, Route};
-use report::{Load, Row};
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 /// Benchmarks one conduit-proxy against direct connections.
@@ -83,11 +77,7 @@ fn main() -> Result<()> {
     let protocols: Vec<Protocol> = args
         .protocols
         .iter()
-        .map(|p| match p.as_str() {
-            "http1" | "h1" => Ok(Protocol::Http1),
-            "http2" | "h2" => Ok(Protocol::Http2),
-            other => bail!("unknown protocol {other:?} (http1, http2)"),
-        })
+        .map(|p| Protocol::parse(p).map_err(anyhow::Error::msg))
         .collect::<Result<_>>()?;
     let mut loads: Vec<Load> = args
         .rates
@@ -171,13 +161,13 @@ fn main() -> Result<()> {
             // same background load on a shared machine.
             let slice = args.duration / args.rounds;
             let (mut direct, mut through) = (Sample::default(), Sample::default());
-            let sampler = RssSampler::start(proxy.pid());
+            let sampler = Sampler::start(&[proxy.pid()]);
             for round in 1..=args.rounds {
                 eprint!(", round {round}/{}", args.rounds);
                 direct.merge(run(&rt, &direct_t, load, slice));
                 through.merge(run(&rt, &proxy_t, load, slice));
             }
-            let rss = sampler.stop();
+            let rss = sampler.stop()[0].max_rss;
             eprintln!(
                 "\n[bench]       direct {:.0} req/s p50 {} p99 {} ({} errors); proxy {:.0} req/s p50 {} p99 {} ({} errors)",
                 direct.throughput(),
@@ -235,10 +225,7 @@ fn run(
     load: Load,
     duration: Duration,
 ) -> loadgen::Sample {
-    match load {
-        Load::Rate(r) => loadgen::open_loop(rt.handle(), target, r, duration),
-        Load::Max(c) => loadgen::closed_loop(rt.handle(), target, c, duration),
-    }
+    loadgen::run(rt.handle(), target, load, duration)
 }
 
 fn check(
@@ -257,43 +244,4 @@ fn check(
         );
     }
     Ok(())
-}
-
-/// Samples a process's RSS every 50 ms and keeps the largest.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    max: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl RssSampler {
-    fn start(pid: u32) -> Self {
-        let stop = Arc::new(AtomicBool::new(false));
-        let max = Arc::new(AtomicU64::new(0));
-        let (s, m) = (stop.clone(), max.clone());
-        let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::Relaxed) {
-                if let Some(kb) = std::fs::read_to_string(format!("/proc/{pid}/status"))
-                    .ok()
-                    .and_then(|t| {
-                        t.lines()
-                            .find_map(|l| l.strip_prefix("VmRSS:"))
-                            .and_then(|v| {
-                                v.trim().trim_end_matches("kB").trim().parse::<u64>().ok()
-                            })
-                    })
-                {
-                    m.fetch_max(kb * 1024, Ordering::Relaxed);
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
-        });
-        RssSampler { stop, max, thread }
-    }
-
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        self.max.load(Ordering::Relaxed)
-    }
 }

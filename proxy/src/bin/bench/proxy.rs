@@ -180,12 +180,12 @@ impl Proxy {
 
     /// Resident set size now, from /proc.
     pub fn rss_bytes(&self) -> Result<u64> {
-        proc_status_kb(self.pid(), "VmRSS:").map(|kb| kb * 1024)
+        conduit_bench::procstat::rss_bytes(self.pid())
     }
 
     /// Peak resident set size so far.
     pub fn peak_rss_bytes(&self) -> Result<u64> {
-        proc_status_kb(self.pid(), "VmHWM:").map(|kb| kb * 1024)
+        conduit_bench::procstat::peak_rss_bytes(self.pid())
     }
 
     fn wait_ready(&mut self, limit: Duration) -> Result<()> {
@@ -326,15 +326,6 @@ pub fn supports_fixed(bin: &Path) -> bool {
 fn free_port() -> Result<SocketAddr> {
     let l = std::net::TcpListener::bind("127.0.0.1:0").context("finding a free port")?;
     Ok(l.local_addr()?)
-}
-
-fn proc_status_kb(pid: u32, key: &str) -> Result<u64> {
-    let text =
-        std::fs::read_to_string(format!("/proc/{pid}/status")).context("reading /proc status")?;
-    text.lines()
-        .find_map(|l| l.strip_prefix(key))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        .with_context(|| format!("no {key} in /proc/{pid}/status"))
 }
 
 /// A minimal blocking HTTP/1.0 GET for the admin server's status code.

@@ -1,0 +1,17 @@
+//! Pieces shared by the project's benchmark programs (`conduit-proxy-bench`,
+//! `conduit-mesh-bench`): an HTTP/1.1 and HTTP/2 load generator (open loop
+//! at a fixed rate, timed from each request's scheduled send so stalls are
+//! not hidden, and closed loop for the maximum rate), a plain hyper server,
+//! percentile math, CPU and memory sampling of other processes from
+//! `/proc`, Markdown tables and PNG latency plots. Benchmarks print tables;
+//! nothing here asserts on speed.
+
+pub mod loadgen;
+pub mod plot;
+pub mod procstat;
+pub mod report;
+pub mod server;
+pub mod stats;
+pub mod table;
+
+pub use loadgen::{Load, Protocol, Sample, Target};
