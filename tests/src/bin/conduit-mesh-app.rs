@@ -223,7 +223,7 @@ fn answer(
             .and_then(|h| h.to_str().ok())
             .unwrap_or_default()
             .to_owned(),
-        peer,
+        peer: conduit_tests::report::canonical(peer),
     };
     let body = serde_json::to_string(&a).unwrap_or_default();
     if !quiet {

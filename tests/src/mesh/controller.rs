@@ -1,6 +1,6 @@
 //! The real `conduit-controller` in a pod of its own: file discovery
 //! backend (YAML generated from the mesh's description), a token file, and
-//! an issuer (a CA made with openssl, as `manifests/make-issuer.sh` does)
+//! an issuer (a CA made with rcgen, like `manifests/make-issuer.sh` makes)
 //! whose certificate is the trust anchor every proxy is given. The issuer
 //! lives in files, so a restarted controller signs with the same CA.
 
@@ -11,10 +11,16 @@ use crate::mesh::spec::{CONTROLLER_ADMIN_PORT, CONTROLLER_GRPC_PORT};
 use crate::process::Process;
 use crate::wait::{fatal, wait_until};
 use anyhow::{Context, Result, anyhow};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType,
+};
 use std::net::SocketAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
+
+const DAY: Duration = Duration::from_secs(24 * 3600);
 
 /// The controller binary.
 pub const CONTROLLER: &str = "conduit-controller";
@@ -43,8 +49,8 @@ impl ControllerFiles {
         }
     }
 
-    /// Makes a new issuer (ECDSA P-256 CA, 1 day) with openssl; the
-    /// certificate is world-readable (the proxies read it), the key not.
+    /// Makes a new issuer (see [`make_ca`]); the certificate is
+    /// world-readable (the proxies read it), the key not.
     pub fn make_issuer(&self) -> Result<()> {
         make_ca(
             &self.issuer_cert,
@@ -54,35 +60,26 @@ impl ControllerFiles {
     }
 }
 
-/// A CA certificate and PKCS#8 key made with openssl (certificate mode 0644).
+/// A CA (ECDSA P-256, valid from a day ago for two days, CA:TRUE with
+/// path length 0, keyCertSign) made with rcgen: the certificate PEM (mode
+/// 0644) and its PKCS#8 key PEM (0600).
 pub fn make_ca(cert: &Path, key: &Path, cn: &str) -> Result<()> {
-    crate::cmd::run(
-        "openssl",
-        &[
-            "req",
-            "-x509",
-            "-newkey",
-            "ec",
-            "-pkeyopt",
-            "ec_paramgen_curve:prime256v1",
-            "-nodes",
-            "-keyout",
-            &key.to_string_lossy(),
-            "-out",
-            &cert.to_string_lossy(),
-            "-days",
-            "1",
-            "-subj",
-            &format!("/CN={cn}"),
-            "-addext",
-            "basicConstraints=critical,CA:TRUE,pathlen:0",
-            "-addext",
-            "keyUsage=critical,keyCertSign,cRLSign",
-        ],
-    )
-    .context("making an issuer with openssl")?;
-    std::fs::set_permissions(key, std::fs::Permissions::from_mode(0o600))?;
-    std::fs::set_permissions(cert, std::fs::Permissions::from_mode(0o644))?;
+    let pair = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, cn);
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    let now = SystemTime::now();
+    params.not_before = (now - DAY).into();
+    params.not_after = (now + DAY).into();
+    let ca = params.self_signed(&pair)?;
+    write_pem(key, &pair.serialize_pem(), 0o600)?;
+    write_pem(cert, &ca.pem(), 0o644)
+}
+
+fn write_pem(path: &Path, pem: &str, mode: u32) -> Result<()> {
+    std::fs::write(path, pem).with_context(|| format!("writing {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(())
 }
 
@@ -154,4 +151,40 @@ impl Controller {
     pub fn metrics(&self) -> Result<scrape::Metrics> {
         scrape::Metrics::scrape(self.admin)
     }
+}
+
+/// A leaf certificate for `identity` (its one URI SAN, both extended key
+/// usages, like the controller's), signed by the CA `ca_cert`/`ca_key`:
+/// `<dir>/<name>.crt` and `.key`. For tests that need a certificate the
+/// controller did not issue (another CA, another identity).
+pub fn issue_leaf(
+    ca_cert: &Path,
+    ca_key: &Path,
+    identity: &str,
+    dir: &Path,
+    name: &str,
+) -> Result<(PathBuf, PathBuf)> {
+    let read =
+        |p: &Path| std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()));
+    let issuer = Issuer::from_ca_cert_pem(&read(ca_cert)?, KeyPair::from_pem(&read(ca_key)?)?)?;
+    let pair = KeyPair::generate()?;
+    let mut params = CertificateParams::default();
+    params.subject_alt_names = vec![SanType::URI(identity.to_owned().try_into()?)];
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![
+        ExtendedKeyUsagePurpose::ServerAuth,
+        ExtendedKeyUsagePurpose::ClientAuth,
+    ];
+    let now = SystemTime::now();
+    params.not_before = (now - DAY).into();
+    params.not_after = (now + DAY).into();
+    let leaf = params.signed_by(&pair, &issuer)?;
+    let (cert, key) = (
+        dir.join(format!("{name}.crt")),
+        dir.join(format!("{name}.key")),
+    );
+    write_pem(&cert, &leaf.pem(), 0o644)?;
+    write_pem(&key, &pair.serialize_pem(), 0o600)?;
+    Ok((cert, key))
 }
