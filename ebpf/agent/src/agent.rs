@@ -1,6 +1,6 @@
 //! `conduit-ebpf agent`: probe, load or adopt, then serve registrations.
 
-use crate::enrol::{Node, Peer};
+use crate::enrol::{self, Node, Peer};
 use crate::loader::{self, LoadOptions, to_field};
 use crate::pins::Pins;
 use crate::{features, netns, object};
@@ -38,6 +38,13 @@ pub struct Options {
     /// Forward the programs' aya-log debug records to the agent log.
     #[arg(long)]
     pub bpf_log: bool,
+    /// A cgroup namespace file of the node (entered at start-up, so that
+    /// proxies' cgroup paths read as the node sees them); a missing or
+    /// unreadable one leaves the agent in its own namespace, with a warning.
+    #[arg(long, default_value = crate::cgroup::NODE_CGROUP_NS, value_name = "PATH")]
+    pub node_cgroup_ns: PathBuf,
+    #[command(flatten)]
+    pub kube: crate::claims::KubeOptions,
 }
 
 /// Parses `a.b.c.d/n` or `x::/n` into an LPM key over mapped addresses.
@@ -71,6 +78,8 @@ struct Owners {
 
 struct Shared {
     node: Mutex<Node>,
+    /// In a cluster: checks each proxy's pod claim before enrolling.
+    claims: Option<crate::claims::Claims>,
     owners: Mutex<Owners>,
     /// Registrations being served; bounded so a runaway client cannot
     /// exhaust the agent.
@@ -81,6 +90,16 @@ struct Shared {
 const MAX_ACTIVE: usize = 2 * conduit_ebpf_common::MAX_PODS as usize;
 
 pub fn run(opts: Options) -> Result<()> {
+    // Before any thread starts, so that all of them see proxies' cgroups
+    // as the node does (see cgroup.rs).
+    match crate::cgroup::enter_node_namespace(&opts.node_cgroup_ns) {
+        Ok(true) => tracing::info!("entered the node's cgroup namespace"),
+        Ok(false) => {}
+        Err(e) => tracing::warn!(
+            error = format!("{e:#}"),
+            "staying in the agent's own cgroup namespace: proxies outside it cannot be enrolled"
+        ),
+    }
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -92,8 +111,10 @@ async fn serve(opts: Options) -> Result<()> {
     let object = object::get()?;
     let found = features::probe();
     features::require(&found)?;
-    let cgroup2 = features::cgroup2_mount().context("cgroup v2 is not mounted")?;
-    let cgroup = opts.cgroup.clone().unwrap_or_else(|| cgroup2.clone());
+    let cgroup = match opts.cgroup.clone() {
+        Some(c) => c,
+        None => features::cgroup2_mount().context("cgroup v2 is not mounted")?,
+    };
     features::check_cgroup(&cgroup)?;
     let excluded = opts
         .exclude_cidr
@@ -117,7 +138,6 @@ async fn serve(opts: Options) -> Result<()> {
         pins: pins.clone(),
         maps: loaded.maps,
         sk_lookup: loaded.sk_lookup,
-        cgroup2,
     };
 
     // Node-wide settings and exclusions.
@@ -166,8 +186,10 @@ async fn serve(opts: Options) -> Result<()> {
         }
     }
     let pending = owners.pending.len();
+    let claims = crate::claims::checker(&opts.kube).await?;
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
+        claims,
         owners: Mutex::new(owners),
         active: std::sync::atomic::AtomicUsize::new(0),
     });
@@ -193,7 +215,7 @@ async fn serve(opts: Options) -> Result<()> {
     let listener = bind(&opts.socket)?;
     tracing::info!(
         socket = %opts.socket.display(), pin_dir = %pins.dir.display(), cgroup = %cgroup.display(),
-        adopted, fastpath = opts.sockmap_fastpath, "agent ready"
+        adopted, fastpath = opts.sockmap_fastpath, checks_pod_claims = shared.claims.is_some(), "agent ready"
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
@@ -253,6 +275,10 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
         tokio::time::timeout(Duration::from_secs(5), wire::recv_request(&mut stream)).await;
     let (request, fd) = match request {
         Ok(Ok(r)) => r,
+        Ok(Err(conduit_register::RegisterError::ClosedBeforeRequest)) => {
+            // `status --check --socket` connects and hangs up.
+            return tracing::debug!("connection closed without a request");
+        }
         Ok(Err(e)) => return refuse(&mut stream, format!("{e}")).await,
         Err(_) => return refuse(&mut stream, "no request within 5 s".into()).await,
     };
@@ -275,9 +301,23 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
         uid: cred.uid(),
     };
     let pod = request.pod;
+    let inspected = tokio::task::spawn_blocking(move || enrol::inspect(peer, pod, fd)).await;
+    let candidate = match inspected {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return refuse_logged(&mut stream, peer, e).await,
+        Err(e) => return refuse(&mut stream, format!("internal error: {e}")).await,
+    };
+    if let Some(claims) = &shared.claims
+        && let Err(reason) = crate::claims::check(claims, &candidate).await
+    {
+        // claims::check logged it, with the claim.
+        let _ = wire::write_frame(&mut stream, &Response::Refused { reason }).await;
+        return;
+    }
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
-        let enrolled = s.node.lock().unwrap().enrol(peer, &pod, fd)?;
+        let pod = candidate.pod.clone();
+        let enrolled = s.node.lock().unwrap().enrol(candidate)?;
         let mut owners = s.owners.lock().unwrap();
         owners.next += 1;
         let token = owners.next;
@@ -288,14 +328,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
     .await;
     let (enrolled, token, pod) = match result {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => {
-            tracing::warn!(
-                pid = peer.pid,
-                error = format!("{e:#}"),
-                "registration refused"
-            );
-            return refuse(&mut stream, format!("{e:#}")).await;
-        }
+        Ok(Err(e)) => return refuse_logged(&mut stream, peer, e).await,
         Err(e) => return refuse(&mut stream, format!("internal error: {e}")).await,
     };
     let cookie = enrolled.netns_cookie;
@@ -320,6 +353,21 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
             shared.node.lock().unwrap().remove(cookie);
         }
     })
+    .await;
+}
+
+async fn refuse_logged(stream: &mut UnixStream, peer: Peer, e: anyhow::Error) {
+    tracing::warn!(
+        pid = peer.pid,
+        error = format!("{e:#}"),
+        "registration refused"
+    );
+    let _ = wire::write_frame(
+        stream,
+        &Response::Refused {
+            reason: format!("{e:#}"),
+        },
+    )
     .await;
 }
 

@@ -1,7 +1,8 @@
 //! `conduit-ebpf cleanup`: unpins everything under the pin dir, which
 //! detaches the links and frees programs and maps, then waits until the
 //! kernel lists none of the programs and maps that were pinned there (other
-//! agents with other pin dirs are left alone).
+//! agents with other pin dirs are left alone). It also removes the agent's
+//! socket, and the socket's directory when nothing else is in it.
 
 use crate::pins::Pins;
 use anyhow::{Context, Result, bail};
@@ -9,7 +10,7 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-pub fn run(pin_dir: &Path) -> Result<()> {
+pub fn run(pin_dir: &Path, socket: &Path) -> Result<()> {
     let pins = Pins::new(pin_dir);
     let (prog_ids, map_ids) = pinned_ids(&pins);
     let mut removed = 0;
@@ -25,6 +26,7 @@ pub fn run(pin_dir: &Path) -> Result<()> {
         std::fs::remove_dir(pin_dir).with_context(|| format!("removing {}", pin_dir.display()))?;
     }
     println!("unpinned {removed} object(s) from {}", pin_dir.display());
+    remove_socket(socket)?;
     // Freeing happens asynchronously in the kernel; wait for it.
     let deadline = Instant::now() + Duration::from_secs(10);
     loop {
@@ -46,6 +48,45 @@ pub fn run(pin_dir: &Path) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Removes the agent socket (only if it is a socket) and its directory if
+/// that is then empty.
+fn remove_socket(socket: &Path) -> Result<()> {
+    use std::os::unix::fs::FileTypeExt;
+    // A live agent's socket (maybe another agent's, with another pin dir)
+    // is never taken away.
+    if std::os::unix::net::UnixStream::connect(socket).is_ok() {
+        println!(
+            "left {} in place: an agent still accepts registrations there (stop it first)",
+            socket.display()
+        );
+        return Ok(());
+    }
+    match std::fs::symlink_metadata(socket) {
+        Ok(m) if m.file_type().is_socket() => {
+            std::fs::remove_file(socket)
+                .with_context(|| format!("removing {}", socket.display()))?;
+            println!("removed the agent socket {}", socket.display());
+        }
+        Ok(_) => bail!("{} is not a socket; left alone", socket.display()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e).with_context(|| format!("inspecting {}", socket.display())),
+    }
+    if let Some(dir) = socket.parent().filter(|d| !d.as_os_str().is_empty()) {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => println!("removed {}", dir.display()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) if e.kind() == std::io::ErrorKind::DirectoryNotEmpty => {
+                println!("left {} in place: it holds other files", dir.display());
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::ResourceBusy => {
+                println!("left {} in place: it is a mount point", dir.display());
+            }
+            Err(e) => return Err(e).with_context(|| format!("removing {}", dir.display())),
+        }
+    }
+    Ok(())
 }
 
 /// Ids of the programs pinned here and of every map they use (including
@@ -99,4 +140,40 @@ fn remaining(progs: &HashSet<u32>, maps: &HashSet<u32>) -> (Vec<String>, Vec<Str
         .map(|m| name(m.name_as_str(), m.id()))
         .collect();
     (p, m)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::remove_socket;
+
+    #[test]
+    fn removes_the_socket_and_its_empty_directory_only() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("conduit");
+        std::fs::create_dir(&dir).unwrap();
+        let sock = dir.join("agent.sock");
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        remove_socket(&sock).unwrap();
+        assert!(!dir.exists());
+        // Already gone: nothing to do.
+        remove_socket(&sock).unwrap();
+
+        std::fs::create_dir(&dir).unwrap();
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        std::fs::write(dir.join("other"), b"x").unwrap();
+        remove_socket(&sock).unwrap();
+        assert!(!sock.exists() && dir.join("other").exists());
+
+        // A live agent's socket stays.
+        std::fs::create_dir_all(&dir).unwrap();
+        let live = std::os::unix::net::UnixListener::bind(&sock).unwrap();
+        remove_socket(&sock).unwrap();
+        assert!(sock.exists());
+        drop(live);
+
+        // Not a socket: refused, left alone.
+        let err = remove_socket(&dir.join("other")).unwrap_err();
+        assert!(err.to_string().contains("not a socket"), "{err}");
+        assert!(dir.join("other").exists());
+    }
 }

@@ -22,8 +22,6 @@ pub struct Node {
     pub pins: Pins,
     pub maps: NodeMaps,
     pub sk_lookup: SkLookup,
-    /// cgroup v2 mount, to resolve a process's cgroup path.
-    pub cgroup2: PathBuf,
 }
 
 /// Who asks: from SO_PEERCRED.
@@ -56,46 +54,91 @@ fn now_secs() -> u64 {
         .unwrap_or(0)
 }
 
+/// A registration checked locally and ready to enrol: what the agent found
+/// out about the proxy. Its pod claim may still need checking against the
+/// API server (see `claims`) before [`Node::enrol`].
+pub struct Candidate {
+    pub peer: Peer,
+    pub pod: PodInfo,
+    listener: OwnedFd,
+    pub netns_cookie: u64,
+    /// Every address of the proxy's network namespace (global ones).
+    pub ips: Vec<IpAddr>,
+    cgroup_dir: PathBuf,
+    cgroup_rel: String,
+    cgroup_id: u64,
+    start_time: u64,
+}
+
+/// Validates a registration and inspects the proxy (network namespace,
+/// listener, cgroup); writes nothing.
+pub fn inspect(peer: Peer, pod: PodInfo, listener: Option<OwnedFd>) -> Result<Candidate> {
+    pod.validate().map_err(|e| anyhow!(e))?;
+    if pod.skip_inbound_ports.len() > MAX_SKIP_PORTS
+        || pod.skip_outbound_ports.len() > MAX_SKIP_PORTS
+    {
+        bail!("at most {MAX_SKIP_PORTS} skip-ports per direction");
+    }
+    if pod.name.len() >= NAME_LEN || pod.namespace.len() >= NAME_LEN {
+        bail!("pod name and namespace must be shorter than {NAME_LEN} bytes");
+    }
+    let listener =
+        listener.ok_or_else(|| anyhow!("no inbound listener was passed (SCM_RIGHTS)"))?;
+    let accepting = getsockopt(&listener, sockopt::AcceptConn).unwrap_or(false);
+    let stype = getsockopt(&listener, sockopt::SockType).ok();
+    if !accepting || stype != Some(nix::sys::socket::SockType::Stream) {
+        bail!("the passed inbound descriptor is not a listening TCP socket");
+    }
+    let ns = netns::inspect(peer.pid)?;
+    if netns::own_netns_cookie().ok() == Some(ns.cookie) {
+        bail!(
+            "refusing to enrol the node's own network namespace (is the proxy in a pod network namespace?)"
+        );
+    }
+    let listener_ns =
+        netns::socket_netns_cookie(listener.as_fd()).context("reading the listener's netns")?;
+    if listener_ns != ns.cookie {
+        bail!("the inbound listener belongs to another network namespace than the proxy");
+    }
+    let (cgroup_dir, cgroup_rel) = crate::cgroup::of_pid(peer.pid)?;
+    let cgroup_id = netns::cgroup_id(&cgroup_dir)?;
+    let start_time =
+        netns::start_time(peer.pid).ok_or_else(|| anyhow!("pid {} is gone", peer.pid))?;
+    Ok(Candidate {
+        peer,
+        pod,
+        listener,
+        netns_cookie: ns.cookie,
+        ips: ns.ips,
+        cgroup_dir,
+        cgroup_rel,
+        cgroup_id,
+        start_time,
+    })
+}
+
 impl Node {
-    /// Enrols the pod of `peer`: capture starts when this returns Ok.
-    pub fn enrol(
-        &mut self,
-        peer: Peer,
-        pod: &PodInfo,
-        listener: Option<OwnedFd>,
-    ) -> Result<Enrolled> {
-        pod.validate().map_err(|e| anyhow!(e))?;
-        if pod.skip_inbound_ports.len() > MAX_SKIP_PORTS
-            || pod.skip_outbound_ports.len() > MAX_SKIP_PORTS
-        {
-            bail!("at most {MAX_SKIP_PORTS} skip-ports per direction");
+    /// Enrols an inspected proxy's pod: capture starts when this returns Ok.
+    pub fn enrol(&mut self, c: Candidate) -> Result<Enrolled> {
+        let Candidate {
+            peer,
+            pod,
+            listener,
+            netns_cookie,
+            ips: all_ips,
+            cgroup_dir: cg_dir,
+            cgroup_rel: cg_rel,
+            cgroup_id,
+            start_time: start,
+        } = c;
+        // The claim check may have taken a while: is the proxy still there?
+        if !netns::alive(peer.pid, start) {
+            bail!("the proxy (pid {}) exited before it was enrolled", peer.pid);
         }
-        if pod.name.len() >= NAME_LEN || pod.namespace.len() >= NAME_LEN {
-            bail!("pod name and namespace must be shorter than {NAME_LEN} bytes");
-        }
-        let listener =
-            listener.ok_or_else(|| anyhow!("no inbound listener was passed (SCM_RIGHTS)"))?;
-        let accepting = getsockopt(&listener, sockopt::AcceptConn).unwrap_or(false);
-        let stype = getsockopt(&listener, sockopt::SockType).ok();
-        if !accepting || stype != Some(nix::sys::socket::SockType::Stream) {
-            bail!("the passed inbound descriptor is not a listening TCP socket");
-        }
-        let ns = netns::inspect(peer.pid)?;
-        if netns::own_netns_cookie().ok() == Some(ns.cookie) {
-            bail!(
-                "refusing to enrol the node's own network namespace (is the proxy in a pod network namespace?)"
-            );
-        }
-        let listener_ns =
-            netns::socket_netns_cookie(listener.as_fd()).context("reading the listener's netns")?;
-        if listener_ns != ns.cookie {
-            bail!("the inbound listener belongs to another network namespace than the proxy");
-        }
-        let cg_rel = netns::cgroup_path(peer.pid)?;
-        let cg_dir = self.cgroup2.join(cg_rel.trim_start_matches('/'));
-        let cgroup_id = netns::cgroup_id(&cg_dir)?;
-        let start =
-            netns::start_time(peer.pid).ok_or_else(|| anyhow!("pid {} is gone", peer.pid))?;
+        let ns = netns::Netns {
+            cookie: netns_cookie,
+            ips: all_ips,
+        };
 
         let mut cfg = PodConfig {
             // A root proxy is told apart by its cgroup only: uid 0 is too common.

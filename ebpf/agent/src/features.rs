@@ -87,13 +87,7 @@ pub fn require(features: &[Feature]) -> Result<()> {
 /// Where cgroup v2 is mounted, from /proc/self/mountinfo.
 pub fn cgroup2_mount() -> Option<PathBuf> {
     let info = std::fs::read_to_string("/proc/self/mountinfo").ok()?;
-    info.lines().find_map(|line| {
-        let (left, right) = line.split_once(" - ")?;
-        if right.split_whitespace().next()? != "cgroup2" {
-            return None;
-        }
-        Some(PathBuf::from(left.split_whitespace().nth(4)?))
-    })
+    crate::cgroup::topmost(&crate::cgroup::cgroup2_mounts(&info)).map(|m| m.point.clone())
 }
 
 /// Checks that `path` is a cgroup v2 directory.

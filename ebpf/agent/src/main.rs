@@ -5,8 +5,9 @@
 //!   a restart does not interrupt capture) and enrols pods whose proxies
 //!   register on its unix socket;
 //! * `status` shows, from the pinned state, what is attached, the maps, the
-//!   enrolled pods and the counters (`--json` for machines);
-//! * `cleanup` detaches and removes everything pinned.
+//!   enrolled pods and the counters (`--json` for machines; `--check` exits
+//!   non-zero when capture is not attached, for probes);
+//! * `cleanup` detaches and removes everything pinned, and the agent socket.
 
 // Needed in two places: reading SO_NETNS_COOKIE with getsockopt (no safe
 // wrapper in nix; netns.rs), and two raw bpf(2) commands aya 0.14 lacks for
@@ -14,9 +15,12 @@
 #![allow(unsafe_code)]
 
 mod agent;
+mod cgroup;
+mod claims;
 mod cleanup;
 mod enrol;
 mod features;
+mod health;
 mod loader;
 mod netns;
 mod object;
@@ -53,11 +57,22 @@ enum Command {
         json: bool,
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        /// Exit with status 1 (naming the problems) unless every cgroup
+        /// program is attached and every map pinned; for probes.
+        #[arg(long)]
+        check: bool,
+        /// With --check: also require the agent to accept connections on
+        /// this socket.
+        #[arg(long, requires = "check")]
+        socket: Option<PathBuf>,
     },
-    /// Detach and remove everything pinned (stop the agent first).
+    /// Detach and remove everything pinned (stop the agent first), and the
+    /// agent socket (with its directory when empty).
     Cleanup {
         #[arg(long, default_value = DEFAULT_PIN_DIR)]
         pin_dir: PathBuf,
+        #[arg(long, default_value = conduit_register::DEFAULT_SOCKET)]
+        socket: PathBuf,
     },
 }
 
@@ -72,7 +87,12 @@ fn main() -> Result<()> {
         .init();
     match cli.command {
         Command::Agent(opts) => agent::run(opts),
-        Command::Status { json, pin_dir } => status::run(&pin_dir, json),
-        Command::Cleanup { pin_dir } => cleanup::run(&pin_dir),
+        Command::Status {
+            json,
+            pin_dir,
+            check,
+            socket,
+        } => status::run(&pin_dir, json, check, socket.as_deref()),
+        Command::Cleanup { pin_dir, socket } => cleanup::run(&pin_dir, &socket),
     }
 }

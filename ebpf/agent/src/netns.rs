@@ -95,16 +95,6 @@ pub fn inspect(pid: u32) -> Result<Netns> {
     })
 }
 
-/// The cgroup v2 path of `pid`, relative to the cgroup v2 mount.
-pub fn cgroup_path(pid: u32) -> Result<String> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
-        .with_context(|| format!("reading /proc/{pid}/cgroup"))?;
-    text.lines()
-        .find_map(|l| l.strip_prefix("0::"))
-        .map(str::to_string)
-        .ok_or_else(|| anyhow!("pid {pid} has no cgroup v2 membership"))
-}
-
 /// The id of a cgroup v2 directory (its inode number).
 pub fn cgroup_id(dir: &Path) -> Result<u64> {
     Ok(std::fs::metadata(dir)

@@ -279,13 +279,21 @@ fn read_counters(pins: &Pins) -> Vec<CounterStatus> {
     out
 }
 
-pub fn run(pin_dir: &Path, json: bool) -> Result<()> {
+/// Prints the status; with `check`, fails naming every problem
+/// ([`crate::health`]) so that probes get a non-zero exit status.
+pub fn run(pin_dir: &Path, json: bool, check: bool, socket: Option<&Path>) -> Result<()> {
     let s = gather(pin_dir);
     if json {
         println!("{}", serde_json::to_string_pretty(&s)?);
-        return Ok(());
+    } else {
+        print!("{}", render(&s));
     }
-    print!("{}", render(&s));
+    if check {
+        let problems = crate::health::problems(&s, socket);
+        if !problems.is_empty() {
+            anyhow::bail!("capture is not healthy: {}", problems.join("; "));
+        }
+    }
     Ok(())
 }
 

@@ -15,43 +15,15 @@ use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+mod support;
+
+use support::{cgroup2_mount, privileged, sh, wait_for};
 
 const BIN: &str = env!("CARGO_BIN_EXE_conduit-ebpf");
 const HOST_IP: &str = "10.213.7.1";
 const POD_IP: &str = "10.213.7.2";
-
-fn privileged() -> bool {
-    let root = nix::unistd::Uid::effective().is_root();
-    let cgroup2 =
-        std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.contains(" - cgroup2 "));
-    if root && cgroup2 {
-        return true;
-    }
-    let why = if root { "no cgroup v2" } else { "not root" };
-    if std::env::var("CONDUIT_REQUIRE_PRIVILEGED").as_deref() == Ok("1") {
-        panic!("privileged smoke test cannot run ({why}) and CONDUIT_REQUIRE_PRIVILEGED=1");
-    }
-    // Straight to stderr, past libtest's capture, so the skip is visible.
-    let _ = writeln!(std::io::stderr(), "SKIPPED conduit-ebpf smoke test: {why}");
-    false
-}
-
-fn sh(cmd: &str) {
-    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
-    assert!(st.success(), "command failed: {cmd}");
-}
-
-fn cgroup2_mount() -> PathBuf {
-    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
-    info.lines()
-        .find_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let dir = left.split_whitespace().nth(4)?;
-            (right.split_whitespace().next()? == "cgroup2").then(|| PathBuf::from(dir))
-        })
-        .unwrap()
-}
 
 /// Everything the test creates, removed in Drop (also on failure).
 struct Env {
@@ -73,7 +45,7 @@ impl Env {
             veth: format!("cebpfs{}", id % 100000),
             cgroup: cgroup2_mount().join(format!("cebpf-smoke-{id}")),
             pin_dir: PathBuf::from(format!("/sys/fs/bpf/cebpf-smoke-{id}")),
-            socket: tmp.path().join("agent.sock"),
+            socket: tmp.path().join("run").join("agent.sock"),
             children: Vec::new(),
             _tmp: tmp,
         };
@@ -100,6 +72,8 @@ impl Env {
             .arg(&self.socket)
             .env("RUST_LOG", "info")
             .env("NO_COLOR", "1")
+            // Not in a cluster: no pod claim checks.
+            .env_remove("CONDUIT_NODE_NAME")
             .stderr(Stdio::piped())
             .spawn()
             .unwrap();
@@ -149,6 +123,21 @@ impl Env {
         serde_json::from_slice(&out.stdout).unwrap()
     }
 
+    /// `status --check --socket`: (exit status 0, stderr).
+    fn check(&self) -> (bool, String) {
+        let out = Command::new(BIN)
+            .args(["status", "--check", "--pin-dir"])
+            .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(&self.socket)
+            .output()
+            .unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
     fn stop(&mut self, i: usize) {
         let pid = self.children[i].id() as i32;
         let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
@@ -165,6 +154,8 @@ impl Drop for Env {
         let _ = Command::new(BIN)
             .args(["cleanup", "--pin-dir"])
             .arg(&self.pin_dir)
+            .arg("--socket")
+            .arg(&self.socket)
             .output();
         let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
         let _ = Command::new("ip")
@@ -174,14 +165,6 @@ impl Drop for Env {
         for sub in ["proxy", "app", ""] {
             let _ = std::fs::remove_dir(self.cgroup.join(sub));
         }
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !cond() {
-        assert!(Instant::now() < deadline, "timed out waiting for {what}");
-        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
@@ -221,11 +204,16 @@ fn counter(status: &serde_json::Value, program: &str, outcome: &str) -> u64 {
 
 #[test]
 fn agent_captures_enrolled_pod_and_survives_restart() {
-    if !privileged() {
+    if !privileged("smoke test") {
         return;
     }
     let mut env = Env::new();
+    // Before the agent: the probe check fails, naming what is missing.
+    let (ok, why) = env.check();
+    assert!(!ok && why.contains("nothing is pinned"), "{why}");
     let first = env.agent();
+    let (ok, why) = env.check();
+    assert!(ok, "status --check with the agent ready: {why}");
     let st = env.status();
     if !st["attached"].as_bool().unwrap() {
         panic!("not attached after agent ready: {st:#}");
@@ -298,9 +286,15 @@ fn agent_captures_enrolled_pod_and_survives_restart() {
         let _ = c.kill();
         let _ = c.wait();
     }
+    // The killed agent left its socket behind: the probe says so.
+    assert!(env.socket.exists());
+    let (ok, why) = env.check();
+    assert!(!ok && why.contains("does not accept"), "{why}");
     let out = Command::new(BIN)
         .args(["cleanup", "--pin-dir"])
         .arg(&env.pin_dir)
+        .arg("--socket")
+        .arg(&env.socket)
         .output()
         .unwrap();
     assert!(
@@ -310,6 +304,10 @@ fn agent_captures_enrolled_pod_and_survives_restart() {
     );
     assert!(!Path::new(&env.pin_dir).exists());
     assert_eq!(env.status()["programs"].as_array().unwrap().len(), 0);
+    // The socket and its (now empty) directory are gone too.
+    assert!(!env.socket.parent().unwrap().exists());
+    let (ok, why) = env.check();
+    assert!(!ok && why.contains("nothing is pinned"), "{why}");
 }
 
 /// Pod-side proxy: registers, then answers each connection on 4140 with its

@@ -120,6 +120,10 @@ pub enum RegisterError {
     Io(#[from] std::io::Error),
     #[error("registration protocol error: {0}")]
     Protocol(String),
+    /// The peer hung up without sending anything (e.g. a liveness probe
+    /// that only checks the agent accepts connections).
+    #[error("connection closed before the request")]
+    ClosedBeforeRequest,
     #[error("the agent refused the registration: {0}")]
     Refused(String),
     #[error("invalid pod info: {0}")]

@@ -184,9 +184,7 @@ pub async fn recv_request(
         }
     };
     if got == 0 {
-        return Err(RegisterError::Protocol(
-            "connection closed before the request".into(),
-        ));
+        return Err(RegisterError::ClosedBeforeRequest);
     }
     if got < 4 {
         stream.read_exact(&mut prefix[got..]).await.map_err(|e| {
