@@ -10,8 +10,10 @@ use tracing::info;
 fn init_logging(cfg: &Config) -> anyhow::Result<()> {
     let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
         .with_context(|| format!("bad --log filter {:?}", cfg.log))?;
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
         .with_writer(std::io::stderr);
     match cfg.log_format.as_str() {
         "json" => builder.json().init(),

@@ -5,7 +5,7 @@
 //! `sk_lookup` without NAT); tests on loopback inject a fixed address.
 
 use std::io;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
+use std::net::SocketAddr;
 use tokio::net::TcpStream;
 
 /// Finds the original destination of an accepted connection.
@@ -13,40 +13,40 @@ pub trait OrigDst: Send + Sync + 'static {
     fn orig_dst(&self, conn: &TcpStream) -> io::Result<SocketAddr>;
 }
 
-/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` (or `SOL_IPV6, IP6T_SO_ORIGINAL_DST`
-/// for IPv6 sockets).
+/// `getsockopt(SOL_IP, SO_ORIGINAL_DST)` on IPv4 sockets,
+/// `getsockopt(SOL_IPV6, IP6T_SO_ORIGINAL_DST)` on IPv6 ones, with a
+/// `sockaddr_storage` buffer decoded by family: under the agent's capture an
+/// IPv6 destination redirected to the IPv4 listener comes back as a
+/// `sockaddr_in6` on an IPv4 socket (socket2 does the one unsafe call).
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SoOriginalDst;
 
 impl OrigDst for SoOriginalDst {
     fn orig_dst(&self, conn: &TcpStream) -> io::Result<SocketAddr> {
-        use nix::sys::socket::{getsockopt, sockopt};
-        let local = conn.local_addr()?;
-        // An IPv4 client on a dual-stack socket still has an IPv4 conntrack
-        // entry, so try the family of the peer address first.
-        let v4 = || -> io::Result<SocketAddr> {
-            let sin = getsockopt(conn, sockopt::OriginalDst).map_err(io::Error::from)?;
-            let ip = Ipv4Addr::from(u32::from_be(sin.sin_addr.s_addr));
-            Ok(SocketAddr::V4(SocketAddrV4::new(
-                ip,
-                u16::from_be(sin.sin_port),
-            )))
+        let sock = socket2::SockRef::from(conn);
+        let v4_socket = match conn.local_addr()? {
+            SocketAddr::V4(_) => true,
+            SocketAddr::V6(a) => a.ip().to_ipv4_mapped().is_some(),
         };
-        let v6 = || -> io::Result<SocketAddr> {
-            let sin6 = getsockopt(conn, sockopt::Ip6tOriginalDst).map_err(io::Error::from)?;
-            let ip = Ipv6Addr::from(sin6.sin6_addr.s6_addr);
-            Ok(SocketAddr::V6(SocketAddrV6::new(
-                ip,
-                u16::from_be(sin6.sin6_port),
-                0,
-                0,
-            )))
-        };
-        match local {
-            SocketAddr::V4(_) => v4(),
-            SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_some() => v4(),
-            SocketAddr::V6(_) => v6(),
-        }
+        let raw = if v4_socket {
+            sock.original_dst_v4()
+        } else {
+            sock.original_dst_v6()
+        }?;
+        let addr = raw.as_socket().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                "original destination is not an IP address",
+            )
+        })?;
+        // Unmap ::ffff:a.b.c.d so IPv4 services are looked up as IPv4.
+        Ok(match addr {
+            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+                Some(v4) => SocketAddr::new(v4.into(), a.port()),
+                None => addr,
+            },
+            v4 => v4,
+        })
     }
 }
 

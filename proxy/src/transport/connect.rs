@@ -1,5 +1,6 @@
 //! The outbound connection seam.
 
+use super::MeshProto;
 use crate::io::BoxIo;
 use futures::future::BoxFuture;
 use std::io;
@@ -14,6 +15,10 @@ pub struct ConnectTarget {
     /// discovery gave it (`None` when discovery did not name one). A TLS
     /// connector verifies the server against it; plaintext ignores it.
     pub meshed_identity: Option<Option<String>>,
+    /// What the connection will carry towards a peer proxy (set by
+    /// [`open`](super::open) from the transport header); a TLS connector
+    /// offers it as ALPN.
+    pub proto: Option<MeshProto>,
 }
 
 impl ConnectTarget {
@@ -21,12 +26,14 @@ impl ConnectTarget {
         Self {
             addr,
             meshed_identity: None,
+            proto: None,
         }
     }
     pub fn meshed(addr: SocketAddr, identity: Option<String>) -> Self {
         Self {
             addr,
             meshed_identity: Some(identity),
+            proto: None,
         }
     }
     pub fn is_meshed(&self) -> bool {

@@ -24,7 +24,16 @@ pub async fn open(
     target: &ConnectTarget,
     header: Option<TransportHeader>,
 ) -> io::Result<BoxIo> {
-    let mut io = connector.connect(target).await?;
+    let mut io = match header {
+        Some(h) if target.proto != Some(h.proto) => {
+            let target = ConnectTarget {
+                proto: Some(h.proto),
+                ..target.clone()
+            };
+            connector.connect(&target).await?
+        }
+        _ => connector.connect(target).await?,
+    };
     if let Some(h) = header {
         h.write(&mut io).await?;
     }

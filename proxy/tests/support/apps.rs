@@ -23,6 +23,7 @@ fn full(b: impl Into<Bytes>) -> Body {
 /// * `/trailers`: body `data` then trailer `x-checksum: 42`.
 /// * `/status/NNN`: that status.
 /// * `/chunks/N`: N chunks of 1 KiB, streamed.
+/// * `/slow/MS`: answers after MS milliseconds.
 pub async fn http_server() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = l.local_addr().unwrap();
@@ -65,6 +66,9 @@ async fn app(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let mut r = Response::new(full(format!("status {code}")));
         *r.status_mut() = code.parse().unwrap_or(http::StatusCode::BAD_REQUEST);
         r
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(100))).await;
+        Response::new(full("slow done"))
     } else if let Some(n) = path.strip_prefix("/chunks/") {
         let n: usize = n.parse().unwrap_or(1);
         let frames =

@@ -1,0 +1,169 @@
+//! The admin server and golden metrics after known traffic, and graceful
+//! drain through `POST /shutdown`.
+
+mod support;
+
+use http::Request;
+use support::client::{self, body, get, text};
+use support::{Mesh, apps, get_text, metrics, sample};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+#[tokio::test]
+async fn health_endpoints() {
+    let p = support::plain_outbound(apps::http_server().await, |_| {}).await;
+    assert_eq!(get_text(p.admin_addr, "/live").await.0, 200);
+    assert_eq!(get_text(p.admin_addr, "/ready").await.0, 200);
+    assert_eq!(get_text(p.admin_addr, "/nope").await.0, 404);
+    assert_eq!(
+        get_text(p.admin_addr, "/shutdown").await.0,
+        405,
+        "GET must not shut down"
+    );
+    assert_eq!(get_text(p.admin_addr, "/ready").await.0, 200);
+}
+
+#[tokio::test]
+async fn metrics_after_known_traffic() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start(app).await;
+    let mut c = client::h1(mesh.entry()).await;
+    for _ in 0..3 {
+        assert_eq!(
+            c.send_request(get("/echo", "web")).await.unwrap().status(),
+            200
+        );
+    }
+    let (p, _) = text(c.send_request(get("/status/404", "web")).await.unwrap()).await;
+    assert_eq!(p.status, 404);
+    // POST is not retried: exactly one 500 reaches the app.
+    let req = Request::post("/status/500")
+        .header("host", "web")
+        .body(body("x"))
+        .unwrap();
+    assert_eq!(text(c.send_request(req).await.unwrap()).await.0.status, 500);
+    // GET is idempotent and bodiless: retried (3 attempts) within the budget.
+    assert_eq!(
+        text(c.send_request(get("/status/503", "web")).await.unwrap())
+            .await
+            .0
+            .status,
+        503
+    );
+    drop(c);
+
+    let dst = "dst=\"web.test.svc.cluster.local:80\"";
+    let m = metrics(&mesh.outbound).await;
+    let out = "direction=\"outbound\"";
+    assert_eq!(sample(&m, "conduit_request_total", &[out, dst]), 6.0, "{m}");
+    assert_eq!(
+        sample(
+            &m,
+            "conduit_response_total",
+            &[out, dst, "status_class=\"2xx\""]
+        ),
+        3.0,
+        "{m}"
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "conduit_response_total",
+            &[out, dst, "status_class=\"4xx\""]
+        ),
+        1.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "conduit_response_total",
+            &[out, dst, "status_class=\"5xx\""]
+        ),
+        2.0
+    );
+    assert_eq!(
+        sample(&m, "conduit_response_latency_seconds_count", &[out, dst]),
+        6.0
+    );
+    assert_eq!(
+        sample(
+            &m,
+            "conduit_protocol_detect_total",
+            &[out, "protocol=\"http1\""]
+        ),
+        1.0
+    );
+    assert_eq!(sample(&m, "conduit_tcp_open_total", &[out]), 1.0);
+    assert!(
+        m.contains("conduit_response_latency_seconds_bucket{"),
+        "{m}"
+    );
+    support::eventually("client connection counted closed", || async {
+        sample(
+            &metrics(&mesh.outbound).await,
+            "conduit_tcp_close_total",
+            &["outbound"],
+        ) == 1.0
+    })
+    .await;
+
+    let mi = metrics(&mesh.inbound).await;
+    let inb = "direction=\"inbound\"";
+    let app_dst = format!("dst=\"app:{}\"", app.port());
+    // 3 + 1 + 1 + 3 attempts of the 503.
+    assert_eq!(
+        sample(&mi, "conduit_request_total", &[inb, &app_dst]),
+        8.0,
+        "{mi}"
+    );
+    assert_eq!(
+        sample(
+            &mi,
+            "conduit_response_total",
+            &[inb, "status_class=\"5xx\""]
+        ),
+        4.0,
+        "{mi}"
+    );
+    assert!(sample(&mi, "conduit_tcp_read_bytes_total", &[inb]) > 0.0);
+    assert_eq!(sample(&mi, "conduit_agent_registered", &[]), 0.0);
+}
+
+#[tokio::test]
+async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start(app).await;
+    let entry = mesh.entry();
+    let mut c = client::h1(entry).await;
+    let slow =
+        tokio::spawn(
+            async move { text(c.send_request(get("/slow/700", "web")).await.unwrap()).await },
+        );
+    support::eventually("request in flight", || async {
+        sample(&metrics(&mesh.outbound).await, "conduit_request_total", &[]) == 1.0
+    })
+    .await;
+
+    let mut s = TcpStream::connect(mesh.outbound.admin_addr).await.unwrap();
+    s.write_all(
+        b"POST /shutdown HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 202"), "{out}");
+    assert_eq!(get_text(mesh.outbound.admin_addr, "/ready").await.0, 503);
+
+    // New connections are no longer accepted...
+    support::eventually("listener closed", || async {
+        TcpStream::connect(entry).await.is_err()
+    })
+    .await;
+    // ...while the in-flight request completes.
+    let (parts, body) = slow.await.unwrap();
+    assert_eq!((parts.status.as_u16(), body.as_str()), (200, "slow done"));
+    tokio::time::timeout(std::time::Duration::from_secs(5), mesh.outbound.wait())
+        .await
+        .expect("drained");
+}

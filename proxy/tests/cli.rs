@@ -1,0 +1,105 @@
+//! The binary: `--help`, flags and environment, startup and SIGTERM drain.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+const BIN: &str = env!("CARGO_BIN_EXE_conduit-proxy");
+
+#[test]
+fn help_explains_every_flag_with_its_env_var() {
+    let out = Command::new(BIN).arg("--help").output().unwrap();
+    assert!(out.status.success());
+    let help = String::from_utf8(out.stdout).unwrap();
+    for flag in [
+        "--outbound-addrs",
+        "--inbound-addrs",
+        "--admin-addr",
+        "--opaque-ports",
+        "--detect-timeout",
+        "--tcp-idle-timeout",
+        "--header-read-timeout",
+        "--max-header-bytes",
+        "--max-headers",
+        "--max-connections",
+        "--shutdown-grace-period",
+        "--agent-socket",
+        "--service",
+        "--discovery-file",
+    ] {
+        assert!(help.contains(flag), "--help lacks {flag}");
+    }
+    let flags = help
+        .lines()
+        .filter(|l| {
+            l.trim_start().starts_with("--") && !l.contains("--help") && !l.contains("--version")
+        })
+        .count();
+    assert_eq!(
+        help.matches("[env: CONDUIT_PROXY_").count(),
+        flags,
+        "every flag has an env var:\n{help}"
+    );
+}
+
+#[test]
+fn bad_flags_are_refused_clearly() {
+    let out = Command::new(BIN)
+        .args(["--detect-timeout", "soon"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad duration"), "{err}");
+}
+
+#[test]
+fn runs_from_env_and_drains_on_sigterm() {
+    let mut child = Command::new(BIN)
+        .env("CONDUIT_PROXY_OUTBOUND_ADDRS", "127.0.0.1:0")
+        .env("CONDUIT_PROXY_INBOUND_ADDRS", "127.0.0.1:0")
+        .env("CONDUIT_PROXY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("CONDUIT_PROXY_LOG", "info")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let admin = loop {
+        let line = lines.next().expect("proxy logs its listeners").unwrap();
+        if line.contains("ERROR") {
+            let _ = child.kill();
+            panic!("proxy failed to start: {line}");
+        }
+        if let Some(rest) = line.split("admin=").nth(1) {
+            break rest.split_whitespace().next().unwrap().to_string();
+        }
+    };
+    let admin: std::net::SocketAddr = admin.parse().unwrap();
+    let mut s = std::net::TcpStream::connect(admin).unwrap();
+    use std::io::{Read, Write};
+    s.write_all(b"GET /live HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let start = Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "proxy did not exit after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    assert!(rest.iter().any(|l| l.contains("drained")), "{rest:?}");
+}
