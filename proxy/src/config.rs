@@ -105,9 +105,9 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_MAX_HEADERS", default_value_t = 100)]
     pub max_headers: usize,
 
-    /// Most bytes of a request body the proxy holds in memory (to replay it on
-    /// a retry). Bodies are otherwise streamed; a larger body is forwarded but
-    /// not retried.
+    /// Most bytes of a request body the proxy holds in memory to replay it on
+    /// a retry (idempotent requests with a declared length up to this).
+    /// Other bodies are streamed, and not retried.
     #[arg(long, env = "CONDUIT_PROXY_MAX_BUFFERED_BODY", default_value_t = 64 * 1024)]
     pub max_buffered_body: usize,
 

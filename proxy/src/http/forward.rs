@@ -5,14 +5,13 @@
 //! budgeted retries of idempotent requests without a body).
 
 use super::client::{ClientError, Upstream};
-use super::{Body, ORIG_PROTO_HEADER, Proto, boxed, error_response, headers, tunnel};
+use super::{Body, ORIG_PROTO_HEADER, Proto, boxed, error_response, headers, replay, tunnel};
 use crate::balance::{Attempt, CallError, is_idempotent};
 use crate::ctx::{ConnCtx, Shared};
 use crate::metrics::{ReqLabels, RspLabels, status_class};
 use crate::route::{Picked, RouteTarget, picked_for};
 use crate::transport::MeshProto;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
-use http_body::Body as _;
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -121,22 +120,19 @@ async fn forward(
         }
         RouteTarget::Balanced(b) => b,
     };
-    let retryable = is_idempotent(req.method()) && req.body().is_end_stream();
-    let template = retryable.then(|| {
-        (
-            req.method().clone(),
-            req.uri().clone(),
-            req.headers().clone(),
-        )
-    });
+    let (req, replay) = if is_idempotent(req.method()) {
+        replay::prepare(req, shared.cfg.max_buffered_body)
+            .await
+            .map_err(|e| ForwardError::BadRequest(format!("reading the request body: {e}")))?
+    } else {
+        (req, None)
+    };
+    let retryable = replay.is_some();
     let mut first = Some(req);
     let attempt = |ep: Arc<crate::discovery::Endpoint>| {
-        let req = first.take().or_else(|| {
-            let (method, uri, headers) = template.clone()?;
-            let mut r = Request::new(super::empty());
-            (*r.method_mut(), *r.uri_mut(), *r.headers_mut()) = (method, uri, headers);
-            Some(r)
-        });
+        let req = first
+            .take()
+            .or_else(|| replay.as_ref().map(replay::Replay::request));
         let (shared, conn) = (shared.clone(), conn.clone());
         async move {
             let Some(req) = req else {

@@ -6,6 +6,7 @@
 pub mod client;
 pub mod forward;
 pub mod headers;
+pub mod replay;
 pub mod server;
 pub mod tunnel;
 

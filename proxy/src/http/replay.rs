@@ -1,0 +1,100 @@
+//! Request bodies kept for a retry. Only idempotent requests whose body is
+//! empty or has a declared length within `--max-buffered-body` are read
+//! into memory (never more than the limit, whatever the body claims); everything else streams and is not retried.
+
+use super::{Body, BoxError, boxed};
+use bytes::{Bytes, BytesMut};
+use http::{HeaderMap, Request};
+use http_body::{Body as _, Frame};
+use http_body_util::{BodyExt, StreamBody};
+
+/// A request that can be sent again.
+#[derive(Debug, Clone)]
+pub struct Replay {
+    method: http::Method,
+    uri: http::Uri,
+    headers: HeaderMap,
+    data: Bytes,
+    trailers: Option<HeaderMap>,
+}
+
+impl Replay {
+    pub fn request(&self) -> Request<Body> {
+        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = Vec::new();
+        if !self.data.is_empty() {
+            frames.push(Ok(Frame::data(self.data.clone())));
+        }
+        if let Some(t) = &self.trailers {
+            frames.push(Ok(Frame::trailers(t.clone())));
+        }
+        let mut r = Request::new(boxed(StreamBody::new(futures::stream::iter(frames))));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// Reads the body when it is small enough to keep; returns the request to
+/// send first and, if kept, a [`Replay`] for retries.
+pub async fn prepare(
+    req: Request<Body>,
+    limit: usize,
+) -> Result<(Request<Body>, Option<Replay>), BoxError> {
+    let body = req.body();
+    let small = body.is_end_stream() || body.size_hint().exact().is_some_and(|n| n <= limit as u64);
+    if !small {
+        return Ok((req, None));
+    }
+    let (parts, mut body) = req.into_parts();
+    let mut data = BytesMut::new();
+    let mut trailers = None;
+    while let Some(frame) = body.frame().await {
+        match frame?.into_data() {
+            Ok(d) if data.len() + d.len() > limit => {
+                return Err(format!("request body exceeds the {limit}-byte replay limit").into());
+            }
+            Ok(d) => data.extend_from_slice(&d),
+            Err(f) => trailers = f.into_trailers().ok().or(trailers),
+        }
+    }
+    let replay = Replay {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        data: data.freeze(),
+        trailers,
+    };
+    Ok((replay.request(), Some(replay)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::full;
+
+    #[tokio::test]
+    async fn small_bodies_are_kept_large_ones_stream() {
+        let req = Request::put("/a").body(full("hello")).unwrap();
+        let (first, replay) = prepare(req, 16).await.unwrap();
+        let replay = replay.expect("kept");
+        assert_eq!(
+            first.into_body().collect().await.unwrap().to_bytes(),
+            "hello"
+        );
+        let again = replay.request();
+        assert_eq!(again.method(), http::Method::PUT);
+        assert_eq!(
+            again.into_body().collect().await.unwrap().to_bytes(),
+            "hello"
+        );
+
+        let req = Request::put("/a").body(full(vec![0u8; 17])).unwrap();
+        let (first, replay) = prepare(req, 16).await.unwrap();
+        assert!(replay.is_none());
+        assert_eq!(
+            first.into_body().collect().await.unwrap().to_bytes().len(),
+            17
+        );
+    }
+}
