@@ -308,6 +308,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
         Err(e) => return refuse(&mut stream, format!("internal error: {e}")).await,
     };
     if let Some(claims) = &shared.claims
+        && !readopting(&shared, &candidate)
         && let Err(reason) = crate::claims::check(claims, &candidate).await
     {
         // claims::check logged it, with the claim.
@@ -354,6 +355,34 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
         }
     })
     .await;
+}
+
+/// A proxy re-registering after an agent restart, exactly as the previous
+/// agent enrolled it (same process, same claim, same namespace): its claim
+/// was checked then, so it is not asked again, and an API server outage
+/// during an agent restart does not stop capture.
+fn readopting(shared: &Shared, c: &enrol::Candidate) -> bool {
+    if !shared
+        .owners
+        .lock()
+        .unwrap()
+        .pending
+        .contains(&c.netns_cookie)
+    {
+        return false;
+    }
+    let cfg = shared
+        .node
+        .lock()
+        .unwrap()
+        .maps
+        .pods
+        .get(&c.netns_cookie, 0);
+    let same = cfg.is_ok_and(|cfg| c.same_as(c.netns_cookie, &cfg));
+    if same {
+        tracing::info!(pod = %c.pod.name, namespace = %c.pod.namespace, "adopted pod re-registers unchanged: its claim was checked before");
+    }
+    same
 }
 
 async fn refuse_logged(stream: &mut UnixStream, peer: Peer, e: anyhow::Error) {

@@ -76,11 +76,20 @@ pub async fn check(claims: &Claims, c: &Candidate) -> Result<(), String> {
             } else {
                 format!("pod claim contradicts the API server: {e}")
             };
-            tracing::warn!(
-                pod = %claim.name, namespace = %claim.namespace, ips = ?claim.ips,
-                pid = c.peer.pid, node = %checker.node_name(), %reason,
-                "registration refused: pod claim does not match the API server"
+            let (pod, ns, ips, pid, node) = (
+                &claim.name,
+                &claim.namespace,
+                &claim.ips,
+                c.peer.pid,
+                checker.node_name(),
             );
+            if e.is_transient() {
+                tracing::warn!(%pod, namespace = %ns, ?ips, pid, %node, %reason,
+                    "registration refused: pod claim could not be confirmed by the API server");
+            } else {
+                tracing::warn!(%pod, namespace = %ns, ?ips, pid, %node, %reason,
+                    "registration refused: pod claim does not match the API server");
+            }
             Err(reason)
         }
     }

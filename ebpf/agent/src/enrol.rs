@@ -117,6 +117,18 @@ pub fn inspect(peer: Peer, pod: PodInfo, listener: Option<OwnedFd>) -> Result<Ca
     })
 }
 
+impl Candidate {
+    /// Whether this is the very proxy (same pid and start time, same pod
+    /// claim) that `cfg` was enrolled for, in the same network namespace.
+    pub fn same_as(&self, cookie: u64, cfg: &PodConfig) -> bool {
+        cookie == self.netns_cookie
+            && cfg.proxy_pid == self.peer.pid
+            && cfg.proxy_start_time == self.start_time
+            && crate::loader::cstr(&cfg.name) == self.pod.name
+            && crate::loader::cstr(&cfg.namespace) == self.pod.namespace
+    }
+}
+
 impl Node {
     /// Enrols an inspected proxy's pod: capture starts when this returns Ok.
     pub fn enrol(&mut self, c: Candidate) -> Result<Enrolled> {

@@ -4,7 +4,9 @@
 //! the proxy's network namespace) and refuses a mismatch with a reason the
 //! proxy receives and a log line. Cases: accepted, wrong namespace, wrong
 //! IP, pod on another node, an IP the kubelet reports late (retried), an
-//! unknown pod (refused once the claim timeout has passed).
+//! unknown pod (refused once the claim timeout has passed), and an enrolled
+//! proxy re-registering unchanged after an agent restart while the API
+//! server is away (not asked again).
 //!
 //! The agent runs in a cgroup namespace of its own, as in a pod: the
 //! proxy's cgroup must still resolve (it enters the node's namespace).
@@ -182,6 +184,46 @@ impl Env {
         (child, line)
     }
 
+    /// Runs the proxy helper in `maintain` mode (re-registers when the
+    /// agent restarts); its `STATE enrolled=...` lines.
+    fn maintain(&self, namespace: &str, name: &str) -> (Child, mpsc::Receiver<String>) {
+        let exe = std::env::current_exe().unwrap();
+        let mut child = Command::new("sh")
+            .arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec ip netns exec {} {} --exact helper_register --nocapture --test-threads=1",
+                self.cgroup.join("proxy").display(),
+                self.ns,
+                exe.display()
+            ))
+            .env(
+                "CLAIM_ARGS",
+                format!("{}\n{namespace}\n{name}\nmaintain", self.socket.display()),
+            )
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let out = child.stdout.take().unwrap();
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for l in BufReader::new(out).lines().map_while(Result::ok) {
+                if let Some(i) = l.find("STATE ") {
+                    let _ = tx.send(l[i..].to_string());
+                }
+            }
+        });
+        (child, rx)
+    }
+
+    /// SIGTERM: the agent leaves its pins (and capture) in place.
+    fn stop_agent(&mut self) {
+        let mut c = self.agent.take().unwrap();
+        let pid = nix::unistd::Pid::from_raw(c.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM);
+        let _ = c.wait();
+    }
+
     /// Registers and expects a refusal; returns the reason.
     fn refused(&self, namespace: &str, name: &str) -> String {
         let (mut child, line) = self.register(namespace, name);
@@ -295,6 +337,7 @@ fn agent_checks_pod_claims_against_the_api_server() {
         reason.contains("not confirmed") && reason.contains("does not exist"),
         "{reason}"
     );
+    assert!(env.logged("pod claim could not be confirmed by the API server"));
     assert!(
         fake.stats().gets >= gets + 3,
         "asked {} time(s), not retried",
@@ -323,7 +366,26 @@ fn agent_checks_pod_claims_against_the_api_server() {
         drop(proxy.stdin.take());
         let _ = proxy.wait();
     });
+    wait_for("late-0 to be removed", || {
+        env.status()["pods"].as_array().unwrap().is_empty()
+    });
+
+    // An agent restart while the API server is away: the enrolled proxy
+    // re-registers unchanged and is not asked about again (its claim was
+    // checked), so capture does not stop.
+    let (mut proxy, states) = env.maintain("shop", "web-0");
+    let state = |rx: &mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(15)).unwrap();
+    assert_eq!(state(&states), "STATE enrolled=true");
+    env.stop_agent();
+    assert_eq!(state(&states), "STATE enrolled=false");
+    // The API server goes away (its port closes): every check would fail.
     drop(fake);
+    env.start_agent();
+    assert_eq!(state(&states), "STATE enrolled=true");
+    assert!(env.logged("adopted pod re-registers unchanged"));
+    assert_eq!(env.status()["pods"][0]["name"], "web-0");
+    drop(proxy.stdin.take());
+    let _ = proxy.wait();
 }
 
 /// Pod-side proxy: registers once with the claim from CLAIM_ARGS (socket,
@@ -343,6 +405,16 @@ fn helper_register() {
     let inbound = std::net::TcpListener::bind("0.0.0.0:4143").unwrap();
     let rt = tokio::runtime::Runtime::new().unwrap();
     let pod = conduit_register::PodInfo::new(name, namespace);
+    if args.next() == Some("maintain") {
+        let _task = rt.enter();
+        let _h = conduit_register::maintain(socket.into(), pod, inbound.into(), |up| {
+            println!("STATE enrolled={up}");
+            let _ = std::io::stdout().flush();
+        });
+        let mut sink = String::new();
+        let _ = std::io::stdin().read_line(&mut sink);
+        return;
+    }
     use std::os::fd::AsFd;
     let result = rt.block_on(conduit_register::register(
         std::path::Path::new(socket),
