@@ -1,5 +1,6 @@
 //! The admin server: `GET /metrics` (Prometheus text), `GET /ready`
-//! (200 once listening, 503 while draining), `GET /live`, and
+//! (200 once listening, and holding a certificate when an identity is
+//! configured; 503 while draining), `GET /live`, and
 //! `POST /shutdown`, which starts a graceful drain and is accepted only
 //! from loopback clients.
 
@@ -19,8 +20,26 @@ use tracing::{info, warn};
 
 pub struct Admin {
     pub registry: Registry,
+    /// Listening and not draining.
     pub ready: AtomicBool,
     pub shutdown: CancellationToken,
+    /// With an identity, ready also needs a current certificate.
+    pub credentials: Option<conduit_proxy_tls::Credentials>,
+    pub cert_expiry: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+}
+
+impl Admin {
+    fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Relaxed) && self.credentials.as_ref().is_none_or(|c| c.is_ready())
+    }
+
+    fn update_gauges(&self) {
+        let expiry = self.credentials.as_ref().and_then(|c| c.expiry());
+        let secs = expiry
+            .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0.0, |d| d.as_secs_f64());
+        self.cert_expiry.set(secs);
+    }
 }
 
 fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
@@ -32,6 +51,7 @@ fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
 fn route(admin: &Admin, client: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
+            admin.update_gauges();
             let mut out = String::new();
             match prometheus_client::encoding::text::encode(&mut out, &admin.registry) {
                 Ok(()) => {
@@ -50,9 +70,7 @@ fn route(admin: &Admin, client: SocketAddr, req: &Request<Incoming>) -> Response
                 ),
             }
         }
-        (&Method::GET, "/ready") if admin.ready.load(Ordering::Relaxed) => {
-            text(StatusCode::OK, "ready\n")
-        }
+        (&Method::GET, "/ready") if admin.is_ready() => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
         (&Method::POST, "/shutdown") if client.ip().is_loopback() => {

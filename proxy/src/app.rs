@@ -5,18 +5,22 @@ use crate::admin::{self, Admin};
 use crate::balance::{BalanceConfig, Balancers, BudgetConfig, RequestPolicy, RetryBudget};
 use crate::config::Config;
 use crate::ctx::Shared;
+use crate::discovery::ControllerDiscovery;
 use crate::discovery::{Discover, Resolution, StaticDiscovery};
 use crate::http::client::{Client, ClientSettings};
 use crate::listen::{self, Handler};
 use crate::metrics::{Direction, Metrics};
 use crate::orig_dst::{LocalAddr, OrigDst, SoOriginalDst};
+use crate::transport::tls::{TlsAcceptor, TlsConnector};
 use crate::transport::{Acceptor, Connector, PlainAcceptor, TcpConnector};
 use anyhow::Context as _;
+use conduit_proxy_tls::Credentials;
 use futures::FutureExt;
 use prometheus_client::registry::Registry;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
+use std::time::Duration;
 use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
@@ -40,14 +44,32 @@ pub struct Deps {
     pub discover: Arc<dyn Discover>,
     pub connector: Arc<dyn Connector>,
     pub acceptor: Arc<dyn Acceptor>,
+    /// The proxy's mTLS credentials; `None` = plaintext only. When set, the
+    /// proxy is ready only while it holds a certificate.
+    pub credentials: Option<Credentials>,
 }
 
 impl Deps {
-    /// Production defaults: SO_ORIGINAL_DST, local address, plain TCP, and
-    /// static discovery from `--service` / `--discovery-file` (when given).
+    /// Production: SO_ORIGINAL_DST, local address; discovery from the
+    /// controller (`--controller-addr`) or static (`--service`,
+    /// `--discovery-file`); mTLS when an identity is configured, else plain TCP.
     pub fn system(cfg: &Config) -> anyhow::Result<Self> {
-        let discover: Arc<dyn Discover> = if cfg.services.is_empty() && cfg.discovery_file.is_none()
-        {
+        let tcp = TcpConnector {
+            connect_timeout: cfg.connect_timeout,
+        };
+        let credentials = crate::identity::start(cfg)?;
+        let (connector, acceptor): (Arc<dyn Connector>, Arc<dyn Acceptor>) = match &credentials {
+            Some(c) => (
+                Arc::new(TlsConnector::new(tcp, c.clone())),
+                Arc::new(TlsAcceptor::new(c.clone()).context("setting up the mTLS acceptor")?),
+            ),
+            None => (Arc::new(tcp), Arc::new(PlainAcceptor)),
+        };
+        let discover: Arc<dyn Discover> = if let Some(addr) = &cfg.controller_addr {
+            let d = ControllerDiscovery::connect_lazy(addr, Duration::from_secs(3))
+                .context("controller discovery")?;
+            Arc::new(d)
+        } else if cfg.services.is_empty() && cfg.discovery_file.is_none() {
             Arc::new(NoDiscovery)
         } else {
             let d = StaticDiscovery::new(cfg.services.clone(), cfg.discovery_file.clone())
@@ -59,10 +81,9 @@ impl Deps {
             outbound_orig_dst: Arc::new(SoOriginalDst),
             inbound_orig_dst: Arc::new(LocalAddr),
             discover,
-            connector: Arc::new(TcpConnector {
-                connect_timeout: cfg.connect_timeout,
-            }),
-            acceptor: Arc::new(PlainAcceptor),
+            connector,
+            acceptor,
+            credentials,
         })
     }
 
@@ -77,7 +98,19 @@ impl Deps {
                 connect_timeout: cfg.connect_timeout,
             }),
             acceptor: Arc::new(PlainAcceptor),
+            credentials: None,
         }
+    }
+
+    /// Replaces the transport with mTLS from `credentials` (tests, embedding).
+    pub fn with_mtls(mut self, cfg: &Config, credentials: Credentials) -> anyhow::Result<Self> {
+        let tcp = TcpConnector {
+            connect_timeout: cfg.connect_timeout,
+        };
+        self.connector = Arc::new(TlsConnector::new(tcp, credentials.clone()));
+        self.acceptor = Arc::new(TlsAcceptor::new(credentials.clone())?);
+        self.credentials = Some(credentials);
+        Ok(self)
     }
 }
 
@@ -161,6 +194,8 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         registry,
         ready: false.into(),
         shutdown: shutdown.clone(),
+        credentials: deps.credentials.clone(),
+        cert_expiry: metrics.cert_expiry.clone(),
     });
     let shared = Arc::new(Shared {
         cfg,
@@ -171,6 +206,7 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         outbound_orig_dst: deps.outbound_orig_dst,
         inbound_orig_dst: deps.inbound_orig_dst,
         acceptor: deps.acceptor,
+        mtls: deps.credentials.is_some(),
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
     });

@@ -163,6 +163,36 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_MAX_ATTEMPTS", default_value_t = 3)]
     pub max_attempts: u32,
 
+    /// Controller (`HOST:PORT`): discovery (`Destination.Get`) and, with an
+    /// identity, certificates (`Identity.Certify`). Without it discovery is
+    /// static (`--service`, `--discovery-file`).
+    #[arg(long, env = "CONDUIT_PROXY_CONTROLLER_ADDR")]
+    pub controller_addr: Option<String>,
+
+    /// This proxy's identity, `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`. With
+    /// an identity the proxy speaks mTLS to meshed peers and requires it on
+    /// the inbound port; it is not ready until it holds a certificate.
+    /// Without one it is plaintext only.
+    #[arg(long, env = "CONDUIT_PROXY_IDENTITY")]
+    pub identity: Option<String>,
+
+    /// Trust domain; with `--service-account` and `--pod-namespace` it makes
+    /// the identity when `--identity` is not given.
+    #[arg(long, env = "CONDUIT_PROXY_TRUST_DOMAIN")]
+    pub trust_domain: Option<String>,
+
+    /// File holding the token sent with certificate requests (re-read each time).
+    #[arg(long, env = "CONDUIT_PROXY_IDENTITY_TOKEN_FILE")]
+    pub identity_token_file: Option<PathBuf>,
+
+    /// Trust anchors (PEM file) for peer certificates.
+    #[arg(long, env = "CONDUIT_PROXY_IDENTITY_TRUST_ANCHORS")]
+    pub identity_trust_anchors: Option<PathBuf>,
+
+    /// Trust anchors as PEM text (instead of a file).
+    #[arg(long, env = "CONDUIT_PROXY_TRUST_ANCHORS_PEM", hide_env_values = true)]
+    pub trust_anchors_pem: Option<String>,
+
     /// Node agent's unix socket. When set, the proxy registers its pod with
     /// the agent (which starts eBPF capture) and keeps the registration alive.
     #[arg(long, env = "CONDUIT_PROXY_AGENT_SOCKET")]

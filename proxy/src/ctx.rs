@@ -24,6 +24,8 @@ pub struct Shared {
     pub outbound_orig_dst: Arc<dyn OrigDst>,
     pub inbound_orig_dst: Arc<dyn OrigDst>,
     pub acceptor: Arc<dyn Acceptor>,
+    /// Connections to meshed peers with a known identity use mTLS.
+    pub mtls: bool,
     /// Cancelled when the proxy starts draining.
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so draining can wait for them.

@@ -19,6 +19,7 @@ pub mod detect;
 pub mod discovery;
 pub mod dispatch;
 pub mod http;
+pub mod identity;
 pub mod inbound;
 pub mod io;
 pub mod listen;

@@ -43,8 +43,18 @@ pub struct ReqLabels {
 pub struct RspLabels {
     pub direction: &'static str,
     pub dst: String,
-    /// `1xx` .. `5xx`, or `error` when no response came (the proxy answered).
+    /// The other proxy's mTLS identity on this hop (inbound: the client's,
+    /// outbound: the server's, verified), or `none` (plaintext).
+    pub peer_identity: String,
+    /// `1xx` .. `5xx`.
     pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LatencyLabels {
+    pub direction: &'static str,
+    pub dst: String,
+    pub peer_identity: String,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -59,7 +69,7 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
-type HistFamily = Family<ReqLabels, Histogram, fn() -> Histogram>;
+type HistFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
     // 0.1 ms .. ~26 s.
@@ -83,6 +93,9 @@ pub struct Metrics {
     pub refused: Family<ReasonLabels, Counter>,
     pub errors: Family<ReasonLabels, Counter>,
     pub dst_labels: std::sync::Arc<DstLabels>,
+    pub identity_labels: std::sync::Arc<DstLabels>,
+    /// Unix time at which the current certificate expires (0 without one).
+    pub cert_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -106,6 +119,8 @@ impl Metrics {
             refused: Family::default(),
             errors: Family::default(),
             dst_labels: std::sync::Arc::new(DstLabels::new(max_dst_labels)),
+            identity_labels: std::sync::Arc::new(DstLabels::new(max_dst_labels)),
+            cert_expiry: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("conduit");
         r.register(
@@ -151,11 +166,21 @@ impl Metrics {
             m.refused.clone(),
         );
         r.register("errors", "Errors by direction and reason", m.errors.clone());
+        registry.register(
+            "identity_cert_expiration_timestamp_seconds",
+            "Unix time when the proxy's certificate expires (0: no certificate)",
+            m.cert_expiry.clone(),
+        );
         m
     }
 
     pub fn dst(&self, name: &str) -> String {
         self.dst_labels.admit(name)
+    }
+
+    /// Label value for a peer identity (bounded like `dst`).
+    pub fn identity(&self, id: Option<&str>) -> String {
+        id.map_or_else(|| "none".to_string(), |id| self.identity_labels.admit(id))
     }
 
     pub fn error(&self, dir: Direction, reason: &'static str) {

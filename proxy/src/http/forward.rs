@@ -8,7 +8,7 @@ use super::client::{ClientError, Upstream};
 use super::{Body, ORIG_PROTO_HEADER, Proto, boxed, error_response, headers, replay, tunnel};
 use crate::balance::{Attempt, CallError, is_idempotent};
 use crate::ctx::{ConnCtx, Shared};
-use crate::metrics::{ReqLabels, RspLabels, status_class};
+use crate::metrics::{Direction, LatencyLabels, ReqLabels, RspLabels, status_class};
 use crate::route::{Picked, RouteTarget, picked_for};
 use crate::transport::MeshProto;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -56,6 +56,11 @@ impl ForwardError {
             ForwardError::Call(CallError::NoEndpoints(_)) => "no_endpoints",
             ForwardError::Call(CallError::Timeout { .. }) => "request_timeout",
             ForwardError::BadRequest(_) => "bad_request",
+            ForwardError::Upstream(ClientError::Connect { source, .. })
+                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+            {
+                "tls_peer_identity"
+            }
             ForwardError::Upstream(ClientError::Connect { .. }) => "connect",
             ForwardError::Upstream(_) => "upstream",
         }
@@ -86,16 +91,27 @@ pub async fn handle(
         }
     };
     let status_class = status_class(rsp.status().as_u16());
+    let peer = match conn.direction {
+        Direction::Inbound => conn.peer_identity.as_deref(),
+        Direction::Outbound => rsp.extensions().get::<PeerIdentity>().map(|p| p.0.as_str()),
+    };
+    let peer_identity = m.identity(peer);
+    let dst = conn.dst_label.clone();
+    m.response_latency
+        .get_or_create(&LatencyLabels {
+            direction,
+            dst: dst.clone(),
+            peer_identity: peer_identity.clone(),
+        })
+        .observe(start.elapsed().as_secs_f64());
     m.responses
         .get_or_create(&RspLabels {
             direction,
-            dst: conn.dst_label.clone(),
+            dst,
+            peer_identity,
             status_class,
         })
         .inc();
-    m.response_latency
-        .get_or_create(&labels)
-        .observe(start.elapsed().as_secs_f64());
     debug!(direction, %method, %uri, status = rsp.status().as_u16(), "request done");
     Ok(rsp)
 }
@@ -175,9 +191,24 @@ async fn send(
         mesh_port: picked.mesh_port,
         proto,
     };
+    let verified = verified_identity(shared, &up.target);
     let mut rsp = shared.client.send(&up, req).await?;
     headers::strip_hop_by_hop(rsp.headers_mut(), false);
+    if let Some(id) = verified {
+        rsp.extensions_mut().insert(PeerIdentity(id));
+    }
     Ok(rsp.map(boxed))
+}
+
+/// The server identity a hop was verified against (for metrics).
+#[derive(Debug, Clone)]
+struct PeerIdentity(String);
+
+fn verified_identity(shared: &Shared, target: &crate::transport::ConnectTarget) -> Option<String> {
+    match &target.meshed_identity {
+        Some(Some(id)) if shared.mtls => Some(id.clone()),
+        _ => None,
+    }
 }
 
 /// `Upgrade` and `CONNECT`: a connection of its own (it turns into a byte
@@ -204,6 +235,7 @@ async fn forward_upgrade(
         proto: Proto::Http1,
     };
     let addr = up.target.addr;
+    let verified = verified_identity(shared, &up.target);
     let sent = async {
         let mut sender = shared
             .client
@@ -235,5 +267,8 @@ async fn forward_upgrade(
         tunnel::spawn(shared, conn, client_upgrade, upstream_upgrade);
     }
     headers::strip_hop_by_hop(rsp.headers_mut(), switched && !is_connect);
+    if let Some(id) = verified {
+        rsp.extensions_mut().insert(PeerIdentity(id));
+    }
     Ok(rsp.map(boxed))
 }

@@ -9,6 +9,7 @@
 pub mod accept;
 pub mod connect;
 pub mod header;
+pub mod tls;
 
 pub use accept::{Accepted, Acceptor, PlainAcceptor};
 pub use connect::{ConnectTarget, Connector, TcpConnector};
