@@ -95,9 +95,9 @@ pub fn run(opts: Options) -> Result<()> {
     match crate::cgroup::enter_node_namespace(&opts.node_cgroup_ns) {
         Ok(true) => tracing::info!("entered the node's cgroup namespace"),
         Ok(false) => {}
-        Err(e) => tracing::warn!(
+        Err(e) => tracing::info!(
             error = format!("{e:#}"),
-            "staying in the agent's own cgroup namespace: proxies outside it cannot be enrolled"
+            "staying in the agent's own cgroup namespace; proxies' cgroups are located through the cgroup mounts"
         ),
     }
     let rt = tokio::runtime::Builder::new_multi_thread()

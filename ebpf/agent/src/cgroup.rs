@@ -13,8 +13,11 @@
 //! `/../..` although it is in it. So the agent first enters the node's
 //! cgroup namespace ([`enter_node_namespace`], through `/proc/1`, which is
 //! the node's init with `hostPID`, or `agent --node-cgroup-ns`): then every path and mount root is
-//! absolute. Without it (no access to `/proc/1`), proxies inside the
-//! agent's own namespace still resolve; others fail with a clear error.
+//! absolute. Without it (no access to `/proc/1`, e.g. under an AppArmor
+//! profile that forbids reading an unconfined process), the agent locates
+//! its namespace root in the node's hierarchy by inode
+//! ([`namespace_root`]: its own `/sys/fs/cgroup` mount is that directory)
+//! and resolves from there; failing that, the error names the mounts.
 
 use anyhow::{Context, Result, anyhow};
 use std::os::unix::fs::MetadataExt;
@@ -167,20 +170,94 @@ pub fn of_pid(pid: u32) -> Result<(PathBuf, String)> {
     let mountinfo =
         std::fs::read_to_string("/proc/self/mountinfo").context("reading /proc/self/mountinfo")?;
     let mounts = cgroup2_mounts(&mountinfo);
-    candidates(&path, &mounts)
+    resolve(&path, &mounts).map(|d| (d, path.clone())).ok_or_else(|| {
+        let seen: Vec<String> = mounts
+            .iter()
+            .map(|m| format!("{} (root {})", m.point.display(), m.root))
+            .collect();
+        anyhow!(
+            "the proxy's cgroup {path} is under none of the cgroup v2 mounts the agent sees [{}]: mount the node's cgroup v2 root into the agent (see docs/kubernetes.md)",
+            seen.join(", ")
+        )
+    })
+}
+
+/// The existing directory of cgroup `path` under `mounts`. A path above
+/// the reader's namespace root (`/../x`) is first made absolute when the
+/// namespace root can be located ([`namespace_root`]).
+pub fn resolve(path: &str, mounts: &[Mount]) -> Option<PathBuf> {
+    if let Some(d) = candidates(path, mounts).into_iter().find(|d| d.is_dir()) {
+        return Some(d);
+    }
+    if components(path).first() != Some(&"..") {
+        return None;
+    }
+    let ns = namespace_root(mounts)?;
+    let abs = |p: &str| format!("{ns}/{p}");
+    let mounts: Vec<Mount> = mounts
+        .iter()
+        .map(|m| Mount {
+            root: abs(&m.root),
+            point: m.point.clone(),
+        })
+        .collect();
+    candidates(&abs(path), &mounts)
         .into_iter()
         .find(|d| d.is_dir())
-        .map(|d| (d, path.clone()))
-        .ok_or_else(|| {
-            let seen: Vec<String> = mounts
-                .iter()
-                .map(|m| format!("{} (root {})", m.point.display(), m.root))
-                .collect();
-            anyhow!(
-                "the proxy's cgroup {path} is under none of the cgroup v2 mounts the agent sees [{}]: mount the node's cgroup v2 root into the agent (see docs/kubernetes.md)",
-                seen.join(", ")
-            )
+}
+
+/// Most directories [`namespace_root`] looks at.
+const SEARCH_LIMIT: usize = 100_000;
+
+/// Where the reader's cgroup namespace root lies in the hierarchy (e.g.
+/// `/kubepods/pod1/ctr`), found without `setns`: a mount showing root `/`
+/// is that directory; a mount showing `/../../..` is the directory so many
+/// levels up; the namespace root is the directory that deep below the
+/// latter with the former's inode.
+pub fn namespace_root(mounts: &[Mount]) -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let own = mounts.iter().find(|m| components(&m.root).is_empty())?;
+    let own = std::fs::metadata(&own.point).ok()?;
+    let top = mounts
+        .iter()
+        .filter(|m| {
+            let c = components(&m.root);
+            !c.is_empty() && c.iter().all(|x| *x == "..")
         })
+        .max_by_key(|m| components(&m.root).len())?;
+    let depth = components(&top.root).len();
+    let mut budget = SEARCH_LIMIT;
+    let found = find_dir(&top.point, depth, (own.dev(), own.ino()), &mut budget)?;
+    Some(format!("/{}", found.join("/")))
+}
+
+/// The names leading from `dir`, exactly `depth` levels down, to the
+/// directory with (device, inode) `id`.
+fn find_dir(
+    dir: &std::path::Path,
+    depth: usize,
+    id: (u64, u64),
+    budget: &mut usize,
+) -> Option<Vec<String>> {
+    use std::os::unix::fs::MetadataExt;
+    if depth == 0 {
+        let m = std::fs::metadata(dir).ok()?;
+        return ((m.dev(), m.ino()) == id).then(Vec::new);
+    }
+    for entry in std::fs::read_dir(dir).ok()?.filter_map(|e| e.ok()) {
+        if *budget == 0 {
+            return None;
+        }
+        *budget -= 1;
+        if !entry.file_type().is_ok_and(|t| t.is_dir()) {
+            continue;
+        }
+        if let Some(mut rest) = find_dir(&entry.path(), depth - 1, id, budget) {
+            rest.insert(0, entry.file_name().to_string_lossy().into_owned());
+            return Some(rest);
+        }
+    }
+    None
 }
 
 #[cfg(test)]
@@ -286,6 +363,49 @@ mod tests {
         // Above every mount: nothing.
         assert!(candidates("/../../../../../x", &m).is_empty());
         assert!(candidates("/x", &[]).is_empty());
+    }
+
+    /// A pod's view without `setns`: the node's hierarchy mounted with root
+    /// `/../../..`, the agent's own cgroup mounted with root `/`.
+    #[test]
+    fn locates_the_namespace_root_by_inode() {
+        let tmp = tempfile::tempdir().unwrap();
+        let host = tmp.path();
+        for d in [
+            "kubepods/pod1/agent",
+            "kubepods/pod2/proxy",
+            "kubepods/pod3/x",
+        ] {
+            std::fs::create_dir_all(host.join(d)).unwrap();
+        }
+        let mounts = vec![
+            Mount {
+                root: "/../../..".into(),
+                point: host.to_path_buf(),
+            },
+            Mount {
+                root: "/".into(),
+                point: host.join("kubepods/pod1/agent"),
+            },
+        ];
+        assert_eq!(
+            namespace_root(&mounts).as_deref(),
+            Some("/kubepods/pod1/agent")
+        );
+        assert_eq!(
+            resolve("/../../pod2/proxy", &mounts),
+            Some(host.join("kubepods/pod2/proxy"))
+        );
+        // Inside the namespace: the own mount, directly.
+        std::fs::create_dir(host.join("kubepods/pod1/agent/sub")).unwrap();
+        assert_eq!(
+            resolve("/sub", &mounts),
+            Some(host.join("kubepods/pod1/agent/sub"))
+        );
+        assert_eq!(resolve("/../../pod2/gone", &mounts), None);
+        // Without a mount of the namespace root there is nothing to anchor.
+        assert_eq!(namespace_root(&mounts[..1]), None);
+        assert_eq!(resolve("/../../pod2/proxy", &mounts[..1]), None);
     }
 
     #[test]

@@ -106,20 +106,26 @@ impl Env {
         env
     }
 
-    /// Starts the agent in cluster mode, in a cgroup namespace of its own
-    /// rooted at `<test cgroup>/agent` (as a pod's agent container is).
-    fn start_agent(&mut self) {
+    /// Starts the agent in cluster mode as in a pod: in a cgroup namespace
+    /// of its own rooted at `<test cgroup>/agent`, with that namespace's
+    /// cgroup2 mounted (as a container's /sys/fs/cgroup) besides the node's.
+    /// `node_ns` is its --node-cgroup-ns (None: one it cannot open).
+    fn start_agent(&mut self, node_ns: Option<String>) {
+        let own = self._tmp.path().join("own-cgroup");
+        std::fs::create_dir_all(&own).unwrap();
+        let agent = format!(
+            "{BIN} agent --cgroup {} --pin-dir {} --socket {} --claim-timeout {CLAIM_TIMEOUT_SECS} --node-cgroup-ns {}",
+            self.cgroup.display(),
+            self.pin_dir.display(),
+            self.socket.display(),
+            node_ns.unwrap_or_else(|| "/nonexistent/ns/cgroup".into()),
+        );
         let mut child = Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec unshare --cgroup {BIN} agent --cgroup {} --pin-dir {} --socket {} --claim-timeout {CLAIM_TIMEOUT_SECS} --node-cgroup-ns /proc/{}/ns/cgroup",
+                "echo $$ > {}/cgroup.procs && exec unshare --cgroup --mount sh -c 'mount -t cgroup2 none {} && exec {agent}'",
                 self.cgroup.join("agent").display(),
-                self.cgroup.display(),
-                self.pin_dir.display(),
-                self.socket.display(),
-                // The node's namespace: this test's (pid 1 may be off limits
-                // on a test machine; in a pod it is the node's init).
-                std::process::id(),
+                own.display(),
             ))
             .env("CONDUIT_NODE_NAME", NODE)
             .env("KUBECONFIG", &self.kubeconfig)
@@ -146,7 +152,6 @@ impl Env {
             .recv_timeout(Duration::from_secs(30))
             .expect("agent ready within 30 s (see agent log above)");
         assert!(ready.contains("checks_pod_claims=true"), "{ready}");
-        assert!(self.logged("entered the node's cgroup namespace"));
     }
 
     /// Runs the proxy helper in the pod (netns, proxy cgroup), claiming
@@ -287,7 +292,10 @@ fn agent_checks_pod_claims_against_the_api_server() {
     fake.apply(&pod("shop", "web-1", POD_IP, "node-b"));
     fake.apply(&pod("shop", "web-2", "10.1.0.99", NODE));
     let mut env = Env::new(&fake.url());
-    env.start_agent();
+    // The node's cgroup namespace: this test's (pid 1 may be off limits on
+    // a test machine; in a pod it is the node's init, the default).
+    env.start_agent(Some(format!("/proc/{}/ns/cgroup", std::process::id())));
+    assert!(env.logged("entered the node's cgroup namespace"));
 
     // Accepted: the pod exists, on this node, with the namespace's IP.
     let (mut proxy, line) = env.register("shop", "web-0");
@@ -379,11 +387,19 @@ fn agent_checks_pod_claims_against_the_api_server() {
     env.stop_agent();
     assert_eq!(state(&states), "STATE enrolled=false");
     // The API server goes away (its port closes): every check would fail.
+    // This agent cannot enter the node's cgroup namespace: it locates the
+    // proxy's cgroup through the mounts.
     drop(fake);
-    env.start_agent();
+    env.start_agent(None);
+    assert!(env.logged("located through the cgroup mounts"));
     assert_eq!(state(&states), "STATE enrolled=true");
     assert!(env.logged("adopted pod re-registers unchanged"));
-    assert_eq!(env.status()["pods"][0]["name"], "web-0");
+    let st = env.status();
+    assert_eq!(st["pods"][0]["name"], "web-0");
+    assert_eq!(
+        st["pods"][0]["proxy_cgroup_id"].as_u64(),
+        Some(proxy_cgroup)
+    );
     drop(proxy.stdin.take());
     let _ = proxy.wait();
 }
