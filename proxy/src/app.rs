@@ -2,7 +2,7 @@
 //! network-facing pieces ([`Deps`]), and drains it on request.
 
 use crate::admin::{self, Admin};
-use crate::balance::{BalanceConfig, Balancers, BudgetConfig, RequestPolicy, RetryBudget};
+use crate::balance::{BalanceConfig, Balancers, RequestPolicy};
 use crate::config::Config;
 use crate::ctx::Shared;
 use crate::discovery::ControllerDiscovery;
@@ -77,8 +77,12 @@ impl Deps {
             d.spawn_reload(cfg.discovery_reload);
             Arc::new(d)
         };
+        let outbound_orig_dst: Arc<dyn OrigDst> = match cfg.outbound_fixed_dst {
+            Some(addr) => Arc::new(crate::orig_dst::Fixed(addr)),
+            None => Arc::new(SoOriginalDst),
+        };
         Ok(Self {
-            outbound_orig_dst: Arc::new(SoOriginalDst),
+            outbound_orig_dst,
             inbound_orig_dst: Arc::new(LocalAddr),
             discover,
             connector,
@@ -181,7 +185,9 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         timeout: cfg.request_timeout,
         try_timeout: cfg.request_try_timeout,
         max_attempts: cfg.max_attempts.max(1),
-        budget: Some(Arc::new(RetryBudget::new(BudgetConfig::default()))),
+        // Each destination's own retry budget: one failing service cannot
+        // use up the retries of the others.
+        budget: None,
     };
     let balancers = Balancers::new(
         deps.discover,

@@ -61,6 +61,12 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
     pub admin_addr: SocketAddr,
 
+    /// Explicit-proxy mode: every outbound connection goes to this original
+    /// destination instead of asking the kernel (SO_ORIGINAL_DST). For
+    /// running without capture (benchmarks, local use).
+    #[arg(long, env = "CONDUIT_PROXY_OUTBOUND_FIXED_DST")]
+    pub outbound_fixed_dst: Option<SocketAddr>,
+
     /// Address of the local application for inbound traffic (its port is the
     /// original destination port).
     #[arg(

@@ -28,9 +28,10 @@ async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     init_logging(&cfg)?;
     let deps = Deps::system(&cfg)?;
-    let running = conduit_proxy::start(cfg, deps).await?;
+    // Handlers first: a SIGTERM right after startup must drain, not kill.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    let running = conduit_proxy::start(cfg, deps).await?;
     let stop = running.stop_token();
     tokio::select! {
         _ = term.recv() => info!("SIGTERM: draining"),

@@ -63,9 +63,24 @@ fn runs_from_env_and_drains_on_sigterm() {
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    // Read the log on a thread so a silent proxy fails the test instead of hanging it.
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let stderr = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                return;
+            }
+        }
+    });
     let admin = loop {
-        let line = lines.next().expect("proxy logs its listeners").unwrap();
+        let line = match rx.recv_timeout(Duration::from_secs(20)) {
+            Ok(l) => l,
+            Err(e) => {
+                let _ = child.kill();
+                panic!("proxy did not log its listeners: {e}");
+            }
+        };
         if line.contains("ERROR") {
             let _ = child.kill();
             panic!("proxy failed to start: {line}");
@@ -100,6 +115,6 @@ fn runs_from_env_and_drains_on_sigterm() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(status.success(), "{status:?}");
-    let rest: Vec<String> = lines.map_while(Result::ok).collect();
+    let rest: Vec<String> = rx.iter().collect();
     assert!(rest.iter().any(|l| l.contains("drained")), "{rest:?}");
 }

@@ -55,11 +55,13 @@ pub struct ClientSettings {
 }
 
 type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+/// Idle (or busy) HTTP/1 connections of one upstream, with when each was last handed back.
+type H1Idle = Vec<(Instant, http1::SendRequest<Body>)>;
 
 pub struct Client {
     connector: Arc<dyn Connector>,
     settings: ClientSettings,
-    h1: Mutex<HashMap<Upstream, Vec<(Instant, http1::SendRequest<Body>)>>>,
+    h1: Mutex<HashMap<Upstream, H1Idle>>,
     h2: Mutex<HashMap<Upstream, H2Slot>>,
 }
 

@@ -44,7 +44,7 @@ pub struct TransportHeader {
 
 impl fmt::Display for TransportHeader {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "CONDUIT/1 {} {}\n", self.proto.as_str(), self.port)
+        writeln!(f, "CONDUIT/1 {} {}", self.proto.as_str(), self.port)
     }
 }
 
@@ -143,7 +143,7 @@ mod tests {
 
     #[tokio::test]
     async fn rejects_overlong_and_truncated() {
-        let long = vec![b'A'; 200];
+        let long = [b'A'; 200];
         assert!(TransportHeader::read(&mut &long[..]).await.is_err());
         assert!(
             TransportHeader::read(&mut &b"CONDUIT/1 tcp"[..])
