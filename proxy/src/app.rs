@@ -180,7 +180,13 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
             max_header_bytes: cfg.max_header_bytes,
         },
     );
-    let registration = crate::register::start(&cfg, inbound.first(), &mut registry)?;
+    let registration = crate::register::start(
+        &cfg,
+        inbound.first(),
+        outbound_addrs.first().map_or(0, |a| a.port()),
+        admin_addr.port(),
+        &mut registry,
+    )?;
     let policy = RequestPolicy {
         timeout: cfg.request_timeout,
         try_timeout: cfg.request_try_timeout,

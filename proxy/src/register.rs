@@ -14,14 +14,19 @@ use std::os::fd::AsFd;
 use tokio::net::TcpListener;
 use tracing::info;
 
-pub fn pod_info(cfg: &Config, inbound_port: u16) -> PodInfo {
+/// The ports told to the agent are the ones actually bound.
+pub struct BoundPorts {
+    pub outbound: u16,
+    pub inbound: u16,
+    pub admin: u16,
+}
+
+pub fn pod_info(cfg: &Config, ports: &BoundPorts) -> PodInfo {
     let mut pod = PodInfo::new(cfg.pod_name.clone(), cfg.pod_namespace.clone());
     pod.service_account = cfg.service_account.clone();
-    if let Some(a) = cfg.outbound_addrs.first() {
-        pod.outbound_port = a.port();
-    }
-    pod.inbound_port = inbound_port;
-    pod.admin_port = cfg.admin_addr.port();
+    pod.outbound_port = ports.outbound;
+    pod.inbound_port = ports.inbound;
+    pod.admin_port = ports.admin;
     pod.skip_inbound_ports = cfg.skip_inbound_ports.clone();
     pod.skip_outbound_ports = cfg.skip_outbound_ports.clone();
     pod
@@ -31,6 +36,8 @@ pub fn pod_info(cfg: &Config, inbound_port: u16) -> PodInfo {
 pub fn start(
     cfg: &Config,
     inbound: Option<&TcpListener>,
+    outbound_port: u16,
+    admin_port: u16,
     registry: &mut Registry,
 ) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
     let gauge = Gauge::<i64>::default();
@@ -49,7 +56,12 @@ pub fn start(
         .as_fd()
         .try_clone_to_owned()
         .context("duplicating the inbound listener for the agent")?;
-    let pod = pod_info(cfg, port);
+    let ports = BoundPorts {
+        outbound: outbound_port,
+        inbound: port,
+        admin: admin_port,
+    };
+    let pod = pod_info(cfg, &ports);
     pod.validate()
         .map_err(|e| anyhow::anyhow!("pod info for the agent: {e}"))?;
     info!(socket = %socket.display(), pod = %pod.name, namespace = %pod.namespace, "registering with the node agent");
