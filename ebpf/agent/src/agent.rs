@@ -124,6 +124,9 @@ async fn serve(opts: Options) -> Result<()> {
     if excluded.len() > MAX_EXCLUDED_CIDRS as usize {
         return Err(anyhow!("at most {MAX_EXCLUDED_CIDRS} --exclude-cidr"));
     }
+    // Before touching the kernel: a cluster agent that cannot check claims
+    // must not start.
+    let claims = crate::claims::checker(&opts.kube).await?;
     crate::pins::ensure_dir(&opts.pin_dir)?;
     let pins = Pins::new(&opts.pin_dir);
     let loaded = loader::load_or_adopt(&LoadOptions {
@@ -186,7 +189,6 @@ async fn serve(opts: Options) -> Result<()> {
         }
     }
     let pending = owners.pending.len();
-    let claims = crate::claims::checker(&opts.kube).await?;
     let shared = Arc::new(Shared {
         node: Mutex::new(node),
         claims,
