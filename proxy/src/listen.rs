@@ -93,3 +93,20 @@ pub async fn accept_loop(
     }
     debug!(%local, "listener stopped");
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn ipv4_and_ipv6_wildcards_share_a_port() {
+        let v4 = bind("0.0.0.0:0".parse().unwrap()).unwrap();
+        let port = v4.local_addr().unwrap().port();
+        match bind(SocketAddr::from(([0u16; 8], port))) {
+            Ok(v6) => assert_eq!(v6.local_addr().unwrap().port(), port),
+            // A kernel without IPv6 cannot test this; say so.
+            Err(e) if e.kind() == std::io::ErrorKind::AddrNotAvailable => eprintln!("no IPv6: {e}"),
+            Err(e) => panic!("[::]:{port} beside 0.0.0.0:{port}: {e}"),
+        }
+    }
+}

@@ -178,3 +178,22 @@ async fn transparent_inbound_forwards_to_the_app_port() {
     c.read_to_end(&mut got).await.unwrap();
     assert_eq!(got, b"\x01rawbye");
 }
+
+#[tokio::test]
+async fn ipv6_loopback_outbound_listener() {
+    let app = apps::tcp_echo_server().await;
+    let proxy = support::plain_outbound(app, |c| {
+        c.outbound_addrs = vec!["127.0.0.1:0".parse().unwrap(), "[::1]:0".parse().unwrap()];
+    })
+    .await;
+    let Some(v6) = proxy.outbound_addrs.iter().find(|a| a.is_ipv6()) else {
+        eprintln!("SKIP: no IPv6 loopback on this machine");
+        return;
+    };
+    let mut c = TcpStream::connect(v6).await.unwrap();
+    c.write_all(b"\x00six").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"\x00sixbye");
+}
