@@ -1,26 +1,34 @@
-//! `cargo xtask demo`: the capture demo. Two pods on a bridge, the node
-//! agent, a server in one pod and, in the other, the test proxy registered
-//! with the agent. An application in the client pod dials the server; the
-//! kernel captures the connection into the proxy, which recovers the
-//! original destination with getsockopt(SO_ORIGINAL_DST) and relays it.
-//! Then `conduit-ebpf status`. Cleans up on exit and on Ctrl-C.
+//! `cargo xtask demo`: the local mesh on one machine. The controller, the
+//! node agent, a client pod and two server pods (network namespaces), each
+//! with an application and a real conduit-proxy registered with the agent;
+//! the client calls service `web` by name and by service IP over HTTP/1.1
+//! (curl) and gRPC (tonic); then what the proxies saw (mTLS identities,
+//! success rate, latency) and `conduit-ebpf status`. Builds nothing (xtask
+//! did); cleans up on exit and on Ctrl-C. See docs/demo.md.
 
 use anyhow::{Result, bail};
 use clap::Parser;
-use conduit_tests::demo::{Node, Steps, check_machine};
+use conduit_tests::demo::{Steps, check_machine};
+use conduit_tests::mesh::scrape::Metrics;
+use conduit_tests::mesh::spec::{GRPC_PORT, MeshSpec};
+use conduit_tests::mesh::{Mesh, report};
 use conduit_tests::names::Names;
-use conduit_tests::report::{ProxyEvent, Reply};
-use conduit_tests::{ProxyMode, TestProxy, TestServer, client, signals, wait_until};
-use std::net::SocketAddr;
+use conduit_tests::{signals, wait_until};
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(about = "conduit-ebpf capture demo (needs root)")]
+#[command(about = "conduit-ebpf local mesh demo (needs root)")]
 struct Cli {
     /// Keep everything running until Ctrl-C (to look around with
-    /// `conduit-ebpf status`, bpftool, `ip netns exec`).
+    /// `conduit-ebpf status`, `ip netns exec conduit-demo-client curl ...`).
     #[arg(long)]
     keep: bool,
+    /// HTTP/1.1 requests per address (by name, by service IP).
+    #[arg(long, default_value_t = 10)]
+    requests: u32,
+    /// Server pods.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u8).range(1..=50))]
+    servers: u8,
 }
 
 fn main() {
@@ -30,8 +38,8 @@ fn main() {
         std::process::exit(1);
     }
     conduit_tests::process::set_echo(false);
-    println!("conduit-ebpf capture demo\n");
-    let mut steps = Steps::new(6);
+    println!("conduit-ebpf local mesh demo\n");
+    let mut steps = Steps::new(11);
     let machine = steps.run("checking the machine", || {
         println!("      {}", check_machine()?);
         Ok(())
@@ -40,40 +48,82 @@ fn main() {
         std::process::exit(1);
     }
     let result = run(&cli, &mut steps);
-    println!("\ncleaned up: pods, bridge, cgroups, agent and its pinned BPF state are gone");
-    if result.is_err() {
+    println!(
+        "\ncleaned up: proxies, applications, controller, agent and its pinned BPF state, pods, bridge, cgroups"
+    );
+    if let Err(e) = result {
         if conduit_tests::wait::interrupted() {
             eprintln!("interrupted");
-        } else {
-            eprintln!("the demo failed (see above)");
+            std::process::exit(130);
         }
-        std::process::exit(if conduit_tests::wait::interrupted() {
-            130
-        } else {
-            1
-        });
+        eprintln!("the demo failed (see above)");
+        tracing::debug!("{e:#}");
+        std::process::exit(1);
     }
 }
 
 fn run(cli: &Cli, steps: &mut Steps) -> Result<()> {
-    let node = Node::up(Names::demo(), &["client", "server"], steps)?;
-    let env = &node.env;
-    let socket = node.agent.config.socket.clone();
-    let (_server, proxy) = steps.run(
-        "starting the server app in pod server (port 8080) and the proxy in pod client (uid 1337), which registers with the agent",
+    let mesh = Mesh::up(
+        Names::demo(),
+        MeshSpec::with_servers(cli.servers.into()),
+        steps,
+    )?;
+    let n = cli.requests.max(1);
+    let fqdn = mesh.spec.fqdn("web");
+    let vip = mesh.service_ip("web");
+    steps.run(
+        &format!("HTTP/1.1 with curl from pod client: {n} requests to http://{fqdn}/ and {n} to http://{vip}/"),
         || {
-            let server = TestServer::start(env, "server", 8080, "server")?;
-            let proxy = TestProxy::start(env, "client", ProxyMode::Relay, Some(&socket))?;
-            println!("      the agent enrolled pod client: its connections are now captured");
-            Ok((server, proxy))
+            for url in [mesh.url_by_name("web", 80, "/hello"), mesh.url_by_ip("web", 80, "/hello")] {
+                let mut by = std::collections::BTreeMap::<String, u32>::new();
+                let mut first = None;
+                for _ in 0..n {
+                    let r = mesh.curl(&url)?;
+                    let a = r.answer()?;
+                    first.get_or_insert((a.clone(), r.seconds));
+                    *by.entry(a.server).or_default() += 1;
+                }
+                let (a, secs) = first.unwrap_or_else(|| unreachable!());
+                println!("      curl {url}");
+                println!(
+                    "        -> 200 from {} ({}, Host {}, app saw peer {}: its own proxy), {:.1} ms",
+                    a.server,
+                    a.version,
+                    a.host,
+                    a.peer,
+                    secs * 1000.0
+                );
+                println!("        answers by server: {}", spread(&by));
+            }
+            Ok(())
         },
     )?;
-    let server = env.pod("server");
     steps.run(
-        "the client app in pod client dials the server, over IPv4 and IPv6",
+        &format!("gRPC with a tonic client from pod client: 5 unary calls + a server stream of 5, to {fqdn}:{GRPC_PORT} and {vip}:{GRPC_PORT}"),
         || {
-            for (n, dst) in [server.v4(8080), server.v6(8080)].into_iter().enumerate() {
-                show_connection(env, &proxy, n, dst)?;
+            for target in [
+                format!("http://{fqdn}:{GRPC_PORT}"),
+                format!("http://{vip}:{GRPC_PORT}"),
+            ] {
+                let r = mesh.grpc(&target, 5, 5, "hello over gRPC")?;
+                if !r.ok {
+                    bail!("gRPC to {target} failed: {}", r.error.unwrap_or_default());
+                }
+                let mut by = std::collections::BTreeMap::<String, u32>::new();
+                for s in r.unary.iter().chain(&r.stream) {
+                    *by.entry(s.clone()).or_default() += 1;
+                }
+                println!("      {target}: OK in {} ms; answers by server: {}", r.millis, spread(&by));
+            }
+            Ok(())
+        },
+    )?;
+    steps.run(
+        "what the proxies saw (their /metrics on :4191): mTLS identities, success rate, latency",
+        || {
+            for pod in mesh.meshed_pods() {
+                let m: Metrics = mesh.proxy(&pod).metrics()?;
+                println!("{}", report::proxy_summary(&pod, &mesh.identity(&pod), &m));
             }
             Ok(())
         },
@@ -81,13 +131,30 @@ fn run(cli: &Cli, steps: &mut Steps) -> Result<()> {
     let status = steps.run(
         &format!(
             "conduit-ebpf status --pin-dir {}",
-            node.agent.config.pin_dir.display()
+            mesh.agent.config.pin_dir.display()
         ),
-        || node.agent.config.status_text(),
+        || mesh.agent.config.status_text(),
     )?;
     println!("{status}");
     if cli.keep {
-        println!("everything keeps running; press Ctrl-C to stop and clean up");
+        println!(
+            "everything keeps running; try (the client's cgroup matters: capture acts on the demo's cgroup tree):"
+        );
+        let cg = mesh.env.pod_cgroup("client", "app")?;
+        println!(
+            "  sh -c 'echo $$ > {}/cgroup.procs && exec ip netns exec {} curl -s http://{fqdn}/'",
+            cg.path().display(),
+            mesh.env.pod("client").netns().name()
+        );
+        println!(
+            "  curl -s http://{}:4191/metrics | grep conduit_request",
+            mesh.env.pod("client").ipv4
+        );
+        println!(
+            "  conduit-ebpf status --pin-dir {}",
+            mesh.agent.config.pin_dir.display()
+        );
+        println!("press Ctrl-C to stop and clean up");
         let _ = wait_until("Ctrl-C", Duration::MAX, || -> Result<()> {
             bail!("running")
         });
@@ -95,51 +162,9 @@ fn run(cli: &Cli, steps: &mut Steps) -> Result<()> {
     Ok(())
 }
 
-/// Dials `dst` from pod client and explains what happened, from the app's,
-/// the proxy's and the server's reports. Fails if it was not captured.
-fn show_connection(
-    env: &conduit_tests::Env,
-    proxy: &TestProxy,
-    n: usize,
-    dst: SocketAddr,
-) -> Result<()> {
-    println!("\n      app dials {dst}");
-    let report = client(env, "client", dst)?;
-    let (peer, reply) = report.reply()?;
-    println!("        app's getpeername:       {peer} (the address it dialled)");
-    let accepted = proxy.accepted();
-    let Some((side, from, original)) = accepted.get(n) else {
-        bail!("the connection was NOT captured: the proxy accepted nothing; the app got {reply:?}");
-    };
-    println!("        captured: the proxy accepted it ({side:?}, from {from}) and asked");
-    println!("        getsockopt(SO_ORIGINAL_DST): {original}");
-    let relayed = wait_until("the proxy to relay", Duration::from_secs(10), || {
-        proxy
-            .events()
-            .into_iter()
-            .filter_map(|e| match e {
-                ProxyEvent::Relayed {
-                    upstream_local,
-                    upstream_peer,
-                    ..
-                } => Some((upstream_local, upstream_peer)),
-                _ => None,
-            })
-            .nth(n)
-            .ok_or_else(|| anyhow::anyhow!("no relay yet"))
-    })?;
-    println!(
-        "        the proxy connected to {} from {} (its own connection is not captured)",
-        relayed.1, relayed.0
-    );
-    if let Reply::Server {
-        name,
-        peer,
-        received,
-        ..
-    } = reply
-    {
-        println!("        server {name:?} answered; it saw peer {peer} and received {received:?}");
-    }
-    Ok(())
+fn spread(by: &std::collections::BTreeMap<String, u32>) -> String {
+    by.iter()
+        .map(|(k, v)| format!("{k} {v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }

@@ -71,10 +71,11 @@ pub fn rows(m: &Metrics) -> Vec<Row> {
 }
 
 /// Every value of an identity label (a label whose name contains
-/// `identity`) on `direction` requests.
+/// `identity`, e.g. `peer_identity`) on `direction` requests and responses.
 pub fn identities(m: &Metrics, direction: &str) -> Vec<String> {
     let mut out = BTreeSet::new();
-    for s in m.find(REQUESTS, &[("direction", direction)]) {
+    let want = [("direction", direction)];
+    for s in m.find(REQUESTS, &want).chain(m.find(RESPONSES, &want)) {
         for (k, v) in &s.labels {
             if k.contains("identity") {
                 out.insert(v.clone());
