@@ -47,4 +47,7 @@ pub struct ConnCtx {
     pub peer_identity: Option<String>,
     /// Bytes and last activity on the accepted connection.
     pub activity: Arc<Activity>,
+    /// Tunnels (Upgrade, CONNECT) made from this connection: the connection
+    /// counts as open, and draining waits, until they end.
+    pub tunnels: TaskTracker,
 }

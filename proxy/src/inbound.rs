@@ -15,6 +15,7 @@ use crate::transport::{MeshProto, TransportHeader};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
 pub async fn handle(
@@ -46,6 +47,7 @@ pub async fn handle(
             from_peer,
             peer_identity,
             activity: activity.clone(),
+            tunnels: TaskTracker::new(),
         }
     };
     if orig_dst.port() != listener.port() {

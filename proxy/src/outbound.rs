@@ -10,6 +10,7 @@ use crate::route::Route;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
+use tokio_util::task::TaskTracker;
 use tracing::warn;
 
 pub async fn handle(
@@ -43,6 +44,7 @@ pub async fn handle(
         from_peer: false,
         peer_identity: None,
         activity: activity.clone(),
+        tunnels: TaskTracker::new(),
     };
     crate::dispatch::serve_transparent(shared, conn, CountingIo::new(tcp, activity)).await
 }

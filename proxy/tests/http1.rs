@@ -209,7 +209,24 @@ async fn websocket_upgrade_through_mesh() {
         ws.next().await.unwrap().unwrap().into_data().len(),
         big.len()
     );
+    // The upgraded connection still counts as open while the tunnel lives.
+    let m = metrics(&mesh.outbound).await;
+    assert_eq!(
+        sample(&m, "conduit_tcp_open_connections", &["outbound"]),
+        1.0,
+        "{m}"
+    );
     ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    drop(ws);
+    support::eventually("tunnel closed", || async {
+        sample(
+            &metrics(&mesh.outbound).await,
+            "conduit_tcp_close_total",
+            &["outbound"],
+        ) == 1.0
+    })
+    .await;
     let mi = metrics(&mesh.inbound).await;
     assert_eq!(
         sample(&mi, "conduit_protocol_detect_total", &["peer_http1"]),

@@ -48,6 +48,9 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
             }
         }
     };
+    // An upgraded connection lives on as its tunnel.
+    conn.tunnels.close();
+    conn.tunnels.wait().await;
     if let Err(e) = res {
         let reason = if e.is_parse_too_large() {
             "header_too_large"

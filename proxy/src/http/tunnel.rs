@@ -10,7 +10,7 @@ use tracing::debug;
 
 pub fn spawn(shared: &Arc<Shared>, conn: &Arc<ConnCtx>, client: OnUpgrade, upstream: OnUpgrade) {
     let (shared, conn) = (shared.clone(), conn.clone());
-    shared.clone().tracker.spawn(async move {
+    conn.clone().tunnels.spawn(async move {
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
