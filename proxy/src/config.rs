@@ -237,9 +237,10 @@ impl Config {
     /// Defaults for embedding (tests): every listener on an ephemeral loopback port.
     pub fn loopback_for_tests() -> Self {
         let mut c = Config::parse_from(["conduit-proxy"]);
-        c.outbound_addrs = vec!["127.0.0.1:0".parse().unwrap()];
-        c.inbound_addrs = vec!["127.0.0.1:0".parse().unwrap()];
-        c.admin_addr = "127.0.0.1:0".parse().unwrap();
+        let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
+        c.outbound_addrs = vec![any_port];
+        c.inbound_addrs = vec![any_port];
+        c.admin_addr = any_port;
         c.shutdown_grace_period = Duration::from_secs(5);
         c
     }
