@@ -78,6 +78,14 @@ pub fn has_tls_client_hello(bytes: &[u8]) -> bool {
         .any(|w| w[0] == 0x16 && w[1] == 0x03 && w[2] <= 0x04 && w[5] == 0x01)
 }
 
+/// How many TLS ClientHello records `bytes` hold (one per TLS connection).
+pub fn count_tls_client_hellos(bytes: &[u8]) -> usize {
+    bytes
+        .windows(6)
+        .filter(|w| w[0] == 0x16 && w[1] == 0x03 && w[2] <= 0x04 && w[5] == 0x01)
+        .count()
+}
+
 /// True if `bytes` hold a TLS handshake record carrying a ServerHello
 /// (handshake type 2).
 pub fn has_tls_server_hello(bytes: &[u8]) -> bool {
@@ -93,6 +101,10 @@ mod tests {
         assert!(super::has_tls_client_hello(&[9, 0x16, 3, 1, 0, 200, 1, 0]));
         assert!(super::has_tls_server_hello(&[0x16, 3, 3, 0, 90, 2]));
         assert!(!super::has_tls_client_hello(b"GET / HTTP/1.1"));
+        assert_eq!(
+            super::count_tls_client_hellos(&[0x16, 3, 1, 0, 9, 1, 0x16, 3, 1, 0, 9, 1]),
+            2
+        );
     }
 
     #[test]

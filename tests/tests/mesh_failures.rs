@@ -60,6 +60,11 @@ fn a_peer_with_the_wrong_identity_is_refused() -> Result<()> {
         !reached,
         "the request reached the application behind the wrong identity"
     );
+    let refused = mesh
+        .proxy("client")
+        .metrics()?
+        .sum("conduit_errors_total", &[("reason", "tls_peer_identity")]);
+    ensure!(refused >= 1.0, "no tls_peer_identity error counted");
     let log = mesh.proxy("client").process.output_text();
     ensure!(
         log.contains(&mesh.spec.identity("billing")) && log.contains(&mesh.identity("impostor")),

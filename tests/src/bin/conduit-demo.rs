@@ -13,6 +13,7 @@ use conduit_tests::mesh::scrape::Metrics;
 use conduit_tests::mesh::spec::{GRPC_PORT, MeshSpec};
 use conduit_tests::mesh::{Mesh, report};
 use conduit_tests::names::Names;
+use conduit_tests::wire::{PacketCapture, contains, count_tls_client_hellos};
 use conduit_tests::{signals, wait_until};
 use std::time::Duration;
 
@@ -39,7 +40,7 @@ fn main() {
     }
     conduit_tests::process::set_echo(false);
     println!("conduit-ebpf local mesh demo\n");
-    let mut steps = Steps::new(11);
+    let mut steps = Steps::new(13);
     let machine = steps.run("checking the machine", || {
         println!("      {}", check_machine()?);
         Ok(())
@@ -69,6 +70,17 @@ fn run(cli: &Cli, steps: &mut Steps) -> Result<()> {
         steps,
     )?;
     let n = cli.requests.max(1);
+    let capture = steps.run(
+        "watching the client pod's veth with tcpdump (everything between pods, except the controller's plaintext gRPC)",
+        || {
+            let controller = mesh.env.pod("controller").ipv4;
+            PacketCapture::start(
+                mesh.env.pod("client").host_veth(),
+                mesh.env.run_dir().join("client-veth.pcap"),
+                &format!("tcp and not host {controller}"),
+            )
+        },
+    )?;
     let fqdn = mesh.spec.fqdn("web");
     let vip = mesh.service_ip("web");
     steps.run(
@@ -118,6 +130,35 @@ fn run(cli: &Cli, steps: &mut Steps) -> Result<()> {
             Ok(())
         },
     )?;
+    steps.run("what crossed the wire between the pods (tcpdump on the client's veth)", || {
+        let bytes = wait_until("the handshakes to reach the capture file", Duration::from_secs(5), || {
+            let b = capture.bytes()?;
+            if count_tls_client_hellos(&b) > 0 {
+                Ok(b)
+            } else {
+                bail!("no TLS ClientHello in {} bytes yet", b.len())
+            }
+        })?;
+        let hellos = count_tls_client_hellos(&bytes);
+        let alpn: Vec<&str> = ["conduit/h2", "conduit/http1", "conduit/opaque"]
+            .into_iter()
+            .filter(|a| contains(&bytes, a.as_bytes()))
+            .collect();
+        println!(
+            "      {} bytes captured: {hellos} TLS ClientHello(s) (client proxy -> server proxies on :4143, ALPN {})",
+            bytes.len(),
+            alpn.join(", ")
+        );
+        for plain in ["GET /hello", "hello over gRPC"] {
+            let seen = contains(&bytes, plain.as_bytes());
+            println!("      plaintext {plain:?} on the wire: {}", if seen { "YES (not encrypted!)" } else { "no" });
+            if seen {
+                bail!("plaintext application data crossed the wire between pods");
+            }
+        }
+        Ok(())
+    })?;
+    drop(capture);
     steps.run(
         "what the proxies saw (their /metrics on :4191): mTLS identities, success rate, latency",
         || {
