@@ -93,6 +93,47 @@ fn http1_and_grpc_by_name_and_by_service_ip_through_both_proxies() -> Result<()>
         "server proxies counted {inbound} inbound requests"
     );
 
+    // Every proxy runs as uid 1337 without capabilities, in its own cgroup.
+    for pod in ["client", "web-1", "web-2"] {
+        let pid = mesh.proxy(pod).process.pid();
+        let st = std::fs::read_to_string(format!("/proc/{pid}/status"))?;
+        let field = |k: &str| {
+            st.lines()
+                .find(|l| l.starts_with(k))
+                .map(|l| {
+                    l[k.len()..]
+                        .split_whitespace()
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                })
+                .unwrap_or_default()
+        };
+        ensure!(
+            field("Uid:") == "1337 1337 1337 1337",
+            "{pod} proxy uid: {}",
+            field("Uid:")
+        );
+        ensure!(
+            field("CapEff:") == "0000000000000000",
+            "{pod} proxy caps: {}",
+            field("CapEff:")
+        );
+        ensure!(
+            field("CapPrm:") == "0000000000000000",
+            "{pod} proxy caps: {}",
+            field("CapPrm:")
+        );
+        let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
+        let v2 = cg
+            .lines()
+            .find(|l| l.starts_with("0::"))
+            .unwrap_or_default();
+        ensure!(
+            v2.ends_with(&format!("/{pod}/proxy")),
+            "{pod} proxy cgroup: {cg}"
+        );
+    }
+
     // The agent captured the client's connections.
     let status = mesh.agent.config.status()?;
     ensure!(
