@@ -192,6 +192,12 @@ impl Client {
             let mut pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
             pool.entry(up.clone()).or_default().clone()
         };
+        // Fast path: an open connection, no waiting behind a connect.
+        if let Ok(g) = slot.try_lock()
+            && let Some(s) = g.as_ref().filter(|s| !s.is_closed())
+        {
+            return Ok(s.clone());
+        }
         let mut guard = slot.lock().await;
         if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
