@@ -1,6 +1,6 @@
 //! `cargo xtask bench <what>`: benchmark programs that print tables.
 
-use crate::util::{exec, root};
+use crate::util::{exec, root, target_dir};
 use crate::{build_ebpf, setup};
 use anyhow::Result;
 use std::process::Command;
@@ -32,6 +32,18 @@ pub fn run(opts: &Options) -> Result<()> {
         What::Controller => ("conduit-controller", "conduit-controller-bench"),
         What::Mesh => {
             build_ebpf::run(&build_ebpf::Options::default())?;
+            // The mesh benchmark runs the agent, the controller, the proxies
+            // and the mesh application as separate release binaries.
+            let t = crate::util::step("building the release binaries the mesh benchmark runs");
+            exec(
+                Command::new("cargo")
+                    .args(["build", "--release", "--bins"])
+                    .args(["-p", "conduit-ebpf", "-p", "conduit-proxy"])
+                    .args(["-p", "conduit-controller", "-p", "conduit-tests"])
+                    .current_dir(root()),
+                "the workspace does not build",
+            )?;
+            crate::util::done("release binaries built", t);
             ("conduit-tests", "conduit-mesh-bench")
         }
     };
@@ -39,6 +51,7 @@ pub fn run(opts: &Options) -> Result<()> {
         Command::new("cargo")
             .args(["run", "--release", "-p", package, "--bin", bin, "--"])
             .args(&opts.args)
+            .env("CONDUIT_BIN_DIR", target_dir().join("release"))
             .current_dir(root()),
         "the benchmark failed: see its output above",
     )

@@ -1,0 +1,196 @@
+//! The paths the same load is sent through, each a complete local mesh of
+//! its own (controller, agent, a client pod and a server pod, each with a
+//! real conduit-proxy certified by the controller) so that all of them are
+//! up at once and measurements can alternate between them:
+//!
+//! * `direct`: capture off; the load generator calls the server pod's
+//!   address, no proxy on the way;
+//! * `ebpf`: the agent's eBPF capture sends the client's connection to the
+//!   service IP into its proxy, mTLS to the server pod's proxy (4143);
+//! * `iptables`: the same proxies without the agent: iptables nat OUTPUT
+//!   `REDIRECT` in the client pod (all uids but the proxy's);
+//! * `sockmap`: like `ebpf`, with the agent's `--sockmap-fastpath` (local
+//!   app-to-proxy bytes go socket to socket with sk_msg).
+
+use crate::pod::{BenchServer, LoadClient};
+use anyhow::{Context, Result, bail};
+use conduit_bench::loadgen::{Load, Protocol, Sample};
+use conduit_tests::demo::Steps;
+use conduit_tests::mesh::Mesh;
+use conduit_tests::mesh::spec::{Capture, MeshSpec, ServiceSpec};
+use conduit_tests::names::Names;
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+/// The benchmark server's port in the server pod.
+pub const SERVER_PORT: u16 = 8081;
+/// The service port the client calls (to SERVER_PORT).
+pub const SERVICE_PORT: u16 = 80;
+/// The benchmark service's name.
+pub const SERVICE: &str = "bench";
+/// The server pod.
+pub const SERVER_POD: &str = "web-1";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    Direct,
+    Ebpf,
+    Iptables,
+    Sockmap,
+}
+
+impl Kind {
+    pub fn parse(s: &str) -> Result<Kind> {
+        Ok(match s {
+            "direct" => Kind::Direct,
+            "ebpf" => Kind::Ebpf,
+            "iptables" => Kind::Iptables,
+            "sockmap" | "fastpath" => Kind::Sockmap,
+            other => bail!("unknown path {other:?} (direct, ebpf, iptables, sockmap)"),
+        })
+    }
+
+    /// Short name in tables.
+    pub fn label(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Ebpf => "eBPF",
+            Kind::Iptables => "iptables",
+            Kind::Sockmap => "eBPF + sockmap",
+        }
+    }
+
+    /// What the path is, for progress lines.
+    pub fn describe(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct: client pod to server pod, no proxy",
+            Kind::Ebpf => "eBPF capture, two proxies, mTLS",
+            Kind::Iptables => {
+                "iptables REDIRECT, the same two proxies, mTLS, no agent registration"
+            }
+            Kind::Sockmap => "eBPF capture with --sockmap-fastpath, two proxies, mTLS",
+        }
+    }
+
+    fn key(self) -> &'static str {
+        match self {
+            Kind::Direct => "direct",
+            Kind::Ebpf => "ebpf",
+            Kind::Iptables => "iptables",
+            Kind::Sockmap => "sockmap",
+        }
+    }
+
+    /// Subnets 10.77.240-243: outside the tests' hashed range (20..220)
+    /// and the demo's (0), so a benchmark can run beside them.
+    fn subnet(self) -> u8 {
+        240 + self as u8
+    }
+
+    fn spec(self) -> MeshSpec {
+        let mut spec = MeshSpec::with_servers(1);
+        spec.services = vec![ServiceSpec {
+            name: SERVICE.into(),
+            ip_octet: 10,
+            ports: vec![(SERVICE_PORT, SERVER_PORT)],
+            endpoints: vec![SERVER_POD.into()],
+            announced_service_account: None,
+        }];
+        spec.quiet_apps = true;
+        spec.proxy_args = vec!["--log".into(), "warn".into()];
+        spec.capture = match self {
+            Kind::Direct => Capture::None,
+            Kind::Ebpf | Kind::Sockmap => Capture::Ebpf,
+            Kind::Iptables => Capture::Iptables,
+        };
+        if self == Kind::Sockmap {
+            spec.agent_args = vec!["--sockmap-fastpath".into()];
+        }
+        spec
+    }
+}
+
+/// One path, up and ready to measure.
+pub struct Path {
+    pub kind: Kind,
+    /// Where the load generator sends requests.
+    pub target: SocketAddr,
+    /// (label, pid) of the proxies on the way.
+    pub proxies: Vec<(&'static str, u32)>,
+    pub client: LoadClient,
+    // Dropped before the mesh (fields drop in order).
+    _server: BenchServer,
+    pub mesh: Mesh,
+}
+
+impl Path {
+    /// Brings the path's mesh up, starts the server and the load generator
+    /// and checks one request of each protocol gets through.
+    pub fn up(kind: Kind, protocols: &[Protocol]) -> Result<Path> {
+        let names = Names::with_subnet(&format!("mesh-bench-{}", kind.key()), kind.subnet());
+        let mesh = Mesh::up(names, kind.spec(), &mut Steps::new(6))?;
+        let server = BenchServer::start(&mesh.env, SERVER_POD, SERVER_PORT)?;
+        let client_pod = mesh.spec.client.clone();
+        let client = LoadClient::start(&mesh.env, &client_pod)?;
+        let (target, proxies) = match kind {
+            Kind::Direct => (mesh.env.pod(SERVER_POD).v4(SERVER_PORT), Vec::new()),
+            _ => (
+                SocketAddr::from((mesh.service_ip(SERVICE), SERVICE_PORT)),
+                vec![
+                    ("client proxy", mesh.proxy(&client_pod).process.pid()),
+                    ("server proxy", mesh.proxy(SERVER_POD).process.pid()),
+                ],
+            ),
+        };
+        let mut path = Path {
+            kind,
+            target,
+            proxies,
+            client,
+            _server: server,
+            mesh,
+        };
+        for &p in protocols {
+            path.check(p).with_context(|| {
+                format!("{}: no {} request got through", kind.label(), p.label())
+            })?;
+        }
+        Ok(path)
+    }
+
+    fn check(&mut self, protocol: Protocol) -> Result<()> {
+        let started = Instant::now();
+        let s = self.measure(protocol, Load::Max(1), Duration::from_millis(300))?;
+        if s.latencies.is_empty() {
+            let logs: Vec<String> = self
+                .mesh
+                .proxies
+                .iter()
+                .map(|(pod, p)| {
+                    let text = p.process.output_text();
+                    let tail: Vec<&str> = text.lines().rev().take(15).collect();
+                    let tail: Vec<&str> = tail.into_iter().rev().collect();
+                    format!("proxy of {pod}:\n{}", tail.join("\n"))
+                })
+                .collect();
+            bail!(
+                "{} errors in {:?} calling {}; {}",
+                s.errors,
+                started.elapsed(),
+                self.target,
+                logs.join("\n")
+            );
+        }
+        Ok(())
+    }
+
+    /// One measurement through this path.
+    pub fn measure(
+        &mut self,
+        protocol: Protocol,
+        load: Load,
+        duration: Duration,
+    ) -> Result<Sample> {
+        self.client.run(self.target, protocol, load, duration)
+    }
+}

@@ -1,0 +1,381 @@
+//! `conduit-mesh-bench` (`cargo xtask bench mesh`): the same HTTP load, in
+//! one run, through the paths of docs/benchmarks.md's "Mesh" section:
+//! direct, eBPF capture with two proxies and mTLS, iptables REDIRECT with
+//! the same two proxies, and eBPF with the sockmap fast path; at fixed rates
+//! (open loop) and at the maximum rate (closed loop), HTTP/1.1 and HTTP/2.
+//! Prints p50/p99/p99.9, throughput, each proxy's RSS and CPU and the
+//! ratios to direct as a Markdown table, draws a PNG latency plot, and
+//! writes both into docs/. Needs root (network namespaces, the agent).
+
+#![allow(missing_docs)]
+
+#[path = "../bench/paths.rs"]
+mod paths;
+#[path = "../bench/pod.rs"]
+mod pod;
+#[path = "../bench/results.rs"]
+mod results;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use conduit_bench::loadgen::{Load, Protocol};
+use conduit_bench::procstat::Sampler;
+use conduit_bench::report::{fmt_opt, load_average};
+use paths::{Kind, Path};
+use results::Cell;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+/// Benchmarks the mesh: direct vs eBPF capture vs iptables REDIRECT.
+#[derive(Parser, Debug)]
+#[command(name = "conduit-mesh-bench")]
+struct Args {
+    #[command(subcommand)]
+    inner: Option<Inner>,
+    /// Measured time per (protocol, load, path).
+    #[arg(long, value_parser = parse_duration, default_value = "4s")]
+    duration: Duration,
+    /// Slices each measurement is cut into; the paths take turns slice by
+    /// slice, so all see the same background load.
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
+    rounds: u32,
+    /// Unmeasured run through each path before each (protocol, load).
+    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    warmup: Duration,
+    /// Fixed request rates (requests per second, open loop).
+    #[arg(long, value_delimiter = ',', default_value = "1000,3000")]
+    rates: Vec<u32>,
+    /// Concurrent requests of the maximum-rate run (closed loop); 0 skips it.
+    #[arg(long, default_value_t = 32)]
+    concurrency: usize,
+    /// Protocols: http1, http2.
+    #[arg(long, value_delimiter = ',', default_value = "http1,http2")]
+    protocols: Vec<String>,
+    /// Paths: direct, ebpf, iptables, sockmap (eBPF with --sockmap-fastpath).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "direct,ebpf,iptables,sockmap"
+    )]
+    paths: Vec<String>,
+    /// Where docs/benchmarks.md and docs/benchmarks-mesh.png are written.
+    #[arg(long, default_value = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs"))]
+    docs: PathBuf,
+    /// Print only; do not write into docs/.
+    #[arg(long)]
+    no_write: bool,
+}
+
+#[derive(Subcommand, Debug)]
+enum Inner {
+    /// (internal) the HTTP server, run in the server pod.
+    #[command(hide = true)]
+    Serve {
+        #[arg(long, required = true)]
+        listen: Vec<SocketAddr>,
+    },
+    /// (internal) the load generator, run in the client pod.
+    #[command(hide = true)]
+    Client,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 5s, 1m)"))?;
+    let secs = match unit {
+        "ms" => n / 1000.0,
+        "" | "s" => n,
+        "m" => n * 60.0,
+        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
+    };
+    Ok(Duration::from_secs_f64(secs))
+}
+
+fn main() {
+    let args = Args::parse();
+    let r = match &args.inner {
+        Some(Inner::Serve { listen }) => pod::serve(listen),
+        Some(Inner::Client) => pod::client(),
+        None => bench(&args),
+    };
+    if let Err(e) = r {
+        if conduit_tests::wait::interrupted() {
+            eprintln!("[mesh-bench] interrupted; cleaned up");
+            std::process::exit(130);
+        }
+        eprintln!("[mesh-bench] error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn progress(line: &str) {
+    eprintln!("[mesh-bench] {line}");
+}
+
+fn bench(args: &Args) -> Result<()> {
+    conduit_tests::signals::install()?;
+    conduit_tests::process::set_echo(false);
+    if let Some(reason) = conduit_tests::privilege::missing() {
+        bail!(
+            "{reason}: the mesh benchmark needs root, cgroup v2 and the bpf syscall \
+             (run `sudo -E cargo xtask bench mesh`)"
+        );
+    }
+    let protocols: Vec<Protocol> = args
+        .protocols
+        .iter()
+        .map(|p| Protocol::parse(p).map_err(anyhow::Error::msg))
+        .collect::<Result<_>>()?;
+    let mut kinds: Vec<Kind> = args
+        .paths
+        .iter()
+        .map(|p| Kind::parse(p))
+        .collect::<Result<_>>()?;
+    kinds.sort_by_key(|k| *k as u8);
+    kinds.dedup();
+    if !kinds.contains(&Kind::Direct) {
+        bail!("--paths must include direct (everything is compared with it)");
+    }
+    let mut loads: Vec<Load> = args
+        .rates
+        .iter()
+        .filter(|r| **r > 0)
+        .map(|r| Load::Rate(*r))
+        .collect();
+    if args.concurrency > 0 {
+        loads.push(Load::Max(args.concurrency));
+    }
+    if loads.is_empty() || protocols.is_empty() {
+        bail!("nothing to measure: give --rates and/or --concurrency, and --protocols");
+    }
+    let started = Instant::now();
+    let load_before = load_average();
+    if let Some((l, cpus)) = load_before
+        && l > cpus as f64 / 2.0
+    {
+        progress(&format!(
+            "warning: load average {l:.2} on {cpus} CPUs before starting: the numbers will be noisy"
+        ));
+    }
+    let cells_n = protocols.len() * loads.len() * kinds.len();
+    progress(&format!(
+        "{} paths × {} protocols × {} loads: {cells_n} measurements of {:?} (+{:?} warm-up), in {} rounds; about {:.0} s after setup",
+        kinds.len(),
+        protocols.len(),
+        loads.len(),
+        args.duration,
+        args.warmup,
+        args.rounds,
+        (args.duration + args.warmup).as_secs_f64() * cells_n as f64
+    ));
+
+    let mut paths = Vec::new();
+    let mut failed: Vec<String> = Vec::new();
+    for (i, &k) in kinds.iter().enumerate() {
+        progress(&format!(
+            "path {}/{}: bringing up a mesh for {}",
+            i + 1,
+            kinds.len(),
+            k.describe()
+        ));
+        let t = Instant::now();
+        let path = match Path::up(k, &protocols) {
+            Ok(p) => p,
+            Err(e) if k != Kind::Direct && !conduit_tests::wait::interrupted() => {
+                // One broken path must not cost the others' numbers.
+                progress(&format!(
+                    "path {}: FAILED, left out of the results: {e:#}",
+                    k.label()
+                ));
+                let first = format!("{e:#}");
+                let first = first.lines().next().unwrap_or_default().to_owned();
+                failed.push(format!("{} could not be measured: {first}", k.label()));
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        progress(&format!(
+            "path {}: ready in {:.1} s (target {}{})",
+            k.label(),
+            t.elapsed().as_secs_f64(),
+            path.target,
+            path.proxies
+                .iter()
+                .map(|(l, pid)| format!(", {l} pid {pid}"))
+                .collect::<String>()
+        ));
+        paths.push(path);
+    }
+
+    let cells = measure(args, &mut paths, &protocols, &loads)?;
+    let elapsed = started.elapsed();
+    progress("stopping the meshes");
+    drop(paths);
+
+    let table = results::table(&cells);
+    let mut summary = results::summary(&cells);
+    summary.extend(failed);
+    let command = command_line();
+    println!("\n{table}");
+    for l in &summary {
+        println!("- {l}");
+    }
+    let load_after = load_average();
+    let machine = machine_line(load_before, load_after);
+    println!("- {machine}");
+    println!("- command: {command}");
+
+    if args.no_write {
+        return Ok(());
+    }
+    let png = args.docs.join("benchmarks-mesh.png");
+    let plotted = match results::plot(
+        &cells,
+        &png,
+        "conduit mesh: latency by percentile (log scales)",
+    ) {
+        Ok(()) => {
+            progress(&format!("latency plot written to {}", png.display()));
+            true
+        }
+        Err(e) => {
+            progress(&format!("warning: no plot: {e:#}"));
+            false
+        }
+    };
+    let generated = generated_section(&table, &summary, &machine, &command, plotted, elapsed);
+    let doc = args.docs.join("benchmarks.md");
+    results::write_doc(&doc, &generated)?;
+    progress(&format!("results written to {}", doc.display()));
+    Ok(())
+}
+
+fn measure(
+    args: &Args,
+    paths: &mut [Path],
+    protocols: &[Protocol],
+    loads: &[Load],
+) -> Result<Vec<Cell>> {
+    let mut cells = Vec::new();
+    let groups = protocols.len() * loads.len();
+    let slice = args.duration / args.rounds;
+    let mut n = 0;
+    for &protocol in protocols {
+        for &load in loads {
+            n += 1;
+            let t = Instant::now();
+            let mut group: Vec<Cell> = paths
+                .iter()
+                .map(|p| Cell::new(protocol, load, p.kind, &p.proxies))
+                .collect();
+            for p in paths.iter_mut() {
+                check_interrupted()?;
+                p.measure(protocol, load, args.warmup)
+                    .with_context(|| format!("warm-up through {}", p.kind.label()))?;
+            }
+            for _ in 0..args.rounds {
+                for (p, cell) in paths.iter_mut().zip(group.iter_mut()) {
+                    check_interrupted()?;
+                    let pids: Vec<u32> = p.proxies.iter().map(|(_, pid)| *pid).collect();
+                    let sampler = Sampler::start(&pids);
+                    let sample = p.measure(protocol, load, slice).with_context(|| {
+                        format!(
+                            "measuring {} {load} through {}",
+                            protocol.label(),
+                            p.kind.label()
+                        )
+                    })?;
+                    cell.add(sample, &sampler.stop());
+                }
+            }
+            let line: Vec<String> = group
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} p50 {} p99 {} {:.0} req/s{}",
+                        c.kind.label(),
+                        fmt_opt(c.sample.quantile(0.5)),
+                        fmt_opt(c.sample.quantile(0.99)),
+                        c.sample.throughput(),
+                        if c.sample.errors > 0 {
+                            format!(" ({} errors)", c.sample.errors)
+                        } else {
+                            String::new()
+                        }
+                    )
+                })
+                .collect();
+            progress(&format!(
+                "{n:>2}/{groups} {} {load} ({:.1} s): {}",
+                protocol.label(),
+                t.elapsed().as_secs_f64(),
+                line.join("; ")
+            ));
+            cells.extend(group);
+        }
+    }
+    Ok(cells)
+}
+
+fn check_interrupted() -> Result<()> {
+    if conduit_tests::wait::interrupted() {
+        bail!("interrupted");
+    }
+    Ok(())
+}
+
+fn command_line() -> String {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    if args.is_empty() {
+        "cargo xtask bench mesh".into()
+    } else {
+        format!("cargo xtask bench mesh -- {}", args.join(" "))
+    }
+}
+
+fn machine_line(before: Option<(f64, usize)>, after: Option<(f64, usize)>) -> String {
+    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let load = match (before, after) {
+        (Some((b, _)), Some((a, _))) => format!(", load average {b:.2} before, {a:.2} after"),
+        _ => String::new(),
+    };
+    format!("machine: {cpus} CPUs, kernel {}{load}", kernel.trim())
+}
+
+fn generated_section(
+    table: &str,
+    summary: &[String],
+    machine: &str,
+    command: &str,
+    plotted: bool,
+    elapsed: Duration,
+) -> String {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .output()
+        .ok()
+        .filter(|o| o.status.success())
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_else(|| "unknown".into());
+    let mut s = format!(
+        "Generated by `{command}` at commit `{commit}` in {:.0} s.\n\n{table}\n",
+        elapsed.as_secs_f64()
+    );
+    for l in summary {
+        s.push_str(&format!("- {l}\n"));
+    }
+    s.push_str(&format!("- {machine}\n"));
+    if plotted {
+        s.push_str("\n![latency by percentile, per path](benchmarks-mesh.png)\n");
+    }
+    s
+}
