@@ -34,10 +34,7 @@ fn http1_and_grpc_by_name_and_by_service_ip_through_both_proxies() -> Result<()>
         }
     }
     let by_name = mesh.curl(&mesh.url_by_name("web", 80, "/host"))?.answer()?;
-    ensure!(
-        by_name.host == format!("{fqdn}"),
-        "Host header: {by_name:?}"
-    );
+    ensure!(by_name.host == fqdn, "Host header: {by_name:?}");
 
     for target in [
         format!("http://{fqdn}:{GRPC_PORT}"),
