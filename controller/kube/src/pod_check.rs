@@ -11,8 +11,8 @@
 //! agent:
 //!
 //! ```no_run
-//! # async fn agent(name: String, namespace: String, ips: Vec<std::net::IpAddr>) -> anyhow::Result<()> {
-//! use conduit_controller::kubernetes::pod_check::{PodChecker, PodClaim};
+//! # async fn agent(name: String, namespace: String, ips: Vec<std::net::IpAddr>) -> Result<(), Box<dyn std::error::Error>> {
+//! use conduit_kube::pod_check::{PodChecker, PodClaim};
 //! let checker = PodChecker::from_env(std::time::Duration::from_secs(10)).await?;
 //! // On each registration, before enrolling:
 //! if let Some(checker) = &checker {
@@ -257,7 +257,7 @@ impl PodChecker {
         let Some(node) = std::env::var(NODE_NAME_ENV).ok().filter(|n| !n.is_empty()) else {
             return Ok(None);
         };
-        let client = super::client().await.map_err(|source| PodCheckerError {
+        let client = crate::client().await.map_err(|source| PodCheckerError {
             node: node.clone(),
             source,
         })?;

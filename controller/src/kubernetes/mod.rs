@@ -7,24 +7,12 @@
 
 mod backend;
 pub mod mesh;
-pub mod pod_check;
 pub mod snapshot;
 mod token_review;
 
 #[cfg(feature = "fake-apiserver")]
-pub mod fake;
+pub use conduit_kube::fake;
+pub use conduit_kube::{client, install_crypto_provider, pod_check};
 
 pub use backend::{KubernetesBackend, KubernetesError, Options};
 pub use token_review::{TokenReviewVerifier, service_account_user};
-
-/// Chooses rustls's ring provider for the process (kube's TLS needs one
-/// chosen when several are compiled in). Harmless when already chosen.
-pub fn install_crypto_provider() {
-    let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// A client from the in-cluster service account (or `$KUBECONFIG`).
-pub async fn client() -> Result<kube::Client, kube::Error> {
-    install_crypto_provider();
-    kube::Client::try_default().await
-}

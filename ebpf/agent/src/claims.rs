@@ -1,14 +1,14 @@
 //! In a cluster the agent does not take a proxy's word for which pod it
 //! belongs to: before enrolling, it asks the API server whether that pod
 //! exists, runs on this node, and has one of the addresses the agent found
-//! in the proxy's network namespace (`conduit_controller`'s `PodChecker`).
+//! in the proxy's network namespace (`conduit_kube`'s `PodChecker`).
 //! A mismatch is refused; answers that may be a race with the kubelet (pod
 //! not visible yet, IP not reported yet, API server unreachable) are asked
 //! again until `--claim-timeout`.
 
 use crate::enrol::Candidate;
 use anyhow::{Context, Result, bail};
-use conduit_controller::kubernetes::pod_check::{NODE_NAME_ENV, PodChecker, PodClaim};
+use conduit_kube::pod_check::{NODE_NAME_ENV, PodChecker, PodClaim};
 use std::time::Duration;
 
 #[derive(clap::Args, Debug, Clone)]
@@ -42,7 +42,7 @@ pub async fn checker(opts: &KubeOptions) -> Result<Option<Claims>> {
         }
         (None, false) => return Ok(None),
     };
-    let client = conduit_controller::kubernetes::client()
+    let client = conduit_kube::client()
         .await
         .context("making a Kubernetes client (in-cluster service account or $KUBECONFIG)")?;
     let timeout = Duration::from_secs(opts.claim_timeout);

@@ -17,7 +17,7 @@
 
 mod support;
 
-use conduit_controller::kubernetes::fake::FakeApiServer;
+use conduit_kube::fake::FakeApiServer;
 use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use std::io::{BufRead, BufReader, Write};

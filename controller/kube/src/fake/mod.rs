@@ -13,7 +13,7 @@
 //!
 //! ```no_run
 //! # async fn demo() -> std::io::Result<()> {
-//! use conduit_controller::kubernetes::fake::FakeApiServer;
+//! use conduit_kube::fake::FakeApiServer;
 //! let fake = FakeApiServer::start().await?;
 //! let client = fake.client();
 //! // fake.apply(&pod); fake.delete::<Pod>("default", "web-0"); fake.expire();
@@ -138,7 +138,7 @@ impl FakeApiServer {
 
     /// A real kube client talking to this server.
     pub fn client(&self) -> kube::Client {
-        super::install_crypto_provider();
+        crate::install_crypto_provider();
         let uri: hyper::Uri = self
             .url()
             .parse()
