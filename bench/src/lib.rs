@@ -6,6 +6,7 @@
 //! `/proc`, Markdown tables and PNG latency plots. Benchmarks print tables;
 //! nothing here asserts on speed.
 
+pub mod args;
 pub mod loadgen;
 pub mod plot;
 pub mod procstat;

@@ -30,6 +30,16 @@ pub struct Panel<'a> {
     pub series: Vec<Series<'a>>,
 }
 
+/// Line colours in series order (distinct on white, also in greyscale).
+const COLORS: [RGBColor; 6] = [
+    RGBColor(0, 0, 0),
+    RGBColor(31, 119, 180),
+    RGBColor(214, 39, 40),
+    RGBColor(44, 160, 44),
+    RGBColor(148, 103, 189),
+    RGBColor(255, 127, 14),
+];
+
 /// Percentiles drawn: x = -log10(1 - q), from the median to 99.9%.
 const X_MAX: f64 = 3.0;
 
@@ -112,6 +122,7 @@ fn draw_panel(
     let mut chart = ChartBuilder::on(area)
         .caption(&panel.title, ("sans-serif", 16))
         .margin(8)
+        .margin_right(24)
         .x_label_area_size(32)
         .y_label_area_size(56)
         .build_cartesian_2d(0f64..X_MAX, (lo..hi).log_scale())
@@ -120,13 +131,13 @@ fn draw_panel(
         .configure_mesh()
         .x_desc("percentile")
         .y_desc("latency (ms)")
-        .x_labels(7)
+        .x_labels(4)
         .x_label_formatter(&|x| trim(quantile_at(*x) * 100.0))
         .y_label_formatter(&|y| trim(*y))
         .draw()
         .map_err(e)?;
     for (i, (label, points)) in curves.into_iter().enumerate() {
-        let color = Palette99::pick(i).to_rgba();
+        let color = COLORS[i % COLORS.len()].to_rgba();
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(e)?

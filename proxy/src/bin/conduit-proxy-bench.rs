@@ -22,13 +22,13 @@ use std::time::Duration;
 #[command(name = "conduit-proxy-bench")]
 struct Args {
     /// Length of each measured run.
-    #[arg(long, value_parser = parse_duration, default_value = "5s")]
+    #[arg(long, value_parser = conduit_bench::args::parse_duration, default_value = "5s")]
     duration: Duration,
     /// Slices each measurement is cut into, alternating direct and proxy.
     #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
     /// Unmeasured run before each measured one (connections, caches, EWMA).
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = conduit_bench::args::parse_duration, default_value = "1s")]
     warmup: Duration,
     /// Fixed request rates (requests per second, open loop).
     #[arg(long, value_delimiter = ',', default_value = "1000,5000")]
@@ -51,24 +51,6 @@ struct Args {
     /// Do not rebuild conduit-proxy before running.
     #[arg(long)]
     no_build: bool,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s.split_at(
-        s.find(|c: char| !c.is_ascii_digit() && c != '.')
-            .unwrap_or(s.len()),
-    );
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 5s, 1m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn main() -> Result<()> {
@@ -208,15 +190,12 @@ fn main() -> Result<()> {
         load_after: report::load_average(),
     };
     println!();
-    report::print(&rows, &summary, &args_line());
+    report::print(
+        &rows,
+        &summary,
+        &conduit_bench::args::command_line("conduit-proxy-bench"),
+    );
     Ok(())
-}
-
-fn args_line() -> String {
-    let args: Vec<String> = std::env::args().skip(1).collect();
-    format!("conduit-proxy-bench {}", args.join(" "))
-        .trim()
-        .to_string()
 }
 
 fn run(

@@ -34,14 +34,14 @@ struct Args {
     #[command(subcommand)]
     inner: Option<Inner>,
     /// Measured time per (protocol, load, path).
-    #[arg(long, value_parser = parse_duration, default_value = "4s")]
+    #[arg(long, value_parser = conduit_bench::args::parse_duration, default_value = "4s")]
     duration: Duration,
     /// Slices each measurement is cut into; the paths take turns slice by
     /// slice, so all see the same background load.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
     rounds: u32,
     /// Unmeasured run through each path before each (protocol, load).
-    #[arg(long, value_parser = parse_duration, default_value = "1s")]
+    #[arg(long, value_parser = conduit_bench::args::parse_duration, default_value = "1s")]
     warmup: Duration,
     /// Fixed request rates (requests per second, open loop).
     #[arg(long, value_delimiter = ',', default_value = "1000,3000")]
@@ -78,24 +78,6 @@ enum Inner {
     /// (internal) the load generator, run in the client pod.
     #[command(hide = true)]
     Client,
-}
-
-fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 5s, 1m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
-    };
-    Ok(Duration::from_secs_f64(secs))
 }
 
 fn main() {
