@@ -13,6 +13,7 @@ const DEB_PACKAGES: &[&str] = &[
     "tcpdump",
     "bpftool",
     "curl",
+    "openssl",
     "wrk",
     "nghttp2-client",
     "protobuf-compiler",
