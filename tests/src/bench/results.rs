@@ -91,6 +91,7 @@ pub fn table(cells: &[Cell]) -> String {
         ("p99.9", Right),
         ("throughput", Right),
         ("errors", Right),
+        ("new conns", Right),
         ("added p50", Right),
         ("added p99", Right),
         ("p50 × direct", Right),
@@ -116,6 +117,7 @@ pub fn table(cells: &[Cell]) -> String {
             fmt_opt(c.q(0.999)),
             format!("{:.0} req/s", c.sample.throughput()),
             c.sample.errors.to_string(),
+            c.sample.connections.to_string(),
             vs(&|c| added(c.q(0.5), d.and_then(|d| d.q(0.5)))),
             vs(&|c| added(c.q(0.99), d.and_then(|d| d.q(0.99)))),
             vs(&|c| times(c.q(0.5), d.and_then(|d| d.q(0.5)))),
@@ -316,6 +318,7 @@ mod tests {
         assert_eq!(lines.len(), 5, "{t}");
         // eBPF: p50 1 ms vs 500 µs direct.
         assert!(lines[3].contains("| eBPF | 1.00 ms |"), "{t}");
+        assert!(lines[3].contains("| 1000 req/s | 0 | 0 |"), "{t}");
         assert!(lines[3].contains("| +500 µs |"), "{t}");
         assert!(lines[3].contains("| 2.00× |"), "{t}");
         assert!(lines[3].contains("| 7.0 MB | 30% |"), "{t}");
