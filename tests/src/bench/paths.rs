@@ -16,8 +16,8 @@ use crate::pod::{BenchServer, LoadClient};
 use anyhow::{Context, Result, bail};
 use conduit_bench::loadgen::{Load, Protocol, Sample};
 use conduit_tests::demo::Steps;
-use conduit_tests::mesh::Mesh;
 use conduit_tests::mesh::spec::{Capture, MeshSpec, ServiceSpec};
+use conduit_tests::mesh::{Mesh, report};
 use conduit_tests::names::Names;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -182,6 +182,36 @@ impl Path {
             );
         }
         Ok(())
+    }
+
+    /// What the server pod's proxy saw, from its metrics: the requests it
+    /// forwarded inbound and the peer identities they came with (mTLS).
+    /// Proves the proxied paths really went through both proxies with the
+    /// client's certificate, and the direct path through none.
+    pub fn verify(&self) -> Result<String> {
+        let m = self.mesh.proxy(SERVER_POD).metrics()?;
+        let n = report::requests(&m, "inbound");
+        let ids = report::identities(&m, "inbound");
+        match self.kind {
+            Kind::Direct if n > 0.0 => {
+                bail!("direct: {n} requests went through the server's proxy")
+            }
+            Kind::Direct => Ok("direct: no request through the server pod's proxy".into()),
+            _ => {
+                let client = self.mesh.identity(&self.mesh.spec.client);
+                if n == 0.0 || !ids.contains(&client) {
+                    bail!(
+                        "{}: the server pod's proxy counted {n} inbound requests, peer identities {ids:?} (expected {client})",
+                        self.kind.label()
+                    );
+                }
+                Ok(format!(
+                    "{}: the server pod's proxy forwarded {n:.0} requests inbound, peer identity {}",
+                    self.kind.label(),
+                    ids.join(", ")
+                ))
+            }
+        }
     }
 
     /// One measurement through this path.

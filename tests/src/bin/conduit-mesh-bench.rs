@@ -198,12 +198,22 @@ fn bench(args: &Args) -> Result<()> {
 
     let cells = measure(args, &mut paths, &protocols, &loads)?;
     let elapsed = started.elapsed();
+    let mut checked = Vec::new();
+    for p in &paths {
+        let line = p.verify()?;
+        progress(&format!("checked {line}"));
+        checked.push(line);
+    }
     progress("stopping the meshes");
     drop(paths);
 
     let table = results::table(&cells);
     let mut summary = results::summary(&cells);
     summary.extend(failed);
+    summary.push(format!(
+        "checked in the proxies' metrics: {}",
+        checked.join("; ")
+    ));
     let command = command_line();
     println!("\n{table}");
     for l in &summary {
