@@ -1,6 +1,26 @@
 //! Command-line helpers shared by the benchmark programs.
 
+use crate::loadgen::{Load, Protocol};
 use std::time::Duration;
+
+/// `--protocols http1,http2` into protocols.
+pub fn protocols(names: &[String]) -> Result<Vec<Protocol>, String> {
+    names.iter().map(|p| Protocol::parse(p)).collect()
+}
+
+/// `--rates` (open loop; zeros are left out) and `--concurrency` (closed
+/// loop; 0 leaves it out) into the loads to measure, in that order.
+pub fn loads(rates: &[u32], concurrency: usize) -> Vec<Load> {
+    let mut loads: Vec<Load> = rates
+        .iter()
+        .filter(|r| **r > 0)
+        .map(|r| Load::Rate(*r))
+        .collect();
+    if concurrency > 0 {
+        loads.push(Load::Max(concurrency));
+    }
+    loads
+}
 
 /// Parses `500ms`, `5s`, `1.5s`, `1m` (a bare number is seconds); for
 /// clap's `value_parser`.
@@ -31,6 +51,21 @@ pub fn command_line(program: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn protocols_and_loads() {
+        let names = ["h1".to_string(), "http2".to_string()];
+        assert_eq!(
+            protocols(&names),
+            Ok(vec![Protocol::Http1, Protocol::Http2])
+        );
+        assert!(protocols(&["http3".to_string()]).is_err());
+        assert_eq!(
+            loads(&[1000, 0, 5], 8),
+            vec![Load::Rate(1000), Load::Rate(5), Load::Max(8)]
+        );
+        assert_eq!(loads(&[], 0), vec![]);
+    }
 
     #[test]
     fn durations() {

@@ -56,20 +56,8 @@ struct Args {
 fn main() -> Result<()> {
     proxy::cleanup_on_interrupt()?;
     let args = Args::parse();
-    let protocols: Vec<Protocol> = args
-        .protocols
-        .iter()
-        .map(|p| Protocol::parse(p).map_err(anyhow::Error::msg))
-        .collect::<Result<_>>()?;
-    let mut loads: Vec<Load> = args
-        .rates
-        .iter()
-        .filter(|r| **r > 0)
-        .map(|r| Load::Rate(*r))
-        .collect();
-    if args.concurrency > 0 {
-        loads.push(Load::Max(args.concurrency));
-    }
+    let protocols = conduit_bench::args::protocols(&args.protocols).map_err(anyhow::Error::msg)?;
+    let loads = conduit_bench::args::loads(&args.rates, args.concurrency);
 
     let bin = proxy::locate(
         args.proxy_bin.clone(),

@@ -110,11 +110,7 @@ fn bench(args: &Args) -> Result<()> {
              (run `sudo -E cargo xtask bench mesh`)"
         );
     }
-    let protocols: Vec<Protocol> = args
-        .protocols
-        .iter()
-        .map(|p| Protocol::parse(p).map_err(anyhow::Error::msg))
-        .collect::<Result<_>>()?;
+    let protocols = conduit_bench::args::protocols(&args.protocols).map_err(anyhow::Error::msg)?;
     let mut kinds: Vec<Kind> = args
         .paths
         .iter()
@@ -125,15 +121,7 @@ fn bench(args: &Args) -> Result<()> {
     if !kinds.contains(&Kind::Direct) {
         bail!("--paths must include direct (everything is compared with it)");
     }
-    let mut loads: Vec<Load> = args
-        .rates
-        .iter()
-        .filter(|r| **r > 0)
-        .map(|r| Load::Rate(*r))
-        .collect();
-    if args.concurrency > 0 {
-        loads.push(Load::Max(args.concurrency));
-    }
+    let loads = conduit_bench::args::loads(&args.rates, args.concurrency);
     if loads.is_empty() || protocols.is_empty() {
         bail!("nothing to measure: give --rates and/or --concurrency, and --protocols");
     }
