@@ -16,6 +16,34 @@ use tokio::sync::mpsc;
 const CLIENT: &str = "spiffe://cluster.local/ns/shop/sa/web";
 const SERVER: &str = "spiffe://cluster.local/ns/shop/sa/books";
 
+/// Asserts that `err` is a handshake refused over a certificate matching
+/// `$cert` (a `CertificateError` pattern).
+macro_rules! assert_invalid_cert {
+    ($err:expr, $cert:pat) => {{
+        let err = $err;
+        assert!(
+            matches!(
+                err,
+                TlsError::Handshake(rustls::Error::InvalidCertificate($cert))
+            ),
+            "{err}"
+        );
+    }};
+}
+
+/// TLS 1.3: the client finishes first, so a refusal by the server arrives on
+/// the client's first read; a connection that did come up must fail there.
+async fn assert_read_refused<S: tokio::io::AsyncRead + Unpin, E>(conn: Result<S, E>) {
+    if let Ok(mut tls) = conn {
+        let mut buf = [0u8; 1];
+        assert!(
+            tokio::io::AsyncReadExt::read(&mut tls, &mut buf)
+                .await
+                .is_err()
+        );
+    }
+}
+
 /// An inbound listener: every accepted handshake's result goes to the
 /// returned channel; established connections echo.
 async fn serve(
@@ -136,15 +164,7 @@ async fn refused_when_the_server_cert_is_from_another_ca() {
     let server_creds = certified(&rogue, SERVER);
     let (addr, _results) = server(&server_creds).await;
     let err = connect(&client, addr, SERVER, Alpn::H2).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TlsError::Handshake(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer
-            ))
-        ),
-        "{err}"
-    );
+    assert_invalid_cert!(err, CertificateError::UnknownIssuer);
 }
 
 #[tokio::test]
@@ -158,25 +178,9 @@ async fn refused_when_the_client_cert_is_from_another_ca() {
     let (chain, key) = rogue.issue(CLIENT);
     client.install(chain, key).unwrap();
     let (addr, mut results) = server(&server_creds).await;
-    // TLS 1.3: the client finishes first; the refusal arrives on read.
-    if let Ok(mut tls) = connect(&client, addr, SERVER, Alpn::H2).await {
-        let mut buf = [0u8; 1];
-        assert!(
-            tokio::io::AsyncReadExt::read(&mut tls, &mut buf)
-                .await
-                .is_err()
-        );
-    }
+    assert_read_refused(connect(&client, addr, SERVER, Alpn::H2).await).await;
     let err = results.recv().await.unwrap().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TlsError::Handshake(rustls::Error::InvalidCertificate(
-                CertificateError::UnknownIssuer
-            ))
-        ),
-        "{err}"
-    );
+    assert_invalid_cert!(err, CertificateError::UnknownIssuer);
 }
 
 #[tokio::test]
@@ -185,14 +189,7 @@ async fn refused_when_the_client_is_in_another_trust_domain() {
     let server_creds = certified(&ca, SERVER);
     let outsider = certified(&ca, "spiffe://other.example/ns/shop/sa/web");
     let (addr, mut results) = server(&server_creds).await;
-    if let Ok(mut tls) = connect(&outsider, addr, SERVER, Alpn::H2).await {
-        let mut buf = [0u8; 1];
-        assert!(
-            tokio::io::AsyncReadExt::read(&mut tls, &mut buf)
-                .await
-                .is_err()
-        );
-    }
+    assert_read_refused(connect(&outsider, addr, SERVER, Alpn::H2).await).await;
     let err = results.recv().await.unwrap().unwrap_err();
     match err {
         TlsError::PeerIdentity(PeerIdentityError::WrongTrustDomain {
@@ -230,15 +227,7 @@ async fn refused_when_the_server_cert_expired() {
     let client = certified(&ca, CLIENT);
     let (addr, _results) = server(&expired(&ca, SERVER)).await;
     let err = connect(&client, addr, SERVER, Alpn::H2).await.unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TlsError::Handshake(rustls::Error::InvalidCertificate(
-                CertificateError::ExpiredContext { .. }
-            ))
-        ),
-        "{err}"
-    );
+    assert_invalid_cert!(err, CertificateError::ExpiredContext { .. });
 }
 
 #[tokio::test]
@@ -253,15 +242,7 @@ async fn refused_when_the_client_cert_expired() {
     let (addr, mut results) = server(&server_creds).await;
     let _ = connect(&expired(&ca, CLIENT), addr, SERVER, Alpn::H2).await;
     let err = results.recv().await.unwrap().unwrap_err();
-    assert!(
-        matches!(
-            err,
-            TlsError::Handshake(rustls::Error::InvalidCertificate(
-                CertificateError::ExpiredContext { .. }
-            ))
-        ),
-        "{err}"
-    );
+    assert_invalid_cert!(err, CertificateError::ExpiredContext { .. });
 }
 
 #[tokio::test]
@@ -286,17 +267,12 @@ async fn refused_without_a_client_cert() {
     config.alpn_protocols = vec![b"conduit/h2".to_vec()];
     let tcp = TcpStream::connect(addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("books").unwrap();
-    if let Ok(mut tls) = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
-        .connect(name, tcp)
-        .await
-    {
-        let mut buf = [0u8; 1];
-        assert!(
-            tokio::io::AsyncReadExt::read(&mut tls, &mut buf)
-                .await
-                .is_err()
-        );
-    }
+    assert_read_refused(
+        tokio_rustls::TlsConnector::from(std::sync::Arc::new(config))
+            .connect(name, tcp)
+            .await,
+    )
+    .await;
     let err = results.recv().await.unwrap().unwrap_err();
     assert!(
         matches!(
