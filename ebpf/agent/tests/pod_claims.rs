@@ -26,9 +26,8 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
-use support::{cgroup2_mount, privileged, sh, wait_for};
+use support::{BIN, agent_status, cgroup2_mount, privileged, sh, teardown, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_conduit-ebpf");
 const HOST_IP: &str = "10.213.8.1";
 const POD_IP: &str = "10.213.8.2";
 const NODE: &str = "node-a";
@@ -154,9 +153,14 @@ impl Env {
         assert!(ready.contains("checks_pod_claims=true"), "{ready}");
     }
 
-    /// Runs the proxy helper in the pod (netns, proxy cgroup), claiming
-    /// `namespace/name`; returns it with its first line (ENROLLED/REFUSED).
-    fn register(&self, namespace: &str, name: &str) -> (Child, String) {
+    /// Starts the proxy helper in the pod (netns, proxy cgroup) with
+    /// CLAIM_ARGS `claim` (after the agent socket path); each stdout line
+    /// `pick` keeps goes to the returned channel.
+    fn spawn_helper(
+        &self,
+        claim: &str,
+        pick: fn(&str) -> Option<String>,
+    ) -> (Child, mpsc::Receiver<String>) {
         let exe = std::env::current_exe().unwrap();
         let mut child = Command::new("sh")
             .arg("-c")
@@ -166,10 +170,7 @@ impl Env {
                 self.ns,
                 exe.display()
             ))
-            .env(
-                "CLAIM_ARGS",
-                format!("{}\n{namespace}\n{name}", self.socket.display()),
-            )
+            .env("CLAIM_ARGS", format!("{}\n{claim}", self.socket.display()))
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -178,10 +179,19 @@ impl Env {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if l.contains("ENROLLED") || l.contains("REFUSED") {
+                if let Some(l) = pick(&l) {
                     let _ = tx.send(l);
                 }
             }
+        });
+        (child, rx)
+    }
+
+    /// Runs the proxy helper in the pod (netns, proxy cgroup), claiming
+    /// `namespace/name`; returns it with its first line (ENROLLED/REFUSED).
+    fn register(&self, namespace: &str, name: &str) -> (Child, String) {
+        let (child, rx) = self.spawn_helper(&format!("{namespace}\n{name}"), |l| {
+            (l.contains("ENROLLED") || l.contains("REFUSED")).then(|| l.to_string())
         });
         let line = rx
             .recv_timeout(Duration::from_secs(15))
@@ -192,33 +202,9 @@ impl Env {
     /// Runs the proxy helper in `maintain` mode (re-registers when the
     /// agent restarts); its `STATE enrolled=...` lines.
     fn maintain(&self, namespace: &str, name: &str) -> (Child, mpsc::Receiver<String>) {
-        let exe = std::env::current_exe().unwrap();
-        let mut child = Command::new("sh")
-            .arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec ip netns exec {} {} --exact helper_register --nocapture --test-threads=1",
-                self.cgroup.join("proxy").display(),
-                self.ns,
-                exe.display()
-            ))
-            .env(
-                "CLAIM_ARGS",
-                format!("{}\n{namespace}\n{name}\nmaintain", self.socket.display()),
-            )
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = child.stdout.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for l in BufReader::new(out).lines().map_while(Result::ok) {
-                if let Some(i) = l.find("STATE ") {
-                    let _ = tx.send(l[i..].to_string());
-                }
-            }
-        });
-        (child, rx)
+        self.spawn_helper(&format!("{namespace}\n{name}\nmaintain"), |l| {
+            l.find("STATE ").map(|i| l[i..].to_string())
+        })
     }
 
     /// SIGTERM: the agent leaves its pins (and capture) in place.
@@ -244,17 +230,7 @@ impl Env {
     }
 
     fn status(&self) -> serde_json::Value {
-        let out = Command::new(BIN)
-            .args(["status", "--json", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        agent_status(&self.pin_dir)
     }
 }
 
@@ -264,20 +240,14 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(BIN)
-            .args(["cleanup", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &format!("{}h", self.veth)])
-            .stderr(Stdio::null())
-            .status();
-        for sub in ["agent", "proxy", ""] {
-            let _ = std::fs::remove_dir(self.cgroup.join(sub));
-        }
+        teardown(
+            &self.pin_dir,
+            &self.socket,
+            &self.ns,
+            &self.veth,
+            &self.cgroup,
+            &["agent", "proxy", ""],
+        );
     }
 }
 

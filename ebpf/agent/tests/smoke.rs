@@ -19,9 +19,8 @@ use std::time::Duration;
 
 mod support;
 
-use support::{cgroup2_mount, privileged, sh, wait_for};
+use support::{BIN, agent_status, cgroup2_mount, privileged, sh, teardown, wait_for};
 
-const BIN: &str = env!("CARGO_BIN_EXE_conduit-ebpf");
 const HOST_IP: &str = "10.213.7.1";
 const POD_IP: &str = "10.213.7.2";
 
@@ -110,17 +109,7 @@ impl Env {
     }
 
     fn status(&self) -> serde_json::Value {
-        let out = Command::new(BIN)
-            .args(["status", "--json", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "status failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        serde_json::from_slice(&out.stdout).unwrap()
+        agent_status(&self.pin_dir)
     }
 
     /// `status --check --socket`: (exit status 0, stderr).
@@ -151,20 +140,14 @@ impl Drop for Env {
             let _ = c.kill();
             let _ = c.wait();
         }
-        let _ = Command::new(BIN)
-            .args(["cleanup", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output();
-        let _ = Command::new("ip").args(["netns", "del", &self.ns]).status();
-        let _ = Command::new("ip")
-            .args(["link", "del", &format!("{}h", self.veth)])
-            .stderr(Stdio::null())
-            .status();
-        for sub in ["proxy", "app", ""] {
-            let _ = std::fs::remove_dir(self.cgroup.join(sub));
-        }
+        teardown(
+            &self.pin_dir,
+            &self.socket,
+            &self.ns,
+            &self.veth,
+            &self.cgroup,
+            &["proxy", "app", ""],
+        );
     }
 }
 

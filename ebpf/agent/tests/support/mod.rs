@@ -1,11 +1,15 @@
 //! Shared pieces of the agent's privileged tests: the privilege check, shell
-//! commands, the cgroup v2 mount, waiting for conditions.
+//! commands, the cgroup v2 mount, waiting for conditions, the agent's status
+//! and a test pod's teardown.
 #![allow(dead_code)]
 
 use std::io::Write;
-use std::path::PathBuf;
-use std::process::Command;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
+
+/// The agent binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_conduit-ebpf");
 
 /// Whether the test can run (root and cgroup v2); skips visibly otherwise,
 /// and panics instead under CONDUIT_REQUIRE_PRIVILEGED=1.
@@ -46,5 +50,40 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     while !cond() {
         assert!(Instant::now() < deadline, "timed out waiting for {what}");
         std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// `status --json` of the agent whose maps are pinned in `pin_dir`.
+pub fn agent_status(pin_dir: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--pin-dir"])
+        .arg(pin_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Best-effort teardown of a test pod: the agent's `cleanup` of `pin_dir`
+/// and `socket`, the network namespace `ns`, the host end `{veth}h` and the
+/// cgroups `subs` under `cgroup` (in that order, so list children first).
+pub fn teardown(pin_dir: &Path, socket: &Path, ns: &str, veth: &str, cgroup: &Path, subs: &[&str]) {
+    let _ = Command::new(BIN)
+        .args(["cleanup", "--pin-dir"])
+        .arg(pin_dir)
+        .arg("--socket")
+        .arg(socket)
+        .output();
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", &format!("{veth}h")])
+        .stderr(Stdio::null())
+        .status();
+    for sub in subs {
+        let _ = std::fs::remove_dir(cgroup.join(sub));
     }
 }
