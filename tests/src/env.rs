@@ -3,6 +3,7 @@
 //! test and removed on drop, pinned BPF state included.
 
 use crate::agent::{AgentConfig, agent_bin};
+use crate::bpf::BpfObjects;
 use crate::cgroup::{Cgroup, CgroupTree};
 use crate::names::Names;
 use crate::privilege;
@@ -76,6 +77,18 @@ impl Env {
     /// The test's cgroup (the agent attaches here).
     pub fn cgroup(&self) -> &Cgroup {
         self.cgroups.root()
+    }
+
+    /// The BPF objects at the test's cgroup and in its pods' network
+    /// namespaces, with the agent's pins in `pin_dir` (bpftool's view).
+    pub fn bpf_objects(&self, pin_dir: &Path) -> Result<BpfObjects> {
+        let netns: Vec<PathBuf> = self
+            .topology
+            .pods()
+            .iter()
+            .map(|p| p.netns().path())
+            .collect();
+        BpfObjects::collect(self.cgroup().path(), &netns, pin_dir)
     }
 
     /// The cgroup `<test>/<pod>/<role>` (created on first use).

@@ -11,7 +11,6 @@ use conduit_tests::checks::{captured_outbound, direct};
 use conduit_tests::report::ClientReport;
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client, wait_until};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::time::Duration;
@@ -32,13 +31,7 @@ fn agent_restart_keeps_capture_and_adopts_pinned_state() -> Result<()> {
     let mut proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&config.socket))?;
     let dst = env.pod("server").v4(8080);
     captured_outbound(&client(&env, "app", dst)?, dst)?;
-    let netns: Vec<PathBuf> = env
-        .topology()
-        .pods()
-        .iter()
-        .map(|p| p.netns().path())
-        .collect();
-    let before = BpfObjects::collect(env.cgroup().path(), &netns, &config.pin_dir)?;
+    let before = env.bpf_objects(&config.pin_dir)?;
 
     let phase = AtomicU8::new(OLD_AGENT);
     let stop = AtomicBool::new(false);
@@ -109,33 +102,23 @@ fn restart(
     seen: &Mutex<Vec<(u8, ClientReport)>>,
 ) -> Result<(BpfObjects, conduit_tests::Agent)> {
     let count = |p: u8| seen.lock().unwrap().iter().filter(|(q, _)| *q == p).count();
-    wait_until(
-        "traffic with the first agent",
-        Duration::from_secs(10),
-        || {
-            if count(OLD_AGENT) >= 3 {
+    // At least three connections made in `phase`.
+    let traffic_in = |phase: u8, what: &str| {
+        wait_until(what, Duration::from_secs(10), || {
+            if count(phase) >= 3 {
                 Ok(())
             } else {
-                Err(anyhow!("{} connections", count(OLD_AGENT)))
+                Err(anyhow!("{} connections", count(phase)))
             }
-        },
-    )?;
+        })
+    };
+    traffic_in(OLD_AGENT, "traffic with the first agent")?;
 
     agent.stop()?;
     phase.store(NO_AGENT, Ordering::SeqCst);
     proxy.wait_unregistered(1)?;
     ensure!(config.pin_dir.exists(), "SIGTERM removed the pin directory");
-    wait_until(
-        "traffic while no agent runs",
-        Duration::from_secs(10),
-        || {
-            if count(NO_AGENT) >= 3 {
-                Ok(())
-            } else {
-                Err(anyhow!("{} connections", count(NO_AGENT)))
-            }
-        },
-    )?;
+    traffic_in(NO_AGENT, "traffic while no agent runs")?;
     // The pinned state, read without an agent: still attached, pod still
     // enrolled with its (live) proxy.
     let status = config.status()?;
@@ -150,17 +133,7 @@ fn restart(
     let agent = config.start()?;
     proxy.wait_registered(2)?;
     phase.store(NEW_AGENT, Ordering::SeqCst);
-    wait_until(
-        "traffic with the new agent",
-        Duration::from_secs(10),
-        || {
-            if count(NEW_AGENT) >= 3 {
-                Ok(())
-            } else {
-                Err(anyhow!("{} connections", count(NEW_AGENT)))
-            }
-        },
-    )?;
+    traffic_in(NEW_AGENT, "traffic with the new agent")?;
     let status = config.status()?;
     let pod = status
         .pod("app")
@@ -169,13 +142,7 @@ fn restart(
         status.attached && pod.proxy_pid == proxy.process.pid(),
         "{status:?}"
     );
-    let netns: Vec<PathBuf> = env
-        .topology()
-        .pods()
-        .iter()
-        .map(|p| p.netns().path())
-        .collect();
-    let objects = BpfObjects::collect(env.cgroup().path(), &netns, &config.pin_dir)?;
+    let objects = env.bpf_objects(&config.pin_dir)?;
     // What status reports is what bpftool sees.
     for p in &status.programs {
         ensure!(

@@ -4,11 +4,10 @@
 //! flows uncaptured.
 
 use anyhow::{Result, anyhow, ensure};
-use conduit_tests::bpf::{BpfObjects, cgroup_attachments};
+use conduit_tests::bpf::cgroup_attachments;
 use conduit_tests::checks::{captured_outbound, direct};
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client, wait_until};
 use std::net::IpAddr;
-use std::path::PathBuf;
 use std::time::Duration;
 
 #[test]
@@ -23,13 +22,7 @@ fn cleanup_leaves_nothing_behind() -> Result<()> {
     let dst = env.pod("server").v4(8080);
     captured_outbound(&client(&env, "app", dst)?, dst)?;
 
-    let netns: Vec<PathBuf> = env
-        .topology()
-        .pods()
-        .iter()
-        .map(|p| p.netns().path())
-        .collect();
-    let ours = BpfObjects::collect(env.cgroup().path(), &netns, &config.pin_dir)?;
+    let ours = env.bpf_objects(&config.pin_dir)?;
     ensure!(
         !ours.progs.is_empty(),
         "no programs attached at the test's cgroup: {ours:?}"

@@ -4,8 +4,27 @@
 
 use anyhow::{Result, ensure};
 use conduit_tests::checks::{captured_outbound, direct};
-use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client};
+use conduit_tests::{Agent, Env, ProxyMode, TestProxy, TestServer, client};
 use std::net::IpAddr;
+
+/// Over IPv4 and IPv6 at once: pod `other` reaches the server directly while
+/// pod `enrolled` is captured, and only `enrolled` is in the agent's status.
+fn only_enrolled_captured(env: &Env, agent: &Agent, other: &str) -> Result<()> {
+    let (s, o) = (env.pod("server"), env.pod(other));
+    for (dst, from) in [
+        (s.v4(8080), IpAddr::V4(o.ipv4)),
+        (s.v6(8080), IpAddr::V6(o.ipv6)),
+    ] {
+        direct(&client(env, other, dst)?, "server", from)?;
+        captured_outbound(&client(env, "enrolled", dst)?, dst)?;
+    }
+    let pods = agent.config.status()?.pods;
+    ensure!(
+        pods.len() == 1 && pods[0].name == "enrolled",
+        "enrolled pods: {pods:?}"
+    );
+    Ok(())
+}
 
 #[test]
 fn pod_with_unregistered_proxy_not_captured() -> Result<()> {
@@ -23,19 +42,7 @@ fn pod_with_unregistered_proxy_not_captured() -> Result<()> {
     )?;
     // Listening on 4140/4143 like a proxy, but never registered.
     let idle = TestProxy::start(&env, "idle", ProxyMode::Report, None)?;
-    let (s, i) = (env.pod("server"), env.pod("idle"));
-    for (dst, from) in [
-        (s.v4(8080), IpAddr::V4(i.ipv4)),
-        (s.v6(8080), IpAddr::V6(i.ipv6)),
-    ] {
-        direct(&client(&env, "idle", dst)?, "server", from)?;
-        captured_outbound(&client(&env, "enrolled", dst)?, dst)?;
-    }
-    let pods = agent.config.status()?.pods;
-    ensure!(
-        pods.len() == 1 && pods[0].name == "enrolled",
-        "enrolled pods: {pods:?}"
-    );
+    only_enrolled_captured(&env, &agent, "idle")?;
     ensure!(
         idle.accepted().is_empty(),
         "the unregistered proxy accepted {:?}",
@@ -61,19 +68,7 @@ fn non_enrolled_namespace_not_captured() -> Result<()> {
         ProxyMode::Report,
         Some(&agent.config.socket),
     )?;
-    let (s, o) = (env.pod("server"), env.pod("outside"));
-    for (dst, from) in [
-        (s.v4(8080), IpAddr::V4(o.ipv4)),
-        (s.v6(8080), IpAddr::V6(o.ipv6)),
-    ] {
-        direct(&client(&env, "outside", dst)?, "server", from)?;
-        captured_outbound(&client(&env, "enrolled", dst)?, dst)?;
-    }
-    let pods = agent.config.status()?.pods;
-    ensure!(
-        pods.len() == 1 && pods[0].name == "enrolled",
-        "enrolled pods: {pods:?}"
-    );
+    only_enrolled_captured(&env, &agent, "outside")?;
     // The enrolled pod's proxy saw its own pod's two connections, no others.
     ensure!(
         enrolled.accepted().len() == 2,

@@ -4,9 +4,9 @@
 //! registered go direct (the app in pod `app` listens on 9000 for inbound).
 
 use anyhow::{Result, ensure};
-use conduit_tests::AgentConfig;
 use conduit_tests::checks::{captured_outbound, direct};
 use conduit_tests::report::Side;
+use conduit_tests::{Agent, AgentConfig};
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client, wait_until};
 use nix::sys::signal::Signal;
 use std::net::IpAddr;
@@ -74,16 +74,24 @@ fn expect_captured(env: &Env, agent: &AgentConfig) -> Result<()> {
     Ok(())
 }
 
+/// Starts the agent, the server (8080), the app (9000) and a registered
+/// proxy in pod `app`, and checks capture is on; returns what must stay
+/// alive: (agent, server, app, proxy).
+fn captured_app(env: &Env) -> Result<(Agent, TestServer, TestServer, TestProxy)> {
+    let agent = env.agent_config()?.start()?;
+    let server = TestServer::start(env, "server", 8080, "server")?;
+    let local_app = TestServer::start(env, "app", 9000, "local-app")?;
+    let proxy = TestProxy::start(env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
+    expect_captured(env, &agent.config)?;
+    Ok((agent, server, local_app, proxy))
+}
+
 #[test]
 fn capture_stops_when_registration_closes_and_resumes_on_register() -> Result<()> {
     let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server"])? else {
         return Ok(());
     };
-    let agent = env.agent_config()?.start()?;
-    let _server = TestServer::start(&env, "server", 8080, "server")?;
-    let _local_app = TestServer::start(&env, "app", 9000, "local-app")?;
-    let mut proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
-    expect_captured(&env, &agent.config)?;
+    let (agent, _server, _local_app, mut proxy) = captured_app(&env)?;
 
     proxy.unregister()?;
     proxy.wait_unregistered(1)?;
@@ -101,11 +109,7 @@ fn capture_stops_when_proxy_dies_and_resumes_with_a_new_proxy() -> Result<()> {
     let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server"])? else {
         return Ok(());
     };
-    let agent = env.agent_config()?.start()?;
-    let _server = TestServer::start(&env, "server", 8080, "server")?;
-    let _local_app = TestServer::start(&env, "app", 9000, "local-app")?;
-    let mut proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
-    expect_captured(&env, &agent.config)?;
+    let (agent, _server, _local_app, mut proxy) = captured_app(&env)?;
 
     proxy.process.signal(Signal::SIGKILL)?;
     proxy.process.wait_exit(Duration::from_secs(5))?;
