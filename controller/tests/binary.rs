@@ -2,32 +2,16 @@
 //! a token file, the trust anchors it writes, admin endpoints, clean exit on
 //! SIGTERM, and a clear error for a bad discovery file.
 
+mod binary_common;
+
+use binary_common::{BIN, Proc, free_port};
 use conduit_controller_api::client::{WatchOptions, watch_destination_with};
 use conduit_controller_api::identity::v1::{CertifyRequest, identity_client::IdentityClient};
 use rcgen::{CertificateParams, KeyPair, SanType};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Endpoint;
 use x509_parser::prelude::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_conduit-controller");
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 async fn http_get(port: u16, path: &str) -> Option<String> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

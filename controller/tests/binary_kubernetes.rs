@@ -2,8 +2,10 @@
 //! against the fake API server (real list/watch wire format): discovery from
 //! Services, EndpointSlices and Pods, and `Certify` proven by TokenReview.
 
+mod binary_common;
 mod kubernetes_common;
 
+use binary_common::{BIN, Proc, free_port};
 use conduit_controller::kubernetes::fake::FakeApiServer;
 use conduit_controller::kubernetes::mesh::IDENTITY_AUDIENCE;
 use conduit_controller_api::client::{WatchOptions, watch_destination_with};
@@ -11,28 +13,9 @@ use conduit_controller_api::identity::v1::{CertifyRequest, identity_client::Iden
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kubernetes_common::*;
 use rcgen::{CertificateParams, KeyPair, SanType};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 use tonic::transport::Endpoint;
-
-const BIN: &str = env!("CARGO_BIN_EXE_conduit-controller");
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
 
 async fn admin_ready(port: u16) -> bool {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

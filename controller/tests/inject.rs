@@ -128,15 +128,9 @@ fn collect(v: &serde_yaml::Value, out: &mut Vec<(String, PodTemplateSpec)>) {
 
 #[test]
 fn sidecar_is_native_unprivileged_and_carries_identity_and_agent_socket() {
-    for case in [
-        "pod",
-        "deployment",
-        "statefulset",
-        "daemonset",
-        "job",
-        "cronjob",
-        "list",
-    ] {
+    // The single-workload cases: all but the multi-document file and the
+    // opted-out workload.
+    for &case in CASES.iter().filter(|c| !matches!(**c, "multi" | "optout")) {
         let out = inject_yaml(&read(&format!("{case}.in.yaml")), &options()).unwrap();
         let ts = templates(&out.yaml);
         assert!(!ts.is_empty(), "{case}");

@@ -6,11 +6,12 @@ mod kubernetes_common;
 
 use conduit_controller::kubernetes::fake::FakeApiServer;
 use conduit_controller::kubernetes::{KubernetesBackend, Options};
-use conduit_controller::model::{DiscoveryBackend, Target};
+use conduit_controller::model::{DestinationView, DiscoveryBackend, Target};
 use k8s_openapi::api::core::v1::{Pod, Service};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kubernetes_common::*;
+use tokio::sync::watch;
 
 fn name(svc: &str, ns: &str, port: u16) -> Target {
     Target::Service {
@@ -43,6 +44,32 @@ async fn start(fake: &FakeApiServer, page_size: u32) -> KubernetesBackend {
     backend
 }
 
+/// The fake serving the web objects and a backend watching `web/shop:80`,
+/// once its initial view has arrived and all three watches are open.
+async fn watching_web() -> (
+    FakeApiServer,
+    KubernetesBackend,
+    watch::Receiver<DestinationView>,
+) {
+    let fake = FakeApiServer::start().await.unwrap();
+    web_objects(&fake);
+    let backend = start(&fake, 500).await;
+    let mut rx = backend.watch(&name("web", "shop", 80));
+    wait_view(&mut rx, "initial", |v| v.endpoints.len() == 2).await;
+    wait_until("three watches open", || fake.open_watches() == 3).await;
+    (fake, backend, rx)
+}
+
+/// The slice `shop/web-abc` of service `web` (port http 8080).
+fn web_slice(eps: &[Ep<'_>]) -> EndpointSlice {
+    slice("shop", "web-abc", "web", &[("http", Some(8080))], eps)
+}
+
+/// The slice `prod/api-1` of service `api` (port https 8443).
+fn api_slice(eps: &[Ep<'_>]) -> EndpointSlice {
+    slice("prod", "api-1", "api", &[("https", Some(8443))], eps)
+}
+
 fn web_objects(fake: &FakeApiServer) {
     fake.apply(&service(
         "shop",
@@ -50,17 +77,11 @@ fn web_objects(fake: &FakeApiServer) {
         "10.96.0.10",
         &[("http", 80, IntOrString::String("web".into()))],
     ));
-    fake.apply(&slice(
-        "shop",
-        "web-abc",
-        "web",
-        &[("http", Some(8080))],
-        &[
-            ready("10.1.0.1", "web-0"),
-            ready("10.1.0.2", "web-1"),
-            ("10.1.0.3", "web-2", false, false, false),
-        ],
-    ));
+    fake.apply(&web_slice(&[
+        ready("10.1.0.1", "web-0"),
+        ready("10.1.0.2", "web-1"),
+        ("10.1.0.3", "web-2", false, false, false),
+    ]));
     fake.apply(&pod(
         "shop",
         "web-0",
@@ -162,13 +183,7 @@ async fn follows_added_modified_and_deleted_objects() {
         &[],
     ));
     let eps = [ready("10.2.0.1", "api-0"), ready("10.2.0.2", "api-1")];
-    fake.apply(&slice(
-        "prod",
-        "api-1",
-        "api",
-        &[("https", Some(8443))],
-        &eps,
-    ));
+    fake.apply(&api_slice(&eps));
     let v = wait_view(&mut rx, "endpoints added", |v| v.endpoints.len() == 2).await;
     assert_eq!(addrs(&v), ["10.2.0.1:8443", "10.2.0.2:8443"]);
     assert!(v.endpoints.iter().all(|e| e.identity.is_none()));
@@ -197,13 +212,7 @@ async fn follows_added_modified_and_deleted_objects() {
         ready("10.2.0.1", "api-0"),
         ("10.2.0.2", "api-1", false, true, true),
     ];
-    fake.apply(&slice(
-        "prod",
-        "api-1",
-        "api",
-        &[("https", Some(8443))],
-        &eps,
-    ));
+    fake.apply(&api_slice(&eps));
     let v = wait_view(&mut rx, "terminating endpoint removed", |v| {
         v.endpoints.len() == 1
     })
@@ -215,13 +224,7 @@ async fn follows_added_modified_and_deleted_objects() {
         ("10.2.0.1", "api-0", false, true, true),
         ("10.2.0.2", "api-1", false, false, true),
     ];
-    fake.apply(&slice(
-        "prod",
-        "api-1",
-        "api",
-        &[("https", Some(8443))],
-        &eps,
-    ));
+    fake.apply(&api_slice(&eps));
     let v = wait_view(&mut rx, "serving terminating fallback", |v| {
         addrs(v) == ["10.2.0.1:8443"] && v.endpoints[0].identity.is_some()
     })
@@ -322,23 +325,15 @@ async fn named_target_port_is_resolved_through_the_pod() {
 
 #[tokio::test]
 async fn relists_after_410_gone_and_sees_what_it_missed() {
-    let fake = FakeApiServer::start().await.unwrap();
-    web_objects(&fake);
-    let backend = start(&fake, 500).await;
-    let mut rx = backend.watch(&name("web", "shop", 80));
-    wait_view(&mut rx, "initial", |v| v.endpoints.len() == 2).await;
-    wait_until("three watches open", || fake.open_watches() == 3).await;
+    let (fake, _backend, mut rx) = watching_web().await;
     let lists_before = fake.stats().lists_of("endpointslices");
 
     // Changes whose events are lost (compacted away), then the history
     // expires: watches get ERROR 410 and the backend must relist.
-    fake.apply_unseen(&slice(
-        "shop",
-        "web-abc",
-        "web",
-        &[("http", Some(8080))],
-        &[ready("10.1.0.1", "web-0"), ready("10.1.0.9", "web-9")],
-    ));
+    fake.apply_unseen(&web_slice(&[
+        ready("10.1.0.1", "web-0"),
+        ready("10.1.0.9", "web-9"),
+    ]));
     fake.delete_unseen::<Pod>("shop", "web-0");
     assert!(
         tokio::time::timeout(std::time::Duration::from_millis(300), rx.changed())
@@ -358,13 +353,7 @@ async fn relists_after_410_gone_and_sees_what_it_missed() {
     assert!(fake.stats().lists_of("pods") >= 2);
 
     // Watching resumes after the relist: a normal change arrives.
-    fake.apply(&slice(
-        "shop",
-        "web-abc",
-        "web",
-        &[("http", Some(8080))],
-        &[ready("10.1.0.9", "web-9")],
-    ));
+    fake.apply(&web_slice(&[ready("10.1.0.9", "web-9")]));
     wait_view(&mut rx, "change after relist", |v| {
         addrs(v) == ["10.1.0.9:8080"]
     })
@@ -373,12 +362,7 @@ async fn relists_after_410_gone_and_sees_what_it_missed() {
 
 #[tokio::test]
 async fn resumes_watches_from_bookmarks_without_relisting() {
-    let fake = FakeApiServer::start().await.unwrap();
-    web_objects(&fake);
-    let backend = start(&fake, 500).await;
-    let mut rx = backend.watch(&name("web", "shop", 80));
-    wait_view(&mut rx, "initial", |v| v.endpoints.len() == 2).await;
-    wait_until("three watches open", || fake.open_watches() == 3).await;
+    let (fake, backend, mut rx) = watching_web().await;
 
     // Pod changes move the global resourceVersion past the services' last
     // event; a bookmark tells the services watch so.
@@ -428,13 +412,7 @@ async fn resumes_watches_from_bookmarks_without_relisting() {
     );
 
     // Events after the reconnect still arrive.
-    fake.apply(&slice(
-        "shop",
-        "web-abc",
-        "web",
-        &[("http", Some(8080))],
-        &[ready("10.1.0.2", "web-1")],
-    ));
+    fake.apply(&web_slice(&[ready("10.1.0.2", "web-1")]));
     wait_view(&mut rx, "change after resume", |v| {
         addrs(v) == ["10.1.0.2:8080"]
     })
