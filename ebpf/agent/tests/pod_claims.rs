@@ -26,7 +26,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex, mpsc};
 use std::time::{Duration, Instant};
-use support::{BIN, agent_status, cgroup2_mount, privileged, sh, teardown, wait_for};
+use support::{BIN, agent_status, cgroup2_mount, privileged, setup_pod, teardown, wait_for};
 
 const HOST_IP: &str = "10.213.8.1";
 const POD_IP: &str = "10.213.8.2";
@@ -93,15 +93,14 @@ impl Env {
             log: Arc::default(),
             _tmp: tmp,
         };
-        let (ns, v) = (&env.ns, &env.veth);
-        sh(&format!(
-            "ip netns add {ns} && ip link add {v}h type veth peer name {v}p && ip link set {v}p netns {ns} \
-             && ip addr add {HOST_IP}/24 dev {v}h && ip link set {v}h up \
-             && ip -n {ns} addr add {POD_IP}/24 dev {v}p && ip -n {ns} link set {v}p up && ip -n {ns} link set lo up"
-        ));
-        for sub in ["agent", "proxy"] {
-            std::fs::create_dir_all(env.cgroup.join(sub)).unwrap();
-        }
+        setup_pod(
+            &env.ns,
+            &env.veth,
+            HOST_IP,
+            POD_IP,
+            &env.cgroup,
+            &["agent", "proxy"],
+        );
         env
     }
 

@@ -19,7 +19,7 @@ use std::time::Duration;
 
 mod support;
 
-use support::{BIN, agent_status, cgroup2_mount, privileged, sh, teardown, wait_for};
+use support::{BIN, agent_status, cgroup2_mount, privileged, setup_pod, teardown, wait_for};
 
 const HOST_IP: &str = "10.213.7.1";
 const POD_IP: &str = "10.213.7.2";
@@ -48,15 +48,14 @@ impl Env {
             children: Vec::new(),
             _tmp: tmp,
         };
-        let (ns, v) = (&env.ns, &env.veth);
-        sh(&format!(
-            "ip netns add {ns} && ip link add {v}h type veth peer name {v}p && ip link set {v}p netns {ns} \
-             && ip addr add {HOST_IP}/24 dev {v}h && ip link set {v}h up \
-             && ip -n {ns} addr add {POD_IP}/24 dev {v}p && ip -n {ns} link set {v}p up && ip -n {ns} link set lo up"
-        ));
-        for sub in ["proxy", "app"] {
-            std::fs::create_dir_all(env.cgroup.join(sub)).unwrap();
-        }
+        setup_pod(
+            &env.ns,
+            &env.veth,
+            HOST_IP,
+            POD_IP,
+            &env.cgroup,
+            &["proxy", "app"],
+        );
         env
     }
 

@@ -1,6 +1,6 @@
 //! Shared pieces of the agent's privileged tests: the privilege check, shell
 //! commands, the cgroup v2 mount, waiting for conditions, the agent's status
-//! and a test pod's teardown.
+//! and a test pod's setup and teardown.
 #![allow(dead_code)]
 
 use std::io::Write;
@@ -66,6 +66,21 @@ pub fn agent_status(pin_dir: &Path) -> serde_json::Value {
         String::from_utf8_lossy(&out.stderr)
     );
     serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Sets up a test pod: network namespace `ns` joined to the host by the veth
+/// pair `{veth}h` (host, `host_ip`/24) and `{veth}p` (pod, `pod_ip`/24), and
+/// the cgroups `subs` under `cgroup`. [`teardown`] undoes it.
+pub fn setup_pod(ns: &str, veth: &str, host_ip: &str, pod_ip: &str, cgroup: &Path, subs: &[&str]) {
+    let v = veth;
+    sh(&format!(
+        "ip netns add {ns} && ip link add {v}h type veth peer name {v}p && ip link set {v}p netns {ns} \
+         && ip addr add {host_ip}/24 dev {v}h && ip link set {v}h up \
+         && ip -n {ns} addr add {pod_ip}/24 dev {v}p && ip -n {ns} link set {v}p up && ip -n {ns} link set lo up"
+    ));
+    for sub in subs {
+        std::fs::create_dir_all(cgroup.join(sub)).unwrap();
+    }
 }
 
 /// Best-effort teardown of a test pod: the agent's `cleanup` of `pin_dir`
