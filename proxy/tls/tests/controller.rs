@@ -96,6 +96,14 @@ fn assert_refused(err: &RefreshError, code: tonic::Code) {
     );
 }
 
+/// Asserts that the controller could not be reached or did not answer.
+fn assert_unavailable(err: &RefreshError) {
+    assert!(
+        matches!(err, RefreshError::Certify(CertifyError::Unavailable(_))),
+        "{err}"
+    );
+}
+
 async fn within<T>(what: &str, f: impl std::future::Future<Output = T>) -> T {
     tokio::time::timeout(Duration::from_secs(20), f)
         .await
@@ -179,10 +187,7 @@ async fn an_unreachable_controller_is_unavailable() {
     let err = within("the failed call", refresher.refresh_once())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, RefreshError::Certify(CertifyError::Unavailable(_))),
-        "{err}"
-    );
+    assert_unavailable(&err);
     assert!(!creds.is_ready());
 }
 
@@ -209,10 +214,7 @@ async fn a_controller_that_never_answers_times_out() {
     let err = within("the timeout", refresher.refresh_once())
         .await
         .unwrap_err();
-    assert!(
-        matches!(err, RefreshError::Certify(CertifyError::Unavailable(_))),
-        "{err}"
-    );
+    assert_unavailable(&err);
     assert!(!creds.is_ready());
     held.abort();
 }
