@@ -4,6 +4,7 @@
 //! in its pin directory, and the maps those programs use.
 
 use crate::cmd::run;
+use crate::status::{ProgramStatus, Status};
 use anyhow::{Context, Result};
 use serde_json::Value;
 use std::collections::BTreeSet;
@@ -108,6 +109,28 @@ impl BpfObjects {
             }
         }
         Ok(o)
+    }
+
+    /// Ensures that bpftool found each of `programs` and every map of
+    /// `status` among these objects.
+    pub fn ensure_covers<'a>(
+        &self,
+        programs: impl IntoIterator<Item = &'a ProgramStatus>,
+        status: &Status,
+    ) -> Result<()> {
+        for p in programs {
+            anyhow::ensure!(
+                self.progs.contains(&p.id),
+                "status program {p:?} not seen by bpftool: {self:?}"
+            );
+        }
+        for m in &status.maps {
+            anyhow::ensure!(
+                self.maps.contains(&m.id),
+                "status map {m:?} not seen by bpftool: {self:?}"
+            );
+        }
+        Ok(())
     }
 
     /// Which of these objects still exist in the kernel (and which pinned

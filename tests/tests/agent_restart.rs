@@ -144,17 +144,6 @@ fn restart(
     );
     let objects = env.bpf_objects(&config.pin_dir)?;
     // What status reports is what bpftool sees.
-    for p in &status.programs {
-        ensure!(
-            objects.progs.contains(&p.id),
-            "status program {p:?} not seen by bpftool: {objects:?}"
-        );
-    }
-    for m in &status.maps {
-        ensure!(
-            objects.maps.contains(&m.id),
-            "status map {m:?} not seen by bpftool: {objects:?}"
-        );
-    }
+    objects.ensure_covers(&status.programs, &status)?;
     Ok((objects, agent))
 }

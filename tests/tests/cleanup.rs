@@ -42,18 +42,10 @@ fn cleanup_leaves_nothing_behind() -> Result<()> {
             .any(|p| p.attach_type == "sk_lookup" && p.link_id.is_some()),
         "{status:?}"
     );
-    for p in status.programs.iter().filter(|p| p.link_id.is_some()) {
-        ensure!(
-            ours.progs.contains(&p.id),
-            "status program {p:?} missing from {ours:?}"
-        );
-    }
-    for m in &status.maps {
-        ensure!(
-            ours.maps.contains(&m.id),
-            "status map {m:?} missing from {ours:?}"
-        );
-    }
+    ours.ensure_covers(
+        status.programs.iter().filter(|p| p.link_id.is_some()),
+        &status,
+    )?;
 
     agent.stop()?;
     config.cleanup()?;
