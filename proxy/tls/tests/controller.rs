@@ -85,6 +85,22 @@ impl Controller {
     }
 }
 
+/// Runs each refresher in the background and waits (at most 20 s) until
+/// all their credentials hold a certificate.
+async fn run_until_ready<const N: usize>(proxies: [(&Credentials, Refresher<GrpcCertifier>); N]) {
+    let mut waiting = Vec::new();
+    for (creds, refresher) in proxies {
+        tokio::spawn(refresher.run());
+        waiting.push(creds);
+    }
+    within("certification", async {
+        for creds in waiting {
+            creds.ready().await;
+        }
+    })
+    .await;
+}
+
 /// Asserts that the controller refused the certificate request with `code`.
 fn assert_refused(err: &RefreshError, code: tonic::Code) {
     assert!(
@@ -116,13 +132,7 @@ async fn proxies_certified_by_the_controller_talk_mtls() {
     let (web, web_refresher) = ctl.proxy(WEB, WEB_TOKEN);
     let (books, books_refresher) = ctl.proxy(BOOKS, BOOKS_TOKEN);
     assert!(!web.is_ready());
-    tokio::spawn(web_refresher.run());
-    tokio::spawn(books_refresher.run());
-    within("certification", async {
-        web.ready().await;
-        books.ready().await;
-    })
-    .await;
+    run_until_ready([(&web, web_refresher), (&books, books_refresher)]).await;
     assert!(web.is_ready() && books.is_ready());
     // The controller's 24 h leaf.
     let lifetime = web
@@ -225,13 +235,7 @@ async fn renewal_from_the_controller_keeps_connections_open() {
     let ctl = controller(Duration::from_secs(3)).await;
     let (web, web_refresher) = ctl.proxy(WEB, WEB_TOKEN);
     let (books, books_refresher) = ctl.proxy(BOOKS, BOOKS_TOKEN);
-    tokio::spawn(web_refresher.run());
-    tokio::spawn(books_refresher.run());
-    within("certification", async {
-        web.ready().await;
-        books.ready().await;
-    })
-    .await;
+    run_until_ready([(&web, web_refresher), (&books, books_refresher)]).await;
     let first_books_leaf = books.current().unwrap().leaf().clone();
 
     let acceptor = TlsAcceptor::new(books.clone()).unwrap();
