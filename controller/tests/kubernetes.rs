@@ -65,6 +65,19 @@ fn web_slice(eps: &[Ep<'_>]) -> EndpointSlice {
     slice("shop", "web-abc", "web", &[("http", Some(8080))], eps)
 }
 
+/// Applies the web slice with `ep` as its only endpoint and waits until the
+/// view shows just that endpoint (on port 8080).
+async fn web_moves_to(
+    fake: &FakeApiServer,
+    rx: &mut watch::Receiver<DestinationView>,
+    what: &str,
+    ep: Ep<'static>,
+) {
+    fake.apply(&web_slice(&[ep]));
+    let want = [format!("{}:8080", ep.0)];
+    wait_view(rx, what, |v| addrs(v) == want).await;
+}
+
 /// The slice `prod/api-1` of service `api` (port https 8443).
 fn api_slice(eps: &[Ep<'_>]) -> EndpointSlice {
     slice("prod", "api-1", "api", &[("https", Some(8443))], eps)
@@ -353,10 +366,12 @@ async fn relists_after_410_gone_and_sees_what_it_missed() {
     assert!(fake.stats().lists_of("pods") >= 2);
 
     // Watching resumes after the relist: a normal change arrives.
-    fake.apply(&web_slice(&[ready("10.1.0.9", "web-9")]));
-    wait_view(&mut rx, "change after relist", |v| {
-        addrs(v) == ["10.1.0.9:8080"]
-    })
+    web_moves_to(
+        &fake,
+        &mut rx,
+        "change after relist",
+        ready("10.1.0.9", "web-9"),
+    )
     .await;
 }
 
@@ -412,10 +427,12 @@ async fn resumes_watches_from_bookmarks_without_relisting() {
     );
 
     // Events after the reconnect still arrive.
-    fake.apply(&web_slice(&[ready("10.1.0.2", "web-1")]));
-    wait_view(&mut rx, "change after resume", |v| {
-        addrs(v) == ["10.1.0.2:8080"]
-    })
+    web_moves_to(
+        &fake,
+        &mut rx,
+        "change after resume",
+        ready("10.1.0.2", "web-1"),
+    )
     .await;
 }
 
