@@ -112,109 +112,57 @@ async fn refuses_malformed_and_mismatched_requests() {
     let key = KeyPair::generate().unwrap();
     let good = csr(&[uri(WEB_ID)], &key);
 
-    refused(
-        &c,
-        WEB_ID,
-        WEB_TOKEN,
-        b"not a csr".to_vec(),
-        Code::InvalidArgument,
-        "malformed CSR",
-    )
-    .await;
-    refused(
-        &c,
-        WEB_ID,
-        WEB_TOKEN,
-        Vec::new(),
-        Code::InvalidArgument,
-        "malformed CSR",
-    )
-    .await;
     let mut trailing = good.clone();
     trailing.push(0);
-    refused(
-        &c,
-        WEB_ID,
-        WEB_TOKEN,
-        trailing,
-        Code::InvalidArgument,
-        "trailing",
-    )
-    .await;
-
     // Not self-signed: flip a bit of the signature (the last byte).
     let mut tampered = good.clone();
     *tampered.last_mut().unwrap() ^= 1;
-    refused(
-        &c,
-        WEB_ID,
-        WEB_TOKEN,
-        tampered,
-        Code::InvalidArgument,
-        "signature",
-    )
-    .await;
-
-    refused(
-        &c,
-        WEB_ID,
-        WEB_TOKEN,
-        csr(&[], &key),
-        Code::InvalidArgument,
-        "no identity",
-    )
-    .await;
-    refused(
-        &c,
-        WEB_ID,
-        WEB_TOKEN,
-        csr(
-            &[uri(WEB_ID), uri("spiffe://test.local/ns/default/sa/db")],
-            &key,
+    // (identity, CSR, what the refusal mentions), all with WEB_TOKEN.
+    let cases: [(&str, Vec<u8>, &str); 10] = [
+        (WEB_ID, b"not a csr".to_vec(), "malformed CSR"),
+        (WEB_ID, Vec::new(), "malformed CSR"),
+        (WEB_ID, trailing, "trailing"),
+        (WEB_ID, tampered, "signature"),
+        (WEB_ID, csr(&[], &key), "no identity"),
+        (
+            WEB_ID,
+            csr(
+                &[uri(WEB_ID), uri("spiffe://test.local/ns/default/sa/db")],
+                &key,
+            ),
+            "exactly one",
         ),
-        Code::InvalidArgument,
-        "exactly one",
-    )
-    .await;
-    refused(
-        &c,
-        WEB_ID,
-        WEB_TOKEN,
-        csr(
-            &[SanType::DnsName("web.default.svc".try_into().unwrap())],
-            &key,
+        (
+            WEB_ID,
+            csr(
+                &[SanType::DnsName("web.default.svc".try_into().unwrap())],
+                &key,
+            ),
+            "not a URI",
         ),
-        Code::InvalidArgument,
-        "not a URI",
-    )
-    .await;
-    refused(
-        &c,
-        WEB_ID,
-        WEB_TOKEN,
-        csr(&[uri("spiffe://test.local/ns/default/sa/db")], &key),
-        Code::InvalidArgument,
-        "does not match",
-    )
-    .await;
-    refused(
-        &c,
-        "web",
-        WEB_TOKEN,
-        good.clone(),
-        Code::InvalidArgument,
-        "not a SPIFFE ID",
-    )
-    .await;
-    refused(
-        &c,
-        "spiffe://other.domain/ns/default/sa/web",
-        WEB_TOKEN,
-        csr(&[uri("spiffe://other.domain/ns/default/sa/web")], &key),
-        Code::InvalidArgument,
-        "trust domain",
-    )
-    .await;
+        (
+            WEB_ID,
+            csr(&[uri("spiffe://test.local/ns/default/sa/db")], &key),
+            "does not match",
+        ),
+        ("web", good.clone(), "not a SPIFFE ID"),
+        (
+            "spiffe://other.domain/ns/default/sa/web",
+            csr(&[uri("spiffe://other.domain/ns/default/sa/web")], &key),
+            "trust domain",
+        ),
+    ];
+    for (identity, request, needle) in cases {
+        refused(
+            &c,
+            identity,
+            WEB_TOKEN,
+            request,
+            Code::InvalidArgument,
+            needle,
+        )
+        .await;
+    }
 }
 
 #[tokio::test]
@@ -222,34 +170,18 @@ async fn refuses_missing_wrong_and_foreign_tokens() {
     let c = TestController::start("").await;
     let key = KeyPair::generate().unwrap();
     let good = csr(&[uri(WEB_ID)], &key);
-    refused(
-        &c,
-        WEB_ID,
-        "",
-        good.clone(),
-        Code::Unauthenticated,
-        "token missing",
-    )
-    .await;
-    refused(
-        &c,
-        WEB_ID,
-        "not-a-known-token-at-all",
-        good.clone(),
-        Code::Unauthenticated,
-        "not in the token file",
-    )
-    .await;
-    // A valid token, but of the db service account.
-    refused(
-        &c,
-        WEB_ID,
-        DB_TOKEN,
-        good.clone(),
-        Code::PermissionDenied,
-        "default/db",
-    )
-    .await;
+    for (token, code, needle) in [
+        ("", Code::Unauthenticated, "token missing"),
+        (
+            "not-a-known-token-at-all",
+            Code::Unauthenticated,
+            "not in the token file",
+        ),
+        // A valid token, but of the db service account.
+        (DB_TOKEN, Code::PermissionDenied, "default/db"),
+    ] {
+        refused(&c, WEB_ID, token, good.clone(), code, needle).await;
+    }
     // The db token works for db.
     let db = "spiffe://test.local/ns/default/sa/db";
     certify(&c, db, DB_TOKEN, csr(&[uri(db)], &key))
