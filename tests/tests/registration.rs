@@ -24,28 +24,16 @@ fn expect_direct(env: &Env, agent: &AgentConfig) -> Result<()> {
             IpAddr::V4(a.ipv4),
         )
     })?;
-    // And it stays stopped, for IPv6 too.
-    direct(
-        &client(env, "app", s.v4(8080))?,
-        "server",
-        IpAddr::V4(a.ipv4),
-    )?;
-    direct(
-        &client(env, "app", s.v6(8080))?,
-        "server",
-        IpAddr::V6(a.ipv6),
-    )?;
-    // Inbound too: the app answers itself.
-    direct(
-        &client(env, "server", a.v4(9000))?,
-        "local-app",
-        IpAddr::V4(s.ipv4),
-    )?;
-    direct(
-        &client(env, "server", a.v6(9000))?,
-        "local-app",
-        IpAddr::V6(s.ipv6),
-    )?;
+    // And it stays stopped, for IPv6 too; inbound too: the app answers
+    // itself. (client pod, destination, who answers, source it sees)
+    for (pod, dst, answers, from) in [
+        ("app", s.v4(8080), "server", IpAddr::V4(a.ipv4)),
+        ("app", s.v6(8080), "server", IpAddr::V6(a.ipv6)),
+        ("server", a.v4(9000), "local-app", IpAddr::V4(s.ipv4)),
+        ("server", a.v6(9000), "local-app", IpAddr::V6(s.ipv6)),
+    ] {
+        direct(&client(env, pod, dst)?, answers, from)?;
+    }
     let status = agent.status()?;
     ensure!(
         status.pods.is_empty(),
