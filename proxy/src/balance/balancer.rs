@@ -14,6 +14,10 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 
+/// Costs within this fraction of each other count as a tie in power of two
+/// choices (peak-EWMA estimates of equally fast endpoints differ by noise).
+const TIE: f64 = 0.05;
+
 /// Balances over one destination's endpoints. Cheap to clone; clones share
 /// their statistics.
 #[derive(Clone, Debug)]
@@ -157,7 +161,13 @@ impl Balancer {
                     eligible_cost(&eps[i], avoid, now),
                     eligible_cost(&eps[j], avoid, now),
                 ) {
-                    (Some(a), Some(b)) => Some(if a <= b { &eps[i] } else { &eps[j] }),
+                    // `i` is random: near-equal costs split evenly instead of
+                    // starving the endpoint whose estimate is higher by a hair.
+                    (Some(a), Some(b)) => Some(if a <= b * (1.0 + TIE) {
+                        &eps[i]
+                    } else {
+                        &eps[j]
+                    }),
                     _ => None,
                 }
             }
@@ -183,6 +193,13 @@ impl Balancer {
         let mut probe = None;
         for ep in eps.iter().filter(|e| e.endpoint.weight > 0) {
             let mut s = ep.stats();
+            if let Health::Probing { .. } = s.health {
+                // Its probe may fail after this scan: look again by then.
+                next = next.min(
+                    self.shared
+                        .nanos(now + self.shared.config.accrual.min_backoff),
+                );
+            }
             if let Health::Dead { until, .. } = s.health {
                 if probe.is_none() && s.health.probe_due(now) && !avoid.contains(&ep.endpoint.addr)
                 {
