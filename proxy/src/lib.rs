@@ -20,6 +20,7 @@ pub mod discovery;
 pub mod dispatch;
 pub mod http;
 pub mod identity;
+mod idle_map;
 pub mod inbound;
 pub mod io;
 pub mod listen;

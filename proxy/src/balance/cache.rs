@@ -3,7 +3,7 @@
 
 use super::{BalanceConfig, Balancer};
 use crate::discovery::{Discover, Resolution};
-use std::collections::HashMap;
+use crate::idle_map::IdleMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -20,12 +20,7 @@ pub struct Balancers {
     config: BalanceConfig,
     capacity: usize,
     idle_timeout: Duration,
-    cache: Mutex<Cache>,
-}
-
-struct Cache {
-    entries: HashMap<SocketAddr, (Balancer, Instant)>,
-    last_sweep: Instant,
+    cache: Mutex<IdleMap<(Balancer, Instant)>>,
 }
 
 impl std::fmt::Debug for Balancers {
@@ -57,10 +52,7 @@ impl Balancers {
             config,
             capacity: capacity.max(1),
             idle_timeout,
-            cache: Mutex::new(Cache {
-                entries: HashMap::new(),
-                last_sweep: Instant::now(),
-            }),
+            cache: Mutex::new(IdleMap::new()),
         }
     }
 
@@ -74,13 +66,12 @@ impl Balancers {
         let resolution = self.discover.resolve(orig_dst);
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if now.saturating_duration_since(cache.last_sweep) >= self.idle_timeout / 4 {
-            let idle = self.idle_timeout;
-            cache
-                .entries
-                .retain(|_, (b, used)| b.in_use() || now.saturating_duration_since(*used) < idle);
-            cache.last_sweep = now;
-        }
+        cache.sweep(
+            now,
+            self.idle_timeout,
+            |(_, used)| *used,
+            |(b, _)| b.in_use(),
+        );
         let rx = match resolution {
             Resolution::Unknown => {
                 cache.entries.remove(&orig_dst);

@@ -17,8 +17,8 @@
 //!   no balancer uses it any more.
 
 use super::{Destination, Discover, Endpoint, Resolution};
+use crate::idle_map::IdleMap;
 use conduit_controller_api::client::{self, DestinationState, WatchOptions};
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -45,12 +45,7 @@ pub struct ControllerDiscovery {
     fallback_after: Duration,
     capacity: usize,
     idle_timeout: Duration,
-    cache: Mutex<Cache>,
-}
-
-struct Cache {
-    entries: HashMap<SocketAddr, Cached>,
-    last_sweep: Instant,
+    cache: Mutex<IdleMap<Cached>>,
 }
 
 struct Cached {
@@ -82,10 +77,7 @@ impl ControllerDiscovery {
             fallback_after,
             capacity: DEFAULT_CAPACITY,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            cache: Mutex::new(Cache {
-                entries: HashMap::new(),
-                last_sweep: Instant::now(),
-            }),
+            cache: Mutex::new(IdleMap::new()),
         }
     }
 
@@ -139,13 +131,7 @@ impl ControllerDiscovery {
     ) {
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        if now.saturating_duration_since(cache.last_sweep) >= self.idle_timeout / 4 {
-            let idle = self.idle_timeout;
-            cache
-                .entries
-                .retain(|_, c| now.saturating_duration_since(c.last_used) < idle);
-            cache.last_sweep = now;
-        }
+        cache.sweep(now, self.idle_timeout, |c| c.last_used, |_| false);
         // A mapped watch whose task ended (source gone) is rebuilt.
         if let Some(c) = cache.entries.get_mut(&orig_dst)
             && c.mapped.has_changed().is_ok()
