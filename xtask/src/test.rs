@@ -2,11 +2,20 @@
 //!
 //! Unit and loopback tests run in parallel; the end-to-end tests in `tests/`
 //! share kernel state (pinned maps, cgroup attachments) and run one at a time.
+//!
+//! Every cargo call below selects the whole workspace, so cargo unifies
+//! features the same way each time and compiles each dependency once. (Asking
+//! for `-p conduit-tests` alone, or building `--bins` without the test targets,
+//! gives tokio, tower and their dependents other feature sets, and the whole
+//! dependency tree is compiled, and stored, two or three times over.)
 
-use crate::util::{done, exec, root, step, target_dir};
+use crate::util::{done, exec, root, step, target_dir, warn_if_disk_low};
 use crate::{build_ebpf, setup};
-use anyhow::Result;
+use anyhow::{Context, Result};
 use std::process::Command;
+
+/// The package whose integration tests need root and run one at a time.
+const END_TO_END: &str = "conduit-tests";
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -16,22 +25,23 @@ pub struct Options {
 
 pub fn run(opts: &Options) -> Result<()> {
     setup::all()?;
+    warn_if_disk_low(&target_dir());
     build_ebpf::run(&build_ebpf::Options { no_setup: true })?;
 
-    let t = step("building all binaries (the end-to-end tests run them)");
+    let t = step("building all binaries and tests (the end-to-end tests run the binaries)");
     exec(
         Command::new("cargo")
-            .args(["build", "--workspace", "--bins"])
+            .args(["build", "--workspace", "--all-targets"])
             .current_dir(root()),
         "the workspace does not build",
     )?;
-    done("binaries built", t);
+    done("binaries and tests built", t);
 
     let filter: Vec<&str> = opts.filter.as_deref().into_iter().collect();
     let t = step("unit and loopback tests");
     exec(
         Command::new("cargo")
-            .args(["test", "--workspace", "--exclude", "conduit-tests", "--"])
+            .args(["test", "--workspace", "--exclude", END_TO_END, "--"])
             .args(&filter)
             .current_dir(root()),
         "unit tests failed",
@@ -39,9 +49,13 @@ pub fn run(opts: &Options) -> Result<()> {
     done("unit and loopback tests", t);
 
     let t = step("end-to-end tests (privileged, one at a time)");
+    let mut cmd = Command::new("cargo");
+    cmd.args(["test", "--workspace"]);
+    for target in end_to_end_targets()? {
+        cmd.args(["--test", &target]);
+    }
     exec(
-        Command::new("cargo")
-            .args(["test", "-p", "conduit-tests", "--", "--test-threads=1"])
+        cmd.args(["--", "--test-threads=1"])
             .args(&filter)
             .current_dir(root())
             .env("CONDUIT_BIN_DIR", target_dir().join("debug")),
@@ -49,4 +63,22 @@ pub fn run(opts: &Options) -> Result<()> {
     )?;
     done("end-to-end tests", t);
     Ok(())
+}
+
+/// The integration test targets of `tests/` (cargo's auto-discovered
+/// `tests/tests/*.rs`), named one by one so the selection stays the workspace.
+fn end_to_end_targets() -> Result<Vec<String>> {
+    let dir = root().join("tests/tests");
+    let mut names = Vec::new();
+    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let path = entry?.path();
+        if path.extension().is_some_and(|e| e == "rs")
+            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
+        {
+            names.push(stem.to_string());
+        }
+    }
+    names.sort();
+    anyhow::ensure!(!names.is_empty(), "no test targets in {}", dir.display());
+    Ok(names)
 }

@@ -66,3 +66,38 @@ pub fn output(cmd: &mut Command) -> Option<String> {
 pub fn is_root() -> bool {
     output(Command::new("id").arg("-u")).as_deref() == Some("0")
 }
+
+/// Free space below which a full test build may not fit (measured: a clean
+/// `cargo xtask test` leaves about this much in target/, see docs/testing.md).
+const LOW_DISK_BYTES: u64 = 6 << 30;
+
+/// Warns, with the numbers, when the disk holding `dir` has little room left:
+/// a full disk shows up later as a linker "Bus error" or a failed write deep
+/// in cargo's output, far from its cause.
+pub fn warn_if_disk_low(dir: &std::path::Path) {
+    let probe = std::iter::successors(Some(dir), |d| d.parent()).find(|d| d.exists());
+    let Some(probe) = probe else { return };
+    let Some(out) = output(Command::new("df").args(["-Pk"]).arg(probe)) else {
+        return;
+    };
+    let avail_kib = out
+        .lines()
+        .nth(1)
+        .and_then(|line| line.split_whitespace().nth(3))
+        .and_then(|n| n.parse::<u64>().ok());
+    if let Some(kib) = avail_kib {
+        let free = kib * 1024;
+        eprintln!("    disk: {:.1} GiB free at {}", gib(free), probe.display());
+        if free < LOW_DISK_BYTES {
+            eprintln!(
+                "warning: only {:.1} GiB free; a clean build and test run needs about {:.1} GiB",
+                gib(free),
+                gib(LOW_DISK_BYTES)
+            );
+        }
+    }
+}
+
+fn gib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1u32 << 30)
+}
