@@ -1,7 +1,8 @@
 //! `cargo xtask test`: every test, from a fresh machine.
 //!
-//! Unit and loopback tests run in parallel; the end-to-end tests in `tests/`
-//! share kernel state (pinned maps, cgroup attachments) and run one at a time.
+//! Unit, doc and loopback integration tests run in parallel; the end-to-end
+//! tests in `tests/tests/` share kernel state (pinned maps, cgroup
+//! attachments) and run one at a time.
 //!
 //! Every cargo call below selects the whole workspace, so cargo unifies
 //! features the same way each time and compiles each dependency once. (Asking
@@ -38,31 +39,41 @@ pub fn run(opts: &Options) -> Result<()> {
     done("binaries and tests built", t);
 
     let filter: Vec<&str> = opts.filter.as_deref().into_iter().collect();
-    let t = step("unit and loopback tests");
-    exec(
-        Command::new("cargo")
-            .args(["test", "--workspace", "--exclude", END_TO_END, "--"])
-            .args(&filter)
-            .current_dir(root()),
-        "unit tests failed",
-    )?;
-    done("unit and loopback tests", t);
-
-    let t = step("end-to-end tests (privileged, one at a time)");
-    let mut cmd = Command::new("cargo");
-    cmd.args(["test", "--workspace"]);
-    for target in end_to_end_targets()? {
-        cmd.args(["--test", &target]);
+    let e2e = end_to_end_targets()?;
+    let mut e2e_args = vec!["--workspace".to_string()];
+    for target in &e2e {
+        e2e_args.extend(["--test".to_string(), target.clone()]);
     }
-    exec(
-        cmd.args(["--", "--test-threads=1"])
-            .args(&filter)
-            .current_dir(root())
-            .env("CONDUIT_BIN_DIR", target_dir().join("debug")),
-        "end-to-end tests failed",
-    )?;
-    done("end-to-end tests", t);
+    let runs: [(&str, Vec<String>, bool); 4] = [
+        ("unit tests of every crate", args(&["--workspace", "--lib", "--bins"]), false),
+        ("doc examples", args(&["--workspace", "--doc"]), false),
+        (
+            "loopback integration tests",
+            args(&["--workspace", "--exclude", END_TO_END, "--test", "*"]),
+            false,
+        ),
+        ("end-to-end tests (privileged, one at a time)", e2e_args, true),
+    ];
+    for (what, cargo_args, serial) in runs {
+        let t = step(what);
+        let mut cmd = Command::new("cargo");
+        cmd.arg("test").args(&cargo_args).arg("--");
+        if serial {
+            cmd.arg("--test-threads=1");
+        }
+        exec(
+            cmd.args(&filter)
+                .current_dir(root())
+                .env("CONDUIT_BIN_DIR", target_dir().join("debug")),
+            &format!("{what} failed"),
+        )?;
+        done(what, t);
+    }
     Ok(())
+}
+
+fn args(list: &[&str]) -> Vec<String> {
+    list.iter().map(|s| (*s).to_string()).collect()
 }
 
 /// The integration test targets of `tests/` (cargo's auto-discovered
