@@ -2,7 +2,7 @@
 
 use crate::discovery::ServiceFlag;
 use clap::Parser;
-use std::net::{IpAddr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -68,13 +68,23 @@ pub struct Config {
     pub outbound_fixed_dst: Option<SocketAddr>,
 
     /// Address of the local application for inbound traffic (its port is the
-    /// original destination port).
+    /// original destination port); used for IPv4 destinations and for
+    /// connections from peer proxies.
     #[arg(
         long,
         env = "CONDUIT_PROXY_INBOUND_APP_IP",
         default_value = "127.0.0.1"
     )]
     pub inbound_app_ip: IpAddr,
+
+    /// Address of the local application for inbound connections whose
+    /// original destination is an IPv6 address (the pod's own v6 address).
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_INBOUND_APP_IP6",
+        default_value = "::1"
+    )]
+    pub inbound_app_ip6: Ipv6Addr,
 
     /// Destination ports that skip protocol detection and are forwarded as
     /// opaque TCP at once (server-speaks-first protocols: SMTP, MySQL, ...).
@@ -235,6 +245,18 @@ pub struct Config {
 
 impl Config {
     /// Defaults for embedding (tests): every listener on an ephemeral loopback port.
+    /// Where an inbound connection for `orig_dst` reaches the application:
+    /// the same port, on loopback of the destination's own family.
+    pub fn inbound_app_addr(&self, orig_dst: SocketAddr) -> SocketAddr {
+        let ip = match orig_dst {
+            SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_none() => {
+                IpAddr::V6(self.inbound_app_ip6)
+            }
+            _ => self.inbound_app_ip,
+        };
+        SocketAddr::new(ip, orig_dst.port())
+    }
+
     pub fn loopback_for_tests() -> Self {
         let mut c = Config::parse_from(["conduit-proxy"]);
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
@@ -257,6 +279,20 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3d").is_err());
+    }
+
+    #[test]
+    fn inbound_app_address_follows_the_destination_family() {
+        let c = Config::parse_from(["conduit-proxy"]);
+        let at = |dst: &str| c.inbound_app_addr(dst.parse().unwrap()).to_string();
+        assert_eq!(at("10.0.0.7:8080"), "127.0.0.1:8080");
+        assert_eq!(at("[fd77::2]:8080"), "[::1]:8080");
+        assert_eq!(at("[::ffff:10.0.0.7]:8080"), "127.0.0.1:8080");
+        let c = Config::parse_from(["conduit-proxy", "--inbound-app-ip6", "fd00::9"]);
+        assert_eq!(
+            c.inbound_app_addr("[fd77::2]:81".parse().unwrap()).to_string(),
+            "[fd00::9]:81"
+        );
     }
 
     #[test]

@@ -51,7 +51,7 @@ pub async fn handle(
         }
     };
     if orig_dst.port() != listener.port() {
-        let route = Route::inbound(orig_dst, SocketAddr::new(app_ip, orig_dst.port()));
+        let route = Route::inbound(orig_dst, shared.cfg.inbound_app_addr(orig_dst));
         let c = conn(route, false, None, Proto::Http1);
         return crate::dispatch::serve_transparent(
             shared.clone(),

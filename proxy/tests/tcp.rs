@@ -180,6 +180,24 @@ async fn transparent_inbound_forwards_to_the_app_port() {
 }
 
 #[tokio::test]
+async fn transparent_inbound_to_an_ipv6_pod_address_reaches_the_app_on_ipv6_loopback() {
+    let Some(app) = apps::tcp_echo_server_on("[::1]:0").await else {
+        eprintln!("SKIP: no IPv6 loopback on this machine");
+        return;
+    };
+    // sk_lookup steered a connection for the pod's own IPv6 address; the app
+    // listens on [::1] only, so an IPv4 loopback target would be refused.
+    let pod_dst = std::net::SocketAddr::new("fd77::2".parse().unwrap(), app.port());
+    let proxy = support::transparent_inbound(pod_dst, |_| {}).await;
+    let mut c = TcpStream::connect(proxy.inbound_addrs[0]).await.unwrap();
+    c.write_all(b"\x01six").await.unwrap();
+    c.shutdown().await.unwrap();
+    let mut got = Vec::new();
+    c.read_to_end(&mut got).await.unwrap();
+    assert_eq!(got, b"\x01sixbye");
+}
+
+#[tokio::test]
 async fn ipv6_loopback_outbound_listener() {
     let app = apps::tcp_echo_server().await;
     let proxy = support::plain_outbound(app, |c| {

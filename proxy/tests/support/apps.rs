@@ -149,8 +149,14 @@ pub async fn websocket_server() -> SocketAddr {
 /// Opaque echo: every byte read is written back; on EOF, writes "bye" and
 /// closes (checks half-close).
 pub async fn tcp_echo_server() -> SocketAddr {
+    tcp_echo_server_on("127.0.0.1:0").await.unwrap()
+}
+
+/// [`tcp_echo_server`] on `bind` (`None` when that address cannot be bound,
+/// e.g. `[::1]:0` on a machine without IPv6 loopback).
+pub async fn tcp_echo_server_on(bind: &str) -> Option<SocketAddr> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = TcpListener::bind(bind).await.ok()?;
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
         loop {
@@ -173,7 +179,7 @@ pub async fn tcp_echo_server() -> SocketAddr {
             });
         }
     });
-    addr
+    Some(addr)
 }
 
 /// Server-speaks-first (SMTP-like): greets on connect, then answers each line.
