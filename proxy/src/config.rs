@@ -79,11 +79,7 @@ pub struct Config {
 
     /// Address of the local application for inbound connections whose
     /// original destination is an IPv6 address (the pod's own v6 address).
-    #[arg(
-        long,
-        env = "CONDUIT_PROXY_INBOUND_APP_IP6",
-        default_value = "::1"
-    )]
+    #[arg(long, env = "CONDUIT_PROXY_INBOUND_APP_IP6", default_value = "::1")]
     pub inbound_app_ip6: Ipv6Addr,
 
     /// Destination ports that skip protocol detection and are forwarded as
@@ -290,7 +286,8 @@ mod tests {
         assert_eq!(at("[::ffff:10.0.0.7]:8080"), "127.0.0.1:8080");
         let c = Config::parse_from(["conduit-proxy", "--inbound-app-ip6", "fd00::9"]);
         assert_eq!(
-            c.inbound_app_addr("[fd77::2]:81".parse().unwrap()).to_string(),
+            c.inbound_app_addr("[fd77::2]:81".parse().unwrap())
+                .to_string(),
             "[fd00::9]:81"
         );
     }

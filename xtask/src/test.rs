@@ -45,14 +45,22 @@ pub fn run(opts: &Options) -> Result<()> {
         e2e_args.extend(["--test".to_string(), target.clone()]);
     }
     let runs: [(&str, Vec<String>, bool); 4] = [
-        ("unit tests of every crate", args(&["--workspace", "--lib", "--bins"]), false),
+        (
+            "unit tests of every crate",
+            args(&["--workspace", "--lib", "--bins"]),
+            false,
+        ),
         ("doc examples", args(&["--workspace", "--doc"]), false),
         (
             "loopback integration tests",
             args(&["--workspace", "--exclude", END_TO_END, "--test", "*"]),
             false,
         ),
-        ("end-to-end tests (privileged, one at a time)", e2e_args, true),
+        (
+            "end-to-end tests (privileged, one at a time)",
+            e2e_args,
+            true,
+        ),
     ];
     for (what, cargo_args, serial) in runs {
         let t = step(what);
