@@ -58,6 +58,8 @@ pub fn load_average() -> Option<(f64, usize)> {
 pub struct Summary {
     pub idle_rss: u64,
     pub idle_after: u64,
+    /// RSS after an idle pause following the runs, and the pause.
+    pub settled: Option<(u64, std::time::Duration)>,
     pub peak_rss: u64,
     pub load_before: Option<(f64, usize)>,
     pub load_after: Option<(f64, usize)>,
@@ -120,8 +122,11 @@ pub fn print(rows: &[Row], sum: &Summary, command: &str) {
             }
         }
     }
+    let settled = sum.settled.map_or(String::new(), |(rss, after)| {
+        format!(", {} after {}s idle", fmt_mb(rss), after.as_secs())
+    });
     println!(
-        "- proxy RSS: idle {} at start, {} idle after the runs, peak {} (VmHWM); largest under load {}",
+        "- proxy RSS: idle {} at start, {} idle after the runs{settled}, peak {} (VmHWM); largest under load {}",
         fmt_mb(sum.idle_rss),
         fmt_mb(sum.idle_after),
         fmt_mb(sum.peak_rss),

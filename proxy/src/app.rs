@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 /// Discovery that knows nothing: every destination is forwarded unchanged.
 #[derive(Debug, Default, Clone, Copy)]
@@ -257,6 +257,14 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
             loop {
                 tokio::time::sleep(std::time::Duration::from_secs(10)).await;
                 shared.client.sweep();
+                if let Some(r) = crate::memory::reclaim(crate::memory::DEFAULT_THRESHOLD) {
+                    debug!(
+                        free_before = r.free_before,
+                        rss_before = ?r.rss_before,
+                        rss_after = ?r.rss_after,
+                        "returned free heap memory to the kernel"
+                    );
+                }
             }
         })
     };

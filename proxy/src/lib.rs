@@ -24,6 +24,7 @@ mod idle_map;
 pub mod inbound;
 pub mod io;
 pub mod listen;
+pub mod memory;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;

@@ -51,6 +51,10 @@ struct Args {
     /// Do not rebuild conduit-proxy before running.
     #[arg(long)]
     no_build: bool,
+    /// Idle time after the runs before RSS is read once more (the proxy
+    /// returns freed heap memory on its 10 s sweep); 0 skips it.
+    #[arg(long, value_parser = conduit_bench::args::parse_duration, default_value = "12s")]
+    settle: Duration,
 }
 
 fn main() -> Result<()> {
@@ -167,12 +171,20 @@ fn main() -> Result<()> {
     }
     let peak_rss = proxy.peak_rss_bytes()?;
     let idle_after = proxy.rss_bytes()?;
+    let settled = if args.settle.is_zero() {
+        None
+    } else {
+        eprintln!("[bench] idle for {:?}, then RSS once more", args.settle);
+        std::thread::sleep(args.settle);
+        Some((proxy.rss_bytes()?, args.settle))
+    };
     drop(proxy);
     drop(server);
 
     let summary = report::Summary {
         idle_rss,
         idle_after,
+        settled,
         peak_rss,
         load_before,
         load_after: report::load_average(),
