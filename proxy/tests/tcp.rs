@@ -171,12 +171,21 @@ async fn idle_opaque_connections_are_closed() {
 async fn transparent_inbound_forwards_to_the_app_port() {
     let app = apps::tcp_echo_server().await;
     let proxy = support::transparent_inbound(app, |_| {}).await;
-    let mut c = TcpStream::connect(proxy.inbound_addrs[0]).await.unwrap();
-    c.write_all(b"\x01raw").await.unwrap();
+    assert_eq!(
+        echo(proxy.inbound_addrs[0], b"\x01raw").await,
+        b"\x01rawbye"
+    );
+}
+
+/// Sends `msg` through the proxy at `addr` to the echo server, half-closes,
+/// and returns everything that came back.
+async fn echo(addr: std::net::SocketAddr, msg: &[u8]) -> Vec<u8> {
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(msg).await.unwrap();
     c.shutdown().await.unwrap();
     let mut got = Vec::new();
     c.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"\x01rawbye");
+    got
 }
 
 #[tokio::test]
@@ -189,12 +198,10 @@ async fn transparent_inbound_to_an_ipv6_pod_address_reaches_the_app_on_ipv6_loop
     // listens on [::1] only, so an IPv4 loopback target would be refused.
     let pod_dst = std::net::SocketAddr::new("fd77::2".parse().unwrap(), app.port());
     let proxy = support::transparent_inbound(pod_dst, |_| {}).await;
-    let mut c = TcpStream::connect(proxy.inbound_addrs[0]).await.unwrap();
-    c.write_all(b"\x01six").await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    c.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"\x01sixbye");
+    assert_eq!(
+        echo(proxy.inbound_addrs[0], b"\x01six").await,
+        b"\x01sixbye"
+    );
 }
 
 #[tokio::test]
@@ -208,10 +215,5 @@ async fn ipv6_loopback_outbound_listener() {
         eprintln!("SKIP: no IPv6 loopback on this machine");
         return;
     };
-    let mut c = TcpStream::connect(v6).await.unwrap();
-    c.write_all(b"\x00six").await.unwrap();
-    c.shutdown().await.unwrap();
-    let mut got = Vec::new();
-    c.read_to_end(&mut got).await.unwrap();
-    assert_eq!(got, b"\x00sixbye");
+    assert_eq!(echo(*v6, b"\x00six").await, b"\x00sixbye");
 }
