@@ -109,6 +109,12 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub header_read_timeout: Duration,
 
+    /// Slow clients: longest pause allowed while waiting for more of an
+    /// HTTP/1 request body; the request is then cancelled and answered 408.
+    /// 0 turns it off. (HTTP/2 and gRPC streams may idle legitimately.)
+    #[arg(long, env = "CONDUIT_PROXY_BODY_READ_TIMEOUT", value_parser = parse_duration, default_value = "30s")]
+    pub body_read_timeout: Duration,
+
     /// Largest HTTP request or response head accepted, in bytes (431 beyond).
     #[arg(long, env = "CONDUIT_PROXY_MAX_HEADER_BYTES", default_value_t = 64 * 1024)]
     pub max_header_bytes: usize,

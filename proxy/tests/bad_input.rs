@@ -1,6 +1,6 @@
 //! Bad input gets a clear answer and a closed connection, never a hang or a
 //! panic: malformed HTTP, oversized heads, too many header fields, slow
-//! clients, the connection limit, a bad transport header, an unreachable
+//! clients (heads and bodies), the connection limit, a bad transport header, an unreachable
 //! upstream.
 
 mod support;
@@ -196,4 +196,56 @@ async fn unreachable_upstream_gets_502_with_reason() {
     );
     let m = metrics(&p).await;
     assert_eq!(sample(&m, "conduit_response_total", &["5xx"]), 1.0, "{m}");
+}
+
+#[tokio::test]
+async fn stalled_request_bodies_get_408_and_steady_slow_ones_pass() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start_with(app, |c| c.body_read_timeout = Duration::from_millis(300)).await;
+    // 10 of the 100 declared bytes, then silence: a streamed POST (through
+    // the HTTP/2 hop to the inbound proxy) and a buffered, retryable PUT.
+    for method in ["POST", "PUT"] {
+        let started = std::time::Instant::now();
+        let out = exchange(
+            mesh.entry(),
+            format!(
+                "{method} /count HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\n\r\n0123456789"
+            )
+            .as_bytes(),
+        )
+        .await;
+        assert!(out.starts_with("HTTP/1.1 408"), "{method}: {out:?}");
+        assert!(out.contains("request body timeout"), "{method}: {out:?}");
+        assert!(started.elapsed() >= Duration::from_millis(300));
+    }
+    let m = metrics(&mesh.outbound).await;
+    assert_eq!(
+        sample(
+            &m,
+            "conduit_errors_total",
+            &["reason=\"body_read_timeout\""]
+        ),
+        2.0,
+        "{m}"
+    );
+    // The same 100 bytes in ten pieces, each pause under the limit: 1 s in
+    // all, more than three times the limit, and it goes through.
+    let mut s = TcpStream::connect(mesh.entry()).await.unwrap();
+    s.write_all(
+        b"POST /count HTTP/1.1\r\nHost: web\r\nContent-Length: 100\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        s.write_all(b"0123456789").await.unwrap();
+    }
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("answered")
+        .unwrap();
+    let out = String::from_utf8_lossy(&out);
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    assert!(out.ends_with("100"), "{out:?}");
 }

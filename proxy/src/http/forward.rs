@@ -4,6 +4,7 @@
 //! destination go through its balancer (endpoint choice, timeouts,
 //! budgeted retries of idempotent requests without a body).
 
+use super::body_timeout::{BodyTimeout, ReadTimeout, Tripped};
 use super::client::{ClientError, Upstream};
 use super::{Body, ORIG_PROTO_HEADER, Proto, boxed, error_response, headers, replay, tunnel};
 use crate::balance::{Attempt, CallError, is_idempotent};
@@ -25,6 +26,8 @@ enum ForwardError {
     #[error("bad request: {0}")]
     BadRequest(String),
     #[error(transparent)]
+    BodyTimeout(BodyTimeout),
+    #[error(transparent)]
     Upstream(#[from] ClientError),
 }
 
@@ -39,6 +42,7 @@ impl ForwardError {
                 error_response(StatusCode::GATEWAY_TIMEOUT, "request timeout")
             }
             BadRequest(_) => error_response(StatusCode::BAD_REQUEST, "bad request"),
+            BodyTimeout(_) => error_response(StatusCode::REQUEST_TIMEOUT, "request body timeout"),
             Upstream(ClientError::Connect { source, .. })
                 if source.kind() == std::io::ErrorKind::TimedOut =>
             {
@@ -56,6 +60,7 @@ impl ForwardError {
             ForwardError::Call(CallError::NoEndpoints(_)) => "no_endpoints",
             ForwardError::Call(CallError::Timeout { .. }) => "request_timeout",
             ForwardError::BadRequest(_) => "bad_request",
+            ForwardError::BodyTimeout(_) => "body_read_timeout",
             ForwardError::Upstream(ClientError::Connect { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
@@ -82,9 +87,16 @@ pub async fn handle(
     };
     m.requests.get_or_create(&labels).inc();
     let (method, uri) = (req.method().clone(), req.uri().clone());
-    let rsp = match forward(&shared, &conn, req).await {
+    let tripped = Tripped::default();
+    let rsp = match forward(&shared, &conn, req, &tripped).await {
         Ok(rsp) => rsp,
         Err(e) => {
+            // A stalled client body surfaces as whatever error the upstream
+            // side saw (a reset, a failed read): name the real cause.
+            let e = match tripped.is_set() {
+                true => ForwardError::BodyTimeout(BodyTimeout(shared.cfg.body_read_timeout)),
+                false => e,
+            };
             warn!(direction, client = %conn.client_addr, dst = %conn.dst_label, %method, %uri, "{e}");
             m.error(conn.direction, e.reason());
             e.response()
@@ -120,13 +132,19 @@ async fn forward(
     shared: &Arc<Shared>,
     conn: &Arc<ConnCtx>,
     mut req: Request<Incoming>,
+    tripped: &Tripped,
 ) -> Result<Response<Body>, ForwardError> {
     let upgrade = conn.source_proto == Proto::Http1 && headers::is_upgrade(&req);
     // Only a peer proxy may ask for HTTP/1 towards the application.
     let orig_h1 = req.headers_mut().remove(ORIG_PROTO_HEADER).is_some() && conn.from_peer;
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
-    let req = req.map(boxed);
+    let body_limit = shared.cfg.body_read_timeout;
+    let req = if conn.source_proto == Proto::Http1 && !body_limit.is_zero() {
+        req.map(|b| boxed(ReadTimeout::new(b, body_limit, tripped.clone())))
+    } else {
+        req.map(boxed)
+    };
     if let Some(client_upgrade) = client_upgrade {
         return forward_upgrade(shared, conn, req, client_upgrade).await;
     }

@@ -1,8 +1,10 @@
 //! HTTP proxying shared by the inbound and outbound paths: serving a
 //! detected connection ([`server`]), forwarding each request ([`forward`]),
-//! pooled upstream connections ([`client`]), header rules ([`headers`]) and
+//! pooled upstream connections ([`client`]), header rules ([`headers`]),
+//! slow request bodies ([`body_timeout`]) and
 //! byte-stream tunnels for `Upgrade` and `CONNECT` ([`tunnel`]).
 
+pub mod body_timeout;
 pub mod client;
 pub mod forward;
 pub mod headers;

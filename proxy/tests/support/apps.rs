@@ -50,6 +50,13 @@ async fn app(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
         let mut r = Response::new(body.boxed());
         r.headers_mut().extend(facts);
         r
+    } else if path == "/count" {
+        // Reads the whole request body before answering with its length.
+        let n = match req.into_body().collect().await {
+            Ok(b) => b.to_bytes().len().to_string(),
+            Err(e) => format!("body error: {e}"),
+        };
+        Response::new(full(n))
     } else if path == "/trailers" {
         let frames = vec![
             Ok::<_, hyper::Error>(Frame::data(Bytes::from_static(b"data"))),
