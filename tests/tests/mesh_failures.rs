@@ -10,9 +10,9 @@ use conduit_tests::mesh::scrape;
 use conduit_tests::mesh::spec::{
     GRPC_PORT, HTTP_PORT, INBOUND_PORT, MeshSpec, ServerSpec, ServiceSpec,
 };
+use conduit_tests::mesh::tls::s_client;
 use conduit_tests::mesh::{Mesh, report};
 use std::net::{IpAddr, SocketAddr};
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 /// Longest a refused or failed-over request may take: "fail fast".
@@ -71,40 +71,6 @@ fn a_peer_with_the_wrong_identity_is_refused() -> Result<()> {
         "the client proxy's log names neither the expected nor the presented identity:\n{log}"
     );
     Ok(())
-}
-
-/// `openssl s_client` from the host to `addr` offering the inter-proxy ALPN,
-/// with an optional client certificate; ends after 3 s at most (124: it
-/// was still connected). Returns (exit code, everything it printed).
-fn s_client(
-    addr: &str,
-    anchors: &Path,
-    cert: Option<&(PathBuf, PathBuf)>,
-) -> Result<(i32, String)> {
-    let mut cmd = std::process::Command::new("timeout");
-    cmd.args([
-        "3",
-        "openssl",
-        "s_client",
-        "-connect",
-        addr,
-        "-alpn",
-        "conduit/opaque",
-        "-ign_eof",
-    ])
-    .arg("-CAfile")
-    .arg(anchors)
-    .stdin(std::process::Stdio::null());
-    if let Some((c, k)) = cert {
-        cmd.arg("-cert").arg(c).arg("-key").arg(k);
-    }
-    let out = cmd.output().context("running openssl s_client")?;
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Ok((out.status.code().unwrap_or(-1), text))
 }
 
 #[test]

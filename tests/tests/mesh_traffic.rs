@@ -210,3 +210,78 @@ fn bytes_between_pods_are_tls() -> Result<()> {
     );
     Ok(())
 }
+
+/// Unix time now, in seconds.
+fn unix_now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0.0, |d| d.as_secs_f64())
+}
+
+#[test]
+fn certificates_rotate_while_traffic_flows() -> Result<()> {
+    use conduit_tests::wait::{fatal, wait_until};
+    use std::collections::BTreeSet;
+    // 6 s leaf certificates: each proxy renews at about 70% of the lifetime,
+    // so several generations pass within the test.
+    let mut spec = MeshSpec::with_servers(1);
+    spec.controller_args = vec!["--leaf-lifetime".into(), "6s".into()];
+    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), spec)? else {
+        return Ok(());
+    };
+    let expiry = |pod: &str| -> Result<f64> {
+        Ok(mesh
+            .proxy(pod)
+            .metrics()?
+            .sum("identity_cert_expiration_timestamp_seconds", &[]))
+    };
+    let first = expiry("web-1")?.max(expiry("client")?);
+    ensure!(first > 0.0, "a proxy holds no certificate");
+    let url = mesh.url_by_name("web", 80, "/rotating");
+    let mut seen: [BTreeSet<u64>; 2] = Default::default();
+    let mut requests = 0;
+    // Every request must succeed, across renewals, until both proxies have
+    // held three certificates and the first ones have expired.
+    wait_until(
+        "three certificate generations on both proxies, past the first expiry",
+        Duration::from_secs(40),
+        || {
+            mesh.curl(&url)?
+                .answer()
+                .map_err(|e| fatal(format!("request {requests} failed: {e:#}")))?;
+            requests += 1;
+            for (set, pod) in seen.iter_mut().zip(["client", "web-1"]) {
+                set.insert(expiry(pod)? as u64);
+            }
+            ensure!(
+                seen.iter().all(|s| s.len() >= 3) && unix_now() > first + 1.0,
+                "certificate expiries seen (client, web-1): {seen:?}, first expiry {first}"
+            );
+            Ok(())
+        },
+    )?;
+    // A new handshake with the server's proxy, now that its first
+    // certificate has expired: it presents a current one that verifies.
+    let dir = mesh.env.run_dir().join("certs");
+    std::fs::create_dir_all(&dir)?;
+    let leaf = conduit_tests::mesh::controller::issue_leaf(
+        &mesh.files.issuer_cert,
+        &mesh.files.issuer_key,
+        &mesh.identity("client"),
+        &dir,
+        "rotation-check",
+    )?;
+    let addr = format!(
+        "{}:{}",
+        mesh.env.pod("web-1").ipv4,
+        conduit_tests::mesh::spec::INBOUND_PORT
+    );
+    let (code, out) =
+        conduit_tests::mesh::tls::s_client(&addr, &mesh.files.issuer_cert, Some(&leaf))?;
+    ensure!(
+        out.contains("Verify return code: 0 (ok)") && !out.contains("alert"),
+        "the server proxy's certificate did not verify after rotation ({code}):\n{out}"
+    );
+    eprintln!("{requests} requests, all answered, across certificates {seen:?}");
+    Ok(())
+}

@@ -96,7 +96,13 @@ pub struct Controller {
 
 impl Controller {
     /// Starts the controller in pod `pod` and waits until it is ready.
-    pub fn start(env: &Env, pod: &str, files: &ControllerFiles) -> Result<Self> {
+    /// `extra_args` are appended to its command line.
+    pub fn start(
+        env: &Env,
+        pod: &str,
+        files: &ControllerFiles,
+        extra_args: &[String],
+    ) -> Result<Self> {
         let ip = env.pod(pod).ipv4;
         let (grpc, admin) = (
             SocketAddr::from((ip, CONTROLLER_GRPC_PORT)),
@@ -115,6 +121,7 @@ impl Controller {
             .args(["--grpc-addr", &format!("0.0.0.0:{CONTROLLER_GRPC_PORT}")])
             .args(["--admin-addr", &format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}")])
             .args(["--file-poll-interval", "1s"])
+            .args(extra_args)
             .env("RUST_LOG", "info")
             .start()?;
         wait_until(

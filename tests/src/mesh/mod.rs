@@ -26,6 +26,7 @@ pub mod proxy;
 pub mod report;
 pub mod scrape;
 pub mod spec;
+pub mod tls;
 
 use crate::agent::Agent;
 use crate::demo::Steps;
@@ -184,7 +185,7 @@ impl Mesh {
         )?;
         let controller = steps.run(
             "starting conduit-controller in pod controller (file discovery, token file, issuer)",
-            || Controller::start(&env, "controller", &files),
+            || Controller::start(&env, "controller", &files, &spec.controller_args),
         )?;
         let apps = steps.run(
             "starting the application in each server pod (HTTP/1.1 :8080, gRPC :9090)",
@@ -333,7 +334,12 @@ impl Mesh {
     /// Starts the controller again (same files, same issuer).
     pub fn start_controller(&mut self) -> Result<()> {
         if self.controller.is_none() {
-            self.controller = Some(Controller::start(&self.env, "controller", &self.files)?);
+            self.controller = Some(Controller::start(
+                &self.env,
+                "controller",
+                &self.files,
+                &self.spec.controller_args,
+            )?);
         }
         Ok(())
     }

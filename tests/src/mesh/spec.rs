@@ -81,6 +81,8 @@ pub struct MeshSpec {
     pub proxy_args: Vec<String>,
     /// Extra arguments for the agent.
     pub agent_args: Vec<String>,
+    /// Extra arguments for the controller (`--leaf-lifetime 6s`, ...).
+    pub controller_args: Vec<String>,
     /// Applications print nothing per request (benchmarks).
     pub quiet_apps: bool,
     /// How traffic is captured.
@@ -117,6 +119,7 @@ impl MeshSpec {
             servers,
             proxy_args: Vec::new(),
             agent_args: Vec::new(),
+            controller_args: Vec::new(),
             quiet_apps: false,
             capture: Capture::Ebpf,
         }
