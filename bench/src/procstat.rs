@@ -1,5 +1,6 @@
 //! Resource use of other processes, read from `/proc`: resident memory
-//! (`VmRSS`, `VmHWM`) and CPU time (`utime + stime` of `/proc/<pid>/stat`),
+//! (`VmRSS`, `VmHWM`, and `RssAnon`: the private part, heap and stacks,
+//! without the code pages every copy of a binary shares) and CPU time (`utime + stime` of `/proc/<pid>/stat`),
 //! and a sampler that follows a few processes during a measurement.
 
 use anyhow::{Context, Result};
@@ -19,6 +20,12 @@ pub fn status_bytes(pid: u32, key: &str) -> Result<u64> {
 /// Resident set size now.
 pub fn rss_bytes(pid: u32) -> Result<u64> {
     status_bytes(pid, "VmRSS:")
+}
+
+/// Anonymous resident memory now (heap, stacks): what one more copy of the
+/// process costs; its code pages are shared through the page cache.
+pub fn rss_anon_bytes(pid: u32) -> Result<u64> {
+    status_bytes(pid, "RssAnon:")
 }
 
 /// Peak resident set size so far.
@@ -61,19 +68,21 @@ fn clock_ticks() -> u64 {
 pub struct Usage {
     /// Largest RSS seen, bytes.
     pub max_rss: u64,
+    /// Largest anonymous RSS (`RssAnon`) seen, bytes.
+    pub max_anon: u64,
     /// CPU used during the sampling, as a fraction of one core (1.0 = one
     /// core busy all the time).
     pub cpu: f64,
 }
 
-/// Follows processes during a measurement: RSS every 50 ms (the largest is
-/// kept) and CPU time from start to stop.
+/// Follows processes during a measurement: RSS and anonymous RSS every
+/// 50 ms (the largest of each is kept) and CPU time from start to stop.
 pub struct Sampler {
     pids: Vec<u32>,
     cpu_start: Vec<Option<Duration>>,
     started: Instant,
     stop: Arc<AtomicBool>,
-    max: Arc<Mutex<Vec<u64>>>,
+    max: Arc<Mutex<Vec<(u64, u64)>>>,
     thread: std::thread::JoinHandle<()>,
 }
 
@@ -82,14 +91,14 @@ impl Sampler {
     pub fn start(pids: &[u32]) -> Sampler {
         let pids = pids.to_vec();
         let stop = Arc::new(AtomicBool::new(false));
-        let max = Arc::new(Mutex::new(vec![0u64; pids.len()]));
+        let max = Arc::new(Mutex::new(vec![(0u64, 0u64); pids.len()]));
         let (s, m, p) = (stop.clone(), max.clone(), pids.clone());
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
-                let now: Vec<u64> = p.iter().map(|&pid| rss_bytes(pid).unwrap_or(0)).collect();
+                let now: Vec<(u64, u64)> = p.iter().map(|&pid| memory(pid)).collect();
                 let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
                 for (slot, v) in m.iter_mut().zip(now) {
-                    *slot = (*slot).max(v);
+                    *slot = (slot.0.max(v.0), slot.1.max(v.1));
                 }
                 drop(m);
                 std::thread::sleep(Duration::from_millis(50));
@@ -112,21 +121,34 @@ impl Sampler {
         let _ = self.thread.join();
         let mut max = self.max.lock().unwrap_or_else(|e| e.into_inner()).clone();
         for (slot, &pid) in max.iter_mut().zip(&self.pids) {
-            *slot = (*slot).max(rss_bytes(pid).unwrap_or(0));
+            let v = memory(pid);
+            *slot = (slot.0.max(v.0), slot.1.max(v.1));
         }
         self.pids
             .iter()
             .zip(self.cpu_start)
             .zip(max)
-            .map(|((&pid, start), max_rss)| {
+            .map(|((&pid, start), (max_rss, max_anon))| {
                 let cpu = match (start, cpu_time(pid).ok()) {
                     (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() / wall,
                     _ => 0.0,
                 };
-                Usage { max_rss, cpu }
+                Usage {
+                    max_rss,
+                    max_anon,
+                    cpu,
+                }
             })
             .collect()
     }
+}
+
+/// (RSS, anonymous RSS) now; zeros for a process that is gone.
+fn memory(pid: u32) -> (u64, u64) {
+    (
+        rss_bytes(pid).unwrap_or(0),
+        rss_anon_bytes(pid).unwrap_or(0),
+    )
 }
 
 #[cfg(test)]
@@ -160,6 +182,7 @@ mod tests {
         let u = s.stop();
         assert_eq!(u.len(), 1);
         assert!(u[0].max_rss > 0);
+        assert!(u[0].max_anon > 0 && u[0].max_anon <= u[0].max_rss);
         assert!(u[0].cpu > 0.0, "{u:?}");
     }
 }

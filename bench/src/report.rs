@@ -12,8 +12,8 @@ pub struct Row {
     pub load: Load,
     pub path: &'static str,
     pub sample: Sample,
-    /// Largest proxy RSS seen during the run (proxy rows).
-    pub rss: Option<u64>,
+    /// Largest proxy RSS and anonymous RSS seen during the run (proxy rows).
+    pub rss: Option<crate::procstat::Usage>,
 }
 
 pub fn fmt_dur(d: Duration) -> String {
@@ -67,7 +67,7 @@ pub struct Summary {
 
 pub fn print(rows: &[Row], sum: &Summary, command: &str) {
     println!(
-        "| protocol | load | path | p50 | p99 | p99.9 | throughput | errors | new conns | proxy RSS |"
+        "| protocol | load | path | p50 | p99 | p99.9 | throughput | errors | new conns | proxy RSS (anon) |"
     );
     println!("|---|---|---|---:|---:|---:|---:|---:|---:|---:|");
     for pair in rows.chunks(2) {
@@ -84,7 +84,11 @@ pub fn print(rows: &[Row], sum: &Summary, command: &str) {
                 s.throughput(),
                 s.errors,
                 s.connections,
-                r.rss.map_or_else(|| "".into(), fmt_mb),
+                r.rss.map_or_else(String::new, |u| format!(
+                    "{} ({})",
+                    fmt_mb(u.max_rss),
+                    fmt_mb(u.max_anon)
+                )),
             );
         }
         if let [d, p] = pair {
@@ -126,11 +130,24 @@ pub fn print(rows: &[Row], sum: &Summary, command: &str) {
         format!(", {} after {}s idle", fmt_mb(rss), after.as_secs())
     });
     println!(
-        "- proxy RSS: idle {} at start, {} idle after the runs{settled}, peak {} (VmHWM); largest under load {}",
+        "- proxy RSS: idle {} at start, {} idle after the runs{settled}, peak {} (VmHWM); largest under load {}, of which anonymous (heap, stacks; the code pages are shared by every proxy on a node) {}",
         fmt_mb(sum.idle_rss),
         fmt_mb(sum.idle_after),
         fmt_mb(sum.peak_rss),
-        fmt_mb(rows.iter().filter_map(|r| r.rss).max().unwrap_or(0)),
+        fmt_mb(
+            rows.iter()
+                .filter_map(|r| r.rss)
+                .map(|u| u.max_rss)
+                .max()
+                .unwrap_or(0)
+        ),
+        fmt_mb(
+            rows.iter()
+                .filter_map(|r| r.rss)
+                .map(|u| u.max_anon)
+                .max()
+                .unwrap_or(0)
+        ),
     );
     if let (Some((before, cpus)), Some((after, _))) = (sum.load_before, sum.load_after) {
         println!(

@@ -51,6 +51,7 @@ impl Cell {
         let n = f64::from(self.rounds);
         for ((_, total), u) in self.proxies.iter_mut().zip(usage) {
             total.max_rss = total.max_rss.max(u.max_rss);
+            total.max_anon = total.max_anon.max(u.max_anon);
             total.cpu = (total.cpu * n + u.cpu) / (n + 1.0);
         }
         self.rounds += 1;
@@ -79,6 +80,11 @@ fn cpu(u: &Usage) -> String {
     format!("{:.0}%", u.cpu * 100.0)
 }
 
+/// `RSS (anonymous)`.
+fn memory(u: &Usage) -> String {
+    format!("{} ({})", fmt_mb(u.max_rss), fmt_mb(u.max_anon))
+}
+
 /// The results table.
 pub fn table(cells: &[Cell]) -> String {
     use Align::{Left, Right};
@@ -97,9 +103,9 @@ pub fn table(cells: &[Cell]) -> String {
         ("p50 × direct", Right),
         ("p99 × direct", Right),
         ("throughput × direct", Right),
-        ("client proxy RSS", Right),
+        ("client proxy RSS (anon)", Right),
         ("client proxy CPU", Right),
-        ("server proxy RSS", Right),
+        ("server proxy RSS (anon)", Right),
         ("server proxy CPU", Right),
     ]);
     for c in cells {
@@ -126,9 +132,9 @@ pub fn table(cells: &[Cell]) -> String {
                 let tp = d.map_or(0.0, |d| d.sample.throughput());
                 ratio(c.sample.throughput(), tp).map_or_else(|| "-".into(), |r| format!("{r:.2}×"))
             }),
-            proxy(0, |u| fmt_mb(u.max_rss)),
+            proxy(0, memory),
             proxy(0, cpu),
-            proxy(1, |u| fmt_mb(u.max_rss)),
+            proxy(1, memory),
             proxy(1, cpu),
         ]);
     }
@@ -190,13 +196,20 @@ pub fn summary(cells: &[Cell]) -> Vec<String> {
             });
         }
     }
-    let rss = cells
-        .iter()
-        .flat_map(|c| c.proxies.iter().map(|(_, u)| u.max_rss))
-        .max()
-        .unwrap_or(0);
+    let largest = |f: fn(&Usage) -> u64| {
+        cells
+            .iter()
+            .flat_map(|c| c.proxies.iter().map(move |(_, u)| f(u)))
+            .max()
+            .unwrap_or(0)
+    };
+    let rss = largest(|u| u.max_rss);
     if rss > 0 {
-        out.push(format!("largest proxy RSS under load: {}", fmt_mb(rss)));
+        out.push(format!(
+            "largest proxy RSS under load: {}, of which anonymous (heap, stacks; code pages are shared by every proxy on a node): {}",
+            fmt_mb(rss),
+            fmt_mb(largest(|u| u.max_anon))
+        ));
     }
     let lag = cells
         .iter()
@@ -276,6 +289,7 @@ mod tests {
         let lat: Vec<u64> = (1..=1000).map(|i| i * ms * 1000).collect();
         let u = Usage {
             max_rss: 5_000_000,
+            max_anon: 1_000_000,
             cpu: 0.2,
         };
         c.add(
@@ -295,6 +309,7 @@ mod tests {
             &[
                 Usage {
                     max_rss: 7_000_000,
+                    max_anon: 2_000_000,
                     cpu: 0.4,
                 },
                 u,
