@@ -99,6 +99,22 @@ pub struct ServeArgs {
     /// Audience required of service account tokens in Kubernetes TokenReviews.
     #[arg(long, default_value = crate::kubernetes::mesh::IDENTITY_AUDIENCE)]
     pub token_audience: String,
+    /// Serve gRPC over TLS, with a certificate for the controller's own
+    /// SPIFFE identity (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`)
+    /// signed by the issuer and renewed in memory. Proxies check it with
+    /// `--controller-identity`.
+    #[arg(long)]
+    pub grpc_tls: bool,
+    /// The controller's namespace: its identity under --grpc-tls.
+    #[arg(long, env = "CONDUIT_CONTROLLER_NAMESPACE", default_value = "conduit")]
+    pub namespace: String,
+    /// The controller's service account: its identity under --grpc-tls.
+    #[arg(
+        long,
+        env = "CONDUIT_CONTROLLER_SERVICE_ACCOUNT",
+        default_value = "conduit-controller"
+    )]
+    pub service_account: String,
     /// Safety-net poll interval of the discovery file (changes are also
     /// picked up at once through filesystem notifications).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -182,6 +198,9 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         cluster_domain: args.cluster_domain.clone(),
         certifier,
         metrics,
+        grpc_tls: args.grpc_tls.then(|| {
+            crate::identity::spiffe_id(&args.trust_domain, &args.namespace, &args.service_account)
+        }),
     })
     .await?;
     running.serve_until(shutdown_signal()).await

@@ -4,6 +4,7 @@
 
 use crate::admin::{self, AdminState};
 use crate::destination::DestinationService;
+use crate::identity::serving::ServingTls;
 use crate::identity::{Certifier, IdentityService};
 use crate::metrics::Metrics;
 use crate::model::{DiscoveryBackend, TokenVerifier};
@@ -33,6 +34,9 @@ pub struct ServerConfig<V> {
     pub cluster_domain: String,
     pub certifier: Arc<Certifier<V>>,
     pub metrics: Arc<Metrics>,
+    /// Serve gRPC over TLS with a certificate for this SPIFFE identity,
+    /// signed by the certifier's issuer (`--grpc-tls`); `None`: plaintext.
+    pub grpc_tls: Option<String>,
 }
 
 /// A started controller. Dropping it does not stop it; call
@@ -43,6 +47,8 @@ pub struct RunningController {
     shutdown: watch::Sender<bool>,
     grpc: JoinHandle<Result<(), tonic::transport::Error>>,
     admin: JoinHandle<()>,
+    /// Keeps the serving certificate renewed while the controller runs.
+    _tls: Option<ServingTls>,
 }
 
 /// Binds both ports (port 0 picks a free one) and starts serving.
@@ -72,29 +78,38 @@ pub async fn start<V: TokenVerifier>(cfg: ServerConfig<V>) -> anyhow::Result<Run
         shutdown_rx.clone(),
     );
     let identity = IdentityService::new(cfg.certifier.clone(), cfg.metrics.clone());
-    let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(|s| {
-        let s = s?;
-        s.set_nodelay(true)?;
-        Ok::<_, std::io::Error>(s)
-    });
+    let router = tonic::transport::Server::builder()
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        // Bounds what one connection can hold open (one stream per
+        // destination a proxy talks to).
+        .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
+        .add_service(DestinationServer::new(destination).max_decoding_message_size(MAX_GET_REQUEST))
+        .add_service(IdentityServer::new(identity).max_decoding_message_size(MAX_CERTIFY_REQUEST));
     let mut stop = shutdown_rx.clone();
-    let grpc = tokio::spawn(
-        tonic::transport::Server::builder()
-            .http2_keepalive_interval(Some(Duration::from_secs(30)))
-            .http2_keepalive_timeout(Some(Duration::from_secs(10)))
-            // Bounds what one connection can hold open (one stream per
-            // destination a proxy talks to).
-            .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
-            .add_service(
-                DestinationServer::new(destination).max_decoding_message_size(MAX_GET_REQUEST),
-            )
-            .add_service(
-                IdentityServer::new(identity).max_decoding_message_size(MAX_CERTIFY_REQUEST),
-            )
-            .serve_with_incoming_shutdown(incoming, async move {
-                let _ = stop.wait_for(|s| *s).await;
-            }),
-    );
+    let stopped = async move {
+        let _ = stop.wait_for(|s| *s).await;
+    };
+    let tls = match &cfg.grpc_tls {
+        Some(id) => Some(
+            ServingTls::start(cfg.certifier.clone(), id.clone())
+                .with_context(|| format!("TLS for the gRPC port as {id}"))?,
+        ),
+        None => None,
+    };
+    let grpc = match &tls {
+        Some(tls) => {
+            tokio::spawn(router.serve_with_incoming_shutdown(tls.incoming(grpc_listener), stopped))
+        }
+        None => {
+            let incoming = tokio_stream::wrappers::TcpListenerStream::new(grpc_listener).map(|s| {
+                let s = s?;
+                s.set_nodelay(true)?;
+                Ok::<_, std::io::Error>(s)
+            });
+            tokio::spawn(router.serve_with_incoming_shutdown(incoming, stopped))
+        }
+    };
     let admin = tokio::spawn(admin::serve(
         admin_listener,
         AdminState {
@@ -110,6 +125,7 @@ pub async fn start<V: TokenVerifier>(cfg: ServerConfig<V>) -> anyhow::Result<Run
         shutdown,
         grpc,
         admin,
+        _tls: tls,
     })
 }
 

@@ -71,6 +71,7 @@ async fn follows_the_real_controller() {
         cluster_domain: "cluster.local".into(),
         certifier,
         metrics,
+        grpc_tls: None,
     })
     .await
     .unwrap();

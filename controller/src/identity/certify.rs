@@ -173,6 +173,19 @@ impl<V: TokenVerifier> Certifier<V> {
         self.sign(identity, &spki, now)
     }
 
+    /// Signs a certificate for the controller's own serving key (its gRPC
+    /// port under `--grpc-tls`): the same checks of the identity and the
+    /// issuer as [`certify`](Self::certify), no token (this never comes from
+    /// the network).
+    pub fn certify_own(&self, identity: &str, spki_der: &[u8]) -> Result<Signed, CertifyError> {
+        let now = SystemTime::now();
+        parse_spiffe_id(identity, &self.trust_domain)?;
+        if now >= self.issuer.not_after() {
+            return Err(CertifyError::IssuerExpired(self.issuer.not_after().into()));
+        }
+        self.sign(identity, spki_der, now)
+    }
+
     fn sign(
         &self,
         identity: &str,

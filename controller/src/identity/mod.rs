@@ -1,9 +1,11 @@
 //! Identity: the issuer, `Certify`'s checks and signing, token checks from a
-//! token file, and the gRPC service.
+//! token file, the gRPC service, and the controller's own serving
+//! certificate ([`serving`]).
 
 mod certify;
 mod issuer;
 mod service;
+pub mod serving;
 mod token_file;
 
 pub use certify::{Certifier, CertifyError, Signed, WorkloadId, parse_spiffe_id};

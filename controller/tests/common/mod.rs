@@ -155,6 +155,7 @@ async fn start_server(
         cluster_domain: "cluster.local".into(),
         certifier,
         metrics,
+        grpc_tls: None,
     })
     .await
     .unwrap()

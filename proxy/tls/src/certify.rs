@@ -99,14 +99,11 @@ impl Certifier for GrpcCertifier {
         let response = tokio::time::timeout(self.timeout, client.certify(grpc_request))
             .await
             .map_err(|_| CertifyError::Unavailable(format!("no answer within {:?}", self.timeout)))?
-            .map_err(|status| match status.code() {
-                tonic::Code::Unavailable
-                | tonic::Code::DeadlineExceeded
-                | tonic::Code::Cancelled => CertifyError::Unavailable(status.message().to_owned()),
-                code => CertifyError::Refused {
-                    code,
-                    message: status.message().to_owned(),
-                },
+            .map_err(|status| match std::error::Error::source(&status) {
+                // The request never reached a controller: a connection or
+                // TLS failure (a controller's own answers carry no source).
+                Some(cause) => CertifyError::Unavailable(error_chain(cause)),
+                None => refused_or_unavailable(&status),
             })?
             .into_inner();
         if response.leaf_certificate.is_empty() {
@@ -129,6 +126,33 @@ impl Certifier for GrpcCertifier {
             valid_until,
         })
     }
+}
+
+fn refused_or_unavailable(status: &tonic::Status) -> CertifyError {
+    match status.code() {
+        tonic::Code::Unavailable | tonic::Code::DeadlineExceeded | tonic::Code::Cancelled => {
+            CertifyError::Unavailable(status.message().to_owned())
+        }
+        code => CertifyError::Refused {
+            code,
+            message: status.message().to_owned(),
+        },
+    }
+}
+
+/// `error: its source: its source ...`.
+fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        next = cause.source();
+    }
+    out
 }
 
 /// Why the token could not be read.

@@ -9,7 +9,8 @@
 //! domain and reports the peer's identity. ALPN names the inter-proxy
 //! protocol ([`Alpn`]: `conduit/h2`, `conduit/http1`, `conduit/opaque`). Rotation swaps the
 //! certificate that new handshakes present; established connections keep
-//! going. See docs/identity.md.
+//! going. The controller's gRPC port is reached over TLS too, with
+//! [`ControlConnector`] checking the controller's identity. See docs/identity.md.
 //!
 //! # Use from the proxy
 //!
@@ -53,6 +54,7 @@ mod anchors;
 mod certify;
 mod clock;
 mod connect;
+mod control;
 mod credentials;
 mod refresh;
 mod spiffe;
@@ -66,6 +68,7 @@ pub use certify::{
 };
 pub use clock::{Clock, SystemClock, TokioClock};
 pub use connect::{Alpn, DEFAULT_HANDSHAKE_TIMEOUT, Peer, TlsAcceptor, TlsConnector, TlsError};
+pub use control::ControlConnector;
 pub use credentials::{Credentials, CredentialsError, CurrentCert};
 pub use refresh::{RefreshError, RefreshPolicy, Refresher, refresh_delay, retry_delay};
 pub use spiffe::{NameError, SpiffeId, SpiffeIdError, TrustDomain};

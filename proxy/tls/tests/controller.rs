@@ -3,14 +3,15 @@
 
 mod support;
 
+use conduit_controller::identity::serving::ServingTls;
 use conduit_controller::identity::{
     Certifier as ControllerCertifier, IdentityService, Issuer, TokenFileVerifier,
 };
 use conduit_controller::metrics::Metrics;
 use conduit_controller_api::identity::v1::identity_server::IdentityServer;
 use conduit_proxy_tls::{
-    Alpn, CertifyError, Credentials, GrpcCertifier, RefreshError, Refresher, SpiffeId, TlsAcceptor,
-    TlsConnector, TokenFile, TrustAnchors,
+    Alpn, CertifyError, ControlConnector, Credentials, GrpcCertifier, RefreshError, Refresher,
+    SpiffeId, TlsAcceptor, TlsConnector, TokenFile, TrustAnchors,
 };
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -28,11 +29,17 @@ struct Controller {
     addr: SocketAddr,
     anchors_pem: String,
     dir: tempfile::TempDir,
+    _tls: Option<ServingTls>,
 }
 
 /// The controller's identity service with a generated issuer and a token
 /// file, on a free loopback port.
 async fn controller(leaf_lifetime: Duration) -> Controller {
+    controller_with(leaf_lifetime, None).await
+}
+
+/// [`controller`], its gRPC port serving TLS as `tls_identity` when given.
+async fn controller_with(leaf_lifetime: Duration, tls_identity: Option<&str>) -> Controller {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.yaml");
     std::fs::write(
@@ -55,18 +62,22 @@ async fn controller(leaf_lifetime: Duration) -> Controller {
         TD.into(),
         leaf_lifetime,
     ));
-    let service = IdentityService::new(certifier, Arc::new(Metrics::new()));
+    let service = IdentityService::new(certifier.clone(), Arc::new(Metrics::new()));
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(IdentityServer::new(service))
-            .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
-    );
+    let router = tonic::transport::Server::builder().add_service(IdentityServer::new(service));
+    let tls = tls_identity.map(|id| ServingTls::start(certifier, id.to_owned()).unwrap());
+    match &tls {
+        Some(tls) => tokio::spawn(router.serve_with_incoming(tls.incoming(listener))),
+        None => tokio::spawn(
+            router.serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(listener)),
+        ),
+    };
     Controller {
         addr,
         anchors_pem,
         dir,
+        _tls: tls,
     }
 }
 
@@ -83,6 +94,58 @@ impl Controller {
         let refresher = Refresher::new(credentials.clone(), TokenFile::new(token_path), certifier);
         (credentials, refresher)
     }
+
+    /// A proxy reaching Certify over TLS, requiring the controller to be `controller_id`.
+    fn proxy_over_tls(
+        &self,
+        identity: &str,
+        token: &str,
+        controller_id: &str,
+    ) -> Refresher<GrpcCertifier> {
+        let anchors = TrustAnchors::from_pem(self.anchors_pem.as_bytes()).unwrap();
+        let credentials = Credentials::new(SpiffeId::parse(identity).unwrap(), anchors.clone());
+        let token_path = self.dir.path().join("token-tls");
+        std::fs::write(&token_path, token).unwrap();
+        let connector =
+            ControlConnector::new(anchors, SpiffeId::parse(controller_id).unwrap()).unwrap();
+        let channel = connector.channel(&self.addr.to_string()).unwrap();
+        Refresher::new(
+            credentials,
+            TokenFile::new(token_path),
+            GrpcCertifier::new(channel),
+        )
+    }
+}
+
+const CONTROLLER: &str = "spiffe://test.local/ns/conduit/sa/conduit-controller";
+
+#[tokio::test]
+async fn certify_over_tls_checks_the_controllers_identity() {
+    let ctl = controller_with(Duration::from_secs(3600), Some(CONTROLLER)).await;
+    // The right identity: certified over TLS.
+    let cert = within(
+        "certify over TLS",
+        ctl.proxy_over_tls(WEB, WEB_TOKEN, CONTROLLER)
+            .refresh_once(),
+    )
+    .await
+    .unwrap();
+    assert!(cert.not_after() > SystemTime::now());
+    // Expecting another identity: refused before the token is sent.
+    let err = within(
+        "certify expecting another controller",
+        ctl.proxy_over_tls(WEB, WEB_TOKEN, BOOKS).refresh_once(),
+    )
+    .await
+    .unwrap_err();
+    assert_unavailable(&err);
+    assert!(err.to_string().contains("books"), "{err}");
+    // A plaintext client gets nothing from the TLS port.
+    let (_, plain) = ctl.proxy(WEB, WEB_TOKEN);
+    let err = within("plaintext certify", plain.refresh_once())
+        .await
+        .unwrap_err();
+    assert_unavailable(&err);
 }
 
 /// Runs each refresher in the background and waits (at most 20 s) until
