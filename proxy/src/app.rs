@@ -57,7 +57,8 @@ impl Deps {
         let tcp = TcpConnector {
             connect_timeout: cfg.connect_timeout,
         };
-        let credentials = crate::identity::start(cfg)?;
+        let controller = crate::identity::controller_channel(cfg)?;
+        let credentials = crate::identity::start(cfg, controller.as_ref())?;
         let (connector, acceptor): (Arc<dyn Connector>, Arc<dyn Acceptor>) = match &credentials {
             Some(c) => (
                 Arc::new(TlsConnector::new(tcp, c.clone())),
@@ -65,10 +66,8 @@ impl Deps {
             ),
             None => (Arc::new(tcp), Arc::new(PlainAcceptor)),
         };
-        let discover: Arc<dyn Discover> = if let Some(addr) = &cfg.controller_addr {
-            let d = ControllerDiscovery::connect_lazy(addr, Duration::from_secs(3))
-                .context("controller discovery")?;
-            Arc::new(d)
+        let discover: Arc<dyn Discover> = if let Some(channel) = controller {
+            Arc::new(ControllerDiscovery::new(channel, Duration::from_secs(3)))
         } else if cfg.services.is_empty() && cfg.discovery_file.is_none() {
             Arc::new(NoDiscovery)
         } else {

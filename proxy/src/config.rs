@@ -187,6 +187,13 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_CONTROLLER_ADDR")]
     pub controller_addr: Option<String>,
 
+    /// The controller's SPIFFE identity: reach `--controller-addr` over TLS
+    /// and require the controller to present this identity, chained to the
+    /// trust anchors (the controller runs with `--grpc-tls`). Without it the
+    /// controller is reached in plaintext.
+    #[arg(long, env = "CONDUIT_PROXY_CONTROLLER_IDENTITY")]
+    pub controller_identity: Option<String>,
+
     /// This proxy's identity, `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`. With
     /// an identity the proxy speaks mTLS to meshed peers and requires it on
     /// the inbound port; it is not ready until it holds a certificate.

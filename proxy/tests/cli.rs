@@ -26,6 +26,9 @@ fn help_explains_every_flag_with_its_env_var() {
         "--agent-socket",
         "--service",
         "--discovery-file",
+        "--controller-identity",
+        "--body-read-timeout",
+        "--inbound-app-ip6",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -51,6 +54,45 @@ fn bad_flags_are_refused_clearly() {
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("bad duration"), "{err}");
+
+    // TLS to the controller needs trust anchors to check its identity.
+    let out = Command::new(BIN)
+        .args([
+            "--controller-addr",
+            "127.0.0.1:9",
+            "--admin-addr",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--outbound-addrs",
+            "127.0.0.1:0",
+            "--inbound-addrs",
+            "127.0.0.1:0",
+        ])
+        .args([
+            "--controller-identity",
+            "spiffe://cluster.local/ns/conduit/sa/conduit-controller",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("--controller-identity") && err.contains("trust anchors"),
+        "{err}"
+    );
+    let out = Command::new(BIN)
+        .args([
+            "--controller-addr",
+            "127.0.0.1:9",
+            "--controller-identity",
+            "not-spiffe",
+        ])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("bad --controller-identity"), "{err}");
 }
 
 #[test]

@@ -95,19 +95,19 @@ fn the_inbound_port_refuses_peers_without_a_certificate_of_the_mesh() -> Result<
     let addr = format!("{}:{INBOUND_PORT}", mesh.env.pod("web-1").ipv4);
     let anchors = &mesh.files.issuer_cert;
 
-    let (code, out) = s_client(&addr, anchors, None)?;
+    let (code, out) = s_client(&addr, "conduit/opaque", anchors, None)?;
     ensure!(
         code != 124 && out.contains("alert"),
         "no client certificate was not refused ({code}):\n{out}"
     );
-    let (code, out) = s_client(&addr, anchors, Some(&other_leaf))?;
+    let (code, out) = s_client(&addr, "conduit/opaque", anchors, Some(&other_leaf))?;
     ensure!(
         code != 124 && out.contains("alert"),
         "a certificate of another CA (same SPIFFE ID) was not refused ({code}):\n{out}"
     );
     // Control: the same identity certified by the mesh's issuer is accepted
     // (no alert; the proxy then waits for a transport header it never gets).
-    let (code, out) = s_client(&addr, anchors, Some(&mesh_leaf))?;
+    let (code, out) = s_client(&addr, "conduit/opaque", anchors, Some(&mesh_leaf))?;
     ensure!(
         out.contains("ALPN protocol: conduit/opaque") && !out.contains("alert"),
         "the mesh's own certificate was refused ({code}):\n{out}"

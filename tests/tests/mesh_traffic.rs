@@ -4,7 +4,7 @@
 //! the client's proxy and a server's proxy with mTLS identities, and the
 //! bytes between the pods are TLS on the wire.
 
-use anyhow::{Result, ensure};
+use anyhow::{Context, Result, ensure};
 use conduit_tests::mesh::spec::{GRPC_PORT, MeshSpec};
 use conduit_tests::mesh::{Mesh, report};
 use conduit_tests::wire::{PacketCapture, contains, has_tls_client_hello, has_tls_server_hello};
@@ -151,14 +151,9 @@ fn bytes_between_pods_are_tls() -> Result<()> {
     };
     let client = mesh.env.pod("client");
     let pcap = mesh.env.run_dir().join("client.pcap");
-    // Everything leaving or entering the client pod, except the controller
-    // traffic (plaintext gRPC by design, see docs/controller.md).
-    let controller = mesh.env.pod("controller").ipv4;
-    let capture = PacketCapture::start(
-        client.host_veth(),
-        pcap,
-        &format!("tcp and not host {controller}"),
-    )?;
+    // Everything leaving or entering the client pod, the proxy's talk with
+    // the controller included (TLS too: `--grpc-tls`).
+    let capture = PacketCapture::start(client.host_veth(), pcap, "tcp")?;
     let http_marker = "plaintext-marker-http-4f2a9c";
     let grpc_marker = "plaintext-marker-grpc-77d1e0";
     let a = mesh
@@ -207,6 +202,49 @@ fn bytes_between_pods_are_tls() -> Result<()> {
     ensure!(
         contains(&bytes, b"conduit/"),
         "no conduit ALPN in the ClientHellos"
+    );
+    // The client proxy asked the controller about `web` during the capture
+    // (discovery is lazy): the name never crossed the wire in the clear.
+    ensure!(
+        !contains(&bytes, fqdn_port(&mesh, GRPC_PORT).as_bytes()),
+        "a discovery request crossed the wire in plaintext"
+    );
+    controller_port_is_tls_as_its_identity(&mesh)
+}
+
+fn fqdn_port(mesh: &Mesh, port: u16) -> String {
+    format!("{}:{port}", mesh.spec.fqdn("web"))
+}
+
+/// The controller's gRPC port: TLS, a certificate that verifies against the
+/// mesh's trust anchors and names the controller's SPIFFE identity.
+fn controller_port_is_tls_as_its_identity(mesh: &Mesh) -> Result<()> {
+    let grpc = mesh
+        .controller
+        .as_ref()
+        .map(|c| c.grpc)
+        .context("controller")?;
+    let (code, out) =
+        conduit_tests::mesh::tls::s_client(&grpc.to_string(), "h2", &mesh.files.issuer_cert, None)?;
+    ensure!(
+        out.contains("Verify return code: 0 (ok)") && out.contains("ALPN protocol: h2"),
+        "the controller's gRPC port is not verified TLS ({code}):\n{out}"
+    );
+    let pem_start = out
+        .find("-----BEGIN CERTIFICATE-----")
+        .context("no certificate")?;
+    let pem_end = out
+        .find("-----END CERTIFICATE-----")
+        .context("no certificate end")?;
+    let pem = &out[pem_start..pem_end + "-----END CERTIFICATE-----".len()];
+    let san = conduit_tests::cmd::stdin_output(
+        "openssl",
+        &["x509", "-noout", "-ext", "subjectAltName"],
+        pem,
+    )?;
+    ensure!(
+        san.contains(conduit_tests::mesh::spec::CONTROLLER_IDENTITY),
+        "the controller presents another identity: {san}"
     );
     Ok(())
 }
@@ -276,8 +314,12 @@ fn certificates_rotate_while_traffic_flows() -> Result<()> {
         mesh.env.pod("web-1").ipv4,
         conduit_tests::mesh::spec::INBOUND_PORT
     );
-    let (code, out) =
-        conduit_tests::mesh::tls::s_client(&addr, &mesh.files.issuer_cert, Some(&leaf))?;
+    let (code, out) = conduit_tests::mesh::tls::s_client(
+        &addr,
+        "conduit/opaque",
+        &mesh.files.issuer_cert,
+        Some(&leaf),
+    )?;
     ensure!(
         out.contains("Verify return code: 0 (ok)") && !out.contains("alert"),
         "the server proxy's certificate did not verify after rotation ({code}):\n{out}"

@@ -31,14 +31,6 @@ pub const DEFAULT_CAPACITY: usize = 4000;
 /// Default time after which an unused destination is forgotten.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
-/// Why the controller address was refused.
-#[derive(Debug, thiserror::Error)]
-#[error("bad controller address {addr:?}: {source}")]
-pub struct ControllerAddrError {
-    addr: String,
-    source: tonic::transport::Error,
-}
-
 pub struct ControllerDiscovery {
     channel: Channel,
     options: WatchOptions,
@@ -66,8 +58,9 @@ impl std::fmt::Debug for ControllerDiscovery {
 }
 
 impl ControllerDiscovery {
-    /// Discovery over a channel to the controller (e.g.
-    /// `Endpoint::from_shared("http://controller:8086")?.connect_lazy()`).
+    /// Discovery over a channel to the controller (plaintext, or TLS from
+    /// `identity::controller_channel`; it connects lazily, so the proxy
+    /// starts even when the controller is away).
     /// This keeps its own cache of watches (rather than sharing a
     /// `DestinationResolver`), so forgetting a destination ends its stream.
     pub fn new(channel: Channel, fallback_after: Duration) -> Self {
@@ -79,20 +72,6 @@ impl ControllerDiscovery {
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             cache: Mutex::new(IdleMap::new()),
         }
-    }
-
-    /// Discovery from the controller at `addr` (`host:port`), connecting
-    /// lazily (the proxy starts even when the controller is away).
-    pub fn connect_lazy(addr: &str, fallback_after: Duration) -> Result<Self, ControllerAddrError> {
-        let bad = |source| ControllerAddrError {
-            addr: addr.into(),
-            source,
-        };
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(bad)?
-            .connect_timeout(Duration::from_secs(5))
-            .connect_lazy();
-        Ok(Self::new(channel, fallback_after))
     }
 
     /// Changes the reconnect backoff of the streams.

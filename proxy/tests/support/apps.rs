@@ -8,7 +8,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use std::convert::Infallible;
 use std::net::SocketAddr;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 type Body = BoxBody<Bytes, hyper::Error>;
 
@@ -25,21 +25,30 @@ fn full(b: impl Into<Bytes>) -> Body {
 /// * `/chunks/N`: N chunks of 1 KiB, streamed.
 /// * `/slow/MS`: answers after MS milliseconds.
 pub async fn http_server() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
+    serve("127.0.0.1:0", |tcp| async move {
+        let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service_fn(app))
+            .await;
+    })
+    .await
+    .unwrap()
+}
+
+/// Binds `bind` and hands every accepted connection to `conn`, each on a
+/// task of its own, for as long as the test runtime lives.
+async fn serve<F, Fut>(bind: &str, conn: F) -> std::io::Result<SocketAddr>
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let l = TcpListener::bind(bind).await?;
+    let addr = l.local_addr()?;
     tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                    .serve_connection_with_upgrades(TokioIo::new(tcp), service_fn(app))
-                    .await;
-            });
+        while let Ok((tcp, _)) = l.accept().await {
+            tokio::spawn(conn(tcp));
         }
     });
-    addr
+    Ok(addr)
 }
 
 async fn app(req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
@@ -131,26 +140,18 @@ fn facts(req: &Request<Incoming>) -> HeaderMap {
 /// A WebSocket echo server (tokio-tungstenite).
 pub async fn websocket_server() -> SocketAddr {
     use futures::{SinkExt, StreamExt};
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
+    serve("127.0.0.1:0", |tcp| async move {
+        let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
+            return;
+        };
+        while let Some(Ok(msg)) = ws.next().await {
+            if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
                 return;
-            };
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(tcp).await else {
-                    return;
-                };
-                while let Some(Ok(msg)) = ws.next().await {
-                    if (msg.is_text() || msg.is_binary()) && ws.send(msg).await.is_err() {
-                        return;
-                    }
-                }
-            });
+            }
         }
-    });
-    addr
+    })
+    .await
+    .unwrap()
 }
 
 /// Opaque echo: every byte read is written back; on EOF, writes "bye" and
@@ -163,60 +164,44 @@ pub async fn tcp_echo_server() -> SocketAddr {
 /// e.g. `[::1]:0` on a machine without IPv6 loopback).
 pub async fn tcp_echo_server_on(bind: &str) -> Option<SocketAddr> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let l = TcpListener::bind(bind).await.ok()?;
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
+    serve(bind, |mut tcp| async move {
+        let mut buf = vec![0u8; 16 * 1024];
         loop {
-            let Ok((mut tcp, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    match tcp.read(&mut buf).await {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if tcp.write_all(&buf[..n]).await.is_err() {
-                                return;
-                            }
-                        }
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tcp.write_all(&buf[..n]).await.is_err() {
+                        return;
                     }
                 }
-                let _ = tcp.write_all(b"bye").await;
-            });
+            }
         }
-    });
-    Some(addr)
+        let _ = tcp.write_all(b"bye").await;
+    })
+    .await
+    .ok()
 }
 
 /// Server-speaks-first (SMTP-like): greets on connect, then answers each line.
 pub async fn greeting_server() -> SocketAddr {
     use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        loop {
-            let Ok((tcp, _)) = l.accept().await else {
-                return;
-            };
-            tokio::spawn(async move {
-                let (r, mut w) = tcp.into_split();
-                if w.write_all(b"220 mail.test ESMTP ready\r\n").await.is_err() {
-                    return;
-                }
-                let mut lines = BufReader::new(r).lines();
-                while let Ok(Some(line)) = lines.next_line().await {
-                    let reply = if line.starts_with("QUIT") {
-                        "221 bye\r\n".to_string()
-                    } else {
-                        format!("250 ok {line}\r\n")
-                    };
-                    if w.write_all(reply.as_bytes()).await.is_err() || line.starts_with("QUIT") {
-                        return;
-                    }
-                }
-            });
+    serve("127.0.0.1:0", |tcp| async move {
+        let (r, mut w) = tcp.into_split();
+        if w.write_all(b"220 mail.test ESMTP ready\r\n").await.is_err() {
+            return;
         }
-    });
-    addr
+        let mut lines = BufReader::new(r).lines();
+        while let Ok(Some(line)) = lines.next_line().await {
+            let reply = if line.starts_with("QUIT") {
+                "221 bye\r\n".to_string()
+            } else {
+                format!("250 ok {line}\r\n")
+            };
+            if w.write_all(reply.as_bytes()).await.is_err() || line.starts_with("QUIT") {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap()
 }

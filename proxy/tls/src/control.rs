@@ -79,7 +79,8 @@ impl ControlConnector {
     /// TLS; each (re)connection resolves `host`, connects and verifies.
     pub fn channel(&self, addr: &str) -> Result<tonic::transport::Channel, TlsError> {
         let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
-            .map_err(|e| TlsError::Config(rustls::Error::General(format!("{addr}: {e}"))))?;
+            .map_err(|e| TlsError::Config(rustls::Error::General(format!("{addr}: {e}"))))?
+            .connect_timeout(Duration::from_secs(5));
         let this = self.clone();
         let connect = tower::service_fn(move |uri: http::Uri| {
             let this = this.clone();

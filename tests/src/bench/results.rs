@@ -336,7 +336,7 @@ mod tests {
         assert!(lines[3].contains("| 1000 req/s | 0 | 0 |"), "{t}");
         assert!(lines[3].contains("| +500 µs |"), "{t}");
         assert!(lines[3].contains("| 2.00× |"), "{t}");
-        assert!(lines[3].contains("| 7.0 MB | 30% |"), "{t}");
+        assert!(lines[3].contains("| 7.0 MB (2.0 MB) | 30% |"), "{t}");
         let s = summary(&cells);
         assert!(
             s[0].starts_with("HTTP/1.1 at 1000 req/s: eBPF added p50 +500 µs"),

@@ -63,6 +63,8 @@ impl ProxyConfig {
                 &self.service_account,
                 "--controller-addr",
                 &self.controller.to_string(),
+                "--controller-identity",
+                super::spec::CONTROLLER_IDENTITY,
                 "--identity",
                 &self.identity,
                 "--identity-token-file",

@@ -4,24 +4,18 @@
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
-/// `openssl s_client` from the host to `addr` offering the inter-proxy ALPN,
+/// `openssl s_client` from the host to `addr` offering the protocol `alpn`,
 /// with an optional client certificate; ends after 3 s at most (124: it
 /// was still connected). Returns (exit code, everything it printed).
 pub fn s_client(
     addr: &str,
+    alpn: &str,
     anchors: &Path,
     cert: Option<&(PathBuf, PathBuf)>,
 ) -> Result<(i32, String)> {
     let mut cmd = std::process::Command::new("timeout");
     cmd.args([
-        "3",
-        "openssl",
-        "s_client",
-        "-connect",
-        addr,
-        "-alpn",
-        "conduit/opaque",
-        "-ign_eof",
+        "3", "openssl", "s_client", "-connect", addr, "-alpn", alpn, "-ign_eof",
     ])
     .arg("-CAfile")
     .arg(anchors)
