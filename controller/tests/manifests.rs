@@ -316,6 +316,37 @@ fn controller_flags_parse_and_match_the_service_and_the_issuer_secret() {
         Inject::parse_from(["inject"]).args.controller_addr,
         default_addr
     );
+    // The gRPC port is TLS as the controller's own identity, made from its
+    // namespace and service account; injected proxies require exactly that.
+    assert!(serve.grpc_tls, "the controller's gRPC port must be TLS");
+    let env = c.env.clone().unwrap_or_default();
+    let field = |name: &str| {
+        env.iter()
+            .find(|e| e.name == name)
+            .and_then(|e| e.value_from.as_ref()?.field_ref.as_ref())
+            .map(|f| f.field_path.clone())
+    };
+    assert_eq!(
+        field("CONDUIT_CONTROLLER_NAMESPACE").as_deref(),
+        Some("metadata.namespace")
+    );
+    assert_eq!(
+        field("CONDUIT_CONTROLLER_SERVICE_ACCOUNT").as_deref(),
+        Some("spec.serviceAccountName")
+    );
+    let deployment_ns = find::<Deployment>("Deployment", "conduit-controller")
+        .metadata
+        .namespace
+        .unwrap();
+    let injected = Inject::parse_from(["inject"]).args.options().unwrap();
+    assert_eq!(
+        injected.controller_identity,
+        format!(
+            "spiffe://{}/ns/{deployment_ns}/sa/{}",
+            serve.trust_domain,
+            spec.service_account_name.as_deref().unwrap()
+        )
+    );
 }
 
 #[test]

@@ -28,6 +28,11 @@ pub const DEFAULT_PROXY_IMAGE: &str = concat!(
 /// Largest input accepted.
 pub const MAX_INPUT_BYTES: u64 = 64 << 20;
 
+/// Namespace of the controller in manifests/ (its identity's namespace).
+pub const CONTROLLER_NAMESPACE: &str = "conduit-system";
+/// The controller's service account in manifests/.
+pub const CONTROLLER_SERVICE_ACCOUNT: &str = "conduit-controller";
+
 /// Add the conduit proxy to workloads' pod templates.
 #[derive(Debug, Clone, clap::Args)]
 pub struct Args {
@@ -52,6 +57,11 @@ pub struct Args {
     /// SPIFFE trust domain (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
     #[arg(long, default_value = "cluster.local")]
     pub trust_domain: String,
+    /// The controller's SPIFFE identity, which proxies require of its TLS
+    /// gRPC port (default: service account `conduit-controller` in
+    /// `conduit-system`, in the trust domain).
+    #[arg(long, value_name = "SPIFFE-ID")]
+    pub controller_identity: Option<String>,
     /// Issuer certificate(s) (PEM) that proxies trust, embedded in each pod.
     /// Without it the proxies must get their trust anchors another way.
     #[arg(long, value_name = "PATH")]
@@ -147,6 +157,13 @@ impl Args {
             proxy_image: self.proxy_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
             controller_addr: self.controller_addr.clone(),
+            controller_identity: self.controller_identity.clone().unwrap_or_else(|| {
+                crate::identity::spiffe_id(
+                    &self.trust_domain,
+                    CONTROLLER_NAMESPACE,
+                    CONTROLLER_SERVICE_ACCOUNT,
+                )
+            }),
             trust_domain: self.trust_domain.clone(),
             trust_anchors_pem,
             identity_audience: self.identity_audience.clone(),

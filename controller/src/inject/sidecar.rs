@@ -34,6 +34,8 @@ pub struct Options {
     pub image_pull_policy: String,
     /// `host:port` of the controller's gRPC (Destination and Identity).
     pub controller_addr: String,
+    /// The SPIFFE identity the controller's TLS gRPC port must present.
+    pub controller_identity: String,
     pub trust_domain: String,
     /// PEM of the issuer certificate(s) the proxies trust.
     pub trust_anchors_pem: Option<String>,
@@ -111,6 +113,7 @@ pub fn proxy_container(o: &Options, pod: &PodSettings) -> Container {
             &format!("{}/agent.sock", o.agent_socket_dir),
         ),
         env("CONDUIT_PROXY_CONTROLLER_ADDR", &o.controller_addr),
+        env("CONDUIT_PROXY_CONTROLLER_IDENTITY", &o.controller_identity),
         env("CONDUIT_PROXY_TRUST_DOMAIN", &o.trust_domain),
         env(
             "CONDUIT_PROXY_IDENTITY",

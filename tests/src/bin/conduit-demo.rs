@@ -71,7 +71,7 @@ fn run(cli: &Cli, steps: &mut Steps) -> Result<()> {
     )?;
     let n = cli.requests.max(1);
     let capture = steps.run(
-        "watching the client pod's veth with tcpdump (everything between pods, except the controller's plaintext gRPC)",
+        "watching the client pod's veth with tcpdump (everything between pods but the controller's connection, so the TLS counted is proxy to proxy)",
         || {
             let controller = mesh.env.pod("controller").ipv4;
             PacketCapture::start(
