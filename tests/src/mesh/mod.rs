@@ -184,7 +184,7 @@ impl Mesh {
             || agent_config.start().context("the node agent did not start"),
         )?;
         let controller = steps.run(
-            "starting conduit-controller in pod controller (file discovery, token file, issuer)",
+            "starting conduit-controller in pod controller (file discovery, token file, issuer, gRPC over TLS)",
             || Controller::start(&env, "controller", &files, &spec.controller_args),
         )?;
         let apps = steps.run(
