@@ -354,7 +354,13 @@ fn generated_section(
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_else(|| "unknown".into());
     let dirty = std::process::Command::new("git")
-        .args(["status", "--porcelain", "--untracked-files=no"])
+        // The files this program writes itself do not count.
+        .args(["status", "--porcelain", "--untracked-files=no", "--"])
+        .args([
+            ":(top)",
+            ":(top,exclude)docs/benchmarks.md",
+            ":(top,exclude)docs/benchmarks-mesh.png",
+        ])
         .current_dir(env!("CARGO_MANIFEST_DIR"))
         .output()
         .ok()
