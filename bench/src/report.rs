@@ -129,25 +129,20 @@ pub fn print(rows: &[Row], sum: &Summary, command: &str) {
     let settled = sum.settled.map_or(String::new(), |(rss, after)| {
         format!(", {} after {}s idle", fmt_mb(rss), after.as_secs())
     });
+    let largest = |field: fn(&crate::procstat::Usage) -> u64| {
+        rows.iter()
+            .filter_map(|r| r.rss)
+            .map(|u| field(&u))
+            .max()
+            .unwrap_or(0)
+    };
     println!(
         "- proxy RSS: idle {} at start, {} idle after the runs{settled}, peak {} (VmHWM); largest under load {}, of which anonymous (heap, stacks; the code pages are shared by every proxy on a node) {}",
         fmt_mb(sum.idle_rss),
         fmt_mb(sum.idle_after),
         fmt_mb(sum.peak_rss),
-        fmt_mb(
-            rows.iter()
-                .filter_map(|r| r.rss)
-                .map(|u| u.max_rss)
-                .max()
-                .unwrap_or(0)
-        ),
-        fmt_mb(
-            rows.iter()
-                .filter_map(|r| r.rss)
-                .map(|u| u.max_anon)
-                .max()
-                .unwrap_or(0)
-        ),
+        fmt_mb(largest(|u| u.max_rss)),
+        fmt_mb(largest(|u| u.max_anon)),
     );
     if let (Some((before, cpus)), Some((after, _))) = (sum.load_before, sum.load_after) {
         println!(

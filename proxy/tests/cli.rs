@@ -45,53 +45,34 @@ fn help_explains_every_flag_with_its_env_var() {
     );
 }
 
+/// Runs the proxy with `args`, which it must refuse; returns its stderr.
+fn refused(args: &[&str]) -> String {
+    let out = Command::new(BIN).args(args).output().unwrap();
+    assert!(!out.status.success(), "{args:?} was accepted");
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
 #[test]
 fn bad_flags_are_refused_clearly() {
-    let out = Command::new(BIN)
-        .args(["--detect-timeout", "soon"])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&["--detect-timeout", "soon"]);
     assert!(err.contains("bad duration"), "{err}");
 
     // TLS to the controller needs trust anchors to check its identity.
-    let out = Command::new(BIN)
-        .args([
-            "--controller-addr",
-            "127.0.0.1:9",
-            "--admin-addr",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--outbound-addrs",
-            "127.0.0.1:0",
-            "--inbound-addrs",
-            "127.0.0.1:0",
-        ])
-        .args([
-            "--controller-identity",
-            "spiffe://cluster.local/ns/conduit/sa/conduit-controller",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&[
+        "--controller-addr=127.0.0.1:9",
+        "--admin-addr=127.0.0.1:0",
+        "--outbound-addrs=127.0.0.1:0",
+        "--inbound-addrs=127.0.0.1:0",
+        "--controller-identity=spiffe://cluster.local/ns/conduit/sa/conduit-controller",
+    ]);
     assert!(
         err.contains("--controller-identity") && err.contains("trust anchors"),
         "{err}"
     );
-    let out = Command::new(BIN)
-        .args([
-            "--controller-addr",
-            "127.0.0.1:9",
-            "--controller-identity",
-            "not-spiffe",
-        ])
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    let err = String::from_utf8_lossy(&out.stderr);
+    let err = refused(&[
+        "--controller-addr=127.0.0.1:9",
+        "--controller-identity=not-spiffe",
+    ]);
     assert!(err.contains("bad --controller-identity"), "{err}");
 }
 
