@@ -82,6 +82,8 @@ fn latency_histogram() -> Histogram {
 #[derive(Clone)]
 pub struct Metrics {
     pub requests: Family<ReqLabels, Counter>,
+    /// Attempts beyond the first (retries on another endpoint).
+    pub retries: Family<ReqLabels, Counter>,
     pub responses: Family<RspLabels, Counter>,
     pub response_latency: HistFamily,
     pub tcp_open: Family<DirLabels, Counter>,
@@ -108,6 +110,7 @@ impl Metrics {
     pub fn new(registry: &mut Registry, max_dst_labels: usize) -> Self {
         let m = Self {
             requests: Family::default(),
+            retries: Family::default(),
             responses: Family::default(),
             response_latency: Family::new_with_constructor(latency_histogram),
             tcp_open: Family::default(),
@@ -127,6 +130,11 @@ impl Metrics {
             "request",
             "HTTP requests received, by direction and destination",
             m.requests.clone(),
+        );
+        r.register(
+            "retry",
+            "HTTP requests sent again to another endpoint (idempotent, within the retry budget)",
+            m.retries.clone(),
         );
         r.register(
             "response",

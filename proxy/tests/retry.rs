@@ -80,6 +80,12 @@ async fn idempotent_requests_are_replayed_with_their_bodies() {
         12,
         "each PUT took exactly two attempts"
     );
+    let m = support::metrics(&proxy).await;
+    assert_eq!(
+        support::sample(&m, "conduit_retry_total", &["direction=\"outbound\""]),
+        6.0,
+        "one retry counted per PUT:\n{m}"
+    );
 
     let post = |b: &'static str| {
         Request::post("/doc")

@@ -163,7 +163,9 @@ async fn forward(
     };
     let retryable = replay.is_some();
     let mut first = Some(req);
+    let mut attempts = 0u64;
     let attempt = |ep: Arc<crate::discovery::Endpoint>| {
+        attempts += 1;
         let req = first
             .take()
             .or_else(|| replay.as_ref().map(replay::Replay::request));
@@ -181,7 +183,19 @@ async fn forward(
             }
         }
     };
-    balancer.call(&shared.policy, retryable, attempt).await?
+    let result = balancer.call(&shared.policy, retryable, attempt).await;
+    if attempts > 1 {
+        let labels = ReqLabels {
+            direction: conn.direction.as_str(),
+            dst: conn.dst_label.clone(),
+        };
+        shared
+            .metrics
+            .retries
+            .get_or_create(&labels)
+            .inc_by(attempts - 1);
+    }
+    result?
 }
 
 /// One attempt towards one next hop.
