@@ -156,13 +156,46 @@ fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>
     Ok(out)
 }
 
+/// The inbound listeners. `0.0.0.0:P` and `[::]:P` together become one
+/// dual-stack `[::]:P` socket, first in the list: the node agent's
+/// sk_lookup steers a pod's inbound connections, IPv4 and IPv6, to the one
+/// listener the proxy registers, and a socket takes only the families it
+/// is bound for. Without IPv6 in the pod, the IPv4 socket alone.
+fn bind_inbound(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
+    let wildcard_pair = addrs.iter().find_map(|a| {
+        let v4 = SocketAddr::from(([0, 0, 0, 0], a.port()));
+        let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, a.port()));
+        (addrs.contains(&v4) && addrs.contains(&v6)).then_some((v4, v6))
+    });
+    let Some((v4, v6)) = wildcard_pair else {
+        return bind_all(addrs, "inbound");
+    };
+    match listen::bind_dual_stack(v4.port()) {
+        Ok(dual) => {
+            let rest: Vec<SocketAddr> = addrs
+                .iter()
+                .copied()
+                .filter(|a| *a != v4 && *a != v6)
+                .collect();
+            let mut out = vec![dual];
+            out.extend(bind_all(&rest, "inbound")?);
+            Ok(out)
+        }
+        Err(e) => {
+            warn!("inbound listener {v6} (dual-stack) not bound (IPv6 unavailable?): {e}");
+            let rest: Vec<SocketAddr> = addrs.iter().copied().filter(|a| *a != v6).collect();
+            bind_all(&rest, "inbound")
+        }
+    }
+}
+
 fn addrs(ls: &[TcpListener]) -> Vec<SocketAddr> {
     ls.iter().filter_map(|l| l.local_addr().ok()).collect()
 }
 
 pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
     let outbound = bind_all(&cfg.outbound_addrs, "outbound")?;
-    let inbound = bind_all(&cfg.inbound_addrs, "inbound")?;
+    let inbound = bind_inbound(&cfg.inbound_addrs)?;
     let admin_listener = listen::bind(cfg.admin_addr)
         .with_context(|| format!("binding the admin listener on {}", cfg.admin_addr))?;
     let (outbound_addrs, inbound_addrs) = (addrs(&outbound), addrs(&inbound));

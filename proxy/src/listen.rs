@@ -14,10 +14,23 @@ use tokio::sync::Semaphore;
 use tracing::{debug, warn};
 
 pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    bind_with(addr, true)
+}
+
+/// `[::]:port` accepting IPv4 too (IPV6_V6ONLY off): one socket the agent's
+/// sk_lookup can hand connections of both families to.
+pub fn bind_dual_stack(port: u16) -> std::io::Result<TcpListener> {
+    bind_with(
+        SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, port)),
+        false,
+    )
+}
+
+fn bind_with(addr: SocketAddr, only_v6: bool) -> std::io::Result<TcpListener> {
     use socket2::{Domain, Protocol, Socket, Type};
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
     if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
+        socket.set_only_v6(only_v6)?;
     }
     socket.set_reuse_address(true)?;
     socket.set_nonblocking(true)?;
@@ -51,7 +64,7 @@ pub async fn accept_loop(
             _ = shared.shutdown.cancelled() => break,
         };
         let (tcp, client) = match accepted {
-            Ok(a) => a,
+            Ok((tcp, client)) => (tcp, crate::orig_dst::unmapped(client)),
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
                 warn!(%local, "accept failed: {e}");

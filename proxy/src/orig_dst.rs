@@ -40,13 +40,7 @@ impl OrigDst for SoOriginalDst {
             )
         })?;
         // Unmap ::ffff:a.b.c.d so IPv4 services are looked up as IPv4.
-        Ok(match addr {
-            SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
-                Some(v4) => SocketAddr::new(v4.into(), a.port()),
-                None => addr,
-            },
-            v4 => v4,
-        })
+        Ok(unmapped(addr))
     }
 }
 
@@ -57,7 +51,19 @@ pub struct LocalAddr;
 
 impl OrigDst for LocalAddr {
     fn orig_dst(&self, conn: &TcpStream) -> io::Result<SocketAddr> {
-        conn.local_addr()
+        // A dual-stack listener reports IPv4 destinations as ::ffff:a.b.c.d.
+        Ok(unmapped(conn.local_addr()?))
+    }
+}
+
+/// `::ffff:a.b.c.d` as `a.b.c.d`; other addresses unchanged.
+pub fn unmapped(addr: SocketAddr) -> SocketAddr {
+    match addr {
+        SocketAddr::V6(a) => match a.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::new(v4.into(), a.port()),
+            None => addr,
+        },
+        v4 => v4,
     }
 }
 

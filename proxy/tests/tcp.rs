@@ -205,6 +205,25 @@ async fn transparent_inbound_to_an_ipv6_pod_address_reaches_the_app_on_ipv6_loop
 }
 
 #[tokio::test]
+async fn wildcard_inbound_pair_is_one_dual_stack_listener() {
+    let app = apps::tcp_echo_server().await;
+    let proxy = support::transparent_inbound(app, |c| {
+        c.inbound_addrs = vec!["0.0.0.0:0".parse().unwrap(), "[::]:0".parse().unwrap()];
+    })
+    .await;
+    // One socket (the one registered with the agent, whose sk_lookup hands
+    // it both families); without IPv6 on the machine, the IPv4 one.
+    assert_eq!(proxy.inbound_addrs.len(), 1, "{:?}", proxy.inbound_addrs);
+    let port = proxy.inbound_addrs[0].port();
+    let v4 = std::net::SocketAddr::from(([127, 0, 0, 1], port));
+    assert_eq!(echo(v4, b"\x01four").await, b"\x01fourbye");
+    if proxy.inbound_addrs[0].is_ipv6() {
+        let v6 = std::net::SocketAddr::from((std::net::Ipv6Addr::LOCALHOST, port));
+        assert_eq!(echo(v6, b"\x01six").await, b"\x01sixbye");
+    }
+}
+
+#[tokio::test]
 async fn ipv6_loopback_outbound_listener() {
     let app = apps::tcp_echo_server().await;
     let proxy = support::plain_outbound(app, |c| {

@@ -33,6 +33,7 @@ fn a_peer_with_the_wrong_identity_is_refused() -> Result<()> {
         ports: vec![(80, HTTP_PORT)],
         endpoints: vec!["impostor".into()],
         announced_service_account: Some("billing".into()),
+        ipv6: false,
     });
     let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), spec)? else {
         return Ok(());

@@ -327,3 +327,57 @@ fn certificates_rotate_while_traffic_flows() -> Result<()> {
     eprintln!("{requests} requests, all answered, across certificates {seen:?}");
     Ok(())
 }
+
+#[test]
+fn ipv6_service_and_pod_addresses_through_the_proxies() -> Result<()> {
+    use conduit_tests::mesh::app::HttpAnswer;
+    use conduit_tests::mesh::spec::{HTTP_PORT, ServiceSpec};
+    let mut spec = MeshSpec::with_servers(1);
+    spec.services.push(ServiceSpec {
+        name: "web6".into(),
+        ip_octet: 16,
+        ports: vec![(80, HTTP_PORT)],
+        endpoints: vec!["web-1".into()],
+        announced_service_account: None,
+        ipv6: true,
+    });
+    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), spec)? else {
+        return Ok(());
+    };
+    // A call to the IPv6 service address: captured by connect6, its
+    // original destination read back as IPv6, discovered, and carried over
+    // mTLS to the server pod's proxy at the pod's IPv6 address.
+    let url = mesh.url_by_ip("web6", 80, "/over-ipv6");
+    ensure!(url.contains("[fd96:"), "{url}");
+    let a = mesh.curl(&url)?.answer()?;
+    ensure!(a.server == "web-1" && a.path == "/over-ipv6", "{a:?}");
+    ensure!(
+        a.peer.ip().is_loopback(),
+        "not through the server's proxy: {a:?}"
+    );
+    // (The first request to a destination may be labelled with its address
+    // rather than its name: discovery answers while it is on its way.)
+    let client = mesh.proxy("client").metrics()?;
+    let peer = mesh.identity("web-1");
+    let answered = client.sum(
+        "conduit_response_total",
+        &[("direction", "outbound"), ("peer_identity", &peer)],
+    );
+    ensure!(
+        answered >= 1.0,
+        "no mTLS response from {peer}: {:?}",
+        client.label_values("conduit_response_total", &[], "dst")
+    );
+    // The server pod's own IPv6 address, from outside the mesh (the host):
+    // sk_lookup steers it to the pod's proxy, which reaches the application
+    // on [::1].
+    let addr = std::net::SocketAddr::new(mesh.env.pod("web-1").ipv6.into(), HTTP_PORT);
+    let (code, body) = conduit_tests::mesh::scrape::get(addr, "/pod-ipv6")?;
+    ensure!(code == 200, "{addr}: {code} {body}");
+    let a: HttpAnswer = serde_json::from_str(body.trim())?;
+    ensure!(
+        a.peer.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
+        "the application was not reached on [::1] by its proxy: {a:?}"
+    );
+    Ok(())
+}

@@ -95,6 +95,7 @@ impl Kind {
             ports: vec![(SERVICE_PORT, SERVER_PORT)],
             endpoints: vec![SERVER_POD.into()],
             announced_service_account: None,
+            ipv6: false,
         }];
         spec.quiet_apps = true;
         spec.proxy_args = vec!["--log".into(), "warn".into()];

@@ -39,7 +39,7 @@ use controller::{Controller, ControllerFiles};
 use proxy::{MeshProxy, ProxyConfig};
 use spec::{Capture, MeshSpec};
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, SocketAddr};
 use std::os::unix::fs::PermissionsExt;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -111,7 +111,10 @@ impl Mesh {
             || {
                 std::fs::create_dir_all(dir.join("tokens"))?;
                 std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o755))?;
-                let pod_ip = |p: &str| env.pod(p).ipv4;
+                let pod_ip = |p: &str, v6: bool| match v6 {
+                    true => IpAddr::V6(env.pod(p).ipv6),
+                    false => IpAddr::V4(env.pod(p).ipv4),
+                };
                 write(
                     &files.discovery,
                     &spec::discovery_yaml(&spec, &env.names, pod_ip)?,
@@ -240,7 +243,7 @@ impl Mesh {
     }
 
     /// The virtual IP of service `name`.
-    pub fn service_ip(&self, name: &str) -> Ipv4Addr {
+    pub fn service_ip(&self, name: &str) -> IpAddr {
         spec::service_ip(&self.env.names, self.spec.service(name))
     }
 
@@ -249,9 +252,12 @@ impl Mesh {
         format!("http://{}:{port}{path}", self.spec.fqdn(name))
     }
 
-    /// `http://<service ip>:<port><path>`.
+    /// `http://<service ip>:<port><path>` (`[ip]` for IPv6).
     pub fn url_by_ip(&self, name: &str, port: u16, path: &str) -> String {
-        format!("http://{}:{port}{path}", self.service_ip(name))
+        format!(
+            "http://{}{path}",
+            SocketAddr::new(self.service_ip(name), port)
+        )
     }
 
     /// How `pod`'s proxy is (re)started.

@@ -5,7 +5,7 @@
 use crate::names::Names;
 use serde::Serialize;
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
 /// The application's HTTP/1.1 port in every server pod.
 pub const HTTP_PORT: u16 = 8080;
@@ -51,6 +51,9 @@ pub struct ServiceSpec {
     /// pod's own service account (the truth). Set it to make discovery lie
     /// (a peer then presents another identity than the one expected).
     pub announced_service_account: Option<String>,
+    /// An IPv6 service: virtual IP `fd96::<subnet>:0:0:0:<octet>` and its
+    /// endpoints' IPv6 addresses.
+    pub ipv6: bool,
 }
 
 /// How the client pod's outbound connections reach its proxy.
@@ -119,6 +122,7 @@ impl MeshSpec {
                 ports: vec![(80, HTTP_PORT), (GRPC_PORT, GRPC_PORT)],
                 endpoints: servers.iter().map(|s| s.pod.clone()).collect(),
                 announced_service_account: None,
+                ipv6: false,
             }],
             servers,
             proxy_args: Vec::new(),
@@ -179,19 +183,33 @@ impl MeshSpec {
     }
 }
 
-/// The virtual IP of a service: `10.96.<subnet>.<octet>` (only reachable
-/// through the proxy: the client pod routes `10.96.<subnet>.0/24` as
-/// unreachable, so without a proxy a connection fails at once).
-pub fn service_ip(names: &Names, svc: &ServiceSpec) -> Ipv4Addr {
-    Ipv4Addr::new(10, 96, names.subnet, svc.ip_octet)
+/// The virtual IP of a service: `10.96.<subnet>.<octet>`, or
+/// `fd96:0:0:<subnet>::<octet>` for an IPv6 one (only reachable through the
+/// proxy: the client pod routes the IPv4 range as unreachable, and has no
+/// route for the IPv6 one, so without a proxy a connection fails at once).
+pub fn service_ip(names: &Names, svc: &ServiceSpec) -> IpAddr {
+    if svc.ipv6 {
+        IpAddr::V6(Ipv6Addr::new(
+            0xfd96,
+            0,
+            0,
+            u16::from(names.subnet),
+            0,
+            0,
+            0,
+            u16::from(svc.ip_octet),
+        ))
+    } else {
+        IpAddr::V4(Ipv4Addr::new(10, 96, names.subnet, svc.ip_octet))
+    }
 }
 
 /// The controller's discovery file (see docs/controller.md), as YAML.
-/// `pod_ip` gives each server pod's address.
+/// `pod_ip` gives each server pod's address of a family (`true`: IPv6).
 pub fn discovery_yaml(
     spec: &MeshSpec,
     names: &Names,
-    pod_ip: impl Fn(&str) -> Ipv4Addr,
+    pod_ip: impl Fn(&str, bool) -> IpAddr,
 ) -> serde_yaml::Result<String> {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
@@ -239,7 +257,7 @@ pub fn discovery_yaml(
                 .endpoints
                 .iter()
                 .map(|pod| Endpoint {
-                    ip: pod_ip(pod).to_string(),
+                    ip: pod_ip(pod, svc.ipv6).to_string(),
                     service_account: svc
                         .announced_service_account
                         .clone()
@@ -305,11 +323,11 @@ mod tests {
         let spec = MeshSpec::demo();
         let names = Names::with_subnet("m", 7);
         assert_eq!(spec.pods(), ["controller", "client", "web-1", "web-2"]);
-        let y = discovery_yaml(&spec, &names, |p| {
+        let y = discovery_yaml(&spec, &names, |p, _| {
             if p == "web-1" {
-                Ipv4Addr::new(10, 77, 7, 4)
+                Ipv4Addr::new(10, 77, 7, 4).into()
             } else {
-                Ipv4Addr::new(10, 77, 7, 5)
+                Ipv4Addr::new(10, 77, 7, 5).into()
             }
         })
         .unwrap();
