@@ -6,7 +6,7 @@ use crate::ctx::{ConnCtx, Shared};
 use crate::http::Proto;
 use crate::io::{Activity, CountingIo};
 use crate::metrics::Direction;
-use crate::route::Route;
+use crate::route::{Route, RouteTarget};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -34,6 +34,12 @@ pub async fn handle(
         return;
     }
     let route = Route::outbound(orig_dst, shared.balancers.get(orig_dst));
+    // The first connection to a destination sets off its lookup: wait for
+    // the answer (the first pick would wait for it anyway) so that metrics
+    // name the service, not its address.
+    if let RouteTarget::Balanced(b) = &route.target {
+        b.answered(shared.balancers.config().endpoint_wait).await;
+    }
     let dst_label = shared.metrics.dst(&route.dst_name());
     let conn = ConnCtx {
         direction: Direction::Outbound,

@@ -21,6 +21,7 @@ fn balancer(
     let (tx, rx) = watch::channel(Destination {
         name: "web".into(),
         endpoints,
+        pending: false,
     });
     (tx, Balancer::new(rx, config))
 }
@@ -175,6 +176,7 @@ async fn tcp_connect_fails_over_to_a_live_endpoint() {
     let (_tx, rx) = watch::channel(Destination {
         name: "tcp".into(),
         endpoints,
+        pending: false,
     });
     let b = Balancer::new(rx, BalanceConfig::default());
     for _ in 0..20 {
@@ -196,6 +198,7 @@ async fn tcp_connect_fails_over_to_a_live_endpoint() {
     let (_tx, rx) = watch::channel(Destination {
         name: "tcp".into(),
         endpoints: vec![Endpoint::plain(refused)],
+        pending: false,
     });
     let none = Balancer::new(rx, BalanceConfig::default());
     let err = none

@@ -355,19 +355,29 @@ fn ipv6_service_and_pod_addresses_through_the_proxies() -> Result<()> {
         a.peer.ip().is_loopback(),
         "not through the server's proxy: {a:?}"
     );
-    // (The first request to a destination may be labelled with its address
-    // rather than its name: discovery answers while it is on its way.)
+    // Labelled with the service's name, although this first request set
+    // off discovery's first lookup of the address.
+    let dst = format!("{}:80", mesh.spec.fqdn("web6"));
     let client = mesh.proxy("client").metrics()?;
     let peer = mesh.identity("web-1");
     let answered = client.sum(
         "conduit_response_total",
-        &[("direction", "outbound"), ("peer_identity", &peer)],
+        &[
+            ("direction", "outbound"),
+            ("dst", &dst),
+            ("peer_identity", &peer),
+        ],
     );
     ensure!(
         answered >= 1.0,
-        "no mTLS response from {peer}: {:?}",
+        "no mTLS response for {dst} from {peer}: {:?}",
         client.label_values("conduit_response_total", &[], "dst")
     );
+    let requests = client.sum(
+        "conduit_request_total",
+        &[("direction", "outbound"), ("dst", &dst)],
+    );
+    ensure!(requests >= 1.0, "the request was not counted under {dst}");
     // The server pod's own IPv6 address, from outside the mesh (the host):
     // sk_lookup steers it to the pod's proxy, which reaches the application
     // on [::1].

@@ -107,9 +107,11 @@ impl Balancer {
         &self.shared.budget
     }
 
-    /// The destination's name (for metrics).
+    /// The destination's name (for metrics), as discovery has it now.
     pub fn name(&self) -> Arc<str> {
-        self.state().name.clone()
+        let mut state = self.state();
+        state.refresh(&self.shared.config, Instant::now());
+        state.name.clone()
     }
 
     /// Whether anyone besides this handle (clones, picks) holds it.
@@ -221,6 +223,14 @@ impl Balancer {
 
     /// Waits until the destination has at least one endpoint, at most
     /// `timeout`. Returns whether it has one.
+    /// Waits, at most `timeout`, for discovery's first answer about this
+    /// destination (whatever it says); true once there is one.
+    pub async fn answered(&self, timeout: Duration) -> bool {
+        let mut rx = self.state().rx.clone();
+        let found = tokio::time::timeout(timeout, rx.wait_for(|d| !d.pending)).await;
+        matches!(found, Ok(Ok(_)))
+    }
+
     pub async fn ready(&self, timeout: Duration) -> bool {
         let mut rx = self.state().rx.clone();
         let found = tokio::time::timeout(timeout, rx.wait_for(|d| !d.endpoints.is_empty())).await;
@@ -304,6 +314,7 @@ mod tests {
         let (tx, rx) = watch::channel(Destination {
             name: "svc".into(),
             endpoints: eps,
+            pending: false,
         });
         (tx, Balancer::new(rx, config))
     }

@@ -277,6 +277,7 @@ mod tests {
         let (tx, rx) = watch::channel(Destination {
             name: "svc".into(),
             endpoints: eps,
+            pending: false,
         });
         (tx, Balancer::new(rx, BalanceConfig::default()))
     }
@@ -400,6 +401,7 @@ mod tests {
             let (tx, rx) = watch::channel(Destination {
                 name: "d".into(),
                 endpoints: vec![ep],
+                pending: false,
             });
             (tx, Balancer::new(rx, config.clone()))
         };

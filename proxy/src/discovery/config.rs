@@ -225,6 +225,7 @@ impl Table {
                     Destination {
                         name: svc.name.clone(),
                         endpoints: svc.endpoints.clone(),
+                        pending: false,
                     },
                 );
             }
@@ -234,6 +235,7 @@ impl Table {
                 by_addr.entry(ep.addr).or_insert_with(|| Destination {
                     name: svc.name.clone(),
                     endpoints: vec![ep.clone()],
+                    pending: false,
                 });
             }
         }

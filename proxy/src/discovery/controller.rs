@@ -177,5 +177,6 @@ fn to_destination(s: &DestinationState, orig_dst: SocketAddr) -> Destination {
     Destination {
         name: s.display_name().to_owned(),
         endpoints,
+        pending: s.exists.is_none(),
     }
 }

@@ -45,6 +45,8 @@ pub struct Destination {
     /// Name used in metrics, e.g. `web.default.svc.cluster.local:80`.
     pub name: String,
     pub endpoints: Vec<Endpoint>,
+    /// Discovery has not answered yet (the name is still the address).
+    pub pending: bool,
 }
 
 /// What discovery knows about an original destination.
