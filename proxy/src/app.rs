@@ -2,7 +2,7 @@
 //! network-facing pieces ([`Deps`]), and drains it on request.
 
 use crate::admin::{self, Admin};
-use crate::balance::{BalanceConfig, Balancers, RequestPolicy};
+use crate::balance::{BalanceConfig, Balancers, EndpointGauges, RequestPolicy};
 use crate::config::Config;
 use crate::ctx::Shared;
 use crate::discovery::ControllerDiscovery;
@@ -227,13 +227,19 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         // use up the retries of the others.
         budget: None,
     };
-    let balancers = Balancers::new(
+    let balancers = Arc::new(Balancers::new(
         deps.discover,
         BalanceConfig {
             endpoint_wait: cfg.connect_timeout,
             ..BalanceConfig::default()
         },
-    );
+    ));
+    registry
+        .sub_registry_with_prefix("conduit")
+        .register_collector(Box::new(EndpointGauges::new(
+            balancers.clone(),
+            metrics.dst_labels.clone(),
+        )));
     let admin = Arc::new(Admin {
         registry,
         ready: false.into(),

@@ -18,7 +18,7 @@ pub struct Shared {
     pub cfg: Config,
     pub metrics: Metrics,
     pub client: Client,
-    pub balancers: Balancers,
+    pub balancers: Arc<Balancers>,
     /// Per-request timeouts and the retry budget for discovered destinations.
     pub policy: RequestPolicy,
     pub outbound_orig_dst: Arc<dyn OrigDst>,

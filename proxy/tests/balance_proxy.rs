@@ -3,9 +3,11 @@
 //! connection would report it) in front of three real HTTP/1.1 servers
 //! found through static discovery. Requests spread; when a server dies no
 //! GET is lost (failover and budgeted retries); when it returns it is
-//! probed back into rotation. Opaque TCP connections fail over too.
+//! probed back into rotation, and `conduit_balancer_endpoints` says so.
+//! Opaque TCP connections fail over too.
 
 mod balance_util;
+mod support;
 
 use balance_util::{TestServer, client, get, wait_until};
 use conduit_proxy::discovery::{Endpoint, ServiceConfig, StaticDiscovery};
@@ -63,6 +65,7 @@ async fn proxy_spreads_fails_over_and_probes_back() {
     let hits = [a.hits(), b.hits(), c.hits()];
     assert_eq!(hits.iter().sum::<usize>(), 300);
     assert!(hits.iter().all(|h| *h >= 30), "requests spread: {hits:?}");
+    assert_eq!(endpoints(&proxy).await, (3.0, 0.0), "all three in rotation");
 
     // c dies: its pooled connections close and new ones are refused.
     c.stop().await;
@@ -73,6 +76,11 @@ async fn proxy_spreads_fails_over_and_probes_back() {
         "no GET lost when an endpoint dies: {statuses:?}"
     );
     assert_eq!(c.hits(), before);
+    assert_eq!(
+        endpoints(&proxy).await,
+        (2.0, 1.0),
+        "the dead endpoint is out of rotation"
+    );
 
     // c returns on the same port: the proxy probes it back.
     c.restart().await;
@@ -88,7 +96,25 @@ async fn proxy_spreads_fails_over_and_probes_back() {
         || traffic.is_finished(),
     )
     .await;
+    support::eventually("all three in rotation again", || async {
+        endpoints(&proxy).await == (3.0, 0.0)
+    })
+    .await;
     proxy.shutdown();
+}
+
+/// `conduit_balancer_endpoints` of the service: (available, unavailable).
+async fn endpoints(proxy: &conduit_proxy::Running) -> (f64, f64) {
+    let m = support::metrics(proxy).await;
+    let dst = "dst=\"web.test.svc.cluster.local:80\"";
+    let n = |state: &str| {
+        support::sample(
+            &m,
+            "conduit_balancer_endpoints",
+            &[dst, &format!("state=\"{state}\"")],
+        )
+    };
+    (n("available"), n("unavailable"))
 }
 
 /// A TCP server that answers each connection with `name` and closes it.

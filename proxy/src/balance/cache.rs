@@ -95,6 +95,23 @@ impl Balancers {
         Some(balancer)
     }
 
+    /// Per cached destination: its name, endpoints in rotation, and
+    /// endpoints taken out by failure accrual.
+    pub fn endpoint_counts(&self) -> Vec<(String, usize, usize)> {
+        let balancers: Vec<Balancer> = {
+            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            cache.entries.values().map(|(b, _)| b.clone()).collect()
+        };
+        balancers
+            .iter()
+            .map(|b| {
+                let endpoints = b.snapshot();
+                let available = endpoints.iter().filter(|e| e.health.is_alive()).count();
+                (b.name().to_string(), available, endpoints.len() - available)
+            })
+            .collect()
+    }
+
     /// Number of cached destinations.
     pub fn len(&self) -> usize {
         self.cache

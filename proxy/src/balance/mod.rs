@@ -81,6 +81,7 @@ mod cache;
 mod call;
 mod choose;
 mod ewma;
+mod gauges;
 mod pick;
 
 pub use accrual::{AccrualConfig, Health};
@@ -88,6 +89,7 @@ pub use balancer::{Balancer, EndpointSnapshot};
 pub use budget::{BudgetConfig, RetryBudget};
 pub use cache::{Balancers, DEFAULT_CAPACITY, DEFAULT_IDLE_TIMEOUT};
 pub use call::{Attempt, CallError, ConnectError, RequestPolicy, is_idempotent, with_timeout};
+pub use gauges::EndpointGauges;
 pub use pick::Pick;
 
 use std::time::Duration;
