@@ -5,7 +5,7 @@ mod support;
 
 use http::Request;
 use support::client::{self, body, get, text};
-use support::{Mesh, apps, get_text, metrics, sample};
+use support::{Mesh, apps, assert_sample, get_text, metrics, sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -55,15 +55,12 @@ async fn metrics_after_known_traffic() {
     let dst = "dst=\"web.test.svc.cluster.local:80\"";
     let m = metrics(&mesh.outbound).await;
     let out = "direction=\"outbound\"";
-    assert_eq!(sample(&m, "conduit_request_total", &[out, dst]), 6.0, "{m}");
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_response_total",
-            &[out, dst, "status_class=\"2xx\""]
-        ),
+    assert_sample(&m, "conduit_request_total", &[out, dst], 6.0);
+    assert_sample(
+        &m,
+        "conduit_response_total",
+        &[out, dst, "status_class=\"2xx\""],
         3.0,
-        "{m}"
     );
     assert_eq!(
         sample(
@@ -111,19 +108,12 @@ async fn metrics_after_known_traffic() {
     let inb = "direction=\"inbound\"";
     let app_dst = format!("dst=\"app:{}\"", app.port());
     // 3 + 1 + 1 + 3 attempts of the 503.
-    assert_eq!(
-        sample(&mi, "conduit_request_total", &[inb, &app_dst]),
-        8.0,
-        "{mi}"
-    );
-    assert_eq!(
-        sample(
-            &mi,
-            "conduit_response_total",
-            &[inb, "status_class=\"5xx\""]
-        ),
+    assert_sample(&mi, "conduit_request_total", &[inb, &app_dst], 8.0);
+    assert_sample(
+        &mi,
+        "conduit_response_total",
+        &[inb, "status_class=\"5xx\""],
         4.0,
-        "{mi}"
     );
     assert!(sample(&mi, "conduit_tcp_read_bytes_total", &[inb]) > 0.0);
     assert_eq!(sample(&mi, "conduit_agent_registered", &[]), 0.0);

@@ -6,7 +6,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{Mesh, apps, metrics, sample};
+use support::{Mesh, apps, assert_sample, metrics, sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -39,10 +39,11 @@ async fn malformed_http_gets_400_and_close() {
     .await;
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(&m, "conduit_errors_total", &["reason=\"malformed_http\""]),
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"malformed_http\""],
         2.0,
-        "{m}"
     );
 }
 
@@ -72,10 +73,11 @@ async fn oversized_head_and_too_many_fields_get_431() {
     .await;
     assert!(out.starts_with("HTTP/1.1 431"), "{out:?}");
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(&m, "conduit_errors_total", &["reason=\"header_too_large\""]),
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"header_too_large\""],
         2.0,
-        "{m}"
     );
 }
 
@@ -96,14 +98,11 @@ async fn slow_clients_are_cut_off() {
         .unwrap();
     assert!(start.elapsed() >= Duration::from_millis(250));
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_errors_total",
-            &["reason=\"header_read_timeout\""]
-        ),
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"header_read_timeout\""],
         1.0,
-        "{m}"
     );
 }
 
@@ -131,14 +130,11 @@ async fn connection_limit_closes_extra_connections() {
         "third connection was served: {out:?}"
     );
     let m = metrics(&p).await;
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_connections_refused_total",
-            &["reason=\"connection_limit\""]
-        ),
+    assert_sample(
+        &m,
+        "conduit_connections_refused_total",
+        &["reason=\"connection_limit\""],
         1.0,
-        "{m}"
     );
     // Capacity returns when a connection closes.
     drop(held.pop());
@@ -167,10 +163,11 @@ async fn bad_transport_header_is_refused() {
         assert_eq!(out, "", "inbound answered a bad header {bad:?}");
     }
     let m = metrics(&mesh.inbound).await;
-    assert_eq!(
-        sample(&m, "conduit_errors_total", &["reason=\"transport_header\""]),
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"transport_header\""],
         3.0,
-        "{m}"
     );
 }
 
@@ -195,7 +192,7 @@ async fn unreachable_upstream_gets_502_with_reason() {
         "{out}"
     );
     let m = metrics(&p).await;
-    assert_eq!(sample(&m, "conduit_response_total", &["5xx"]), 1.0, "{m}");
+    assert_sample(&m, "conduit_response_total", &["5xx"], 1.0);
 }
 
 #[tokio::test]
@@ -219,14 +216,11 @@ async fn stalled_request_bodies_get_408_and_steady_slow_ones_pass() {
         assert!(started.elapsed() >= Duration::from_millis(500));
     }
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_errors_total",
-            &["reason=\"body_read_timeout\""]
-        ),
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"body_read_timeout\""],
         2.0,
-        "{m}"
     );
     // The same 100 bytes in ten pieces, each pause (100 ms) well under the
     // limit: 1 s in all, twice the limit, and it goes through.

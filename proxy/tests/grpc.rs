@@ -6,7 +6,7 @@ mod support;
 
 use std::pin::Pin;
 use std::time::Duration;
-use support::{Mesh, metrics, sample};
+use support::{Mesh, assert_sample, metrics};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
@@ -173,11 +173,7 @@ async fn every_call_kind_through_the_mesh() {
     assert!(replies.next().await.is_none());
 
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(&m, "conduit_response_total", &["outbound", "2xx"]),
-        4.0,
-        "{m}"
-    );
+    assert_sample(&m, "conduit_response_total", &["outbound", "2xx"], 4.0);
 }
 
 #[tokio::test]

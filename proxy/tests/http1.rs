@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::time::Duration;
 use support::client::{self, body, get, text};
-use support::{Mesh, apps, metrics, sample};
+use support::{Mesh, apps, assert_sample, metrics, sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -43,37 +43,18 @@ async fn keep_alive_and_one_multiplexed_connection_between_proxies() {
     assert_eq!(rb.unwrap().status(), 200);
 
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(&m, "conduit_tcp_open_total", &["outbound"]),
-        2.0,
-        "{m}"
-    );
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_request_total",
-            &["outbound", "web.test.svc.cluster.local:80"]
-        ),
+    assert_sample(&m, "conduit_tcp_open_total", &["outbound"], 2.0);
+    assert_sample(
+        &m,
+        "conduit_request_total",
+        &["outbound", "web.test.svc.cluster.local:80"],
         5.0,
-        "{m}"
     );
     // Both client connections shared one HTTP/2 connection to the peer.
     let mi = metrics(&mesh.inbound).await;
-    assert_eq!(
-        sample(&mi, "conduit_tcp_open_total", &["inbound"]),
-        1.0,
-        "{mi}"
-    );
-    assert_eq!(
-        sample(&mi, "conduit_protocol_detect_total", &["peer_h2"]),
-        1.0,
-        "{mi}"
-    );
-    assert_eq!(
-        sample(&mi, "conduit_request_total", &["inbound"]),
-        5.0,
-        "{mi}"
-    );
+    assert_sample(&mi, "conduit_tcp_open_total", &["inbound"], 1.0);
+    assert_sample(&mi, "conduit_protocol_detect_total", &["peer_h2"], 1.0);
+    assert_sample(&mi, "conduit_request_total", &["inbound"], 5.0);
 }
 
 #[tokio::test]
@@ -211,11 +192,7 @@ async fn websocket_upgrade_through_mesh() {
     );
     // The upgraded connection still counts as open while the tunnel lives.
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(&m, "conduit_tcp_open_connections", &["outbound"]),
-        1.0,
-        "{m}"
-    );
+    assert_sample(&m, "conduit_tcp_open_connections", &["outbound"], 1.0);
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
     drop(ws);
@@ -228,11 +205,7 @@ async fn websocket_upgrade_through_mesh() {
     })
     .await;
     let mi = metrics(&mesh.inbound).await;
-    assert_eq!(
-        sample(&mi, "conduit_protocol_detect_total", &["peer_http1"]),
-        1.0,
-        "{mi}"
-    );
+    assert_sample(&mi, "conduit_protocol_detect_total", &["peer_http1"], 1.0);
 }
 
 /// A minimal HTTP CONNECT proxy as the "application": answers 200 and
@@ -334,13 +307,10 @@ async fn plain_and_transparent_inbound_paths() {
     .await;
     assert_eq!((parts.status.as_u16(), got.as_str()), (200, "b"));
     let m = metrics(&inb).await;
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_request_total",
-            &["inbound", &format!("app:{}", app.port())]
-        ),
+    assert_sample(
+        &m,
+        "conduit_request_total",
+        &["inbound", &format!("app:{}", app.port())],
         1.0,
-        "{m}"
     );
 }

@@ -9,7 +9,7 @@ use http::Request;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use support::client::{self, text};
-use support::{Mesh, apps, metrics, sample};
+use support::{Mesh, apps, assert_sample, metrics};
 
 #[tokio::test]
 async fn many_concurrent_streams_on_one_connection() {
@@ -31,31 +31,21 @@ async fn many_concurrent_streams_on_one_connection() {
     });
     futures::future::join_all(reqs).await;
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(&m, "conduit_tcp_open_total", &["outbound"]),
+    assert_sample(&m, "conduit_tcp_open_total", &["outbound"], 1.0);
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"http2\""],
         1.0,
-        "{m}"
     );
-    assert_eq!(
-        sample(&m, "conduit_protocol_detect_total", &["protocol=\"http2\""]),
-        1.0,
-        "{m}"
-    );
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_response_total",
-            &["outbound", "status_class=\"2xx\""]
-        ),
+    assert_sample(
+        &m,
+        "conduit_response_total",
+        &["outbound", "status_class=\"2xx\""],
         50.0,
-        "{m}"
     );
     let mi = metrics(&mesh.inbound).await;
-    assert_eq!(
-        sample(&mi, "conduit_tcp_open_total", &["inbound"]),
-        1.0,
-        "{mi}"
-    );
+    assert_sample(&mi, "conduit_tcp_open_total", &["inbound"], 1.0);
 }
 
 #[tokio::test]

@@ -12,7 +12,7 @@ use conduit_proxy_tls::testing::TestCa;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use support::client::{self, get, text};
-use support::{apps, metrics, sample};
+use support::{apps, assert_sample, metrics, sample};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
@@ -66,25 +66,19 @@ async fn http_and_tcp_over_mtls_with_identities_in_metrics() {
     }
     let m = metrics(&mesh.outbound).await;
     let web_label = format!("peer_identity=\"{WEB}\"");
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_response_total",
-            &["outbound", &web_label, "2xx"]
-        ),
+    assert_sample(
+        &m,
+        "conduit_response_total",
+        &["outbound", &web_label, "2xx"],
         3.0,
-        "{m}"
     );
     let mi = metrics(&mesh.inbound).await;
     let client_label = format!("peer_identity=\"{CLIENT}\"");
-    assert_eq!(
-        sample(
-            &mi,
-            "conduit_response_total",
-            &["inbound", &client_label, "2xx"]
-        ),
+    assert_sample(
+        &mi,
+        "conduit_response_total",
+        &["inbound", &client_label, "2xx"],
         3.0,
-        "{mi}"
     );
     assert!(
         sample(&m, "identity_cert_expiration_timestamp_seconds", &[]) > 1.0e9,
@@ -124,21 +118,14 @@ async fn wrong_server_identity_is_refused() {
     let (parts, _) = text(c.send_request(get("/echo", "web")).await.unwrap()).await;
     assert_eq!(parts.status, 502);
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_errors_total",
-            &["reason=\"tls_peer_identity\""]
-        ),
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"tls_peer_identity\""],
         1.0,
-        "{m}"
     );
     let mi = metrics(&mesh.inbound).await;
-    assert_eq!(
-        sample(&mi, "conduit_request_total", &["inbound"]),
-        0.0,
-        "{mi}"
-    );
+    assert_sample(&mi, "conduit_request_total", &["inbound"], 0.0);
 }
 
 #[tokio::test]
@@ -167,9 +154,5 @@ async fn plaintext_peer_is_refused_by_an_mtls_inbound() {
         "plaintext got through"
     );
     let mi = metrics(&mesh.inbound).await;
-    assert_eq!(
-        sample(&mi, "conduit_errors_total", &["reason=\"accept\""]),
-        1.0,
-        "{mi}"
-    );
+    assert_sample(&mi, "conduit_errors_total", &["reason=\"accept\""], 1.0);
 }

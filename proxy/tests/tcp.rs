@@ -5,7 +5,7 @@
 mod support;
 
 use std::time::Duration;
-use support::{Mesh, apps, metrics, sample};
+use support::{Mesh, apps, assert_sample, metrics, sample};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::TcpStream;
 
@@ -52,14 +52,11 @@ async fn opaque_bytes_and_half_close_through_mesh() {
         1.0
     );
     let mi = metrics(&mesh.inbound).await;
-    assert_eq!(
-        sample(
-            &mi,
-            "conduit_protocol_detect_total",
-            &["inbound", "protocol=\"peer_tcp\""]
-        ),
+    assert_sample(
+        &mi,
+        "conduit_protocol_detect_total",
+        &["inbound", "protocol=\"peer_tcp\""],
         1.0,
-        "{mi}"
     );
 }
 
@@ -91,14 +88,11 @@ async fn server_speaks_first_after_the_detect_timeout() {
         "greeting arrived before detection gave up: {waited:?}"
     );
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_protocol_detect_total",
-            &["protocol=\"timeout\""]
-        ),
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"timeout\""],
         1.0,
-        "{m}"
     );
 }
 
@@ -117,14 +111,11 @@ async fn opaque_ports_skip_detection() {
         "opaque port waited for detection: {waited:?}"
     );
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(
-            &m,
-            "conduit_protocol_detect_total",
-            &["protocol=\"opaque_port\""]
-        ),
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"opaque_port\""],
         1.0,
-        "{m}"
     );
 }
 
@@ -140,10 +131,11 @@ async fn tls_client_hello_is_forwarded_untouched() {
     c.read_exact(&mut back).await.unwrap();
     assert_eq!(back, hello);
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(&m, "conduit_protocol_detect_total", &["protocol=\"tls\""]),
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"tls\""],
         1.0,
-        "{m}"
     );
 }
 
@@ -160,10 +152,11 @@ async fn idle_opaque_connections_are_closed() {
     let n = tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut rest)).await;
     assert!(n.is_ok(), "idle connection was not closed");
     let m = metrics(&mesh.outbound).await;
-    assert_eq!(
-        sample(&m, "conduit_errors_total", &["reason=\"idle_timeout\""]),
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"idle_timeout\""],
         1.0,
-        "{m}"
     );
 }
 

@@ -124,6 +124,14 @@ pub fn sample(metrics: &str, name: &str, parts: &[&str]) -> f64 {
         .sum()
 }
 
+/// Asserts that the samples of `name` whose text contains all `parts` add
+/// up to `expected`; a failure shows the whole metrics page.
+#[track_caller]
+pub fn assert_sample(metrics: &str, name: &str, parts: &[&str], expected: f64) {
+    let got = sample(metrics, name, parts);
+    assert_eq!(got, expected, "{name} {parts:?}:\n{metrics}");
+}
+
 /// Polls `f` until it returns true (conditions, not sleeps).
 pub async fn eventually<F, Fut>(what: &str, mut f: F)
 where
