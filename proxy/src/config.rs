@@ -257,11 +257,9 @@ impl Config {
     /// Where an inbound connection for `orig_dst` reaches the application:
     /// the same port, on loopback of the destination's own family.
     pub fn inbound_app_addr(&self, orig_dst: SocketAddr) -> SocketAddr {
-        let ip = match orig_dst {
-            SocketAddr::V6(a) if a.ip().to_ipv4_mapped().is_none() => {
-                IpAddr::V6(self.inbound_app_ip6)
-            }
-            _ => self.inbound_app_ip,
+        let ip = match crate::orig_dst::unmapped(orig_dst) {
+            SocketAddr::V6(_) => IpAddr::V6(self.inbound_app_ip6),
+            SocketAddr::V4(_) => self.inbound_app_ip,
         };
         SocketAddr::new(ip, orig_dst.port())
     }

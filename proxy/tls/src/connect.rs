@@ -182,21 +182,12 @@ impl TlsConnector {
             return Err(TlsError::NotReady);
         }
         let config = self.config(expected, alpn)?;
-        // SNI is off and the name is not checked: identity is checked by
-        // the verifier, against the SPIFFE URI SAN.
-        let name = ServerName::try_from("peer.conduit.invalid")
-            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
-        let connecting = tokio_rustls::TlsConnector::from(config).connect(name, stream);
-        let tls = match tokio::time::timeout(self.timeout, connecting).await {
-            Err(_) => return Err(TlsError::Timeout(self.timeout)),
-            Ok(Err(e)) => {
-                let e = TlsError::from(e);
-                if let TlsError::PeerIdentity(refused) = &e {
-                    tracing::warn!(expected = %expected, "outbound mTLS refused: {refused}");
-                }
-                return Err(e);
+        let tls = match client_handshake(config, stream, self.timeout).await {
+            Err(TlsError::PeerIdentity(refused)) => {
+                tracing::warn!(expected = %expected, "outbound mTLS refused: {refused}");
+                return Err(TlsError::PeerIdentity(refused));
             }
-            Ok(Ok(tls)) => tls,
+            other => other?,
         };
         if tls.get_ref().1.alpn_protocol() != Some(alpn.as_bytes()) {
             return Err(TlsError::NoAlpn);
@@ -230,6 +221,26 @@ impl TlsConnector {
         }
         configs.insert((expected.clone(), alpn), config.clone());
         Ok(config)
+    }
+}
+
+/// A client handshake over `stream` within `timeout`. SNI is off and the
+/// name is not checked: `config`'s verifier checks the server's identity
+/// against its SPIFFE URI SAN.
+pub(crate) async fn client_handshake<S>(
+    config: Arc<ClientConfig>,
+    stream: S,
+    timeout: Duration,
+) -> Result<client::TlsStream<S>, TlsError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let name = ServerName::try_from("peer.conduit.invalid")
+        .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
+    let connecting = tokio_rustls::TlsConnector::from(config).connect(name, stream);
+    match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => Err(TlsError::Timeout(timeout)),
+        Ok(result) => result.map_err(TlsError::from),
     }
 }
 

@@ -7,11 +7,10 @@
 //! answers and tokens cross the network only inside TLS.
 
 use crate::anchors::TrustAnchors;
-use crate::connect::{DEFAULT_HANDSHAKE_TIMEOUT, TlsError};
+use crate::connect::{DEFAULT_HANDSHAKE_TIMEOUT, TlsError, client_handshake};
 use crate::spiffe::SpiffeId;
 use crate::verify::ServerIdentityVerifier;
 use rustls::ClientConfig;
-use rustls::pki_types::ServerName;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -59,20 +58,11 @@ impl ControlConnector {
     where
         S: AsyncRead + AsyncWrite + Unpin,
     {
-        // Identity is checked against the URI SAN, not a DNS name.
-        let name = ServerName::try_from("controller.conduit.invalid")
-            .map_err(|e| TlsError::Config(rustls::Error::General(e.to_string())))?;
-        let connecting =
-            tokio_rustls::TlsConnector::from(self.config.clone()).connect(name, stream);
-        match tokio::time::timeout(self.timeout, connecting).await {
-            Err(_) => Err(TlsError::Timeout(self.timeout)),
-            Ok(Err(e)) => {
-                let e = TlsError::from(e);
-                tracing::warn!(expected = %self.expected, "TLS to the controller failed: {e}");
-                Err(e)
-            }
-            Ok(Ok(tls)) => Ok(tls),
+        let result = client_handshake(self.config.clone(), stream, self.timeout).await;
+        if let Err(e) = &result {
+            tracing::warn!(expected = %self.expected, "TLS to the controller failed: {e}");
         }
+        result
     }
 
     /// A lazily connecting gRPC channel to `addr` (`host:port`) over this
