@@ -42,11 +42,19 @@ pub fn reclaim(threshold: usize) -> Option<Reclaimed> {
     })
 }
 
-/// This process's resident set size, from `/proc/self/statm`.
+/// This process's resident set size (`VmRSS` of `/proc/self/status`, in
+/// kB there, so the page size does not matter).
 pub fn rss_bytes() -> Option<u64> {
-    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
-    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
-    Some(pages * 4096)
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))?
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kb * 1024)
 }
 
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
