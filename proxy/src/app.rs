@@ -263,25 +263,21 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
 
     let out_handler: Handler = |s, t, c, l, a| crate::outbound::handle(s, t, c, l, a).boxed();
     let in_handler: Handler = |s, t, c, l, a| crate::inbound::handle(s, t, c, l, a).boxed();
-    let out_limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
-    let in_limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
-    for l in outbound {
-        tokio::spawn(listen::accept_loop(
-            shared.clone(),
-            l,
-            Direction::Outbound,
-            out_limit.clone(),
-            out_handler,
-        ));
-    }
-    for l in inbound {
-        tokio::spawn(listen::accept_loop(
-            shared.clone(),
-            l,
-            Direction::Inbound,
-            in_limit.clone(),
-            in_handler,
-        ));
+    // One connection limit per direction, shared by its listeners.
+    for (listeners, direction, handler) in [
+        (outbound, Direction::Outbound, out_handler),
+        (inbound, Direction::Inbound, in_handler),
+    ] {
+        let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
+        for l in listeners {
+            tokio::spawn(listen::accept_loop(
+                shared.clone(),
+                l,
+                direction,
+                limit.clone(),
+                handler,
+            ));
+        }
     }
     let admin_stop = CancellationToken::new();
     tokio::spawn(admin::serve(
