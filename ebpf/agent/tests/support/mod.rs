@@ -18,6 +18,7 @@ pub fn privileged(test: &str) -> bool {
     let cgroup2 =
         std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| m.contains(" - cgroup2 "));
     if root && cgroup2 {
+        ensure_bpffs();
         return true;
     }
     let why = if root { "no cgroup v2" } else { "not root" };
@@ -27,6 +28,18 @@ pub fn privileged(test: &str) -> bool {
     // Straight to stderr, past libtest's capture, so the skip is visible.
     let _ = writeln!(std::io::stderr(), "SKIPPED conduit-ebpf {test}: {why}");
     false
+}
+
+/// Mounts bpffs at /sys/fs/bpf in this (the node's) mount namespace when it
+/// is not there yet. Some tests run the agent in a mount namespace of its
+/// own, where the agent's own mount would stay invisible to `status` run
+/// from here (on a fresh machine nothing has mounted it before).
+fn ensure_bpffs() {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
+        .is_ok_and(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")));
+    if !mounted {
+        sh("mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf");
+    }
 }
 
 pub fn sh(cmd: &str) {
