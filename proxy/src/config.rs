@@ -223,6 +223,13 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_AGENT_SOCKET")]
     pub agent_socket: Option<PathBuf>,
 
+    /// `abstract`: instead of connecting to `--agent-socket`, listen on the
+    /// abstract unix socket `conduit.io/agent-registration` in the pod's
+    /// network namespace, where the node agent finds the proxy (the pod
+    /// then needs no hostPath: Pod Security `baseline`; docs/ebpf.md).
+    #[arg(long, env = "CONDUIT_PROXY_AGENT_DISCOVERY", value_enum)]
+    pub agent_discovery: Option<crate::register::AgentDiscovery>,
+
     /// Pod name told to the agent.
     #[arg(long, env = "CONDUIT_PROXY_POD_NAME", default_value = "unknown")]
     pub pod_name: String,

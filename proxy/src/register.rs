@@ -4,6 +4,11 @@
 //! registration is kept alive (re-registering after an agent restart); its
 //! state is the `conduit_agent_registered` gauge. Without a socket the proxy
 //! works on its own (behind iptables, or as an explicit proxy).
+//!
+//! With `--agent-discovery abstract` the proxy does not connect: it listens
+//! on an abstract unix socket in its pod's network namespace and the agent
+//! connects to it (`conduit_register::discovery`), so the pod needs no
+//! hostPath to the agent's socket.
 
 use crate::config::Config;
 use anyhow::Context as _;
@@ -32,7 +37,15 @@ pub fn pod_info(cfg: &Config, ports: &BoundPorts) -> PodInfo {
     pod
 }
 
-/// Starts the registration task when an agent socket is configured.
+/// How the proxy and the node agent meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum AgentDiscovery {
+    /// Listen on the abstract unix socket `conduit.io/agent-registration`;
+    /// the agent connects from inside the pod's network namespace.
+    Abstract,
+}
+
+/// Starts the registration task when an agent socket (or discovery) is configured.
 pub fn start(
     cfg: &Config,
     inbound: Option<&TcpListener>,
@@ -46,10 +59,10 @@ pub fn start(
         "1 while the pod is registered with the node agent (capture on)",
         gauge.clone(),
     );
-    let Some(socket) = cfg.agent_socket.clone() else {
+    if cfg.agent_discovery.is_none() && cfg.agent_socket.is_none() {
         info!("no --agent-socket: not registering with a node agent");
         return Ok(None);
-    };
+    }
     let listener = inbound.context("registration needs an inbound listener")?;
     let port = listener.local_addr()?.port();
     let fd = listener
@@ -64,6 +77,24 @@ pub fn start(
     let pod = pod_info(cfg, &ports);
     pod.validate()
         .map_err(|e| anyhow::anyhow!("pod info for the agent: {e}"))?;
+    if cfg.agent_discovery == Some(AgentDiscovery::Abstract) {
+        let name = conduit_register::discovery::ABSTRACT_NAME;
+        let unix = conduit_register::discovery::bind(name).with_context(|| {
+            format!("listening on the abstract registration socket @{name} (is another process of the pod holding it?)")
+        })?;
+        info!(socket = %format!("@{name}"), pod = %pod.name, namespace = %pod.namespace, "waiting for the node agent to find this proxy");
+        return Ok(Some(conduit_register::discovery::serve(
+            unix,
+            pod,
+            move |on| {
+                gauge.set(on as i64);
+            },
+        )));
+    }
+    let socket = cfg
+        .agent_socket
+        .clone()
+        .context("--agent-socket is required without --agent-discovery")?;
     info!(socket = %socket.display(), pod = %pod.name, namespace = %pod.namespace, "registering with the node agent");
     Ok(Some(conduit_register::maintain(
         socket,

@@ -45,6 +45,8 @@ pub struct Options {
     pub node_cgroup_ns: PathBuf,
     #[command(flatten)]
     pub kube: crate::claims::KubeOptions,
+    #[command(flatten)]
+    pub discover: crate::discover::DiscoverOptions,
 }
 
 /// Parses `a.b.c.d/n` or `x::/n` into an LPM key over mapped addresses.
@@ -76,18 +78,18 @@ struct Owners {
     pending: HashSet<u64>,
 }
 
-struct Shared {
+pub(crate) struct Shared {
     node: Mutex<Node>,
     /// In a cluster: checks each proxy's pod claim before enrolling.
     claims: Option<crate::claims::Claims>,
     owners: Mutex<Owners>,
     /// Registrations being served; bounded so a runaway client cannot
     /// exhaust the agent.
-    active: std::sync::atomic::AtomicUsize,
+    pub(crate) active: std::sync::atomic::AtomicUsize,
 }
 
 /// Most registrations served at once (each pod holds one).
-const MAX_ACTIVE: usize = 2 * conduit_ebpf_common::MAX_PODS as usize;
+pub(crate) const MAX_ACTIVE: usize = 2 * conduit_ebpf_common::MAX_PODS as usize;
 
 pub fn run(opts: Options) -> Result<()> {
     // Before any thread starts, so that all of them see proxies' cgroups
@@ -215,6 +217,13 @@ async fn serve(opts: Options) -> Result<()> {
     }
 
     let listener = bind(&opts.socket)?;
+    if opts.discover.discover {
+        tokio::spawn(crate::discover::run(
+            shared.clone(),
+            opts.discover.clone(),
+            cgroup.clone(),
+        ));
+    }
     tracing::info!(
         socket = %opts.socket.display(), pin_dir = %pins.dir.display(), cgroup = %cgroup.display(),
         adopted, fastpath = opts.sockmap_fastpath, checks_pod_claims = shared.claims.is_some(), "agent ready"
@@ -284,13 +293,6 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
         Ok(Err(e)) => return refuse(&mut stream, format!("{e}")).await,
         Err(_) => return refuse(&mut stream, "no request within 5 s".into()).await,
     };
-    if request.version != PROTOCOL_VERSION {
-        let msg = format!(
-            "protocol version {} not supported (agent speaks {PROTOCOL_VERSION})",
-            request.version
-        );
-        return refuse(&mut stream, msg).await;
-    }
     let Some(pid) = cred.pid().filter(|p| *p > 0) else {
         return refuse(
             &mut stream,
@@ -302,12 +304,39 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
         pid: pid as u32,
         uid: cred.uid(),
     };
+    serve_registration(shared, stream, peer, request, fd).await;
+}
+
+/// A registration whose request has been read, from the socket or from
+/// discovery (`crate::discover`): check, enrol, answer, hold until the proxy
+/// hangs up, remove. Returns whether the pod was enrolled.
+pub(crate) async fn serve_registration(
+    shared: Arc<Shared>,
+    mut stream: UnixStream,
+    peer: Peer,
+    request: wire::Request,
+    fd: Option<std::os::fd::OwnedFd>,
+) -> bool {
+    if request.version != PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version {} not supported (agent speaks {PROTOCOL_VERSION})",
+            request.version
+        );
+        refuse(&mut stream, msg).await;
+        return false;
+    }
     let pod = request.pod;
     let inspected = tokio::task::spawn_blocking(move || enrol::inspect(peer, pod, fd)).await;
     let candidate = match inspected {
         Ok(Ok(c)) => c,
-        Ok(Err(e)) => return refuse_logged(&mut stream, peer, e).await,
-        Err(e) => return refuse(&mut stream, format!("internal error: {e}")).await,
+        Ok(Err(e)) => {
+            refuse_logged(&mut stream, peer, e).await;
+            return false;
+        }
+        Err(e) => {
+            refuse(&mut stream, format!("internal error: {e}")).await;
+            return false;
+        }
     };
     if let Some(claims) = &shared.claims
         && !readopting(&shared, &candidate)
@@ -315,7 +344,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
     {
         // claims::check logged it, with the claim.
         let _ = wire::write_frame(&mut stream, &Response::Refused { reason }).await;
-        return;
+        return false;
     }
     let s = shared.clone();
     let result = tokio::task::spawn_blocking(move || {
@@ -331,8 +360,14 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
     .await;
     let (enrolled, token, pod) = match result {
         Ok(Ok(x)) => x,
-        Ok(Err(e)) => return refuse_logged(&mut stream, peer, e).await,
-        Err(e) => return refuse(&mut stream, format!("internal error: {e}")).await,
+        Ok(Err(e)) => {
+            refuse_logged(&mut stream, peer, e).await;
+            return false;
+        }
+        Err(e) => {
+            refuse(&mut stream, format!("internal error: {e}")).await;
+            return false;
+        }
     };
     let cookie = enrolled.netns_cookie;
     if let Err(e) = wire::write_frame(&mut stream, &Response::Enrolled(enrolled)).await {
@@ -357,6 +392,7 @@ async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
         }
     })
     .await;
+    true
 }
 
 /// A proxy re-registering after an agent restart, exactly as the previous

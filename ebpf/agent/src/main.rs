@@ -18,6 +18,7 @@ mod agent;
 mod cgroup;
 mod claims;
 mod cleanup;
+mod discover;
 mod enrol;
 mod features;
 mod health;

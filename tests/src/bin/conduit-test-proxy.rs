@@ -53,6 +53,11 @@ struct Cli {
     /// The agent's registration socket; without it the proxy only listens.
     #[arg(long)]
     agent_socket: Option<PathBuf>,
+    /// Instead of connecting to the agent's socket, listen on the abstract
+    /// registration socket in the pod's network namespace, where the agent
+    /// finds the proxy (`conduit_register::discovery`).
+    #[arg(long)]
+    agent_discovery_abstract: bool,
     /// What to do with accepted connections.
     #[arg(long, value_enum, default_value = "report")]
     mode: Mode,
@@ -144,6 +149,22 @@ async fn run(cli: Cli) -> Result<()> {
         Some(s) => Some(start(s)?),
         None => None,
     };
+    if cli.agent_discovery_abstract {
+        let name = conduit_register::discovery::ABSTRACT_NAME;
+        let unix = conduit_register::discovery::bind(name)
+            .with_context(|| format!("binding the abstract socket @{name}"))?;
+        registration = Some(conduit_register::discovery::serve(
+            unix,
+            pod.clone(),
+            |on| {
+                emit(&if on {
+                    ProxyEvent::Registered
+                } else {
+                    ProxyEvent::Unregistered
+                })
+            },
+        ));
+    }
 
     let mut stdin = BufReader::new(tokio::io::stdin()).lines();
     let mut sigterm = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;

@@ -1,0 +1,445 @@
+//! Discovery: the agent finds the proxies itself, so that a meshed pod needs
+//! no hostPath to the agent's socket and runs under Pod Security `baseline`.
+//!
+//! Each round (`--discover-interval`, default 1 s) the agent lists the
+//! network namespaces of the node's processes (`/proc/<pid>/ns/net`; the
+//! agent has `hostPID`), leaves out the node's and its own, those already
+//! being served, and, when `--cgroup` is not the hierarchy's root, those
+//! with no process under it. On one short-lived thread it enters each
+//! remaining namespace (`setns`) and connects to the abstract unix socket
+//! [`ABSTRACT_NAME`], which only exists where a proxy in discovery mode
+//! listens (abstract names are per network namespace). For each connection:
+//!
+//! * `SO_PEERCRED` names the process that listens there (host pid and uid);
+//!   it must still be in the namespace that was probed;
+//! * the proxy sends the usual [`wire::Request`] without a descriptor;
+//! * the agent takes the inbound listener itself with `pidfd_open` +
+//!   `pidfd_getfd` (ptrace rights over the proxy: `CAP_SYS_PTRACE`): the
+//!   listening TCP socket bound to the request's `inbound_port`;
+//! * then everything goes through the same checks and enrolment as a
+//!   registration over the socket ([`crate::agent::serve_registration`]),
+//!   and the connection is held: the pod stays enrolled while it lives.
+//!
+//! A namespace whose registration was refused is probed again with backoff
+//! (1 s doubling to 30 s); one whose registration closed is probed at the
+//! next round (the proxy restarted, or will).
+
+use crate::agent::{self, Shared};
+use crate::enrol::Peer;
+use anyhow::{Context, Result, anyhow, bail};
+use conduit_register::wire;
+use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
+use std::collections::{HashMap, HashSet};
+use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::linux::net::SocketAddrExt;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+pub use conduit_register::discovery::ABSTRACT_NAME;
+
+#[derive(clap::Args, Debug, Clone)]
+pub struct DiscoverOptions {
+    /// Also find proxies that listen on the abstract registration socket in
+    /// their pod's network namespace (no hostPath in pods; see docs/ebpf.md).
+    #[arg(long)]
+    pub discover: bool,
+    /// How often to look for new proxies.
+    #[arg(long, default_value = "1000", value_name = "MILLISECONDS")]
+    pub discover_interval: u64,
+}
+
+/// Longest wait after refused registrations in one namespace.
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// First wait after a refused registration.
+const BACKOFF_MIN: Duration = Duration::from_secs(1);
+/// Most descriptors of a proxy looked at for its inbound listener.
+const MAX_FDS: usize = 4096;
+
+/// What the agent knows about one network namespace (by inode).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+struct Probe {
+    /// A registration from it is being served.
+    busy: bool,
+    /// After refusals: not before this instant, and the current backoff.
+    after: Option<(Instant, Duration)>,
+}
+
+/// Per-namespace probing state; pure, so its rules are tested alone.
+#[derive(Debug, Default)]
+struct Probes {
+    by_netns: HashMap<u64, Probe>,
+}
+
+impl Probes {
+    /// Of the namespaces seen this round (inode, a pid in it), those to
+    /// probe now; forgets namespaces that are gone.
+    fn due(&mut self, seen: &[(u64, u32)], now: Instant) -> Vec<(u64, u32)> {
+        let alive: HashSet<u64> = seen.iter().map(|(i, _)| *i).collect();
+        self.by_netns.retain(|i, p| alive.contains(i) || p.busy);
+        seen.iter()
+            .filter(|(i, _)| match self.by_netns.get(i) {
+                None => true,
+                Some(p) => !p.busy && p.after.is_none_or(|(t, _)| now >= t),
+            })
+            .copied()
+            .collect()
+    }
+
+    fn busy(&mut self, netns: u64) {
+        self.by_netns.entry(netns).or_default().busy = true;
+    }
+
+    /// A registration from `netns` ended: enrolled and then closed (probe
+    /// again at once), or refused (back off).
+    fn finished(&mut self, netns: u64, enrolled: bool, now: Instant) {
+        if enrolled {
+            self.by_netns.remove(&netns);
+            return;
+        }
+        let p = self.by_netns.entry(netns).or_default();
+        let b = p
+            .after
+            .map_or(BACKOFF_MIN, |(_, b)| (b * 2).min(BACKOFF_MAX));
+        *p = Probe {
+            busy: false,
+            after: Some((now + b, b)),
+        };
+    }
+}
+
+/// `net:[4026531840]` -> 4026531840.
+fn netns_inode(link: &str) -> Option<u64> {
+    link.strip_prefix("net:[")?.strip_suffix(']')?.parse().ok()
+}
+
+fn inode_of(pid: &str) -> Option<u64> {
+    let link = std::fs::read_link(format!("/proc/{pid}/ns/net")).ok()?;
+    netns_inode(link.to_str()?)
+}
+
+/// `--cgroup` when it is not the root of its hierarchy (the root has no
+/// `cgroup.type`): then only processes under it are looked at.
+fn scope_of(attach: &Path) -> Option<PathBuf> {
+    attach
+        .join("cgroup.type")
+        .exists()
+        .then(|| attach.to_path_buf())
+}
+
+fn in_scope(pid: u32, scope: &Path, mounts: &[crate::cgroup::Mount]) -> bool {
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{pid}/cgroup")) else {
+        return false;
+    };
+    crate::cgroup::v2_path(&text)
+        .and_then(|p| crate::cgroup::resolve(p, mounts))
+        .is_some_and(|dir| dir.starts_with(scope))
+}
+
+/// Every network namespace of the node's processes, but `skip`: (inode, a
+/// pid in it, under `scope` when given).
+fn scan(skip: &[u64], scope: Option<&Path>) -> Vec<(u64, u32)> {
+    let mounts = scope
+        .and_then(|_| std::fs::read_to_string("/proc/self/mountinfo").ok())
+        .map(|m| crate::cgroup::cgroup2_mounts(&m))
+        .unwrap_or_default();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut found: HashMap<u64, u32> = HashMap::new();
+    for e in dir.flatten() {
+        let name = e.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.parse::<u32>().ok()) else {
+            continue;
+        };
+        let Some(ino) = inode_of(&pid.to_string()) else {
+            continue;
+        };
+        if skip.contains(&ino) || found.contains_key(&ino) {
+            continue;
+        }
+        if let Some(scope) = scope
+            && !in_scope(pid, scope, &mounts)
+        {
+            continue;
+        }
+        found.insert(ino, pid);
+    }
+    let mut v: Vec<_> = found.into_iter().collect();
+    v.sort();
+    v
+}
+
+/// Enters each namespace (by a pid in it) on one short-lived thread and
+/// connects to the abstract socket `name` there. Namespaces where nothing
+/// listens are left out.
+fn connect_all(due: Vec<(u64, u32)>, name: &str) -> Vec<(u64, std::os::unix::net::UnixStream)> {
+    let name = name.to_string();
+    let run = move || {
+        let mut out = Vec::new();
+        let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()) else {
+            return out;
+        };
+        for (ino, pid) in due {
+            let Ok(ns) = std::fs::File::open(format!("/proc/{pid}/ns/net")) else {
+                continue;
+            };
+            // The pid may have been reused by a process of another namespace.
+            if ns.metadata().map(|m| m.ino()).ok() != Some(ino) {
+                continue;
+            }
+            // Only this thread switches namespace, and it ends after the loop.
+            if let Err(e) = nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET) {
+                tracing::warn!(pid, error = %e, "cannot enter a network namespace to look for a proxy");
+                continue;
+            }
+            // The socket is created here, so the abstract name is looked up
+            // in this namespace; it stays usable after the thread leaves.
+            match std::os::unix::net::UnixStream::connect_addr(&addr) {
+                Ok(s) => out.push((ino, s)),
+                Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
+                Err(e) => {
+                    tracing::debug!(pid, error = %e, "connecting to the registration socket failed")
+                }
+            }
+        }
+        out
+    };
+    std::thread::spawn(run).join().unwrap_or_default()
+}
+
+fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
+    // or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+fn pidfd_getfd(pidfd: &OwnedFd, target: i32) -> std::io::Result<OwnedFd> {
+    // SAFETY: pidfd_getfd takes two descriptor numbers and flags and returns
+    // a new descriptor (a duplicate in our table) or -1; no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: as above, a fresh descriptor only we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// Whether `fd` is a listening TCP (IPv4/IPv6) socket bound to `port`.
+fn is_listener_on(fd: &OwnedFd, port: u16) -> bool {
+    let listening = getsockopt(fd, sockopt::AcceptConn).unwrap_or(false);
+    let stream = getsockopt(fd, sockopt::SockType).ok() == Some(nix::sys::socket::SockType::Stream);
+    let bound = getsockname::<SockaddrStorage>(fd.as_fd().as_raw_fd()).ok();
+    let bound_port = bound.and_then(|a| {
+        a.as_sockaddr_in()
+            .map(|a| a.port())
+            .or_else(|| a.as_sockaddr_in6().map(|a| a.port()))
+            .filter(|_| a.family().is_some())
+    });
+    listening && stream && bound_port == Some(port)
+}
+
+/// Takes the proxy's inbound listener (the listening TCP socket bound to
+/// `port`) out of process `pid`'s descriptor table.
+fn take_listener(pid: u32, port: u16) -> Result<OwnedFd> {
+    let pidfd = pidfd_open(pid).with_context(|| format!("pidfd_open of the proxy (pid {pid})"))?;
+    let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .with_context(|| format!("listing the descriptors of the proxy (pid {pid})"))?
+        .flatten()
+        .filter(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().starts_with("socket:"))
+        })
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    fds.sort_unstable();
+    fds.truncate(MAX_FDS);
+    for fd in fds {
+        match pidfd_getfd(&pidfd, fd) {
+            Ok(dup) if is_listener_on(&dup, port) => return Ok(dup),
+            Ok(_) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
+                return Err(anyhow!(e)).context(
+                    "pidfd_getfd on the proxy was refused: the agent needs CAP_SYS_PTRACE (and Yama ptrace_scope below 3)",
+                );
+            }
+            Err(_) => {} // closed meanwhile
+        }
+    }
+    bail!("the proxy (pid {pid}) has no listening TCP socket on its inbound port {port}")
+}
+
+/// One connection to a proxy's registration socket, served like a
+/// registration over the agent's socket. Returns whether it was enrolled.
+async fn serve(shared: Arc<Shared>, netns: u64, std: std::os::unix::net::UnixStream) -> bool {
+    let refuse = |mut stream: tokio::net::UnixStream, reason: String| async move {
+        tracing::warn!(%reason, netns_inode = netns, "discovered registration refused");
+        let _ = wire::write_frame(&mut stream, &wire::Response::Refused { reason }).await;
+        false
+    };
+    let stream = match std
+        .set_nonblocking(true)
+        .and_then(|()| tokio::net::UnixStream::from_std(std))
+    {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot use a discovered connection");
+            return false;
+        }
+    };
+    let cred = match stream.peer_cred() {
+        Ok(c) => c,
+        Err(e) => return refuse(stream, format!("SO_PEERCRED failed: {e}")).await,
+    };
+    let Some(pid) = cred.pid().filter(|p| *p > 0).map(|p| p as u32) else {
+        return refuse(stream, "the proxy's pid is unknown (SO_PEERCRED)".into()).await;
+    };
+    // The listener may have moved (setns) after binding the name.
+    if inode_of(&pid.to_string()) != Some(netns) {
+        return refuse(
+            stream,
+            format!("the process listening on the registration socket (pid {pid}) is not in the network namespace it was found in"),
+        )
+        .await;
+    }
+    let mut stream = stream;
+    let request =
+        tokio::time::timeout(Duration::from_secs(5), wire::recv_request(&mut stream)).await;
+    let request = match request {
+        // A descriptor sent along is ignored (and closed): the agent takes
+        // the listener itself.
+        Ok(Ok((r, _))) => r,
+        Ok(Err(e)) => return refuse(stream, format!("{e}")).await,
+        Err(_) => return refuse(stream, "no request within 5 s".into()).await,
+    };
+    let port = request.pod.inbound_port;
+    let listener = match tokio::task::spawn_blocking(move || take_listener(pid, port)).await {
+        Ok(Ok(l)) => l,
+        Ok(Err(e)) => return refuse(stream, format!("{e:#}")).await,
+        Err(e) => return refuse(stream, format!("internal error: {e}")).await,
+    };
+    let peer = Peer {
+        pid,
+        uid: cred.uid(),
+    };
+    tracing::info!(pid, uid = peer.uid, pod = %request.pod.name, namespace = %request.pod.namespace, "discovered a proxy");
+    agent::serve_registration(shared, stream, peer, request, Some(listener)).await
+}
+
+/// The discovery loop; runs for the agent's lifetime.
+pub async fn run(shared: Arc<Shared>, opts: DiscoverOptions, attach: PathBuf) {
+    let interval = Duration::from_millis(opts.discover_interval.max(10));
+    let scope = scope_of(&attach);
+    // Never probed: the node's network namespace and the agent's own.
+    let skip: Vec<u64> = ["1", "self"].iter().filter_map(|p| inode_of(p)).collect();
+    tracing::info!(name = ABSTRACT_NAME, ?interval, scope = ?scope, "discovering proxies in pod network namespaces");
+    let mut probes = Probes::default();
+    let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool)>();
+    loop {
+        while let Ok((netns, enrolled)) = done_rx.try_recv() {
+            probes.finished(netns, enrolled, Instant::now());
+        }
+        let (sk, sc) = (skip.clone(), scope.clone());
+        let seen = tokio::task::spawn_blocking(move || scan(&sk, sc.as_deref()))
+            .await
+            .unwrap_or_default();
+        let due = probes.due(&seen, Instant::now());
+        let connected = if due.is_empty() {
+            Vec::new()
+        } else {
+            tokio::task::spawn_blocking(move || connect_all(due, ABSTRACT_NAME))
+                .await
+                .unwrap_or_default()
+        };
+        for (netns, stream) in connected {
+            if shared.active.fetch_add(1, Ordering::SeqCst) >= agent::MAX_ACTIVE {
+                shared.active.fetch_sub(1, Ordering::SeqCst);
+                tracing::warn!(
+                    netns_inode = netns,
+                    "too many registrations: not serving a discovered proxy"
+                );
+                probes.finished(netns, false, Instant::now());
+                continue;
+            }
+            probes.busy(netns);
+            let (s, tx) = (shared.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                let enrolled = serve(s.clone(), netns, stream).await;
+                s.active.fetch_sub(1, Ordering::SeqCst);
+                let _ = tx.send((netns, enrolled));
+            });
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn netns_links_parse() {
+        assert_eq!(netns_inode("net:[4026531840]"), Some(4026531840));
+        for bad in ["net:[]", "mnt:[1]", "net:[x]", "net:[1", ""] {
+            assert_eq!(netns_inode(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn probing_rules() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs(1);
+        let mut p = Probes::default();
+        // New namespaces are probed.
+        assert_eq!(p.due(&[(1, 10), (2, 20)], t0), vec![(1, 10), (2, 20)]);
+        // One being served is not probed again.
+        p.busy(1);
+        assert_eq!(p.due(&[(1, 10), (2, 20)], t0), vec![(2, 20)]);
+        // Refused: backoff 1 s, then 2 s, ... up to 30 s.
+        p.finished(1, false, t0);
+        assert_eq!(p.due(&[(1, 10)], t0), vec![]);
+        assert_eq!(p.due(&[(1, 10)], t0 + s), vec![(1, 10)]);
+        p.busy(1);
+        p.finished(1, false, t0);
+        p.finished(1, false, t0);
+        assert_eq!(p.by_netns[&1].after, Some((t0 + 4 * s, 4 * s)));
+        for _ in 0..10 {
+            p.finished(1, false, t0);
+        }
+        assert_eq!(p.by_netns[&1].after, Some((t0 + BACKOFF_MAX, BACKOFF_MAX)));
+        // Enrolled then closed: probed again at once, backoff forgotten.
+        p.finished(1, true, t0);
+        assert_eq!(p.due(&[(1, 10)], t0), vec![(1, 10)]);
+        // A namespace that is gone is forgotten, unless it is being served.
+        p.finished(3, false, t0);
+        p.busy(4);
+        p.due(&[], t0);
+        assert!(!p.by_netns.contains_key(&3));
+        assert!(p.by_netns.contains_key(&4));
+    }
+
+    #[test]
+    fn takes_only_a_listening_tcp_socket_on_the_port() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let _conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let _udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let _other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let got = take_listener(std::process::id(), port).unwrap();
+        assert!(is_listener_on(&got, port));
+        let free = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let unused = free.local_addr().unwrap().port();
+        drop(free);
+        let err = take_listener(std::process::id(), unused).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no listening TCP socket"),
+            "{err:#}"
+        );
+    }
+}
