@@ -1,6 +1,8 @@
 //! Injection golden files (one per kind, a List, a multi-document stream,
 //! opt-out), idempotence, the sidecar's shape checked through k8s-openapi
 //! types, clear errors for bad input, and the `run` command on files.
+//! Pod Security, the proxy's uid and the inbound policy annotation are in
+//! inject_podsec.rs.
 //!
 //! Regenerate the golden files with `UPDATE_GOLDEN=1 cargo test --test inject`
 //! (then review the diff).
@@ -127,7 +129,7 @@ fn collect(v: &serde_yaml::Value, out: &mut Vec<(String, PodTemplateSpec)>) {
 }
 
 #[test]
-fn sidecar_is_native_unprivileged_and_carries_identity_and_agent_socket() {
+fn sidecar_is_native_unprivileged_and_carries_identity_and_agent_discovery() {
     // The single-workload cases: all but the multi-document file and the
     // opted-out workload.
     for &case in CASES.iter().filter(|c| !matches!(**c, "multi" | "optout")) {
@@ -181,7 +183,7 @@ fn sidecar_is_native_unprivileged_and_carries_identity_and_agent_socket() {
                 .collect();
             for want in [
                 "CONDUIT_PROXY_POD_NAME",
-                "CONDUIT_PROXY_AGENT_SOCKET",
+                "CONDUIT_PROXY_AGENT_DISCOVERY",
                 "CONDUIT_PROXY_IDENTITY_TOKEN_FILE",
                 "CONDUIT_PROXY_TRUST_ANCHORS_PEM",
             ] {
@@ -206,11 +208,11 @@ fn sidecar_is_native_unprivileged_and_carries_identity_and_agent_socket() {
                     .as_deref(),
                 Some(mesh::IDENTITY_AUDIENCE)
             );
-            let sock = volumes
-                .iter()
-                .find(|v| v.name == inject::sidecar::AGENT_SOCKET_VOLUME)
-                .unwrap();
-            assert_eq!(sock.host_path.as_ref().unwrap().path, "/run/conduit");
+            // The agent finds the proxy: no hostPath to its socket.
+            assert!(
+                volumes.iter().all(|v| v.host_path.is_none()),
+                "{case}/{kind}: hostPath volume in {volumes:?}"
+            );
         }
     }
     // Jobs keep their own restart policy.
@@ -284,9 +286,9 @@ fn bad_input_is_a_clear_error() {
     );
 
     let clash =
-        read("pod.in.yaml") + "  volumes:\n  - name: conduit-agent-socket\n    emptyDir: {}\n";
+        read("pod.in.yaml") + "  volumes:\n  - name: conduit-identity-token\n    emptyDir: {}\n";
     let err = inject_yaml(&clash, &o).unwrap_err().to_string();
-    assert!(err.contains("conduit-agent-socket"), "{err}");
+    assert!(err.contains("conduit-identity-token"), "{err}");
 
     let err = inject_yaml("just: a map\n", &o).unwrap_err().to_string();
     assert!(err.contains("kind"), "{err}");

@@ -391,17 +391,13 @@ fn agent_has_only_the_named_capabilities_and_mounts() {
         .collect();
     assert_eq!(volumes["bpffs"], "/sys/fs/bpf");
     assert_eq!(volumes["cgroup"], "/sys/fs/cgroup");
-    // The socket directory is the one injected sidecars mount.
-    #[derive(Parser)]
-    struct Inject {
-        #[command(flatten)]
-        args: inject::Args,
-    }
-    let sidecar_dir = Inject::parse_from(["inject"]).args.agent_socket_dir;
-    assert_eq!(volumes["agent-socket"], sidecar_dir);
+    // Injected sidecars mount nothing of the node: the agent finds them
+    // (--discover); its own socket stays for node-local use and the probes.
+    assert_eq!(volumes["agent-socket"], "/run/conduit");
     let args = c.args.clone().unwrap();
+    assert!(args.contains(&"--discover".to_string()), "{args:?}");
     assert!(
-        args.contains(&format!("--socket={sidecar_dir}/agent.sock")),
+        args.contains(&"--socket=/run/conduit/agent.sock".to_string()),
         "{args:?}"
     );
     let mounts = c.volume_mounts.as_ref().unwrap();

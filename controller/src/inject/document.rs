@@ -6,6 +6,10 @@
 use super::sidecar::{self, Options, PodSettings};
 use crate::kubernetes::mesh;
 use serde_yaml::{Mapping, Value};
+use std::collections::BTreeMap;
+
+/// `conduit.io/inbound-policy` of the Namespaces in the input, by name.
+pub type NamespacePolicies = BTreeMap<String, String>;
 
 /// What happened to one object.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -79,8 +83,66 @@ fn template_path(kind: &str) -> Option<(&'static [&'static str], Check)> {
     })
 }
 
+/// The value of annotation `key` in `obj`'s `metadata`, if a string.
+fn annotation<'a>(obj: &'a Value, key: &str) -> Result<Option<&'a str>, String> {
+    match get(obj, &["metadata", "annotations", key]) {
+        None => Ok(None),
+        Some(v) => v
+            .as_str()
+            .map(Some)
+            .ok_or_else(|| format!("annotation {key} must be a string")),
+    }
+}
+
+/// Checks an inbound policy annotation's value.
+pub fn inbound_policy(value: &str) -> Result<String, String> {
+    let v = value.trim();
+    if sidecar::INBOUND_POLICIES.contains(&v) {
+        Ok(v.to_string())
+    } else {
+        Err(format!(
+            "annotation {}: {value:?} is not a policy (one of {})",
+            sidecar::INBOUND_POLICY_ANNOTATION,
+            sidecar::INBOUND_POLICIES.join(", ")
+        ))
+    }
+}
+
+/// Collects the inbound policy annotations of the Namespace objects in
+/// `obj` (recursing into `List` items).
+pub fn namespace_policies(obj: &Value, into: &mut NamespacePolicies) -> Result<(), ObjectError> {
+    if let Some(items) = obj.get("items").and_then(Value::as_sequence) {
+        for item in items {
+            namespace_policies(item, into)?;
+        }
+        return Ok(());
+    }
+    if obj.get("kind").and_then(Value::as_str) != Some("Namespace") {
+        return Ok(());
+    }
+    let name = get(obj, &["metadata", "name"])
+        .and_then(Value::as_str)
+        .unwrap_or("")
+        .to_string();
+    let err = |message| ObjectError {
+        kind: "Namespace".into(),
+        name: name.clone(),
+        message,
+    };
+    if let Some(v) = annotation(obj, sidecar::INBOUND_POLICY_ANNOTATION).map_err(err)? {
+        into.insert(name.clone(), inbound_policy(v).map_err(err)?);
+    }
+    Ok(())
+}
+
 /// Injects into `obj` (recursing into `List` items), appending outcomes.
-pub fn inject(obj: &mut Value, o: &Options, out: &mut Vec<Outcome>) -> Result<(), ObjectError> {
+/// `namespaces` are the Namespaces' inbound policies (from the same input).
+pub fn inject(
+    obj: &mut Value,
+    o: &Options,
+    namespaces: &NamespacePolicies,
+    out: &mut Vec<Outcome>,
+) -> Result<(), ObjectError> {
     let kind = obj
         .get("kind")
         .and_then(Value::as_str)
@@ -107,7 +169,7 @@ pub fn inject(obj: &mut Value, o: &Options, out: &mut Vec<Outcome>) -> Result<()
             return Err(err("`items` must be a list".into()));
         };
         for item in items {
-            inject(item, o, out)?;
+            inject(item, o, namespaces, out)?;
         }
         return Ok(());
     }
@@ -128,9 +190,19 @@ pub fn inject(obj: &mut Value, o: &Options, out: &mut Vec<Outcome>) -> Result<()
     let action = if opted_out(obj) || template_opted_out {
         Action::OptedOut
     } else {
+        // Inbound policy: the pod template's annotation, else the
+        // workload's, else its Namespace's (when in the input).
+        let workload_policy = annotation(obj, sidecar::INBOUND_POLICY_ANNOTATION)
+            .map_err(err)?
+            .map(inbound_policy)
+            .transpose()
+            .map_err(err)?;
+        let namespace_policy = get(obj, &["metadata", "namespace"])
+            .and_then(Value::as_str)
+            .and_then(|ns| namespaces.get(ns).cloned());
         let template = get_mut(obj, path)
             .ok_or_else(|| err(format!("has no pod template at {}", path.join("."))))?;
-        inject_template(template, o).map_err(err)?
+        inject_template(template, o, workload_policy.or(namespace_policy)).map_err(err)?
     };
     out.push(Outcome { kind, name, action });
     Ok(())
@@ -160,8 +232,40 @@ fn ports_annotation(template: &Value, key: &str) -> Result<Option<String>, Strin
     }
 }
 
+/// Where the pod spec `spec` runs something as `uid` (pod or container
+/// `securityContext.runAsUser`), as a path for the error message.
+pub fn runs_as(spec: &Value, uid: i64) -> Option<String> {
+    let is = |sc: Option<&Value>| {
+        sc.and_then(|sc| sc.get("runAsUser"))
+            .and_then(Value::as_i64)
+            == Some(uid)
+    };
+    if is(spec.get("securityContext")) {
+        return Some("spec.securityContext.runAsUser".into());
+    }
+    for list in ["initContainers", "containers", "ephemeralContainers"] {
+        let containers = spec.get(list).and_then(Value::as_sequence);
+        for (i, c) in containers.into_iter().flatten().enumerate() {
+            if c.get("name").and_then(Value::as_str) == Some(mesh::PROXY_CONTAINER) {
+                continue;
+            }
+            if is(c.get("securityContext")) {
+                let name = c.get("name").and_then(Value::as_str).unwrap_or("");
+                return Some(format!(
+                    "spec.{list}[{i}] ({name}) securityContext.runAsUser"
+                ));
+            }
+        }
+    }
+    None
+}
+
 /// Adds the sidecar to a pod template (`metadata` + `spec`).
-fn inject_template(template: &mut Value, o: &Options) -> Result<Action, String> {
+fn inject_template(
+    template: &mut Value,
+    o: &Options,
+    default_policy: Option<String>,
+) -> Result<Action, String> {
     let spec = template.get("spec").ok_or("pod template has no spec")?;
     if spec.get("hostNetwork").and_then(Value::as_bool) == Some(true) {
         return Ok(Action::HostNetwork);
@@ -177,9 +281,21 @@ fn inject_template(template: &mut Value, o: &Options) -> Result<Action, String> 
     if has_proxy {
         return Ok(Action::AlreadyInjected);
     }
+    if let Some(at) = runs_as(spec, o.proxy_uid) {
+        return Err(format!(
+            "{at} is {uid}, the conduit proxy's uid: an application must not run as the proxy \
+             (its traffic would be taken for the proxy's). Run it as another uid, or inject \
+             with another --proxy-uid",
+            uid = o.proxy_uid
+        ));
+    }
+    let template_policy = annotation(template, sidecar::INBOUND_POLICY_ANNOTATION)?
+        .map(inbound_policy)
+        .transpose()?;
     let settings = PodSettings {
         skip_inbound_ports: ports_annotation(template, mesh::SKIP_INBOUND_PORTS_ANNOTATION)?,
         skip_outbound_ports: ports_annotation(template, mesh::SKIP_OUTBOUND_PORTS_ANNOTATION)?,
+        inbound_policy: template_policy.or(default_policy),
     };
     let container =
         serde_yaml::to_value(sidecar::proxy_container(o, &settings)).map_err(|e| e.to_string())?;
@@ -199,7 +315,7 @@ fn inject_template(template: &mut Value, o: &Options) -> Result<Action, String> 
         .flatten()
         .filter_map(|v| v.get("name").and_then(Value::as_str).map(str::to_string))
         .collect();
-    if let Some(clash) = [sidecar::TOKEN_VOLUME, sidecar::AGENT_SOCKET_VOLUME]
+    if let Some(clash) = [sidecar::TOKEN_VOLUME]
         .iter()
         .find(|n| existing.iter().any(|e| e == *n))
     {

@@ -9,6 +9,7 @@
 //! the line or field.
 
 mod document;
+pub mod podsec;
 pub mod sidecar;
 
 pub use document::{Action, ObjectError, Outcome};
@@ -69,10 +70,8 @@ pub struct Args {
     /// Audience of the projected service-account token sent to Certify.
     #[arg(long, default_value = mesh::IDENTITY_AUDIENCE)]
     pub identity_audience: String,
-    /// Node directory holding the agent's socket (agent.sock), mounted read-only.
-    #[arg(long, default_value = "/run/conduit")]
-    pub agent_socket_dir: String,
-    /// The proxy's uid (and gid); the agent never captures its sockets.
+    /// The proxy's uid (and gid). Workloads that run as this uid are
+    /// refused: the application must not share the proxy's identity.
     #[arg(long, default_value_t = 2102)]
     pub proxy_uid: i64,
     /// CPU request of the proxy container.
@@ -113,16 +112,23 @@ pub struct Injected {
 pub fn inject_yaml(input: &str, options: &Options) -> Result<Injected, InjectError> {
     let mut docs = Vec::new();
     let mut outcomes = Vec::new();
+    let mut values = Vec::new();
+    let mut namespaces = document::NamespacePolicies::new();
     for (i, de) in serde_yaml::Deserializer::from_str(input).enumerate() {
         let document = i + 1;
-        let mut value = serde_yaml::Value::deserialize(de).map_err(|e| InjectError::Yaml {
+        let value = serde_yaml::Value::deserialize(de).map_err(|e| InjectError::Yaml {
             document,
             message: e.to_string(),
         })?;
         if value.is_null() {
             continue;
         }
-        document::inject(&mut value, options, &mut outcomes)
+        document::namespace_policies(&value, &mut namespaces)
+            .map_err(|error| InjectError::Object { document, error })?;
+        values.push((document, value));
+    }
+    for (document, mut value) in values {
+        document::inject(&mut value, options, &namespaces, &mut outcomes)
             .map_err(|error| InjectError::Object { document, error })?;
         let text = serde_yaml::to_string(&value).map_err(|e| InjectError::Write {
             document,
@@ -167,7 +173,6 @@ impl Args {
             trust_domain: self.trust_domain.clone(),
             trust_anchors_pem,
             identity_audience: self.identity_audience.clone(),
-            agent_socket_dir: self.agent_socket_dir.trim_end_matches('/').to_string(),
             proxy_uid: self.proxy_uid,
             cpu_request: self.proxy_cpu_request.clone(),
             memory_request: self.proxy_memory_request.clone(),

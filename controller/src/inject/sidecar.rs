@@ -5,23 +5,37 @@
 //! containers (and waits for its startup probe), keeps it running beside
 //! them, and stops it once the main containers have exited, so a Job still
 //! completes. No init container with NET_ADMIN is needed: the node agent's
-//! eBPF programs capture the pod's traffic once the proxy registers over the
-//! agent socket (a hostPath directory mounted read-only).
+//! eBPF programs capture the pod's traffic once the agent has found the
+//! proxy. The proxy runs in discovery mode (it listens on an abstract unix
+//! socket in the pod's network namespace and the agent connects to it), so
+//! the pod needs no hostPath, no host namespace and no capability: it meets
+//! Pod Security `baseline` (checked by [`super::podsec`]).
 
 use crate::kubernetes::mesh;
 use k8s_openapi::api::core::v1::{
     Capabilities, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    HostPathVolumeSource, ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements,
-    SeccompProfile, SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount,
-    VolumeProjection,
+    ObjectFieldSelector, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
+    SecurityContext, ServiceAccountTokenProjection, Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
 /// Volume holding the projected identity token.
 pub const TOKEN_VOLUME: &str = "conduit-identity-token";
-/// Volume holding the node agent's registration socket (hostPath).
-pub const AGENT_SOCKET_VOLUME: &str = "conduit-agent-socket";
+/// How the injected proxy meets the node agent (`CONDUIT_PROXY_AGENT_DISCOVERY`).
+pub const AGENT_DISCOVERY: &str = "abstract";
+/// Values of [`INBOUND_POLICY_ANNOTATION`] (the proxy's
+/// `CONDUIT_PROXY_INBOUND_POLICY`).
+pub const INBOUND_POLICIES: [&str; 5] = [
+    "all-unauthenticated",
+    "all-authenticated",
+    "cluster-authenticated",
+    "deny",
+    "audit",
+];
+/// Annotation (pod template, workload or Namespace) choosing the proxy's
+/// default inbound policy; `all-authenticated` is inbound strict mode.
+pub const INBOUND_POLICY_ANNOTATION: &str = "conduit.io/inbound-policy";
 /// Where the proxy finds its identity token.
 pub const TOKEN_DIR: &str = "/var/run/secrets/conduit.io/identity";
 /// Lifetime asked for the projected token; the kubelet refreshes it at 80%.
@@ -40,8 +54,6 @@ pub struct Options {
     /// PEM of the issuer certificate(s) the proxies trust.
     pub trust_anchors_pem: Option<String>,
     pub identity_audience: String,
-    /// Directory on the node (and in the proxy) holding `agent.sock`.
-    pub agent_socket_dir: String,
     /// The proxy's uid: the agent never captures this uid's sockets.
     pub proxy_uid: i64,
     pub cpu_request: String,
@@ -55,6 +67,8 @@ pub struct Options {
 pub struct PodSettings {
     pub skip_inbound_ports: Option<String>,
     pub skip_outbound_ports: Option<String>,
+    /// One of [`INBOUND_POLICIES`].
+    pub inbound_policy: Option<String>,
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -108,10 +122,7 @@ pub fn proxy_container(o: &Options, pod: &PodSettings) -> Container {
         field_env("CONDUIT_PROXY_POD_NAME", "metadata.name"),
         field_env("CONDUIT_PROXY_POD_NAMESPACE", "metadata.namespace"),
         field_env("CONDUIT_PROXY_SERVICE_ACCOUNT", "spec.serviceAccountName"),
-        env(
-            "CONDUIT_PROXY_AGENT_SOCKET",
-            &format!("{}/agent.sock", o.agent_socket_dir),
-        ),
+        env("CONDUIT_PROXY_AGENT_DISCOVERY", AGENT_DISCOVERY),
         env("CONDUIT_PROXY_CONTROLLER_ADDR", &o.controller_addr),
         env("CONDUIT_PROXY_CONTROLLER_IDENTITY", &o.controller_identity),
         env("CONDUIT_PROXY_TRUST_DOMAIN", &o.trust_domain),
@@ -136,6 +147,9 @@ pub fn proxy_container(o: &Options, pod: &PodSettings) -> Container {
     }
     if let Some(p) = &pod.skip_outbound_ports {
         envs.push(env("CONDUIT_PROXY_SKIP_OUTBOUND_PORTS", p));
+    }
+    if let Some(p) = &pod.inbound_policy {
+        envs.push(env("CONDUIT_PROXY_INBOUND_POLICY", p));
     }
     let quantities = |pairs: &[(&str, &str)]| {
         Some(
@@ -181,54 +195,33 @@ pub fn proxy_container(o: &Options, pod: &PodSettings) -> Container {
             }),
             ..Default::default()
         }),
-        volume_mounts: Some(vec![
-            VolumeMount {
-                name: TOKEN_VOLUME.into(),
-                mount_path: TOKEN_DIR.into(),
-                read_only: Some(true),
-                ..Default::default()
-            },
-            VolumeMount {
-                name: AGENT_SOCKET_VOLUME.into(),
-                mount_path: o.agent_socket_dir.clone(),
-                // Connecting to a unix socket works on a read-only mount.
-                read_only: Some(true),
-                ..Default::default()
-            },
-        ]),
+        volume_mounts: Some(vec![VolumeMount {
+            name: TOKEN_VOLUME.into(),
+            mount_path: TOKEN_DIR.into(),
+            read_only: Some(true),
+            ..Default::default()
+        }]),
         termination_message_policy: Some("FallbackToLogsOnError".into()),
         ..Default::default()
     }
 }
 
-/// The volumes the proxy mounts.
+/// The volumes the proxy mounts (no hostPath: the agent finds the proxy).
 pub fn volumes(o: &Options) -> Vec<Volume> {
-    vec![
-        Volume {
-            name: TOKEN_VOLUME.into(),
-            projected: Some(ProjectedVolumeSource {
-                sources: Some(vec![VolumeProjection {
-                    service_account_token: Some(ServiceAccountTokenProjection {
-                        audience: Some(o.identity_audience.clone()),
-                        expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
-                        path: "token".into(),
-                        user: None,
-                    }),
-                    ..Default::default()
-                }]),
+    vec![Volume {
+        name: TOKEN_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(vec![VolumeProjection {
+                service_account_token: Some(ServiceAccountTokenProjection {
+                    audience: Some(o.identity_audience.clone()),
+                    expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                    path: "token".into(),
+                    user: None,
+                }),
                 ..Default::default()
-            }),
+            }]),
             ..Default::default()
-        },
-        Volume {
-            name: AGENT_SOCKET_VOLUME.into(),
-            host_path: Some(HostPathVolumeSource {
-                path: o.agent_socket_dir.clone(),
-                // Created by the agent DaemonSet; a pod on a node without
-                // the agent still starts (the proxy then runs uncaptured).
-                type_: Some("DirectoryOrCreate".into()),
-            }),
-            ..Default::default()
-        },
-    ]
+        }),
+        ..Default::default()
+    }]
 }
