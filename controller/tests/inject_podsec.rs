@@ -158,7 +158,10 @@ fn the_old_hostpath_sidecar_fails_baseline() {
     assert_eq!(v.len(), 1, "{v:#?}");
     assert_eq!(v[0].rule, Rule::HostPathVolumes);
     assert!(v[0].field.contains("conduit-agent-socket"), "{}", v[0]);
-    assert_eq!(v[0].value, "/run/conduit");
+    assert_eq!(
+        v[0].to_string(),
+        "HostPathVolumes: spec.volumes[2] (conduit-agent-socket).hostPath = /run/conduit"
+    );
 }
 
 const POD: &str = "apiVersion: v1
