@@ -6,6 +6,7 @@
 //! controller so the agent does not carry the controller's dependencies.
 
 pub mod pod_check;
+pub mod proxy_container;
 
 #[cfg(feature = "fake-apiserver")]
 pub mod fake;

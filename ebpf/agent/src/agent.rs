@@ -81,7 +81,7 @@ struct Owners {
 pub(crate) struct Shared {
     node: Mutex<Node>,
     /// In a cluster: checks each proxy's pod claim before enrolling.
-    claims: Option<crate::claims::Claims>,
+    pub(crate) claims: Option<crate::claims::Claims>,
     owners: Mutex<Owners>,
     /// Registrations being served; bounded so a runaway client cannot
     /// exhaust the agent.

@@ -16,6 +16,10 @@
 //! * the agent takes the inbound listener itself with `pidfd_open` +
 //!   `pidfd_getfd` (ptrace rights over the proxy: `CAP_SYS_PTRACE`): the
 //!   listening TCP socket bound to the request's `inbound_port`;
+//! * in a cluster, the process must be the claimed pod's `conduit-proxy`
+//!   container: its cgroup names one of that container's ids in the pod's
+//!   status (`conduit_kube::proxy_container`), so an application container
+//!   of the same pod that binds the name is refused;
 //! * then everything goes through the same checks and enrolment as a
 //!   registration over the socket ([`crate::agent::serve_registration`]),
 //!   and the connection is held: the pod stays enrolled while it lives.
@@ -275,9 +279,30 @@ fn take_listener(pid: u32, port: u16) -> Result<OwnedFd> {
     bail!("the proxy (pid {pid}) has no listening TCP socket on its inbound port {port}")
 }
 
+/// In a cluster: the listening process must be the claimed pod's
+/// `conduit-proxy` container, not an application container of the pod.
+async fn check_container(
+    client: &kube::Client,
+    pid: u32,
+    pod: &conduit_register::PodInfo,
+) -> Result<(), String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map_err(|e| format!("reading /proc/{pid}/cgroup: {e}"))?;
+    let cgroup = crate::cgroup::v2_path(&text)
+        .ok_or_else(|| format!("pid {pid} has no cgroup v2 membership"))?;
+    conduit_kube::proxy_container::check(client, &pod.namespace, &pod.name, cgroup)
+        .await
+        .map_err(|e| e.to_string())
+}
+
 /// One connection to a proxy's registration socket, served like a
 /// registration over the agent's socket. Returns whether it was enrolled.
-async fn serve(shared: Arc<Shared>, netns: u64, std: std::os::unix::net::UnixStream) -> bool {
+async fn serve(
+    shared: Arc<Shared>,
+    client: Option<kube::Client>,
+    netns: u64,
+    std: std::os::unix::net::UnixStream,
+) -> bool {
     let refuse = |mut stream: tokio::net::UnixStream, reason: String| async move {
         tracing::warn!(%reason, netns_inode = netns, "discovered registration refused");
         let _ = wire::write_frame(&mut stream, &wire::Response::Refused { reason }).await;
@@ -318,6 +343,11 @@ async fn serve(shared: Arc<Shared>, netns: u64, std: std::os::unix::net::UnixStr
         Ok(Err(e)) => return refuse(stream, format!("{e}")).await,
         Err(_) => return refuse(stream, "no request within 5 s".into()).await,
     };
+    if let Some(client) = &client
+        && let Err(reason) = check_container(client, pid, &request.pod).await
+    {
+        return refuse(stream, reason).await;
+    }
     let port = request.pod.inbound_port;
     let listener = match tokio::task::spawn_blocking(move || take_listener(pid, port)).await {
         Ok(Ok(l)) => l,
@@ -339,6 +369,18 @@ pub async fn run(shared: Arc<Shared>, opts: DiscoverOptions, attach: PathBuf) {
     // Never probed: the node's network namespace and the agent's own.
     let skip: Vec<u64> = ["1", "self"].iter().filter_map(|p| inode_of(p)).collect();
     tracing::info!(name = ABSTRACT_NAME, ?interval, scope = ?scope, "discovering proxies in pod network namespaces");
+    // In a cluster (pod claims checked) the proxy's container is checked too.
+    let client = match &shared.claims {
+        None => None,
+        Some(_) => match conduit_kube::client().await {
+            Ok(c) => Some(c),
+            Err(e) => {
+                // Fail closed: no discovery rather than unchecked containers.
+                tracing::error!(error = %e, "cannot make a Kubernetes client: discovery is off");
+                return;
+            }
+        },
+    };
     let mut probes = Probes::default();
     let (done_tx, mut done_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, bool)>();
     loop {
@@ -368,9 +410,9 @@ pub async fn run(shared: Arc<Shared>, opts: DiscoverOptions, attach: PathBuf) {
                 continue;
             }
             probes.busy(netns);
-            let (s, tx) = (shared.clone(), done_tx.clone());
+            let (s, tx, c) = (shared.clone(), done_tx.clone(), client.clone());
             tokio::spawn(async move {
-                let enrolled = serve(s.clone(), netns, stream).await;
+                let enrolled = serve(s.clone(), c, netns, stream).await;
                 s.active.fetch_sub(1, Ordering::SeqCst);
                 let _ = tx.send((netns, enrolled));
             });
