@@ -78,6 +78,9 @@ pub fn start(
     pod.validate()
         .map_err(|e| anyhow::anyhow!("pod info for the agent: {e}"))?;
     if cfg.agent_discovery == Some(AgentDiscovery::Abstract) {
+        if let Some(socket) = &cfg.agent_socket {
+            info!(socket = %socket.display(), "--agent-socket is not used with --agent-discovery abstract");
+        }
         let name = conduit_register::discovery::ABSTRACT_NAME;
         let unix = conduit_register::discovery::bind(name).with_context(|| {
             format!("listening on the abstract registration socket @{name} (is another process of the pod holding it?)")

@@ -5,7 +5,8 @@
 //! `pidfd_getfd` and enrols the pod through the same checks as the socket
 //! path. Here the agent's socket lives in a directory only root may enter,
 //! and the proxy runs as uid 1337: it cannot reach it, and is still
-//! enrolled, captured both ways, and un-enrolled when it dies.
+//! enrolled, captured both ways, and un-enrolled when it dies. The real
+//! `conduit-proxy` in that mode carries mTLS in the local mesh.
 
 use anyhow::{Result, ensure};
 use conduit_tests::checks::{captured_outbound, direct};
@@ -113,5 +114,51 @@ fn discovered_proxy_without_agent_socket() -> Result<()> {
     // A new proxy in the same pod is found again.
     let proxy = start_proxy(&env)?;
     expect_captured(&env, &agent.config, &proxy)?;
+    Ok(())
+}
+
+/// The real `conduit-proxy` in discovery mode (what `inject` sets), in the
+/// local mesh: found by the agent, certified, and carrying mTLS between
+/// pods; a restarted proxy is found again.
+#[test]
+fn real_proxies_in_discovery_mode_carry_mtls() -> Result<()> {
+    use conduit_tests::mesh::Mesh;
+    use conduit_tests::mesh::spec::MeshSpec;
+    let mut spec = MeshSpec::with_servers(1);
+    spec.agent_args
+        .extend(["--discover".into(), "--discover-interval=200".into()]);
+    spec.proxy_args
+        .extend(["--agent-discovery".into(), "abstract".into()]);
+    let Some(mut mesh) = Mesh::privileged(conduit_tests::test_name!(), spec)? else {
+        return Ok(());
+    };
+    for pod in ["client", "web-1"] {
+        let out = mesh.proxy(pod).process.output_text();
+        ensure!(
+            out.contains("waiting for the node agent to find this proxy")
+                && out.contains("the node agent enrolled the pod"),
+            "{pod}'s proxy was not found through discovery:\n{out}"
+        );
+    }
+    let check = |mesh: &Mesh, path: &str| -> Result<()> {
+        let a = mesh.curl(&mesh.url_by_name("web", 80, path))?.answer()?;
+        ensure!(a.server == "web-1" && a.peer.ip().is_loopback(), "{a:?}");
+        let client = mesh.proxy("client").metrics()?;
+        let peer = mesh.identity("web-1");
+        let answered = client.sum(
+            "conduit_response_total",
+            &[("direction", "outbound"), ("peer_identity", &peer)],
+        );
+        ensure!(answered >= 1.0, "no mTLS answer from {peer}");
+        ensure!(
+            client.sum("conduit_agent_registered", &[]) == 1.0,
+            "the client's proxy does not see its enrolment"
+        );
+        Ok(())
+    };
+    check(&mesh, "/found")?;
+    mesh.kill_proxy("web-1")?;
+    mesh.start_proxy("web-1")?;
+    check(&mesh, "/found-again")?;
     Ok(())
 }
