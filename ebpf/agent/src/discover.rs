@@ -183,7 +183,7 @@ fn connect_all(due: Vec<(u64, u32)>, name: &str) -> Vec<(u64, std::os::unix::net
     let name = name.to_string();
     let run = move || {
         let mut out = Vec::new();
-        let Ok(addr) = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes()) else {
+        let Ok(addr) = nix::sys::socket::UnixAddr::new_abstract(name.as_bytes()) else {
             return out;
         };
         for (ino, pid) in due {
@@ -201,7 +201,7 @@ fn connect_all(due: Vec<(u64, u32)>, name: &str) -> Vec<(u64, std::os::unix::net
             }
             // The socket is created here, so the abstract name is looked up
             // in this namespace; it stays usable after the thread leaves.
-            match std::os::unix::net::UnixStream::connect_addr(&addr) {
+            match connect_nonblocking(&addr) {
                 Ok(s) => out.push((ino, s)),
                 Err(e) if e.kind() == std::io::ErrorKind::ConnectionRefused => {}
                 Err(e) => {
@@ -212,6 +212,23 @@ fn connect_all(due: Vec<(u64, u32)>, name: &str) -> Vec<(u64, std::os::unix::net
         out
     };
     std::thread::spawn(run).join().unwrap_or_default()
+}
+
+/// Connects without blocking: a listener whose backlog is full (one that
+/// never accepts) fails at once with `EAGAIN` instead of stalling the probe
+/// of every other namespace.
+fn connect_nonblocking(
+    addr: &nix::sys::socket::UnixAddr,
+) -> std::io::Result<std::os::unix::net::UnixStream> {
+    use nix::sys::socket::{AddressFamily, SockFlag, SockType, connect, socket};
+    let fd = socket(
+        AddressFamily::Unix,
+        SockType::Stream,
+        SockFlag::SOCK_NONBLOCK | SockFlag::SOCK_CLOEXEC,
+        None,
+    )?;
+    connect(fd.as_raw_fd(), addr)?;
+    Ok(std::os::unix::net::UnixStream::from(fd))
 }
 
 fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
@@ -464,6 +481,42 @@ mod tests {
         p.due(&[], t0);
         assert!(!p.by_netns.contains_key(&3));
         assert!(p.by_netns.contains_key(&4));
+    }
+
+    /// A listener in some pod that never accepts must not stall discovery:
+    /// with its backlog full, the probe moves on at once.
+    #[test]
+    fn a_listener_that_never_accepts_does_not_stall_the_probe() {
+        use nix::sys::socket::{
+            AddressFamily, Backlog, SockFlag, SockType, UnixAddr, bind, listen, socket,
+        };
+        let name = format!("conduit-test/stall/{}", std::process::id());
+        let addr = UnixAddr::new_abstract(name.as_bytes()).unwrap();
+        let l = socket(
+            AddressFamily::Unix,
+            SockType::Stream,
+            SockFlag::SOCK_CLOEXEC,
+            None,
+        )
+        .unwrap();
+        bind(l.as_raw_fd(), &addr).unwrap();
+        listen(&l, Backlog::new(0).unwrap()).unwrap();
+        // Fill the backlog.
+        let mut held = Vec::new();
+        while let Ok(s) = connect_nonblocking(&addr) {
+            held.push(s);
+            assert!(held.len() < 64, "the backlog never filled");
+        }
+        let ino = inode_of("self").unwrap();
+        let pid = std::process::id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(connect_all(vec![(ino, pid)], &name).len());
+        });
+        let connected = rx
+            .recv_timeout(Duration::from_secs(5))
+            .expect("the probe returned");
+        assert_eq!(connected, 0);
     }
 
     #[test]
