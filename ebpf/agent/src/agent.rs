@@ -395,6 +395,28 @@ pub(crate) async fn serve_registration(
     true
 }
 
+/// Whether process `pid` (started at `start`) is the proxy of a pod adopted
+/// from a previous agent and not re-registered yet: that agent checked it
+/// (discovery then skips its container check, as `readopting` skips the
+/// claim check, so an API server outage during a restart keeps capture).
+pub(crate) fn adopted_proxy(shared: &Shared, pid: u32, start: u64) -> bool {
+    let pending: Vec<u64> = shared
+        .owners
+        .lock()
+        .unwrap()
+        .pending
+        .iter()
+        .copied()
+        .collect();
+    let node = shared.node.lock().unwrap();
+    pending.iter().any(|c| {
+        node.maps
+            .pods
+            .get(c, 0)
+            .is_ok_and(|cfg| cfg.proxy_pid == pid && cfg.proxy_start_time == start)
+    })
+}
+
 /// A proxy re-registering after an agent restart, exactly as the previous
 /// agent enrolled it (same process, same claim, same namespace): its claim
 /// was checked then, so it is not asked again, and an API server outage

@@ -5,7 +5,9 @@
 //! `conduit-proxy` container: its cgroup must be the one named by the
 //! container id the API server reports. An application container of the
 //! same pod that binds the name first (an impostor) is refused with the
-//! reason and a log line; the real proxy is then enrolled.
+//! reason and a log line; the real proxy is then enrolled, and after an
+//! agent restart while the API server is away it is enrolled again (it was
+//! checked before).
 //!
 //! Container cgroups are named as containerd's systemd driver names them
 //! (`cri-containerd-<id>.scope`). Skips with a message when not root; fails
@@ -252,6 +254,23 @@ fn discovery_enrols_only_the_pods_proxy_container() {
     let pods = st["pods"].as_array().unwrap();
     assert_eq!(pods.len(), 1, "{st:#}");
     assert_eq!(pods[0]["name"].as_str(), Some("web-0"));
+
+    // An agent restart while the API server is away: the adopted proxy is
+    // found again and not checked again (its container and claim were), so
+    // capture does not stop.
+    let mut agent = env.agent.take().unwrap();
+    let pid = nix::unistd::Pid::from_raw(agent.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::SIGTERM).unwrap();
+    let _ = agent.wait();
+    let state = |rx: &mpsc::Receiver<String>| rx.recv_timeout(Duration::from_secs(15)).unwrap();
+    assert_eq!(state(&states), "STATE enrolled=false");
+    let url = fake.url();
+    drop(fake);
+    env.start_agent(&url);
+    assert_eq!(state(&states), "STATE enrolled=true");
+    assert!(env.logged("adopted pod re-registers unchanged"));
+    assert_eq!(agent_status(&env.pin_dir)["pods"][0]["name"], "web-0");
+
     stop(proxy);
     wait_for("the pod to be removed", || {
         agent_status(&env.pin_dir)["pods"]
