@@ -268,7 +268,10 @@ fn discovery_enrols_only_the_pods_proxy_container() {
     drop(fake);
     env.start_agent(&url);
     assert_eq!(state(&states), "STATE enrolled=true");
-    assert!(env.logged("adopted pod re-registers unchanged"));
+    // (The agent's log is read on another thread: it may lag the answer.)
+    wait_for("the agent's log line", || {
+        env.logged("adopted pod re-registers unchanged")
+    });
     assert_eq!(agent_status(&env.pin_dir)["pods"][0]["name"], "web-0");
 
     stop(proxy);
