@@ -31,9 +31,11 @@ pub struct Options {
     #[arg(long, default_value = "2102", value_name = "GROUP")]
     pub socket_group: String,
     /// The node's network namespace, never enrolled (a process on the node
-    /// or a hostNetwork pod registering is refused); needs hostPID.
-    #[arg(long, default_value = HOST_NETNS, value_name = "PATH")]
-    pub host_netns: PathBuf,
+    /// or a hostNetwork pod registering is refused). Default: pid 1's, else
+    /// kthreadd's (pid 2: kernel threads live in the node's namespace); both
+    /// need hostPID.
+    #[arg(long, value_name = "PATH")]
+    pub host_netns: Option<PathBuf>,
     /// bpffs directory for pinned maps, programs and links.
     #[arg(long, default_value = crate::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
@@ -78,8 +80,10 @@ pub fn parse_cidr(s: &str) -> Result<Key<[u32; 4]>> {
     Ok(Key::new(prefix, crate::enrol::ip_key(ip).words))
 }
 
-/// The node's network namespace, as the agent sees it under hostPID.
-pub const HOST_NETNS: &str = "/proc/1/ns/net";
+/// Where the node's network namespace is found under hostPID: init's, and
+/// kthreadd's (kernel threads always run in the node's namespace; reading it
+/// works where a security profile forbids reading init's).
+const HOST_NETNS: [&str; 2] = ["/proc/1/ns/net", "/proc/2/ns/net"];
 
 /// How long a caller has to send its request after connecting.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -169,13 +173,8 @@ async fn serve(opts: Options) -> Result<()> {
     }
 
     // Never enrolled: the node's network namespace and the agent's own.
-    let host_netns = opts.host_netns.to_string_lossy().into_owned();
     let forbidden = Forbidden {
-        host: netns::cookie_of(&host_netns).with_context(|| {
-            format!(
-                "reading the node's network namespace {host_netns} (the agent needs hostPID and CAP_SYS_ADMIN)"
-            )
-        })?,
+        host: host_netns_cookie(opts.host_netns.as_deref())?,
         agent: netns::own_netns_cookie().context("reading the agent's network namespace")?,
     };
     raise_fd_limit();
@@ -221,6 +220,36 @@ async fn serve(opts: Options) -> Result<()> {
     let _ = std::fs::remove_file(&opts.socket);
     tracing::info!("agent stopping; pinned programs and maps stay in place");
     std::process::exit(0);
+}
+
+/// The cookie of the node's network namespace: `--host-netns`, else the
+/// first of [`HOST_NETNS`] that can be read (pid 2 only when it is kthreadd).
+fn host_netns_cookie(given: Option<&std::path::Path>) -> Result<u64> {
+    if let Some(path) = given {
+        let path = path.to_string_lossy();
+        return netns::cookie_of(&path)
+            .with_context(|| format!("reading the node's network namespace {path}"));
+    }
+    let mut errors = Vec::new();
+    for path in HOST_NETNS {
+        if path.starts_with("/proc/2/")
+            && !std::fs::read_to_string("/proc/2/stat").is_ok_and(|s| s.contains("(kthreadd)"))
+        {
+            errors.push(format!("{path}: pid 2 is not kthreadd"));
+            continue;
+        }
+        match netns::cookie_of(path) {
+            Ok(cookie) => {
+                tracing::info!(from = path, netns_cookie = cookie, "the node's network namespace is never enrolled");
+                return Ok(cookie);
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    Err(anyhow!(
+        "cannot read the node's network namespace (the agent needs hostPID and CAP_SYS_ADMIN, or --host-netns): {}",
+        errors.join("; ")
+    ))
 }
 
 /// The gid of `--socket-group`: a number, or a group name.
