@@ -138,11 +138,13 @@ fn second_registration_for_an_enrolled_netns_is_refused() -> Result<()> {
             "4291",
         ],
     )?;
-    let refused = agent.process.wait_for_line(
-        "the second registration refused",
-        STOP_TIMEOUT,
-        |l| l.contains("registration refused") && l.contains("one registration per network namespace"),
-    )?;
+    let refused =
+        agent
+            .process
+            .wait_for_line("the second registration refused", STOP_TIMEOUT, |l| {
+                l.contains("registration refused")
+                    && l.contains("one registration per network namespace")
+            })?;
     ensure!(
         refused.contains(&format!("proxy pid {}", first.process.pid())),
         "{refused}"

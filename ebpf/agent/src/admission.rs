@@ -170,7 +170,11 @@ impl Refusal {
 }
 
 /// Decides whether `who` may enrol its network namespace given `table`.
-pub fn admit(table: &Table, forbidden: Forbidden, who: &Applicant<'_>) -> Result<Admitted, Refusal> {
+pub fn admit(
+    table: &Table,
+    forbidden: Forbidden,
+    who: &Applicant<'_>,
+) -> Result<Admitted, Refusal> {
     if who.netns_cookie == forbidden.host {
         return Err(Refusal::HostNetns);
     }
@@ -188,8 +192,7 @@ pub fn admit(table: &Table, forbidden: Forbidden, who: &Applicant<'_>) -> Result
         .iter()
         .find(|e| e.netns_cookie == who.netns_cookie)
     {
-        let same_proxy =
-            e.proxy_pid == who.proxy_pid && e.proxy_start_time == who.proxy_start_time;
+        let same_proxy = e.proxy_pid == who.proxy_pid && e.proxy_start_time == who.proxy_start_time;
         match e.holder {
             Holder::Open => {
                 return Err(Refusal::AlreadyEnrolled {

@@ -240,7 +240,11 @@ fn host_netns_cookie(given: Option<&std::path::Path>) -> Result<u64> {
         }
         match netns::cookie_of(path) {
             Ok(cookie) => {
-                tracing::info!(from = path, netns_cookie = cookie, "the node's network namespace is never enrolled");
+                tracing::info!(
+                    from = path,
+                    netns_cookie = cookie,
+                    "the node's network namespace is never enrolled"
+                );
                 return Ok(cookie);
             }
             Err(e) => errors.push(format!("{e:#}")),

@@ -207,10 +207,7 @@ mod tests {
         let mut s = Slots::default();
         assert_eq!(s.open(&L, unknown), Ok(()));
         assert_eq!(s.open(&L, other_unknown), Ok(()));
-        assert_eq!(
-            s.open(&L, unknown),
-            Err(LimitRefusal::PerNetns { max: 2 })
-        );
+        assert_eq!(s.open(&L, unknown), Err(LimitRefusal::PerNetns { max: 2 }));
     }
 
     #[test]

@@ -39,6 +39,34 @@ pub struct Registry {
     forbidden: Forbidden,
     limits: Limits,
     slots: Mutex<Slots>,
+    /// Connections turned away by the limits come in floods: one log line
+    /// per second says how many.
+    limit_log: Mutex<Throttle>,
+}
+
+/// At most one log line per [`Throttle::EVERY`], counting what it skipped.
+#[derive(Default)]
+struct Throttle {
+    last: Option<std::time::Instant>,
+    skipped: u64,
+}
+
+impl Throttle {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    /// `Some(lines skipped since the last one)` when a line may be logged now.
+    fn allow(&mut self, now: std::time::Instant) -> Option<u64> {
+        match self.last {
+            Some(t) if now.duration_since(t) < Self::EVERY => {
+                self.skipped += 1;
+                None
+            }
+            _ => {
+                self.last = Some(now);
+                Some(std::mem::take(&mut self.skipped))
+            }
+        }
+    }
 }
 
 impl Registry {
@@ -71,6 +99,7 @@ impl Registry {
             forbidden,
             limits,
             slots: Mutex::new(Slots::default()),
+            limit_log: Mutex::default(),
         })
     }
 
@@ -110,8 +139,15 @@ impl Registry {
             }),
             Err(e) => {
                 let (all, pending) = self.slots.lock().unwrap().in_use();
-                tracing::warn!(uid = who.uid, caller_netns = ?who.netns, connections = all, pending,
-                    kind = "limit", reason = %e, "registration refused");
+                let allowed = self
+                    .limit_log
+                    .lock()
+                    .unwrap()
+                    .allow(std::time::Instant::now());
+                if let Some(skipped) = allowed {
+                    tracing::warn!(uid = who.uid, caller_netns = ?who.netns, connections = all, pending,
+                        kind = "limit", reason = %e, refusals_not_logged = skipped, "registration refused");
+                }
                 Err(e)
             }
         }
@@ -191,11 +227,7 @@ impl Registry {
         })
     }
 
-    fn admit(
-        &self,
-        state: &State,
-        c: &Candidate,
-    ) -> Result<admission::Admitted, Refusal> {
+    fn admit(&self, state: &State, c: &Candidate) -> Result<admission::Admitted, Refusal> {
         let owners = &state.owners;
         let table = state.node.table(|cookie, cfg| {
             if owners.pending.contains(&cookie) && !owners.by_netns.contains_key(&cookie) {
@@ -308,5 +340,29 @@ impl Drop for Slot {
             .lock()
             .unwrap()
             .close(self.who, self.pending);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Throttle;
+    use std::time::{Duration, Instant};
+
+    #[test]
+    fn the_limit_log_says_once_a_second_how_many_it_skipped() {
+        let t0 = Instant::now();
+        let mut t = Throttle::default();
+        // (time since t0 in ms, expected answer)
+        for (ms, want) in [
+            (0, Some(0)),
+            (10, None),
+            (999, None),
+            (1000, Some(2)),
+            (1500, None),
+            (2100, Some(1)),
+            (5000, Some(0)),
+        ] {
+            assert_eq!(t.allow(t0 + Duration::from_millis(ms)), want, "at {ms} ms");
+        }
     }
 }

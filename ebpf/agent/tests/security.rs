@@ -6,6 +6,7 @@
 //! * a pod configuring another enrolled pod's address and registering (IP
 //!   theft), and a pod claiming an address its namespace does not have;
 //! * one peer opening connections until no registration slot is left;
+//! * a registration when the pods map is full (refused before any write);
 //! * anyone on the node connecting to a world-writable socket.
 //!
 //! Every refusal reaches the registering process with its reason and is in
@@ -346,6 +347,85 @@ fn one_peer_cannot_exhaust_registration_slots() {
     env.wait_log(&["registration refused", "no request within 5 s"]);
 }
 
+/// Entries of the pinned map `name`, from bpftool.
+fn map_entries(pin_dir: &Path, name: &str) -> usize {
+    let out = Command::new("bpftool")
+        .args(["--json", "map", "dump", "pinned"])
+        .arg(pin_dir.join(name))
+        .output()
+        .expect("bpftool");
+    assert!(out.status.success(), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v.as_array().unwrap().len()
+}
+
+#[test]
+fn full_pods_map_refuses_registration_cleanly() {
+    if !privileged("full_pods_map_refuses_registration_cleanly") {
+        return;
+    }
+    const MAX_PODS: u64 = conduit_ebpf_common::MAX_PODS as u64;
+    let size = std::mem::size_of::<conduit_ebpf_common::PodConfig>();
+    let mut env = Env::new("mapfull");
+    env.start_agent(false, &[]);
+    // Fill the pods map with MAX_PODS other pods (made-up namespaces).
+    let pods = env.pin_dir.join(conduit_ebpf_common::MAP_PODS);
+    let key = |i: u64| {
+        ((1u64 << 40) + i)
+            .to_le_bytes()
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    };
+    let value = vec!["00"; size].join(" ");
+    let batch: String = (0..MAX_PODS)
+        .map(|i| {
+            format!(
+                "map update pinned {} key hex {} value hex {value}\n",
+                pods.display(),
+                key(i)
+            )
+        })
+        .collect();
+    let file = std::env::temp_dir().join(format!("{}-fill", env.id));
+    std::fs::write(&file, batch).unwrap();
+    let out = Command::new("bpftool")
+        .args(["batch", "file"])
+        .arg(&file)
+        .output()
+        .expect("bpftool");
+    let _ = std::fs::remove_file(&file);
+    assert!(out.status.success(), "{out:?}");
+    assert_eq!(
+        map_entries(&env.pin_dir, conduit_ebpf_common::MAP_PODS),
+        MAX_PODS as usize
+    );
+
+    let answer = env.register(Some(VICTIM.0), VICTIM.0, &[]);
+    assert!(
+        answer.starts_with("REFUSED")
+            && answer.contains(&format!("the pods map is full ({MAX_PODS} pods")),
+        "{answer}"
+    );
+    env.wait_log(&["registration refused", "pods_map_full"]);
+    // Nothing of the refused pod was written.
+    for map in [
+        conduit_ebpf_common::MAP_POD_IPS,
+        conduit_ebpf_common::MAP_LISTENERS,
+    ] {
+        assert_eq!(map_entries(&env.pin_dir, map), 0, "{map}");
+    }
+    // Room again: the pod registers.
+    sh(&format!(
+        "bpftool map delete pinned {} key hex {}",
+        pods.display(),
+        key(0)
+    ));
+    let answer = env.register(Some(VICTIM.0), VICTIM.0, &[]);
+    assert_eq!(answer, format!("ENROLLED {}", VICTIM.2));
+}
+
 #[test]
 fn registration_socket_is_not_world_writable() {
     if !privileged("registration_socket_is_not_world_writable") {
@@ -376,7 +456,12 @@ fn registration_socket_is_not_world_writable() {
 fn connect_as(socket: &Path, uid: u32, gid: u32) -> Result<(), i32> {
     use std::os::unix::process::CommandExt;
     let out = Command::new(std::env::current_exe().unwrap())
-        .args(["--exact", "helper_connect", "--nocapture", "--test-threads=1"])
+        .args([
+            "--exact",
+            "helper_connect",
+            "--nocapture",
+            "--test-threads=1",
+        ])
         .env("HELPER_ARGS", socket)
         // (std drops the supplementary groups when root sets a uid.)
         .uid(uid)

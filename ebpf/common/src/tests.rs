@@ -87,6 +87,10 @@ fn only_the_proxy_cgroup_is_skipped_never_a_uid() {
         (0, 42, false),
     ] {
         pod.flags = flags;
-        assert_eq!(pod.is_proxy_cgroup(cgroup), skipped, "flags {flags} cgroup {cgroup}");
+        assert_eq!(
+            pod.is_proxy_cgroup(cgroup),
+            skipped,
+            "flags {flags} cgroup {cgroup}"
+        );
     }
 }
