@@ -126,6 +126,12 @@ async fn serve(opts: Options) -> Result<()> {
     // Before touching the kernel: a cluster agent that cannot check claims
     // must not start.
     let claims = crate::claims::checker(&opts.kube).await?;
+    // Never enrolled: the node's network namespace and the agent's own.
+    let forbidden = Forbidden {
+        host: host_netns_cookie(opts.host_netns.as_deref())?,
+        agent: netns::own_netns_cookie().context("reading the agent's network namespace")?,
+    };
+    let group = socket_group(&opts.socket_group)?;
     crate::pins::ensure_dir(&opts.pin_dir)?;
     let pins = Pins::new(&opts.pin_dir);
     let loaded = loader::load_or_adopt(&LoadOptions {
@@ -172,11 +178,6 @@ async fn serve(opts: Options) -> Result<()> {
             .context("storing an excluded CIDR")?;
     }
 
-    // Never enrolled: the node's network namespace and the agent's own.
-    let forbidden = Forbidden {
-        host: host_netns_cookie(opts.host_netns.as_deref())?,
-        agent: netns::own_netns_cookie().context("reading the agent's network namespace")?,
-    };
     raise_fd_limit();
     // Pods enrolled under a previous agent: drop the dead, wait for the live.
     let registry = Registry::new(node, claims, forbidden, Limits::AGENT);
@@ -190,7 +191,6 @@ async fn serve(opts: Options) -> Result<()> {
         registry.expire_adopted_after(Duration::from_secs(opts.grace_period));
     }
 
-    let group = socket_group(&opts.socket_group)?;
     let listener = bind(&opts.socket, group)?;
     tracing::info!(
         socket = %opts.socket.display(), socket_group = group, pin_dir = %pins.dir.display(), cgroup = %cgroup.display(),
