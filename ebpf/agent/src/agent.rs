@@ -391,7 +391,21 @@ async fn answer_refused(stream: &mut UnixStream, reason: String) {
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cidr;
+    use super::{parse_cidr, socket_group};
+
+    #[test]
+    fn socket_groups_are_gids_or_names() {
+        // (--socket-group, gid or None for an error)
+        for (spec, want) in [
+            ("2102", Some(2102)),
+            ("0", Some(0)),
+            ("root", Some(0)),
+            ("no-such-group-conduit", None),
+            ("-1", None),
+        ] {
+            assert_eq!(socket_group(spec).ok(), want, "{spec}");
+        }
+    }
 
     #[test]
     fn cidrs_become_mapped_prefixes() {
