@@ -122,7 +122,14 @@ fn http1_request_line(buf: &[u8]) -> Verdict {
 /// Standard methods: a buffer that could still become one of them (followed
 /// by a space) is an HTTP request in progress.
 const METHODS: &[&[u8]] = &[
-    b"GET ", b"HEAD ", b"POST ", b"PUT ", b"DELETE ", b"CONNECT ", b"OPTIONS ", b"TRACE ",
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"CONNECT ",
+    b"OPTIONS ",
+    b"TRACE ",
     b"PATCH ",
 ];
 
@@ -281,7 +288,12 @@ mod tests {
             (b"GET / HTTP/1.1\n", false),
             (b"\x16\x03", false),
         ] {
-            assert_eq!(http_in_progress(buf), want, "{:?}", String::from_utf8_lossy(buf));
+            assert_eq!(
+                http_in_progress(buf),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(buf)
+            );
         }
     }
 

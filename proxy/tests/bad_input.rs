@@ -257,7 +257,12 @@ async fn malformed_chunked_request_body_gets_400_not_502() {
     assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
     assert!(out.contains("malformed request body"), "{out:?}");
     let m = metrics(&mesh.outbound).await;
-    assert_sample(&m, "conduit_errors_total", &["reason=\"malformed_body\""], 1.0);
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"malformed_body\""],
+        1.0,
+    );
     assert_sample(&m, "conduit_errors_total", &["reason=\"upstream\""], 0.0);
 }
 
@@ -281,9 +286,17 @@ async fn content_length_with_transfer_encoding_gets_400() {
         b"POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n",
     )
     .await;
-    assert!(out.starts_with("HTTP/1.1 200") && out.contains("ok"), "{out:?}");
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("ok"),
+        "{out:?}"
+    );
     let m = metrics(&mesh.outbound).await;
-    assert_sample(&m, "conduit_errors_total", &["reason=\"ambiguous_framing\""], 3.0);
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"ambiguous_framing\""],
+        3.0,
+    );
 }
 
 /// A client trickling the first bytes of a method must not fall through to
@@ -311,7 +324,22 @@ async fn slow_method_bytes_are_held_to_the_header_read_timeout() {
     assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
     assert!(took >= Duration::from_millis(550), "closed early: {took:?}");
     let m = metrics(&mesh.outbound).await;
-    assert_sample(&m, "conduit_protocol_detect_total", &["protocol=\"slow_http\""], 1.0);
-    assert_sample(&m, "conduit_errors_total", &["reason=\"header_read_timeout\""], 1.0);
-    assert_sample(&m, "conduit_protocol_detect_total", &["protocol=\"opaque\""], 0.0);
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"slow_http\""],
+        1.0,
+    );
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"header_read_timeout\""],
+        1.0,
+    );
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"opaque\""],
+        0.0,
+    );
 }

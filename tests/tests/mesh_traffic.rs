@@ -28,7 +28,10 @@ fn http1_and_grpc_by_name_and_by_service_ip_through_both_proxies() -> Result<()>
             ensure!(a.version == "HTTP/1.1" && a.method == "GET", "{a:?}");
             // The application's peer is its own pod's proxy, which reaches
             // it at the pod's own address (never loopback).
-            ensure!(mesh.via_own_proxy(&a), "not through the server's proxy: {a:?}");
+            ensure!(
+                mesh.via_own_proxy(&a),
+                "not through the server's proxy: {a:?}"
+            );
         }
     }
     let by_name = mesh.curl(&mesh.url_by_name("web", 80, "/host"))?.answer()?;
@@ -349,7 +352,10 @@ fn ipv6_service_and_pod_addresses_through_the_proxies() -> Result<()> {
     ensure!(url.contains("[fd96:"), "{url}");
     let a = mesh.curl(&url)?.answer()?;
     ensure!(a.server == "web-1" && a.path == "/over-ipv6", "{a:?}");
-    ensure!(mesh.via_own_proxy(&a), "not through the server's proxy: {a:?}");
+    ensure!(
+        mesh.via_own_proxy(&a),
+        "not through the server's proxy: {a:?}"
+    );
     // Labelled with the service's name, although this first request set
     // off discovery's first lookup of the address.
     let dst = format!("{}:80", mesh.spec.fqdn("web6"));

@@ -12,12 +12,12 @@
 //! the admin server authorized `POST /shutdown` by a loopback source.
 
 use anyhow::{Result, anyhow, ensure};
+use conduit_tests::bins;
+use conduit_tests::mesh::Mesh;
 use conduit_tests::mesh::app::{CurlResult, HttpAnswer, MESH_APP, in_pod};
 use conduit_tests::mesh::scrape;
 use conduit_tests::mesh::spec::{ADMIN_PORT, MeshSpec};
-use conduit_tests::mesh::Mesh;
 use conduit_tests::process::Process;
-use conduit_tests::bins;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
@@ -118,7 +118,11 @@ fn meshed_pod_cannot_shut_down_another_pods_proxy() -> Result<()> {
         .arg(format!("http://127.0.0.1:{CONTROL_PORT}/shutdown"))
         .run(Duration::from_secs(10))?;
     let out: String = done.stdout().collect();
-    ensure!(out.contains("draining"), "operator shutdown: {out} {}", done.stderr());
+    ensure!(
+        out.contains("draining"),
+        "operator shutdown: {out} {}",
+        done.stderr()
+    );
     Ok(())
 }
 
@@ -190,10 +194,7 @@ fn loopback_opt_in_serves_the_named_port_only() -> Result<()> {
     };
     let private = loopback_only_app(&mesh, "web-1")?;
     mesh.kill_proxy("web-1")?;
-    mesh.spec.proxy_args = vec![
-        "--inbound-loopback-ports".into(),
-        PRIVATE_PORT.to_string(),
-    ];
+    mesh.spec.proxy_args = vec!["--inbound-loopback-ports".into(), PRIVATE_PORT.to_string()];
     mesh.start_proxy("web-1")?;
     let web1 = mesh.env.pod("web-1").ipv4;
     let a = mesh
@@ -203,7 +204,11 @@ fn loopback_opt_in_serves_the_named_port_only() -> Result<()> {
     ensure!(a.peer.ip().is_loopback(), "reached on loopback: {a:?}");
     let (code, body) = scrape::get(SocketAddr::new(IpAddr::V4(web1), PRIVATE_PORT), "/host")?;
     ensure!(code == 200, "from the host: {code} {body}");
-    ensure!(private_requests(&private) == 2, "{:?}", private.stdout_lines());
+    ensure!(
+        private_requests(&private) == 2,
+        "{:?}",
+        private.stdout_lines()
+    );
     // The ordinary application is still reached at the pod's address.
     let a = mesh.curl(&format!("http://{web1}:8080/public"))?.answer()?;
     ensure!(mesh.via_own_proxy(&a), "{a:?}");

@@ -69,10 +69,13 @@ mod tests {
     #[tokio::test]
     async fn an_error_from_the_client_body_raises_the_flag() {
         let failed = BodyFailed::default();
-        let (mut tx, rx) = futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
+        let (mut tx, rx) =
+            futures::channel::mpsc::channel::<Result<Frame<Bytes>, std::io::Error>>(2);
         let mut b = ClientBody::new(http_body_util::StreamBody::new(rx), failed.clone());
-        tx.try_send(Ok(Frame::data(Bytes::from_static(b"ok")))).unwrap();
-        tx.try_send(Err(std::io::Error::other("bad chunk"))).unwrap();
+        tx.try_send(Ok(Frame::data(Bytes::from_static(b"ok"))))
+            .unwrap();
+        tx.try_send(Err(std::io::Error::other("bad chunk")))
+            .unwrap();
         assert!(b.frame().await.unwrap().is_ok());
         assert!(!failed.is_set());
         assert!(b.frame().await.unwrap().is_err());

@@ -5,8 +5,8 @@
 //! budgeted retries of idempotent requests without a body).
 
 use super::body_timeout::{BodyTimeout, ReadTimeout, Tripped};
-use super::client_body::{BodyFailed, ClientBody};
 use super::client::{ClientError, Upstream};
+use super::client_body::{BodyFailed, ClientBody};
 use super::{Body, ORIG_PROTO_HEADER, Proto, boxed, error_response, headers, replay, tunnel};
 use crate::balance::{Attempt, CallError, is_idempotent};
 use crate::ctx::{ConnCtx, Shared};

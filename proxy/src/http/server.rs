@@ -2,14 +2,17 @@
 //! from the configuration: request head size and field count, the time a
 //! client may take to send a request head, HTTP/2 stream concurrency.
 //! Malformed HTTP/1 gets hyper's 400 (431 for oversized heads) and the
-//! connection closed. Draining asks the connection to finish gracefully.
+//! connection closed, and so does a request with both `Content-Length` and
+//! `Transfer-Encoding` ([`super::smuggling`]). HTTP/2 connections carry the
+//! abuse limits (rapid reset, header list size, keep-alive). Draining asks
+//! the connection to finish gracefully.
 
 use super::smuggling::{HeadScanner, Heads};
 use super::{Body, Proto, error_response, forward};
-use http::{Request, Response};
-use hyper::body::Incoming;
 use crate::ctx::{ConnCtx, Shared};
 use crate::io::Io;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -55,7 +58,15 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
             b.timer(TokioTimer::new())
                 .max_header_list_size(cfg.max_header_bytes as u32)
                 .max_concurrent_streams(1000)
+                // Rapid reset (CVE-2023-44487): more than this many streams
+                // reset by the client before they were accepted closes the
+                // connection (GOAWAY ENHANCE_YOUR_CALM).
+                .max_pending_accept_reset_streams(20)
+                // Likewise for streams the proxy had to reset (malformed).
+                .max_local_error_reset_streams(Some(1024))
+                // A connection whose client stops answering PINGs is closed.
                 .keep_alive_interval(std::time::Duration::from_secs(10))
+                .keep_alive_timeout(std::time::Duration::from_secs(20))
                 .adaptive_window(true);
             let c = b.serve_connection(io, svc);
             tokio::pin!(c);
