@@ -48,6 +48,19 @@ fn curl_post(mesh: &Mesh, url: &str) -> Result<CurlResult> {
     })
 }
 
+/// `POST /shutdown` from the host; returns the raw answer.
+fn post_shutdown_from_host(addr: SocketAddr) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(
+        b"POST /shutdown HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
 /// An HTTP server in `pod` bound to 127.0.0.1:[`PRIVATE_PORT`] only.
 fn loopback_only_app(mesh: &Mesh, pod: &str) -> Result<Process> {
     let mut p = mesh
@@ -99,6 +112,17 @@ fn meshed_pod_cannot_shut_down_another_pods_proxy() -> Result<()> {
     ensure!(
         refused(&mesh, "web-1", "proxy_port")? >= 2.0,
         "web-1's proxy did not count the refusals"
+    );
+    // From outside the mesh (the host): the admin port answers, read-only;
+    // the operator port is not reachable at all (loopback only, and the
+    // agent's sk_lookup leaves it alone).
+    let admin = SocketAddr::new(IpAddr::V4(web1), ADMIN_PORT);
+    let out = post_shutdown_from_host(admin)?;
+    ensure!(out.starts_with("HTTP/1.1 404"), "{admin}: {out}");
+    let control = SocketAddr::new(IpAddr::V4(web1), CONTROL_PORT);
+    ensure!(
+        std::net::TcpStream::connect_timeout(&control, Duration::from_secs(2)).is_err(),
+        "the operator port {control} accepted a connection from the host"
     );
     // web-1's proxy is alive, ready, not draining, and still serves.
     let proxy = mesh
