@@ -21,14 +21,16 @@
 //!   status (`conduit_kube::proxy_container`), so an application container
 //!   of the same pod that binds the name is refused;
 //! * then everything goes through the same checks and enrolment as a
-//!   registration over the socket ([`crate::agent::serve_registration`]),
+//!   registration over the socket (`Registry::open_slot` for the limits,
+//!   then `Registry::register`),
 //!   and the connection is held: the pod stays enrolled while it lives.
 //!
 //! A namespace whose registration was refused is probed again with backoff
 //! (1 s doubling to 30 s); one whose registration closed is probed at the
 //! next round (the proxy restarted, or will).
 
-use crate::agent::{self, Shared};
+use crate::limits::Caller;
+use crate::registry::Registry;
 use crate::enrol::Peer;
 use anyhow::{Context, Result, anyhow, bail};
 use conduit_register::wire;
@@ -38,7 +40,6 @@ use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 pub use conduit_register::discovery::ABSTRACT_NAME;
@@ -314,7 +315,7 @@ async fn check_container(
 /// One connection to a proxy's registration socket, served like a
 /// registration over the agent's socket. Returns whether it was enrolled.
 async fn serve(
-    shared: Arc<Shared>,
+    registry: Arc<Registry>,
     client: Option<kube::Client>,
     netns: u64,
     std: std::os::unix::net::UnixStream,
@@ -350,6 +351,20 @@ async fn serve(
         .await;
     }
     let mut stream = stream;
+    // The same limits as the socket's connections (per uid, per netns).
+    let caller = Caller {
+        uid: cred.uid(),
+        netns: crate::netns::caller_netns(cred.pid()),
+    };
+    let mut slot = match registry.open_slot(caller) {
+        Ok(s) => s,
+        // open_slot logged it.
+        Err(e) => {
+            let reason = e.to_string();
+            let _ = wire::write_frame(&mut stream, &wire::Response::Refused { reason }).await;
+            return false;
+        }
+    };
     let request =
         tokio::time::timeout(Duration::from_secs(5), wire::recv_request(&mut stream)).await;
     let request = match request {
@@ -359,8 +374,16 @@ async fn serve(
         Ok(Err(e)) => return refuse(stream, format!("{e}")).await,
         Err(_) => return refuse(stream, "no request within 5 s".into()).await,
     };
-    let adopted = crate::netns::start_time(pid)
-        .is_some_and(|start| agent::adopted_proxy(&shared, pid, start));
+    if request.version != wire::PROTOCOL_VERSION {
+        let msg = format!(
+            "protocol version {} not supported (agent speaks {})",
+            request.version,
+            wire::PROTOCOL_VERSION
+        );
+        return refuse(stream, msg).await;
+    }
+    let adopted =
+        crate::netns::start_time(pid).is_some_and(|start| registry.is_adopted_proxy(pid, start));
     if let Some(client) = &client
         && !adopted
         && let Err(reason) = check_container(client, pid, &request.pod).await
@@ -378,20 +401,45 @@ async fn serve(
         uid: cred.uid(),
     };
     tracing::info!(pid, uid = peer.uid, pod = %request.pod.name, namespace = %request.pod.namespace, "discovered a proxy");
-    agent::serve_registration(shared, stream, peer, request, Some(listener)).await
+    let lease = match registry.register(peer, request.pod, Some(listener)).await {
+        Ok(lease) => lease,
+        // register logged it.
+        Err(r) => {
+            let reason = r.to_string();
+            let _ = wire::write_frame(&mut stream, &wire::Response::Refused { reason }).await;
+            return false;
+        }
+    };
+    slot.answered();
+    let answer = wire::Response::Enrolled(lease.enrolled().clone());
+    if let Err(e) = wire::write_frame(&mut stream, &answer).await {
+        tracing::warn!(error = %e, "answering the proxy failed");
+        return true;
+    }
+    // Hold the registration until the proxy hangs up; dropping the lease
+    // removes the pod.
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
+        }
+    }
+    drop(lease);
+    true
 }
 
 /// The discovery loop; runs for the agent's lifetime.
-pub async fn run(shared: Arc<Shared>, opts: DiscoverOptions, attach: PathBuf) {
+pub async fn run(registry: Arc<Registry>, opts: DiscoverOptions, attach: PathBuf) {
     let interval = Duration::from_millis(opts.discover_interval.max(10));
     let scope = scope_of(&attach);
     // Never probed: the node's network namespace and the agent's own.
     let skip: Vec<u64> = ["1", "self"].iter().filter_map(|p| inode_of(p)).collect();
     tracing::info!(name = ABSTRACT_NAME, ?interval, scope = ?scope, "discovering proxies in pod network namespaces");
     // In a cluster (pod claims checked) the proxy's container is checked too.
-    let client = match &shared.claims {
-        None => None,
-        Some(_) => match conduit_kube::client().await {
+    let client = match registry.checks_claims() {
+        false => None,
+        true => match conduit_kube::client().await {
             Ok(c) => Some(c),
             Err(e) => {
                 // Fail closed: no discovery rather than unchecked containers.
@@ -419,20 +467,10 @@ pub async fn run(shared: Arc<Shared>, opts: DiscoverOptions, attach: PathBuf) {
                 .unwrap_or_default()
         };
         for (netns, stream) in connected {
-            if shared.active.fetch_add(1, Ordering::SeqCst) >= agent::MAX_ACTIVE {
-                shared.active.fetch_sub(1, Ordering::SeqCst);
-                tracing::warn!(
-                    netns_inode = netns,
-                    "too many registrations: not serving a discovered proxy"
-                );
-                probes.finished(netns, false, Instant::now());
-                continue;
-            }
             probes.busy(netns);
-            let (s, tx, c) = (shared.clone(), done_tx.clone(), client.clone());
+            let (r, tx, c) = (registry.clone(), done_tx.clone(), client.clone());
             tokio::spawn(async move {
-                let enrolled = serve(s.clone(), c, netns, stream).await;
-                s.active.fetch_sub(1, Ordering::SeqCst);
+                let enrolled = serve(r, c, netns, stream).await;
                 let _ = tx.send((netns, enrolled));
             });
         }

@@ -14,6 +14,7 @@
 // the getsockopt link (sys.rs). Each `unsafe` block says why it is sound.
 #![allow(unsafe_code)]
 
+mod admission;
 mod agent;
 mod cgroup;
 mod claims;
@@ -22,10 +23,12 @@ mod discover;
 mod enrol;
 mod features;
 mod health;
+mod limits;
 mod loader;
 mod netns;
 mod object;
 mod pins;
+mod registry;
 mod status;
 mod sys;
 
