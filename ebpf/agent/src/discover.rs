@@ -29,9 +29,9 @@
 //! (1 s doubling to 30 s); one whose registration closed is probed at the
 //! next round (the proxy restarted, or will).
 
+use crate::enrol::Peer;
 use crate::limits::Caller;
 use crate::registry::Registry;
-use crate::enrol::Peer;
 use anyhow::{Context, Result, anyhow, bail};
 use conduit_register::wire;
 use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
