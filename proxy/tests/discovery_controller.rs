@@ -149,4 +149,7 @@ async fn unreachable_controller_leaves_new_targets_unanswered() {
         matches!(d.resolve(svc), Resolution::Unanswered)
     })
     .await;
+    // The controller is now known to be away: a new target does not wait.
+    let other: SocketAddr = "10.96.0.11:80".parse().unwrap();
+    assert!(matches!(d.resolve(other), Resolution::Unanswered));
 }

@@ -13,7 +13,8 @@
 //!   inside the cluster's networks (it may be a meshed pod, and plaintext
 //!   would be a downgrade) and sends it unchanged otherwise. Targets it did
 //!   answer about keep their last endpoints, so known traffic survives the
-//!   controller going away.
+//!   controller going away. Once one target has waited in vain and no
+//!   stream is up, new targets are unanswered at once.
 //! * Streams are bounded: at most `capacity` destinations are followed
 //!   (below the controller's 4096 streams per connection), and one not
 //!   resolved for `idle_timeout` is forgotten, which ends its stream once
@@ -145,13 +146,37 @@ impl ControllerDiscovery {
     }
 }
 
+impl ControllerDiscovery {
+    /// Whether the controller is known to be away: no followed destination
+    /// is connected, and one has waited `answer_wait` in vain. Then a new
+    /// destination need not wait its own `answer_wait` to count as
+    /// unanswered (outside the cluster networks it goes out at once).
+    fn controller_away(&self) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waited = false;
+        for c in cache.entries.values() {
+            if c.state.borrow().connected {
+                return false;
+            }
+            waited |= c.created.elapsed() >= self.answer_wait;
+        }
+        waited
+    }
+}
+
 impl Discover for ControllerDiscovery {
     fn resolve(&self, orig_dst: SocketAddr) -> Resolution {
         let (created, state, mapped) = self.watch(orig_dst);
-        let s = state.borrow();
-        match s.exists {
+        // Copied out: `controller_away` borrows every state, this one too.
+        let (exists, connected) = {
+            let s = state.borrow();
+            (s.exists, s.connected)
+        };
+        match exists {
             Some(false) => Resolution::Unknown,
-            None if !s.connected && created.elapsed() >= self.answer_wait => {
+            None if !connected
+                && (created.elapsed() >= self.answer_wait || self.controller_away()) =>
+            {
                 tracing::debug!(%orig_dst, "controller has not answered about this destination");
                 Resolution::Unanswered
             }
