@@ -28,15 +28,37 @@ fn blocking_the_controller_does_not_downgrade_to_plaintext() -> Result<()> {
     // Known traffic first (the service is resolved while the controller is up).
     mesh.curl(&mesh.url_by_name("web", 80, "/before"))?
         .answer()?;
-
     // The attacker takes the controller away.
     mesh.stop_controller()?;
+    new_meshed_destination_is_refused(&mesh, "downgrade-marker-9c41e7")
+}
 
-    // A new meshed destination: web-1's pod address, never asked about.
+/// Like [`blocking_the_controller_does_not_downgrade_to_plaintext`], with
+/// the controller running but its packets dropped on the client pod's way
+/// out (the open connection does not notice; new streams get no answer).
+#[test]
+fn dropping_the_controllers_packets_does_not_downgrade_either() -> Result<()> {
+    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), MeshSpec::demo())? else {
+        return Ok(());
+    };
+    mesh.curl(&mesh.url_by_name("web", 80, "/before"))?
+        .answer()?;
+    let controller = mesh.env.pod("controller").ipv4.to_string();
+    mesh.env.pod("client").netns().exec(
+        "iptables",
+        &["-I", "OUTPUT", "-d", &controller, "-j", "DROP"],
+    )?;
+    new_meshed_destination_is_refused(&mesh, "dropped-marker-51b0d2")
+}
+
+/// With discovery unable to answer, a request from the client to web-1's
+/// pod address (a meshed destination never asked about) is refused by the
+/// client's proxy: counted, logged, at once once refused, and never on the
+/// wire; the service known before keeps answering.
+fn new_meshed_destination_is_refused(mesh: &Mesh, marker: &str) -> Result<()> {
     let client = mesh.env.pod("client");
-    let pcap = mesh.env.run_dir().join("client-downgrade.pcap");
+    let pcap = mesh.env.run_dir().join(format!("{marker}.pcap"));
     let capture = PacketCapture::start(client.host_veth(), pcap, "tcp")?;
-    let marker = "downgrade-marker-9c41e7";
     let web1 = mesh.env.pod("web-1").ipv4;
     let url = format!("http://{web1}:{HTTP_PORT}/{marker}");
     // Keep asking past the discovery wait (3 s): before it the request
@@ -47,7 +69,7 @@ fn blocking_the_controller_does_not_downgrade_to_plaintext() -> Result<()> {
         || {
             let r = mesh.curl(&url)?;
             ensure!(r.status != 200, "a new meshed destination answered: {r:?}");
-            let m = counters(&mesh)?;
+            let m = counters(mesh)?;
             let refused = m.sum(
                 "conduit_outbound_refused_total",
                 &[("reason", "discovery_unavailable")],
@@ -67,7 +89,7 @@ fn blocking_the_controller_does_not_downgrade_to_plaintext() -> Result<()> {
         !contains(&bytes, marker.as_bytes()),
         "the request crossed the wire in plaintext with the controller away"
     );
-    let m = counters(&mesh)?;
+    let m = counters(mesh)?;
     ensure!(
         m.sum("conduit_outbound_plaintext_total", &[]) == 0.0,
         "plaintext counted: {:?}",
