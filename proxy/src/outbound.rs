@@ -42,32 +42,16 @@ pub async fn handle(
         shared.metrics.error(Direction::Outbound, "loop");
         return;
     }
-    let unresolved = match shared.balancers.lookup(orig_dst) {
-        Lookup::Balanced(b) => Err(b),
-        Lookup::Unknown => Ok(Unresolved::Unknown),
-        Lookup::Unanswered => Ok(Unresolved::Unanswered),
+    let target = match shared.balancers.lookup(orig_dst) {
+        Lookup::Balanced(b) => Some(RouteTarget::Balanced(b)),
+        Lookup::Unknown => direct(&shared, Unresolved::Unknown, orig_dst, client_addr),
+        Lookup::Unanswered => direct(&shared, Unresolved::Unanswered, orig_dst, client_addr),
     };
-    let target = match unresolved {
-        Err(b) => RouteTarget::Balanced(b),
-        Ok(what) => {
-            match intent::for_unresolved(what, orig_dst.ip(), &shared.cfg.cluster_networks) {
-                Ok(why) => RouteTarget::Direct(orig_dst, why),
-                Err(refusal) => {
-                    warn!(client = %client_addr, dst = %orig_dst, reason = refusal.as_str(), "outbound connection refused: {refusal}");
-                    shared
-                        .metrics
-                        .outbound_refused
-                        .get_or_create(&WhyLabels {
-                            reason: refusal.as_str(),
-                        })
-                        .inc();
-                    // A reset, so the client fails at once rather than
-                    // seeing an orderly close (a zero linger never blocks).
-                    let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
-                    return;
-                }
-            }
-        }
+    let Some(target) = target else {
+        // A reset, so the client fails at once rather than seeing an
+        // orderly close (a zero linger never blocks).
+        let _ = socket2::SockRef::from(&tcp).set_linger(Some(Duration::ZERO));
+        return;
     };
     let route = Route::outbound(orig_dst, target);
     // The first connection to a destination sets off its lookup: wait for
@@ -89,4 +73,28 @@ pub async fn handle(
         tunnels: TaskTracker::new(),
     };
     crate::dispatch::serve_transparent(shared, conn, CountingIo::new(tcp, activity)).await
+}
+
+/// The direct route for a destination discovery did not resolve, or `None`
+/// (logged and counted) when it must be refused.
+fn direct(
+    shared: &Shared,
+    what: Unresolved,
+    orig_dst: SocketAddr,
+    client_addr: SocketAddr,
+) -> Option<RouteTarget> {
+    match intent::for_unresolved(what, orig_dst.ip(), &shared.cfg.cluster_networks) {
+        Ok(why) => Some(RouteTarget::Direct(orig_dst, why)),
+        Err(refusal) => {
+            warn!(client = %client_addr, dst = %orig_dst, reason = refusal.as_str(), "outbound connection refused: {refusal}");
+            shared
+                .metrics
+                .outbound_refused
+                .get_or_create(&WhyLabels {
+                    reason: refusal.as_str(),
+                })
+                .inc();
+            None
+        }
+    }
 }

@@ -144,9 +144,7 @@ impl ControllerDiscovery {
         cache.entries.insert(orig_dst, entry);
         (now, state, mapped)
     }
-}
 
-impl ControllerDiscovery {
     /// Whether the controller is known to be away: no followed destination
     /// is connected, and one has waited `answer_wait` in vain. Then a new
     /// destination need not wait its own `answer_wait` to count as
