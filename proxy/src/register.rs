@@ -2,13 +2,15 @@
 //! `--agent-socket` is set: the agent starts eBPF capture for the pod once
 //! the proxy is listening, and stops it when the proxy goes away. The
 //! registration is kept alive (re-registering after an agent restart); its
-//! state is the `conduit_agent_registered` gauge. Without a socket the proxy
-//! works on its own (behind iptables, or as an explicit proxy).
+//! state is the `conduit_agent_registered` gauge and, with a socket, part of
+//! `/ready` (a pod whose traffic is not captured is not ready). Without a
+//! socket the proxy works on its own (behind iptables, or as an explicit
+//! proxy).
 //!
 //! With `--agent-discovery abstract` the proxy does not connect: it listens
 //! on an abstract unix socket in its pod's network namespace and the agent
 //! connects to it (`conduit_register::discovery`), so the pod needs no
-//! hostPath to the agent's socket.
+//! hostPath to the agent's socket; the gauge and `/ready` work the same.
 
 use crate::config::Config;
 use anyhow::Context as _;
@@ -16,6 +18,8 @@ use conduit_register::PodInfo;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -45,6 +49,13 @@ pub enum AgentDiscovery {
     Abstract,
 }
 
+/// A running registration.
+pub struct Registration {
+    pub task: tokio::task::JoinHandle<()>,
+    /// True while the agent holds the registration (capture on).
+    pub registered: Arc<AtomicBool>,
+}
+
 /// Starts the registration task when an agent socket (or discovery) is configured.
 pub fn start(
     cfg: &Config,
@@ -52,7 +63,7 @@ pub fn start(
     outbound_port: u16,
     admin_port: u16,
     registry: &mut Registry,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<Option<Registration>> {
     let gauge = Gauge::<i64>::default();
     registry.register(
         "conduit_agent_registered",
@@ -77,6 +88,8 @@ pub fn start(
     let pod = pod_info(cfg, &ports);
     pod.validate()
         .map_err(|e| anyhow::anyhow!("pod info for the agent: {e}"))?;
+    let registered = Arc::new(AtomicBool::new(false));
+    let flag = registered.clone();
     if cfg.agent_discovery == Some(AgentDiscovery::Abstract) {
         if let Some(socket) = &cfg.agent_socket {
             info!(socket = %socket.display(), "--agent-socket is not used with --agent-discovery abstract");
@@ -86,25 +99,20 @@ pub fn start(
             format!("listening on the abstract registration socket @{name} (is another process of the pod holding it?)")
         })?;
         info!(socket = %format!("@{name}"), pod = %pod.name, namespace = %pod.namespace, "waiting for the node agent to find this proxy");
-        return Ok(Some(conduit_register::discovery::serve(
-            unix,
-            pod,
-            move |on| {
-                gauge.set(on as i64);
-            },
-        )));
+        let task = conduit_register::discovery::serve(unix, pod, move |on| {
+            gauge.set(on as i64);
+            flag.store(on, Ordering::Relaxed);
+        });
+        return Ok(Some(Registration { task, registered }));
     }
     let socket = cfg
         .agent_socket
         .clone()
         .context("--agent-socket is required without --agent-discovery")?;
     info!(socket = %socket.display(), pod = %pod.name, namespace = %pod.namespace, "registering with the node agent");
-    Ok(Some(conduit_register::maintain(
-        socket,
-        pod,
-        fd,
-        move |on| {
-            gauge.set(on as i64);
-        },
-    )))
+    let task = conduit_register::maintain(socket, pod, fd, move |on| {
+        gauge.set(on as i64);
+        flag.store(on, Ordering::Relaxed);
+    });
+    Ok(Some(Registration { task, registered }))
 }
