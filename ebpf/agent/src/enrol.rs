@@ -38,15 +38,6 @@ pub fn ip_key(ip: IpAddr) -> IpKey {
     }
 }
 
-pub fn key_ip(k: &IpKey) -> IpAddr {
-    let o = k.octets();
-    let v6 = std::net::Ipv6Addr::from(o);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
-    }
-}
-
 fn now_secs() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)

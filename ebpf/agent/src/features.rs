@@ -4,16 +4,11 @@
 use anyhow::{Context, Result, bail};
 use aya::maps::MapType;
 use aya::programs::ProgramType;
-use serde::Serialize;
 use std::path::{Path, PathBuf};
 
 const CGROUP2_SUPER_MAGIC: u32 = 0x63677270;
 
-#[derive(Debug, Clone, Serialize)]
-pub struct Feature {
-    pub name: String,
-    pub available: bool,
-}
+pub use conduit_ebpf_status::Feature;
 
 const PROGRAMS: [(&str, ProgramType); 5] = [
     (
