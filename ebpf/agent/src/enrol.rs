@@ -138,6 +138,8 @@ impl Node {
         if !netns::alive(peer.pid, start) {
             bail!("the proxy (pid {}) exited before it was enrolled", peer.pid);
         }
+        // A full pods map refuses the pod before anything of it is stored.
+        crate::status::pods_map_room(&self.maps.pods, netns_cookie)?;
         let ns = netns::Netns {
             cookie: netns_cookie,
             ips: all_ips,
