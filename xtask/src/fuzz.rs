@@ -27,7 +27,7 @@ pub const TARGETS: [&str; 9] = [
 ];
 
 /// Seconds per target in `cargo xtask test` (CI).
-pub const CI_SECONDS: u64 = 8;
+pub const CI_SECONDS: u64 = 5;
 
 /// Largest input libFuzzer generates (bytes): above every parser's limit
 /// that matters (a 64 KiB registration frame is reached through its length

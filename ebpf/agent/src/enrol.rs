@@ -11,6 +11,7 @@ use aya::programs::links::FdLink;
 use conduit_ebpf_common::{
     IpKey, MAX_POD_IPS, MAX_SKIP_PORTS, NAME_LEN, POD_SKIP_BY_CGROUP, PodConfig,
 };
+use conduit_ebpf_status::ip as key_ip;
 use conduit_register::{Enrolled, PodInfo};
 use nix::sys::socket::{getsockopt, sockopt};
 use std::fs::File;
@@ -142,8 +143,6 @@ impl Node {
         if !netns::alive(peer.pid, start) {
             bail!("the proxy (pid {}) exited before it was enrolled", peer.pid);
         }
-        // A full pods map refuses the pod before anything of it is stored.
-        crate::status::pods_map_room(&self.maps.pods, netns_cookie)?;
         let ns = netns::Netns {
             cookie: netns_cookie,
             ips,

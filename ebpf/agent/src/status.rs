@@ -199,19 +199,6 @@ fn read_counters(pins: &Pins) -> Vec<CounterStatus> {
     out
 }
 
-/// Whether the pods map has room for the pod of `netns_cookie` (a pod
-/// already there is replaced in place): the enrolment asks before it stores
-/// anything, so a full map refuses the registration and leaves nothing of
-/// the pod behind.
-pub fn pods_map_room(pods: &HashMap<MapData, u64, PodConfig>, netns_cookie: u64) -> Result<()> {
-    if pods.get(&netns_cookie, 0).is_ok() {
-        return Ok(());
-    }
-    let entries = pods.keys().filter(|k| k.is_ok()).count();
-    conduit_ebpf_status::room(common::MAP_PODS, entries, common::MAX_PODS)
-        .map_err(anyhow::Error::msg)
-}
-
 /// Prints the status; with `check`, fails naming every problem
 /// ([`crate::health`], and every map filled to
 /// [`conduit_ebpf_status::WARN_FILL_PERCENT`]) so that probes get a non-zero

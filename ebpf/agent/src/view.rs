@@ -155,21 +155,6 @@ pub fn when_full(map: &str) -> Option<&'static str> {
     })
 }
 
-/// Whether one more entry fits in the map `map` holding `entries` of
-/// `max_entries`; the error says which map is full and what that means.
-pub fn room(map: &str, entries: usize, max_entries: u32) -> Result<(), String> {
-    if (entries as u64) < u64::from(max_entries) {
-        return Ok(());
-    }
-    let what = match map {
-        common::MAP_PODS => "the pods map",
-        _ => "the map",
-    };
-    Err(format!(
-        "{what} {map} is full ({entries}/{max_entries}): registration refused, the pod's traffic stays uncaptured (see `conduit-ebpf status`)"
-    ))
-}
-
 /// Percent of `max_entries` in use (rounded down; 0 for an empty map type).
 pub fn fill_percent(m: &MapStatus) -> u64 {
     if m.max_entries == 0 {
