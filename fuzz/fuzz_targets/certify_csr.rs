@@ -34,7 +34,12 @@ fn certifier() -> &'static Certifier<AnyToken> {
             Duration::from_secs(10 * 365 * 86400),
         )
         .expect("an issuer");
-        Certifier::new(issuer, AnyToken, "cluster.local".into(), Duration::from_secs(86400))
+        Certifier::new(
+            issuer,
+            AnyToken,
+            "cluster.local".into(),
+            Duration::from_secs(86400),
+        )
     })
 }
 

@@ -16,7 +16,11 @@ fuzz_target!(|input: &[u8]| {
         .block_on(detect(&mut reader, Duration::from_secs(5)))
         .expect("reading from memory cannot fail");
     assert!(read.len() <= MAX_DETECT);
-    assert_eq!(&read[..], &payload[..read.len()], "bytes read are replayed as read");
+    assert_eq!(
+        &read[..],
+        &payload[..read.len()],
+        "bytes read are replayed as read"
+    );
     if payload.is_empty() {
         assert_eq!(verdict, Detected::Closed);
     }

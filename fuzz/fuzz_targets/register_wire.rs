@@ -37,7 +37,8 @@ fuzz_target!(|input: &[u8]| {
             }
         }
         let mut rx = feed(input).await;
-        if let Ok(Some(Response::Refused { reason })) = wire::read_frame::<Response>(&mut rx).await {
+        if let Ok(Some(Response::Refused { reason })) = wire::read_frame::<Response>(&mut rx).await
+        {
             let _ = reason.len();
         }
     });

@@ -4,10 +4,8 @@
 //! into the status, its table, its JSON, and the JSON read back.
 #![no_main]
 
-use conduit_ebpf_status::{
-    Feature, MapStatus, Status, cgroup_path, pod_status, pressure, render,
-};
 use conduit_ebpf_common::{GlobalConfig, PodConfig};
+use conduit_ebpf_status::{Feature, MapStatus, Status, cgroup_path, pod_status, pressure, render};
 use libfuzzer_sys::fuzz_target;
 use std::mem::size_of;
 
@@ -35,7 +33,9 @@ fuzz_target!(|input: &[u8]| {
         .chunks(8)
         .take(4)
         .map(|c| MapStatus {
-            name: conduit_ebpf_common::PINNED_MAPS[usize::from(c[0]) % conduit_ebpf_common::PINNED_MAPS.len()].into(),
+            name: conduit_ebpf_common::PINNED_MAPS
+                [usize::from(c[0]) % conduit_ebpf_common::PINNED_MAPS.len()]
+            .into(),
             id: 1,
             entries: usize::from(c.get(1).copied().unwrap_or(0)) * 17,
             max_entries: u32::from(c.get(2).copied().unwrap_or(0)) * 16,

@@ -11,13 +11,17 @@ use libfuzzer_sys::fuzz_target;
 fuzz_target!(|input: &[u8]| {
     if let Ok(h) = TransportHeader::parse(input) {
         assert_ne!(h.port, 0);
-        let again = TransportHeader::parse(h.to_string().as_bytes()).expect("printed header parses");
+        let again =
+            TransportHeader::parse(h.to_string().as_bytes()).expect("printed header parses");
         assert_eq!(again, h);
     }
     let mut reader = Chunked::new(input);
     let payload = reader.payload();
     if let Ok((h, rest)) = runtime().block_on(TransportHeader::read(&mut reader)) {
-        let line = payload.iter().position(|b| *b == b'\n').expect("a header line ends in \\n");
+        let line = payload
+            .iter()
+            .position(|b| *b == b'\n')
+            .expect("a header line ends in \\n");
         assert!(line < MAX_LEN);
         assert_eq!(TransportHeader::parse(&payload[..=line]).ok(), Some(h));
         assert!(payload[line + 1..].starts_with(&rest));

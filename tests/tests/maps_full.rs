@@ -188,14 +188,20 @@ fn pods_map_full_refuses_registration_and_leaves_traffic_uncaptured() -> Result<
 
     // The registration is refused, saying why.
     let proxy = TestProxy::start_unenrolled(&env, "app", &agent.config.socket)?;
-    let line = agent.process.wait_for_line(
-        "registration refused",
-        Duration::from_secs(30),
-        |l| l.contains("registration refused"),
-    )?;
-    ensure!(line.contains("pods map"), "refusal does not name the map: {line}");
+    let line =
+        agent
+            .process
+            .wait_for_line("registration refused", Duration::from_secs(30), |l| {
+                l.contains("registration refused")
+            })?;
     ensure!(
-        !proxy.events().contains(&conduit_tests::report::ProxyEvent::Registered),
+        line.contains("pods map"),
+        "refusal does not name the map: {line}"
+    );
+    ensure!(
+        !proxy
+            .events()
+            .contains(&conduit_tests::report::ProxyEvent::Registered),
         "the proxy was enrolled: {:?}",
         proxy.events()
     );

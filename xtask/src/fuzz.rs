@@ -79,17 +79,24 @@ fn fuzz_target_dir() -> PathBuf {
 
 fn cargo_fuzz(sub: &str) -> Command {
     let mut cmd = Command::new("cargo");
-    cmd.args(["+nightly", "fuzz", sub, "--sanitizer", "none", "--target-dir"])
-        .arg(fuzz_target_dir())
-        .current_dir(fuzz_dir())
-        // The workspace's settings must not leak into the fuzz build, nor
-        // the stable toolchain `cargo xtask` runs under (cargo fuzz would
-        // build with the cargo named by $CARGO).
-        .env_remove("RUSTFLAGS")
-        .env_remove("CARGO_BUILD_TARGET")
-        .env_remove("CARGO")
-        .env_remove("RUSTC")
-        .env_remove("RUSTUP_TOOLCHAIN");
+    cmd.args([
+        "+nightly",
+        "fuzz",
+        sub,
+        "--sanitizer",
+        "none",
+        "--target-dir",
+    ])
+    .arg(fuzz_target_dir())
+    .current_dir(fuzz_dir())
+    // The workspace's settings must not leak into the fuzz build, nor
+    // the stable toolchain `cargo xtask` runs under (cargo fuzz would
+    // build with the cargo named by $CARGO).
+    .env_remove("RUSTFLAGS")
+    .env_remove("CARGO_BUILD_TARGET")
+    .env_remove("CARGO")
+    .env_remove("RUSTC")
+    .env_remove("RUSTUP_TOOLCHAIN");
     cmd
 }
 
@@ -173,7 +180,12 @@ pub fn parse_stats(log: &str) -> Option<Stats> {
         if line.starts_with('#') && line.contains(" cov: ") {
             let mut words = line.split_whitespace();
             while let Some(w) = words.next() {
-                let next = || words.clone().next().map(|v| v.split('/').next().unwrap_or(v));
+                let next = || {
+                    words
+                        .clone()
+                        .next()
+                        .map(|v| v.split('/').next().unwrap_or(v))
+                };
                 let value = |v: Option<&str>| v.and_then(|v| v.parse::<u64>().ok());
                 match w {
                     "cov:" => s.cov = value(next()).unwrap_or(s.cov),

@@ -201,7 +201,12 @@ fn unpack_kernel(image: &str, dir: &Path) -> Result<(PathBuf, Vec<PathBuf>)> {
     let has_deb = |d: &Path| {
         std::fs::read_dir(d)
             .ok()
-            .and_then(|mut e| e.find(|e| e.as_ref().is_ok_and(|e| e.path().extension().is_some_and(|x| x == "deb"))))
+            .and_then(|mut e| {
+                e.find(|e| {
+                    e.as_ref()
+                        .is_ok_and(|e| e.path().extension().is_some_and(|x| x == "deb"))
+                })
+            })
             .and_then(|e| e.ok())
             .map(|e| e.path())
     };
@@ -263,7 +268,16 @@ fn libraries(bin: &Path) -> Result<Vec<PathBuf>> {
 fn initramfs(dir: &Path, agent: &Path, smoke: &Path, modules: &[PathBuf]) -> Result<PathBuf> {
     let staging = dir.join("initramfs");
     let _ = std::fs::remove_dir_all(&staging);
-    for d in ["bin", "sbin", "usr/bin", "usr/sbin", "proc", "sys", "dev", "lib/modules/extra"] {
+    for d in [
+        "bin",
+        "sbin",
+        "usr/bin",
+        "usr/sbin",
+        "proc",
+        "sys",
+        "dev",
+        "lib/modules/extra",
+    ] {
         std::fs::create_dir_all(staging.join(d))?;
     }
     std::fs::copy("/bin/busybox", staging.join("bin/busybox"))
@@ -320,21 +334,30 @@ fn boot(vmlinuz: &Path, initrd: &Path, timeout: u64, kvm: bool) -> Result<String
     let mut cmd = Command::new("timeout");
     cmd.arg(timeout.to_string())
         .arg("qemu-system-x86_64")
-        .args(["-m", "2048", "-smp", "2", "-nographic", "-no-reboot", "-net", "none"])
+        .args([
+            "-m",
+            "2048",
+            "-smp",
+            "2",
+            "-nographic",
+            "-no-reboot",
+            "-net",
+            "none",
+        ])
         .arg("-kernel")
         .arg(vmlinuz)
         .arg("-initrd")
         .arg(initrd)
-        .args([
-            "-append",
-            "console=ttyS0 quiet panic=-1 rdinit=/init",
-        ]);
+        .args(["-append", "console=ttyS0 quiet panic=-1 rdinit=/init"]);
     if kvm {
         cmd.args(["-enable-kvm", "-cpu", "host"]);
     } else {
         cmd.args(["-accel", "tcg"]);
     }
-    let out = cmd.stdin(std::process::Stdio::null()).output().context("running qemu-system-x86_64")?;
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .context("running qemu-system-x86_64")?;
     let console = String::from_utf8_lossy(&out.stdout).replace('\r', "");
     if !out.status.success() && !console.contains("KM SMOKE") {
         eprintln!("{}", tail(&console, 40));
@@ -423,7 +446,10 @@ mod tests {
         assert!(r.refusal.contains("program sk_lookup"));
         assert_eq!(r.smoke, "passed");
         let t = table(&[r]);
-        assert!(t.contains("| 6.1.0-57-amd64 | conduit_connect4 | verified |"), "{t}");
+        assert!(
+            t.contains("| 6.1.0-57-amd64 | conduit_connect4 | verified |"),
+            "{t}"
+        );
         assert!(t.contains("smoke test"), "{t}");
         assert_eq!(parse_console("nothing"), GuestReport::default());
     }

@@ -36,8 +36,8 @@ pub fn all() -> Result<()> {
 /// test run use) from crates.io when it is missing or another version.
 pub fn cargo_fuzz() -> Result<()> {
     let t = step(&format!("checking cargo-fuzz {CARGO_FUZZ_VERSION}"));
-    let have = output(Command::new("cargo").args(["+nightly", "fuzz", "--version"]))
-        .unwrap_or_default();
+    let have =
+        output(Command::new("cargo").args(["+nightly", "fuzz", "--version"])).unwrap_or_default();
     if have.contains(CARGO_FUZZ_VERSION) {
         done(&format!("cargo-fuzz present ({have})"), t);
         return Ok(());

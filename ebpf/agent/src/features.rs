@@ -194,13 +194,18 @@ mod tests {
     use super::*;
 
     fn all_present() -> Vec<Feature> {
-        ["program sk_lookup", "program sk_msg", "map ringbuf", "cgroup v2"]
-            .iter()
-            .map(|n| Feature {
-                name: (*n).into(),
-                available: true,
-            })
-            .collect()
+        [
+            "program sk_lookup",
+            "program sk_msg",
+            "map ringbuf",
+            "cgroup v2",
+        ]
+        .iter()
+        .map(|n| Feature {
+            name: (*n).into(),
+            available: true,
+        })
+        .collect()
     }
 
     #[test]

@@ -128,8 +128,7 @@ pub fn pod_status(
         admin_port: c.admin_port,
         skip_inbound_ports: c.skip_inbound[..clamp(c.skip_inbound_len, c.skip_inbound.len())]
             .to_vec(),
-        skip_outbound_ports: c.skip_outbound
-            [..clamp(c.skip_outbound_len, c.skip_outbound.len())]
+        skip_outbound_ports: c.skip_outbound[..clamp(c.skip_outbound_len, c.skip_outbound.len())]
             .to_vec(),
         sk_lookup_link_id,
         enrolled_at: c.enrolled_at,

@@ -18,10 +18,7 @@ fn agent_refuses_a_kernel_without_sk_lookup_naming_it() {
         return;
     }
     let tmp = tempfile::tempdir().unwrap();
-    let pin_dir = PathBuf::from(format!(
-        "/sys/fs/bpf/cebpf-refusal-{}",
-        std::process::id()
-    ));
+    let pin_dir = PathBuf::from(format!("/sys/fs/bpf/cebpf-refusal-{}", std::process::id()));
     let mut child = Command::new(BIN)
         .arg("agent")
         .arg("--pin-dir")
@@ -70,7 +67,11 @@ fn every_program_passes_this_kernels_verifier() {
     }
     let out = Command::new(BIN).arg("verify").output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let verified = text.lines().filter(|l| l.ends_with(" verified")).count();
     assert_eq!(verified, 8, "{text}");
 }

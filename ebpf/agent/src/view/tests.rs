@@ -117,9 +117,15 @@ fn fill_levels_warn_at_the_threshold_for_maps_that_can_fill() {
     }
     let full = status(vec![map(common::MAP_PODS, 1024, 1024)]);
     let w = pressure(&full);
-    assert!(w[0].contains("100% full") && w[0].contains("refused"), "{w:?}");
+    assert!(
+        w[0].contains("100% full") && w[0].contains("refused"),
+        "{w:?}"
+    );
     let t = render(&full);
-    assert!(t.contains("100%") && t.contains("WARNING: map CONDUIT_PODS"), "{t}");
+    assert!(
+        t.contains("100%") && t.contains("WARNING: map CONDUIT_PODS"),
+        "{t}"
+    );
     assert_eq!(fill_percent(&map(common::MAP_PODS, 5, 0)), 0);
 }
 
