@@ -5,7 +5,7 @@
 #![no_main]
 
 use conduit_fuzz::{Chunked, runtime};
-use conduit_proxy::detect::{Detected, MAX_DETECT, detect};
+use conduit_proxy::detect::{DetectTimeouts, Detected, MAX_DETECT, detect};
 use libfuzzer_sys::fuzz_target;
 use std::time::Duration;
 
@@ -13,7 +13,13 @@ fuzz_target!(|input: &[u8]| {
     let mut reader = Chunked::new(input);
     let payload = reader.payload();
     let (verdict, read) = runtime()
-        .block_on(detect(&mut reader, Duration::from_secs(5)))
+        .block_on(detect(
+            &mut reader,
+            DetectTimeouts {
+                detect: Duration::from_secs(5),
+                http_head: Duration::from_secs(5),
+            },
+        ))
         .expect("reading from memory cannot fail");
     assert!(read.len() <= MAX_DETECT);
     assert_eq!(
