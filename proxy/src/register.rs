@@ -2,7 +2,10 @@
 //! `--agent-socket` is set: the agent starts eBPF capture for the pod once
 //! the proxy is listening, and stops it when the proxy goes away. The
 //! registration is kept alive (re-registering after an agent restart); its
-//! state is the `conduit_agent_registered` gauge. Without a socket the proxy
+//! state is the `conduit_agent_registered` gauge. A drain ends it first
+//! ([`conduit_register::Maintained::deregister`]), before the proxy stops
+//! accepting, so the agent never steers a new connection to a listener
+//! nobody accepts on. Without a socket the proxy
 //! works on its own (behind iptables, or as an explicit proxy).
 
 use crate::config::Config;
@@ -39,7 +42,7 @@ pub fn start(
     outbound_port: u16,
     admin_port: u16,
     registry: &mut Registry,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<Option<conduit_register::Maintained>> {
     let gauge = Gauge::<i64>::default();
     registry.register(
         "conduit_agent_registered",
@@ -65,7 +68,7 @@ pub fn start(
     pod.validate()
         .map_err(|e| anyhow::anyhow!("pod info for the agent: {e}"))?;
     info!(socket = %socket.display(), pod = %pod.name, namespace = %pod.namespace, "registering with the node agent");
-    Ok(Some(conduit_register::maintain(
+    Ok(Some(conduit_register::maintain_drainable(
         socket,
         pod,
         fd,

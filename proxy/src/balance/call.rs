@@ -45,6 +45,10 @@ impl Default for RequestPolicy {
 pub enum Attempt<R> {
     Success(R),
     Failure(R),
+    /// A failure before anything reached the endpoint (its connection was
+    /// refused or could not be set up): retried on another endpoint even
+    /// when the request is not idempotent.
+    NotSent(R),
 }
 
 /// Why a request got no answer from any endpoint.
@@ -177,21 +181,25 @@ impl Balancer {
             tried.push(pick.addr());
             let outcome =
                 with_timeout(policy.try_bound(deadline), attempt(pick.endpoint().clone())).await;
-            let last = match outcome {
+            let (last, unsent) = match outcome {
                 Ok(Attempt::Success(r)) => {
                     pick.success();
                     return Ok(r);
                 }
                 Ok(Attempt::Failure(r)) => {
                     pick.failure();
-                    Some(r)
+                    (Some(r), false)
+                }
+                Ok(Attempt::NotSent(r)) => {
+                    pick.failure();
+                    (Some(r), true)
                 }
                 Err(_) => {
                     pick.failure();
-                    None
+                    (None, false)
                 }
             };
-            let can_retry = retryable && policy.may_retry(budget, attempts, deadline);
+            let can_retry = (retryable || unsent) && policy.may_retry(budget, attempts, deadline);
             match last {
                 Some(r) if !can_retry => return Ok(r),
                 None if !can_retry => {
