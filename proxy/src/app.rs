@@ -223,6 +223,7 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         outbound_addrs.first().map_or(0, |a| a.port()),
         admin_addr.port(),
         &mut registry,
+        deps.credentials.clone(),
     )?;
     let policy = RequestPolicy {
         timeout: cfg.request_timeout,

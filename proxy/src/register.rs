@@ -42,6 +42,7 @@ pub fn start(
     outbound_port: u16,
     admin_port: u16,
     registry: &mut Registry,
+    credentials: Option<conduit_proxy_tls::Credentials>,
 ) -> anyhow::Result<Option<conduit_register::Maintained>> {
     let gauge = Gauge::<i64>::default();
     registry.register(
@@ -74,6 +75,14 @@ pub fn start(
         fd,
         move |on| {
             gauge.set(on as i64);
+        },
+        // With an identity, capture waits for the first certificate: a
+        // captured connection the proxy cannot carry over mTLS yet would
+        // fail, where one made before capture starts is simply not captured.
+        async move {
+            if let Some(c) = credentials {
+                c.ready().await;
+            }
         },
     )))
 }

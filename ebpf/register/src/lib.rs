@@ -229,7 +229,14 @@ pub fn maintain(
     on_change: impl Fn(bool) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
     let (stop, stopped) = oneshot::channel();
-    let task = maintain_until(socket, pod, inbound_listener, on_change, stopped);
+    let task = maintain_until(
+        socket,
+        pod,
+        inbound_listener,
+        on_change,
+        std::future::ready(()),
+        stopped,
+    );
     tokio::spawn(async move {
         let _stop = stop;
         let _ = task.await;
@@ -258,17 +265,24 @@ impl Maintained {
     }
 }
 
-/// Like [`maintain`], until `stop` fires (or its sender is dropped): then
-/// the registration is ended with [`Registration::deregister`] and the
-/// task returns, dropping its copy of `inbound_listener`.
+/// Like [`maintain`], from when `ready` resolves (e.g. the proxy holds a
+/// certificate: capture must not send connections to a proxy that cannot
+/// serve them yet) until `stop` fires (or its sender is dropped): then the
+/// registration is ended with [`Registration::deregister`] and the task
+/// returns, dropping its copy of `inbound_listener`.
 pub fn maintain_until(
     socket: PathBuf,
     pod: PodInfo,
     inbound_listener: OwnedFd,
     on_change: impl Fn(bool) + Send + 'static,
+    ready: impl std::future::Future<Output = ()> + Send + 'static,
     mut stop: oneshot::Receiver<()>,
 ) -> tokio::task::JoinHandle<Deregistered> {
     tokio::spawn(async move {
+        tokio::select! {
+            _ = ready => {}
+            _ = &mut stop => return Deregistered::NotRegistered,
+        }
         let mut backoff = BACKOFF_MIN;
         loop {
             let attempt = tokio::select! {
@@ -317,9 +331,10 @@ pub fn maintain_drainable(
     pod: PodInfo,
     inbound_listener: OwnedFd,
     on_change: impl Fn(bool) + Send + 'static,
+    ready: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Maintained {
     let (stop, stopped) = oneshot::channel();
-    let task = maintain_until(socket, pod, inbound_listener, on_change, stopped);
+    let task = maintain_until(socket, pod, inbound_listener, on_change, ready, stopped);
     Maintained { stop, task }
 }
 

@@ -260,6 +260,7 @@ async fn deregistering_waits_for_the_agent_and_closes_the_listener() {
         move |up| {
             let _ = tx.send(up);
         },
+        std::future::ready(()),
     );
     assert_eq!(rx.recv().await, Some(true));
     // While registered, the duplicate keeps the socket listening: a
@@ -286,6 +287,7 @@ async fn deregistering_waits_for_the_agent_and_closes_the_listener() {
     );
 }
 
+/// Not ready yet (or never: no agent either): a drain ends it at once.
 #[tokio::test]
 async fn deregistering_without_an_agent_returns_at_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -295,6 +297,7 @@ async fn deregistering_without_an_agent_returns_at_once() {
         PodInfo::new("a", "b"),
         OwnedFd::from(tcp),
         |_| {},
+        std::future::pending(),
     );
     let d = tokio::time::timeout(Duration::from_secs(2), m.deregister()).await;
     assert_eq!(d.ok(), Some(Deregistered::NotRegistered));

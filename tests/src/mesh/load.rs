@@ -246,13 +246,14 @@ pub struct FaultRow {
 /// The fault table (Markdown).
 pub fn table(rows: &[FaultRow]) -> String {
     let mut s = String::from(
-        "| fault | sent | succeeded | failed | longest gap | slowest | connect retries | target | met |\n|---|---:|---:|---:|---:|---:|---:|---|---|\n",
+        "| fault | phase | sent | succeeded | failed | longest gap | slowest | connect retries | target | met |\n|---|---:|---:|---:|---:|---:|---:|---:|---|---|\n",
     );
     for r in rows {
         let t = &r.report.total;
         s.push_str(&format!(
-            "| {} | {} | {} | {} | {:.0} ms | {:.0} ms | {} | {} | {} |\n",
+            "| {} | {:.1} s | {} | {} | {} | {:.0} ms | {:.0} ms | {} | {} | {} |\n",
             r.fault,
+            r.report.window_ms / 1e3,
             t.sent,
             t.succeeded,
             t.failed,
@@ -344,7 +345,7 @@ mod tests {
             met: false,
         }];
         let t = table(&rows);
-        assert!(t.contains("| x | 10 | 9 | 1 |"), "{t}");
+        assert!(t.contains("| x | 0.0 s | 10 | 9 | 1 |"), "{t}");
         assert!(t.contains("**no**"), "{t}");
     }
 }

@@ -319,8 +319,11 @@ async fn grpc_unary(
             .await
         {
             Ok(m) => m.into_inner(),
-            // The channel's reconnect was refused: nothing was sent.
-            Err(s) if s.code() == tonic::Code::Unavailable && status_not_sent(&s) => {
+            // Nothing was sent: retried on a fresh channel.
+            Err(s)
+                if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
+                    && status_not_sent(&s) =>
+            {
                 state.retried("grpc");
                 *client = None;
                 tokio::time::sleep(CONNECT_RETRY).await;
@@ -346,11 +349,19 @@ fn connect_refused(e: &tonic::transport::Error) -> bool {
     false
 }
 
+/// A call that never left this client: its connection was refused, or
+/// hyper canceled it before sending (the stream raced a GOAWAY): what gRPC
+/// calls a transparent retry.
 fn status_not_sent(s: &tonic::Status) -> bool {
     let mut src: Option<&(dyn std::error::Error + 'static)> = std::error::Error::source(s);
     while let Some(e) = src {
         if let Some(io) = e.downcast_ref::<std::io::Error>()
             && not_sent(io)
+        {
+            return true;
+        }
+        if e.downcast_ref::<hyper::Error>()
+            .is_some_and(|h| h.is_canceled())
         {
             return true;
         }
