@@ -35,7 +35,7 @@ use std::time::{Duration, Instant};
 /// Load workers per protocol (each has at most one request in flight).
 const WORKERS: usize = 2;
 /// Successful requests a fault lasts for, where it lasts.
-const DURING: usize = 40;
+const DURING: usize = 150;
 /// How long a wait under load may take.
 const LONG: Duration = Duration::from_secs(30);
 
@@ -185,7 +185,7 @@ fn faults_under_steady_load_lose_no_idempotent_request() -> Result<()> {
         |l| {
             mesh.set_link("web-1", false)?;
             // Long enough for requests to be sent to web-1 meanwhile.
-            let r = l.wait_successes(10 * DURING, LONG);
+            let r = l.wait_successes(3 * DURING, LONG);
             mesh.set_link("web-1", true)?;
             r
         },

@@ -284,6 +284,25 @@ pub fn maintain_until(
             _ = &mut stop => return Deregistered::NotRegistered,
         }
         let mut backoff = BACKOFF_MIN;
+        // Stopped while not registered (e.g. between two agents): a new
+        // agent may still hold the pod from its predecessor's pinned state,
+        // steering its connections here until its grace period ends.
+        // Register once more and deregister at once, so it forgets the pod.
+        let last_word = |listener: &OwnedFd| {
+            let (socket, pod) = (socket.clone(), pod.clone());
+            let fd = listener.try_clone();
+            async move {
+                let Ok(fd) = fd else {
+                    return Deregistered::NotRegistered;
+                };
+                match tokio::time::timeout(DEREGISTER_TIMEOUT, register(&socket, &pod, fd.as_fd()))
+                    .await
+                {
+                    Ok(Ok(reg)) => reg.deregister(DEREGISTER_TIMEOUT).await,
+                    _ => Deregistered::NotRegistered,
+                }
+            }
+        };
         loop {
             let attempt = tokio::select! {
                 r = register(&socket, &pod, inbound_listener.as_fd()) => r,
@@ -318,7 +337,7 @@ pub fn maintain_until(
             }
             tokio::select! {
                 _ = tokio::time::sleep(backoff) => {}
-                _ = &mut stop => return Deregistered::NotRegistered,
+                _ = &mut stop => return last_word(&inbound_listener).await,
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }

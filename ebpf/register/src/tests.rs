@@ -302,3 +302,38 @@ async fn deregistering_without_an_agent_returns_at_once() {
     let d = tokio::time::timeout(Duration::from_secs(2), m.deregister()).await;
     assert_eq!(d.ok(), Some(Deregistered::NotRegistered));
 }
+
+/// A drain while the registration is down (the agent restarted, the proxy
+/// waits to retry): the new agent may hold the pod from its predecessor's
+/// pinned state, so the proxy registers once more and deregisters at once.
+#[tokio::test]
+async fn a_drain_between_two_agents_still_tells_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let (tcp, _) = listener();
+    let m = maintain_drainable(
+        path.clone(),
+        PodInfo::new("a", "b"),
+        OwnedFd::from(tcp),
+        |_| {},
+        std::future::ready(()),
+    );
+    // No agent: the first attempt fails at once; the next is 100 ms away.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let agent = UnixListener::bind(&path).unwrap();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = agent.accept().await.unwrap();
+        let (_, fd) = wire::recv_request(&mut conn).await.unwrap();
+        assert!(fd.is_some());
+        wire::write_frame(&mut conn, &wire::Response::Enrolled(enrolled()))
+            .await
+            .unwrap();
+        let eof = wire::read_frame::<wire::Response>(&mut conn).await.unwrap();
+        assert!(eof.is_none(), "the proxy deregisters at once");
+    });
+    assert_eq!(m.deregister().await, Deregistered::Confirmed);
+    tokio::time::timeout(Duration::from_secs(2), server)
+        .await
+        .expect("the agent heard from the proxy")
+        .unwrap();
+}

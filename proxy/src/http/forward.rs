@@ -97,7 +97,7 @@ pub async fn handle(
                 true => ForwardError::BodyTimeout(BodyTimeout(shared.cfg.body_read_timeout)),
                 false => e,
             };
-            warn!(direction, client = %conn.client_addr, dst = %conn.dst_label, %method, %uri, "{e}");
+            warn!(direction, client = %conn.client_addr, dst = %conn.dst_label, %method, %uri, "{}", chain(&e));
             m.error(conn.direction, e.reason());
             e.response()
         }
@@ -330,4 +330,20 @@ async fn forward_upgrade(
         rsp.extensions_mut().insert(PeerIdentity(id));
     }
     Ok(rsp.map(boxed))
+}
+
+/// An error and its causes, `a: b: c` (a cause already in the text is not
+/// repeated): "http2 error" alone does not say what the peer did.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
 }

@@ -2,7 +2,11 @@
 //! from the configuration: request head size and field count, the time a
 //! client may take to send a request head, HTTP/2 stream concurrency.
 //! Malformed HTTP/1 gets hyper's 400 (431 for oversized heads) and the
-//! connection closed. Draining asks the connection to finish gracefully.
+//! connection closed. Draining asks the connection to finish gracefully:
+//! HTTP/2 with GOAWAY; HTTP/1 answers its next request with
+//! `Connection: close` and only a connection idle for [`DRAIN_LINGER`] is
+//! closed unasked (closing an idle keep-alive connection at once races the
+//! request its client may be sending on it, which would fail unanswered).
 
 use super::{Proto, forward};
 use crate::ctx::{ConnCtx, Shared};
@@ -13,10 +17,27 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
 use tracing::{debug, info};
 
+/// How long a draining proxy leaves an idle HTTP/1 connection open for a
+/// last request (answered with `Connection: close`).
+pub const DRAIN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
 pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
     let cfg = &shared.cfg;
     let (s, c) = (shared.clone(), conn.clone());
-    let svc = service_fn(move |req| forward::handle(s.clone(), c.clone(), req));
+    let h1 = conn.source_proto == Proto::Http1;
+    let svc = service_fn(move |req| {
+        let (s, c) = (s.clone(), c.clone());
+        async move {
+            let mut rsp = forward::handle(s.clone(), c, req).await?;
+            if h1 && s.shutdown.is_cancelled() {
+                rsp.headers_mut().insert(
+                    hyper::header::CONNECTION,
+                    hyper::header::HeaderValue::from_static("close"),
+                );
+            }
+            Ok::<_, std::convert::Infallible>(rsp)
+        }
+    });
     let io = TokioIo::new(io);
     let shutdown = shared.shutdown.clone();
     let res = match conn.source_proto {
@@ -30,7 +51,10 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
             tokio::pin!(c);
             tokio::select! {
                 res = c.as_mut() => res,
-                _ = shutdown.cancelled() => { c.as_mut().graceful_shutdown(); c.await }
+                _ = shutdown.cancelled() => match tokio::time::timeout(DRAIN_LINGER, c.as_mut()).await {
+                    Ok(res) => res,
+                    Err(_) => { c.as_mut().graceful_shutdown(); c.await }
+                }
             }
         }
         Proto::Http2 => {

@@ -21,9 +21,18 @@ impl Mesh {
         let agent = self.agent.config.start().context("restarting the agent")?;
         // The killed agent's Process is dropped here (already gone).
         self.agent = agent;
-        let pods: Vec<String> = self.proxies.keys().cloned().collect();
-        for pod in &pods {
-            self.wait_enrolled(pod, true)?;
+        // The new agent lists the pods it adopted before their proxies have
+        // registered again: wait for each proxy to say it is registered.
+        for (pod, proxy) in &self.proxies {
+            wait_until(
+                &format!("the proxy of {pod} to register with the new agent"),
+                Duration::from_secs(20),
+                || {
+                    let on = proxy.metrics()?.sum("conduit_agent_registered", &[]);
+                    anyhow::ensure!(on == 1.0, "conduit_agent_registered {on}");
+                    Ok(())
+                },
+            )?;
         }
         Ok(())
     }

@@ -321,8 +321,10 @@ async fn grpc_unary(
             Ok(m) => m.into_inner(),
             // Nothing was sent: retried on a fresh channel.
             Err(s)
-                if matches!(s.code(), tonic::Code::Unavailable | tonic::Code::Cancelled)
-                    && status_not_sent(&s) =>
+                if matches!(
+                    s.code(),
+                    tonic::Code::Unavailable | tonic::Code::Cancelled | tonic::Code::Internal
+                ) && status_not_sent(&s) =>
             {
                 state.retried("grpc");
                 *client = None;
@@ -363,6 +365,15 @@ fn status_not_sent(s: &tonic::Status) -> bool {
         if e.downcast_ref::<hyper::Error>()
             .is_some_and(|h| h.is_canceled())
         {
+            return true;
+        }
+        // Refused, or cut by a graceful GOAWAY (the server's drain): the
+        // server did not process the stream (RFC 9113, 8.7).
+        if e.downcast_ref::<h2::Error>().is_some_and(|h2| {
+            h2.is_remote()
+                && (h2.reason() == Some(h2::Reason::REFUSED_STREAM)
+                    || h2.is_go_away() && h2.reason() == Some(h2::Reason::NO_ERROR))
+        }) {
             return true;
         }
         src = e.source();
