@@ -135,11 +135,6 @@ fn summarize(
                 *f.errors.entry(format!("{}: {key}", d.proto)).or_default() += 1;
             }
         }
-        f.connect_retries = retries
-            .iter()
-            .filter(|(p, _)| mine.is_empty() || mine.iter().any(|d| d.proto == **p))
-            .map(|(_, n)| n)
-            .sum();
         f
     };
     let mut by_protocol = BTreeMap::new();
