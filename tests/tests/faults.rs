@@ -215,7 +215,7 @@ fn drain_server_proxy(mesh: &mut Mesh, load: &mut LoadLoop) -> Result<()> {
     ensure!(code == 200, "{code} {body}");
     let a: conduit_tests::mesh::app::HttpAnswer = serde_json::from_str(body.trim())?;
     ensure!(
-        !a.peer.ip().is_loopback(),
+        !mesh.via_own_proxy(&a),
         "still steered into the draining proxy: {a:?}"
     );
     ensure!(
