@@ -2,11 +2,12 @@
 //! `--agent-socket` is set: the agent starts eBPF capture for the pod once
 //! the proxy is listening, and stops it when the proxy goes away. The
 //! registration is kept alive (re-registering after an agent restart); its
-//! state is the `conduit_agent_registered` gauge. A drain ends it first
-//! ([`conduit_register::Maintained::deregister`]), before the proxy stops
-//! accepting, so the agent never steers a new connection to a listener
-//! nobody accepts on. Without a socket the proxy
-//! works on its own (behind iptables, or as an explicit proxy).
+//! state is the `conduit_agent_registered` gauge and, with a socket, part of
+//! `/ready` (a pod whose traffic is not captured is not ready). A drain ends
+//! it first ([`conduit_register::Maintained::deregister`]), before the proxy
+//! stops accepting, so the agent never steers a new connection to a listener
+//! nobody accepts on. Without a socket the proxy works on its own (behind
+//! iptables, or as an explicit proxy).
 
 use crate::config::Config;
 use anyhow::Context as _;
@@ -14,6 +15,8 @@ use conduit_register::PodInfo;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -35,6 +38,14 @@ pub fn pod_info(cfg: &Config, ports: &BoundPorts) -> PodInfo {
     pod
 }
 
+/// A running registration.
+pub struct Registration {
+    /// Ended by a drain ([`conduit_register::Maintained::deregister`]).
+    pub task: conduit_register::Maintained,
+    /// True while the agent holds the registration (capture on).
+    pub registered: Arc<AtomicBool>,
+}
+
 /// Starts the registration task when an agent socket is configured.
 pub fn start(
     cfg: &Config,
@@ -43,7 +54,7 @@ pub fn start(
     admin_port: u16,
     registry: &mut Registry,
     credentials: Option<conduit_proxy_tls::Credentials>,
-) -> anyhow::Result<Option<conduit_register::Maintained>> {
+) -> anyhow::Result<Option<Registration>> {
     let gauge = Gauge::<i64>::default();
     registry.register(
         "conduit_agent_registered",
@@ -69,12 +80,15 @@ pub fn start(
     pod.validate()
         .map_err(|e| anyhow::anyhow!("pod info for the agent: {e}"))?;
     info!(socket = %socket.display(), pod = %pod.name, namespace = %pod.namespace, "registering with the node agent");
-    Ok(Some(conduit_register::maintain_drainable(
+    let registered = Arc::new(AtomicBool::new(false));
+    let flag = registered.clone();
+    let task = conduit_register::maintain_drainable(
         socket,
         pod,
         fd,
         move |on| {
             gauge.set(on as i64);
+            flag.store(on, Ordering::Relaxed);
         },
         // With an identity, capture waits for the first certificate: a
         // captured connection the proxy cannot carry over mTLS yet would
@@ -84,5 +98,6 @@ pub fn start(
                 c.ready().await;
             }
         },
-    )))
+    );
+    Ok(Some(Registration { task, registered }))
 }
