@@ -12,6 +12,7 @@ pub mod plot;
 pub mod procstat;
 pub mod report;
 pub mod server;
+pub mod soak;
 pub mod stats;
 pub mod table;
 

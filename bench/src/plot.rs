@@ -47,6 +47,11 @@ fn quantile_at(x: f64) -> f64 {
     1.0 - 10f64.powf(-x)
 }
 
+/// Registers the font once for the process (plots of other modules too).
+pub fn register_font() -> Result<()> {
+    font()
+}
+
 /// Registers the font once for the process.
 fn font() -> Result<()> {
     static DONE: OnceLock<Result<(), String>> = OnceLock::new();

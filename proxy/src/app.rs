@@ -129,6 +129,7 @@ pub struct Running {
     pub admin_addr: SocketAddr,
     /// The operator listener (loopback only): `POST /shutdown`.
     pub control_addr: SocketAddr,
+    /// Asks for the drain; the listeners stop later (see [`drain`]).
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -238,7 +239,11 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, cfg.max_dst_labels);
+    // `shutdown` asks for a drain (signal, POST /shutdown); `stop` is
+    // cancelled by the drain once the agent no longer steers to us, and
+    // stops the accept loops and the HTTP connections (see `drain`).
     let shutdown = CancellationToken::new();
+    let stop = CancellationToken::new();
     // Every upstream connection goes through the guard: refused when it
     // would reach a meshed peer without mTLS, counted when plaintext.
     let connector: Arc<dyn Connector> = Arc::new(crate::transport::guard::Guarded::new(
@@ -261,6 +266,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         outbound_addrs.first().map_or(0, |a| a.port()),
         admin_addr.port(),
         &mut registry,
+        deps.credentials.clone(),
     )?;
     let policy = RequestPolicy {
         timeout: cfg.request_timeout,
@@ -302,7 +308,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         inbound_ports,
         acceptor: deps.acceptor,
         mtls: deps.credentials.is_some(),
-        shutdown: shutdown.clone(),
+        shutdown: stop,
         tracker: TaskTracker::new(),
     });
 
@@ -360,26 +366,11 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
     admin.ready.store(true, Ordering::Relaxed);
     info!(outbound = ?outbound_addrs, inbound = ?inbound_addrs, admin = %admin_addr, control = %control_addr, "conduit-proxy listening");
 
+    let requested = shutdown.clone();
     let done = tokio::spawn(async move {
-        shared.shutdown.cancelled().await;
-        admin.ready.store(false, Ordering::Relaxed);
-        let grace = shared.cfg.shutdown_grace_period;
-        info!(
-            open = shared.tracker.len(),
-            "draining: no new connections; waiting up to {grace:?} for in-flight work"
-        );
-        shared.tracker.close();
-        match tokio::time::timeout(grace, shared.tracker.wait()).await {
-            Ok(()) => info!("drained"),
-            Err(_) => warn!(
-                open = shared.tracker.len(),
-                "grace period over; closing remaining connections"
-            ),
-        }
+        requested.cancelled().await;
+        drain(&shared, &admin, registration).await;
         sweeper.abort();
-        if let Some(r) = registration {
-            r.task.abort();
-        }
         admin_stop.cancel();
     });
     Ok(Running {
@@ -390,4 +381,44 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         shutdown,
         done,
     })
+}
+
+/// The drain, in this order:
+///
+/// 1. not ready (`/ready` 503);
+/// 2. deregister from the node agent and wait for its confirmation: capture
+///    for the pod stops, so sk_lookup no longer steers new inbound
+///    connections to our listener and the pod's new outbound connections are
+///    no longer redirected to us. Until then we keep accepting: whatever the
+///    agent steered meanwhile is served;
+/// 3. stop accepting: the listeners close (the agent's copy is gone), so a
+///    new connection to the inbound port is refused at once (a peer proxy
+///    fails over to another endpoint) rather than left in a backlog nobody
+///    accepts from; HTTP connections finish their requests and close
+///    (`Connection: close`, GOAWAY);
+/// 4. wait for in-flight work, at most the grace period.
+async fn drain(
+    shared: &Arc<Shared>,
+    admin: &Admin,
+    registration: Option<crate::register::Registration>,
+) {
+    admin.ready.store(false, Ordering::Relaxed);
+    if let Some(r) = registration {
+        let outcome = r.task.deregister().await;
+        info!(?outcome, "draining: deregistered from the node agent");
+    }
+    shared.shutdown.cancel();
+    let grace = shared.cfg.shutdown_grace_period;
+    info!(
+        open = shared.tracker.len(),
+        "draining: no new connections; waiting up to {grace:?} for in-flight work"
+    );
+    shared.tracker.close();
+    match tokio::time::timeout(grace, shared.tracker.wait()).await {
+        Ok(()) => info!("drained"),
+        Err(_) => warn!(
+            open = shared.tracker.len(),
+            "grace period over; closing remaining connections"
+        ),
+    }
 }

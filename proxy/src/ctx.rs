@@ -28,7 +28,9 @@ pub struct Shared {
     pub acceptor: Arc<dyn Acceptor>,
     /// Connections to meshed peers with a known identity use mTLS.
     pub mtls: bool,
-    /// Cancelled when the proxy starts draining.
+    /// Cancelled when the draining proxy stops accepting (after it
+    /// deregistered from the agent): accept loops stop, HTTP connections
+    /// close once their requests are answered.
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so draining can wait for them.
     pub tracker: TaskTracker,

@@ -3,14 +3,11 @@
 //! the proxy is listening, and stops it when the proxy goes away. The
 //! registration is kept alive (re-registering after an agent restart); its
 //! state is the `conduit_agent_registered` gauge and, with a socket, part of
-//! `/ready` (a pod whose traffic is not captured is not ready). Without a
-//! socket the proxy works on its own (behind iptables, or as an explicit
-//! proxy).
-//!
-//! With `--agent-discovery abstract` the proxy does not connect: it listens
-//! on an abstract unix socket in its pod's network namespace and the agent
-//! connects to it (`conduit_register::discovery`), so the pod needs no
-//! hostPath to the agent's socket; the gauge and `/ready` work the same.
+//! `/ready` (a pod whose traffic is not captured is not ready). A drain ends
+//! it first ([`conduit_register::Maintained::deregister`]), before the proxy
+//! stops accepting, so the agent never steers a new connection to a listener
+//! nobody accepts on. Without a socket the proxy works on its own (behind
+//! iptables, or as an explicit proxy).
 
 use crate::config::Config;
 use anyhow::Context as _;
@@ -51,18 +48,20 @@ pub enum AgentDiscovery {
 
 /// A running registration.
 pub struct Registration {
-    pub task: tokio::task::JoinHandle<()>,
+    /// Ended by a drain ([`conduit_register::Maintained::deregister`]).
+    pub task: conduit_register::Maintained,
     /// True while the agent holds the registration (capture on).
     pub registered: Arc<AtomicBool>,
 }
 
-/// Starts the registration task when an agent socket (or discovery) is configured.
+/// Starts the registration task when an agent socket is configured.
 pub fn start(
     cfg: &Config,
     inbound: Option<&TcpListener>,
     outbound_port: u16,
     admin_port: u16,
     registry: &mut Registry,
+    credentials: Option<conduit_proxy_tls::Credentials>,
 ) -> anyhow::Result<Option<Registration>> {
     let gauge = Gauge::<i64>::default();
     registry.register(
@@ -91,6 +90,8 @@ pub fn start(
     let registered = Arc::new(AtomicBool::new(false));
     let flag = registered.clone();
     if cfg.agent_discovery == Some(AgentDiscovery::Abstract) {
+        // The pod needs no hostPath: the agent finds the proxy on an
+        // abstract socket in the pod's network namespace.
         if let Some(socket) = &cfg.agent_socket {
             info!(socket = %socket.display(), "--agent-socket is not used with --agent-discovery abstract");
         }
@@ -99,10 +100,19 @@ pub fn start(
             format!("listening on the abstract registration socket @{name} (is another process of the pod holding it?)")
         })?;
         info!(socket = %format!("@{name}"), pod = %pod.name, namespace = %pod.namespace, "waiting for the node agent to find this proxy");
-        let task = conduit_register::discovery::serve(unix, pod, move |on| {
-            gauge.set(on as i64);
-            flag.store(on, Ordering::Relaxed);
-        });
+        let task = conduit_register::discovery::serve_drainable(
+            unix,
+            pod,
+            move |on| {
+                gauge.set(on as i64);
+                flag.store(on, Ordering::Relaxed);
+            },
+            async move {
+                if let Some(c) = credentials {
+                    c.ready().await;
+                }
+            },
+        );
         return Ok(Some(Registration { task, registered }));
     }
     let socket = cfg
@@ -110,9 +120,22 @@ pub fn start(
         .clone()
         .context("--agent-socket is required without --agent-discovery")?;
     info!(socket = %socket.display(), pod = %pod.name, namespace = %pod.namespace, "registering with the node agent");
-    let task = conduit_register::maintain(socket, pod, fd, move |on| {
-        gauge.set(on as i64);
-        flag.store(on, Ordering::Relaxed);
-    });
+    let task = conduit_register::maintain_drainable(
+        socket,
+        pod,
+        fd,
+        move |on| {
+            gauge.set(on as i64);
+            flag.store(on, Ordering::Relaxed);
+        },
+        // With an identity, capture waits for the first certificate: a
+        // captured connection the proxy cannot carry over mTLS yet would
+        // fail, where one made before capture starts is simply not captured.
+        async move {
+            if let Some(c) = credentials {
+                c.ready().await;
+            }
+        },
+    );
     Ok(Some(Registration { task, registered }))
 }

@@ -152,6 +152,38 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
         .expect("drained");
 }
 
+/// A draining proxy does not close an idle keep-alive HTTP/1 connection
+/// under its client's feet (the request the client is sending that moment
+/// would fail unanswered): the next request on it is answered, with
+/// `Connection: close`, and the connection then ends.
+#[tokio::test]
+async fn a_draining_proxy_answers_the_next_request_of_an_idle_keep_alive_connection() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start(app).await;
+    let mut c = client::h1(mesh.entry()).await;
+    let (parts, _) = text(c.send_request(get("/count", "web")).await.unwrap()).await;
+    assert_eq!(parts.status.as_u16(), 200);
+    // The connection is idle, kept alive: the drain starts.
+    mesh.outbound.shutdown();
+    support::eventually("not ready", || async {
+        get_text(mesh.outbound.admin_addr, "/ready").await.0 == 503
+    })
+    .await;
+    c.ready().await.expect("the idle connection is still open");
+    let (parts, _) = text(c.send_request(get("/count", "web")).await.unwrap()).await;
+    assert_eq!(parts.status.as_u16(), 200);
+    assert_eq!(
+        parts
+            .headers
+            .get(http::header::CONNECTION)
+            .map(|v| v.as_bytes()),
+        Some(&b"close"[..])
+    );
+    tokio::time::timeout(std::time::Duration::from_secs(5), mesh.outbound.wait())
+        .await
+        .expect("drained");
+}
+
 async fn post_shutdown(addr: std::net::SocketAddr, token: Option<&str>) -> String {
     let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
     let mut s = TcpStream::connect(addr).await.unwrap();

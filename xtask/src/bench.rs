@@ -10,6 +10,9 @@ pub struct Options {
     /// What to measure.
     #[arg(value_enum)]
     pub what: What,
+    /// How long the soak runs (`soak` only), e.g. `30m`.
+    #[arg(long)]
+    pub duration: Option<String>,
     /// Arguments passed to the benchmark program.
     #[arg(last = true)]
     pub args: Vec<String>,
@@ -23,6 +26,9 @@ pub enum What {
     Controller,
     /// Direct vs eBPF capture vs iptables, two proxies with mTLS.
     Mesh,
+    /// The mesh under steady mixed load for a long time: proxies' RSS and
+    /// descriptors, eBPF map entries, their slopes and a plot.
+    Soak,
 }
 
 pub fn run(opts: &Options) -> Result<()> {
@@ -30,7 +36,7 @@ pub fn run(opts: &Options) -> Result<()> {
     let (package, bin) = match opts.what {
         What::Proxy => ("conduit-proxy", "conduit-proxy-bench"),
         What::Controller => ("conduit-controller", "conduit-controller-bench"),
-        What::Mesh => {
+        What::Mesh | What::Soak => {
             build_ebpf::run(&build_ebpf::Options::default())?;
             // The mesh benchmark runs the agent, the controller, the proxies
             // and the mesh application as separate release binaries.
@@ -44,13 +50,20 @@ pub fn run(opts: &Options) -> Result<()> {
                 "the workspace does not build",
             )?;
             crate::util::done("release binaries built", t);
-            ("conduit-tests", "conduit-mesh-bench")
+            match opts.what {
+                What::Soak => ("conduit-tests", "conduit-soak"),
+                _ => ("conduit-tests", "conduit-mesh-bench"),
+            }
         }
     };
+    let mut args = opts.args.clone();
+    if let Some(d) = &opts.duration {
+        args.extend(["--duration".to_owned(), d.clone()]);
+    }
     exec(
         Command::new("cargo")
             .args(["run", "--release", "-p", package, "--bin", bin, "--"])
-            .args(&opts.args)
+            .args(&args)
             .env("CONDUIT_BIN_DIR", target_dir().join("release"))
             .current_dir(root()),
         "the benchmark failed: see its output above",

@@ -385,6 +385,9 @@ async fn serve_connection(registry: Arc<Registry>, mut stream: UnixStream) {
             break;
         }
     }
+    // The pod is removed here, before `stream` closes on return: a draining
+    // proxy half-closes and waits for that close as its acknowledgement
+    // (`conduit_register::Registration::deregister`).
     drop(lease);
 }
 

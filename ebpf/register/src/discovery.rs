@@ -76,14 +76,60 @@ pub async fn answer(
     }
 }
 
-async fn hold(mut stream: UnixStream) {
+async fn hold(mut stream: UnixStream, mut drain: tokio::sync::watch::Receiver<bool>) {
     let mut buf = [0u8; 256];
     loop {
-        match stream.read(&mut buf).await {
-            Ok(0) | Err(_) => return,
-            Ok(_) => continue,
+        tokio::select! {
+            r = stream.read(&mut buf) => match r {
+                Ok(0) | Err(_) => return,
+                Ok(_) => continue,
+            },
+            // Draining: closing our end makes the agent remove the pod.
+            _ = drain.wait_for(|d| *d) => return,
         }
     }
+}
+
+/// Like [`serve`], from when `ready` resolves until the returned handle's
+/// [`deregister`](crate::Maintained::deregister): then the held
+/// registrations are closed (the agent removes the pod when its end
+/// closes) and the socket stops accepting.
+pub fn serve_drainable(
+    listener: UnixListener,
+    pod: PodInfo,
+    on_change: impl Fn(bool) + Send + Sync + 'static,
+    ready: impl std::future::Future<Output = ()> + Send + 'static,
+) -> crate::Maintained {
+    let (stop, mut stopped) = tokio::sync::oneshot::channel::<()>();
+    let task = tokio::spawn(async move {
+        tokio::select! {
+            _ = ready => {}
+            _ = &mut stopped => return crate::Deregistered::NotRegistered,
+        }
+        let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+        let enrolled = Arc::new(AtomicUsize::new(0));
+        let accepting = serve_inner(
+            listener,
+            pod,
+            Arc::new(on_change),
+            drain_rx,
+            enrolled.clone(),
+        );
+        let _ = stopped.await;
+        accepting.abort();
+        let was = enrolled.load(Ordering::SeqCst) > 0;
+        let _ = drain_tx.send(true);
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(1);
+        while enrolled.load(Ordering::SeqCst) > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        match (was, enrolled.load(Ordering::SeqCst)) {
+            (false, _) => crate::Deregistered::NotRegistered,
+            (true, 0) => crate::Deregistered::Confirmed,
+            (true, _) => crate::Deregistered::Unconfirmed,
+        }
+    });
+    crate::Maintained { stop, task }
 }
 
 /// Serves the agent's connections on `listener` for as long as the returned
@@ -95,10 +141,29 @@ pub fn serve(
     pod: PodInfo,
     on_change: impl Fn(bool) + Send + Sync + 'static,
 ) -> tokio::task::JoinHandle<()> {
-    let on_change = Arc::new(on_change);
+    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
+    let task = serve_inner(
+        listener,
+        pod,
+        Arc::new(on_change),
+        drain_rx,
+        Arc::new(AtomicUsize::new(0)),
+    );
+    tokio::spawn(async move {
+        let _keep = drain_tx;
+        let _ = task.await;
+    })
+}
+
+fn serve_inner<F: Fn(bool) + Send + Sync + 'static>(
+    listener: UnixListener,
+    pod: PodInfo,
+    on_change: Arc<F>,
+    drain: tokio::sync::watch::Receiver<bool>,
+    enrolled: Arc<AtomicUsize>,
+) -> tokio::task::JoinHandle<()> {
     let pod = Arc::new(pod);
     let busy = Arc::new(tokio::sync::Semaphore::new(MAX_CONNECTIONS));
-    let enrolled = Arc::new(AtomicUsize::new(0));
     tokio::spawn(async move {
         loop {
             let Ok(permit) = busy.clone().acquire_owned().await else {
@@ -113,6 +178,7 @@ pub fn serve(
                 }
             };
             let (pod, on_change, enrolled) = (pod.clone(), on_change.clone(), enrolled.clone());
+            let drain = drain.clone();
             tokio::spawn(async move {
                 let _permit = permit;
                 match answer(stream, &pod).await {
@@ -124,7 +190,7 @@ pub fn serve(
                         if enrolled.fetch_add(1, Ordering::SeqCst) == 0 {
                             on_change(true);
                         }
-                        hold(stream).await;
+                        hold(stream, drain).await;
                         tracing::warn!(
                             "the node agent closed the registration; waiting for it to come back"
                         );

@@ -19,8 +19,9 @@ use std::net::IpAddr;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use tokio::io::AsyncReadExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::UnixStream;
+use tokio::sync::oneshot;
 
 /// Default path of the agent's unix socket.
 pub const DEFAULT_SOCKET: &str = "/run/conduit/agent.sock";
@@ -180,6 +181,32 @@ impl Registration {
             }
         }
     }
+
+    /// Ends the registration and waits, at most `timeout`, for the agent to
+    /// confirm it: the proxy half-closes the connection, the agent removes
+    /// the pod (capture off, the listener out of its sockhash) and only then
+    /// closes its side. [`Deregistered::Confirmed`] means capture is off.
+    pub async fn deregister(mut self, timeout: Duration) -> Deregistered {
+        if self.stream.shutdown().await.is_err() {
+            // The agent is already gone: nothing to wait for.
+            return Deregistered::Confirmed;
+        }
+        match tokio::time::timeout(timeout, self.closed()).await {
+            Ok(()) => Deregistered::Confirmed,
+            Err(_) => Deregistered::Unconfirmed,
+        }
+    }
+}
+
+/// How a drain's deregistration ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Deregistered {
+    /// The agent removed the pod and closed the registration.
+    Confirmed,
+    /// No registration was active (no agent, or between two).
+    NotRegistered,
+    /// The agent did not close the registration in time.
+    Unconfirmed,
 }
 
 /// Connects to the agent's unix socket, sends `pod` and the inbound listener fd
@@ -226,10 +253,87 @@ pub fn maintain(
     inbound_listener: OwnedFd,
     on_change: impl Fn(bool) + Send + 'static,
 ) -> tokio::task::JoinHandle<()> {
+    let (stop, stopped) = oneshot::channel();
+    let task = maintain_until(
+        socket,
+        pod,
+        inbound_listener,
+        on_change,
+        std::future::ready(()),
+        stopped,
+    );
     tokio::spawn(async move {
+        let _stop = stop;
+        let _ = task.await;
+    })
+}
+
+/// How long [`Maintained::deregister`] waits for the agent's confirmation.
+pub const DEREGISTER_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// A registration kept alive by [`maintain_until`], ended by
+/// [`Maintained::deregister`].
+#[derive(Debug)]
+pub struct Maintained {
+    stop: oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Deregistered>,
+}
+
+impl Maintained {
+    /// Ends the registration (see [`Registration::deregister`]) and closes
+    /// this side's copy of the inbound listener. A draining proxy calls this
+    /// *before* it stops accepting: the agent then no longer steers new
+    /// connections to a listener nobody will accept on.
+    pub async fn deregister(self) -> Deregistered {
+        let _ = self.stop.send(());
+        self.task.await.unwrap_or(Deregistered::NotRegistered)
+    }
+}
+
+/// Like [`maintain`], from when `ready` resolves (e.g. the proxy holds a
+/// certificate: capture must not send connections to a proxy that cannot
+/// serve them yet) until `stop` fires (or its sender is dropped): then the
+/// registration is ended with [`Registration::deregister`] and the task
+/// returns, dropping its copy of `inbound_listener`.
+pub fn maintain_until(
+    socket: PathBuf,
+    pod: PodInfo,
+    inbound_listener: OwnedFd,
+    on_change: impl Fn(bool) + Send + 'static,
+    ready: impl std::future::Future<Output = ()> + Send + 'static,
+    mut stop: oneshot::Receiver<()>,
+) -> tokio::task::JoinHandle<Deregistered> {
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = ready => {}
+            _ = &mut stop => return Deregistered::NotRegistered,
+        }
         let mut backoff = BACKOFF_MIN;
+        // Stopped while not registered (e.g. between two agents): a new
+        // agent may still hold the pod from its predecessor's pinned state,
+        // steering its connections here until its grace period ends.
+        // Register once more and deregister at once, so it forgets the pod.
+        let last_word = |listener: &OwnedFd| {
+            let (socket, pod) = (socket.clone(), pod.clone());
+            let fd = listener.try_clone();
+            async move {
+                let Ok(fd) = fd else {
+                    return Deregistered::NotRegistered;
+                };
+                match tokio::time::timeout(DEREGISTER_TIMEOUT, register(&socket, &pod, fd.as_fd()))
+                    .await
+                {
+                    Ok(Ok(reg)) => reg.deregister(DEREGISTER_TIMEOUT).await,
+                    _ => Deregistered::NotRegistered,
+                }
+            }
+        };
         loop {
-            match register(&socket, &pod, inbound_listener.as_fd()).await {
+            let attempt = tokio::select! {
+                r = register(&socket, &pod, inbound_listener.as_fd()) => r,
+                _ = &mut stop => return Deregistered::NotRegistered,
+            };
+            match attempt {
                 Ok(mut reg) => {
                     tracing::info!(
                         socket = %socket.display(),
@@ -239,7 +343,16 @@ pub fn maintain(
                     );
                     on_change(true);
                     backoff = BACKOFF_MIN;
-                    reg.closed().await;
+                    let stopping = tokio::select! {
+                        _ = reg.closed() => false,
+                        _ = &mut stop => true,
+                    };
+                    if stopping {
+                        let d = reg.deregister(DEREGISTER_TIMEOUT).await;
+                        on_change(false);
+                        tracing::info!(outcome = ?d, "deregistered from the node agent: capture is off");
+                        return d;
+                    }
                     tracing::warn!(socket = %socket.display(), "node agent closed the registration; re-registering");
                     on_change(false);
                 }
@@ -247,10 +360,26 @@ pub fn maintain(
                     tracing::warn!(error = %e, retry_in = ?backoff, "registration with the node agent failed");
                 }
             }
-            tokio::time::sleep(backoff).await;
+            tokio::select! {
+                _ = tokio::time::sleep(backoff) => {}
+                _ = &mut stop => return last_word(&inbound_listener).await,
+            }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
     })
+}
+
+/// Starts [`maintain_until`] and returns the handle that ends it.
+pub fn maintain_drainable(
+    socket: PathBuf,
+    pod: PodInfo,
+    inbound_listener: OwnedFd,
+    on_change: impl Fn(bool) + Send + 'static,
+    ready: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Maintained {
+    let (stop, stopped) = oneshot::channel();
+    let task = maintain_until(socket, pod, inbound_listener, on_change, ready, stopped);
+    Maintained { stop, task }
 }
 
 #[cfg(test)]

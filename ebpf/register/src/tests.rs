@@ -256,3 +256,117 @@ async fn maintain_reregisters_after_the_agent_restarts() {
     task.abort();
     assert_eq!(*changes.lock().unwrap(), vec![true, false, true, false]);
 }
+
+/// A drain: the proxy's deregistration waits until the agent, having seen
+/// the half-close, removed the pod and closed its side; and once it
+/// returns no copy of the listener is left open, so a new connection to it
+/// is refused at once instead of waiting in a backlog nobody accepts from
+/// (the black hole of a draining proxy whose listener the agent still held).
+#[tokio::test]
+async fn deregistering_waits_for_the_agent_and_closes_the_listener() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let agent = UnixListener::bind(&path).unwrap();
+    let (tcp, addr) = listener();
+    let removed = Arc::new(Mutex::new(None::<std::time::Instant>));
+    let removed2 = removed.clone();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = agent.accept().await.unwrap();
+        let (_, fd) = wire::recv_request(&mut conn).await.unwrap();
+        wire::write_frame(&mut conn, &wire::Response::Enrolled(enrolled()))
+            .await
+            .unwrap();
+        // The proxy half-closes: end of stream.
+        let eof = wire::read_frame::<wire::Response>(&mut conn).await.unwrap();
+        assert!(eof.is_none());
+        // "Removing the pod" takes a while; the agent's copy goes with it.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        drop(fd);
+        *removed2.lock().unwrap() = Some(std::time::Instant::now());
+        drop(conn);
+    });
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+    let m = maintain_drainable(
+        path.clone(),
+        PodInfo::new("a", "b"),
+        OwnedFd::from(tcp),
+        move |up| {
+            let _ = tx.send(up);
+        },
+        std::future::ready(()),
+    );
+    assert_eq!(rx.recv().await, Some(true));
+    // While registered, the duplicate keeps the socket listening: a
+    // connection is taken into the backlog although nobody accepts it.
+    let queued = TcpStream::connect(addr);
+    assert!(queued.is_ok(), "{queued:?}");
+    drop(queued);
+
+    assert_eq!(m.deregister().await, Deregistered::Confirmed);
+    let at = std::time::Instant::now();
+    let removed = removed
+        .lock()
+        .unwrap()
+        .expect("the agent removed the pod first");
+    assert!(removed <= at, "deregister returned before the agent closed");
+    assert_eq!(rx.recv().await, Some(false));
+    server.await.unwrap();
+    let refused = TcpStream::connect(addr);
+    assert!(
+        refused
+            .as_ref()
+            .is_err_and(|e| e.kind() == std::io::ErrorKind::ConnectionRefused),
+        "the listener is still open after the drain: {refused:?}"
+    );
+}
+
+/// Not ready yet (or never: no agent either): a drain ends it at once.
+#[tokio::test]
+async fn deregistering_without_an_agent_returns_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let (tcp, _) = listener();
+    let m = maintain_drainable(
+        dir.path().join("nobody.sock"),
+        PodInfo::new("a", "b"),
+        OwnedFd::from(tcp),
+        |_| {},
+        std::future::pending(),
+    );
+    let d = tokio::time::timeout(Duration::from_secs(2), m.deregister()).await;
+    assert_eq!(d.ok(), Some(Deregistered::NotRegistered));
+}
+
+/// A drain while the registration is down (the agent restarted, the proxy
+/// waits to retry): the new agent may hold the pod from its predecessor's
+/// pinned state, so the proxy registers once more and deregisters at once.
+#[tokio::test]
+async fn a_drain_between_two_agents_still_tells_the_new_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("agent.sock");
+    let (tcp, _) = listener();
+    let m = maintain_drainable(
+        path.clone(),
+        PodInfo::new("a", "b"),
+        OwnedFd::from(tcp),
+        |_| {},
+        std::future::ready(()),
+    );
+    // No agent: the first attempt fails at once; the next is 100 ms away.
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let agent = UnixListener::bind(&path).unwrap();
+    let server = tokio::spawn(async move {
+        let (mut conn, _) = agent.accept().await.unwrap();
+        let (_, fd) = wire::recv_request(&mut conn).await.unwrap();
+        assert!(fd.is_some());
+        wire::write_frame(&mut conn, &wire::Response::Enrolled(enrolled()))
+            .await
+            .unwrap();
+        let eof = wire::read_frame::<wire::Response>(&mut conn).await.unwrap();
+        assert!(eof.is_none(), "the proxy deregisters at once");
+    });
+    assert_eq!(m.deregister().await, Deregistered::Confirmed);
+    tokio::time::timeout(Duration::from_secs(2), server)
+        .await
+        .expect("the agent heard from the proxy")
+        .unwrap();
+}

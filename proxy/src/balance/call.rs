@@ -45,6 +45,10 @@ impl Default for RequestPolicy {
 pub enum Attempt<R> {
     Success(R),
     Failure(R),
+    /// A failure before anything reached the endpoint (its connection was
+    /// refused or could not be set up): retried on another endpoint even
+    /// when the request is not idempotent.
+    NotSent(R),
 }
 
 /// Why a request got no answer from any endpoint.
@@ -177,21 +181,25 @@ impl Balancer {
             tried.push(pick.addr());
             let outcome =
                 with_timeout(policy.try_bound(deadline), attempt(pick.endpoint().clone())).await;
-            let last = match outcome {
+            let (last, unsent) = match outcome {
                 Ok(Attempt::Success(r)) => {
                     pick.success();
                     return Ok(r);
                 }
                 Ok(Attempt::Failure(r)) => {
                     pick.failure();
-                    Some(r)
+                    (Some(r), false)
+                }
+                Ok(Attempt::NotSent(r)) => {
+                    pick.failure();
+                    (Some(r), true)
                 }
                 Err(_) => {
                     pick.failure();
-                    None
+                    (None, false)
                 }
             };
-            let can_retry = retryable && policy.may_retry(budget, attempts, deadline);
+            let can_retry = (retryable || unsent) && policy.may_retry(budget, attempts, deadline);
             match last {
                 Some(r) if !can_retry => return Ok(r),
                 None if !can_retry => {
@@ -288,6 +296,70 @@ mod tests {
         assert!(is_idempotent(&http::Method::PUT));
         assert!(!is_idempotent(&http::Method::POST));
         assert!(!is_idempotent(&http::Method::PATCH));
+    }
+
+    /// A request whose connection failed was not sent: it is tried on
+    /// another endpoint even when it is not retryable (a POST), within the
+    /// attempts; a failure after sending is not.
+    #[tokio::test]
+    async fn an_unsent_request_is_retried_whatever_its_method() {
+        let (_tx, b) = balancer(3);
+        let policy = RequestPolicy {
+            max_attempts: 3,
+            budget: Some(Arc::new(RetryBudget::new(BudgetConfig::default()))),
+            ..Default::default()
+        };
+        let cases: &[(
+            &str,
+            fn(u16) -> Attempt<&'static str>,
+            (Result<&str, CallError>, u32),
+        )] = &[
+            (
+                "refused on 1 and 2, answered by 3",
+                |port| match port {
+                    3 => Attempt::Success("ok"),
+                    _ => Attempt::NotSent("refused"),
+                },
+                (Ok("ok"), 3),
+            ),
+            (
+                "refused everywhere: the last error",
+                |_| Attempt::NotSent("refused"),
+                (Ok("refused"), 3),
+            ),
+            (
+                "sent and failed: not retried",
+                |_| Attempt::Failure("bad"),
+                (Ok("bad"), 1),
+            ),
+        ];
+        for (what, outcome, want) in cases {
+            let mut n = 0u32;
+            let mut seen = Vec::new();
+            let r = b
+                .call(&policy, false, |ep| {
+                    n += 1;
+                    seen.push(ep.addr);
+                    let o = outcome(ep.addr.port());
+                    async move { o }
+                })
+                .await;
+            let mut distinct = seen.clone();
+            distinct.sort();
+            distinct.dedup();
+            assert_eq!(
+                distinct.len(),
+                seen.len(),
+                "{what}: an endpoint twice: {seen:?}"
+            );
+            // Endpoints are picked at random: 3 is reached within the three
+            // attempts, maybe sooner.
+            if want.0 == Ok("ok") {
+                assert!(r == Ok("ok") && n <= want.1, "{what}: {r:?} after {n}");
+            } else {
+                assert_eq!((r, n), want.clone(), "{what}");
+            }
+        }
     }
 
     #[tokio::test]

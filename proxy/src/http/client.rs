@@ -28,6 +28,9 @@ impl Upstream {
     }
 }
 
+/// An error, and the request when none of it was sent.
+pub type Unsent = (ClientError, Option<http::Request<Body>>);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("connecting to {addr}: {source}")]
@@ -84,9 +87,23 @@ impl Client {
         up: &Upstream,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, ClientError> {
+        self.send_or_return(up, req).await.map_err(|(e, _)| e)
+    }
+
+    /// Like [`Client::send`]; when no connection could be set up (nothing
+    /// of the request was sent) the request comes back with the error, so
+    /// it can be tried on another endpoint whatever its method.
+    pub async fn send_or_return(
+        &self,
+        up: &Upstream,
+        req: http::Request<Body>,
+    ) -> Result<http::Response<Incoming>, Unsent> {
         match up.proto {
             Proto::Http1 => self.send_h1(up, req).await,
-            Proto::Http2 => self.send_h2(up, req).await,
+            Proto::Http2 => match self.h2_sender(up).await {
+                Ok(sender) => self.send_h2(up, sender, req).await,
+                Err(e) => Err((e, Some(req))),
+            },
         }
     }
 
@@ -94,7 +111,7 @@ impl Client {
         &self,
         up: &Upstream,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, ClientError> {
+    ) -> Result<http::Response<Incoming>, Unsent> {
         let addr = up.target.addr;
         let mut req = req;
         // A pooled connection may have been closed by the server just now;
@@ -108,19 +125,25 @@ impl Client {
                 Err(mut e) => match e.take_message() {
                     Some(r) => req = r,
                     None => {
-                        return Err(ClientError::Request {
-                            addr,
-                            source: e.into_error(),
-                        });
+                        return Err((
+                            ClientError::Request {
+                                addr,
+                                source: e.into_error(),
+                            },
+                            None,
+                        ));
                     }
                 },
             }
         }
-        let mut sender = self.connect_h1(up, MeshProto::Http1, false).await?;
+        let mut sender = match self.connect_h1(up, MeshProto::Http1, false).await {
+            Ok(s) => s,
+            Err(e) => return Err((e, Some(req))),
+        };
         let fut = sender.send_request(req);
         self.put_h1(up, sender);
         fut.await
-            .map_err(|source| ClientError::Request { addr, source })
+            .map_err(|source| (ClientError::Request { addr, source }, None))
     }
 
     fn take_h1(&self, up: &Upstream) -> Option<http1::SendRequest<Body>> {
@@ -173,18 +196,26 @@ impl Client {
     async fn send_h2(
         &self,
         up: &Upstream,
+        mut sender: http2::SendRequest<Body>,
         req: http::Request<Body>,
-    ) -> Result<http::Response<Incoming>, ClientError> {
+    ) -> Result<http::Response<Incoming>, Unsent> {
         let addr = up.target.addr;
-        let mut sender = self.h2_sender(up).await?;
-        sender
-            .ready()
-            .await
-            .map_err(|source| ClientError::Request { addr, source })?;
-        sender
-            .send_request(req)
-            .await
-            .map_err(|source| ClientError::Request { addr, source })
+        if let Err(source) = sender.ready().await {
+            // The connection closed (e.g. the peer's GOAWAY): not sent.
+            return Err((ClientError::Request { addr, source }, Some(req)));
+        }
+        // hyper hands the request back when the connection refused it
+        // before sending (a stream above a GOAWAY's last id): not sent.
+        sender.try_send_request(req).await.map_err(|mut e| {
+            let req = e.take_message();
+            (
+                ClientError::Request {
+                    addr,
+                    source: e.into_error(),
+                },
+                req,
+            )
+        })
     }
 
     async fn h2_sender(&self, up: &Upstream) -> Result<http2::SendRequest<Body>, ClientError> {

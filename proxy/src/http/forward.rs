@@ -108,7 +108,7 @@ pub async fn handle(
             } else {
                 e
             };
-            warn!(direction, client = %conn.client_addr, dst = %conn.dst_label, %method, %uri, "{e}");
+            warn!(direction, client = %conn.client_addr, dst = %conn.dst_label, %method, %uri, "{}", chain(&e));
             m.error(conn.direction, e.reason());
             e.response()
         }
@@ -173,11 +173,16 @@ async fn forward(
         (req, None)
     };
     let retryable = replay.is_some();
-    let mut first = Some(req);
+    // The request not yet sent: a failed connection hands it back here, and
+    // the next attempt (another endpoint) sends it, whatever its method.
+    let unsent = std::sync::Mutex::new(Some(req));
+    let unsent = &unsent;
     let mut attempts = 0u64;
     let attempt = |ep: Arc<crate::discovery::Endpoint>| {
         attempts += 1;
-        let req = first
+        let req = unsent
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
             .take()
             .or_else(|| replay.as_ref().map(replay::Replay::request));
         let (shared, conn) = (shared.clone(), conn.clone());
@@ -187,10 +192,14 @@ async fn forward(
                     "request body cannot be replayed".into(),
                 )));
             };
-            match send(&shared, &conn, picked_for(&ep), req, orig_h1).await {
+            match send_or_return(&shared, &conn, picked_for(&ep), req, orig_h1).await {
                 Ok(r) if r.status().is_server_error() => Attempt::Failure(Ok(r)),
                 Ok(r) => Attempt::Success(Ok(r)),
-                Err(e) => Attempt::Failure(Err(e)),
+                Err((e, Some(req))) => {
+                    *unsent.lock().unwrap_or_else(|p| p.into_inner()) = Some(req);
+                    Attempt::NotSent(Err(e))
+                }
+                Err((e, None)) => Attempt::Failure(Err(e)),
             }
         }
     };
@@ -214,9 +223,23 @@ async fn send(
     shared: &Arc<Shared>,
     conn: &Arc<ConnCtx>,
     picked: Picked,
-    mut req: Request<Body>,
+    req: Request<Body>,
     orig_h1: bool,
 ) -> Result<Response<Body>, ForwardError> {
+    send_or_return(shared, conn, picked, req, orig_h1)
+        .await
+        .map_err(|(e, _)| e)
+}
+
+/// [`send`], handing the request back when its connection failed (nothing
+/// of it was sent).
+async fn send_or_return(
+    shared: &Arc<Shared>,
+    conn: &Arc<ConnCtx>,
+    picked: Picked,
+    mut req: Request<Body>,
+    orig_h1: bool,
+) -> Result<Response<Body>, (ForwardError, Option<Request<Body>>)> {
     let meshed = picked.mesh_port.is_some();
     let proto = match (meshed, orig_h1) {
         (true, _) => Proto::Http2,
@@ -224,7 +247,7 @@ async fn send(
         (false, false) => conn.source_proto,
     };
     headers::for_version(&mut req, proto, &conn.route.orig_dst.to_string())
-        .map_err(|e| ForwardError::BadRequest(e.to_string()))?;
+        .map_err(|e| (ForwardError::BadRequest(e.to_string()), None))?;
     if meshed && conn.source_proto == Proto::Http1 {
         req.headers_mut()
             .insert(ORIG_PROTO_HEADER, HeaderValue::from_static("HTTP/1.1"));
@@ -235,7 +258,11 @@ async fn send(
         proto,
     };
     let verified = verified_identity(shared, &up.target);
-    let mut rsp = shared.client.send(&up, req).await?;
+    let mut rsp = shared
+        .client
+        .send_or_return(&up, req)
+        .await
+        .map_err(|(e, req)| (ForwardError::Upstream(e), req))?;
     headers::strip_hop_by_hop(rsp.headers_mut(), false);
     if let Some(id) = verified {
         rsp.extensions_mut().insert(PeerIdentity(id));
@@ -314,4 +341,20 @@ async fn forward_upgrade(
         rsp.extensions_mut().insert(PeerIdentity(id));
     }
     Ok(rsp.map(boxed))
+}
+
+/// An error and its causes, `a: b: c` (a cause already in the text is not
+/// repeated): "http2 error" alone does not say what the peer did.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut src = e.source();
+    while let Some(c) = src {
+        let t = c.to_string();
+        if !s.ends_with(&t) {
+            s.push_str(": ");
+            s.push_str(&t);
+        }
+        src = c.source();
+    }
+    s
 }

@@ -5,7 +5,11 @@
 //! connection closed, and so does a request with both `Content-Length` and
 //! `Transfer-Encoding` ([`super::smuggling`]). HTTP/2 connections carry the
 //! abuse limits (rapid reset, header list size, keep-alive). Draining asks
-//! the connection to finish gracefully.
+//! the connection to finish gracefully: HTTP/2 with GOAWAY; HTTP/1 answers
+//! its next request with `Connection: close` and only a connection idle for
+//! [`DRAIN_LINGER`] is closed unasked (closing an idle keep-alive connection
+//! at once races the request its client may be sending on it, which would
+//! fail unanswered).
 
 use super::smuggling::{HeadScanner, Heads};
 use super::{Body, Proto, error_response, forward};
@@ -18,6 +22,10 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
 use tracing::{debug, info};
+
+/// How long a draining proxy leaves an idle HTTP/1 connection open for a
+/// last request (answered with `Connection: close`).
+pub const DRAIN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 
 pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
     let cfg = &shared.cfg;
@@ -33,9 +41,18 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
                 let (s, c) = (s.clone(), c.clone());
                 async move {
                     if conflict {
-                        return Ok(refuse_ambiguous_framing(&s, &c, &req));
+                        return Ok::<_, std::convert::Infallible>(refuse_ambiguous_framing(
+                            &s, &c, &req,
+                        ));
                     }
-                    forward::handle(s, c, req).await
+                    let mut rsp = forward::handle(s.clone(), c, req).await?;
+                    if s.shutdown.is_cancelled() {
+                        rsp.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok(rsp)
                 }
             });
             let mut b = http1::Builder::new();
@@ -47,7 +64,10 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
             tokio::pin!(c);
             tokio::select! {
                 res = c.as_mut() => res,
-                _ = shutdown.cancelled() => { c.as_mut().graceful_shutdown(); c.await }
+                _ = shutdown.cancelled() => match tokio::time::timeout(DRAIN_LINGER, c.as_mut()).await {
+                    Ok(res) => res,
+                    Err(_) => { c.as_mut().graceful_shutdown(); c.await }
+                }
             }
         }
         Proto::Http2 => {

@@ -76,6 +76,12 @@ enum Cmd {
         #[arg(long)]
         target: String,
     },
+    /// Steady load with every request accounted for (JSON `LoadSpec`);
+    /// `report` on stdin prints the figures since the last report.
+    Load {
+        #[arg(long)]
+        spec: String,
+    },
 }
 
 fn main() -> Result<()> {
@@ -125,6 +131,10 @@ fn main() -> Result<()> {
                 Ok(())
             }
             Cmd::GrpcBidi { target } => bidi(&target).await,
+            Cmd::Load { spec } => {
+                let spec = serde_json::from_str(&spec).context("bad --spec")?;
+                conduit_tests::mesh::load_run::run(spec).await
+            }
         }
     })
 }

@@ -22,6 +22,9 @@
 
 pub mod app;
 pub mod controller;
+pub mod faults;
+pub mod load;
+pub mod load_run;
 pub mod proxy;
 pub mod report;
 pub mod scrape;
