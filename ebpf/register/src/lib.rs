@@ -11,6 +11,7 @@
 // (one place, in `wire::recv_request`).
 #![allow(unsafe_code)]
 
+pub mod tap;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};
