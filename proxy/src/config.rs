@@ -255,6 +255,11 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
     pub skip_outbound_ports: Vec<u16>,
 
+    /// Access log on stderr, one line per request: `json` or `common`
+    /// (docs/observability.md). Off when unset.
+    #[arg(long, env = "CONDUIT_PROXY_ACCESS_LOG", value_enum)]
+    pub access_log: Option<crate::access_log::AccessLogFormat>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `conduit_proxy=debug`.
     #[arg(long, env = "CONDUIT_PROXY_LOG", default_value = "info")]
     pub log: String,

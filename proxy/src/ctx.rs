@@ -28,6 +28,8 @@ pub struct Shared {
     pub acceptor: Arc<dyn Acceptor>,
     /// Connections to meshed peers with a known identity use mTLS.
     pub mtls: bool,
+    /// Tap listeners and the access log (see [`crate::tap`]).
+    pub observe: Arc<crate::tap::Observe>,
     /// Cancelled when the proxy starts draining.
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so draining can wait for them.

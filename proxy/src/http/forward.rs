@@ -87,6 +87,7 @@ pub async fn handle(
     };
     m.requests.get_or_create(&labels).inc();
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    let probe = shared.observe.probe(&conn, &req);
     let tripped = Tripped::default();
     let rsp = match forward(&shared, &conn, req, &tripped).await {
         Ok(rsp) => rsp,
@@ -108,6 +109,7 @@ pub async fn handle(
         Direction::Outbound => rsp.extensions().get::<PeerIdentity>().map(|p| p.0.as_str()),
     };
     let peer_identity = m.identity(peer);
+    let peer_id = probe.as_ref().and(peer.map(str::to_owned));
     let dst = conn.dst_label.clone();
     m.response_latency
         .get_or_create(&LatencyLabels {
@@ -125,7 +127,10 @@ pub async fn handle(
         })
         .inc();
     debug!(direction, %method, %uri, status = rsp.status().as_u16(), "request done");
-    Ok(rsp)
+    Ok(match probe {
+        Some(p) => p.respond(rsp, peer_id.as_deref()),
+        None => rsp,
+    })
 }
 
 async fn forward(
