@@ -17,6 +17,10 @@ use tracing::{info, warn};
 
 /// Path of the tap endpoint.
 pub const PATH: &str = "/tap";
+/// Send buffer of operator connections (the kernel doubles it): with the
+/// per-listener queue and hyper's few queued chunks, what a stalled tap
+/// reader can hold before events are dropped.
+pub const SNDBUF: usize = 32 * 1024;
 /// A silent stream sends an empty line this often (readers skip it), so a
 /// listener that went away is noticed and its slot freed.
 const KEEPALIVE: Duration = Duration::from_secs(5);

@@ -158,6 +158,15 @@ pub fn latency_chart(title: &str, series: &Series, span_s: f64) -> String {
             .collect::<Vec<_>>()
             .join(" ")
     };
+    // Dots too: a single point makes no line.
+    let mut dots = String::new();
+    for p in series {
+        for (v, color) in [(p.1, "#1c7ed6"), (p.2, "#e03131")] {
+            if let Some(v) = v {
+                let _ = write!(dots, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#, px(p.0), py(v));
+            }
+        }
+    }
     format!(
         r##"<svg xmlns="http://www.w3.org/2000/svg" class="latency" width="{w}" height="{h}" font-family="sans-serif" font-size="11">
 <rect width="100%" height="100%" fill="#f8f9fa" stroke="#dee2e6"/>
@@ -165,6 +174,7 @@ pub fn latency_chart(title: &str, series: &Series, span_s: f64) -> String {
 <text x="4" y="24">{}</text><text x="4" y="{}">0</text><text x="{l}" y="{}">-{:.0}s</text><text x="{}" y="{}">now</text>
 <polyline fill="none" stroke="#1c7ed6" stroke-width="2" points="{}"/>
 <polyline fill="none" stroke="#e03131" stroke-width="2" points="{}"/>
+{dots}
 <text x="{}" y="14" fill="#1c7ed6">p50</text><text x="{}" y="14" fill="#e03131">p99</text>
 </svg>
 "##,
