@@ -316,6 +316,16 @@ mod tests {
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
         assert_eq!(c.control_addr, "127.0.0.1:4190".parse().unwrap());
         assert!(c.inbound_loopback_ports.is_empty());
+        assert_eq!(c.access_log, None, "the access log is off by default");
+    }
+
+    #[test]
+    fn access_log_formats() {
+        use crate::access_log::AccessLogFormat;
+        let parse = |v: &str| Config::try_parse_from(["conduit-proxy", "--access-log", v]);
+        assert_eq!(parse("json").unwrap().access_log, Some(AccessLogFormat::Json));
+        assert_eq!(parse("common").unwrap().access_log, Some(AccessLogFormat::Common));
+        assert!(parse("loud").is_err());
     }
 
     #[test]

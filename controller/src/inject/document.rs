@@ -160,6 +160,15 @@ fn ports_annotation(template: &Value, key: &str) -> Result<Option<String>, Strin
     }
 }
 
+fn access_log_annotation(template: &Value) -> Result<Option<String>, String> {
+    let key = mesh::ACCESS_LOG_ANNOTATION;
+    match get(template, &["metadata", "annotations", key]).map(Value::as_str) {
+        None => Ok(None),
+        Some(Some(f @ ("json" | "common"))) => Ok(Some(f.to_owned())),
+        Some(v) => Err(format!("annotation {key} must be json or common, not {v:?}")),
+    }
+}
+
 /// Adds the sidecar to a pod template (`metadata` + `spec`).
 fn inject_template(template: &mut Value, o: &Options) -> Result<Action, String> {
     let spec = template.get("spec").ok_or("pod template has no spec")?;
@@ -180,6 +189,7 @@ fn inject_template(template: &mut Value, o: &Options) -> Result<Action, String> 
     let settings = PodSettings {
         skip_inbound_ports: ports_annotation(template, mesh::SKIP_INBOUND_PORTS_ANNOTATION)?,
         skip_outbound_ports: ports_annotation(template, mesh::SKIP_OUTBOUND_PORTS_ANNOTATION)?,
+        access_log: access_log_annotation(template)?,
     };
     let container =
         serde_yaml::to_value(sidecar::proxy_container(o, &settings)).map_err(|e| e.to_string())?;

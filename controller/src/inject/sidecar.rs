@@ -55,6 +55,8 @@ pub struct Options {
 pub struct PodSettings {
     pub skip_inbound_ports: Option<String>,
     pub skip_outbound_ports: Option<String>,
+    /// `json` or `common` (CONDUIT_PROXY_ACCESS_LOG).
+    pub access_log: Option<String>,
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -136,6 +138,9 @@ pub fn proxy_container(o: &Options, pod: &PodSettings) -> Container {
     }
     if let Some(p) = &pod.skip_outbound_ports {
         envs.push(env("CONDUIT_PROXY_SKIP_OUTBOUND_PORTS", p));
+    }
+    if let Some(f) = &pod.access_log {
+        envs.push(env("CONDUIT_PROXY_ACCESS_LOG", f));
     }
     let quantities = |pairs: &[(&str, &str)]| {
         Some(
