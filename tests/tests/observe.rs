@@ -483,3 +483,26 @@ fn which(program: &str) -> Option<std::path::PathBuf> {
         .map(|d| std::path::Path::new(d).join(program))
         .find(|p| p.is_file())
 }
+
+#[test]
+fn the_demo_ends_with_stat_and_tap() -> Result<()> {
+    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), MeshSpec::demo())? else {
+        return Ok(());
+    };
+    let (table, tap) = conduit_tests::demo::stat_and_tap(&mesh, 10)?;
+    let svc = mesh.spec.fqdn("web");
+    let row = |dst: &str| {
+        table
+            .lines()
+            .find(|l| l.starts_with("default/client") && l.contains(dst))
+            .ok_or_else(|| anyhow!("no row for {dst}:\n{table}"))
+    };
+    // 10 curl requests, 2 of them to /status/500.
+    let http = row(&format!("{svc}:80"))?;
+    ensure!(http.split_whitespace().nth(3) == Some("10") && http.contains("80.00%"), "{http}");
+    ensure!(row(&format!("{svc}:9090"))?.contains("100.00%"), "{table}");
+    ensure!(table.contains("default/web-1") && table.contains("TCP"), "{table}");
+    ensure!(tap.len() == 6, "{tap:?}");
+    ensure!(tap.iter().all(|l| l.contains(" default/client outbound ")), "{tap:?}");
+    Ok(())
+}
