@@ -213,9 +213,8 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
     let inbound = bind_inbound(&cfg.inbound_addrs)?;
     let admin_listener = listen::bind(cfg.admin_addr)
         .with_context(|| format!("binding the admin listener on {}", cfg.admin_addr))?;
-    let control_listener = listen::bind(cfg.control_addr).with_context(|| {
-        format!("binding the operator listener on {}", cfg.control_addr)
-    })?;
+    let control_listener = listen::bind(cfg.control_addr)
+        .with_context(|| format!("binding the operator listener on {}", cfg.control_addr))?;
     let (outbound_addrs, inbound_addrs) = (addrs(&outbound), addrs(&inbound));
     let admin_addr = admin_listener.local_addr()?;
     let control_addr = control_listener.local_addr()?;

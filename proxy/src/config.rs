@@ -67,7 +67,11 @@ pub struct Config {
     /// a loopback address: only processes in the pod's own network namespace
     /// reach it, never another pod (the proxy refuses to forward to its own
     /// ports, and tells the agent to leave this port alone).
-    #[arg(long, env = "CONDUIT_PROXY_CONTROL_ADDR", default_value = "127.0.0.1:4190")]
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_CONTROL_ADDR",
+        default_value = "127.0.0.1:4190"
+    )]
     pub control_addr: SocketAddr,
 
     /// A file holding a secret the operator listener also requires, as

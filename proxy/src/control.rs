@@ -184,7 +184,11 @@ mod tests {
             (Some(b"Basic s3cret"), b"s3cret", Err(Denied::NoToken)),
             (Some(b"s3cret"), b"s3cret", Err(Denied::NoToken)),
             (None, b"s3cret", Err(Denied::NoToken)),
-            (Some(b"Bearer "), b"", Err(Denied::Unreadable("the token file is empty".into()))),
+            (
+                Some(b"Bearer "),
+                b"",
+                Err(Denied::Unreadable("the token file is empty".into())),
+            ),
         ];
         for (header, expected, want) in cases {
             assert_eq!(&check_token(*header, expected), want, "{header:?}");

@@ -11,8 +11,8 @@
 use crate::ctx::{ConnCtx, Shared};
 use crate::http::{self, Proto};
 use crate::io::{Activity, CountingIo, PrefixedIo};
-use crate::metrics::{DetectLabels, Direction};
 use crate::metrics::ReasonLabels;
+use crate::metrics::{DetectLabels, Direction};
 use crate::route::Route;
 use crate::transport::{MeshProto, TransportHeader};
 use std::net::{IpAddr, SocketAddr};

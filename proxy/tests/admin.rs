@@ -187,7 +187,10 @@ async fn the_admin_server_is_read_only_even_for_loopback_clients() {
         .unwrap();
     let mut out = String::new();
     s.read_to_string(&mut out).await.unwrap();
-    assert!(out.starts_with("HTTP/1.1 405"), "GET must not shut down: {out}");
+    assert!(
+        out.starts_with("HTTP/1.1 405"),
+        "GET must not shut down: {out}"
+    );
     assert!(!p.stop_token().is_cancelled());
 }
 

@@ -1,5 +1,7 @@
-//! A peer's transport header can never name the proxy's own ports or a
-//! skipped port: the connection is closed, logged and counted
+//! Inbound connections reach the application at the address they were
+//! for, never on loopback unless the port is opted in; and a peer's
+//! transport header can never name the proxy's own ports or a skipped
+//! port: the connection is closed, logged and counted
 //! (`conduit_connections_refused_total{direction="inbound",reason}`), and
 //! nothing reaches the named port. Real peer connections to a real proxy on
 //! loopback (plaintext peers; the check is the same behind mTLS).
@@ -75,4 +77,37 @@ async fn a_peer_cannot_name_the_proxys_own_ports_in_its_transport_header() {
         &["direction=\"inbound\"", "reason=\"skipped_port\""],
         1.0,
     );
+}
+
+/// On Linux all of 127.0.0.0/8 is local: 127.0.0.2 stands in for the pod's
+/// address, and an application bound to 127.0.0.1 only for a loopback-only
+/// service. A connection steered for 127.0.0.2:P must not reach it, unless
+/// P is opted in with `--inbound-loopback-ports`.
+#[tokio::test]
+async fn a_loopback_only_app_is_reached_only_when_its_port_is_opted_in() {
+    let app = apps::http_server().await;
+    assert_eq!(app.ip().to_string(), "127.0.0.1");
+    let pod_dst = SocketAddr::from(([127, 0, 0, 2], app.port()));
+    let p = support::transparent_inbound(pod_dst, |_| {}).await;
+    let out = exchange(p.inbound_addrs[0], GET).await;
+    assert!(
+        out.starts_with("HTTP/1.1 502") && out.contains("upstream connect failed"),
+        "the loopback-only app was reached: {out}"
+    );
+    let port = app.port();
+    let p =
+        support::transparent_inbound(pod_dst, move |c| c.inbound_loopback_ports = vec![port]).await;
+    let out = exchange(p.inbound_addrs[0], GET).await;
+    assert!(out.starts_with("HTTP/1.1 200"), "opted in: {out}");
+}
+
+async fn exchange(addr: SocketAddr, raw: &[u8]) -> String {
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(raw).await.unwrap();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("answered and closed")
+        .unwrap();
+    String::from_utf8_lossy(&out).into_owned()
 }

@@ -364,6 +364,14 @@ impl Mesh {
             .unwrap_or_else(|| panic!("no application in {pod}"))
     }
 
+    /// Whether `a` came through its server pod's own proxy: the proxy
+    /// reaches the application at the pod's own address (never loopback),
+    /// so the application's peer is one of its pod's IPs.
+    pub fn via_own_proxy(&self, a: &app::HttpAnswer) -> bool {
+        let pod = self.env.pod(&a.server);
+        a.peer.ip() == IpAddr::V4(pod.ipv4) || a.peer.ip() == IpAddr::V6(pod.ipv6)
+    }
+
     /// curl (HTTP/1.1) from the client pod.
     pub fn curl(&self, url: &str) -> Result<app::CurlResult> {
         app::curl(&self.env, &self.spec.client, url, Duration::from_secs(5))
