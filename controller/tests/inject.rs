@@ -355,7 +355,13 @@ fn access_log_annotation_turns_the_proxy_access_log_on() {
         out.yaml
     );
     let plain = inject_yaml(&read("deployment.in.yaml"), &o).unwrap();
-    assert!(!plain.yaml.contains("CONDUIT_PROXY_ACCESS_LOG"), "off by default");
+    assert!(
+        !plain.yaml.contains("CONDUIT_PROXY_ACCESS_LOG"),
+        "off by default"
+    );
     let err = inject_yaml(&with("loud"), &o).unwrap_err().to_string();
-    assert!(err.contains(mesh::ACCESS_LOG_ANNOTATION) && err.contains("loud"), "{err}");
+    assert!(
+        err.contains(mesh::ACCESS_LOG_ANNOTATION) && err.contains("loud"),
+        "{err}"
+    );
 }

@@ -75,7 +75,8 @@ pub fn format_line(format: AccessLogFormat, e: &TapEvent) -> String {
                 escape(&e.authority),
                 e.latency_us as f64 / 1000.0,
                 e.duration_us as f64 / 1000.0,
-                e.grpc_status.map_or_else(|| "-".to_owned(), |s| s.to_string()),
+                e.grpc_status
+                    .map_or_else(|| "-".to_owned(), |s| s.to_string()),
             )
         }
     }
@@ -84,7 +85,13 @@ pub fn format_line(format: AccessLogFormat, e: &TapEvent) -> String {
 /// Keeps a field on one line and free of quotes.
 fn escape(s: &str) -> String {
     s.chars()
-        .map(|c| if c.is_control() || c == '"' || c == ' ' { '_' } else { c })
+        .map(|c| {
+            if c.is_control() || c == '"' || c == ' ' {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect()
 }
 
@@ -182,8 +189,14 @@ mod tests {
     fn times() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00.000000Z");
         assert_eq!(rfc3339(951_782_400_000_001), "2000-02-29T00:00:00.000001Z");
-        assert_eq!(rfc3339(1_796_280_000_500_000), "2026-12-03T06:40:00.500000Z");
-        assert_eq!(clf_time(1_796_280_000_500_000), "03/Dec/2026:06:40:00 +0000");
+        assert_eq!(
+            rfc3339(1_796_280_000_500_000),
+            "2026-12-03T06:40:00.500000Z"
+        );
+        assert_eq!(
+            clf_time(1_796_280_000_500_000),
+            "03/Dec/2026:06:40:00 +0000"
+        );
     }
 
     #[test]
@@ -209,7 +222,10 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&l).unwrap();
         assert_eq!(v["time"], "2026-12-03T06:40:00.500000Z");
         assert_eq!(v["status"], 200);
-        assert_eq!(v["peer_identity"], "spiffe://cluster.local/ns/default/sa/client");
+        assert_eq!(
+            v["peer_identity"],
+            "spiffe://cluster.local/ns/default/sa/client"
+        );
         let back: TapEvent = serde_json::from_value(v).unwrap();
         assert_eq!(back, event());
     }

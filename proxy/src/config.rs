@@ -327,8 +327,14 @@ mod tests {
     fn access_log_formats() {
         use crate::access_log::AccessLogFormat;
         let parse = |v: &str| Config::try_parse_from(["conduit-proxy", "--access-log", v]);
-        assert_eq!(parse("json").unwrap().access_log, Some(AccessLogFormat::Json));
-        assert_eq!(parse("common").unwrap().access_log, Some(AccessLogFormat::Common));
+        assert_eq!(
+            parse("json").unwrap().access_log,
+            Some(AccessLogFormat::Json)
+        );
+        assert_eq!(
+            parse("common").unwrap().access_log,
+            Some(AccessLogFormat::Common)
+        );
         assert!(parse("loud").is_err());
     }
 

@@ -148,7 +148,9 @@ pub async fn serve(
     };
     // Accepted connections inherit this: a stalled tap reader holds at most
     // this much in the kernel (not the megabytes loopback autotuning allows).
-    if let Err(e) = socket2::SockRef::from(&listener).set_send_buffer_size(crate::tap::server::SNDBUF) {
+    if let Err(e) =
+        socket2::SockRef::from(&listener).set_send_buffer_size(crate::tap::server::SNDBUF)
+    {
         warn!("bounding the operator listener's send buffer: {e}");
     }
     crate::admin::serve_with(listener, stop, move |client, req| {

@@ -158,11 +158,17 @@ pub fn stat_and_tap(mesh: &crate::mesh::Mesh, requests: u32) -> Result<(String, 
         let path = if i % 5 == 4 { "/status/500" } else { "/hello" };
         mesh.curl(&mesh.url_by_name("web", 80, path))?;
     }
-    let grpc_target = format!("http://{}:{}", mesh.spec.fqdn("web"), crate::mesh::spec::GRPC_PORT);
+    let grpc_target = format!(
+        "http://{}:{}",
+        mesh.spec.fqdn("web"),
+        crate::mesh::spec::GRPC_PORT
+    );
     mesh.grpc(&grpc_target, 3, 2, "hello again")?;
     tap.wait_exit(t)?;
     let svc = mesh.spec.fqdn("web");
-    stat.wait_for_line("both services in the table", t, |l| l.contains(&format!("{svc}:9090")))?;
+    stat.wait_for_line("both services in the table", t, |l| {
+        l.contains(&format!("{svc}:9090"))
+    })?;
     // One more refresh, so the table holds everything sent.
     let shown = stat.stdout_lines().len();
     crate::wait_until("stat to refresh", t, || {
@@ -170,6 +176,11 @@ pub fn stat_and_tap(mesh: &crate::mesh::Mesh, requests: u32) -> Result<(String, 
         Ok(())
     })?;
     let out = stat.stdout_lines().join("\n");
-    let last = out.rsplit("\x1b[H\x1b[2J").next().unwrap_or_default().trim_end().to_owned();
+    let last = out
+        .rsplit("\x1b[H\x1b[2J")
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned();
     Ok((last, tap.stdout_lines()))
 }

@@ -22,7 +22,10 @@ const T: Duration = Duration::from_secs(20);
 fn cli(mesh: &Mesh, label: &str, args: &[&str]) -> Result<Spawn> {
     Ok(Spawn::new(label, agent_bin()?)
         .args(args.iter().copied())
-        .args(["--pin-dir".to_owned(), mesh.agent.config.pin_dir.to_string_lossy().into_owned()]))
+        .args([
+            "--pin-dir".to_owned(),
+            mesh.agent.config.pin_dir.to_string_lossy().into_owned(),
+        ]))
 }
 
 /// `n` GETs of `path` on service web from the client pod, one curl each.
@@ -72,7 +75,15 @@ fn stat_counts_known_traffic() -> Result<()> {
     let mut stat = cli(
         &mesh,
         "stat",
-        &["stat", "--json", "--watch", "--interval", "500ms", "--window", "60s"],
+        &[
+            "stat",
+            "--json",
+            "--watch",
+            "--interval",
+            "500ms",
+            "--window",
+            "60s",
+        ],
     )?
     .start()?;
     stat.wait_for_line("its first report", T, |l| l.starts_with('{'))?;
@@ -81,9 +92,14 @@ fn stat_counts_known_traffic() -> Result<()> {
     requests(&mesh, "/delay/50", 10)?;
     let svc = format!("{}:80", mesh.spec.fqdn("web"));
     let report = wait_until("stat to count the 25 requests", T, || {
-        let last = json_lines(&stat).pop().ok_or_else(|| anyhow!("no report"))?;
+        let last = json_lines(&stat)
+            .pop()
+            .ok_or_else(|| anyhow!("no report"))?;
         let out = route(&last, "default/client", "outbound");
-        let r = out.iter().find(|r| r["dst"] == svc.as_str()).ok_or_else(|| anyhow!("no row for {svc}: {last}"))?;
+        let r = out
+            .iter()
+            .find(|r| r["dst"] == svc.as_str())
+            .ok_or_else(|| anyhow!("no row for {svc}: {last}"))?;
         ensure!(r["requests"] == 25, "{r}");
         Ok(last)
     })?;
@@ -91,9 +107,15 @@ fn stat_counts_known_traffic() -> Result<()> {
     ensure!(out.len() == 1, "only service web was called: {report}");
     let r = out[0];
     let num = |k: &str| r[k].as_f64().ok_or_else(|| anyhow!("{k} missing in {r}"));
-    ensure!((num("success")? - 0.8).abs() < 1e-9, "20 of 25 succeeded: {r}");
+    ensure!(
+        (num("success")? - 0.8).abs() < 1e-9,
+        "20 of 25 succeeded: {r}"
+    );
     ensure!(num("mtls")? == 1.0, "every request over mTLS: {r}");
-    ensure!(r["peers"] == serde_json::json!([mesh.identity("web-1")]), "{r}");
+    ensure!(
+        r["peers"] == serde_json::json!([mesh.identity("web-1")]),
+        "{r}"
+    );
     // 15 fast answers and 10 after 50 ms: p50 is fast, p95 near 50 ms.
     let (p50, p95) = (num("p50_ms")?, num("p95_ms")?);
     ensure!(p50 > 0.0 && p50 < 20.0, "p50 {p50} ms");
@@ -107,12 +129,17 @@ fn stat_counts_known_traffic() -> Result<()> {
     let total: u64 = inbound.iter().filter_map(|r| r["requests"].as_u64()).sum();
     ensure!(total >= 25, "inbound {total}: {report}");
     for r in &inbound {
-        ensure!(r["peers"] == serde_json::json!([mesh.identity("client")]), "{r}");
+        ensure!(
+            r["peers"] == serde_json::json!([mesh.identity("client")]),
+            "{r}"
+        );
         ensure!(r["mtls"] == 1.0, "{r}");
     }
     let tcp = report["tcp"].as_array().context("tcp")?;
     ensure!(
-        tcp.iter().any(|t| t["pod"] == "default/client" && t["direction"] == "outbound" && t["opened_per_s"].as_f64() > Some(0.0)),
+        tcp.iter().any(|t| t["pod"] == "default/client"
+            && t["direction"] == "outbound"
+            && t["opened_per_s"].as_f64() > Some(0.0)),
         "{report}"
     );
     drop(stat);
@@ -121,16 +148,37 @@ fn stat_counts_known_traffic() -> Result<()> {
     let mut table = cli(
         &mesh,
         "stat-table",
-        &["stat", "--watch", "--interval", "500ms", "--pod", "client", "--to", "web"],
+        &[
+            "stat",
+            "--watch",
+            "--interval",
+            "500ms",
+            "--pod",
+            "client",
+            "--to",
+            "web",
+        ],
     )?
     .start()?;
     table.wait_for_line("its first table", T, |l| l.contains("window"))?;
     requests(&mesh, "/hello", 2)?;
-    let row = table.wait_for_line("a row for service web", T, |l| l.starts_with("default/client") && l.contains(&svc))?;
-    ensure!(row.contains("100.00%") && row.contains("default/web"), "{row}");
+    let row = table.wait_for_line("a row for service web", T, |l| {
+        l.starts_with("default/client") && l.contains(&svc)
+    })?;
+    ensure!(
+        row.contains("100.00%") && row.contains("default/web"),
+        "{row}"
+    );
     let text = table.output_text();
-    ensure!(text.lines().any(|l| l.contains("POD") && l.contains("SUCCESS") && l.contains("P99")), "{text}");
-    ensure!(!text.contains("default/web-1"), "--pod client shows only the client: {text}");
+    ensure!(
+        text.lines()
+            .any(|l| l.contains("POD") && l.contains("SUCCESS") && l.contains("P99")),
+        "{text}"
+    );
+    ensure!(
+        !text.contains("default/web-1"),
+        "--pod client shows only the client: {text}"
+    );
     ensure!(text.contains("\x1b[H\x1b[2J"), "refreshes in place");
     Ok(())
 }
@@ -142,8 +190,25 @@ fn tap_and_top_stream_filtered_requests() -> Result<()> {
     };
     requests(&mesh, "/warm-up", 1)?;
     let all = cli(&mesh, "tap-client", &["tap", "--pod", "client", "--json"])?.start()?;
-    let errors = cli(&mesh, "tap-errors", &["tap", "--direction", "inbound", "--status", "5xx", "--json"])?.start()?;
-    let hello = cli(&mesh, "tap-hello", &["tap", "--path", "/hello", "--json", "--namespace", "default"])?.start()?;
+    let errors = cli(
+        &mesh,
+        "tap-errors",
+        &["tap", "--direction", "inbound", "--status", "5xx", "--json"],
+    )?
+    .start()?;
+    let hello = cli(
+        &mesh,
+        "tap-hello",
+        &[
+            "tap",
+            "--path",
+            "/hello",
+            "--json",
+            "--namespace",
+            "default",
+        ],
+    )?
+    .start()?;
     wait_listeners(&mesh, "client", 3.0)?;
     wait_listeners(&mesh, "web-1", 2.0)?;
     requests(&mesh, "/hello", 3)?;
@@ -157,17 +222,36 @@ fn tap_and_top_stream_filtered_requests() -> Result<()> {
         Ok(e)
     })?;
     for e in &events {
-        ensure!(e["pod"] == "default/client" && e["direction"] == "outbound", "{e}");
-        ensure!(e["authority"] == web.as_str() && e["method"] == "GET", "{e}");
+        ensure!(
+            e["pod"] == "default/client" && e["direction"] == "outbound",
+            "{e}"
+        );
+        ensure!(
+            e["authority"] == web.as_str() && e["method"] == "GET",
+            "{e}"
+        );
         ensure!(e["peer_identity"] == mesh.identity("web-1").as_str(), "{e}");
         ensure!(e["latency_us"].as_u64() > Some(0), "{e}");
     }
     let paths: Vec<(&str, u64)> = events
         .iter()
-        .map(|e| (e["path"].as_str().unwrap_or(""), e["status"].as_u64().unwrap_or(0)))
+        .map(|e| {
+            (
+                e["path"].as_str().unwrap_or(""),
+                e["status"].as_u64().unwrap_or(0),
+            )
+        })
         .collect();
     ensure!(
-        paths == [("/hello", 200), ("/hello", 200), ("/hello", 200), ("/status/500", 500), ("/status/500", 500), ("/other", 200)],
+        paths
+            == [
+                ("/hello", 200),
+                ("/hello", 200),
+                ("/hello", 200),
+                ("/status/500", 500),
+                ("/status/500", 500),
+                ("/other", 200)
+            ],
         "{paths:?}"
     );
     ensure!(events[0]["rsp_bytes"].as_u64() > Some(0), "{}", events[0]);
@@ -180,8 +264,16 @@ fn tap_and_top_stream_filtered_requests() -> Result<()> {
     for e in &errs {
         ensure!(e["direction"] == "inbound" && e["status"] == 500, "{e}");
         ensure!(e["path"] == "/status/500", "{e}");
-        ensure!(e["peer_identity"] == mesh.identity("client").as_str(), "{e}");
-        ensure!(e["pod"].as_str().is_some_and(|p| p.starts_with("default/web-")), "{e}");
+        ensure!(
+            e["peer_identity"] == mesh.identity("client").as_str(),
+            "{e}"
+        );
+        ensure!(
+            e["pod"]
+                .as_str()
+                .is_some_and(|p| p.starts_with("default/web-")),
+            "{e}"
+        );
     }
     let hellos = wait_until("the path filter to see both sides", T, || {
         let e = json_lines(&hello);
@@ -189,7 +281,14 @@ fn tap_and_top_stream_filtered_requests() -> Result<()> {
         Ok(e)
     })?;
     ensure!(hellos.iter().all(|e| e["path"] == "/hello"), "{hellos:?}");
-    ensure!(hellos.iter().filter(|e| e["direction"] == "inbound").count() == 3, "{hellos:?}");
+    ensure!(
+        hellos
+            .iter()
+            .filter(|e| e["direction"] == "inbound")
+            .count()
+            == 3,
+        "{hellos:?}"
+    );
     drop((all, errors, hello));
     wait_listeners(&mesh, "client", 0.0).or_else(|_| {
         // A listener that went away is noticed on the stream's next write.
@@ -198,29 +297,61 @@ fn tap_and_top_stream_filtered_requests() -> Result<()> {
     })?;
 
     // top: the busiest paths, from the same streams.
-    let mut top = cli(&mesh, "top", &["top", "--pod", "client", "--json", "--duration", "4s", "--interval", "1s"])?.start()?;
+    let mut top = cli(
+        &mesh,
+        "top",
+        &[
+            "top",
+            "--pod",
+            "client",
+            "--json",
+            "--duration",
+            "4s",
+            "--interval",
+            "1s",
+        ],
+    )?
+    .start()?;
     wait_listeners(&mesh, "client", 1.0)?;
     requests(&mesh, "/busy", 4)?;
     requests(&mesh, "/status/500", 1)?;
     top.wait_exit(T)?;
-    let last = json_lines(&top).pop().ok_or_else(|| anyhow!("top printed no table: {}", top.output_text()))?;
+    let last = json_lines(&top)
+        .pop()
+        .ok_or_else(|| anyhow!("top printed no table: {}", top.output_text()))?;
     let rows = last.as_array().context("a table")?;
-    ensure!(rows[0]["path"] == "/busy" && rows[0]["count"] == 4 && rows[0]["success"] == 1.0, "{last}");
-    ensure!(rows[1]["path"] == "/status/500" && rows[1]["success"] == 0.0, "{last}");
+    ensure!(
+        rows[0]["path"] == "/busy" && rows[0]["count"] == 4 && rows[0]["success"] == 1.0,
+        "{last}"
+    );
+    ensure!(
+        rows[1]["path"] == "/status/500" && rows[1]["success"] == 0.0,
+        "{last}"
+    );
     Ok(())
 }
 
 /// Connects to `127.0.0.1:port` in `pod`'s network namespace with a tiny
 /// receive buffer (the test process is root, as the node operator is).
 fn connect_in_pod(mesh: &Mesh, pod: &str, port: u16) -> Result<TcpStream> {
-    use nix::sys::socket::{AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt};
+    use nix::sys::socket::{
+        AddressFamily, SockFlag, SockType, SockaddrIn, connect, setsockopt, socket, sockopt,
+    };
     let ns = mesh.env.pod(pod).netns().open()?;
     std::thread::scope(|s| {
         s.spawn(|| -> Result<TcpStream> {
             nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET)?;
-            let fd = socket(AddressFamily::Inet, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
+            let fd = socket(
+                AddressFamily::Inet,
+                SockType::Stream,
+                SockFlag::SOCK_CLOEXEC,
+                None,
+            )?;
             setsockopt(&fd, sockopt::RcvBuf, &4096)?;
-            connect(std::os::fd::AsRawFd::as_raw_fd(&fd), &SockaddrIn::new(127, 0, 0, 1, port))?;
+            connect(
+                std::os::fd::AsRawFd::as_raw_fd(&fd),
+                &SockaddrIn::new(127, 0, 0, 1, port),
+            )?;
             Ok(TcpStream::from(fd))
         })
         .join()
@@ -230,7 +361,8 @@ fn connect_in_pod(mesh: &Mesh, pod: &str, port: u16) -> Result<TcpStream> {
 
 #[test]
 fn a_slow_tap_listener_loses_events_not_memory() -> Result<()> {
-    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), MeshSpec::with_servers(1))? else {
+    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), MeshSpec::with_servers(1))?
+    else {
         return Ok(());
     };
     requests(&mesh, "/warm-up", 1)?;
@@ -242,13 +374,29 @@ fn a_slow_tap_listener_loses_events_not_memory() -> Result<()> {
     let n = 600;
     let url = format!("{}?n=[1-{n}]", mesh.url_by_name("web", 80, "/many"));
     let done = in_pod(&mesh.env, "client", "curl")?
-        .args(["--http1.1", "-sS", "-o", "/dev/null", "-w", "%{http_code}\n", &url])
+        .args([
+            "--http1.1",
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}\n",
+            &url,
+        ])
         .run(Duration::from_secs(120))?;
     let codes: Vec<&str> = done.stdout().collect();
-    ensure!(codes.len() == n && codes.iter().all(|c| *c == "200"), "every request answered while the listener stalled: {} lines, {:?}", codes.len(), codes.iter().find(|c| **c != "200"));
+    ensure!(
+        codes.len() == n && codes.iter().all(|c| *c == "200"),
+        "every request answered while the listener stalled: {} lines, {:?}",
+        codes.len(),
+        codes.iter().find(|c| **c != "200")
+    );
     let dropped = metric(&mesh, "client", "conduit_tap_dropped_total")?;
     let queued = metric(&mesh, "client", "conduit_tap_events_total")?;
-    ensure!(dropped > 0.0 && dropped + queued == n as f64, "dropped {dropped}, queued {queued}");
+    ensure!(
+        dropped > 0.0 && dropped + queued == n as f64,
+        "dropped {dropped}, queued {queued}"
+    );
     eprintln!("stalled tap listener: {queued} events queued, {dropped} dropped of {n}");
     // Reading again: the stream says how many were lost.
     tap.set_read_timeout(Some(Duration::from_secs(1)))?;
@@ -258,15 +406,25 @@ fn a_slow_tap_listener_loses_events_not_memory() -> Result<()> {
         match tap.read(&mut buf) {
             Ok(0) => bail!("stream closed"),
             Ok(k) => seen.extend_from_slice(&buf[..k]),
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock || e.kind() == std::io::ErrorKind::TimedOut => {}
+            Err(e)
+                if e.kind() == std::io::ErrorKind::WouldBlock
+                    || e.kind() == std::io::ErrorKind::TimedOut => {}
             Err(e) => return Err(e.into()),
         }
         let text = String::from_utf8_lossy(&seen);
-        let at = text.rfind("{\"dropped\":{\"total\":").ok_or_else(|| anyhow!("no drop report yet"))?;
-        let digits: String = text[at + 20..].chars().take_while(char::is_ascii_digit).collect();
+        let at = text
+            .rfind("{\"dropped\":{\"total\":")
+            .ok_or_else(|| anyhow!("no drop report yet"))?;
+        let digits: String = text[at + 20..]
+            .chars()
+            .take_while(char::is_ascii_digit)
+            .collect();
         Ok(digits.parse::<f64>()?)
     })?;
-    ensure!(total > 0.0 && total <= dropped, "reported {total}, counted {dropped}");
+    ensure!(
+        total > 0.0 && total <= dropped,
+        "reported {total}, counted {dropped}"
+    );
     Ok(())
 }
 
@@ -297,11 +455,22 @@ fn access_log_lines_parse_back() -> Result<()> {
         ensure!(l.len() == 2, "{l:?}");
         Ok(l)
     })?;
-    for (l, peer) in [(&client[0], mesh.identity("web-1")), (&server[0], mesh.identity("client"))] {
+    for (l, peer) in [
+        (&client[0], mesh.identity("web-1")),
+        (&server[0], mesh.identity("client")),
+    ] {
         ensure!(l["method"] == "GET" && l["status"] == 200, "{l}");
         ensure!(l["peer_identity"] == peer.as_str(), "{l}");
-        ensure!(l["latency_us"].as_u64() > Some(0) && l["rsp_bytes"].as_u64() > Some(0), "{l}");
-        ensure!(l["time"].as_str().is_some_and(|t| t.ends_with('Z') && t.len() == 27), "{l}");
+        ensure!(
+            l["latency_us"].as_u64() > Some(0) && l["rsp_bytes"].as_u64() > Some(0),
+            "{l}"
+        );
+        ensure!(
+            l["time"]
+                .as_str()
+                .is_some_and(|t| t.ends_with('Z') && t.len() == 27),
+            "{l}"
+        );
     }
 
     // The common log format, on a restarted proxy.
@@ -322,8 +491,14 @@ fn access_log_lines_parse_back() -> Result<()> {
     let f: Vec<&str> = line.split(' ').collect();
     ensure!(f[1] == "-" && f[2] == mesh.identity("client"), "{line}");
     ensure!(f[3].starts_with('[') && f[4] == "+0000]", "{line}");
-    ensure!(f[5] == "\"GET" && f[6] == "/common" && f[8] == "200", "{line}");
-    ensure!(f[10] == "inbound" && line.contains(" latency_ms="), "{line}");
+    ensure!(
+        f[5] == "\"GET" && f[6] == "/common" && f[8] == "200",
+        "{line}"
+    );
+    ensure!(
+        f[10] == "inbound" && line.contains(" latency_ms="),
+        "{line}"
+    );
     // Off by default: the client's (json) log has no line of it... and a
     // proxy without the flag writes none (the other mesh tests' proxies).
     Ok(())
@@ -331,28 +506,51 @@ fn access_log_lines_parse_back() -> Result<()> {
 
 #[test]
 fn trace_headers_pass_through_both_proxies() -> Result<()> {
-    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), MeshSpec::with_servers(1))? else {
+    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), MeshSpec::with_servers(1))?
+    else {
         return Ok(());
     };
     let headers = [
-        ("traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        (
+            "traceparent",
+            "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01",
+        ),
         ("tracestate", "congo=t61rcWkgMzE,rojo=00f067aa0ba902b7"),
-        ("b3", "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90"),
+        (
+            "b3",
+            "80f198ee56343ba864fe8b2a57d3eff7-e457b5a2e4d86bd1-1-05e3ac9a4f6e3b90",
+        ),
         ("x-b3-traceid", "80f198ee56343ba864fe8b2a57d3eff7"),
         ("x-b3-spanid", "e457b5a2e4d86bd1"),
         ("x-b3-parentspanid", "05e3ac9a4f6e3b90"),
         ("x-b3-sampled", "1"),
     ];
-    let mut curl = in_pod(&mesh.env, "client", "curl")?.args(["--http1.1", "-sS", "-D", "-", "-o", "/dev/null"]);
+    let mut curl = in_pod(&mesh.env, "client", "curl")?.args([
+        "--http1.1",
+        "-sS",
+        "-D",
+        "-",
+        "-o",
+        "/dev/null",
+    ]);
     for (k, v) in headers {
         curl = curl.args(["-H".to_owned(), format!("{k}: {v}")]);
     }
     let done = curl.arg(mesh.url_by_name("web", 80, "/traced")).run(T)?;
-    let echoed: Vec<String> = done.stdout().map(|l| l.trim().to_ascii_lowercase()).collect();
-    ensure!(echoed.first().is_some_and(|l| l.contains(" 200")), "{echoed:?}");
+    let echoed: Vec<String> = done
+        .stdout()
+        .map(|l| l.trim().to_ascii_lowercase())
+        .collect();
+    ensure!(
+        echoed.first().is_some_and(|l| l.contains(" 200")),
+        "{echoed:?}"
+    );
     for (k, v) in headers {
         let want = format!("echo-{k}: {}", v.to_ascii_lowercase());
-        ensure!(echoed.contains(&want), "{k} did not reach the application unchanged: {echoed:?}");
+        ensure!(
+            echoed.contains(&want),
+            "{k} did not reach the application unchanged: {echoed:?}"
+        );
     }
     // And the application saw it through both proxies (over mTLS).
     let a = mesh.app("web-1").http_requests();
@@ -362,18 +560,30 @@ fn trace_headers_pass_through_both_proxies() -> Result<()> {
 
 #[test]
 fn only_the_node_operator_may_tap() -> Result<()> {
-    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), MeshSpec::with_servers(1))? else {
+    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), MeshSpec::with_servers(1))?
+    else {
         return Ok(());
     };
     let web = mesh.env.pod("web-1").ipv4;
     // Through the mesh: the client pod's request goes through both proxies.
     for port in [CONTROL_PORT, spec_admin()] {
         let r = mesh.curl(&format!("http://{web}:{port}/tap"))?;
-        ensure!(r.status != 200, "tap through the mesh on :{port} answered: {r:?}");
+        ensure!(
+            r.status != 200,
+            "tap through the mesh on :{port} answered: {r:?}"
+        );
     }
     // Directly to the pod's IP from a pod without a proxy (the controller's).
     let direct = in_pod(&mesh.env, "controller", "curl")?
-        .args(["-sS", "--max-time", "3", "-o", "/dev/null", "-w", "%{http_code}"])
+        .args([
+            "-sS",
+            "--max-time",
+            "3",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+        ])
         .arg(format!("http://{web}:{CONTROL_PORT}/tap"))
         .run(T)?;
     let code: String = done_text(&direct);
@@ -389,14 +599,31 @@ fn only_the_node_operator_may_tap() -> Result<()> {
         .run(T)?;
     let out: Vec<&str> = as_proxy.stdout().collect();
     ensure!(out.last() == Some(&"403"), "{out:?}");
-    ensure!(out.iter().any(|l| l.contains("made by the proxy itself")), "{out:?}");
-    ensure!(metric(&mesh, "web-1", "conduit_tap_listeners")? == 0.0, "nobody is tapping");
+    ensure!(
+        out.iter().any(|l| l.contains("made by the proxy itself")),
+        "{out:?}"
+    );
+    ensure!(
+        metric(&mesh, "web-1", "conduit_tap_listeners")? == 0.0,
+        "nobody is tapping"
+    );
     // The operator on the node can.
-    let mut tap = cli(&mesh, "tap", &["tap", "--pod", "web-1", "--json", "--max", "1"])?.start()?;
+    let mut tap = cli(
+        &mesh,
+        "tap",
+        &["tap", "--pod", "web-1", "--json", "--max", "1"],
+    )?
+    .start()?;
     wait_listeners(&mesh, "web-1", 1.0)?;
     requests(&mesh, "/by-operator", 1)?;
     tap.wait_exit(T)?;
-    ensure!(json_lines(&tap).first().is_some_and(|e| e["path"] == "/by-operator"), "{}", tap.output_text());
+    ensure!(
+        json_lines(&tap)
+            .first()
+            .is_some_and(|e| e["path"] == "/by-operator"),
+        "{}",
+        tap.output_text()
+    );
     Ok(())
 }
 
@@ -409,7 +636,9 @@ fn done_text(f: &conduit_tests::process::Finished) -> String {
 }
 
 fn free_port() -> Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 #[test]
@@ -420,13 +649,29 @@ fn dashboard_draws_the_mesh_in_a_browser() -> Result<()> {
     let chromium = which("chromium").context("chromium is missing: run `cargo xtask setup`")?;
     let addr = SocketAddr::from(([127, 0, 0, 1], free_port()?));
     let listen = addr.to_string();
-    let mut dash = cli(&mesh, "dashboard", &["dashboard", "--listen", &listen, "--interval", "1s", "--window", "5s"])?.start()?;
+    let mut dash = cli(
+        &mesh,
+        "dashboard",
+        &[
+            "dashboard",
+            "--listen",
+            &listen,
+            "--interval",
+            "1s",
+            "--window",
+            "5s",
+        ],
+    )?
+    .start()?;
     dash.wait_for_line("it serves", T, |l| l.starts_with("dashboard on"))?;
     requests(&mesh, "/hello", 10)?;
     let svc = format!("{}:80", mesh.spec.fqdn("web"));
     wait_until("the dashboard to see the requests", T, || {
         let (code, body) = conduit_tests::mesh::scrape::get(addr, "/api/stat")?;
-        ensure!(code == 200 && body.contains(&svc) && body.contains("default/web-2"), "{body}");
+        ensure!(
+            code == 200 && body.contains(&svc) && body.contains("default/web-2"),
+            "{body}"
+        );
         Ok(())
     })?;
     let png = mesh.env.run_dir().join("dashboard.png");
@@ -441,16 +686,27 @@ fn dashboard_draws_the_mesh_in_a_browser() -> Result<()> {
             format!("http://{addr}/"),
         ]
     };
-    let dom = Spawn::new("chromium", &chromium).args(args("--dump-dom")).quiet().run(Duration::from_secs(60))?;
+    let dom = Spawn::new("chromium", &chromium)
+        .args(args("--dump-dom"))
+        .quiet()
+        .run(Duration::from_secs(60))?;
     let dom = dom.stdout().collect::<Vec<_>>().join("\n");
-    for want in [svc.as_str(), "default/client", "default/web-1", "default/web-2", "class=\"edge\"", "mTLS"] {
+    for want in [
+        svc.as_str(),
+        "default/client",
+        "default/web-1",
+        "default/web-2",
+        "class=\"edge\"",
+        "mTLS",
+    ] {
         ensure!(dom.contains(want), "the page lacks {want:?}:\n{dom}");
     }
     Spawn::new("chromium", &chromium)
         .args(args(&format!("--screenshot={}", png.display())))
         .quiet()
         .run(Duration::from_secs(60))?;
-    let decoder = png::Decoder::new(std::fs::File::open(&png).with_context(|| format!("{}", png.display()))?);
+    let decoder =
+        png::Decoder::new(std::fs::File::open(&png).with_context(|| format!("{}", png.display()))?);
     let mut reader = decoder.read_info()?;
     let mut buf = vec![0; reader.output_buffer_size()];
     let info = reader.next_frame(&mut buf)?;
@@ -467,9 +723,20 @@ fn dashboard_draws_the_mesh_in_a_browser() -> Result<()> {
         }
     }
     let total = (info.width * info.height) as usize;
-    ensure!(ink > total / 50, "the screenshot is nearly blank: {ink} of {total} pixels drawn");
-    ensure!(edge_green > 200, "no healthy mTLS edge drawn ({edge_green} pixels)");
-    eprintln!("dashboard screenshot: {} ({}x{}, {ink} pixels drawn)", png.display(), info.width, info.height);
+    ensure!(
+        ink > total / 50,
+        "the screenshot is nearly blank: {ink} of {total} pixels drawn"
+    );
+    ensure!(
+        edge_green > 200,
+        "no healthy mTLS edge drawn ({edge_green} pixels)"
+    );
+    eprintln!(
+        "dashboard screenshot: {} ({}x{}, {ink} pixels drawn)",
+        png.display(),
+        info.width,
+        info.height
+    );
     if let Ok(keep) = std::env::var("CONDUIT_KEEP_SCREENSHOT") {
         std::fs::copy(&png, keep)?;
     }
@@ -499,10 +766,19 @@ fn the_demo_ends_with_stat_and_tap() -> Result<()> {
     };
     // 10 curl requests, 2 of them to /status/500.
     let http = row(&format!("{svc}:80"))?;
-    ensure!(http.split_whitespace().nth(3) == Some("10") && http.contains("80.00%"), "{http}");
+    ensure!(
+        http.split_whitespace().nth(3) == Some("10") && http.contains("80.00%"),
+        "{http}"
+    );
     ensure!(row(&format!("{svc}:9090"))?.contains("100.00%"), "{table}");
-    ensure!(table.contains("default/web-1") && table.contains("TCP"), "{table}");
+    ensure!(
+        table.contains("default/web-1") && table.contains("TCP"),
+        "{table}"
+    );
     ensure!(tap.len() == 6, "{tap:?}");
-    ensure!(tap.iter().all(|l| l.contains(" default/client outbound ")), "{tap:?}");
+    ensure!(
+        tap.iter().all(|l| l.contains(" default/client outbound ")),
+        "{tap:?}"
+    );
     Ok(())
 }

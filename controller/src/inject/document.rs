@@ -165,7 +165,9 @@ fn access_log_annotation(template: &Value) -> Result<Option<String>, String> {
     match get(template, &["metadata", "annotations", key]).map(Value::as_str) {
         None => Ok(None),
         Some(Some(f @ ("json" | "common"))) => Ok(Some(f.to_owned())),
-        Some(v) => Err(format!("annotation {key} must be json or common, not {v:?}")),
+        Some(v) => Err(format!(
+            "annotation {key} must be json or common, not {v:?}"
+        )),
     }
 }
 

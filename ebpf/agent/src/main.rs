@@ -20,6 +20,7 @@ mod agent;
 mod cgroup;
 mod claims;
 mod cleanup;
+mod dashboard;
 mod enrol;
 mod features;
 mod health;
@@ -33,7 +34,6 @@ mod status;
 mod sys;
 mod tap;
 mod top;
-mod dashboard;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};

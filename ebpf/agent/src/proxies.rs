@@ -110,6 +110,16 @@ pub fn connect_in_pod(pid: u32, port: u16) -> Result<TcpStream> {
 /// Sends `GET path` to the proxy's listener on `port`; the response with
 /// its body still streaming.
 pub async fn get(pid: u32, port: u16, path: &str) -> Result<http::Response<Incoming>> {
+    get_with(pid, port, path, None).await
+}
+
+/// [`get`] with `Authorization: Bearer <token>` when a token is given.
+pub async fn get_with(
+    pid: u32,
+    port: u16,
+    path: &str,
+    token: Option<&str>,
+) -> Result<http::Response<Incoming>> {
     let std_stream = tokio::task::spawn_blocking(move || connect_in_pod(pid, port)).await??;
     std_stream.set_nonblocking(true)?;
     let tcp = tokio::net::TcpStream::from_std(std_stream)?;
@@ -118,9 +128,11 @@ pub async fn get(pid: u32, port: u16, path: &str) -> Result<http::Response<Incom
     tokio::spawn(async move {
         let _ = conn.await;
     });
-    let req = http::Request::get(path)
-        .header(http::header::HOST, format!("127.0.0.1:{port}"))
-        .body(Empty::<Bytes>::new())?;
+    let mut req = http::Request::get(path).header(http::header::HOST, format!("127.0.0.1:{port}"));
+    if let Some(t) = token {
+        req = req.header(http::header::AUTHORIZATION, format!("Bearer {t}"));
+    }
+    let req = req.body(Empty::<Bytes>::new())?;
     Ok(sender.send_request(req).await?)
 }
 

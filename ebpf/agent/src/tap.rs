@@ -66,6 +66,10 @@ pub struct Source {
     /// The proxies' operator port (`--control-addr`).
     #[arg(long, default_value_t = DEFAULT_CONTROL_PORT)]
     pub control_port: u16,
+    /// For proxies started with `--control-token-file`: a file holding the
+    /// same token.
+    #[arg(long)]
+    pub control_token_file: Option<PathBuf>,
     #[arg(long, default_value = crate::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
 }
@@ -107,13 +111,23 @@ pub fn open(source: &Source) -> Result<(mpsc::Receiver<Arrival>, usize)> {
     }
     query.push_str(&format!("buffer={}", source.buffer.max(1)));
     let path = format!("/tap?{query}");
+    let token: Option<std::sync::Arc<str>> = match &source.control_token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(f)
+                .with_context(|| format!("reading {}", f.display()))?
+                .trim()
+                .into(),
+        ),
+        None => None,
+    };
     let (tx, rx) = mpsc::channel(1024);
     let n = found.len();
     for p in found {
-        let (tx, path, port) = (tx.clone(), path.clone(), source.control_port);
+        let (tx, path, port, token) =
+            (tx.clone(), path.clone(), source.control_port, token.clone());
         tokio::spawn(async move {
             let pod = p.pod();
-            if let Err(e) = stream(&p, port, &path, &tx).await {
+            if let Err(e) = stream(&p, port, &path, token.as_deref(), &tx).await {
                 let _ = tx.send(Arrival::Failed(pod, format!("{e:#}"))).await;
             }
         });
@@ -121,8 +135,14 @@ pub fn open(source: &Source) -> Result<(mpsc::Receiver<Arrival>, usize)> {
     Ok((rx, n))
 }
 
-async fn stream(p: &Proxy, port: u16, path: &str, tx: &mpsc::Sender<Arrival>) -> Result<()> {
-    let rsp = proxies::get(p.pid, port, path).await?;
+async fn stream(
+    p: &Proxy,
+    port: u16,
+    path: &str,
+    token: Option<&str>,
+    tx: &mpsc::Sender<Arrival>,
+) -> Result<()> {
+    let rsp = proxies::get_with(p.pid, port, path, token).await?;
     let status = rsp.status();
     let mut body = rsp.into_body();
     if status != http::StatusCode::OK {
@@ -136,7 +156,9 @@ async fn stream(p: &Proxy, port: u16, path: &str, tx: &mpsc::Sender<Arrival>) ->
     let mut pending = Vec::new();
     while let Some(frame) = body.frame().await {
         let frame = frame.context("reading the tap stream")?;
-        let Some(data) = frame.data_ref() else { continue };
+        let Some(data) = frame.data_ref() else {
+            continue;
+        };
         pending.extend_from_slice(data);
         while let Some(i) = pending.iter().position(|b| *b == b'\n') {
             let line: Vec<u8> = pending.drain(..=i).collect();
@@ -188,7 +210,9 @@ pub fn line(pod: &str, e: &TapEvent) -> String {
         e.path,
         e.latency_us as f64 / 1000.0,
         e.rsp_bytes,
-        e.peer_identity.as_deref().map_or_else(|| "-".into(), short_identity),
+        e.peer_identity
+            .as_deref()
+            .map_or_else(|| "-".into(), short_identity),
     )
 }
 
@@ -284,7 +308,8 @@ mod tests {
             "06:40:00.123 default/client outbound GET web.default.svc.cluster.local/hello -> 200 1.23ms 152B peer=default/web"
         );
         let j: serde_json::Value =
-            serde_json::from_str(&json_line("default/client", &TapMessage::Request(event()))).unwrap();
+            serde_json::from_str(&json_line("default/client", &TapMessage::Request(event())))
+                .unwrap();
         assert_eq!(j["pod"], "default/client");
         assert_eq!(j["status"], 200);
         let d = json_line("p", &TapMessage::Dropped { total: 7 });
@@ -310,7 +335,10 @@ mod tests {
             path: Some("/api".into()),
             status: Some("5xx".into()),
         };
-        assert_eq!(f.to_tap().unwrap().to_query(), "direction=inbound&path=/api&status=5xx");
+        assert_eq!(
+            f.to_tap().unwrap().to_query(),
+            "direction=inbound&path=/api&status=5xx"
+        );
         let bad = Filter {
             direction: Some("sideways".into()),
             method: None,

@@ -114,7 +114,12 @@ impl Top {
 pub fn render(rows: &[Row], dropped: u64) -> String {
     let mut out = String::new();
     let kw = |f: fn(&Key) -> usize, min: usize| {
-        rows.iter().filter_map(|r| r.key.as_ref()).map(f).max().unwrap_or(min).max(min)
+        rows.iter()
+            .filter_map(|r| r.key.as_ref())
+            .map(f)
+            .max()
+            .unwrap_or(min)
+            .max(min)
     };
     let pw = kw(|k| k.pod.len(), 3);
     let aw = kw(|k| k.authority.len(), 9);
@@ -139,7 +144,9 @@ pub fn render(rows: &[Row], dropped: u64) -> String {
         ));
     }
     if dropped > 0 {
-        out.push_str(&format!("({dropped} events dropped by the proxies: this reader was too slow)\n"));
+        out.push_str(&format!(
+            "({dropped} events dropped by the proxies: this reader was too slow)\n"
+        ));
     }
     out
 }
@@ -231,7 +238,10 @@ mod tests {
     fn busiest_first_with_success_and_latency() {
         let mut t = Top::default();
         for i in 0..4 {
-            t.add("default/client", &event("/a", if i == 0 { 500 } else { 200 }, 1000 * (i + 1)));
+            t.add(
+                "default/client",
+                &event("/a", if i == 0 { 500 } else { 200 }, 1000 * (i + 1)),
+            );
         }
         t.add("default/client", &event("/b", 200, 500));
         let rows = t.table(10, Duration::from_secs(2));
@@ -245,7 +255,10 @@ mod tests {
         assert_eq!(t.table(1, Duration::from_secs(1)).len(), 1);
         let text = render(&rows, 3);
         assert!(text.lines().nth(1).unwrap().contains("/a"), "{text}");
-        assert!(text.contains("75.00%") && text.contains("3 events dropped"), "{text}");
+        assert!(
+            text.contains("75.00%") && text.contains("3 events dropped"),
+            "{text}"
+        );
     }
 
     #[test]

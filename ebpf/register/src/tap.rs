@@ -46,7 +46,9 @@ pub struct TapEvent {
 pub enum TapMessage {
     Request(TapEvent),
     /// Events this listener lost so far because it read too slowly.
-    Dropped { total: u64 },
+    Dropped {
+        total: u64,
+    },
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -138,7 +140,9 @@ impl TapFilter {
             "method" => {
                 let ok = !value.is_empty()
                     && value.len() <= 32
-                    && value.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+                    && value
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-');
                 if !ok {
                     return Err(FilterError::Method(value.into()));
                 }
@@ -321,7 +325,10 @@ mod tests {
     #[test]
     fn messages_are_json_lines() {
         let m = TapMessage::Dropped { total: 3 };
-        assert_eq!(serde_json::to_string(&m).unwrap(), r#"{"dropped":{"total":3}}"#);
+        assert_eq!(
+            serde_json::to_string(&m).unwrap(),
+            r#"{"dropped":{"total":3}}"#
+        );
         let e = TapMessage::Request(event("outbound", "GET", "/", 200));
         let back: TapMessage = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back, e);

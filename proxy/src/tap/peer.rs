@@ -14,7 +14,9 @@ use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 pub enum Refused {
     #[error("tap is served to loopback clients only, not {0}")]
     NotLoopback(SocketAddr),
-    #[error("tap refused: the connection from {0} was made by the proxy itself (forwarded traffic)")]
+    #[error(
+        "tap refused: the connection from {0} was made by the proxy itself (forwarded traffic)"
+    )]
     FromProxy(SocketAddr),
     #[error("tap refused: the owner of the connection from {0} is unknown")]
     UnknownOwner(SocketAddr),

@@ -43,7 +43,10 @@ pub fn route<B>(
         return None;
     }
     if req.method() != Method::GET {
-        return Some(text(StatusCode::METHOD_NOT_ALLOWED, "use GET /tap\n".into()));
+        return Some(text(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "use GET /tap\n".into(),
+        ));
     }
     if let Err(e) = super::peer::authorize(client, local) {
         warn!(%client, "{e}");

@@ -206,7 +206,12 @@ fn run(cli: &Cli, steps: &mut Steps) -> Result<()> {
             "  conduit-ebpf status --pin-dir {}",
             mesh.agent.config.pin_dir.display()
         );
-        for cmd in ["stat --watch", "tap --pod client", "top", "dashboard --listen 127.0.0.1:8084"] {
+        for cmd in [
+            "stat --watch",
+            "tap --pod client",
+            "top",
+            "dashboard --listen 127.0.0.1:8084",
+        ] {
             println!(
                 "  conduit-ebpf {cmd} --pin-dir {}",
                 mesh.agent.config.pin_dir.display()

@@ -271,7 +271,12 @@ const TRACE_HEADERS: &[&str] = &[
 
 /// `/delay/<ms>`: answer after that long (at most 10 s).
 fn delay(path: &str) -> Option<Duration> {
-    let ms: u64 = path.strip_prefix("/delay/")?.split('/').next()?.parse().ok()?;
+    let ms: u64 = path
+        .strip_prefix("/delay/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
     Some(Duration::from_millis(ms.min(10_000)))
 }
 

@@ -67,7 +67,15 @@ impl State {
     fn figures(&self) -> (Report, BTreeMap<String, svg::Series>, f64) {
         let h = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
         let Some(last) = h.back() else {
-            return (Report { window_s: 0.0, routes: vec![], tcp: vec![] }, BTreeMap::new(), 0.0);
+            return (
+                Report {
+                    window_s: 0.0,
+                    routes: vec![],
+                    tcp: vec![],
+                },
+                BTreeMap::new(),
+                0.0,
+            );
         };
         let start = h
             .iter()
@@ -80,7 +88,11 @@ impl State {
         for (a, b) in h.iter().zip(h.iter().skip(1)) {
             let ago = last.at.duration_since(b.at).as_secs_f64();
             let mut step: BTreeMap<String, (Option<f64>, Option<f64>)> = BTreeMap::new();
-            for r in stat::report(a, b, None).routes.into_iter().filter(|r| r.direction == "outbound") {
+            for r in stat::report(a, b, None)
+                .routes
+                .into_iter()
+                .filter(|r| r.direction == "outbound")
+            {
                 let e = step.entry(r.dst).or_default();
                 e.0 = max(e.0, r.p50_ms);
                 e.1 = max(e.1, r.p99_ms);
@@ -91,7 +103,9 @@ impl State {
                 }
             }
         }
-        let span = h.front().map_or(0.0, |f| last.at.duration_since(f.at).as_secs_f64());
+        let span = h
+            .front()
+            .map_or(0.0, |f| last.at.duration_since(f.at).as_secs_f64());
         (report, series, span)
     }
 }
@@ -107,7 +121,11 @@ fn page(state: &State) -> String {
     let (report, series, span) = state.figures();
     let mut charts = String::new();
     for (dst, s) in &series {
-        charts.push_str(&svg::latency_chart(&format!("{dst}: latency (outbound)"), s, span.max(1.0)));
+        charts.push_str(&svg::latency_chart(
+            &format!("{dst}: latency (outbound)"),
+            s,
+            span.max(1.0),
+        ));
     }
     if charts.is_empty() {
         charts.push_str("<p>no outbound HTTP requests yet</p>");
@@ -143,7 +161,11 @@ fn respond(state: &State, path: &str) -> http::Response<Full<Bytes>> {
             "application/json",
             serde_json::to_string(&state.figures().0).unwrap_or_default(),
         ),
-        _ => (404, "text/plain", "not found: try / or /api/stat\n".to_owned()),
+        _ => (
+            404,
+            "text/plain",
+            "not found: try / or /api/stat\n".to_owned(),
+        ),
     };
     http::Response::builder()
         .status(status)
@@ -203,7 +225,9 @@ pub fn run(o: Options) -> Result<()> {
                 let mut b = hyper::server::conn::http1::Builder::new();
                 b.timer(hyper_util::rt::TokioTimer::new())
                     .header_read_timeout(Duration::from_secs(10));
-                let _ = b.serve_connection(hyper_util::rt::TokioIo::new(tcp), svc).await;
+                let _ = b
+                    .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                    .await;
             });
         }
     })

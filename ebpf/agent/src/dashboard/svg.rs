@@ -45,7 +45,10 @@ pub fn graph(r: &Report) -> String {
         let success = route.success.unwrap_or(0.0);
         let mtls = route.mtls.unwrap_or(0.0) >= 0.999;
         if route.direction == "outbound" {
-            let (Some(from), Some(to)) = (index(&mut callers, &route.pod), index(&mut services, &route.dst)) else {
+            let (Some(from), Some(to)) = (
+                index(&mut callers, &route.pod),
+                index(&mut services, &route.dst),
+            ) else {
                 continue;
             };
             edges.push(Edge {
@@ -89,7 +92,11 @@ pub fn graph(r: &Report) -> String {
         let (x1, y1) = (cx + bw, y(e.from) + bh / 2.0);
         let (x2, y2) = (sx, y(e.to) + bh / 2.0);
         let color = if e.healthy { "#2b8a3e" } else { "#c92a2a" };
-        let dash = if e.mtls { "" } else { r#" stroke-dasharray="6,4""# };
+        let dash = if e.mtls {
+            ""
+        } else {
+            r#" stroke-dasharray="6,4""#
+        };
         let _ = write!(
             s,
             r#"<line class="edge" x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="3"{dash}/>
@@ -131,7 +138,11 @@ pub fn graph(r: &Report) -> String {
         node(&mut s, px, i, "#ebfbee", pod, lines);
     }
     if edges.is_empty() && servers.is_empty() {
-        let _ = write!(s, r#"<text x="{cx}" y="{}">no HTTP traffic in the window</text>"#, top + 20.0);
+        let _ = write!(
+            s,
+            r#"<text x="{cx}" y="{}">no HTTP traffic in the window</text>"#,
+            top + 20.0
+        );
     }
     s.push_str("</svg>\n");
     s
@@ -163,7 +174,12 @@ pub fn latency_chart(title: &str, series: &Series, span_s: f64) -> String {
     for p in series {
         for (v, color) in [(p.1, "#1c7ed6"), (p.2, "#e03131")] {
             if let Some(v) = v {
-                let _ = write!(dots, r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#, px(p.0), py(v));
+                let _ = write!(
+                    dots,
+                    r#"<circle cx="{:.1}" cy="{:.1}" r="3" fill="{color}"/>"#,
+                    px(p.0),
+                    py(v)
+                );
             }
         }
     }
@@ -218,7 +234,13 @@ mod tests {
         let r = Report {
             window_s: 10.0,
             routes: vec![
-                route("default/client", "outbound", "web.default.svc.cluster.local:80", 1.0, 1.0),
+                route(
+                    "default/client",
+                    "outbound",
+                    "web.default.svc.cluster.local:80",
+                    1.0,
+                    1.0,
+                ),
                 route("default/client", "outbound", "db<1>:5432", 0.5, 0.0),
                 route("default/web-1", "inbound", "app:8080", 1.0, 1.0),
             ],
@@ -231,19 +253,30 @@ mod tests {
         assert!(g.contains("db&lt;1&gt;:5432"), "escaped");
         assert_eq!(g.matches("class=\"edge\"").count(), 2);
         assert!(g.contains("2.0 rps · 100.0% · p99 3.00ms · mTLS"));
-        assert!(g.contains("stroke=\"#c92a2a\" stroke-width=\"3\" stroke-dasharray"), "unhealthy plaintext edge");
+        assert!(
+            g.contains("stroke=\"#c92a2a\" stroke-width=\"3\" stroke-dasharray"),
+            "unhealthy plaintext edge"
+        );
         assert!(g.contains("from default/client"));
     }
 
     #[test]
     fn empty_graph_says_so() {
-        let g = graph(&Report { window_s: 1.0, routes: vec![], tcp: vec![] });
+        let g = graph(&Report {
+            window_s: 1.0,
+            routes: vec![],
+            tcp: vec![],
+        });
         assert!(g.contains("no HTTP traffic"));
     }
 
     #[test]
     fn chart_points() {
-        let c = latency_chart("web", &vec![(60.0, Some(1.0), Some(2.0)), (0.0, Some(1.0), None)], 60.0);
+        let c = latency_chart(
+            "web",
+            &vec![(60.0, Some(1.0), Some(2.0)), (0.0, Some(1.0), None)],
+            60.0,
+        );
         assert!(c.contains("points=\"50.0,"), "{c}");
         assert!(c.contains(">2.00ms<"), "{c}");
     }

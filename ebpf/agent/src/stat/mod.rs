@@ -68,7 +68,11 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
 /// Whether destination label `dst` names `service`.
 pub fn to_matches(service: &str, dst: &str) -> bool {
     let host = dst.rsplit_once(':').map_or(dst, |(h, _)| h);
-    dst == service || host == service || host.strip_prefix(service).is_some_and(|r| r.starts_with('.'))
+    dst == service
+        || host == service
+        || host
+            .strip_prefix(service)
+            .is_some_and(|r| r.starts_with('.'))
 }
 
 /// One scrape of every selected proxy.
@@ -121,7 +125,10 @@ pub fn report(old: &Snapshot, new: &Snapshot, to: Option<&str>) -> Report {
     for (pod, n) in &new.pods {
         let Some(o) = old.pods.get(pod) else { continue };
         let (r, t) = window::diff(pod, o, n, secs);
-        routes.extend(r.into_iter().filter(|r| to.is_none_or(|s| to_matches(s, &r.dst))));
+        routes.extend(
+            r.into_iter()
+                .filter(|r| to.is_none_or(|s| to_matches(s, &r.dst))),
+        );
         tcp.extend(t);
     }
     Report {
@@ -203,8 +210,16 @@ mod tests {
     fn service_names() {
         for (svc, dst, want) in [
             ("web", "web.default.svc.cluster.local:80", true),
-            ("web.default.svc.cluster.local", "web.default.svc.cluster.local:80", true),
-            ("web.default.svc.cluster.local:80", "web.default.svc.cluster.local:80", true),
+            (
+                "web.default.svc.cluster.local",
+                "web.default.svc.cluster.local:80",
+                true,
+            ),
+            (
+                "web.default.svc.cluster.local:80",
+                "web.default.svc.cluster.local:80",
+                true,
+            ),
             ("web", "webshop.default.svc.cluster.local:80", false),
             ("web", "10.96.0.10:80", false),
             ("10.96.0.10", "10.96.0.10:80", true),

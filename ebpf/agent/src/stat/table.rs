@@ -47,7 +47,12 @@ pub fn render(routes: &[RouteStat], tcp: &[TcpStat], window_s: f64) -> String {
         out.push_str("no HTTP requests in the window\n");
     } else {
         let pw = routes.iter().map(|r| r.pod.len()).max().unwrap_or(3).max(3);
-        let dw = routes.iter().map(|r| r.dst.len()).max().unwrap_or(11).max(11);
+        let dw = routes
+            .iter()
+            .map(|r| r.dst.len())
+            .max()
+            .unwrap_or(11)
+            .max(11);
         let _ = writeln!(
             out,
             "{:<pw$}  {:<8}  {:<dw$}  {:>6}  {:>8}  {:>8}  {:>8}  {:>8}  {:>8}  {:>5}  PEERS",
@@ -67,7 +72,8 @@ pub fn render(routes: &[RouteStat], tcp: &[TcpStat], window_s: f64) -> String {
                 ms(r.p50_ms),
                 ms(r.p95_ms),
                 ms(r.p99_ms),
-                r.mtls.map_or_else(|| "-".into(), |m| format!("{:.0}%", m * 100.0)),
+                r.mtls
+                    .map_or_else(|| "-".into(), |m| format!("{:.0}%", m * 100.0)),
                 peers.join(",")
             );
         }
@@ -101,7 +107,10 @@ mod tests {
 
     #[test]
     fn cells() {
-        assert_eq!(short_identity("spiffe://cluster.local/ns/default/sa/web"), "default/web");
+        assert_eq!(
+            short_identity("spiffe://cluster.local/ns/default/sa/web"),
+            "default/web"
+        );
         assert_eq!(short_identity("none"), "-");
         assert_eq!(short_identity("spiffe://td/other"), "spiffe://td/other");
         assert_eq!(ms(Some(0.4123)), "0.41ms");

@@ -51,7 +51,9 @@ pub fn totals(samples: &[Sample]) -> Totals {
                 if s.label("status_class") == "5xx" {
                     r.failures += s.value;
                 }
-                *r.by_peer.entry(s.label("peer_identity").to_owned()).or_default() += s.value;
+                *r.by_peer
+                    .entry(s.label("peer_identity").to_owned())
+                    .or_default() += s.value;
             }
             "conduit_response_latency_seconds_bucket" => {
                 let le = match s.label("le") {
@@ -127,7 +129,10 @@ pub fn diff(pod: &str, old: &Totals, new: &Totals, secs: f64) -> (Vec<RouteStat>
     let empty = RouteTotals::default();
     let mut routes = Vec::new();
     for ((direction, dst), n) in &new.routes {
-        let o = old.routes.get(&(direction.clone(), dst.clone())).unwrap_or(&empty);
+        let o = old
+            .routes
+            .get(&(direction.clone(), dst.clone()))
+            .unwrap_or(&empty);
         let responses = delta(n.responses, o.responses);
         if responses <= 0.0 {
             continue;
