@@ -89,7 +89,7 @@ fn stat_counts_known_traffic() -> Result<()> {
     stat.wait_for_line("its first report", T, |l| l.starts_with('{'))?;
     requests(&mesh, "/hello", 10)?;
     requests(&mesh, "/status/500", 5)?;
-    requests(&mesh, "/delay/50", 10)?;
+    requests(&mesh, "/delay/200", 10)?;
     let svc = format!("{}:80", mesh.spec.fqdn("web"));
     let report = wait_until("stat to count the 25 requests", T, || {
         let last = json_lines(&stat)
@@ -116,10 +116,11 @@ fn stat_counts_known_traffic() -> Result<()> {
         r["peers"] == serde_json::json!([mesh.identity("web-1")]),
         "{r}"
     );
-    // 15 fast answers and 10 after 50 ms: p50 is fast, p95 near 50 ms.
+    // 15 fast answers and 10 after 200 ms: p50 is fast, p95 near 200 ms
+    // (within its histogram bucket, 102..205 ms, and slack for a busy machine).
     let (p50, p95) = (num("p50_ms")?, num("p95_ms")?);
-    ensure!(p50 > 0.0 && p50 < 20.0, "p50 {p50} ms");
-    ensure!((25.0..=200.0).contains(&p95), "p95 {p95} ms");
+    ensure!(p50 > 0.0 && p50 < 100.0, "p50 {p50} ms");
+    ensure!((100.0..=1000.0).contains(&p95), "p95 {p95} ms");
     ensure!(num("rps")? > 0.0, "{r}");
     // The servers saw them all (and the retried 500s again), from the client.
     let inbound: Vec<&Value> = ["default/web-1", "default/web-2"]
