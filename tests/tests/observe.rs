@@ -758,6 +758,7 @@ fn the_demo_ends_with_stat_and_tap() -> Result<()> {
         return Ok(());
     };
     let (table, tap) = conduit_tests::demo::stat_and_tap(&mesh, 10)?;
+    eprintln!("tap:\n{}\nstat:\n{table}", tap.join("\n"));
     let svc = mesh.spec.fqdn("web");
     let row = |dst: &str| {
         table
