@@ -177,9 +177,12 @@ mod tests {
         }
     }
 
+    /// (Authorization header, the file's secret, expected outcome)
+    type TokenCase<'a> = (Option<&'a [u8]>, &'a [u8], Result<(), Denied>);
+
     #[test]
     fn tokens() {
-        let cases: &[(Option<&[u8]>, &[u8], Result<(), Denied>)] = &[
+        let cases: &[TokenCase<'_>] = &[
             (Some(b"Bearer s3cret"), b"s3cret", Ok(())),
             (Some(b"Bearer s3cre"), b"s3cret", Err(Denied::WrongToken)),
             (Some(b"Bearer s3cretx"), b"s3cret", Err(Denied::WrongToken)),

@@ -48,6 +48,19 @@ fn curl_post(mesh: &Mesh, url: &str) -> Result<CurlResult> {
     })
 }
 
+/// `POST /shutdown` from the host; returns the raw answer.
+fn post_shutdown_from_host(addr: SocketAddr) -> Result<String> {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.write_all(
+        b"POST /shutdown HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+    )?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
 /// An HTTP server in `pod` bound to 127.0.0.1:[`PRIVATE_PORT`] only.
 fn loopback_only_app(mesh: &Mesh, pod: &str) -> Result<Process> {
     let mut p = mesh
@@ -99,6 +112,17 @@ fn meshed_pod_cannot_shut_down_another_pods_proxy() -> Result<()> {
     ensure!(
         refused(&mesh, "web-1", "proxy_port")? >= 2.0,
         "web-1's proxy did not count the refusals"
+    );
+    // From outside the mesh (the host): the admin port answers, read-only;
+    // the operator port is not reachable at all (loopback only, and the
+    // agent's sk_lookup leaves it alone).
+    let admin = SocketAddr::new(IpAddr::V4(web1), ADMIN_PORT);
+    let out = post_shutdown_from_host(admin)?;
+    ensure!(out.starts_with("HTTP/1.1 404"), "{admin}: {out}");
+    let control = SocketAddr::new(IpAddr::V4(web1), CONTROL_PORT);
+    ensure!(
+        std::net::TcpStream::connect_timeout(&control, Duration::from_secs(2)).is_err(),
+        "the operator port {control} accepted a connection from the host"
     );
     // web-1's proxy is alive, ready, not draining, and still serves.
     let proxy = mesh
@@ -157,13 +181,12 @@ fn loopback_only_service_unreachable_from_unmeshed_client() -> Result<()> {
     // sk_lookup, which must not hand it to loopback.
     for ip in [IpAddr::V4(pod.ipv4), IpAddr::V6(pod.ipv6)] {
         let addr = SocketAddr::new(ip, PRIVATE_PORT);
-        match scrape::get(addr, "/secret") {
-            Ok((200, body)) => {
-                return Err(anyhow!(
-                    "the loopback-only service answered an unmeshed client at {addr}: {body}"
-                ));
-            }
-            Ok(_) | Err(_) => {}
+        // A refused connection, a closed one or an error status are all
+        // fine; only an answer from the private service is not.
+        if let Ok((200, body)) = scrape::get(addr, "/secret") {
+            return Err(anyhow!(
+                "the loopback-only service answered an unmeshed client at {addr}: {body}"
+            ));
         }
     }
     ensure!(private_requests(&private) == 0, "a request reached it");

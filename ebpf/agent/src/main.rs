@@ -16,6 +16,7 @@
 // the getsockopt link (sys.rs). Each `unsafe` block says why it is sound.
 #![allow(unsafe_code)]
 
+mod admission;
 mod agent;
 mod cgroup;
 mod claims;
@@ -24,11 +25,13 @@ mod dashboard;
 mod enrol;
 mod features;
 mod health;
+mod limits;
 mod loader;
 mod netns;
 mod object;
 mod pins;
 mod proxies;
+mod registry;
 mod stat;
 mod status;
 mod sys;

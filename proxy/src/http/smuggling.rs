@@ -108,7 +108,7 @@ impl Heads {
             .position(|h| h.method == method.as_bytes() && h.target == target.as_bytes());
         match found {
             Some(i) => {
-                let h = scan.done.drain(..=i).last();
+                let h = scan.done.drain(..=i).next_back();
                 h.is_some_and(|h| h.content_length && h.transfer_encoding)
             }
             None => false,

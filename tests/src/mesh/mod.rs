@@ -73,7 +73,7 @@ impl Mesh {
         if !privilege::check(test) {
             return Ok(None);
         }
-        Self::up(Names::new(test), spec, &mut Steps::silent()).map(Some)
+        Self::up(Names::for_test(test), spec, &mut Steps::silent()).map(Some)
     }
 
     /// Brings the whole mesh up, one step at a time.
