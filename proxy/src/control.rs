@@ -110,10 +110,10 @@ fn route(
     (client, local): (SocketAddr, SocketAddr),
     req: &Request<Incoming>,
 ) -> Response<Body> {
-    if req.uri().path() == crate::tap::server::PATH {
-        if let Err(e) = cred.authorize(req) {
-            return text(StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n"));
-        }
+    if req.uri().path() == crate::tap::server::PATH
+        && let Err(e) = cred.authorize(req)
+    {
+        return text(StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n"));
     }
     if let Some(rsp) = crate::tap::server::route(tap, client, local, req) {
         return rsp;

@@ -216,7 +216,7 @@ fn tap_and_top_stream_filtered_requests() -> Result<()> {
     requests(&mesh, "/status/500", 2)?;
     requests(&mesh, "/other", 1)?;
 
-    let web = format!("{}", mesh.spec.fqdn("web"));
+    let web = mesh.spec.fqdn("web");
     let events = wait_until("tap --pod client to show the 6 requests", T, || {
         let e = json_lines(&all);
         ensure!(e.len() >= 6, "{} so far", e.len());

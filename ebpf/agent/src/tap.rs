@@ -307,9 +307,11 @@ mod tests {
             line("default/client", &event()),
             "06:40:00.123 default/client outbound GET web.default.svc.cluster.local/hello -> 200 1.23ms 152B peer=default/web"
         );
-        let j: serde_json::Value =
-            serde_json::from_str(&json_line("default/client", &TapMessage::Request(event())))
-                .unwrap();
+        let j: serde_json::Value = serde_json::from_str(&json_line(
+            "default/client",
+            &TapMessage::Request(Box::new(event())),
+        ))
+        .unwrap();
         assert_eq!(j["pod"], "default/client");
         assert_eq!(j["status"], 200);
         let d = json_line("p", &TapMessage::Dropped { total: 7 });

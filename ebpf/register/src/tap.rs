@@ -44,7 +44,7 @@ pub struct TapEvent {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "snake_case")]
 pub enum TapMessage {
-    Request(TapEvent),
+    Request(Box<TapEvent>),
     /// Events this listener lost so far because it read too slowly.
     Dropped {
         total: u64,
@@ -66,6 +66,9 @@ impl TapDirection {
         }
     }
 }
+
+/// Query parameters `from_query` was told to pass back: (key, decoded value).
+pub type Extra<'a> = Vec<(&'a str, String)>;
 
 /// Which requests a listener wants. Empty fields match everything.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -165,7 +168,7 @@ impl TapFilter {
     pub fn from_query<'a>(
         query: &'a str,
         extra: &[&str],
-    ) -> Result<(Self, Vec<(&'a str, String)>), FilterError> {
+    ) -> Result<(Self, Extra<'a>), FilterError> {
         let mut f = Self::default();
         let mut rest = Vec::new();
         for pair in query.split('&').filter(|p| !p.is_empty()) {
@@ -329,7 +332,7 @@ mod tests {
             serde_json::to_string(&m).unwrap(),
             r#"{"dropped":{"total":3}}"#
         );
-        let e = TapMessage::Request(event("outbound", "GET", "/", 200));
+        let e = TapMessage::Request(Box::new(event("outbound", "GET", "/", 200)));
         let back: TapMessage = serde_json::from_str(&serde_json::to_string(&e).unwrap()).unwrap();
         assert_eq!(back, e);
     }

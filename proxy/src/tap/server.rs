@@ -96,7 +96,7 @@ fn stream(sub: Subscription) -> Body {
                 break line(&TapMessage::Dropped { total: dropped });
             }
             match tokio::time::timeout(KEEPALIVE, sub.rx.recv()).await {
-                Ok(Some(ev)) => break line(&TapMessage::Request((*ev).clone())),
+                Ok(Some(ev)) => break line(&TapMessage::Request(Box::new((*ev).clone()))),
                 Ok(None) => return None,
                 Err(_) if sub.dropped.load(Ordering::Relaxed) != reported => continue,
                 Err(_) => break Bytes::from_static(b"\n"),

@@ -148,8 +148,10 @@ pub fn graph(r: &Report) -> String {
     s
 }
 
-/// One latency series: seconds ago (positive) and (p50, p99) in ms.
-pub type Series = Vec<(f64, Option<f64>, Option<f64>)>;
+/// One point: seconds ago (positive), p50 and p99 in ms.
+pub type Point = (f64, Option<f64>, Option<f64>);
+/// One latency series.
+pub type Series = Vec<Point>;
 
 /// A small chart of p50 and p99 over `span_s` seconds.
 pub fn latency_chart(title: &str, series: &Series, span_s: f64) -> String {
@@ -162,7 +164,7 @@ pub fn latency_chart(title: &str, series: &Series, span_s: f64) -> String {
         .max(0.1);
     let px = |ago: f64| l + (w - l - 10.0) * (1.0 - (ago / span_s).clamp(0.0, 1.0));
     let py = |v: f64| 20.0 + (h - b - 20.0) * (1.0 - v / max);
-    let line = |pick: fn(&(f64, Option<f64>, Option<f64>)) -> Option<f64>| {
+    let line = |pick: fn(&Point) -> Option<f64>| {
         series
             .iter()
             .filter_map(|p| pick(p).map(|v| format!("{:.1},{:.1}", px(p.0), py(v))))
