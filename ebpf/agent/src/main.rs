@@ -86,6 +86,9 @@ enum Command {
     Top(top::Options),
     /// A live web page: the node's service graph and latency.
     Dashboard(dashboard::Options),
+    /// Load every program through this kernel's verifier (nothing is pinned
+    /// or attached) and print one line per program; exit 1 if any is rejected.
+    Verify,
     /// Detach and remove everything pinned (stop the agent first), and the
     /// agent socket (with its directory when empty).
     Cleanup {
@@ -118,5 +121,6 @@ fn main() -> Result<()> {
         Command::Tap(o) => tap::run(o),
         Command::Top(o) => top::run(o),
         Command::Dashboard(o) => dashboard::run(o),
+        Command::Verify => features::run_verify(),
     }
 }
