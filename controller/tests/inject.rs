@@ -340,3 +340,30 @@ fn run_reads_a_file_and_writes_the_output_file() {
     let cli = TestCli::parse_from(["inject", "-", "--trust-anchors", bad.to_str().unwrap()]);
     assert!(inject::run(cli.args).is_err());
 }
+
+#[test]
+fn access_log_annotation_turns_the_proxy_access_log_on() {
+    let o = options();
+    let with = |v: &str| {
+        read("deployment.in.yaml").replace(
+            "conduit.io/skip-inbound-ports: \"9102\"",
+            &format!("conduit.io/skip-inbound-ports: \"9102\"\n        conduit.io/access-log: {v}"),
+        )
+    };
+    let out = inject_yaml(&with("json"), &o).unwrap();
+    assert!(
+        out.yaml.contains("name: CONDUIT_PROXY_ACCESS_LOG\n") && out.yaml.contains("value: json"),
+        "{}",
+        out.yaml
+    );
+    let plain = inject_yaml(&read("deployment.in.yaml"), &o).unwrap();
+    assert!(
+        !plain.yaml.contains("CONDUIT_PROXY_ACCESS_LOG"),
+        "off by default"
+    );
+    let err = inject_yaml(&with("loud"), &o).unwrap_err().to_string();
+    assert!(
+        err.contains(mesh::ACCESS_LOG_ANNOTATION) && err.contains("loud"),
+        "{err}"
+    );
+}

@@ -289,6 +289,10 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
             balancers.clone(),
             metrics.dst_labels.clone(),
         )));
+    let observe = crate::tap::Observe::new(
+        &mut registry,
+        cfg.access_log.map(crate::access_log::AccessLog::new),
+    );
     let admin = Arc::new(Admin {
         registry,
         ready: false.into(),
@@ -308,6 +312,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         inbound_ports,
         acceptor: deps.acceptor,
         mtls: deps.credentials.is_some(),
+        observe: observe.clone(),
         shutdown: stop,
         tracker: TaskTracker::new(),
     });
@@ -343,6 +348,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
     tokio::spawn(crate::control::serve(
         admin.clone(),
         credential,
+        observe.hub.clone(),
         control_listener,
         admin_stop.clone(),
     ));

@@ -284,6 +284,11 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
     pub skip_outbound_ports: Vec<u16>,
 
+    /// Access log on stderr, one line per request: `json` or `common`
+    /// (docs/observability.md). Off when unset.
+    #[arg(long, env = "CONDUIT_PROXY_ACCESS_LOG", value_enum)]
+    pub access_log: Option<crate::access_log::AccessLogFormat>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `conduit_proxy=debug`.
     #[arg(long, env = "CONDUIT_PROXY_LOG", default_value = "info")]
     pub log: String,
@@ -342,6 +347,22 @@ mod tests {
         assert!(!c.controller_insecure_plaintext);
         assert_eq!(c.control_addr, "127.0.0.1:4190".parse().unwrap());
         assert!(c.inbound_loopback_ports.is_empty());
+        assert_eq!(c.access_log, None, "the access log is off by default");
+    }
+
+    #[test]
+    fn access_log_formats() {
+        use crate::access_log::AccessLogFormat;
+        let parse = |v: &str| Config::try_parse_from(["conduit-proxy", "--access-log", v]);
+        assert_eq!(
+            parse("json").unwrap().access_log,
+            Some(AccessLogFormat::Json)
+        );
+        assert_eq!(
+            parse("common").unwrap().access_log,
+            Some(AccessLogFormat::Common)
+        );
+        assert!(parse("loud").is_err());
     }
 
     #[test]

@@ -1,5 +1,6 @@
 //! The operator listener: the endpoints that change the proxy's state
-//! (`POST /shutdown`, and whatever an operator needs later). It is bound to
+//! (`POST /shutdown`) and the operator's tools (`GET /tap`, the live request
+//! stream, [`crate::tap::server`]). It is bound to
 //! loopback only (`--control-addr`, default `127.0.0.1:4190`; any other
 //! address is refused at start), so only processes in the pod's own network
 //! namespace reach it:
@@ -105,9 +106,18 @@ impl Credential {
 fn route(
     admin: &Admin,
     cred: &Credential,
-    client: SocketAddr,
+    tap: &Arc<crate::tap::Hub>,
+    (client, local): (SocketAddr, SocketAddr),
     req: &Request<Incoming>,
 ) -> Response<Body> {
+    if req.uri().path() == crate::tap::server::PATH
+        && let Err(e) = cred.authorize(req)
+    {
+        return text(StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n"));
+    }
+    if let Some(rsp) = crate::tap::server::route(tap, client, local, req) {
+        return rsp;
+    }
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/shutdown") => match cred.authorize(req) {
             Ok(()) => {
@@ -129,11 +139,22 @@ fn route(
 pub async fn serve(
     admin: Arc<Admin>,
     cred: Credential,
+    tap: Arc<crate::tap::Hub>,
     listener: TcpListener,
     stop: CancellationToken,
 ) {
+    let Ok(local) = listener.local_addr() else {
+        return;
+    };
+    // Accepted connections inherit this: a stalled tap reader holds at most
+    // this much in the kernel (not the megabytes loopback autotuning allows).
+    if let Err(e) =
+        socket2::SockRef::from(&listener).set_send_buffer_size(crate::tap::server::SNDBUF)
+    {
+        warn!("bounding the operator listener's send buffer: {e}");
+    }
     crate::admin::serve_with(listener, stop, move |client, req| {
-        route(&admin, &cred, client, req)
+        route(&admin, &cred, &tap, (client, local), req)
     })
     .await
 }

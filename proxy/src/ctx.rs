@@ -28,6 +28,8 @@ pub struct Shared {
     pub acceptor: Arc<dyn Acceptor>,
     /// Connections to meshed peers with a known identity use mTLS.
     pub mtls: bool,
+    /// Tap listeners and the access log (see [`crate::tap`]).
+    pub observe: Arc<crate::tap::Observe>,
     /// Cancelled when the draining proxy stops accepting (after it
     /// deregistered from the agent): accept loops stop, HTTP connections
     /// close once their requests are answered.

@@ -10,6 +10,7 @@
 //! ([`transport::Connector`] for every upstream connection,
 //! [`transport::Acceptor`] for every connection from a peer proxy).
 
+pub mod access_log;
 pub mod admin;
 pub mod app;
 pub mod balance;
@@ -32,6 +33,7 @@ pub mod orig_dst;
 pub mod outbound;
 pub mod register;
 pub mod route;
+pub mod tap;
 pub mod tcp;
 pub mod transport;
 

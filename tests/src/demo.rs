@@ -127,3 +127,60 @@ impl Node {
         Ok(Self { agent, env })
     }
 }
+
+/// The demo's ending: `conduit-ebpf stat` over fresh traffic and the first
+/// lines of `conduit-ebpf tap --pod client`, as a node operator runs them.
+/// Returns stat's last table and tap's lines.
+pub fn stat_and_tap(mesh: &crate::mesh::Mesh, requests: u32) -> Result<(String, Vec<String>)> {
+    use crate::process::Spawn;
+    use std::time::Duration;
+    let pin_dir = mesh.agent.config.pin_dir.to_string_lossy().into_owned();
+    let cli = |label: &str, args: &[&str]| -> Result<Spawn> {
+        Ok(Spawn::new(label, crate::agent::agent_bin()?)
+            .args(args.iter().copied())
+            .args(["--pin-dir", &pin_dir])
+            .quiet())
+    };
+    let t = Duration::from_secs(20);
+    let mut stat = cli(
+        "stat",
+        &["stat", "--watch", "--interval", "1s", "--window", "60s"],
+    )?
+    .start()?;
+    stat.wait_for_line("its first table", t, |l| l.contains("window"))?;
+    let mut tap = cli("tap", &["tap", "--pod", "client", "--max", "6"])?.start()?;
+    crate::wait_until("tap to listen on the client's proxy", t, || {
+        let m = mesh.proxy(&mesh.spec.client).metrics()?;
+        anyhow::ensure!(m.sum("conduit_tap_listeners", &[]) >= 1.0, "not yet");
+        Ok(())
+    })?;
+    for i in 0..requests {
+        let path = if i % 5 == 4 { "/status/500" } else { "/hello" };
+        mesh.curl(&mesh.url_by_name("web", 80, path))?;
+    }
+    let grpc_target = format!(
+        "http://{}:{}",
+        mesh.spec.fqdn("web"),
+        crate::mesh::spec::GRPC_PORT
+    );
+    mesh.grpc(&grpc_target, 3, 2, "hello again")?;
+    tap.wait_exit(t)?;
+    let svc = mesh.spec.fqdn("web");
+    stat.wait_for_line("both services in the table", t, |l| {
+        l.contains(&format!("{svc}:9090"))
+    })?;
+    // One more refresh, so the table holds everything sent.
+    let shown = stat.stdout_lines().len();
+    crate::wait_until("stat to refresh", t, || {
+        anyhow::ensure!(stat.stdout_lines().len() > shown + 3, "not yet");
+        Ok(())
+    })?;
+    let out = stat.stdout_lines().join("\n");
+    let last = out
+        .rsplit("\x1b[H\x1b[2J")
+        .next()
+        .unwrap_or_default()
+        .trim_end()
+        .to_owned();
+    Ok((last, tap.stdout_lines()))
+}

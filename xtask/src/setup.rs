@@ -19,6 +19,8 @@ const DEB_PACKAGES: &[&str] = &[
     "protobuf-compiler",
     "python3-pip",
     "fonts-dejavu-core",
+    // The dashboard's end-to-end test renders the page in headless chromium.
+    "chromium",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -260,6 +260,17 @@ pub fn runs_as(spec: &Value, uid: i64) -> Option<String> {
     None
 }
 
+fn access_log_annotation(template: &Value) -> Result<Option<String>, String> {
+    let key = mesh::ACCESS_LOG_ANNOTATION;
+    match get(template, &["metadata", "annotations", key]).map(Value::as_str) {
+        None => Ok(None),
+        Some(Some(f @ ("json" | "common"))) => Ok(Some(f.to_owned())),
+        Some(v) => Err(format!(
+            "annotation {key} must be json or common, not {v:?}"
+        )),
+    }
+}
+
 /// Adds the sidecar to a pod template (`metadata` + `spec`).
 fn inject_template(
     template: &mut Value,
@@ -296,6 +307,7 @@ fn inject_template(
         skip_inbound_ports: ports_annotation(template, mesh::SKIP_INBOUND_PORTS_ANNOTATION)?,
         skip_outbound_ports: ports_annotation(template, mesh::SKIP_OUTBOUND_PORTS_ANNOTATION)?,
         inbound_policy: template_policy.or(default_policy),
+        access_log: access_log_annotation(template)?,
     };
     let container =
         serde_yaml::to_value(sidecar::proxy_container(o, &settings)).map_err(|e| e.to_string())?;

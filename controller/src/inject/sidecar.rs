@@ -69,6 +69,8 @@ pub struct PodSettings {
     pub skip_outbound_ports: Option<String>,
     /// One of [`INBOUND_POLICIES`].
     pub inbound_policy: Option<String>,
+    /// `json` or `common` (CONDUIT_PROXY_ACCESS_LOG).
+    pub access_log: Option<String>,
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -150,6 +152,9 @@ pub fn proxy_container(o: &Options, pod: &PodSettings) -> Container {
     }
     if let Some(p) = &pod.inbound_policy {
         envs.push(env("CONDUIT_PROXY_INBOUND_POLICY", p));
+    }
+    if let Some(f) = &pod.access_log {
+        envs.push(env("CONDUIT_PROXY_ACCESS_LOG", f));
     }
     let quantities = |pairs: &[(&str, &str)]| {
         Some(

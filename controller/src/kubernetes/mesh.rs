@@ -26,6 +26,8 @@ pub const INJECT_DISABLED: &str = "disabled";
 /// Pod annotations with comma-separated ports the capture leaves alone.
 pub const SKIP_INBOUND_PORTS_ANNOTATION: &str = "conduit.io/skip-inbound-ports";
 pub const SKIP_OUTBOUND_PORTS_ANNOTATION: &str = "conduit.io/skip-outbound-ports";
+/// Pod annotation: `json` or `common` turns on the proxy's access log.
+pub const ACCESS_LOG_ANNOTATION: &str = "conduit.io/access-log";
 
 /// The proxy container of a pod spec's containers or init containers.
 pub fn proxy_container(pod: &Pod) -> Option<&Container> {

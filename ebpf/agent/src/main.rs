@@ -7,7 +7,9 @@
 //! * `status` shows, from the pinned state, what is attached, the maps, the
 //!   enrolled pods and the counters (`--json` for machines; `--check` exits
 //!   non-zero when capture is not attached, for probes);
-//! * `cleanup` detaches and removes everything pinned, and the agent socket.
+//! * `cleanup` detaches and removes everything pinned, and the agent socket;
+//! * `stat`, `tap`, `top` and `dashboard` show the enrolled pods' traffic
+//!   (docs/observability.md).
 
 // Needed in two places: reading SO_NETNS_COOKIE with getsockopt (no safe
 // wrapper in nix; netns.rs), and two raw bpf(2) commands aya 0.14 lacks for
@@ -20,6 +22,7 @@ mod cgroup;
 mod claims;
 mod cleanup;
 mod discover;
+mod dashboard;
 mod enrol;
 mod features;
 mod health;
@@ -28,9 +31,13 @@ mod loader;
 mod netns;
 mod object;
 mod pins;
+mod proxies;
 mod registry;
+mod stat;
 mod status;
 mod sys;
+mod tap;
+mod top;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -70,6 +77,16 @@ enum Command {
         #[arg(long, requires = "check")]
         socket: Option<PathBuf>,
     },
+    /// Per pod and destination: request rate, success rate, latency
+    /// percentiles, mTLS share, TCP; from the enrolled proxies' metrics
+    /// over a window (docs/observability.md).
+    Stat(stat::Options),
+    /// Stream the requests the selected pods' proxies see.
+    Tap(tap::Options),
+    /// The busiest paths, live (built on tap).
+    Top(top::Options),
+    /// A live web page: the node's service graph and latency.
+    Dashboard(dashboard::Options),
     /// Load every program through this kernel's verifier (nothing is pinned
     /// or attached) and print one line per program; exit 1 if any is rejected.
     Verify,
@@ -101,6 +118,10 @@ fn main() -> Result<()> {
             socket,
         } => status::run(&pin_dir, json, check, socket.as_deref()),
         Command::Cleanup { pin_dir, socket } => cleanup::run(&pin_dir, &socket),
+        Command::Stat(o) => stat::run(o),
+        Command::Tap(o) => tap::run(o),
+        Command::Top(o) => top::run(o),
+        Command::Dashboard(o) => dashboard::run(o),
         Command::Verify => features::run_verify(),
     }
 }

@@ -12,6 +12,7 @@
 #![allow(unsafe_code)]
 
 pub mod discovery;
+pub mod tap;
 pub mod wire;
 
 use serde::{Deserialize, Serialize};

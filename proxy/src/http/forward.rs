@@ -92,6 +92,7 @@ pub async fn handle(
     };
     m.requests.get_or_create(&labels).inc();
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    let probe = shared.observe.probe(&conn, &req);
     let tripped = Tripped::default();
     let body_failed = BodyFailed::default();
     let req = req.map(|b| ClientBody::new(b, body_failed.clone()));
@@ -119,6 +120,7 @@ pub async fn handle(
         Direction::Outbound => rsp.extensions().get::<PeerIdentity>().map(|p| p.0.as_str()),
     };
     let peer_identity = m.identity(peer);
+    let peer_id = probe.as_ref().and(peer.map(str::to_owned));
     let dst = conn.dst_label.clone();
     m.response_latency
         .get_or_create(&LatencyLabels {
@@ -136,7 +138,10 @@ pub async fn handle(
         })
         .inc();
     debug!(direction, %method, %uri, status = rsp.status().as_u16(), "request done");
-    Ok(rsp)
+    Ok(match probe {
+        Some(p) => p.respond(rsp, peer_id.as_deref()),
+        None => rsp,
+    })
 }
 
 async fn forward(

@@ -3,7 +3,8 @@
 //! with an application and a real conduit-proxy registered with the agent;
 //! the client calls service `web` by name and by service IP over HTTP/1.1
 //! (curl) and gRPC (tonic); then what the proxies saw (mTLS identities,
-//! success rate, latency) and `conduit-ebpf status`. Builds nothing (xtask
+//! success rate, latency), `conduit-ebpf status`, and last `conduit-ebpf
+//! stat` and `tap` over fresh traffic. Builds nothing (xtask
 //! did); cleans up on exit and on Ctrl-C. See docs/demo.md.
 
 use anyhow::{Result, bail};
@@ -40,7 +41,7 @@ fn main() {
     }
     conduit_tests::process::set_echo(false);
     println!("conduit-ebpf local mesh demo\n");
-    let mut steps = Steps::new(13);
+    let mut steps = Steps::new(14);
     let machine = steps.run("checking the machine", || {
         println!("      {}", check_machine()?);
         Ok(())
@@ -177,6 +178,16 @@ fn run(cli: &Cli, steps: &mut Steps) -> Result<()> {
         || mesh.agent.config.status_text(),
     )?;
     println!("{status}");
+    let (table, tap) = steps.run(
+        "what an operator sees: conduit-ebpf stat (per pod and destination, over the window) while tap --pod client streams; traffic: curl (every 5th request to /status/500) and gRPC",
+        || conduit_tests::demo::stat_and_tap(&mesh, n),
+    )?;
+    println!("$ conduit-ebpf tap --pod client --max 6");
+    for l in &tap {
+        println!("{l}");
+    }
+    println!("\n$ conduit-ebpf stat --watch");
+    println!("{table}\n");
     if cli.keep {
         println!(
             "everything keeps running; try (the client's cgroup matters: capture acts on the demo's cgroup tree):"
@@ -195,6 +206,17 @@ fn run(cli: &Cli, steps: &mut Steps) -> Result<()> {
             "  conduit-ebpf status --pin-dir {}",
             mesh.agent.config.pin_dir.display()
         );
+        for cmd in [
+            "stat --watch",
+            "tap --pod client",
+            "top",
+            "dashboard --listen 127.0.0.1:8084",
+        ] {
+            println!(
+                "  conduit-ebpf {cmd} --pin-dir {}",
+                mesh.agent.config.pin_dir.display()
+            );
+        }
         println!("press Ctrl-C to stop and clean up");
         let _ = wait_until("Ctrl-C", Duration::MAX, || -> Result<()> {
             bail!("running")

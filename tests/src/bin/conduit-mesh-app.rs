@@ -10,6 +10,10 @@
 //!   stdin is sent as a message and its answer printed as a JSON line (to
 //!   hold an established stream open while something else changes).
 //!
+//! The HTTP server answers `/status/500...` with a 500, `/delay/<ms>...`
+//! after that many milliseconds, and echoes trace headers (`traceparent`,
+//! `b3`, ...) back as `echo-<name>`.
+//!
 //! HTTP/1.1 clients are real ones (curl); names resolve through the pod's
 //! /etc/hosts (see docs/demo.md).
 
@@ -203,7 +207,12 @@ async fn http_loop(l: tokio::net::TcpListener, name: Arc<str>, quiet: bool) -> R
         tokio::spawn(async move {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let name = name.clone();
-                async move { Ok::<_, Infallible>(answer(&name, peer, quiet, &req)) }
+                async move {
+                    if let Some(d) = delay(req.uri().path()) {
+                        tokio::time::sleep(d).await;
+                    }
+                    Ok::<_, Infallible>(answer(&name, peer, quiet, &req))
+                }
             });
             let _ = hyper::server::conn::http1::Builder::new()
                 .serve_connection(hyper_util::rt::TokioIo::new(s), svc)
@@ -244,11 +253,41 @@ fn answer(
     } else {
         200
     };
-    Response::builder()
+    let mut b = Response::builder()
         .status(status)
-        .header("content-type", "application/json")
-        .body(Full::new(Bytes::from(body + "\n")))
+        .header("content-type", "application/json");
+    // Trace context as the application received it, so a test sees what
+    // the proxies passed on.
+    for (k, v) in req.headers() {
+        if TRACE_HEADERS.contains(&k.as_str()) {
+            b = b.header(format!("echo-{k}"), v);
+        }
+    }
+    b.body(Full::new(Bytes::from(body + "\n")))
         .unwrap_or_default()
+}
+
+/// W3C trace context and B3 headers, echoed back as `echo-<name>`.
+const TRACE_HEADERS: &[&str] = &[
+    "traceparent",
+    "tracestate",
+    "b3",
+    "x-b3-traceid",
+    "x-b3-spanid",
+    "x-b3-parentspanid",
+    "x-b3-sampled",
+    "x-b3-flags",
+];
+
+/// `/delay/<ms>`: answer after that long (at most 10 s).
+fn delay(path: &str) -> Option<Duration> {
+    let ms: u64 = path
+        .strip_prefix("/delay/")?
+        .split('/')
+        .next()?
+        .parse()
+        .ok()?;
+    Some(Duration::from_millis(ms.min(10_000)))
 }
 
 struct Svc {
