@@ -203,6 +203,13 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, cfg.max_dst_labels);
+    let inbound_policy = crate::policy::PolicyStore::new(
+        crate::policy::context(&cfg).context("the inbound policy's context")?,
+        &mut registry,
+    );
+    if let Some(path) = &cfg.inbound_policy_file {
+        crate::policy::file::start(inbound_policy.clone(), path.clone(), cfg.discovery_reload)?;
+    }
     let shutdown = CancellationToken::new();
     let client = Client::new(
         deps.connector,
@@ -257,6 +264,7 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         inbound_orig_dst: deps.inbound_orig_dst,
         acceptor: deps.acceptor,
         mtls: deps.credentials.is_some(),
+        inbound_policy,
         shutdown: shutdown.clone(),
         tracker: TaskTracker::new(),
     });

@@ -243,6 +243,31 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_SKIP_OUTBOUND_PORTS", value_delimiter = ',')]
     pub skip_outbound_ports: Vec<u16>,
 
+    /// Inbound default policy, for ports and requests no authorization
+    /// matches (until the controller's policy says otherwise): all-unauthenticated,
+    /// all-authenticated (only mTLS clients of the mesh: the recommended
+    /// production setting), cluster-authenticated, deny or audit. See docs/policy.md.
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_INBOUND_POLICY",
+        default_value = "all-unauthenticated"
+    )]
+    pub inbound_policy: conduit_policy::DefaultPolicy,
+
+    /// The cluster's networks, for `cluster-authenticated` (comma separated CIDRs).
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_INBOUND_CLUSTER_NETWORKS",
+        value_delimiter = ',',
+        default_value = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"
+    )]
+    pub inbound_cluster_networks: Vec<conduit_policy::Cidr>,
+
+    /// A static inbound policy (YAML, docs/policy.md), re-read when it
+    /// changes; for proxies without a controller.
+    #[arg(long, env = "CONDUIT_PROXY_INBOUND_POLICY_FILE")]
+    pub inbound_policy_file: Option<PathBuf>,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `conduit_proxy=debug`.
     #[arg(long, env = "CONDUIT_PROXY_LOG", default_value = "info")]
     pub log: String,
@@ -321,6 +346,22 @@ mod tests {
             ]
         );
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(
+            c.inbound_policy,
+            conduit_policy::DefaultPolicy::AllUnauthenticated
+        );
+    }
+
+    #[test]
+    fn inbound_policy_values() {
+        let c = Config::parse_from(["conduit-proxy", "--inbound-policy", "all-authenticated"]);
+        assert_eq!(
+            c.inbound_policy,
+            conduit_policy::DefaultPolicy::AllAuthenticated
+        );
+        let e =
+            Config::try_parse_from(["conduit-proxy", "--inbound-policy", "strict"]).unwrap_err();
+        assert!(e.to_string().contains("cluster-authenticated"), "{e}");
     }
 
     #[test]

@@ -26,6 +26,8 @@ pub struct Shared {
     pub acceptor: Arc<dyn Acceptor>,
     /// Connections to meshed peers with a known identity use mTLS.
     pub mtls: bool,
+    /// The inbound authorization policy in force.
+    pub inbound_policy: Arc<crate::policy::PolicyStore>,
     /// Cancelled when the proxy starts draining.
     pub shutdown: CancellationToken,
     /// Every connection and tunnel task, so draining can wait for them.
@@ -45,6 +47,8 @@ pub struct ConnCtx {
     pub from_peer: bool,
     /// The peer's verified identity, once there is mTLS.
     pub peer_identity: Option<String>,
+    /// The same identity parsed, once per connection, for the inbound policy.
+    pub peer_id: Option<conduit_proxy_tls::SpiffeId>,
     /// Bytes and last activity on the accepted connection.
     pub activity: Arc<Activity>,
     /// Tunnels (Upgrade, CONNECT) made from this connection: the connection

@@ -1,0 +1,342 @@
+//! Inbound authorization in the proxy with real mTLS identities: the
+//! policy comes from `--inbound-policy-file`. An allowed identity passes,
+//! another gets 403 (gRPC: PERMISSION_DENIED) and its request never reaches
+//! the application; an opaque connection from it is closed before the
+//! application is dialled; a plaintext client is refused under
+//! all-authenticated; audit lets through and counts; a rewritten file
+//! applies to the next request of an open connection.
+
+mod support;
+
+use conduit_policy::DefaultPolicy;
+use conduit_proxy::discovery::{Endpoint, ServiceConfig, StaticDiscovery};
+use conduit_proxy::{Config, Deps, Running};
+use conduit_proxy_tls::SpiffeId;
+use conduit_proxy_tls::testing::TestCa;
+use http_body_util::Full;
+use hyper::service::service_fn;
+use hyper_util::rt::TokioIo;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use support::client::{self, get, text};
+use support::{assert_sample, eventually, metrics};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const FRONTEND: &str = "spiffe://cluster.local/ns/shop/sa/frontend";
+const BACKEND: &str = "spiffe://cluster.local/ns/shop/sa/backend";
+const WEB: &str = "spiffe://cluster.local/ns/shop/sa/web";
+
+const ONLY_FRONTEND: &str = r#"
+defaultPolicy: deny
+servers:
+  - {name: web-http, port: PORT}
+authorizations:
+  - name: frontend-get-api
+    servers: [web-http]
+    from: {serviceAccounts: [frontend]}
+    http:
+      - methods: [GET]
+        path: {prefix: /api/}
+"#;
+
+/// An application that counts the connections it accepted and the requests
+/// it answered (HTTP/1, 200 "app").
+struct App {
+    addr: SocketAddr,
+    conns: Arc<AtomicU64>,
+    requests: Arc<AtomicU64>,
+}
+
+async fn app() -> App {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (conns, requests) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let (c, r) = (conns.clone(), requests.clone());
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = l.accept().await {
+            c.fetch_add(1, Ordering::SeqCst);
+            let r = r.clone();
+            tokio::spawn(async move {
+                let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let mut rsp = http::Response::new(Full::new(bytes::Bytes::from("app")));
+                    if let Some(v) = req.headers().get("x-added") {
+                        rsp.headers_mut().insert("x-saw-added", v.clone());
+                    }
+                    async move { Ok::<_, std::convert::Infallible>(rsp) }
+                });
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(TokioIo::new(tcp), svc)
+                    .await;
+            });
+        }
+    });
+    App {
+        addr,
+        conns,
+        requests,
+    }
+}
+
+fn write_policy(path: &Path, text: &str, port: u16) {
+    let tmp = path.with_extension("tmp");
+    std::fs::write(&tmp, text.replace("PORT", &port.to_string())).unwrap();
+    std::fs::rename(tmp, path).unwrap();
+}
+
+/// The receiving proxy (identity WEB, policy from `file`) in front of `app`.
+async fn server_proxy(
+    ca: &TestCa,
+    app: SocketAddr,
+    file: &Path,
+    default: DefaultPolicy,
+) -> Running {
+    support::init_tracing();
+    let mut cfg = Config::loopback_for_tests();
+    cfg.inbound_policy = default;
+    cfg.pod_namespace = "shop".into();
+    cfg.inbound_policy_file = Some(file.into());
+    cfg.discovery_reload = std::time::Duration::from_millis(50);
+    let web = ca.credentials(&SpiffeId::parse(WEB).unwrap()).unwrap();
+    let deps = Deps::fixed(&cfg, app, Arc::new(conduit_proxy::app::NoDiscovery))
+        .with_mtls(&cfg, web)
+        .unwrap();
+    conduit_proxy::start(cfg, deps).await.unwrap()
+}
+
+/// A client-side proxy with `identity`, sending `app`'s traffic to `server`.
+async fn client_proxy(ca: &TestCa, server: &Running, app: SocketAddr, identity: &str) -> Running {
+    let cfg = Config::loopback_for_tests();
+    let svc: SocketAddr = support::SERVICE.parse().unwrap();
+    let mut ep = Endpoint::plain(app);
+    ep.meshed_inbound_port = Some(server.inbound_addrs[0].port());
+    ep.identity = Some(WEB.into());
+    let discovery = StaticDiscovery::from_services(vec![ServiceConfig {
+        name: "web:80".into(),
+        addresses: vec![svc],
+        endpoints: vec![ep],
+    }])
+    .unwrap();
+    let creds = ca.credentials(&SpiffeId::parse(identity).unwrap()).unwrap();
+    let deps = Deps::fixed(&cfg, svc, Arc::new(discovery))
+        .with_mtls(&cfg, creds)
+        .unwrap();
+    conduit_proxy::start(cfg, deps).await.unwrap()
+}
+
+async fn status(c: &mut hyper::client::conn::http1::SendRequest<client::Body>, path: &str) -> u16 {
+    let (parts, _) = text(c.send_request(get(path, "web")).await.unwrap()).await;
+    parts.status.as_u16()
+}
+
+#[tokio::test]
+async fn only_frontend_may_get_api_others_get_403_and_never_reach_the_app() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    write_policy(&file, ONLY_FRONTEND, app.addr.port());
+    let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::AllUnauthenticated).await;
+    let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+    let be = client_proxy(&ca, &server, app.addr, BACKEND).await;
+
+    let mut c = client::h1(fe.outbound_addrs[0]).await;
+    assert_eq!(status(&mut c, "/api/users").await, 200);
+    assert_eq!(app.requests.load(Ordering::SeqCst), 1);
+    for path in ["/admin", "/api/../admin", "/%61pi/users"] {
+        assert_eq!(status(&mut c, path).await, 403, "{path}");
+    }
+    let post = http::Request::post("/api/users")
+        .header("host", "web")
+        .body(client::body("x"))
+        .unwrap();
+    assert_eq!(c.send_request(post).await.unwrap().status(), 403);
+
+    let mut b = client::h1(be.outbound_addrs[0]).await;
+    let (parts, body) = text(b.send_request(get("/api/users", "web")).await.unwrap()).await;
+    assert_eq!(parts.status, 403);
+    assert!(body.contains("forbidden by inbound policy"), "{body}");
+    // None of the refused requests reached the application.
+    assert_eq!(app.requests.load(Ordering::SeqCst), 1);
+
+    let m = metrics(&server).await;
+    let check = |r: &str, d: &str, n: f64| {
+        let (r, d) = (format!("rule=\"{r}\""), format!("decision=\"{d}\""));
+        assert_sample(
+            &m,
+            "conduit_inbound_authz_total",
+            &["server=\"web-http\"", &r, &d],
+            n,
+        );
+    };
+    check("frontend-get-api", "allow", 1.0);
+    check("default", "deny", 3.0);
+    check("unnormalized_path", "deny", 2.0);
+}
+
+#[tokio::test]
+async fn grpc_requests_get_permission_denied() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    write_policy(&file, "defaultPolicy: deny\n", app.addr.port());
+    let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::AllUnauthenticated).await;
+    let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+    let mut c = client::h2(fe.outbound_addrs[0]).await;
+    let req = http::Request::post("http://web/pkg.Greeter/Hello")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(client::body(&b"\0\0\0\0\0"[..]))
+        .unwrap();
+    let rsp = c.send_request(req).await.unwrap();
+    assert_eq!(rsp.status(), 200);
+    assert_eq!(rsp.headers()["grpc-status"], "7");
+    assert_eq!(app.requests.load(Ordering::SeqCst), 0);
+}
+
+#[tokio::test]
+async fn opaque_connection_from_another_identity_is_closed_before_the_app() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    let policy = r#"
+defaultPolicy: deny
+servers: [{name: db, port: PORT, protocol: opaque}]
+authorizations:
+  - {name: frontend-db, servers: [db], from: {serviceAccounts: [frontend]}}
+"#;
+    write_policy(&file, policy, app.addr.port());
+    let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::AllUnauthenticated).await;
+    let be = client_proxy(&ca, &server, app.addr, BACKEND).await;
+    // Non-HTTP bytes: forwarded as opaque TCP between the proxies.
+    let mut s = tokio::net::TcpStream::connect(be.outbound_addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"\x00\x01binary protocol").await.unwrap();
+    let mut got = Vec::new();
+    let n = tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut got))
+        .await
+        .expect("the refused connection is closed")
+        .unwrap_or(0);
+    assert_eq!(n, 0, "no bytes from the app: {got:?}");
+    assert_eq!(
+        app.conns.load(Ordering::SeqCst),
+        0,
+        "the app was never dialled"
+    );
+    let m = metrics(&server).await;
+    assert_sample(
+        &m,
+        "conduit_inbound_authz_total",
+        &["server=\"db\"", "rule=\"default\"", "decision=\"deny\""],
+        1.0,
+    );
+
+    // The allowed identity gets through to the app.
+    let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+    let mut s = tokio::net::TcpStream::connect(fe.outbound_addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"\x00\x01binary protocol").await.unwrap();
+    eventually("the app accepts the allowed connection", || {
+        let conns = app.conns.clone();
+        async move { conns.load(Ordering::SeqCst) == 1 }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn plaintext_client_refused_under_all_authenticated() {
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    std::fs::write(&file, "").unwrap();
+    // A non-meshed client whose connection sk_lookup steered to the proxy.
+    let proxy = support::transparent_inbound(app.addr, |c| {
+        c.inbound_policy = DefaultPolicy::AllAuthenticated;
+    })
+    .await;
+    let mut c = client::h1(proxy.inbound_addrs[0]).await;
+    assert_eq!(status(&mut c, "/").await, 403);
+    assert_eq!(app.requests.load(Ordering::SeqCst), 0);
+    // Opaque bytes: closed, the app never dialled.
+    let mut s = tokio::net::TcpStream::connect(proxy.inbound_addrs[0])
+        .await
+        .unwrap();
+    s.write_all(b"\x00\x01binary").await.unwrap();
+    let mut got = Vec::new();
+    let _ = s.read_to_end(&mut got).await;
+    assert!(got.is_empty());
+    assert_eq!(app.conns.load(Ordering::SeqCst), 0);
+
+    // The same client under all-unauthenticated (the built-in default) passes.
+    let open = support::transparent_inbound(app.addr, |_| {}).await;
+    let mut c = client::h1(open.inbound_addrs[0]).await;
+    assert_eq!(status(&mut c, "/").await, 200);
+}
+
+#[tokio::test]
+async fn audit_lets_through_and_counts() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    write_policy(
+        &file,
+        &ONLY_FRONTEND.replace("defaultPolicy: deny", "defaultPolicy: audit"),
+        app.addr.port(),
+    );
+    let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::Deny).await;
+    let be = client_proxy(&ca, &server, app.addr, BACKEND).await;
+    let mut b = client::h1(be.outbound_addrs[0]).await;
+    assert_eq!(status(&mut b, "/api/users").await, 200);
+    assert_eq!(status(&mut b, "/other").await, 200);
+    assert_eq!(app.requests.load(Ordering::SeqCst), 2);
+    let m = metrics(&server).await;
+    assert_sample(
+        &m,
+        "conduit_inbound_authz_total",
+        &[
+            "server=\"web-http\"",
+            "rule=\"default\"",
+            "decision=\"audit\"",
+        ],
+        2.0,
+    );
+}
+
+#[tokio::test]
+async fn a_policy_change_applies_to_the_next_request_of_an_open_connection() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    write_policy(&file, ONLY_FRONTEND, app.addr.port());
+    let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::AllUnauthenticated).await;
+    let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+    let mut c = client::h1(fe.outbound_addrs[0]).await;
+    assert_eq!(status(&mut c, "/api/users").await, 200);
+    // Now only backend may call.
+    write_policy(
+        &file,
+        &ONLY_FRONTEND.replace("[frontend]", "[backend]"),
+        app.addr.port(),
+    );
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = status(&mut c, "/api/users").await;
+        if s == 403 {
+            break;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "still {s}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    // A bad file keeps the policy in force.
+    std::fs::write(&file, "servers: [{name: x, port: nope}]").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_eq!(status(&mut c, "/api/users").await, 403);
+}
