@@ -115,6 +115,11 @@ pub struct ServeArgs {
         default_value = "conduit-controller"
     )]
     pub service_account: String,
+    /// Inbound authorization policy (YAML: defaults, servers,
+    /// authorizations; docs/policy.md), re-read when it changes. Without it
+    /// (and without Kubernetes) every proxy keeps its configured default.
+    #[arg(long, env = "CONDUIT_POLICY_FILE", value_name = "PATH")]
+    pub policy_file: Option<PathBuf>,
     /// Safety-net poll interval of the discovery file (changes are also
     /// picked up at once through filesystem notifications).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -191,17 +196,33 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.trust_domain.clone(),
         args.leaf_lifetime,
     ));
-    let running = server::start(ServerConfig {
-        grpc_addr: args.grpc_addr,
-        admin_addr: args.admin_addr,
-        backend,
-        cluster_domain: args.cluster_domain.clone(),
-        certifier,
-        metrics,
-        grpc_tls: args.grpc_tls.then(|| {
-            crate::identity::spiffe_id(&args.trust_domain, &args.namespace, &args.service_account)
-        }),
-    })
+    let policy = match &args.policy_file {
+        Some(path) => {
+            let td = conduit_proxy_tls::TrustDomain::new(&args.trust_domain)
+                .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
+            crate::policy::file::PolicyFile::start(path, Some(td), args.file_poll_interval)?
+                .resources()
+        }
+        None => crate::policy::none(),
+    };
+    let running = server::start_with_policy(
+        ServerConfig {
+            grpc_addr: args.grpc_addr,
+            admin_addr: args.admin_addr,
+            backend,
+            cluster_domain: args.cluster_domain.clone(),
+            certifier,
+            metrics,
+            grpc_tls: args.grpc_tls.then(|| {
+                crate::identity::spiffe_id(
+                    &args.trust_domain,
+                    &args.namespace,
+                    &args.service_account,
+                )
+            }),
+        },
+        policy,
+    )
     .await?;
     running.serve_until(shutdown_signal()).await
 }

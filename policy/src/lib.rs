@@ -12,6 +12,8 @@ pub mod cidr;
 pub mod compile;
 pub mod eval;
 pub mod matcher;
+pub mod proto;
+pub mod resources;
 pub mod spec;
 
 pub use cidr::Cidr;

@@ -47,6 +47,9 @@ pub struct Deps {
     /// The proxy's mTLS credentials; `None` = plaintext only. When set, the
     /// proxy is ready only while it holds a certificate.
     pub credentials: Option<Credentials>,
+    /// The controller, for the inbound policy (`None`: the configured
+    /// default, or `--inbound-policy-file`).
+    pub controller: Option<tonic::transport::Channel>,
 }
 
 impl Deps {
@@ -66,7 +69,7 @@ impl Deps {
             ),
             None => (Arc::new(tcp), Arc::new(PlainAcceptor)),
         };
-        let discover: Arc<dyn Discover> = if let Some(channel) = controller {
+        let discover: Arc<dyn Discover> = if let Some(channel) = controller.clone() {
             Arc::new(ControllerDiscovery::new(channel, Duration::from_secs(3)))
         } else if cfg.services.is_empty() && cfg.discovery_file.is_none() {
             Arc::new(NoDiscovery)
@@ -87,6 +90,7 @@ impl Deps {
             connector,
             acceptor,
             credentials,
+            controller,
         })
     }
 
@@ -102,6 +106,7 @@ impl Deps {
             }),
             acceptor: Arc::new(PlainAcceptor),
             credentials: None,
+            controller: None,
         }
     }
 
@@ -209,6 +214,18 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
     );
     if let Some(path) = &cfg.inbound_policy_file {
         crate::policy::file::start(inbound_policy.clone(), path.clone(), cfg.discovery_reload)?;
+    } else if let Some(channel) = deps.controller.clone() {
+        let labels = crate::policy::controller::parse_labels(&cfg.pod_labels)
+            .map_err(|e| anyhow::anyhow!("bad --pod-labels: {e}"))?;
+        crate::policy::controller::spawn(
+            &inbound_policy,
+            channel,
+            conduit_controller_api::policy::v1::Workload {
+                namespace: cfg.pod_namespace.clone(),
+                pod: cfg.pod_name.clone(),
+                labels,
+            },
+        );
     }
     let shutdown = CancellationToken::new();
     let client = Client::new(

@@ -231,6 +231,11 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_POD_NAMESPACE", default_value = "default")]
     pub pod_namespace: String,
 
+    /// The pod's labels (`k=v,k=v`), which the controller's policy servers
+    /// and defaults select on.
+    #[arg(long, env = "CONDUIT_PROXY_POD_LABELS", default_value = "")]
+    pub pod_labels: String,
+
     /// Pod service account told to the agent.
     #[arg(long, env = "CONDUIT_PROXY_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,

@@ -340,3 +340,169 @@ async fn a_policy_change_applies_to_the_next_request_of_an_open_connection() {
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
     assert_eq!(status(&mut c, "/api/users").await, 403);
 }
+
+/// A real controller serving the policy file `policy` (and an empty discovery file).
+async fn controller(dir: &Path, policy: &Path) -> conduit_controller::server::RunningController {
+    use conduit_controller::file::{FileBackend, Settings};
+    use conduit_controller::identity::{Certifier, Issuer, TokenFileVerifier};
+    use conduit_controller::server::{self, ServerConfig};
+    use std::time::{Duration, SystemTime};
+    let discovery = dir.join("discovery.yaml");
+    std::fs::write(&discovery, "").unwrap();
+    let tokens = dir.join("tokens.yaml");
+    std::fs::write(&tokens, "tokens: []\n").unwrap();
+    let metrics = Arc::new(conduit_controller::metrics::Metrics::new());
+    let settings = Settings {
+        trust_domain: "cluster.local".into(),
+        cluster_domain: "cluster.local".into(),
+    };
+    let backend =
+        FileBackend::start(&discovery, settings, Duration::from_millis(50), None).unwrap();
+    let issuer = Issuer::generate(
+        "cluster.local",
+        SystemTime::now(),
+        Duration::from_secs(86400),
+    )
+    .unwrap();
+    let certifier = Arc::new(Certifier::new(
+        issuer,
+        TokenFileVerifier::load(&tokens).unwrap(),
+        "cluster.local".into(),
+        Duration::from_secs(3600),
+    ));
+    let td = conduit_proxy_tls::TrustDomain::new("cluster.local").unwrap();
+    let resources = conduit_controller::policy::file::PolicyFile::start(
+        policy,
+        Some(td),
+        Duration::from_millis(50),
+    )
+    .unwrap()
+    .resources();
+    server::start_with_policy(
+        ServerConfig {
+            grpc_addr: "127.0.0.1:0".parse().unwrap(),
+            admin_addr: "127.0.0.1:0".parse().unwrap(),
+            backend,
+            cluster_domain: "cluster.local".into(),
+            certifier,
+            metrics,
+            grpc_tls: None,
+        },
+        resources,
+    )
+    .await
+    .unwrap()
+}
+
+/// The receiving proxy following `controller_addr` for its policy.
+async fn server_proxy_following(
+    ca: &TestCa,
+    app: SocketAddr,
+    controller_addr: SocketAddr,
+) -> Running {
+    support::init_tracing();
+    let mut cfg = Config::loopback_for_tests();
+    cfg.inbound_policy = DefaultPolicy::Deny;
+    cfg.pod_namespace = "shop".into();
+    cfg.pod_labels = "app=web".into();
+    let web = ca.credentials(&SpiffeId::parse(WEB).unwrap()).unwrap();
+    let mut deps = Deps::fixed(&cfg, app, Arc::new(conduit_proxy::app::NoDiscovery))
+        .with_mtls(&cfg, web)
+        .unwrap();
+    deps.controller = Some(
+        tonic::transport::Endpoint::from_shared(format!("http://{controller_addr}"))
+            .unwrap()
+            .connect_lazy(),
+    );
+    conduit_proxy::start(cfg, deps).await.unwrap()
+}
+
+const SHOP_POLICY: &str = r#"
+defaults:
+  - {name: shop, namespace: shop, defaultPolicy: deny}
+servers:
+  - {name: web-http, namespace: shop, podSelector: {matchLabels: {app: web}}, port: PORT, protocol: http}
+authorizations:
+  - name: frontend-get-api
+    namespace: shop
+    servers: [web-http]
+    from: {serviceAccounts: [frontend]}
+    http: [{methods: [GET], path: {prefix: /api/}}]
+"#;
+
+async fn wait_status(
+    c: &mut hyper::client::conn::http1::SendRequest<client::Body>,
+    path: &str,
+    want: u16,
+) {
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let s = status(c, path).await;
+        if s == want {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{path}: still {s}, want {want}"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn policy_from_the_controller_changes_live_and_outlives_the_controller() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    // Nothing for this pod yet: everything open.
+    write_policy(
+        &file,
+        "defaults: [{name: shop, namespace: shop, defaultPolicy: all-unauthenticated}]\n",
+        1,
+    );
+    let ctl = controller(dir.path(), &file).await;
+    let server = server_proxy_following(&ca, app.addr, ctl.grpc_addr).await;
+    let be = client_proxy(&ca, &server, app.addr, BACKEND).await;
+    let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+    let mut b = client::h1(be.outbound_addrs[0]).await;
+    let mut f = client::h1(fe.outbound_addrs[0]).await;
+    // The configured default (deny) holds until the controller's policy arrives.
+    wait_status(&mut b, "/api/users", 200).await;
+
+    // Only frontend now: the open connections' next requests follow.
+    write_policy(&file, SHOP_POLICY, app.addr.port());
+    wait_status(&mut b, "/api/users", 403).await;
+    assert_eq!(status(&mut f, "/api/users").await, 200);
+    assert_eq!(status(&mut f, "/other").await, 403);
+
+    // A bad file keeps the last good policy.
+    std::fs::write(&file, "servers: [{name: x, namespace: shop, port: 0}]").unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(status(&mut f, "/api/users").await, 200);
+    assert_eq!(status(&mut b, "/api/users").await, 403);
+
+    // The controller goes away: the proxy keeps the last policy.
+    ctl.shutdown().await.unwrap();
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    assert_eq!(status(&mut f, "/api/users").await, 200);
+    assert_eq!(status(&mut b, "/api/users").await, 403);
+    let mut b2 = client::h1(be.outbound_addrs[0]).await;
+    assert_eq!(status(&mut b2, "/api/users").await, 403);
+}
+
+#[tokio::test]
+async fn before_any_policy_the_configured_default_applies() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    // A controller address where nobody answers.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let server = server_proxy_following(&ca, app.addr, closed).await;
+    let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+    let mut f = client::h1(fe.outbound_addrs[0]).await;
+    assert_eq!(status(&mut f, "/api/users").await, 403);
+    assert_eq!(app.requests.load(Ordering::SeqCst), 0);
+}

@@ -6,6 +6,7 @@
 //! forwarded. A new policy applies to the next request of every open
 //! connection.
 
+pub mod controller;
 pub mod enforce;
 pub mod file;
 
