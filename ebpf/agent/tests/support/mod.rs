@@ -35,8 +35,10 @@ pub fn privileged(test: &str) -> bool {
 /// own, where the agent's own mount would stay invisible to `status` run
 /// from here (on a fresh machine nothing has mounted it before).
 fn ensure_bpffs() {
-    let mounted = std::fs::read_to_string("/proc/self/mountinfo")
-        .is_ok_and(|m| m.lines().any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf ")));
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf "))
+    });
     if !mounted {
         sh("mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf");
     }
