@@ -117,7 +117,8 @@ pub struct ServeArgs {
     pub service_account: String,
     /// Inbound authorization policy (YAML: defaults, servers,
     /// authorizations; docs/policy.md), re-read when it changes. Without it
-    /// (and without Kubernetes) every proxy keeps its configured default.
+    /// the policy comes from the `policy.conduit.io` custom resources under
+    /// --discovery kubernetes; otherwise every proxy keeps its configured default.
     #[arg(long, env = "CONDUIT_POLICY_FILE", value_name = "PATH")]
     pub policy_file: Option<PathBuf>,
     /// Safety-net poll interval of the discovery file (changes are also
@@ -178,6 +179,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(backend)
         }
     };
+    // Policy custom resources come from the same API server.
+    let policy_client = kube_client.clone();
     let verifier = match (&args.token_file, kube_client) {
         (Some(p), _) => Verifier::File(TokenFileVerifier::load(p)?),
         (None, Some(client)) => Verifier::Kubernetes(Box::new(TokenReviewVerifier::new(
@@ -196,14 +199,22 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.trust_domain.clone(),
         args.leaf_lifetime,
     ));
-    let policy = match &args.policy_file {
-        Some(path) => {
-            let td = conduit_proxy_tls::TrustDomain::new(&args.trust_domain)
-                .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
+    // Kept alive while the controller serves (dropping it stops its reflectors).
+    let mut _kube_policy = None;
+    let td = conduit_proxy_tls::TrustDomain::new(&args.trust_domain)
+        .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
+    let policy = match (&args.policy_file, &policy_client) {
+        (Some(path), _) => {
             crate::policy::file::PolicyFile::start(path, Some(td), args.file_poll_interval)?
                 .resources()
         }
-        None => crate::policy::none(),
+        (None, Some(client)) => {
+            let p = crate::policy::kubernetes::KubernetesPolicy::start(client.clone(), Some(td));
+            let rx = p.resources();
+            _kube_policy = Some(p);
+            rx
+        }
+        (None, None) => crate::policy::none(),
     };
     let running = server::start_with_policy(
         ServerConfig {

@@ -10,6 +10,8 @@
 
 pub mod cidr;
 pub mod compile;
+#[cfg(feature = "crd")]
+pub mod crd;
 pub mod eval;
 pub mod matcher;
 pub mod proto;

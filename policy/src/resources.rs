@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 
 /// Pods by labels; empty selects every pod of the namespace.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PodSelector {
     #[serde(default)]

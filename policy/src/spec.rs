@@ -10,6 +10,7 @@ use std::str::FromStr;
 
 /// What happens to a connection or request that no authorization matched.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum DefaultPolicy {
     /// Every client, meshed or not.
@@ -69,6 +70,7 @@ impl FromStr for DefaultPolicy {
 
 /// How the proxy reads a server's traffic.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum ServerProtocol {
     /// Detected per connection (HTTP is checked per request, the rest per connection).
@@ -82,6 +84,7 @@ pub enum ServerProtocol {
 
 /// Allow or deny what a rule matches. Deny wins over allow.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(rename_all = "lowercase")]
 pub enum Action {
     #[default]
@@ -138,6 +141,7 @@ pub struct AuthorizationSpec {
 /// `namespaces`, `authenticated`) are alternatives, and so are networks;
 /// when both kinds are given a client must satisfy both.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct ClientsSpec {
     /// Exact SPIFFE IDs.
@@ -160,6 +164,7 @@ pub struct ClientsSpec {
 
 /// One HTTP request shape; every given field must match.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HttpMatchSpec {
     /// Any of these methods; empty: any method.
@@ -177,6 +182,7 @@ pub struct HttpMatchSpec {
 
 /// Exactly one of `exact` and `prefix`.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct PathMatchSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -187,6 +193,7 @@ pub struct PathMatchSpec {
 
 /// A header by name; with `value`, equal to it (exactly); without, present.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct HeaderMatchSpec {
     pub name: String,
@@ -196,6 +203,7 @@ pub struct HeaderMatchSpec {
 
 /// `service` is the fully qualified name (`pkg.Service`).
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct GrpcMatchSpec {
     pub service: String,

@@ -4,6 +4,7 @@
 //! ([`service`]), which streams each proxy the policy of its workload.
 
 pub mod file;
+pub mod kubernetes;
 pub mod service;
 
 use conduit_policy::resources::Resources;
