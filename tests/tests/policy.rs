@@ -85,6 +85,11 @@ fn identities_allowed_denied_changed_live_opaque_closed_and_audit() -> Result<()
         r.status,
         r.body
     );
+    println!(
+        "controller pod (not meshed): GET {direct} -> {} {}",
+        r.status,
+        r.body.trim()
+    );
 
     // Only sa/frontend may GET /api/*: the client (sa/client) gets 403,
     // and the request never reaches the application.
@@ -95,6 +100,11 @@ fn identities_allowed_denied_changed_live_opaque_closed_and_audit() -> Result<()
     ensure!(
         r.status == 403 && r.body.contains("forbidden by inbound policy"),
         "{r:?}"
+    );
+    println!(
+        "client (sa/client): GET {api} -> {} {}",
+        r.status,
+        r.body.trim()
     );
     ensure!(
         mesh.app("web-1").http_requests().len() == served,
@@ -131,6 +141,9 @@ fn identities_allowed_denied_changed_live_opaque_closed_and_audit() -> Result<()
         "no connection-level denial counted"
     );
 
+    // What docs/policy.md shows.
+    print_authz(&mesh)?;
+
     // Audit: everything passes, what would be refused is counted.
     write_policy(
         &file,
@@ -138,6 +151,25 @@ fn identities_allowed_denied_changed_live_opaque_closed_and_audit() -> Result<()
     )?;
     wait_status(&mesh, &mesh.url_by_name("web", 80, "/other"), 200)?;
     ensure!(authz(&mesh, "web-1", "default", "audit")? >= 1.0);
+    print_authz(&mesh)?;
     let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+fn print_authz(mesh: &Mesh) -> Result<()> {
+    for s in mesh
+        .proxy("web-1")
+        .metrics()?
+        .find("conduit_inbound_authz_total", &[])
+    {
+        if s.value > 0.0 {
+            let labels: Vec<String> = s
+                .labels
+                .iter()
+                .map(|(k, v)| format!("{k}=\"{v}\""))
+                .collect();
+            println!("web-1: {}{{{}}} {}", s.name, labels.join(","), s.value);
+        }
+    }
     Ok(())
 }
