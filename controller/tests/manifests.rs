@@ -228,6 +228,11 @@ fn rbac_is_least_privilege() {
             rule("discovery.k8s.io", "endpointslices", &["list", "watch"]),
             rule(
                 "policy.conduit.io",
+                "authorizationplugins",
+                &["list", "watch"]
+            ),
+            rule(
+                "policy.conduit.io",
                 "authorizationpolicies",
                 &["list", "watch"]
             ),

@@ -57,6 +57,8 @@ pub(crate) struct RuleBody {
     pub clients: ClientMatch,
     /// Empty: any request (a connection-level rule).
     pub http: Vec<HttpMatch>,
+    /// Index in [`Policy::plugins`] of the plugin that decides.
+    pub plugin: Option<usize>,
 }
 
 #[derive(Debug)]
@@ -108,7 +110,22 @@ pub struct Policy {
     /// Index in `servers` of the one for ports without a server.
     fallback: usize,
     slots: Vec<Slot>,
+    plugins: Vec<Plugin>,
 }
+
+/// A compiled plugin reference.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plugin {
+    pub name: Arc<str>,
+    pub address: std::net::SocketAddr,
+    pub timeout: std::time::Duration,
+    pub failure: crate::spec::FailureMode,
+    pub headers: Vec<HeaderName>,
+    pub max_in_flight: usize,
+}
+
+/// Most plugins in one policy.
+pub const MAX_PLUGINS: usize = 16;
 
 /// The metric label of a server-less port's decisions.
 pub const FALLBACK_SERVER: &str = "default";
@@ -196,6 +213,47 @@ impl Policy {
         let fallback = servers.len();
         servers.push(new_server(FALLBACK_SERVER, ServerProtocol::Detect, default));
 
+        if spec.plugins.len() > MAX_PLUGINS {
+            return Err(err("plugins", format!("at most {MAX_PLUGINS} plugins")));
+        }
+        let mut plugins: Vec<Plugin> = Vec::new();
+        for (i, p) in spec.plugins.iter().enumerate() {
+            let at = format!("plugins[{i}] ({})", p.name);
+            check_name(&p.name).map_err(|m| err(format!("{at}.name"), m))?;
+            if plugins.iter().any(|q| *q.name == *p.name) {
+                return Err(err(at, "a second plugin with this name"));
+            }
+            let address = p.address.parse().map_err(|_| {
+                err(
+                    format!("{at}.address"),
+                    format!("{:?} is not ip:port", p.address),
+                )
+            })?;
+            if p.timeout_ms == 0 || p.timeout_ms > 60_000 {
+                return Err(err(format!("{at}.timeoutMs"), "between 1 and 60000"));
+            }
+            if p.max_in_flight == 0 || p.max_in_flight > 100_000 {
+                return Err(err(format!("{at}.maxInFlight"), "between 1 and 100000"));
+            }
+            bounded(&p.headers, &format!("{at}.headers"))?;
+            let mut headers = Vec::new();
+            for (j, h) in p.headers.iter().enumerate() {
+                headers.push(HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+                    err(
+                        format!("{at}.headers[{j}]"),
+                        format!("{h:?} is not a header name"),
+                    )
+                })?);
+            }
+            plugins.push(Plugin {
+                name: p.name.as_str().into(),
+                address,
+                timeout: std::time::Duration::from_millis(p.timeout_ms.into()),
+                failure: p.failure,
+                headers,
+                max_in_flight: p.max_in_flight as usize,
+            });
+        }
         let mut rule_names = HashSet::new();
         let mut compiled_rules = 0usize;
         for (i, a) in spec.authorizations.iter().enumerate() {
@@ -204,7 +262,19 @@ impl Policy {
             if !rule_names.insert(a.name.as_str()) {
                 return Err(err(at, "a second authorization with this name"));
             }
-            let body = Arc::new(compile_rule(a, ctx, &at)?);
+            let mut body = compile_rule(a, ctx, &at)?;
+            if let Some(name) = &a.plugin {
+                if a.action == Action::Deny {
+                    return Err(err(
+                        format!("{at}.plugin"),
+                        "only allow rules can delegate to a plugin",
+                    ));
+                }
+                body.plugin = Some(plugins.iter().position(|p| *p.name == **name).ok_or_else(
+                    || err(format!("{at}.plugin"), format!("no plugin named {name:?}")),
+                )?);
+            }
+            let body = Arc::new(body);
             let targets: Vec<usize> = if a.servers.is_empty() {
                 (0..servers.len()).collect()
             } else {
@@ -252,6 +322,7 @@ impl Policy {
             by_port,
             fallback,
             slots,
+            plugins,
         })
     }
 
@@ -264,6 +335,11 @@ impl Policy {
     /// Every metric slot; a decision's `slot` indexes this.
     pub fn slots(&self) -> &[Slot] {
         &self.slots
+    }
+
+    /// The plugins; a decision's `plugin` indexes this.
+    pub fn plugins(&self) -> &[Plugin] {
+        &self.plugins
     }
 }
 
@@ -301,7 +377,11 @@ fn compile_rule(a: &AuthorizationSpec, ctx: &Context, at: &str) -> Result<RuleBo
         .enumerate()
         .map(|(i, m)| compile_http(m, &format!("{at}.http[{i}]")))
         .collect::<Result<_, _>>()?;
-    Ok(RuleBody { clients, http })
+    Ok(RuleBody {
+        clients,
+        http,
+        plugin: None,
+    })
 }
 
 fn compile_clients(c: &ClientsSpec, ctx: &Context, at: &str) -> Result<ClientMatch, CompileError> {

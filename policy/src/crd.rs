@@ -6,7 +6,8 @@
 //! a test (controller/tests/policy_backends.rs).
 
 use crate::resources::{
-    AuthorizationResource, InboundDefaultResource, PodSelector, Resources, ServerResource,
+    AuthorizationResource, InboundDefaultResource, PluginResource, PodSelector, Resources,
+    ServerResource,
 };
 use crate::spec::*;
 use kube::CustomResource;
@@ -59,6 +60,39 @@ pub struct AuthorizationPolicySpec {
     pub from: ClientsSpec,
     #[serde(default)]
     pub http: Vec<HttpMatchSpec>,
+    /// An `AuthorizationPlugin` of the namespace that decides matching requests.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
+}
+
+/// An external authorization service rules of the namespace can delegate
+/// to (docs/plugins.md).
+#[derive(CustomResource, Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[kube(
+    group = "policy.conduit.io",
+    version = "v1alpha1",
+    kind = "AuthorizationPlugin",
+    namespaced
+)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AuthorizationPluginSpec {
+    pub address: String,
+    #[serde(default = "default_timeout")]
+    pub timeout_ms: u32,
+    #[serde(default)]
+    pub failure: FailureMode,
+    #[serde(default)]
+    pub headers: Vec<String>,
+    #[serde(default = "default_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_timeout() -> u32 {
+    250
+}
+
+fn default_in_flight() -> u32 {
+    256
 }
 
 /// The default policy of the namespace, or of the pods `podSelector` picks.
@@ -86,8 +120,26 @@ pub fn resources(
     servers: &[Server],
     authorizations: &[AuthorizationPolicy],
     defaults: &[InboundDefault],
+    plugins: &[AuthorizationPlugin],
 ) -> Resources {
     Resources {
+        plugins: plugins
+            .iter()
+            .filter_map(|p| {
+                let (name, namespace) = meta(&p.metadata)?;
+                Some(PluginResource {
+                    namespace,
+                    plugin: PluginSpec {
+                        name,
+                        address: p.spec.address.clone(),
+                        timeout_ms: p.spec.timeout_ms,
+                        failure: p.spec.failure,
+                        headers: p.spec.headers.clone(),
+                        max_in_flight: p.spec.max_in_flight,
+                    },
+                })
+            })
+            .collect(),
         servers: servers
             .iter()
             .filter_map(|s| {
@@ -114,6 +166,7 @@ pub fn resources(
                         action: a.spec.action,
                         from: a.spec.from.clone(),
                         http: a.spec.http.clone(),
+                        plugin: a.spec.plugin.clone(),
                     },
                 })
             })

@@ -33,6 +33,9 @@ impl Verdict {
 pub struct Decision {
     pub verdict: Verdict,
     pub slot: usize,
+    /// An allow that a plugin must confirm (index in
+    /// [`Policy::plugins`](crate::Policy::plugins)).
+    pub plugin: Option<usize>,
 }
 
 impl Server {
@@ -48,7 +51,11 @@ impl Server {
             .iter()
             .find(|r| r.body.http.is_empty() && r.body.clients.matches(c))
         {
-            return self.allow(r.slot);
+            // A plugin judges HTTP requests; it cannot judge a byte stream.
+            if r.body.plugin.is_some() {
+                return self.refuse(r.slot);
+            }
+            return self.allow(r.slot, None);
         }
         self.by_default(c)
     }
@@ -62,15 +69,16 @@ impl Server {
             return self.refuse(r.slot);
         }
         if let Some(r) = self.allows.iter().find(|r| rule_matches(r, c, req)) {
-            return self.allow(r.slot);
+            return self.allow(r.slot, r.body.plugin);
         }
         self.by_default(c)
     }
 
-    fn allow(&self, slot: usize) -> Decision {
+    fn allow(&self, slot: usize, plugin: Option<usize>) -> Decision {
         Decision {
             verdict: Verdict::Allow,
             slot,
+            plugin,
         }
     }
 
@@ -79,7 +87,11 @@ impl Server {
             DefaultPolicy::Audit => Verdict::Audit,
             _ => Verdict::Deny,
         };
-        Decision { verdict, slot }
+        Decision {
+            verdict,
+            slot,
+            plugin: None,
+        }
     }
 
     fn by_default(&self, c: &Client<'_>) -> Decision {
@@ -98,6 +110,7 @@ impl Server {
         Decision {
             verdict,
             slot: self.default_slot,
+            plugin: None,
         }
     }
 }

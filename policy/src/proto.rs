@@ -59,6 +59,21 @@ impl From<&InboundSpec> for pb::InboundPolicy {
                 })
                 .collect(),
             authorizations: s.authorizations.iter().map(authz_to).collect(),
+            plugins: s
+                .plugins
+                .iter()
+                .map(|p| pb::Plugin {
+                    name: p.name.clone(),
+                    address: p.address.clone(),
+                    timeout_ms: p.timeout_ms,
+                    failure: (match p.failure {
+                        FailureMode::Closed => pb::FailureMode::Closed,
+                        FailureMode::Open => pb::FailureMode::Open,
+                    }) as i32,
+                    headers: p.headers.clone(),
+                    max_in_flight: p.max_in_flight,
+                })
+                .collect(),
         }
     }
 }
@@ -66,6 +81,7 @@ impl From<&InboundSpec> for pb::InboundPolicy {
 fn authz_to(a: &AuthorizationSpec) -> pb::Authorization {
     pb::Authorization {
         name: a.name.clone(),
+        plugin: a.plugin.clone().unwrap_or_default(),
         servers: a.servers.clone(),
         action: (match a.action {
             Action::Allow => pb::Action::Allow,
@@ -153,6 +169,7 @@ impl TryFrom<pb::InboundPolicy> for InboundSpec {
             };
             let from = a.from.unwrap_or_default();
             authorizations.push(AuthorizationSpec {
+                plugin: (!a.plugin.is_empty()).then_some(a.plugin),
                 name: a.name,
                 servers: a.servers,
                 action,
@@ -194,10 +211,32 @@ impl TryFrom<pb::InboundPolicy> for InboundSpec {
                     .collect(),
             });
         }
+        let mut plugins = Vec::new();
+        for q in p.plugins {
+            let failure = match pb::FailureMode::try_from(q.failure) {
+                Ok(pb::FailureMode::Closed) => FailureMode::Closed,
+                Ok(pb::FailureMode::Open) => FailureMode::Open,
+                Err(_) => {
+                    return Err(WireError::Enum {
+                        what: "failure",
+                        value: q.failure,
+                    });
+                }
+            };
+            plugins.push(PluginSpec {
+                name: q.name,
+                address: q.address,
+                timeout_ms: q.timeout_ms,
+                failure,
+                headers: q.headers,
+                max_in_flight: q.max_in_flight,
+            });
+        }
         Ok(InboundSpec {
             default_policy: default_from(p.default_policy)?,
             servers,
             authorizations,
+            plugins,
         })
     }
 }
@@ -224,6 +263,9 @@ authorizations:
         headers: [{name: a, value: b}, {name: c}]
         grpc: {service: p.S, method: M}
       - path: {prefix: /y/}
+  - {name: p, plugin: ext}
+plugins:
+  - {name: ext, address: "10.0.0.1:9000", timeoutMs: 100, failure: open, headers: [x-a], maxInFlight: 5}
 "#,
         )
         .unwrap();

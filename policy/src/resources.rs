@@ -65,6 +65,14 @@ pub struct AuthorizationResource {
     pub rule: AuthorizationSpec,
 }
 
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginResource {
+    pub namespace: String,
+    #[serde(flatten)]
+    pub plugin: PluginSpec,
+}
+
 /// Everything the user wrote, all namespaces.
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
@@ -75,6 +83,8 @@ pub struct Resources {
     pub servers: Vec<ServerResource>,
     #[serde(default)]
     pub authorizations: Vec<AuthorizationResource>,
+    #[serde(default)]
+    pub plugins: Vec<PluginResource>,
 }
 
 /// A problem found while resolving one workload's policy (the rest still applies).
@@ -154,11 +164,25 @@ impl Resources {
             }
             authorizations.push(rule);
         }
+        // The plugins its rules name.
+        let mut plugins: Vec<PluginSpec> = self
+            .plugins
+            .iter()
+            .filter(|p| p.namespace == namespace)
+            .filter(|p| {
+                authorizations
+                    .iter()
+                    .any(|a| a.plugin.as_deref() == Some(p.plugin.name.as_str()))
+            })
+            .map(|p| p.plugin.clone())
+            .collect();
+        plugins.sort_by(|a, b| a.name.cmp(&b.name));
         (
             InboundSpec {
                 default_policy: defaults.first().map(|d| d.default_policy),
                 servers: kept,
                 authorizations,
+                plugins,
             },
             conflicts,
         )
@@ -205,6 +229,16 @@ impl Resources {
             Policy::compile(&spec, ctx)
                 .map_err(|e| relabel(&at, e, &format!("servers[0] ({})", s.name)))?;
         }
+        for (i, p) in self.plugins.iter().enumerate() {
+            let at = format!("plugins[{i}] ({})", p.plugin.name);
+            check_ns(&at, &p.namespace)?;
+            let spec = InboundSpec {
+                plugins: vec![p.plugin.clone()],
+                ..Default::default()
+            };
+            Policy::compile(&spec, ctx)
+                .map_err(|e| relabel(&at, e, &format!("plugins[0] ({})", p.plugin.name)))?;
+        }
         let mut seen = std::collections::HashSet::new();
         for (i, a) in self.authorizations.iter().enumerate() {
             let at = format!("authorizations[{i}] ({})", a.rule.name);
@@ -233,8 +267,25 @@ impl Resources {
                 namespace: a.namespace.clone(),
                 ..ctx.clone()
             };
+            let plugins = match &a.rule.plugin {
+                None => vec![],
+                Some(name) => match self
+                    .plugins
+                    .iter()
+                    .find(|p| p.namespace == a.namespace && &p.plugin.name == name)
+                {
+                    Some(p) => vec![p.plugin.clone()],
+                    None => {
+                        return Err(err(
+                            format!("{at}.plugin"),
+                            format!("no plugin {name:?} in namespace {}", a.namespace),
+                        ));
+                    }
+                },
+            };
             let spec = InboundSpec {
                 authorizations: vec![rule],
+                plugins,
                 ..Default::default()
             };
             Policy::compile(&spec, &ctx)

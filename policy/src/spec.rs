@@ -103,6 +103,51 @@ pub struct InboundSpec {
     pub servers: Vec<ServerSpec>,
     #[serde(default)]
     pub authorizations: Vec<AuthorizationSpec>,
+    /// External authorization services rules can delegate to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub plugins: Vec<PluginSpec>,
+}
+
+/// What a plugin's failure (unreachable, too slow, overloaded) means.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[serde(rename_all = "lowercase")]
+pub enum FailureMode {
+    /// Refuse the request (403 / PERMISSION_DENIED).
+    #[default]
+    Closed,
+    /// Let the request through undecorated.
+    Open,
+}
+
+/// An external authorization and request-decoration service
+/// (`conduit.authz.v1.AuthorizationPlugin`, docs/plugins.md).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "crd", derive(schemars::JsonSchema))]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct PluginSpec {
+    pub name: String,
+    /// `ip:port` of the plugin's gRPC server.
+    pub address: String,
+    /// Per call, in milliseconds.
+    #[serde(default = "default_plugin_timeout")]
+    pub timeout_ms: u32,
+    #[serde(default)]
+    pub failure: FailureMode,
+    /// Request headers sent to the plugin (lowercase names); others are not.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub headers: Vec<String>,
+    /// Calls in flight at most; beyond, the failure mode applies.
+    #[serde(default = "default_plugin_in_flight")]
+    pub max_in_flight: u32,
+}
+
+fn default_plugin_timeout() -> u32 {
+    250
+}
+
+fn default_plugin_in_flight() -> u32 {
+    256
 }
 
 /// One port of the workload.
@@ -135,6 +180,11 @@ pub struct AuthorizationSpec {
     /// and makes this a connection-level rule that also covers opaque TCP.
     #[serde(default)]
     pub http: Vec<HttpMatchSpec>,
+    /// With `action: allow`: the named plugin decides each matching HTTP
+    /// request (and may add or remove headers); opaque connections it
+    /// would see are refused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub plugin: Option<String>,
 }
 
 /// Clients. Identity entries (`identities`, `serviceAccounts`,

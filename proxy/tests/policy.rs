@@ -506,3 +506,173 @@ async fn before_any_policy_the_configured_default_applies() {
     assert_eq!(status(&mut f, "/api/users").await, 403);
     assert_eq!(app.requests.load(Ordering::SeqCst), 0);
 }
+
+mod plugin {
+    //! A real gRPC authorization plugin (the `conduit.authz.v1` contract):
+    //! allows requests with `x-allow: yes` and adds `x-added: by-plugin`,
+    //! denies the rest with 401 and a body; `x-slow` makes it answer late.
+    use conduit_controller_api::authz::v1 as pb;
+    use std::net::SocketAddr;
+    use std::time::Duration;
+
+    pub struct Example;
+
+    #[tonic::async_trait]
+    impl pb::authorization_plugin_server::AuthorizationPlugin for Example {
+        async fn check(
+            &self,
+            req: tonic::Request<pb::CheckRequest>,
+        ) -> Result<tonic::Response<pb::CheckResponse>, tonic::Status> {
+            let r = req.into_inner();
+            if r.headers.contains_key("x-slow") {
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+            let decision = if r.headers.get("x-allow").map(String::as_str) == Some("yes") {
+                assert!(r.tls, "the plugin is told the request came over mTLS");
+                assert!(
+                    r.peer_identity.ends_with("/sa/frontend"),
+                    "{}",
+                    r.peer_identity
+                );
+                assert!(
+                    !r.headers.contains_key("x-secret"),
+                    "only selected headers are sent"
+                );
+                pb::check_response::Decision::Allow(pb::Allow {
+                    add_headers: vec![pb::Header {
+                        name: "x-added".into(),
+                        value: "by-plugin".into(),
+                    }],
+                    remove_headers: vec!["x-allow".into()],
+                })
+            } else {
+                pb::check_response::Decision::Deny(pb::Deny {
+                    status: 401,
+                    body: format!("no x-allow for {} {}", r.method, r.path),
+                    headers: vec![],
+                })
+            };
+            Ok(tonic::Response::new(pb::CheckResponse {
+                decision: Some(decision),
+            }))
+        }
+    }
+
+    pub async fn start() -> SocketAddr {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(
+                    pb::authorization_plugin_server::AuthorizationPluginServer::new(Example),
+                )
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+        addr
+    }
+}
+
+fn plugin_policy(plugin: SocketAddr, failure: &str) -> String {
+    format!(
+        r#"
+defaultPolicy: deny
+servers:
+  - {{name: web-http, port: PORT}}
+plugins:
+  - {{name: example, address: "{plugin}", timeoutMs: 300, failure: {failure}, headers: [x-allow, x-slow]}}
+authorizations:
+  - name: via-plugin
+    servers: [web-http]
+    from: {{serviceAccounts: [frontend]}}
+    http: [{{path: {{prefix: /api/}}}}]
+    plugin: example
+"#
+    )
+}
+
+async fn send(
+    c: &mut hyper::client::conn::http1::SendRequest<client::Body>,
+    headers: &[(&'static str, &str)],
+) -> (http::response::Parts, String) {
+    let mut req = get("/api/items", "web");
+    for (k, v) in headers {
+        req.headers_mut()
+            .insert(http::HeaderName::from_static(k), v.parse().unwrap());
+    }
+    text(c.send_request(req).await.unwrap()).await
+}
+
+#[tokio::test]
+async fn plugin_allows_denies_and_adds_a_header() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    let plugin_addr = plugin::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("policy.yaml");
+    write_policy(
+        &file,
+        &plugin_policy(plugin_addr, "closed"),
+        app.addr.port(),
+    );
+    let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::AllUnauthenticated).await;
+    let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+    let mut c = client::h1(fe.outbound_addrs[0]).await;
+    let (parts, body) = send(&mut c, &[("x-allow", "yes"), ("x-secret", "s")]).await;
+    assert_eq!(parts.status, 200, "{body}");
+    assert_eq!(parts.headers["x-saw-added"], "by-plugin");
+    let (parts, body) = send(&mut c, &[]).await;
+    assert_eq!(parts.status, 401);
+    assert_eq!(body, "no x-allow for GET /api/items");
+    assert_eq!(app.requests.load(Ordering::SeqCst), 1);
+    // Requests the rule does not send to the plugin: the default.
+    let (parts, _) = text(c.send_request(get("/other", "web")).await.unwrap()).await;
+    assert_eq!(parts.status, 403);
+    let m = metrics(&server).await;
+    assert_sample(
+        &m,
+        "conduit_inbound_authz_total",
+        &["rule=\"via-plugin\"", "decision=\"allow\""],
+        1.0,
+    );
+    assert_sample(
+        &m,
+        "conduit_inbound_authz_total",
+        &["rule=\"via-plugin\"", "decision=\"deny\""],
+        1.0,
+    );
+}
+
+#[tokio::test]
+async fn plugin_down_or_slow_follows_its_failure_mode_within_its_timeout() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    let plugin_addr = plugin::start().await;
+    let down: SocketAddr = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    };
+    let dir = tempfile::tempdir().unwrap();
+    for (addr, headers, failure, want) in [
+        (down, &[][..], "closed", 403),
+        (down, &[][..], "open", 200),
+        (plugin_addr, &[("x-slow", "1")][..], "closed", 403),
+        (plugin_addr, &[("x-slow", "1")][..], "open", 200),
+    ] {
+        let file = dir.path().join(format!("{failure}-{}.yaml", addr.port()));
+        write_policy(&file, &plugin_policy(addr, failure), app.addr.port());
+        let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::AllUnauthenticated).await;
+        let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+        let mut c = client::h1(fe.outbound_addrs[0]).await;
+        let start = std::time::Instant::now();
+        let (parts, body) = send(&mut c, headers).await;
+        let took = start.elapsed();
+        assert_eq!(
+            parts.status, want,
+            "{addr} {headers:?} fail-{failure}: {body}"
+        );
+        assert!(
+            took < std::time::Duration::from_secs(2),
+            "{addr} {headers:?}: took {took:?} (timeout 300 ms)"
+        );
+    }
+}

@@ -34,3 +34,11 @@ pub mod policy {
         tonic::include_proto!("conduit.policy.v1");
     }
 }
+
+/// `conduit.authz.v1`: the contract of external authorization plugins.
+pub mod authz {
+    pub mod v1 {
+        #![allow(clippy::all, rust_2018_idioms)]
+        tonic::include_proto!("conduit.authz.v1");
+    }
+}

@@ -1,10 +1,10 @@
 //! The Kubernetes backend of the policy: reflectors over the custom
 //! resources of `policy.conduit.io` (`Server`, `AuthorizationPolicy`,
-//! `InboundDefault`, all namespaces) feed one task that rebuilds the
+//! `InboundDefault`, `AuthorizationPlugin`, all namespaces) feed one task that rebuilds the
 //! [`Resources`] on every change. Objects that do not validate are left
 //! out, one by one, with a log line naming them (the rest applies).
 
-use conduit_policy::crd::{AuthorizationPolicy, InboundDefault, Server};
+use conduit_policy::crd::{AuthorizationPlugin, AuthorizationPolicy, InboundDefault, Server};
 use conduit_policy::resources::Resources;
 use conduit_policy::{Context, DefaultPolicy};
 use futures::StreamExt;
@@ -86,9 +86,27 @@ fn valid(all: Resources, ctx: &Context) -> Resources {
             }
         }
     }
-    for a in all.authorizations {
-        // Checked with the servers of its namespace (references must exist).
+    for p in all.plugins {
         let one = Resources {
+            plugins: vec![p.clone()],
+            ..Default::default()
+        };
+        match one.validate(ctx) {
+            Ok(()) => out.plugins.push(p),
+            Err(e) => {
+                tracing::error!(namespace = %p.namespace, name = %p.plugin.name, "AuthorizationPlugin ignored: {e}")
+            }
+        }
+    }
+    for a in all.authorizations {
+        // Checked with the servers and plugins of its namespace (references must exist).
+        let one = Resources {
+            plugins: out
+                .plugins
+                .iter()
+                .filter(|p| p.namespace == a.namespace)
+                .cloned()
+                .collect(),
             servers: out
                 .servers
                 .iter()
@@ -129,7 +147,8 @@ impl KubernetesPolicy {
             Api::<AuthorizationPolicy>::all(client.clone()),
             changed.clone(),
         );
-        let (defaults, t3) = reflect(Api::<InboundDefault>::all(client), changed.clone());
+        let (defaults, t3) = reflect(Api::<InboundDefault>::all(client.clone()), changed.clone());
+        let (plugins, t4) = reflect(Api::<AuthorizationPlugin>::all(client), changed.clone());
         let (tx, rx) = watch::channel(Arc::new(Resources::default()));
         let ctx = Context {
             namespace: "default".into(),
@@ -143,7 +162,8 @@ impl KubernetesPolicy {
                 let s: Vec<Server> = sorted(&servers);
                 let a: Vec<AuthorizationPolicy> = sorted(&authz);
                 let d: Vec<InboundDefault> = sorted(&defaults);
-                let r = valid(conduit_policy::crd::resources(&s, &a, &d), &ctx);
+                let p: Vec<AuthorizationPlugin> = sorted(&plugins);
+                let r = valid(conduit_policy::crd::resources(&s, &a, &d, &p), &ctx);
                 tracing::debug!(
                     servers = r.servers.len(),
                     authorizations = r.authorizations.len(),
@@ -162,7 +182,7 @@ impl KubernetesPolicy {
         });
         KubernetesPolicy {
             rx,
-            tasks: vec![t1, t2, t3, rebuild],
+            tasks: vec![t1, t2, t3, t4, rebuild],
         }
     }
 

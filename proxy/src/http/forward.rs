@@ -135,7 +135,7 @@ async fn forward(
     tripped: &Tripped,
 ) -> Result<Response<Body>, ForwardError> {
     if conn.direction == Direction::Inbound
-        && let Some(refused) = crate::policy::enforce::check_request(shared, conn, &req)
+        && let Some(refused) = crate::policy::enforce::check_request(shared, conn, &mut req).await
     {
         return Ok(refused);
     }

@@ -37,6 +37,7 @@ pub fn admit_connection(shared: &Shared, conn: &ConnCtx) -> bool {
         d = Decision {
             verdict,
             slot: d.slot,
+            plugin: None,
         };
     }
     installed.count(d);
@@ -55,16 +56,17 @@ pub fn admit_connection(shared: &Shared, conn: &ConnCtx) -> bool {
 }
 
 /// One inbound HTTP request: `Some(response)` means answer it so (403, or
-/// gRPC PERMISSION_DENIED) and never forward it.
-pub fn check_request<B>(
+/// gRPC PERMISSION_DENIED, or a plugin's answer) and never forward it. A
+/// plugin that allows may have changed the request's headers.
+pub async fn check_request<B>(
     shared: &Shared,
     conn: &ConnCtx,
-    req: &http::Request<B>,
+    req: &mut http::Request<B>,
 ) -> Option<http::Response<Body>> {
     let installed = shared.inbound_policy.current();
     let port = conn.route.orig_dst.port();
     let server = installed.policy.server(port);
-    let d = server.check_request(
+    let mut d = server.check_request(
         &client(conn),
         &Request {
             method: req.method(),
@@ -72,17 +74,161 @@ pub fn check_request<B>(
             headers: req.headers(),
         },
     );
+    let slot = &installed.policy.slots()[d.slot];
+    if let Some(i) = d.plugin {
+        let plugin = &installed.policy.plugins()[i];
+        match ask_plugin(shared, conn, plugin, slot, req).await {
+            Ok(None) => {}
+            Ok(Some(denied)) => {
+                d.verdict = Verdict::Deny;
+                installed.count(d);
+                debug!(client = %conn.client_addr, port, plugin = %plugin.name, rule = %slot.rule, "authorization plugin refused the request");
+                return Some(denied);
+            }
+            Err(e) => {
+                let open = plugin.failure == conduit_policy::spec::FailureMode::Open;
+                info!(client = %conn.client_addr, port, plugin = %plugin.name, reason = e.reason(), fail_open = open, "authorization plugin failed: {e}");
+                shared.metrics.error(
+                    crate::metrics::Direction::Inbound,
+                    match open {
+                        true => "authz_plugin_failed_open",
+                        false => "authz_plugin_failed_closed",
+                    },
+                );
+                if !open {
+                    d.verdict = Verdict::Deny;
+                    installed.count(d);
+                    return Some(forbidden(is_grpc(req)));
+                }
+            }
+        }
+    }
     installed.count(d);
     if d.verdict == Verdict::Allow {
         return None;
     }
-    let slot = &installed.policy.slots()[d.slot];
     if d.verdict == Verdict::Audit {
         info!(client = %conn.client_addr, identity = ?conn.peer_identity, port, method = %req.method(), path = req.uri().path(), server = %slot.server, rule = %slot.rule, "audit: request would be refused by the inbound policy; letting it through");
         return None;
     }
     debug!(client = %conn.client_addr, identity = ?conn.peer_identity, port, method = %req.method(), path = req.uri().path(), server = %slot.server, rule = %slot.rule, "inbound policy refused the request");
     Some(forbidden(is_grpc(req)))
+}
+
+/// Largest plugin answer body used.
+const MAX_PLUGIN_BODY: usize = 4096;
+
+/// `Ok(None)`: allowed (headers applied); `Ok(Some(rsp))`: the plugin's refusal.
+async fn ask_plugin<B>(
+    shared: &Shared,
+    conn: &ConnCtx,
+    plugin: &conduit_policy::compile::Plugin,
+    slot: &conduit_policy::Slot,
+    req: &mut http::Request<B>,
+) -> Result<Option<http::Response<Body>>, super::plugin::PluginError> {
+    use conduit_controller_api::authz::v1 as pb;
+    let mut headers = std::collections::HashMap::new();
+    for name in &plugin.headers {
+        let values: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        if !values.is_empty() {
+            headers.insert(name.as_str().to_owned(), values.join(", "));
+        }
+    }
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_owned())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_owned)
+        })
+        .unwrap_or_default();
+    let check = pb::CheckRequest {
+        peer_identity: conn
+            .peer_id
+            .as_ref()
+            .map(|i| i.to_string())
+            .unwrap_or_default(),
+        tls: conn.peer_id.is_some(),
+        peer_address: conn.client_addr.to_string(),
+        method: req.method().to_string(),
+        authority,
+        path: req
+            .uri()
+            .path_and_query()
+            .map_or("/", |p| p.as_str())
+            .to_owned(),
+        headers,
+        server: slot.server.to_string(),
+        rule: slot.rule.to_string(),
+        port: conn.route.orig_dst.port().into(),
+    };
+    match shared.inbound_policy.plugins.check(plugin, check).await? {
+        pb::check_response::Decision::Allow(a) => {
+            let h = req.headers_mut();
+            for name in &a.remove_headers {
+                if let Ok(n) = http::HeaderName::from_bytes(name.as_bytes()) {
+                    h.remove(n);
+                }
+            }
+            for add in a.add_headers {
+                match (
+                    http::HeaderName::from_bytes(add.name.as_bytes()),
+                    HeaderValue::from_str(&add.value),
+                ) {
+                    (Ok(n), Ok(v)) => {
+                        h.insert(n, v);
+                    }
+                    _ => {
+                        info!(plugin = %plugin.name, header = %add.name, "authorization plugin asked for an invalid header; ignored")
+                    }
+                }
+            }
+            Ok(None)
+        }
+        pb::check_response::Decision::Deny(deny) => {
+            if is_grpc(req) {
+                return Ok(Some(forbidden(true)));
+            }
+            let status = match deny.status {
+                0 => StatusCode::FORBIDDEN,
+                s => u16::try_from(s)
+                    .ok()
+                    .and_then(|s| StatusCode::from_u16(s).ok())
+                    .unwrap_or(StatusCode::FORBIDDEN),
+            };
+            let mut body = deny.body;
+            if body.len() > MAX_PLUGIN_BODY {
+                let mut end = MAX_PLUGIN_BODY;
+                while !body.is_char_boundary(end) {
+                    end -= 1;
+                }
+                body.truncate(end);
+            }
+            let mut rsp = http::Response::new(crate::http::full(body));
+            *rsp.status_mut() = status;
+            for h in deny.headers {
+                if let (Ok(n), Ok(v)) = (
+                    http::HeaderName::from_bytes(h.name.as_bytes()),
+                    HeaderValue::from_str(&h.value),
+                ) {
+                    rsp.headers_mut().append(n, v);
+                }
+            }
+            rsp.headers_mut().insert(
+                ERROR_HEADER,
+                HeaderValue::from_static("denied by authorization plugin"),
+            );
+            Ok(Some(rsp))
+        }
+    }
 }
 
 fn is_grpc<B>(req: &http::Request<B>) -> bool {

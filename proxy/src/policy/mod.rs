@@ -9,6 +9,7 @@
 pub mod controller;
 pub mod enforce;
 pub mod file;
+pub mod plugin;
 
 use crate::config::Config;
 use conduit_policy::{CompileError, Context, InboundSpec, Policy, Verdict};
@@ -65,6 +66,8 @@ pub struct PolicyStore {
     install: Mutex<()>,
     /// Bumped on every install (tests and the controller client follow it).
     version: watch::Sender<u64>,
+    /// Connections to the authorization plugins.
+    pub plugins: plugin::Plugins,
 }
 
 impl PolicyStore {
@@ -85,6 +88,7 @@ impl PolicyStore {
             family,
             install: Mutex::new(()),
             version: watch::channel(0).0,
+            plugins: plugin::Plugins::default(),
         })
     }
 
