@@ -173,3 +173,98 @@ fn print_authz(mesh: &Mesh) -> Result<()> {
     }
     Ok(())
 }
+
+/// curl from the client pod with one extra header: (status, body).
+fn curl_with(mesh: &Mesh, url: &str, header: &str) -> Result<(u16, String)> {
+    let done = app::in_pod(&mesh.env, "client", "curl")?
+        .args(["--http1.1", "-sS", "--max-time", "5", "-H", header])
+        .args(["-w", "\n@@%{http_code}", url])
+        .run(Duration::from_secs(10))?;
+    let out: Vec<&str> = done.stdout().collect();
+    let status = out
+        .iter()
+        .rev()
+        .find_map(|l| l.strip_prefix("@@"))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let body = out
+        .iter()
+        .filter(|l| !l.starts_with("@@"))
+        .copied()
+        .collect::<Vec<_>>()
+        .join("\n");
+    Ok((status, body))
+}
+
+#[test]
+fn an_authorization_plugin_allows_by_header_and_denies_the_rest() -> Result<()> {
+    let dir = std::env::temp_dir().join(format!(
+        "conduit-policy-plugin-{}-{}",
+        std::env::var("CONDUIT_TEST_PREFIX").unwrap_or_default(),
+        std::process::id()
+    ));
+    std::fs::create_dir_all(&dir)?;
+    let file = dir.join("policy.yaml");
+    write_policy(&file, "")?;
+    let mut spec = MeshSpec::with_servers(1);
+    spec.controller_args = vec!["--policy-file".into(), file.display().to_string()];
+    let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), spec)? else {
+        return Ok(());
+    };
+    // The example plugin, in the (non-meshed) controller pod.
+    let plugin_addr = format!("{}:9191", mesh.env.pod("controller").ipv4);
+    let mut plugin = mesh
+        .env
+        .spawn(
+            "controller",
+            "plugin",
+            conduit_tests::bins::find("conduit-authz-plugin")?,
+        )?
+        .args(["--listen", &plugin_addr, "--allow-header", "x-allow=yes"])
+        .args([
+            "--add-header",
+            "x-authorized-by=example-plugin",
+            "--deny-status",
+            "451",
+        ])
+        .start()?;
+    plugin.wait_for_line("listening", Duration::from_secs(10), |l| {
+        l.contains("listening on")
+    })?;
+    write_policy(
+        &file,
+        &format!(
+            r#"
+servers:
+  - {{name: web-http, namespace: default, port: 8080}}
+plugins:
+  - {{name: example, namespace: default, address: "{plugin_addr}", timeoutMs: 500, failure: closed, headers: [x-allow]}}
+authorizations:
+  - {{name: via-plugin, namespace: default, servers: [web-http], from: {{serviceAccounts: [client]}}, plugin: example}}
+"#
+        ),
+    )?;
+    let api = mesh.url_by_name("web", 80, "/api/items");
+    wait_until("the plugin to decide", Duration::from_secs(15), || {
+        let (status, body) = curl_with(&mesh, &api, "x-allow: no")?;
+        ensure!(status == 451, "HTTP {status} {body}");
+        ensure!(body.contains("denied by conduit-authz-plugin"), "{body}");
+        println!(
+            "client: GET {api} (x-allow: no) -> {status} {}",
+            body.trim()
+        );
+        Ok(())
+    })?;
+    let (status, body) = curl_with(&mesh, &api, "x-allow: yes")?;
+    ensure!(status == 200, "allowed by the plugin: HTTP {status} {body}");
+    println!("client: GET {api} (x-allow: yes) -> {status}");
+    let lines = plugin.stdout_lines();
+    ensure!(
+        lines
+            .iter()
+            .any(|l| l.starts_with("allow GET /api/items") && l.contains("sa/client")),
+        "the plugin's log: {lines:?}"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}

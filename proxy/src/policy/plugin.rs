@@ -97,7 +97,14 @@ impl Plugins {
         request.set_timeout(p.timeout);
         let rsp = tokio::time::timeout(p.timeout, client.check(request))
             .await
-            .map_err(|_| PluginError::Timeout(p.timeout))??;
+            .map_err(|_| PluginError::Timeout(p.timeout))?
+            .map_err(|s| match s.code() {
+                // tonic's own deadline (the grpc-timeout the plugin also sees).
+                tonic::Code::Cancelled | tonic::Code::DeadlineExceeded => {
+                    PluginError::Timeout(p.timeout)
+                }
+                _ => PluginError::Call(s),
+            })?;
         rsp.into_inner().decision.ok_or(PluginError::Empty)
     }
 }
