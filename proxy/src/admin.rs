@@ -1,8 +1,10 @@
-//! The admin server: `GET /metrics` (Prometheus text), `GET /ready`
-//! (200 once listening, and holding a certificate when an identity is
-//! configured; 503 while draining), `GET /live`, and
-//! `POST /shutdown`, which starts a graceful drain and is accepted only
-//! from loopback clients.
+//! The admin server, read-only: `GET /metrics` (Prometheus text),
+//! `GET /ready` (200 once listening, and holding a certificate when an
+//! identity is configured; 503 while draining), `GET /live`. It listens on
+//! the network (default `0.0.0.0:4191`) so it can be scraped and probed, so
+//! nothing here changes the proxy's state: the state-changing endpoints
+//! (`POST /shutdown`) live on the loopback-only operator listener
+//! ([`crate::control`]). The client's address authorizes nothing.
 
 use crate::http::{Body, full};
 use http::{Method, Request, Response, StatusCode};
@@ -16,7 +18,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
-use tracing::{info, warn};
+use tracing::warn;
 
 pub struct Admin {
     pub registry: Registry,
@@ -42,13 +44,13 @@ impl Admin {
     }
 }
 
-fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
+pub(crate) fn text(status: StatusCode, body: impl Into<bytes::Bytes>) -> Response<Body> {
     let mut rsp = Response::new(full(body));
     *rsp.status_mut() = status;
     rsp
 }
 
-fn route(admin: &Admin, client: SocketAddr, req: &Request<Incoming>) -> Response<Body> {
+fn route(admin: &Admin, req: &Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/metrics") => {
             admin.update_gauges();
@@ -73,30 +75,31 @@ fn route(admin: &Admin, client: SocketAddr, req: &Request<Incoming>) -> Response
         (&Method::GET, "/ready") if admin.is_ready() => text(StatusCode::OK, "ready\n"),
         (&Method::GET, "/ready") => text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n"),
         (&Method::GET, "/live") => text(StatusCode::OK, "live\n"),
-        (&Method::POST, "/shutdown") if client.ip().is_loopback() => {
-            info!(%client, "shutdown requested through the admin server");
-            admin.shutdown.cancel();
-            text(StatusCode::ACCEPTED, "draining\n")
-        }
-        (&Method::POST, "/shutdown") => {
-            warn!(%client, "refused /shutdown from a non-loopback client");
-            text(
-                StatusCode::FORBIDDEN,
-                "shutdown is accepted from loopback only\n",
-            )
-        }
-        (_, "/metrics" | "/ready" | "/live" | "/shutdown") => {
+        (_, "/metrics" | "/ready" | "/live") => {
             text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n")
         }
+        (_, "/shutdown") => text(
+            StatusCode::NOT_FOUND,
+            "not found: the admin server is read-only; POST /shutdown is served on the operator listener (--control-addr, loopback only)\n",
+        ),
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found: try /metrics, /ready, /live, POST /shutdown\n",
+            "not found: try /metrics, /ready, /live\n",
         ),
     }
 }
 
-/// Serves until `stop` is cancelled.
+/// Serves the read-only admin endpoints until `stop` is cancelled.
 pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: CancellationToken) {
+    serve_with(listener, stop, move |_client, req| route(&admin, req)).await
+}
+
+/// One small HTTP/1 server: `router` answers each request at once.
+pub(crate) async fn serve_with<R>(listener: TcpListener, stop: CancellationToken, router: R)
+where
+    R: Fn(SocketAddr, &Request<Incoming>) -> Response<Body> + Send + Sync + 'static,
+{
+    let router = Arc::new(router);
     loop {
         let (tcp, client) = tokio::select! {
             a = listener.accept() => match a {
@@ -105,10 +108,10 @@ pub async fn serve(admin: Arc<Admin>, listener: TcpListener, stop: CancellationT
             },
             _ = stop.cancelled() => return,
         };
-        let admin = admin.clone();
+        let router = router.clone();
         tokio::spawn(async move {
             let svc = service_fn(move |req| {
-                let rsp = route(&admin, client, &req);
+                let rsp = router(client, &req);
                 async move { Ok::<_, std::convert::Infallible>(rsp) }
             });
             let mut b = http1::Builder::new();

@@ -8,6 +8,7 @@ use crate::ctx::Shared;
 use crate::discovery::ControllerDiscovery;
 use crate::discovery::{Discover, Resolution, StaticDiscovery};
 use crate::http::client::{Client, ClientSettings};
+use crate::inbound_target::InboundPorts;
 use crate::listen::{self, Handler};
 use crate::metrics::{Direction, Metrics};
 use crate::orig_dst::{LocalAddr, OrigDst, SoOriginalDst};
@@ -127,6 +128,8 @@ pub struct Running {
     pub outbound_addrs: Vec<SocketAddr>,
     pub inbound_addrs: Vec<SocketAddr>,
     pub admin_addr: SocketAddr,
+    /// The operator listener (loopback only): `POST /shutdown`.
+    pub control_addr: SocketAddr,
     shutdown: CancellationToken,
     done: tokio::task::JoinHandle<()>,
 }
@@ -136,7 +139,8 @@ impl Running {
     pub fn shutdown(&self) {
         self.shutdown.cancel();
     }
-    /// Cancelled when draining starts (signal, POST /shutdown, or [`Running::shutdown`]).
+    /// Cancelled when draining starts (signal, POST /shutdown on the
+    /// operator listener, or [`Running::shutdown`]).
     pub fn stop_token(&self) -> CancellationToken {
         self.shutdown.clone()
     }
@@ -198,13 +202,40 @@ fn addrs(ls: &[TcpListener]) -> Vec<SocketAddr> {
     ls.iter().filter_map(|l| l.local_addr().ok()).collect()
 }
 
-pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
+/// The inbound decision's ports: every port the proxy listens on, the
+/// skipped ones, and the loopback opt-ins.
+fn inbound_ports(cfg: &Config, listening: &[SocketAddr]) -> InboundPorts {
+    InboundPorts {
+        proxy: listening.iter().map(|a| a.port()).collect(),
+        skipped: cfg.skip_inbound_ports.iter().copied().collect(),
+        loopback: cfg.inbound_loopback_ports.iter().copied().collect(),
+    }
+}
+
+pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
+    crate::control::check_addr(cfg.control_addr).map_err(anyhow::Error::msg)?;
     let outbound = bind_all(&cfg.outbound_addrs, "outbound")?;
     let inbound = bind_inbound(&cfg.inbound_addrs)?;
     let admin_listener = listen::bind(cfg.admin_addr)
         .with_context(|| format!("binding the admin listener on {}", cfg.admin_addr))?;
+    let control_listener = listen::bind(cfg.control_addr)
+        .with_context(|| format!("binding the operator listener on {}", cfg.control_addr))?;
     let (outbound_addrs, inbound_addrs) = (addrs(&outbound), addrs(&inbound));
     let admin_addr = admin_listener.local_addr()?;
+    let control_addr = control_listener.local_addr()?;
+    // The agent's capture leaves the operator port alone (as it does the
+    // ports it knows as the proxy's): another pod dialling pod-ip:4190 is
+    // never steered to the proxy.
+    if !cfg.skip_inbound_ports.contains(&control_addr.port()) {
+        cfg.skip_inbound_ports.push(control_addr.port());
+    }
+    let listening: Vec<SocketAddr> = outbound_addrs
+        .iter()
+        .chain(&inbound_addrs)
+        .chain([&admin_addr, &control_addr])
+        .copied()
+        .collect();
+    let inbound_ports = inbound_ports(&cfg, &listening);
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, cfg.max_dst_labels);
@@ -279,6 +310,7 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         policy,
         outbound_orig_dst: deps.outbound_orig_dst,
         inbound_orig_dst: deps.inbound_orig_dst,
+        inbound_ports,
         acceptor: deps.acceptor,
         mtls: deps.credentials.is_some(),
         inbound_policy,
@@ -310,6 +342,16 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         admin_listener,
         admin_stop.clone(),
     ));
+    let credential = match &shared.cfg.control_token_file {
+        Some(path) => crate::control::Credential::TokenFile(path.clone()),
+        None => crate::control::Credential::LoopbackOnly,
+    };
+    tokio::spawn(crate::control::serve(
+        admin.clone(),
+        credential,
+        control_listener,
+        admin_stop.clone(),
+    ));
     let sweeper = {
         let shared = shared.clone();
         tokio::spawn(async move {
@@ -328,7 +370,7 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         })
     };
     admin.ready.store(true, Ordering::Relaxed);
-    info!(outbound = ?outbound_addrs, inbound = ?inbound_addrs, admin = %admin_addr, "conduit-proxy listening");
+    info!(outbound = ?outbound_addrs, inbound = ?inbound_addrs, admin = %admin_addr, control = %control_addr, "conduit-proxy listening");
 
     let done = tokio::spawn(async move {
         shared.shutdown.cancelled().await;
@@ -356,6 +398,7 @@ pub async fn start(cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         outbound_addrs,
         inbound_addrs,
         admin_addr,
+        control_addr,
         shutdown,
         done,
     })

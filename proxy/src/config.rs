@@ -2,7 +2,7 @@
 
 use crate::discovery::ServiceFlag;
 use clap::Parser;
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -57,9 +57,28 @@ pub struct Config {
     )]
     pub inbound_addrs: Vec<SocketAddr>,
 
-    /// Admin server: /metrics, /ready, /live, POST /shutdown (loopback clients only).
+    /// Admin server, read-only: `GET /metrics`, `/ready`, `/live`. Reachable
+    /// from the network (for scraping and probes); nothing on it changes the
+    /// proxy's state.
     #[arg(long, env = "CONDUIT_PROXY_ADMIN_ADDR", default_value = "0.0.0.0:4191")]
     pub admin_addr: SocketAddr,
+
+    /// Operator listener, state-changing endpoints (`POST /shutdown`). Must be
+    /// a loopback address: only processes in the pod's own network namespace
+    /// reach it, never another pod (the proxy refuses to forward to its own
+    /// ports, and tells the agent to leave this port alone).
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_CONTROL_ADDR",
+        default_value = "127.0.0.1:4190"
+    )]
+    pub control_addr: SocketAddr,
+
+    /// A file holding a secret the operator listener also requires, as
+    /// `Authorization: Bearer <secret>` (re-read on each request). Unset:
+    /// loopback alone authorizes.
+    #[arg(long, env = "CONDUIT_PROXY_CONTROL_TOKEN_FILE")]
+    pub control_token_file: Option<PathBuf>,
 
     /// Explicit-proxy mode: every outbound connection goes to this original
     /// destination instead of asking the kernel (SO_ORIGINAL_DST). For
@@ -67,20 +86,17 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_OUTBOUND_FIXED_DST")]
     pub outbound_fixed_dst: Option<SocketAddr>,
 
-    /// Address of the local application for inbound traffic (its port is the
-    /// original destination port); used for IPv4 destinations and for
-    /// connections from peer proxies.
+    /// Application ports reached on loopback (127.0.0.1 / [::1]) instead of
+    /// the pod's own address, for applications that listen on loopback only
+    /// and must still be served through the mesh. Opting a port in exposes
+    /// that loopback service to every client the proxy accepts: use only for
+    /// services meant to be reachable from outside the pod.
     #[arg(
         long,
-        env = "CONDUIT_PROXY_INBOUND_APP_IP",
-        default_value = "127.0.0.1"
+        env = "CONDUIT_PROXY_INBOUND_LOOPBACK_PORTS",
+        value_delimiter = ','
     )]
-    pub inbound_app_ip: IpAddr,
-
-    /// Address of the local application for inbound connections whose
-    /// original destination is an IPv6 address (the pod's own v6 address).
-    #[arg(long, env = "CONDUIT_PROXY_INBOUND_APP_IP6", default_value = "::1")]
-    pub inbound_app_ip6: Ipv6Addr,
+    pub inbound_loopback_ports: Vec<u16>,
 
     /// Destination ports that skip protocol detection and are forwarded as
     /// opaque TCP at once (server-speaks-first protocols: SMTP, MySQL, ...).
@@ -138,7 +154,7 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_POOL_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "90s")]
     pub pool_idle_timeout: Duration,
 
-    /// On SIGTERM or POST /shutdown: how long in-flight requests may finish
+    /// On SIGTERM or POST /shutdown (operator listener): how long in-flight requests may finish
     /// before the proxy exits anyway.
     #[arg(long, env = "CONDUIT_PROXY_SHUTDOWN_GRACE_PERIOD", value_parser = parse_duration, default_value = "30s")]
     pub shutdown_grace_period: Duration,
@@ -284,22 +300,13 @@ pub struct Config {
 
 impl Config {
     /// Defaults for embedding (tests): every listener on an ephemeral loopback port.
-    /// Where an inbound connection for `orig_dst` reaches the application:
-    /// the same port, on loopback of the destination's own family.
-    pub fn inbound_app_addr(&self, orig_dst: SocketAddr) -> SocketAddr {
-        let ip = match crate::orig_dst::unmapped(orig_dst) {
-            SocketAddr::V6(_) => IpAddr::V6(self.inbound_app_ip6),
-            SocketAddr::V4(_) => self.inbound_app_ip,
-        };
-        SocketAddr::new(ip, orig_dst.port())
-    }
-
     pub fn loopback_for_tests() -> Self {
         let mut c = Config::parse_from(["conduit-proxy"]);
         let any_port = SocketAddr::from(([127, 0, 0, 1], 0));
         c.outbound_addrs = vec![any_port];
         c.inbound_addrs = vec![any_port];
         c.admin_addr = any_port;
+        c.control_addr = any_port;
         c.shutdown_grace_period = Duration::from_secs(5);
         c
     }
@@ -316,21 +323,6 @@ mod tests {
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("3d").is_err());
-    }
-
-    #[test]
-    fn inbound_app_address_follows_the_destination_family() {
-        let c = Config::parse_from(["conduit-proxy"]);
-        let at = |dst: &str| c.inbound_app_addr(dst.parse().unwrap()).to_string();
-        assert_eq!(at("10.0.0.7:8080"), "127.0.0.1:8080");
-        assert_eq!(at("[fd77::2]:8080"), "[::1]:8080");
-        assert_eq!(at("[::ffff:10.0.0.7]:8080"), "127.0.0.1:8080");
-        let c = Config::parse_from(["conduit-proxy", "--inbound-app-ip6", "fd00::9"]);
-        assert_eq!(
-            c.inbound_app_addr("[fd77::2]:81".parse().unwrap())
-                .to_string(),
-            "[fd00::9]:81"
-        );
     }
 
     #[test]
@@ -351,6 +343,8 @@ mod tests {
             ]
         );
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(c.control_addr, "127.0.0.1:4190".parse().unwrap());
+        assert!(c.inbound_loopback_ports.is_empty());
         assert_eq!(
             c.inbound_policy,
             conduit_policy::DefaultPolicy::AllUnauthenticated

@@ -23,6 +23,8 @@ pub struct Shared {
     pub policy: RequestPolicy,
     pub outbound_orig_dst: Arc<dyn OrigDst>,
     pub inbound_orig_dst: Arc<dyn OrigDst>,
+    /// Which inbound ports reach the application, and where.
+    pub inbound_ports: crate::inbound_target::InboundPorts,
     pub acceptor: Arc<dyn Acceptor>,
     /// Connections to meshed peers with a known identity use mTLS.
     pub mtls: bool,

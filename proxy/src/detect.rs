@@ -7,6 +7,13 @@
 //! the protocol is taken to be server-speaks-first (SMTP, MySQL, ...) and
 //! the connection is forwarded as opaque, so such servers are delayed by at
 //! most that timeout; ports listed as opaque skip detection entirely.
+//!
+//! A client that has sent the start of an HTTP request (a known method, or
+//! a request line not yet ended, or part of the HTTP/2 preface) when the
+//! detection timeout passes is not taken for opaque: it is held to the
+//! header read timeout, and closed ([`Detected::SlowHttp`]) if the request
+//! line is still incomplete then. Otherwise trickling `G`, `E`, `T` would
+//! turn an HTTP connection into an opaque one, free of every HTTP limit.
 
 use bytes::{Bytes, BytesMut};
 use std::time::Duration;
@@ -29,6 +36,9 @@ pub enum Detected {
     /// The client sent nothing in time (server-speaks-first) or closed.
     Timeout,
     Closed,
+    /// The start of an HTTP request, not finished within the header read
+    /// timeout: the connection is closed.
+    SlowHttp,
 }
 
 impl Detected {
@@ -40,6 +50,7 @@ impl Detected {
             Detected::Opaque => "opaque",
             Detected::Timeout => "timeout",
             Detected::Closed => "closed",
+            Detected::SlowHttp => "slow_http",
         }
     }
 }
@@ -108,15 +119,61 @@ fn http1_request_line(buf: &[u8]) -> Verdict {
     })
 }
 
+/// Standard methods: a buffer that could still become one of them (followed
+/// by a space) is an HTTP request in progress.
+const METHODS: &[&[u8]] = &[
+    b"GET ",
+    b"HEAD ",
+    b"POST ",
+    b"PUT ",
+    b"DELETE ",
+    b"CONNECT ",
+    b"OPTIONS ",
+    b"TRACE ",
+    b"PATCH ",
+];
+
+/// The bytes so far are the unfinished start of an HTTP request: a prefix of
+/// a standard method and its space, a standard method followed by a request
+/// line without its end yet, or a prefix of the HTTP/2 preface.
+fn http_in_progress(buf: &[u8]) -> bool {
+    if buf.is_empty() {
+        return false;
+    }
+    let n = buf.len().min(H2_PREFACE.len());
+    if buf.len() < H2_PREFACE.len() && buf[..n] == H2_PREFACE[..n] {
+        return true;
+    }
+    METHODS.iter().any(|m| {
+        if buf.len() <= m.len() {
+            m.starts_with(buf)
+        } else {
+            buf.starts_with(m) && !buf.contains(&b'\n')
+        }
+    })
+}
+
+/// How long detection waits.
+#[derive(Debug, Clone, Copy)]
+pub struct DetectTimeouts {
+    /// For the first decisive bytes (silence: server-speaks-first).
+    pub detect: Duration,
+    /// For an HTTP request line once it has started (the header read timeout).
+    pub http_head: Duration,
+}
+
 /// Reads from `io` until the protocol is known, the client goes quiet for
-/// `timeout`, or [`MAX_DETECT`] bytes arrived. Returns what was read, to be
-/// replayed in front of the stream.
+/// `timeouts.detect` (or, in the middle of an HTTP request line, for
+/// `timeouts.http_head` from the start), or [`MAX_DETECT`] bytes arrived.
+/// Returns what was read, to be replayed in front of the stream.
 pub async fn detect<T: AsyncRead + Unpin>(
     io: &mut T,
-    timeout: Duration,
+    timeouts: DetectTimeouts,
 ) -> std::io::Result<(Detected, Bytes)> {
     let mut buf = BytesMut::with_capacity(1024);
-    let deadline = tokio::time::Instant::now() + timeout;
+    let start = tokio::time::Instant::now();
+    let mut deadline = start + timeouts.detect;
+    let http_deadline = start + timeouts.http_head.max(timeouts.detect);
     loop {
         if buf.len() >= MAX_DETECT {
             return Ok((Detected::Opaque, buf.freeze()));
@@ -131,6 +188,13 @@ pub async fn detect<T: AsyncRead + Unpin>(
         .await;
         match read {
             Err(_elapsed) if buf.is_empty() => return Ok((Detected::Timeout, buf.freeze())),
+            Err(_elapsed) if http_in_progress(&buf) => {
+                if deadline >= http_deadline {
+                    return Ok((Detected::SlowHttp, buf.freeze()));
+                }
+                deadline = http_deadline;
+                continue;
+            }
             Err(_elapsed) => return Ok((Detected::Opaque, buf.freeze())),
             Ok(Err(e)) => return Err(e),
             Ok(Ok(0)) if buf.is_empty() => return Ok((Detected::Closed, buf.freeze())),
@@ -148,6 +212,11 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
 
+    const T: DetectTimeouts = DetectTimeouts {
+        detect: Duration::from_millis(200),
+        http_head: Duration::from_millis(400),
+    };
+
     async fn run(chunks: &[&[u8]], close: bool) -> Detected {
         let (mut a, mut b) = tokio::io::duplex(MAX_DETECT * 2);
         for c in chunks {
@@ -155,9 +224,9 @@ mod tests {
         }
         if close {
             drop(a);
-            detect(&mut b, Duration::from_millis(200)).await.unwrap().0
+            detect(&mut b, T).await.unwrap().0
         } else {
-            let d = detect(&mut b, Duration::from_millis(200)).await.unwrap().0;
+            let d = detect(&mut b, T).await.unwrap().0;
             drop(a);
             d
         }
@@ -196,7 +265,53 @@ mod tests {
     async fn silence_is_server_speaks_first() {
         assert_eq!(run(&[], false).await, Detected::Timeout);
         assert_eq!(run(&[], true).await, Detected::Closed);
-        // A partial request line then silence: forwarded as opaque, bytes kept.
-        assert_eq!(run(&[b"GET /partial"], false).await, Detected::Opaque);
+        // Other bytes then silence: forwarded as opaque, bytes kept.
+        assert_eq!(run(&[b"HELLO"], false).await, Detected::Opaque);
+        assert_eq!(run(&[b"GETX"], false).await, Detected::Opaque);
+    }
+
+    #[test]
+    fn http_in_progress_cases() {
+        for (buf, want) in [
+            (&b"G"[..], true),
+            (b"GE", true),
+            (b"GET", true),
+            (b"GET ", true),
+            (b"GET /partial", true),
+            (b"DELE", true),
+            (b"PRI * HTTP/2", true),
+            (b"P", true),
+            (b"", false),
+            (b"GETX", false),
+            (b"HELLO", false),
+            (b"get", false),
+            (b"GET / HTTP/1.1\n", false),
+            (b"\x16\x03", false),
+        ] {
+            assert_eq!(
+                http_in_progress(buf),
+                want,
+                "{:?}",
+                String::from_utf8_lossy(buf)
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn a_trickled_http_method_is_held_to_the_header_timeout() {
+        // The start of a method, then silence: not opaque, closed once the
+        // header read timeout has passed.
+        let start = tokio::time::Instant::now();
+        assert_eq!(run(&[b"GE"], false).await, Detected::SlowHttp);
+        assert!(start.elapsed() >= T.http_head, "{:?}", start.elapsed());
+        assert_eq!(run(&[b"GET /partial"], false).await, Detected::SlowHttp);
+        // Finishing the line after the detection timeout but within the
+        // header timeout is HTTP.
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        a.write_all(b"GE").await.unwrap();
+        let d = tokio::spawn(async move { detect(&mut b, T).await.unwrap().0 });
+        tokio::time::sleep(T.detect + Duration::from_millis(50)).await;
+        a.write_all(b"T / HTTP/1.1\r\n").await.unwrap();
+        assert_eq!(d.await.unwrap(), Detected::Http1);
     }
 }

@@ -28,7 +28,11 @@ pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: i
         count("opaque_port");
         return crate::tcp::forward(&shared, &conn, io).await;
     }
-    let (detected, prefix) = match detect::detect(&mut io, shared.cfg.detect_timeout).await {
+    let timeouts = detect::DetectTimeouts {
+        detect: shared.cfg.detect_timeout,
+        http_head: shared.cfg.header_read_timeout,
+    };
+    let (detected, prefix) = match detect::detect(&mut io, timeouts).await {
         Ok(d) => d,
         Err(e) => {
             debug!(direction, client = %conn.client_addr, "read failed during protocol detection: {e}");
@@ -48,6 +52,11 @@ pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: i
         }
         Detected::Closed => {
             debug!(direction, client = %conn.client_addr, "client closed before sending anything")
+        }
+        Detected::SlowHttp => {
+            info!(direction, client = %conn.client_addr, reason = "header_read_timeout",
+                "closing connection: an HTTP request line not complete within {:?}", shared.cfg.header_read_timeout);
+            shared.metrics.error(conn.direction, "header_read_timeout");
         }
         Detected::Timeout => {
             info!(direction, client = %conn.client_addr, dst = %conn.dst_label,

@@ -3,16 +3,19 @@
 //! (where mTLS goes), then names the application port and protocol in the
 //! transport header. Any other connection was steered here by sk_lookup and
 //! its original destination is its local address; it is detected like an
-//! outbound one. Either way the application is reached on loopback at the
-//! original port.
+//! outbound one. Either way the application is reached at the pod's own
+//! address (the local address dialled), never on loopback unless the port
+//! is opted in; the proxy's own ports and skipped ports are refused (see
+//! [`crate::inbound_target`]).
 
 use crate::ctx::{ConnCtx, Shared};
 use crate::http::{self, Proto};
 use crate::io::{Activity, CountingIo, PrefixedIo};
+use crate::metrics::ReasonLabels;
 use crate::metrics::{DetectLabels, Direction};
 use crate::route::Route;
 use crate::transport::{MeshProto, TransportHeader};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
@@ -33,7 +36,6 @@ pub async fn handle(
             return;
         }
     };
-    let app_ip = shared.cfg.inbound_app_ip;
     let conn = |route: Route, from_peer, peer_identity: Option<String>, source_proto| {
         let dst_label = shared
             .metrics
@@ -53,7 +55,11 @@ pub async fn handle(
         }
     };
     if orig_dst.port() != listener.port() {
-        let route = Route::inbound(orig_dst, shared.cfg.inbound_app_addr(orig_dst));
+        let app = match app_target(&shared, client_addr, orig_dst.ip(), orig_dst.port(), false) {
+            Some(app) => app,
+            None => return,
+        };
+        let route = Route::inbound(orig_dst, app);
         let c = conn(route, false, None, Proto::Http1);
         return crate::dispatch::serve_transparent(
             shared.clone(),
@@ -62,7 +68,9 @@ pub async fn handle(
         )
         .await;
     }
-    // Addressed to the proxy: a peer proxy.
+    // Addressed to the proxy: a peer proxy. The application is reached at
+    // the local address it dialled.
+    let local_ip = orig_dst.ip();
     let accepted = match shared.acceptor.accept(tcp).await {
         Ok(a) => a,
         Err(e) => {
@@ -103,7 +111,9 @@ pub async fn handle(
             protocol,
         })
         .inc();
-    let app = SocketAddr::new(app_ip, header.port);
+    let Some(app) = app_target(&shared, client_addr, local_ip, header.port, true) else {
+        return;
+    };
     let route = Route::inbound(app, app);
     let io = PrefixedIo::new(rest, io);
     match header.proto {
@@ -119,6 +129,36 @@ pub async fn handle(
             };
             let c = conn(route, true, accepted.peer_identity, proto);
             http::server::serve(shared.clone(), Arc::new(c), io).await
+        }
+    }
+}
+
+/// The application address, or `None` after logging and counting a refusal.
+fn app_target(
+    shared: &Shared,
+    client: SocketAddr,
+    local: IpAddr,
+    port: u16,
+    from_peer: bool,
+) -> Option<SocketAddr> {
+    match shared.inbound_ports.app_target(local, port) {
+        Ok(app) => Some(app),
+        Err(refused) => {
+            let how = if from_peer {
+                "a peer's transport header names"
+            } else {
+                "a steered connection is for"
+            };
+            warn!(%client, port, reason = refused.reason(), "refused inbound connection: {how} port {port}: {refused}");
+            shared
+                .metrics
+                .refused
+                .get_or_create(&ReasonLabels {
+                    direction: Direction::Inbound.as_str(),
+                    reason: refused.reason(),
+                })
+                .inc();
+            None
         }
     }
 }

@@ -1,5 +1,6 @@
 //! The admin server and golden metrics after known traffic, and graceful
-//! drain through `POST /shutdown`.
+//! drain through `POST /shutdown` on the operator listener (the admin
+//! server is read-only).
 
 mod support;
 
@@ -17,8 +18,8 @@ async fn health_endpoints() {
     assert_eq!(get_text(p.admin_addr, "/nope").await.0, 404);
     assert_eq!(
         get_text(p.admin_addr, "/shutdown").await.0,
-        405,
-        "GET must not shut down"
+        404,
+        "no /shutdown on the admin server"
     );
     assert_eq!(get_text(p.admin_addr, "/ready").await.0, 200);
 }
@@ -134,14 +135,7 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     })
     .await;
 
-    let mut s = TcpStream::connect(mesh.outbound.admin_addr).await.unwrap();
-    s.write_all(
-        b"POST /shutdown HTTP/1.1\r\nHost: admin\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
-    )
-    .await
-    .unwrap();
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.unwrap();
+    let out = post_shutdown(mesh.outbound.control_addr, None).await;
     assert!(out.starts_with("HTTP/1.1 202"), "{out}");
     assert_eq!(get_text(mesh.outbound.admin_addr, "/ready").await.0, 503);
 
@@ -156,4 +150,66 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     tokio::time::timeout(std::time::Duration::from_secs(5), mesh.outbound.wait())
         .await
         .expect("drained");
+}
+
+async fn post_shutdown(addr: std::net::SocketAddr, token: Option<&str>) -> String {
+    let auth = token.map_or(String::new(), |t| format!("Authorization: Bearer {t}\r\n"));
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(
+        format!("POST /shutdown HTTP/1.1\r\nHost: admin\r\n{auth}Content-Length: 0\r\nConnection: close\r\n\r\n")
+            .as_bytes(),
+    )
+    .await
+    .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    out
+}
+
+/// The admin server listens on the network: it must not change state,
+/// whatever the client's address (before, a loopback client could shut the
+/// proxy down there, and the inbound path made every peer look like one).
+#[tokio::test]
+async fn the_admin_server_is_read_only_even_for_loopback_clients() {
+    let p = support::plain_outbound(apps::http_server().await, |_| {}).await;
+    assert!(p.admin_addr.ip().is_loopback());
+    let out = post_shutdown(p.admin_addr, None).await;
+    assert!(out.starts_with("HTTP/1.1 404"), "{out}");
+    assert!(out.contains("operator listener"), "{out}");
+    assert_eq!(get_text(p.admin_addr, "/ready").await.0, 200);
+    assert!(!p.stop_token().is_cancelled());
+    // The operator listener is a different port, on loopback.
+    assert_ne!(p.control_addr.port(), p.admin_addr.port());
+    assert!(p.control_addr.ip().is_loopback());
+    let mut s = TcpStream::connect(p.control_addr).await.unwrap();
+    s.write_all(b"GET /shutdown HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(
+        out.starts_with("HTTP/1.1 405"),
+        "GET must not shut down: {out}"
+    );
+    assert!(!p.stop_token().is_cancelled());
+}
+
+#[tokio::test]
+async fn the_operator_listener_can_require_a_token() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("control-token");
+    std::fs::write(&token, "op-secret\n").unwrap();
+    let t = token.clone();
+    let p = support::plain_outbound(apps::http_server().await, move |c| {
+        c.control_token_file = Some(t.clone());
+    })
+    .await;
+    for bad in [None, Some("wrong"), Some("op-secre")] {
+        let out = post_shutdown(p.control_addr, bad).await;
+        assert!(out.starts_with("HTTP/1.1 401"), "{bad:?}: {out}");
+        assert!(!p.stop_token().is_cancelled());
+    }
+    let out = post_shutdown(p.control_addr, Some("op-secret")).await;
+    assert!(out.starts_with("HTTP/1.1 202"), "{out}");
+    assert!(p.stop_token().is_cancelled());
 }

@@ -243,3 +243,103 @@ async fn stalled_request_bodies_get_408_and_steady_slow_ones_pass() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
     assert!(out.ends_with("100"), "{out:?}");
 }
+
+#[tokio::test]
+async fn malformed_chunked_request_body_gets_400_not_502() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start(app).await;
+    // A valid first chunk, then a chunk size that is not hex.
+    let out = exchange(
+        mesh.entry(),
+        b"POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\nzz\r\nxyz\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
+    assert!(out.contains("malformed request body"), "{out:?}");
+    let m = metrics(&mesh.outbound).await;
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"malformed_body\""],
+        1.0,
+    );
+    assert_sample(&m, "conduit_errors_total", &["reason=\"upstream\""], 0.0);
+}
+
+#[tokio::test]
+async fn content_length_with_transfer_encoding_gets_400() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start(app).await;
+    for raw in [
+        &b"POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: 4\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"[..],
+        b"POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nContent-Length: 4\r\n\r\n0\r\n\r\n",
+        // Smuggling shape: the second request hides in the first's body.
+        b"POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /status/201 HTTP/1.1\r\nHost: web\r\n\r\n",
+    ] {
+        let out = exchange(mesh.entry(), raw).await;
+        assert!(out.starts_with("HTTP/1.1 400"), "{out:?}");
+        assert_eq!(out.matches("HTTP/1.1").count(), 1, "one answer, then close: {out:?}");
+    }
+    // One framing alone is fine.
+    let out = exchange(
+        mesh.entry(),
+        b"POST /echo HTTP/1.1\r\nHost: web\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+    )
+    .await;
+    assert!(
+        out.starts_with("HTTP/1.1 200") && out.contains("ok"),
+        "{out:?}"
+    );
+    let m = metrics(&mesh.outbound).await;
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"ambiguous_framing\""],
+        3.0,
+    );
+}
+
+/// A client trickling the first bytes of a method must not fall through to
+/// opaque TCP after the detection timeout (where no HTTP limit applies and
+/// the connection could be held for the TCP idle timeout).
+#[tokio::test]
+async fn slow_method_bytes_are_held_to_the_header_read_timeout() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start_with(app, |c| {
+        c.detect_timeout = Duration::from_millis(100);
+        c.header_read_timeout = Duration::from_millis(600);
+    })
+    .await;
+    let mut s = TcpStream::connect(mesh.entry()).await.unwrap();
+    let start = std::time::Instant::now();
+    s.write_all(b"G").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let _ = s.write_all(b"E").await;
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes a trickling client at the header read timeout")
+        .unwrap_or_default();
+    let took = start.elapsed();
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    assert!(took >= Duration::from_millis(550), "closed early: {took:?}");
+    let m = metrics(&mesh.outbound).await;
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"slow_http\""],
+        1.0,
+    );
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"header_read_timeout\""],
+        1.0,
+    );
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"opaque\""],
+        0.0,
+    );
+}

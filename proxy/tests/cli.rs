@@ -28,7 +28,9 @@ fn help_explains_every_flag_with_its_env_var() {
         "--discovery-file",
         "--controller-identity",
         "--body-read-timeout",
-        "--inbound-app-ip6",
+        "--control-addr",
+        "--control-token-file",
+        "--inbound-loopback-ports",
     ] {
         assert!(help.contains(flag), "--help lacks {flag}");
     }
@@ -74,6 +76,18 @@ fn bad_flags_are_refused_clearly() {
         "--controller-identity=not-spiffe",
     ]);
     assert!(err.contains("bad --controller-identity"), "{err}");
+
+    // The operator listener changes the proxy's state: loopback only.
+    let err = refused(&[
+        "--admin-addr=127.0.0.1:0",
+        "--outbound-addrs=127.0.0.1:0",
+        "--inbound-addrs=127.0.0.1:0",
+        "--control-addr=0.0.0.0:0",
+    ]);
+    assert!(
+        err.contains("--control-addr") && err.contains("not a loopback address"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -82,6 +96,7 @@ fn runs_from_env_and_drains_on_sigterm() {
         .env("CONDUIT_PROXY_OUTBOUND_ADDRS", "127.0.0.1:0")
         .env("CONDUIT_PROXY_INBOUND_ADDRS", "127.0.0.1:0")
         .env("CONDUIT_PROXY_ADMIN_ADDR", "127.0.0.1:0")
+        .env("CONDUIT_PROXY_CONTROL_ADDR", "127.0.0.1:0")
         .env("CONDUIT_PROXY_LOG", "info")
         .stderr(Stdio::piped())
         .spawn()

@@ -38,7 +38,11 @@ async fn registers_hands_over_the_inbound_listener_and_re_registers() {
         "bound ports, not :0"
     );
     assert_eq!(req.pod.admin_port, proxy.admin_addr.port());
-    assert_eq!(req.pod.skip_inbound_ports, vec![9090]);
+    // The operator port is told as skipped: capture never steers it.
+    assert_eq!(
+        req.pod.skip_inbound_ports,
+        vec![9090, proxy.control_addr.port()]
+    );
     // The descriptor is the proxy's own inbound listener.
     let listener = std::net::TcpListener::from(fd.expect("listener fd attached"));
     assert_eq!(listener.local_addr().unwrap(), proxy.inbound_addrs[0]);

@@ -182,15 +182,24 @@ async fn echo(addr: std::net::SocketAddr, msg: &[u8]) -> Vec<u8> {
 }
 
 #[tokio::test]
-async fn transparent_inbound_to_an_ipv6_pod_address_reaches_the_app_on_ipv6_loopback() {
+async fn transparent_inbound_to_an_ipv6_address_reaches_the_app_there_or_on_opted_in_loopback() {
     let Some(app) = apps::tcp_echo_server_on("[::1]:0").await else {
         eprintln!("SKIP: no IPv6 loopback on this machine");
         return;
     };
-    // sk_lookup steered a connection for the pod's own IPv6 address; the app
-    // listens on [::1] only, so an IPv4 loopback target would be refused.
+    // sk_lookup steered a connection for the pod's own IPv6 address (here
+    // [::1] stands in for it): the app is reached at that same address.
+    let proxy = support::transparent_inbound(app, |_| {}).await;
+    assert_eq!(
+        echo(proxy.inbound_addrs[0], b"\x01six").await,
+        b"\x01sixbye"
+    );
+    // For a port opted in to loopback, a connection for another IPv6
+    // address of the pod reaches the app on [::1], not IPv4 loopback.
     let pod_dst = std::net::SocketAddr::new("fd77::2".parse().unwrap(), app.port());
-    let proxy = support::transparent_inbound(pod_dst, |_| {}).await;
+    let port = app.port();
+    let proxy =
+        support::transparent_inbound(pod_dst, move |c| c.inbound_loopback_ports = vec![port]).await;
     assert_eq!(
         echo(proxy.inbound_addrs[0], b"\x01six").await,
         b"\x01sixbye"

@@ -47,6 +47,16 @@ impl AgentConfig {
                 "RUST_LOG",
                 std::env::var("CONDUIT_AGENT_LOG").unwrap_or_else(|_| "info".into()),
             );
+        if !self
+            .extra_args
+            .iter()
+            .any(|a| a.starts_with("--socket-group"))
+        {
+            // The socket is mode 0660: the test proxies' group may register.
+            spawn = spawn
+                .arg("--socket-group")
+                .arg(crate::env::PROXY_UID.to_string());
+        }
         if !self.echo_logs {
             spawn = spawn.quiet();
         }

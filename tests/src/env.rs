@@ -34,7 +34,7 @@ impl Env {
         if !privilege::check(test) {
             return Ok(None);
         }
-        Self::new(Names::new(test), pods).map(Some)
+        Self::new(Names::for_test(test), pods).map(Some)
     }
 
     /// Creates the environment (removing leftovers of an earlier run first).

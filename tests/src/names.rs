@@ -18,15 +18,19 @@ pub struct Names {
 
 impl Names {
     /// Names for the test `name`; its subnet is derived from the name.
-    /// `CONDUIT_TEST_PREFIX`, when set, is put before the name, so that two
-    /// checkouts on one machine can run the same test at once.
     pub fn new(name: &str) -> Self {
-        let name = match std::env::var("CONDUIT_TEST_PREFIX") {
-            Ok(p) if !p.is_empty() => format!("{p}-{name}"),
-            _ => name.to_string(),
-        };
         let hash = fnv1a(name.as_bytes());
-        Self::with_subnet(&name, (hash % 200) as u8 + 20)
+        Self::with_subnet(name, (hash % 200) as u8 + 20)
+    }
+
+    /// Names for the running test `name`: `CONDUIT_TEST_PREFIX`, when set,
+    /// is put before the name, so that two checkouts on one machine can run
+    /// the same test at once.
+    pub fn for_test(name: &str) -> Self {
+        match std::env::var("CONDUIT_TEST_PREFIX") {
+            Ok(p) if !p.is_empty() => Self::new(&format!("{p}-{name}")),
+            _ => Self::new(name),
+        }
     }
 
     /// Names for `name` on the given subnet (the demo uses a fixed one).

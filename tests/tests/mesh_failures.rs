@@ -159,8 +159,8 @@ fn stopping_the_controller_keeps_established_and_new_traffic() -> Result<()> {
 
 /// Asks server `pod`'s application from the host (a client outside the
 /// mesh): with the pod's proxy registered, sk_lookup steers the connection
-/// to the proxy and the application sees a loopback peer; without it, the
-/// host's own address.
+/// to the proxy and the application sees its own pod's address as the peer
+/// (the proxy's connection); without it, the host's own address.
 fn from_host(mesh: &Mesh, pod: &str) -> Result<HttpAnswer> {
     let addr = SocketAddr::new(IpAddr::V4(mesh.env.pod(pod).ipv4), HTTP_PORT);
     let (code, body) = scrape::get(addr, "/from-host")?;
@@ -189,7 +189,7 @@ fn killing_a_proxy_stops_its_pods_capture_until_it_registers_again() -> Result<(
     );
     // A pod IP is reached directly (and steered into web-1's own proxy).
     let a = mesh.curl(&direct_url)?.answer()?;
-    ensure!(a.server == "web-1" && a.peer.ip().is_loopback(), "{a:?}");
+    ensure!(a.server == "web-1" && mesh.via_own_proxy(&a), "{a:?}");
     let status = mesh.agent.config.status()?;
     ensure!(
         !status.pod_names().contains(&"client"),
@@ -212,13 +212,13 @@ fn killing_a_proxy_stops_its_pods_capture_until_it_registers_again() -> Result<(
     // reaches the application directly), and the client's requests fail
     // over to web-2 or fail fast, never hang.
     ensure!(
-        from_host(&mesh, "web-1")?.peer.ip().is_loopback(),
+        mesh.via_own_proxy(&from_host(&mesh, "web-1")?),
         "web-1 not captured before"
     );
     mesh.kill_proxy("web-1")?;
     let a = from_host(&mesh, "web-1")?;
     ensure!(
-        !a.peer.ip().is_loopback(),
+        !mesh.via_own_proxy(&a),
         "web-1 still captured without its proxy: {a:?}"
     );
     for _ in 0..4 {
@@ -236,7 +236,7 @@ fn killing_a_proxy_stops_its_pods_capture_until_it_registers_again() -> Result<(
     // web-1's proxy registers again: captured again, and serving.
     mesh.start_proxy("web-1")?;
     ensure!(
-        from_host(&mesh, "web-1")?.peer.ip().is_loopback(),
+        mesh.via_own_proxy(&from_host(&mesh, "web-1")?),
         "web-1 not captured again"
     );
     let a = mesh.curl(&direct_url)?.answer()?;

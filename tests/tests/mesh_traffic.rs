@@ -26,9 +26,10 @@ fn http1_and_grpc_by_name_and_by_service_ip_through_both_proxies() -> Result<()>
             let a = mesh.curl(&url)?.answer()?;
             ensure!(SERVERS.contains(&a.server.as_str()), "{a:?}");
             ensure!(a.version == "HTTP/1.1" && a.method == "GET", "{a:?}");
-            // The application's peer is its own pod's proxy, on loopback.
+            // The application's peer is its own pod's proxy, which reaches
+            // it at the pod's own address (never loopback).
             ensure!(
-                a.peer.ip().is_loopback(),
+                mesh.via_own_proxy(&a),
                 "not through the server's proxy: {a:?}"
             );
         }
@@ -352,7 +353,7 @@ fn ipv6_service_and_pod_addresses_through_the_proxies() -> Result<()> {
     let a = mesh.curl(&url)?.answer()?;
     ensure!(a.server == "web-1" && a.path == "/over-ipv6", "{a:?}");
     ensure!(
-        a.peer.ip().is_loopback(),
+        mesh.via_own_proxy(&a),
         "not through the server's proxy: {a:?}"
     );
     // Labelled with the service's name, although this first request set
@@ -380,14 +381,14 @@ fn ipv6_service_and_pod_addresses_through_the_proxies() -> Result<()> {
     ensure!(requests >= 1.0, "the request was not counted under {dst}");
     // The server pod's own IPv6 address, from outside the mesh (the host):
     // sk_lookup steers it to the pod's proxy, which reaches the application
-    // on [::1].
+    // at that same IPv6 address (not [::1]).
     let addr = std::net::SocketAddr::new(mesh.env.pod("web-1").ipv6.into(), HTTP_PORT);
     let (code, body) = conduit_tests::mesh::scrape::get(addr, "/pod-ipv6")?;
     ensure!(code == 200, "{addr}: {code} {body}");
     let a: HttpAnswer = serde_json::from_str(body.trim())?;
     ensure!(
-        a.peer.ip() == std::net::IpAddr::V6(std::net::Ipv6Addr::LOCALHOST),
-        "the application was not reached on [::1] by its proxy: {a:?}"
+        a.peer.ip() == std::net::IpAddr::V6(mesh.env.pod("web-1").ipv6),
+        "the application was not reached at the pod's IPv6 address by its proxy: {a:?}"
     );
     Ok(())
 }

@@ -2,6 +2,8 @@
 //! closes (told to, or the proxy dies) and resumes when a proxy registers
 //! again, outbound and inbound. Connections made while no proxy is
 //! registered go direct (the app in pod `app` listens on 9000 for inbound).
+//! One registration per pod: a second registrant is refused while the first
+//! lives. (More attacks on registration: ebpf/agent/tests/security.rs.)
 
 use anyhow::{Result, ensure};
 use conduit_tests::checks::{captured_outbound, direct};
@@ -105,5 +107,81 @@ fn capture_stops_when_proxy_dies_and_resumes_with_a_new_proxy() -> Result<()> {
 
     let _proxy = TestProxy::start(&env, "app", ProxyMode::Report, Some(&agent.config.socket))?;
     expect_captured(&env, &agent.config)?;
+    Ok(())
+}
+
+/// A second process in an enrolled pod (another container, or an
+/// application that reached the socket) registering with a listener of its
+/// own would take over the pod's capture; it is refused while the first
+/// registration is open, and registers once the first proxy is gone.
+#[test]
+fn second_registration_for_an_enrolled_netns_is_refused() -> Result<()> {
+    let Some(env) = Env::privileged(conduit_tests::test_name!(), &["app", "server"])? else {
+        return Ok(());
+    };
+    let (mut agent, _server, _local_app, mut first) = captured_app(&env)?;
+    let socket = agent.config.socket.display().to_string();
+    // Other ports (the first proxy holds the defaults); it keeps retrying.
+    let mut second = TestProxy::start_with(
+        &env,
+        "app",
+        ProxyMode::Report,
+        None,
+        &[
+            "--agent-socket",
+            &socket,
+            "--outbound-port",
+            "4240",
+            "--inbound-port",
+            "4243",
+            "--admin-port",
+            "4291",
+        ],
+    )?;
+    let refused =
+        agent
+            .process
+            .wait_for_line("the second registration refused", STOP_TIMEOUT, |l| {
+                l.contains("registration refused")
+                    && l.contains("one registration per network namespace")
+            })?;
+    ensure!(
+        refused.contains(&format!("proxy pid {}", first.process.pid())),
+        "{refused}"
+    );
+    // The first proxy still has the pod: the status names it, and it is
+    // the one that accepts the app's connections.
+    let pods = agent.config.status()?.pods;
+    ensure!(
+        pods.len() == 1 && pods[0].proxy_pid == first.process.pid(),
+        "enrolled: {pods:?}, first proxy pid {}",
+        first.process.pid()
+    );
+    let s = env.pod("server");
+    captured_outbound(&client(&env, "app", s.v4(8080))?, s.v4(8080))?;
+    ensure!(
+        second.accepted().is_empty(),
+        "the refused proxy accepted {:?}",
+        second.accepted()
+    );
+
+    // The first proxy dies: the second one (retrying) gets the pod.
+    first.process.signal(Signal::SIGKILL)?;
+    first.process.wait_exit(Duration::from_secs(5))?;
+    second.wait_registered(1)?;
+    let pods = agent.config.status()?.pods;
+    ensure!(
+        pods.len() == 1 && pods[0].proxy_pid == second.process.pid(),
+        "enrolled: {pods:?}, second proxy pid {}",
+        second.process.pid()
+    );
+    let report = client(&env, "app", s.v4(8080))?;
+    let (orig, _) = report.captured()?;
+    ensure!(orig == s.v4(8080), "original destination {orig}");
+    ensure!(
+        second.accepted().len() == 1,
+        "the second proxy accepted {:?}",
+        second.accepted()
+    );
     Ok(())
 }

@@ -1,17 +1,19 @@
 //! `conduit-ebpf agent`: probe, load or adopt, then serve registrations.
 
-use crate::enrol::{self, Node, Peer};
+use crate::admission::Forbidden;
+use crate::enrol::{Node, Peer};
+use crate::limits::{Caller, Limits};
 use crate::loader::{self, LoadOptions, to_field};
 use crate::pins::Pins;
+use crate::registry::Registry;
 use crate::{features, netns, object};
 use anyhow::{Context, Result, anyhow};
 use aya::maps::lpm_trie::Key;
 use conduit_ebpf_common::{CONFIG_FASTPATH, GlobalConfig, MAX_EXCLUDED_CIDRS};
 use conduit_register::wire::{self, PROTOCOL_VERSION, Response};
-use std::collections::{HashMap, HashSet};
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::net::{UnixListener, UnixStream};
 
@@ -23,6 +25,17 @@ pub struct Options {
     /// Unix socket where proxies register.
     #[arg(long, default_value = conduit_register::DEFAULT_SOCKET)]
     pub socket: PathBuf,
+    /// Group owning the socket (a gid or a group name); the socket is
+    /// mode 0660 (owner root), so only root and this group can register.
+    /// The default is the gid `inject` gives proxies (`--proxy-uid`).
+    #[arg(long, default_value = "2102", value_name = "GROUP")]
+    pub socket_group: String,
+    /// The node's network namespace, never enrolled (a process on the node
+    /// or a hostNetwork pod registering is refused). Default: pid 1's, else
+    /// kthreadd's (pid 2: kernel threads live in the node's namespace); both
+    /// need hostPID.
+    #[arg(long, value_name = "PATH")]
+    pub host_netns: Option<PathBuf>,
     /// bpffs directory for pinned maps, programs and links.
     #[arg(long, default_value = crate::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
@@ -67,27 +80,13 @@ pub fn parse_cidr(s: &str) -> Result<Key<[u32; 4]>> {
     Ok(Key::new(prefix, crate::enrol::ip_key(ip).words))
 }
 
-/// Who currently owns each enrolled netns (the latest registration wins).
-#[derive(Default)]
-struct Owners {
-    next: u64,
-    by_netns: HashMap<u64, u64>,
-    /// Pods adopted from a previous agent, waiting to re-register.
-    pending: HashSet<u64>,
-}
+/// Where the node's network namespace is found under hostPID: init's, and
+/// kthreadd's (kernel threads always run in the node's namespace; reading it
+/// works where a security profile forbids reading init's).
+const HOST_NETNS: [&str; 2] = ["/proc/1/ns/net", "/proc/2/ns/net"];
 
-struct Shared {
-    node: Mutex<Node>,
-    /// In a cluster: checks each proxy's pod claim before enrolling.
-    claims: Option<crate::claims::Claims>,
-    owners: Mutex<Owners>,
-    /// Registrations being served; bounded so a runaway client cannot
-    /// exhaust the agent.
-    active: std::sync::atomic::AtomicUsize,
-}
-
-/// Most registrations served at once (each pod holds one).
-const MAX_ACTIVE: usize = 2 * conduit_ebpf_common::MAX_PODS as usize;
+/// How long a caller has to send its request after connecting.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub fn run(opts: Options) -> Result<()> {
     // Before any thread starts, so that all of them see proxies' cgroups
@@ -127,6 +126,12 @@ async fn serve(opts: Options) -> Result<()> {
     // Before touching the kernel: a cluster agent that cannot check claims
     // must not start.
     let claims = crate::claims::checker(&opts.kube).await?;
+    // Never enrolled: the node's network namespace and the agent's own.
+    let forbidden = Forbidden {
+        host: host_netns_cookie(opts.host_netns.as_deref())?,
+        agent: netns::own_netns_cookie().context("reading the agent's network namespace")?,
+    };
+    let group = socket_group(&opts.socket_group)?;
     crate::pins::ensure_dir(&opts.pin_dir)?;
     let pins = Pins::new(&opts.pin_dir);
     let loaded = loader::load_or_adopt(&LoadOptions {
@@ -173,70 +178,38 @@ async fn serve(opts: Options) -> Result<()> {
             .context("storing an excluded CIDR")?;
     }
 
+    raise_fd_limit();
     // Pods enrolled under a previous agent: drop the dead, wait for the live.
-    let mut owners = Owners::default();
-    let enrolled: Vec<u64> = node.pods().into_iter().map(|(c, _)| c).collect();
-    for (cookie, pod) in node.pods() {
-        if netns::alive(pod.proxy_pid, pod.proxy_start_time) {
-            owners.pending.insert(cookie);
-        } else {
-            node.remove(cookie);
-        }
-    }
-    for cookie in pins.pod_links() {
-        if !enrolled.contains(&cookie) {
-            node.remove(cookie);
-        }
-    }
-    let pending = owners.pending.len();
-    let shared = Arc::new(Shared {
-        node: Mutex::new(node),
-        claims,
-        owners: Mutex::new(owners),
-        active: std::sync::atomic::AtomicUsize::new(0),
-    });
+    let registry = Registry::new(node, claims, forbidden, Limits::AGENT);
+    let pending = registry.adopted_waiting();
     if pending > 0 {
         tracing::info!(
             pods = pending,
             grace_secs = opts.grace_period,
             "waiting for adopted pods to re-register"
         );
-        let s = shared.clone();
-        let grace = Duration::from_secs(opts.grace_period);
-        tokio::spawn(async move {
-            tokio::time::sleep(grace).await;
-            let stale: Vec<u64> = s.owners.lock().unwrap().pending.drain().collect();
-            let mut node = s.node.lock().unwrap();
-            for cookie in stale {
-                tracing::warn!(netns_cookie = cookie, "proxy did not re-register in time");
-                node.remove(cookie);
-            }
-        });
+        registry.expire_adopted_after(Duration::from_secs(opts.grace_period));
     }
 
-    let listener = bind(&opts.socket)?;
+    let listener = bind(&opts.socket, group)?;
     tracing::info!(
-        socket = %opts.socket.display(), pin_dir = %pins.dir.display(), cgroup = %cgroup.display(),
-        adopted, fastpath = opts.sockmap_fastpath, checks_pod_claims = shared.claims.is_some(), "agent ready"
+        socket = %opts.socket.display(), socket_group = group, pin_dir = %pins.dir.display(), cgroup = %cgroup.display(),
+        adopted, fastpath = opts.sockmap_fastpath, checks_pod_claims = registry.checks_claims(), "agent ready"
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((mut stream, _)) => {
-                    use std::sync::atomic::Ordering;
-                    let s = shared.clone();
-                    if s.active.fetch_add(1, Ordering::SeqCst) >= MAX_ACTIVE {
-                        s.active.fetch_sub(1, Ordering::SeqCst);
-                        tokio::spawn(async move { refuse(&mut stream, "too many registrations".into()).await });
-                        continue;
-                    }
-                    tokio::spawn(async move {
-                        handle(s.clone(), stream).await;
-                        s.active.fetch_sub(1, Ordering::SeqCst);
-                    });
+                Ok((stream, _)) => {
+                    let registry = registry.clone();
+                    tokio::spawn(async move { serve_connection(registry, stream).await });
                 }
-                Err(e) => tracing::warn!(error = %e, "accept failed"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "accept failed");
+                    // Out of descriptors: give closing connections a moment
+                    // instead of spinning.
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
             },
             _ = term.recv() => break,
             _ = tokio::signal::ctrl_c() => break,
@@ -249,7 +222,55 @@ async fn serve(opts: Options) -> Result<()> {
     std::process::exit(0);
 }
 
-fn bind(path: &std::path::Path) -> Result<UnixListener> {
+/// The cookie of the node's network namespace: `--host-netns`, else the
+/// first of [`HOST_NETNS`] that can be read (pid 2 only when it is kthreadd).
+fn host_netns_cookie(given: Option<&std::path::Path>) -> Result<u64> {
+    if let Some(path) = given {
+        let path = path.to_string_lossy();
+        return netns::cookie_of(&path)
+            .with_context(|| format!("reading the node's network namespace {path}"));
+    }
+    let mut errors = Vec::new();
+    for path in HOST_NETNS {
+        if path.starts_with("/proc/2/")
+            && !std::fs::read_to_string("/proc/2/stat").is_ok_and(|s| s.contains("(kthreadd)"))
+        {
+            errors.push(format!("{path}: pid 2 is not kthreadd"));
+            continue;
+        }
+        match netns::cookie_of(path) {
+            Ok(cookie) => {
+                tracing::info!(
+                    from = path,
+                    netns_cookie = cookie,
+                    "the node's network namespace is never enrolled"
+                );
+                return Ok(cookie);
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    Err(anyhow!(
+        "cannot read the node's network namespace (the agent needs hostPID and CAP_SYS_ADMIN, or --host-netns): {}",
+        errors.join("; ")
+    ))
+}
+
+/// The gid of `--socket-group`: a number, or a group name.
+fn socket_group(spec: &str) -> Result<u32> {
+    if let Ok(gid) = spec.parse::<u32>() {
+        return Ok(gid);
+    }
+    nix::unistd::Group::from_name(spec)
+        .with_context(|| format!("looking up group {spec:?}"))?
+        .map(|g| g.gid.as_raw())
+        .ok_or_else(|| anyhow!("--socket-group {spec:?}: no such group"))
+}
+
+/// Mode of the registration socket: the owner (root) and the socket group.
+pub const SOCKET_MODE: u32 = 0o660;
+
+fn bind(path: &std::path::Path, group: u32) -> Result<UnixListener> {
     if let Some(dir) = path.parent() {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
@@ -261,155 +282,130 @@ fn bind(path: &std::path::Path) -> Result<UnixListener> {
         }
     }
     let l = UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
-    // Proxies run under their own uids; SO_PEERCRED tells who they are.
+    // Only root and the proxies' group may connect (connecting needs write
+    // permission on the socket); SO_PEERCRED then says who called.
+    std::os::unix::fs::chown(path, None, Some(group))
+        .with_context(|| format!("giving {} to group {group}", path.display()))?;
     use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o666))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
+        .with_context(|| format!("setting the mode of {}", path.display()))?;
     Ok(l)
 }
 
-/// One registration: enrol, answer, hold until the proxy hangs up, remove.
-async fn handle(shared: Arc<Shared>, mut stream: UnixStream) {
+/// Raises the soft limit of open descriptors to the hard one: each
+/// registration holds a connection.
+fn raise_fd_limit() {
+    let mut lim = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: `lim` is a valid rlimit for the kernel to fill and then read.
+    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+    if rc != 0 || lim.rlim_cur >= lim.rlim_max {
+        return;
+    }
+    let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
+    lim.rlim_cur = hard;
+    // SAFETY: as above; only the soft limit changes, up to the hard one.
+    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
+        let e = std::io::Error::last_os_error();
+        tracing::warn!(error = %e, soft, hard, "could not raise the open-descriptor limit");
+    }
+}
+
+/// One connection on the unix socket: limits, request, enrol, answer, hold
+/// until the proxy hangs up (the lease's drop removes the pod).
+async fn serve_connection(registry: Arc<Registry>, mut stream: UnixStream) {
     let cred = match stream.peer_cred() {
         Ok(c) => c,
         Err(e) => return tracing::warn!(error = %e, "SO_PEERCRED failed"),
     };
-    let request =
-        tokio::time::timeout(Duration::from_secs(5), wire::recv_request(&mut stream)).await;
+    let caller = Caller {
+        uid: cred.uid(),
+        netns: netns::caller_netns(cred.pid()),
+    };
+    let mut slot = match registry.open_slot(caller) {
+        Ok(s) => s,
+        // open_slot logged it.
+        Err(e) => return answer_refused(&mut stream, e.to_string()).await,
+    };
+    let request = tokio::time::timeout(REQUEST_TIMEOUT, wire::recv_request(&mut stream)).await;
     let (request, fd) = match request {
         Ok(Ok(r)) => r,
         Ok(Err(conduit_register::RegisterError::ClosedBeforeRequest)) => {
             // `status --check --socket` connects and hangs up.
             return tracing::debug!("connection closed without a request");
         }
-        Ok(Err(e)) => return refuse(&mut stream, format!("{e}")).await,
-        Err(_) => return refuse(&mut stream, "no request within 5 s".into()).await,
+        Ok(Err(e)) => return refuse(&mut stream, cred.pid(), format!("{e}")).await,
+        Err(_) => {
+            let msg = format!("no request within {} s", REQUEST_TIMEOUT.as_secs());
+            return refuse(&mut stream, cred.pid(), msg).await;
+        }
     };
     if request.version != PROTOCOL_VERSION {
         let msg = format!(
             "protocol version {} not supported (agent speaks {PROTOCOL_VERSION})",
             request.version
         );
-        return refuse(&mut stream, msg).await;
+        return refuse(&mut stream, cred.pid(), msg).await;
     }
     let Some(pid) = cred.pid().filter(|p| *p > 0) else {
-        return refuse(
-            &mut stream,
-            "the caller's pid is unknown (SO_PEERCRED)".into(),
-        )
-        .await;
+        let msg = "the caller's pid is unknown (SO_PEERCRED)".to_string();
+        return refuse(&mut stream, cred.pid(), msg).await;
     };
     let peer = Peer {
         pid: pid as u32,
         uid: cred.uid(),
     };
-    let pod = request.pod;
-    let inspected = tokio::task::spawn_blocking(move || enrol::inspect(peer, pod, fd)).await;
-    let candidate = match inspected {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return refuse_logged(&mut stream, peer, e).await,
-        Err(e) => return refuse(&mut stream, format!("internal error: {e}")).await,
+    let lease = match registry.register(peer, request.pod, fd).await {
+        Ok(lease) => lease,
+        // register logged it.
+        Err(r) => return answer_refused(&mut stream, r.to_string()).await,
     };
-    if let Some(claims) = &shared.claims
-        && !readopting(&shared, &candidate)
-        && let Err(reason) = crate::claims::check(claims, &candidate).await
-    {
-        // claims::check logged it, with the claim.
-        let _ = wire::write_frame(&mut stream, &Response::Refused { reason }).await;
+    slot.answered();
+    let answer = Response::Enrolled(lease.enrolled().clone());
+    if let Err(e) = wire::write_frame(&mut stream, &answer).await {
+        tracing::warn!(error = %e, "answering the proxy failed");
         return;
     }
-    let s = shared.clone();
-    let result = tokio::task::spawn_blocking(move || {
-        let pod = candidate.pod.clone();
-        let enrolled = s.node.lock().unwrap().enrol(candidate)?;
-        let mut owners = s.owners.lock().unwrap();
-        owners.next += 1;
-        let token = owners.next;
-        owners.by_netns.insert(enrolled.netns_cookie, token);
-        owners.pending.remove(&enrolled.netns_cookie);
-        Ok::<_, anyhow::Error>((enrolled, token, pod))
-    })
-    .await;
-    let (enrolled, token, pod) = match result {
-        Ok(Ok(x)) => x,
-        Ok(Err(e)) => return refuse_logged(&mut stream, peer, e).await,
-        Err(e) => return refuse(&mut stream, format!("internal error: {e}")).await,
-    };
-    let cookie = enrolled.netns_cookie;
-    if let Err(e) = wire::write_frame(&mut stream, &Response::Enrolled(enrolled)).await {
-        tracing::warn!(error = %e, "answering the proxy failed");
-    } else {
-        // Hold the registration until the proxy hangs up.
-        use tokio::io::AsyncReadExt;
-        let mut buf = [0u8; 256];
-        while let Ok(n) = stream.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
+    // Hold the registration until the proxy hangs up.
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    while let Ok(n) = stream.read(&mut buf).await {
+        if n == 0 {
+            break;
         }
     }
-    tracing::info!(pod = %pod.name, namespace = %pod.namespace, netns_cookie = cookie, "registration closed");
-    let _ = tokio::task::spawn_blocking(move || {
-        let mut owners = shared.owners.lock().unwrap();
-        if owners.by_netns.get(&cookie) == Some(&token) {
-            owners.by_netns.remove(&cookie);
-            drop(owners);
-            shared.node.lock().unwrap().remove(cookie);
-        }
-    })
-    .await;
+    drop(lease);
 }
 
-/// A proxy re-registering after an agent restart, exactly as the previous
-/// agent enrolled it (same process, same claim, same namespace): its claim
-/// was checked then, so it is not asked again, and an API server outage
-/// during an agent restart does not stop capture.
-fn readopting(shared: &Shared, c: &enrol::Candidate) -> bool {
-    if !shared
-        .owners
-        .lock()
-        .unwrap()
-        .pending
-        .contains(&c.netns_cookie)
-    {
-        return false;
-    }
-    let cfg = shared
-        .node
-        .lock()
-        .unwrap()
-        .maps
-        .pods
-        .get(&c.netns_cookie, 0);
-    let same = cfg.is_ok_and(|cfg| c.same_as(c.netns_cookie, &cfg));
-    if same {
-        tracing::info!(pod = %c.pod.name, namespace = %c.pod.namespace, "adopted pod re-registers unchanged: its claim was checked before");
-    }
-    same
+/// Refuses a request that never reached the registry, and logs it.
+async fn refuse(stream: &mut UnixStream, pid: Option<i32>, reason: String) {
+    tracing::warn!(pid, %reason, "registration refused");
+    answer_refused(stream, reason).await;
 }
 
-async fn refuse_logged(stream: &mut UnixStream, peer: Peer, e: anyhow::Error) {
-    tracing::warn!(
-        pid = peer.pid,
-        error = format!("{e:#}"),
-        "registration refused"
-    );
-    let _ = wire::write_frame(
-        stream,
-        &Response::Refused {
-            reason: format!("{e:#}"),
-        },
-    )
-    .await;
-}
-
-async fn refuse(stream: &mut UnixStream, reason: String) {
-    tracing::warn!(%reason, "registration refused");
+async fn answer_refused(stream: &mut UnixStream, reason: String) {
     let _ = wire::write_frame(stream, &Response::Refused { reason }).await;
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_cidr;
+    use super::{parse_cidr, socket_group};
+
+    #[test]
+    fn socket_groups_are_gids_or_names() {
+        // (--socket-group, gid or None for an error)
+        for (spec, want) in [
+            ("2102", Some(2102)),
+            ("0", Some(0)),
+            ("root", Some(0)),
+            ("no-such-group-conduit", None),
+            ("-1", None),
+        ] {
+            assert_eq!(socket_group(spec).ok(), want, "{spec}");
+        }
+    }
 
     #[test]
     fn cidrs_become_mapped_prefixes() {

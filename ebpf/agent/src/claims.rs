@@ -59,7 +59,13 @@ pub async fn check(claims: &Claims, c: &Candidate) -> Result<(), String> {
     let claim = PodClaim {
         name: c.pod.name.clone(),
         namespace: c.pod.namespace.clone(),
-        ips: c.ips.clone(),
+        // The addresses that will be enrolled: the claimed ones (admission
+        // checked they are configured in the namespace), else all of them.
+        ips: if c.pod.pod_ips.is_empty() {
+            c.ips.clone()
+        } else {
+            c.pod.pod_ips.clone()
+        },
     };
     match checker.check(&claim).await {
         Ok(()) => {

@@ -1,6 +1,7 @@
 //! Enrolling and removing pods: the map entries and the per-pod sk_lookup
 //! attachment.
 
+use crate::admission::{Enrolment, Holder, Table};
 use crate::loader::{NodeMaps, pinned_link, to_field};
 use crate::netns;
 use crate::pins::Pins;
@@ -8,7 +9,7 @@ use anyhow::{Context, Result, anyhow, bail};
 use aya::programs::SkLookup;
 use aya::programs::links::FdLink;
 use conduit_ebpf_common::{
-    IpKey, MAX_POD_IPS, MAX_SKIP_PORTS, NAME_LEN, POD_SKIP_BY_CGROUP, POD_SKIP_BY_UID, PodConfig,
+    IpKey, MAX_POD_IPS, MAX_SKIP_PORTS, NAME_LEN, POD_SKIP_BY_CGROUP, PodConfig,
 };
 use conduit_register::{Enrolled, PodInfo};
 use nix::sys::socket::{getsockopt, sockopt};
@@ -65,9 +66,8 @@ pub struct Candidate {
     /// Every address of the proxy's network namespace (global ones).
     pub ips: Vec<IpAddr>,
     cgroup_dir: PathBuf,
-    cgroup_rel: String,
-    cgroup_id: u64,
-    start_time: u64,
+    pub cgroup_id: u64,
+    pub start_time: u64,
 }
 
 /// Validates a registration and inspects the proxy (network namespace,
@@ -90,17 +90,12 @@ pub fn inspect(peer: Peer, pod: PodInfo, listener: Option<OwnedFd>) -> Result<Ca
         bail!("the passed inbound descriptor is not a listening TCP socket");
     }
     let ns = netns::inspect(peer.pid)?;
-    if netns::own_netns_cookie().ok() == Some(ns.cookie) {
-        bail!(
-            "refusing to enrol the node's own network namespace (is the proxy in a pod network namespace?)"
-        );
-    }
     let listener_ns =
         netns::socket_netns_cookie(listener.as_fd()).context("reading the listener's netns")?;
     if listener_ns != ns.cookie {
         bail!("the inbound listener belongs to another network namespace than the proxy");
     }
-    let (cgroup_dir, cgroup_rel) = crate::cgroup::of_pid(peer.pid)?;
+    let (cgroup_dir, _) = crate::cgroup::of_pid(peer.pid)?;
     let cgroup_id = netns::cgroup_id(&cgroup_dir)?;
     let start_time =
         netns::start_time(peer.pid).ok_or_else(|| anyhow!("pid {} is gone", peer.pid))?;
@@ -111,7 +106,6 @@ pub fn inspect(peer: Peer, pod: PodInfo, listener: Option<OwnedFd>) -> Result<Ca
         netns_cookie: ns.cookie,
         ips: ns.ips,
         cgroup_dir,
-        cgroup_rel,
         cgroup_id,
         start_time,
     })
@@ -130,16 +124,26 @@ impl Candidate {
 }
 
 impl Node {
-    /// Enrols an inspected proxy's pod: capture starts when this returns Ok.
-    pub fn enrol(&mut self, c: Candidate) -> Result<Enrolled> {
+    /// Enrols an inspected proxy's pod with the addresses admission chose
+    /// (`crate::admission::admit`): capture starts when this returns Ok.
+    /// On failure nothing of the namespace stays enrolled.
+    pub fn enrol(&mut self, c: Candidate, ips: Vec<IpAddr>) -> Result<Enrolled> {
+        let cookie = c.netns_cookie;
+        let result = self.write(c, ips);
+        if result.is_err() {
+            self.remove(cookie);
+        }
+        result
+    }
+
+    fn write(&mut self, c: Candidate, ips: Vec<IpAddr>) -> Result<Enrolled> {
         let Candidate {
             peer,
             pod,
             listener,
             netns_cookie,
-            ips: all_ips,
+            ips: _,
             cgroup_dir: cg_dir,
-            cgroup_rel: cg_rel,
             cgroup_id,
             start_time: start,
         } = c;
@@ -149,12 +153,13 @@ impl Node {
         }
         let ns = netns::Netns {
             cookie: netns_cookie,
-            ips: all_ips,
+            ips,
         };
 
         let mut cfg = PodConfig {
-            // A root proxy is told apart by its cgroup only: uid 0 is too common.
-            flags: POD_SKIP_BY_CGROUP | if peer.uid != 0 { POD_SKIP_BY_UID } else { 0 },
+            // The proxy is told apart by its cgroup only (never by its uid,
+            // which an application can share).
+            flags: POD_SKIP_BY_CGROUP,
             proxy_uid: peer.uid,
             proxy_cgroup_id: cgroup_id,
             outbound_port: pod.outbound_port,
@@ -178,9 +183,9 @@ impl Node {
         cfg.skip_outbound[..pod.skip_outbound_ports.len()]
             .copy_from_slice(&pod.skip_outbound_ports);
         if ns.ips.len() > MAX_POD_IPS {
-            tracing::warn!(pod = %pod.name, ips = ?ns.ips, "more addresses than {MAX_POD_IPS}: inbound capture covers the first ones");
+            bail!("at most {MAX_POD_IPS} addresses per pod, got {:?}", ns.ips);
         }
-        let ips: Vec<IpAddr> = ns.ips.iter().copied().take(MAX_POD_IPS).collect();
+        let ips = ns.ips;
         for (i, ip) in ips.iter().enumerate() {
             cfg.ips[i] = ip_key(*ip);
         }
@@ -207,15 +212,12 @@ impl Node {
         self.maps
             .pods
             .insert(ns.cookie, cfg, 0)
-            .context("storing the pod (is the pods map full?)")?;
+            .context("storing the pod in the pods map")?;
         tracing::info!(
             pod = %pod.name, namespace = %pod.namespace, netns_cookie = ns.cookie, pod_ips = ?ips,
             proxy_pid = peer.pid, proxy_uid = peer.uid, proxy_cgroup = %cg_dir.display(),
             "pod enrolled: capture on"
         );
-        if peer.uid == 0 && cg_rel == "/" {
-            tracing::warn!(pod = %pod.name, "the proxy runs as root in the root cgroup: it cannot be told apart from the application");
-        }
         Ok(Enrolled {
             netns_cookie: ns.cookie,
             pod_ips: ips,
@@ -270,6 +272,34 @@ impl Node {
         let _ = self.maps.listeners.remove(&cookie);
         self.remove_ips(cookie);
         tracing::info!(pod = %name, netns_cookie = cookie, "pod removed: capture off");
+    }
+
+    /// The enrolled pods as admission sees them; `holder` tells who holds
+    /// each network namespace.
+    pub fn table(&self, holder: impl Fn(u64, &PodConfig) -> Holder) -> Table {
+        let enrolled = self
+            .pods()
+            .into_iter()
+            .map(|(cookie, cfg)| Enrolment {
+                netns_cookie: cookie,
+                pod: format!(
+                    "{}/{}",
+                    crate::loader::cstr(&cfg.namespace),
+                    crate::loader::cstr(&cfg.name)
+                ),
+                ips: cfg.ips[..(cfg.ips_len as usize).min(MAX_POD_IPS)]
+                    .iter()
+                    .map(key_ip)
+                    .collect(),
+                proxy_pid: cfg.proxy_pid,
+                proxy_start_time: cfg.proxy_start_time,
+                holder: holder(cookie, &cfg),
+            })
+            .collect();
+        Table {
+            enrolled,
+            capacity: conduit_ebpf_common::MAX_PODS as usize,
+        }
     }
 
     /// Enrolled pods: (netns cookie, config).

@@ -14,6 +14,7 @@
 // the getsockopt link (sys.rs). Each `unsafe` block says why it is sound.
 #![allow(unsafe_code)]
 
+mod admission;
 mod agent;
 mod cgroup;
 mod claims;
@@ -21,10 +22,12 @@ mod cleanup;
 mod enrol;
 mod features;
 mod health;
+mod limits;
 mod loader;
 mod netns;
 mod object;
 mod pins;
+mod registry;
 mod status;
 mod sys;
 

@@ -56,43 +56,66 @@ pub struct Netns {
 /// Enters the network namespace of `pid` on a short-lived thread and reads
 /// its cookie and addresses there.
 pub fn inspect(pid: u32) -> Result<Netns> {
-    let ns = File::open(format!("/proc/{pid}/ns/net"))
-        .with_context(|| format!("opening the network namespace of pid {pid}"))?;
+    in_netns(&format!("/proc/{pid}/ns/net"), |cookie| {
+        Ok(Netns {
+            cookie,
+            ips: global_addresses()?,
+        })
+    })
+}
+
+/// The cookie of the network namespace `path` names (e.g. the node's,
+/// `/proc/1/ns/net`).
+pub fn cookie_of(path: &str) -> Result<u64> {
+    in_netns(path, Ok)
+}
+
+/// Runs `f` with the cookie of the network namespace at `path`, on a
+/// short-lived thread that has entered it (only that thread switches).
+fn in_netns<T: Send>(path: &str, f: impl FnOnce(u64) -> Result<T> + Send) -> Result<T> {
+    let ns = File::open(path).with_context(|| format!("opening the network namespace {path}"))?;
     std::thread::scope(|s| {
-        s.spawn(|| -> Result<Netns> {
-            // Only this thread switches namespace, and it ends right after.
+        s.spawn(|| -> Result<T> {
             nix::sched::setns(&ns, CloneFlags::CLONE_NEWNET)
-                .context("entering the network namespace")?;
-            let sock = socket(
-                AddressFamily::Inet,
-                SockType::Datagram,
-                SockFlag::SOCK_CLOEXEC,
-                None,
-            )
-            .context("creating a probe socket")?;
-            use std::os::fd::AsFd;
-            let cookie = socket_netns_cookie(sock.as_fd()).context("reading SO_NETNS_COOKIE")?;
-            let mut ips = Vec::new();
-            for ifa in nix::ifaddrs::getifaddrs().context("listing interface addresses")? {
-                let Some(addr) = ifa.address else { continue };
-                let ip = if let Some(a) = addr.as_sockaddr_in() {
-                    IpAddr::V4(a.ip())
-                } else if let Some(a) = addr.as_sockaddr_in6() {
-                    IpAddr::V6(a.ip())
-                } else {
-                    continue;
-                };
-                let link_local =
-                    matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
-                if !ip.is_loopback() && !ip.is_unspecified() && !link_local && !ips.contains(&ip) {
-                    ips.push(ip);
-                }
-            }
-            Ok(Netns { cookie, ips })
+                .with_context(|| format!("entering the network namespace {path}"))?;
+            f(own_netns_cookie().context("reading SO_NETNS_COOKIE")?)
         })
         .join()
         .map_err(|_| anyhow!("the namespace thread panicked"))?
     })
+}
+
+/// The addresses of this thread's network namespace: every interface's,
+/// loopback, unspecified and link-local left out.
+fn global_addresses() -> Result<Vec<IpAddr>> {
+    let mut ips = Vec::new();
+    for ifa in nix::ifaddrs::getifaddrs().context("listing interface addresses")? {
+        let Some(addr) = ifa.address else { continue };
+        let ip = if let Some(a) = addr.as_sockaddr_in() {
+            IpAddr::V4(a.ip())
+        } else if let Some(a) = addr.as_sockaddr_in6() {
+            IpAddr::V6(a.ip())
+        } else {
+            continue;
+        };
+        let link_local = matches!(ip, IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80);
+        if !ip.is_loopback() && !ip.is_unspecified() && !link_local && !ips.contains(&ip) {
+            ips.push(ip);
+        }
+    }
+    Ok(ips)
+}
+
+/// The network namespace of `pid` as a cheap, setns-free key (the inode of
+/// `/proc/<pid>/ns/net`), for per-caller limits at accept time.
+pub fn caller_netns(pid: Option<i32>) -> crate::limits::CallerNetns {
+    use crate::limits::CallerNetns;
+    match pid.filter(|p| *p > 0) {
+        Some(pid) => std::fs::metadata(format!("/proc/{pid}/ns/net"))
+            .map(|m| CallerNetns::Inode(m.ino()))
+            .unwrap_or(CallerNetns::Unknown),
+        None => CallerNetns::Unknown,
+    }
 }
 
 /// The id of a cgroup v2 directory (its inode number).
@@ -139,6 +162,13 @@ mod tests {
         assert_ne!(cookie, 0);
         if nix::unistd::Uid::effective().is_root() {
             assert_eq!(inspect(me).unwrap().cookie, cookie);
+            assert_eq!(cookie_of(&format!("/proc/{me}/ns/net")).unwrap(), cookie);
         }
+        assert!(matches!(
+            caller_netns(Some(me as i32)),
+            crate::limits::CallerNetns::Inode(_)
+        ));
+        assert_eq!(caller_netns(None), crate::limits::CallerNetns::Unknown);
+        assert_eq!(caller_netns(Some(0)), crate::limits::CallerNetns::Unknown);
     }
 }

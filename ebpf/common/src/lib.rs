@@ -189,9 +189,10 @@ pub const SIDE_CLIENT: u32 = 0;
 /// [`TupleKey::side`]: the proxy's accepted socket.
 pub const SIDE_SERVER: u32 = 1;
 
-/// [`PodConfig::flags`]: the proxy is recognised by its uid.
-pub const POD_SKIP_BY_UID: u32 = 1;
-/// [`PodConfig::flags`]: the proxy is recognised by its cgroup id.
+/// [`PodConfig::flags`]: the proxy is recognised by its cgroup id (the only
+/// rule: bit 1, "recognised by its uid", is retired, because an application
+/// running under the proxy's uid escaped capture; the kernel programs ignore
+/// it).
 pub const POD_SKIP_BY_CGROUP: u32 = 2;
 
 /// An enrolled pod (value of [`MAP_PODS`]). The kernel reads the capture
@@ -201,6 +202,7 @@ pub const POD_SKIP_BY_CGROUP: u32 = 2;
 #[derive(Clone, Copy, Debug)]
 pub struct PodConfig {
     pub flags: u32,
+    /// The proxy's uid (bookkeeping for `status`; not a capture rule).
     pub proxy_uid: u32,
     pub proxy_cgroup_id: u64,
     pub outbound_port: u16,
@@ -226,6 +228,13 @@ pub struct PodConfig {
 }
 
 impl PodConfig {
+    /// Whether a socket created by a task in cgroup `cgroup_id` is the
+    /// proxy's own (never captured). By cgroup only: a uid is shared by
+    /// anything the pod runs under it, a cgroup is the proxy container's.
+    #[inline(always)]
+    pub fn is_proxy_cgroup(&self, cgroup_id: u64) -> bool {
+        self.flags & POD_SKIP_BY_CGROUP != 0 && cgroup_id == self.proxy_cgroup_id
+    }
     #[inline(always)]
     pub fn skips_outbound(&self, port: u16) -> bool {
         contains(&self.skip_outbound, self.skip_outbound_len, port)

@@ -70,3 +70,27 @@ fn counter_indices_are_dense_and_named() {
         }
     }
 }
+
+#[test]
+fn only_the_proxy_cgroup_is_skipped_never_a_uid() {
+    let mut pod: PodConfig = unsafe_free_zeroed();
+    pod.proxy_uid = 1337;
+    pod.proxy_cgroup_id = 42;
+    // (flags, current cgroup, skipped?)
+    for (flags, cgroup, skipped) in [
+        (POD_SKIP_BY_CGROUP, 42, true),
+        (POD_SKIP_BY_CGROUP, 43, false),
+        // The retired uid bit (1), as an entry written by an older agent
+        // has it, changes nothing.
+        (POD_SKIP_BY_CGROUP | 1, 43, false),
+        (1, 42, false),
+        (0, 42, false),
+    ] {
+        pod.flags = flags;
+        assert_eq!(
+            pod.is_proxy_cgroup(cgroup),
+            skipped,
+            "flags {flags} cgroup {cgroup}"
+        );
+    }
+}

@@ -5,17 +5,14 @@ use crate::addr::field;
 use crate::maps::{EXCLUDE, ORIG_BY_COOKIE, count, pod};
 use aya_ebpf::{
     EbpfContext,
-    helpers::{
-        bpf_get_current_cgroup_id, bpf_get_current_uid_gid, bpf_get_netns_cookie,
-        bpf_get_socket_cookie,
-    },
+    helpers::{bpf_get_current_cgroup_id, bpf_get_netns_cookie, bpf_get_socket_cookie},
     macros::cgroup_sock_addr,
     maps::lpm_trie::Key,
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
 use conduit_ebpf_common::{
-    AF_INET, AF_INET6, IpKey, OrigDst, Outcome, POD_SKIP_BY_CGROUP, POD_SKIP_BY_UID, Program,
+    AF_INET, AF_INET6, IpKey, OrigDst, Outcome, Program,
 };
 use core::ptr::{addr_of, addr_of_mut, write_volatile};
 
@@ -58,13 +55,10 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Result<Outcome, Outcome
     let Some(pod) = pod(netns) else {
         return Ok(Outcome::SkippedNotEnrolled);
     };
-    if pod.flags & POD_SKIP_BY_UID != 0 && bpf_get_current_uid_gid() as u32 == pod.proxy_uid {
-        return Ok(Outcome::SkippedProxy);
-    }
+    // The proxy's own sockets, by its cgroup only: an application running
+    // under the proxy's uid is captured like any other.
     // SAFETY: helper without arguments.
-    if pod.flags & POD_SKIP_BY_CGROUP != 0
-        && unsafe { bpf_get_current_cgroup_id() } == pod.proxy_cgroup_id
-    {
+    if pod.is_proxy_cgroup(unsafe { bpf_get_current_cgroup_id() }) {
         return Ok(Outcome::SkippedProxy);
     }
     let dst = if V6 {

@@ -38,7 +38,11 @@ fn try_sk_lookup(ctx: &SkLookupContext) -> Result<Outcome, Outcome> {
         return Ok(Outcome::SkippedPort);
     }
     let remote = ip_of!(l, family, remote_ip4, remote_ip6).ok_or(Outcome::SkippedNotPodIp)?;
-    // The pod talking to itself (e.g. its proxy forwarding to the app).
+    // The pod talking to itself: above all its proxy forwarding an inbound
+    // connection to the application at the pod's own address (the source
+    // address the kernel picks for a local destination is that address).
+    // Steering it back to the proxy would loop; the application gets it,
+    // and a service bound to loopback only is not reached this way.
     let mut i = 0;
     while i < MAX_POD_IPS {
         if i < pod.ips_len as usize && pod.ips[i] == remote {

@@ -38,7 +38,17 @@ pub struct PodInfo {
     pub skip_inbound_ports: Vec<u16>,
     /// Outbound destination ports never captured.
     pub skip_outbound_ports: Vec<u16>,
+    /// The pod's addresses as the proxy knows them (e.g. `status.podIPs`
+    /// from the downward API). Empty: the agent takes the addresses it finds
+    /// in the proxy's network namespace. Either way the agent enrols only
+    /// addresses configured in that namespace and owned by no other enrolled
+    /// pod, and refuses the registration otherwise.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pod_ips: Vec<IpAddr>,
 }
+
+/// Most addresses a proxy may claim ([`PodInfo::pod_ips`]).
+pub const MAX_CLAIMED_IPS: usize = 16;
 
 impl PodInfo {
     /// A pod with the default proxy ports and no skip-ports.
@@ -52,6 +62,7 @@ impl PodInfo {
             admin_port: 4191,
             skip_inbound_ports: Vec::new(),
             skip_outbound_ports: Vec::new(),
+            pod_ips: Vec::new(),
         }
     }
 
@@ -91,6 +102,19 @@ impl PodInfo {
         }
         if self.skip_inbound_ports.contains(&0) || self.skip_outbound_ports.contains(&0) {
             return Err("skip-ports must not contain 0".into());
+        }
+        if self.pod_ips.len() > MAX_CLAIMED_IPS {
+            return Err(format!(
+                "at most {MAX_CLAIMED_IPS} pod IPs may be claimed, got {}",
+                self.pod_ips.len()
+            ));
+        }
+        if let Some(ip) = self
+            .pod_ips
+            .iter()
+            .find(|ip| ip.is_loopback() || ip.is_unspecified() || ip.is_multicast())
+        {
+            return Err(format!("{ip} cannot be a pod IP"));
         }
         Ok(())
     }

@@ -186,6 +186,39 @@ fn invalid_pods_are_rejected_before_connecting() {
     assert!(pod.validate().is_err());
 }
 
+#[test]
+fn claimed_pod_ips_are_checked_and_travel_only_when_given() {
+    // (claimed addresses, valid?)
+    let many: Vec<std::net::IpAddr> = (0..=crate::MAX_CLAIMED_IPS as u8)
+        .map(|i| std::net::IpAddr::from([10, 0, 0, i + 1]))
+        .collect();
+    for (ips, ok) in [
+        (vec![], true),
+        (vec!["10.1.2.3", "fd00::3"], true),
+        (vec!["127.0.0.1"], false),
+        (vec!["::1"], false),
+        (vec!["0.0.0.0"], false),
+        (vec!["224.0.0.1"], false),
+    ] {
+        let mut pod = PodInfo::new("p", "ns");
+        pod.pod_ips = ips.iter().map(|s| s.parse().unwrap()).collect();
+        assert_eq!(pod.validate().is_ok(), ok, "{ips:?}");
+    }
+    let mut pod = PodInfo::new("p", "ns");
+    pod.pod_ips = many;
+    assert!(pod.validate().unwrap_err().contains("at most"));
+    // Absent from the JSON when empty, so older agents see the same request;
+    // a request without the field means "no claim".
+    let json = serde_json::to_string(&PodInfo::new("p", "ns")).unwrap();
+    assert!(!json.contains("pod_ips"), "{json}");
+    let back: PodInfo = serde_json::from_str(&json).unwrap();
+    assert!(back.pod_ips.is_empty());
+    let mut pod = PodInfo::new("p", "ns");
+    pod.pod_ips = vec!["10.1.2.3".parse().unwrap()];
+    let json = serde_json::to_string(&pod).unwrap();
+    assert!(json.contains(r#""pod_ips":["10.1.2.3"]"#), "{json}");
+}
+
 #[tokio::test]
 async fn maintain_reregisters_after_the_agent_restarts() {
     let dir = tempfile::tempdir().unwrap();

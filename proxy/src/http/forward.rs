@@ -6,6 +6,7 @@
 
 use super::body_timeout::{BodyTimeout, ReadTimeout, Tripped};
 use super::client::{ClientError, Upstream};
+use super::client_body::{BodyFailed, ClientBody};
 use super::{Body, ORIG_PROTO_HEADER, Proto, boxed, error_response, headers, replay, tunnel};
 use crate::balance::{Attempt, CallError, is_idempotent};
 use crate::ctx::{ConnCtx, Shared};
@@ -27,6 +28,8 @@ enum ForwardError {
     BadRequest(String),
     #[error(transparent)]
     BodyTimeout(BodyTimeout),
+    #[error("the client's request body is malformed or was cut off")]
+    ClientBody,
     #[error(transparent)]
     Upstream(#[from] ClientError),
 }
@@ -43,6 +46,7 @@ impl ForwardError {
             }
             BadRequest(_) => error_response(StatusCode::BAD_REQUEST, "bad request"),
             BodyTimeout(_) => error_response(StatusCode::REQUEST_TIMEOUT, "request body timeout"),
+            ClientBody => error_response(StatusCode::BAD_REQUEST, "malformed request body"),
             Upstream(ClientError::Connect { source, .. })
                 if source.kind() == std::io::ErrorKind::TimedOut =>
             {
@@ -61,6 +65,7 @@ impl ForwardError {
             ForwardError::Call(CallError::Timeout { .. }) => "request_timeout",
             ForwardError::BadRequest(_) => "bad_request",
             ForwardError::BodyTimeout(_) => "body_read_timeout",
+            ForwardError::ClientBody => "malformed_body",
             ForwardError::Upstream(ClientError::Connect { source, .. })
                 if source.kind() == std::io::ErrorKind::PermissionDenied =>
             {
@@ -88,14 +93,20 @@ pub async fn handle(
     m.requests.get_or_create(&labels).inc();
     let (method, uri) = (req.method().clone(), req.uri().clone());
     let tripped = Tripped::default();
+    let body_failed = BodyFailed::default();
+    let req = req.map(|b| ClientBody::new(b, body_failed.clone()));
     let rsp = match forward(&shared, &conn, req, &tripped).await {
         Ok(rsp) => rsp,
         Err(e) => {
-            // A stalled client body surfaces as whatever error the upstream
-            // side saw (a reset, a failed read): name the real cause.
-            let e = match tripped.is_set() {
-                true => ForwardError::BodyTimeout(BodyTimeout(shared.cfg.body_read_timeout)),
-                false => e,
+            // A stalled or malformed client body surfaces as whatever error
+            // the upstream side saw (a reset, a failed read): name the real
+            // cause, and answer 4xx for the client's fault.
+            let e = if tripped.is_set() {
+                ForwardError::BodyTimeout(BodyTimeout(shared.cfg.body_read_timeout))
+            } else if body_failed.is_set() {
+                ForwardError::ClientBody
+            } else {
+                e
             };
             warn!(direction, client = %conn.client_addr, dst = %conn.dst_label, %method, %uri, "{e}");
             m.error(conn.direction, e.reason());
@@ -131,7 +142,7 @@ pub async fn handle(
 async fn forward(
     shared: &Arc<Shared>,
     conn: &Arc<ConnCtx>,
-    mut req: Request<Incoming>,
+    mut req: Request<ClientBody<Incoming>>,
     tripped: &Tripped,
 ) -> Result<Response<Body>, ForwardError> {
     if conn.direction == Direction::Inbound

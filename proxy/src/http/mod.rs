@@ -1,15 +1,18 @@
 //! HTTP proxying shared by the inbound and outbound paths: serving a
 //! detected connection ([`server`]), forwarding each request ([`forward`]),
 //! pooled upstream connections ([`client`]), header rules ([`headers`]),
-//! slow request bodies ([`body_timeout`]) and
+//! slow request bodies ([`body_timeout`]), bad ones ([`client_body`]),
+//! conflicting framing ([`smuggling`]) and
 //! byte-stream tunnels for `Upgrade` and `CONNECT` ([`tunnel`]).
 
 pub mod body_timeout;
 pub mod client;
+pub mod client_body;
 pub mod forward;
 pub mod headers;
 pub mod replay;
 pub mod server;
+pub mod smuggling;
 pub mod tunnel;
 
 use bytes::Bytes;

@@ -2,11 +2,17 @@
 //! from the configuration: request head size and field count, the time a
 //! client may take to send a request head, HTTP/2 stream concurrency.
 //! Malformed HTTP/1 gets hyper's 400 (431 for oversized heads) and the
-//! connection closed. Draining asks the connection to finish gracefully.
+//! connection closed, and so does a request with both `Content-Length` and
+//! `Transfer-Encoding` ([`super::smuggling`]). HTTP/2 connections carry the
+//! abuse limits (rapid reset, header list size, keep-alive). Draining asks
+//! the connection to finish gracefully.
 
-use super::{Proto, forward};
+use super::smuggling::{HeadScanner, Heads};
+use super::{Body, Proto, error_response, forward};
 use crate::ctx::{ConnCtx, Shared};
 use crate::io::Io;
+use http::{Request, Response};
+use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -15,12 +21,23 @@ use tracing::{debug, info};
 
 pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
     let cfg = &shared.cfg;
-    let (s, c) = (shared.clone(), conn.clone());
-    let svc = service_fn(move |req| forward::handle(s.clone(), c.clone(), req));
-    let io = TokioIo::new(io);
     let shutdown = shared.shutdown.clone();
     let res = match conn.source_proto {
         Proto::Http1 => {
+            let heads = Heads::default();
+            let io = TokioIo::new(HeadScanner::new(io, heads.clone()));
+            let (s, c) = (shared.clone(), conn.clone());
+            let svc = service_fn(move |req: Request<Incoming>| {
+                let conflict = req.headers().contains_key(http::header::TRANSFER_ENCODING)
+                    && heads.conflicting(req.method().as_str(), &req.uri().to_string());
+                let (s, c) = (s.clone(), c.clone());
+                async move {
+                    if conflict {
+                        return Ok(refuse_ambiguous_framing(&s, &c, &req));
+                    }
+                    forward::handle(s, c, req).await
+                }
+            });
             let mut b = http1::Builder::new();
             b.timer(TokioTimer::new())
                 .header_read_timeout(cfg.header_read_timeout)
@@ -34,11 +51,22 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
             }
         }
         Proto::Http2 => {
+            let (s, c) = (shared.clone(), conn.clone());
+            let svc = service_fn(move |req| forward::handle(s.clone(), c.clone(), req));
+            let io = TokioIo::new(io);
             let mut b = http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .max_header_list_size(cfg.max_header_bytes as u32)
                 .max_concurrent_streams(1000)
+                // Rapid reset (CVE-2023-44487): more than this many streams
+                // reset by the client before they were accepted closes the
+                // connection (GOAWAY ENHANCE_YOUR_CALM).
+                .max_pending_accept_reset_streams(20)
+                // Likewise for streams the proxy had to reset (malformed).
+                .max_local_error_reset_streams(Some(1024))
+                // A connection whose client stops answering PINGs is closed.
                 .keep_alive_interval(std::time::Duration::from_secs(10))
+                .keep_alive_timeout(std::time::Duration::from_secs(20))
                 .adaptive_window(true);
             let c = b.serve_connection(io, svc);
             tokio::pin!(c);
@@ -65,4 +93,26 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
         info!(direction = conn.direction.as_str(), client = %conn.client_addr, reason, "closing HTTP connection: {e}");
         shared.metrics.error(conn.direction, reason);
     }
+}
+
+/// 400 for a request carrying both `Content-Length` and
+/// `Transfer-Encoding`; the connection closes after it (its framing cannot
+/// be trusted).
+fn refuse_ambiguous_framing(
+    shared: &Shared,
+    conn: &ConnCtx,
+    req: &Request<Incoming>,
+) -> Response<Body> {
+    info!(direction = conn.direction.as_str(), client = %conn.client_addr, method = %req.method(), uri = %req.uri(),
+        "refusing a request with both Content-Length and Transfer-Encoding");
+    shared.metrics.error(conn.direction, "ambiguous_framing");
+    let mut rsp = error_response(
+        http::StatusCode::BAD_REQUEST,
+        "both content-length and transfer-encoding",
+    );
+    rsp.headers_mut().insert(
+        http::header::CONNECTION,
+        http::HeaderValue::from_static("close"),
+    );
+    rsp
 }

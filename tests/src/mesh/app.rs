@@ -31,7 +31,8 @@ pub struct HttpAnswer {
     pub version: String,
     /// Host header.
     pub host: String,
-    /// The server's peer (the inbound proxy: loopback).
+    /// The server's peer (through the mesh: its own pod's proxy, at the
+    /// pod's own address).
     pub peer: SocketAddr,
 }
 

@@ -73,7 +73,7 @@ impl Mesh {
         if !privilege::check(test) {
             return Ok(None);
         }
-        Self::up(Names::new(test), spec, &mut Steps::silent()).map(Some)
+        Self::up(Names::for_test(test), spec, &mut Steps::silent()).map(Some)
     }
 
     /// Brings the whole mesh up, one step at a time.
@@ -362,6 +362,14 @@ impl Mesh {
         self.apps
             .get(pod)
             .unwrap_or_else(|| panic!("no application in {pod}"))
+    }
+
+    /// Whether `a` came through its server pod's own proxy: the proxy
+    /// reaches the application at the pod's own address (never loopback),
+    /// so the application's peer is one of its pod's IPs.
+    pub fn via_own_proxy(&self, a: &app::HttpAnswer) -> bool {
+        let pod = self.env.pod(&a.server);
+        a.peer.ip() == IpAddr::V4(pod.ipv4) || a.peer.ip() == IpAddr::V6(pod.ipv6)
     }
 
     /// curl (HTTP/1.1) from the client pod.

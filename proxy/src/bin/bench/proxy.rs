@@ -135,6 +135,8 @@ impl Proxy {
             .arg(inbound.to_string())
             .arg("--admin-addr")
             .arg(admin.to_string())
+            .arg("--control-addr")
+            .arg(free_port()?.to_string())
             .arg("--service")
             .arg(format!("bench@{SERVICE_ADDR}={server}"))
             .arg("--log")
