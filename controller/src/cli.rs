@@ -99,16 +99,24 @@ pub struct ServeArgs {
     /// Audience required of service account tokens in Kubernetes TokenReviews.
     #[arg(long, default_value = crate::kubernetes::mesh::IDENTITY_AUDIENCE)]
     pub token_audience: String,
-    /// Serve gRPC over TLS, with a certificate for the controller's own
-    /// SPIFFE identity (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`)
-    /// signed by the issuer and renewed in memory. Proxies check it with
+    /// INSECURE: serve gRPC in plaintext instead of TLS. Proxies' service
+    /// account tokens and discovery then travel readable and forgeable on
+    /// the network, and proxies must be started with
+    /// `--controller-insecure-plaintext`. By default gRPC is served over TLS
+    /// with a certificate for the controller's own SPIFFE identity
+    /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`)
+    /// signed by the issuer and renewed in memory; proxies check it with
     /// `--controller-identity`.
-    #[arg(long)]
+    #[arg(long, env = "CONDUIT_CONTROLLER_INSECURE_PLAINTEXT_GRPC")]
+    pub insecure_plaintext_grpc: bool,
+    /// TLS on the gRPC port is the default; this flag is accepted so older
+    /// command lines keep working.
+    #[arg(long, hide = true, conflicts_with = "insecure_plaintext_grpc")]
     pub grpc_tls: bool,
-    /// The controller's namespace: its identity under --grpc-tls.
+    /// The controller's namespace: its identity on the gRPC port.
     #[arg(long, env = "CONDUIT_CONTROLLER_NAMESPACE", default_value = "conduit")]
     pub namespace: String,
-    /// The controller's service account: its identity under --grpc-tls.
+    /// The controller's service account: its identity on the gRPC port.
     #[arg(
         long,
         env = "CONDUIT_CONTROLLER_SERVICE_ACCOUNT",
@@ -224,18 +232,29 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             cluster_domain: args.cluster_domain.clone(),
             certifier,
             metrics,
-            grpc_tls: args.grpc_tls.then(|| {
-                crate::identity::spiffe_id(
-                    &args.trust_domain,
-                    &args.namespace,
-                    &args.service_account,
-                )
-            }),
+            grpc_tls: grpc_tls(&args),
         },
         policy,
     )
     .await?;
     running.serve_until(shutdown_signal()).await
+}
+
+/// The identity served on the gRPC port over TLS, or `None` (with a loud
+/// warning) under `--insecure-plaintext-grpc`.
+pub fn grpc_tls(args: &ServeArgs) -> Option<String> {
+    if args.insecure_plaintext_grpc {
+        tracing::warn!(
+            "INSECURE: --insecure-plaintext-grpc: gRPC is served in plaintext; proxies' service \
+             account tokens and discovery answers can be read and forged on the network"
+        );
+        return None;
+    }
+    Some(crate::identity::spiffe_id(
+        &args.trust_domain,
+        &args.namespace,
+        &args.service_account,
+    ))
 }
 
 /// The issuer from the flags (loaded, or generated with a warning), after

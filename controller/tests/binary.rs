@@ -1,6 +1,7 @@
-//! The real `conduit-controller` binary: flags, serving a file, Certify with
-//! a token file, the trust anchors it writes, admin endpoints, clean exit on
-//! SIGTERM, and a clear error for a bad discovery file.
+//! The real `conduit-controller` binary: flags, serving a file over TLS by
+//! default (plaintext refused), Certify with a token file, the trust anchors
+//! it writes, admin endpoints, clean exit on SIGTERM, and a clear error for
+//! a bad discovery file.
 
 mod binary_common;
 
@@ -120,9 +121,32 @@ async fn serves_discovery_and_identity_then_exits_on_sigterm() {
             .starts_with("HTTP/1.1 200")
     );
 
-    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+    // Attack: a client (or an observer) speaking plaintext gRPC to the
+    // controller. TLS is the default: plaintext gets no answer.
+    let plain = Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
         .unwrap()
         .connect_lazy();
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        conduit_controller_api::destination::v1::destination_client::DestinationClient::new(plain)
+            .get(conduit_controller_api::destination::v1::GetRequest {
+                target: "10.96.0.10:80".into(),
+            }),
+    )
+    .await
+    .expect("a plaintext call fails at once");
+    assert!(refused.is_err(), "plaintext gRPC was answered");
+
+    // Over TLS, checking the controller's identity against the anchors.
+    let anchors_pem = std::fs::read(&anchors).unwrap();
+    let channel = conduit_proxy_tls::ControlConnector::new(
+        conduit_proxy_tls::TrustAnchors::from_pem(&anchors_pem).unwrap(),
+        conduit_proxy_tls::SpiffeId::parse("spiffe://example.org/ns/conduit/sa/conduit-controller")
+            .unwrap(),
+    )
+    .unwrap()
+    .channel(&format!("127.0.0.1:{grpc}"))
+    .unwrap();
     let mut rx = watch_destination_with(channel.clone(), "10.96.0.10:80", WatchOptions::default());
     let s = tokio::time::timeout(
         Duration::from_secs(10),
@@ -202,6 +226,65 @@ async fn serves_discovery_and_identity_then_exits_on_sigterm() {
     assert!(
         log.contains("generated a throwaway issuer"),
         "the generated issuer is announced:\n{log}"
+    );
+}
+
+/// Plaintext gRPC only behind the loudly named flag, announced as insecure;
+/// the old `--grpc-tls` is accepted (TLS is the default) and contradicts it.
+#[tokio::test]
+async fn plaintext_grpc_needs_the_insecure_flag_and_is_announced() {
+    let dir = tempfile::tempdir().unwrap();
+    let discovery = dir.path().join("d.yaml");
+    std::fs::write(&discovery, "services: []\n").unwrap();
+    let (grpc, admin) = (free_port(), free_port());
+    let mut child = Proc(
+        Command::new(BIN)
+            .arg(format!("--discovery=file:{}", discovery.display()))
+            .arg(format!("--grpc-addr=127.0.0.1:{grpc}"))
+            .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+            .arg("--insecure-plaintext-grpc")
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let channel = Endpoint::from_shared(format!("http://127.0.0.1:{grpc}"))
+        .unwrap()
+        .connect_lazy();
+    let mut rx = watch_destination_with(channel, "10.96.0.10:80", WatchOptions::default());
+    tokio::time::timeout(
+        Duration::from_secs(20),
+        rx.wait_for(|s| s.exists == Some(false)),
+    )
+    .await
+    .expect("a plaintext answer under --insecure-plaintext-grpc")
+    .unwrap();
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(child.0.id()).unwrap());
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).unwrap();
+    let _ = child.0.wait();
+    let mut out = String::new();
+    use std::io::Read;
+    child
+        .0
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(
+        out.contains("INSECURE") && out.contains("plaintext"),
+        "the plaintext port is announced as insecure:\n{out}"
+    );
+
+    let out = Command::new(BIN)
+        .arg(format!("--discovery=file:{}", discovery.display()))
+        .args(["--grpc-tls", "--insecure-plaintext-grpc"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot be used with"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
     );
 }
 

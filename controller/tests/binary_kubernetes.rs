@@ -82,6 +82,9 @@ async fn serves_kubernetes_discovery_and_tokenreview_identity() {
             .arg(format!("--grpc-addr=127.0.0.1:{grpc}"))
             .arg(format!("--admin-addr=127.0.0.1:{admin}"))
             .arg(format!("--trust-domain={TD}"))
+            // This test is about the Kubernetes backend; TLS on the gRPC
+            // port (the default) is tested in binary.rs.
+            .arg("--insecure-plaintext-grpc")
             .env("KUBECONFIG", &kubeconfig)
             .env_remove("KUBERNETES_SERVICE_HOST")
             .stderr(Stdio::null())

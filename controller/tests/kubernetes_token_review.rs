@@ -78,6 +78,19 @@ async fn refuses_a_token_minted_for_another_audience() {
     }
 }
 
+/// Attack: a pod presents its ordinary API token; an authenticator that does
+/// not check audiences answers "authenticated" with an empty audience list.
+/// That is not a token for the controller: refused.
+#[tokio::test]
+async fn empty_token_review_audiences_are_refused() {
+    let (fake, v) = setup().await;
+    fake.add_token_audience_unaware("unaware-token", &service_account_user("shop", "web"));
+    match v.verify("unaware-token", "shop", "web").await {
+        Err(TokenError::Rejected(m)) => assert!(m.contains("no audience"), "{m}"),
+        other => panic!("expected Rejected, got {other:?}"),
+    }
+}
+
 #[tokio::test]
 async fn api_server_away_is_unavailable_not_a_refusal() {
     let (fake, v) = setup().await;

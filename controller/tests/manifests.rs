@@ -332,7 +332,10 @@ fn controller_flags_parse_and_match_the_service_and_the_issuer_secret() {
     );
     // The gRPC port is TLS as the controller's own identity, made from its
     // namespace and service account; injected proxies require exactly that.
-    assert!(serve.grpc_tls, "the controller's gRPC port must be TLS");
+    assert!(
+        !serve.insecure_plaintext_grpc,
+        "the controller's gRPC port must be TLS"
+    );
     let env = c.env.clone().unwrap_or_default();
     let field = |name: &str| {
         env.iter()

@@ -86,7 +86,10 @@ fn an_allowed_request_allocates_nothing() {
     // The counter does see allocations on this thread.
     let probe = allocations();
     let v = std::hint::black_box(vec![1u8; 16]);
-    assert!(allocations() > probe && v.len() == 16, "the allocator counts");
+    assert!(
+        allocations() > probe && v.len() == 16,
+        "the allocator counts"
+    );
     assert_eq!(allowed, 1000);
     assert_eq!(used, 0, "evaluation allocated {used} times");
     assert_eq!(

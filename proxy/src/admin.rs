@@ -28,11 +28,18 @@ pub struct Admin {
     /// With an identity, ready also needs a current certificate.
     pub credentials: Option<conduit_proxy_tls::Credentials>,
     pub cert_expiry: prometheus_client::metrics::gauge::Gauge<f64, std::sync::atomic::AtomicU64>,
+    /// With an agent socket, ready also needs the registration (capture on).
+    pub agent_registered: Option<Arc<AtomicBool>>,
 }
 
 impl Admin {
     fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Relaxed) && self.credentials.as_ref().is_none_or(|c| c.is_ready())
+        self.ready.load(Ordering::Relaxed)
+            && self.credentials.as_ref().is_none_or(|c| c.is_ready())
+            && self
+                .agent_registered
+                .as_ref()
+                .is_none_or(|r| r.load(Ordering::Relaxed))
     }
 
     fn update_gauges(&self) {

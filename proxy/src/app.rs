@@ -28,6 +28,10 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{debug, info, warn};
 
+/// How long a new destination waits for the controller's first answer
+/// before it counts as unanswered (refused inside the cluster networks).
+pub const DISCOVERY_ANSWER_WAIT: Duration = Duration::from_secs(3);
+
 /// Discovery that knows nothing: every destination is forwarded unchanged.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct NoDiscovery;
@@ -71,7 +75,7 @@ impl Deps {
             None => (Arc::new(tcp), Arc::new(PlainAcceptor)),
         };
         let discover: Arc<dyn Discover> = if let Some(channel) = controller.clone() {
-            Arc::new(ControllerDiscovery::new(channel, Duration::from_secs(3)))
+            Arc::new(ControllerDiscovery::new(channel, DISCOVERY_ANSWER_WAIT))
         } else if cfg.services.is_empty() && cfg.discovery_file.is_none() {
             Arc::new(NoDiscovery)
         } else {
@@ -259,8 +263,16 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         );
     }
     let shutdown = CancellationToken::new();
-    let client = Client::new(
+    // Every upstream connection goes through the guard: refused when it
+    // would reach a meshed peer without mTLS, counted when plaintext.
+    let connector: Arc<dyn Connector> = Arc::new(crate::transport::guard::Guarded::new(
         deps.connector,
+        deps.credentials.is_some(),
+        metrics.outbound_plaintext.clone(),
+        metrics.outbound_refused.clone(),
+    ));
+    let client = Client::new(
+        connector,
         ClientSettings {
             idle_timeout: cfg.pool_idle_timeout,
             max_idle_per_upstream: 64,
@@ -301,6 +313,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         shutdown: shutdown.clone(),
         credentials: deps.credentials.clone(),
         cert_expiry: metrics.cert_expiry.clone(),
+        agent_registered: registration.as_ref().map(|r| r.registered.clone()),
     });
     let shared = Arc::new(Shared {
         cfg,
@@ -390,7 +403,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         }
         sweeper.abort();
         if let Some(r) = registration {
-            r.abort();
+            r.task.abort();
         }
         admin_stop.cancel();
     });

@@ -1,6 +1,6 @@
 //! Command-line flags and `CONDUIT_PROXY_*` environment variables.
 
-use crate::discovery::ServiceFlag;
+use crate::discovery::{ClusterNetworks, DEFAULT_CLUSTER_NETWORKS, ServiceFlag};
 use clap::Parser;
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -205,10 +205,28 @@ pub struct Config {
 
     /// The controller's SPIFFE identity: reach `--controller-addr` over TLS
     /// and require the controller to present this identity, chained to the
-    /// trust anchors (the controller runs with `--grpc-tls`). Without it the
-    /// controller is reached in plaintext.
+    /// trust anchors. Required with `--controller-addr` unless
+    /// `--controller-insecure-plaintext` is given.
     #[arg(long, env = "CONDUIT_PROXY_CONTROLLER_IDENTITY")]
     pub controller_identity: Option<String>,
+
+    /// INSECURE: reach the controller in plaintext (no `--controller-identity`):
+    /// discovery answers can be forged and, with an identity, the service
+    /// account token travels readable on the network. For a controller
+    /// started with `--insecure-plaintext-grpc`, on a trusted network only.
+    #[arg(long, env = "CONDUIT_PROXY_CONTROLLER_INSECURE_PLAINTEXT")]
+    pub controller_insecure_plaintext: bool,
+
+    /// The cluster's pod and service networks (comma-separated CIDRs). A
+    /// destination inside them that the controller has not answered about
+    /// (controller away or blocked) is refused, never sent in plaintext;
+    /// only destinations outside them go out unchanged then. Empty: none.
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_CLUSTER_NETWORKS",
+        default_value = DEFAULT_CLUSTER_NETWORKS
+    )]
+    pub cluster_networks: ClusterNetworks,
 
     /// This proxy's identity, `spiffe://<trust-domain>/ns/<ns>/sa/<sa>`. With
     /// an identity the proxy speaks mTLS to meshed peers and requires it on
@@ -343,6 +361,8 @@ mod tests {
             ]
         );
         assert_eq!(c.admin_addr, "0.0.0.0:4191".parse().unwrap());
+        assert_eq!(c.cluster_networks, ClusterNetworks::default());
+        assert!(!c.controller_insecure_plaintext);
         assert_eq!(c.control_addr, "127.0.0.1:4190".parse().unwrap());
         assert!(c.inbound_loopback_ports.is_empty());
         assert_eq!(

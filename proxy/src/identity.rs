@@ -3,7 +3,9 @@
 //! resulting [`Credentials`] feed the TLS connector and acceptor
 //! (`transport::tls`), readiness, and the certificate expiry gauge. Also the
 //! one channel to the controller that discovery and `Certify` share: TLS
-//! checked against `--controller-identity`, or plaintext without it.
+//! checked against `--controller-identity`; plaintext only with the explicit
+//! `--controller-insecure-plaintext` (the token would travel readable, and
+//! discovery answers could be forged).
 
 use crate::config::Config;
 use anyhow::{Context as _, anyhow, bail};
@@ -20,8 +22,22 @@ pub fn controller_channel(cfg: &Config) -> anyhow::Result<Option<Channel>> {
         return Ok(None);
     };
     let Some(id) = &cfg.controller_identity else {
+        if !cfg.controller_insecure_plaintext {
+            bail!(
+                "--controller-addr {addr} needs --controller-identity (the controller's SPIFFE ID, checked over TLS); \
+                 refusing to send discovery requests{} to the controller in plaintext. \
+                 Only for a controller started with --insecure-plaintext-grpc on a trusted network: --controller-insecure-plaintext",
+                if spiffe_id(cfg)?.is_some() {
+                    " and the service account token"
+                } else {
+                    ""
+                }
+            );
+        }
         if spiffe_id(cfg)?.is_some() {
-            warn!(controller = %addr, "no --controller-identity: the service account token and discovery travel in plaintext to the controller");
+            warn!(controller = %addr, "INSECURE (--controller-insecure-plaintext): the service account token and discovery travel in plaintext to the controller");
+        } else {
+            warn!(controller = %addr, "INSECURE (--controller-insecure-plaintext): discovery travels in plaintext to the controller and can be forged");
         }
         let channel = tonic::transport::Endpoint::from_shared(format!("http://{addr}"))
             .with_context(|| format!("bad --controller-addr {addr:?}"))?
@@ -29,6 +45,9 @@ pub fn controller_channel(cfg: &Config) -> anyhow::Result<Option<Channel>> {
             .connect_lazy();
         return Ok(Some(channel));
     };
+    if cfg.controller_insecure_plaintext {
+        bail!("--controller-insecure-plaintext contradicts --controller-identity: choose one");
+    }
     let id = SpiffeId::parse(id).with_context(|| format!("bad --controller-identity {id:?}"))?;
     let anchors = trust_anchors(cfg)?.ok_or_else(|| {
         anyhow!("--controller-identity {id} needs trust anchors: --identity-trust-anchors or CONDUIT_PROXY_TRUST_ANCHORS_PEM")

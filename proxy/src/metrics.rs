@@ -69,6 +69,13 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// `reason` of `conduit_outbound_plaintext_total` and
+/// `conduit_outbound_refused_total` (see `transport::intent`).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhyLabels {
+    pub reason: &'static str,
+}
+
 type HistFamily = Family<LatencyLabels, Histogram, fn() -> Histogram>;
 
 fn latency_histogram() -> Histogram {
@@ -94,6 +101,10 @@ pub struct Metrics {
     pub detect: Family<DetectLabels, Counter>,
     pub refused: Family<ReasonLabels, Counter>,
     pub errors: Family<ReasonLabels, Counter>,
+    /// Connections that left the pod without mTLS, by reason.
+    pub outbound_plaintext: Family<WhyLabels, Counter>,
+    /// Outbound connections refused rather than sent without mTLS.
+    pub outbound_refused: Family<WhyLabels, Counter>,
     pub dst_labels: std::sync::Arc<DstLabels>,
     pub identity_labels: std::sync::Arc<DstLabels>,
     /// Unix time at which the current certificate expires (0 without one).
@@ -121,6 +132,8 @@ impl Metrics {
             detect: Family::default(),
             refused: Family::default(),
             errors: Family::default(),
+            outbound_plaintext: Family::default(),
+            outbound_refused: Family::default(),
             dst_labels: std::sync::Arc::new(DstLabels::new(max_dst_labels)),
             identity_labels: std::sync::Arc::new(DstLabels::new(max_dst_labels)),
             cert_expiry: Gauge::default(),
@@ -174,6 +187,16 @@ impl Metrics {
             m.refused.clone(),
         );
         r.register("errors", "Errors by direction and reason", m.errors.clone());
+        r.register(
+            "outbound_plaintext",
+            "Upstream connections made without mTLS, by reason",
+            m.outbound_plaintext.clone(),
+        );
+        r.register(
+            "outbound_refused",
+            "Upstream connections refused rather than made without mTLS, by reason",
+            m.outbound_refused.clone(),
+        );
         registry.register(
             "identity_cert_expiration_timestamp_seconds",
             "Unix time when the proxy's certificate expires (0: no certificate)",

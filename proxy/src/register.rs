@@ -2,8 +2,10 @@
 //! `--agent-socket` is set: the agent starts eBPF capture for the pod once
 //! the proxy is listening, and stops it when the proxy goes away. The
 //! registration is kept alive (re-registering after an agent restart); its
-//! state is the `conduit_agent_registered` gauge. Without a socket the proxy
-//! works on its own (behind iptables, or as an explicit proxy).
+//! state is the `conduit_agent_registered` gauge and, with a socket, part of
+//! `/ready` (a pod whose traffic is not captured is not ready). Without a
+//! socket the proxy works on its own (behind iptables, or as an explicit
+//! proxy).
 
 use crate::config::Config;
 use anyhow::Context as _;
@@ -11,6 +13,8 @@ use conduit_register::PodInfo;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use tokio::net::TcpListener;
 use tracing::info;
 
@@ -32,6 +36,13 @@ pub fn pod_info(cfg: &Config, ports: &BoundPorts) -> PodInfo {
     pod
 }
 
+/// A running registration.
+pub struct Registration {
+    pub task: tokio::task::JoinHandle<()>,
+    /// True while the agent holds the registration (capture on).
+    pub registered: Arc<AtomicBool>,
+}
+
 /// Starts the registration task when an agent socket is configured.
 pub fn start(
     cfg: &Config,
@@ -39,7 +50,7 @@ pub fn start(
     outbound_port: u16,
     admin_port: u16,
     registry: &mut Registry,
-) -> anyhow::Result<Option<tokio::task::JoinHandle<()>>> {
+) -> anyhow::Result<Option<Registration>> {
     let gauge = Gauge::<i64>::default();
     registry.register(
         "conduit_agent_registered",
@@ -65,12 +76,11 @@ pub fn start(
     pod.validate()
         .map_err(|e| anyhow::anyhow!("pod info for the agent: {e}"))?;
     info!(socket = %socket.display(), pod = %pod.name, namespace = %pod.namespace, "registering with the node agent");
-    Ok(Some(conduit_register::maintain(
-        socket,
-        pod,
-        fd,
-        move |on| {
-            gauge.set(on as i64);
-        },
-    )))
+    let registered = Arc::new(AtomicBool::new(false));
+    let flag = registered.clone();
+    let task = conduit_register::maintain(socket, pod, fd, move |on| {
+        gauge.set(on as i64);
+        flag.store(on, Ordering::Relaxed);
+    });
+    Ok(Some(Registration { task, registered }))
 }

@@ -7,7 +7,7 @@
 
 use crate::balance::Balancer;
 use crate::discovery::Endpoint;
-use crate::transport::ConnectTarget;
+use crate::transport::{ConnectTarget, NoTls};
 use std::net::SocketAddr;
 
 pub struct Route {
@@ -17,8 +17,9 @@ pub struct Route {
 }
 
 pub enum RouteTarget {
-    /// One address, no balancing: an unknown destination or the local app.
-    Direct(SocketAddr),
+    /// One address, no balancing, plaintext for the reason given: an
+    /// unresolved destination allowed out unchanged, or the local app.
+    Direct(SocketAddr, NoTls),
     /// A discovered destination.
     Balanced(Balancer),
 }
@@ -32,9 +33,9 @@ pub struct Picked {
 }
 
 impl Picked {
-    pub fn direct(addr: SocketAddr) -> Self {
+    pub fn direct(addr: SocketAddr, why: NoTls) -> Self {
         Picked {
-            target: ConnectTarget::plain(addr),
+            target: ConnectTarget::plain(addr, why),
             mesh_port: None,
         }
     }
@@ -44,12 +45,11 @@ impl Route {
     pub fn inbound(orig_dst: SocketAddr, app: SocketAddr) -> Self {
         Route {
             orig_dst,
-            target: RouteTarget::Direct(app),
+            target: RouteTarget::Direct(app, NoTls::LocalApplication),
         }
     }
 
-    pub fn outbound(orig_dst: SocketAddr, balancer: Option<Balancer>) -> Self {
-        let target = balancer.map_or(RouteTarget::Direct(orig_dst), RouteTarget::Balanced);
+    pub fn outbound(orig_dst: SocketAddr, target: RouteTarget) -> Self {
         Route { orig_dst, target }
     }
 
@@ -58,19 +58,20 @@ impl Route {
     pub fn dst_name(&self) -> String {
         match &self.target {
             RouteTarget::Balanced(b) => b.name().to_string(),
-            RouteTarget::Direct(addr) => addr.to_string(),
+            RouteTarget::Direct(addr, _) => addr.to_string(),
         }
     }
 }
 
-/// How to reach one endpoint: straight to it, or through its proxy.
+/// How to reach one endpoint: straight to it (it runs no proxy), or
+/// through its proxy (meshed: mTLS, see `transport::intent`).
 pub fn picked_for(ep: &Endpoint) -> Picked {
     match ep.meshed_inbound_port {
         Some(port) => Picked {
             target: ConnectTarget::meshed(SocketAddr::new(ep.addr.ip(), port), ep.identity.clone()),
             mesh_port: Some(ep.addr.port()),
         },
-        None => Picked::direct(ep.addr),
+        None => Picked::direct(ep.addr, NoTls::EndpointNotMeshed),
     }
 }
 
@@ -83,6 +84,7 @@ mod tests {
         let mut ep = Endpoint::plain("10.0.0.2:8080".parse().unwrap());
         assert_eq!(picked_for(&ep).target.addr, ep.addr);
         assert_eq!(picked_for(&ep).mesh_port, None);
+        assert!(!picked_for(&ep).target.is_meshed());
         ep.meshed_inbound_port = Some(4143);
         ep.identity = Some("spiffe://td/ns/a/sa/b".into());
         let p = picked_for(&ep);

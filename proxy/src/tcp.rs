@@ -64,7 +64,7 @@ pub async fn forward(shared: &Arc<Shared>, conn: &ConnCtx, mut client: impl Io) 
         }
     };
     let opened = match &conn.route.target {
-        RouteTarget::Direct(addr) => open(Picked::direct(*addr))
+        RouteTarget::Direct(addr, why) => open(Picked::direct(*addr, *why))
             .await
             .map(|c| (c, None))
             .map_err(|e| e.to_string()),

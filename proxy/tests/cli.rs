@@ -90,6 +90,40 @@ fn bad_flags_are_refused_clearly() {
     );
 }
 
+/// Attack: an observer on the network reads the service account token (and
+/// forges discovery) when the proxy talks to its controller in plaintext.
+/// Without `--controller-identity` the proxy refuses to start, unless the
+/// operator explicitly chose `--controller-insecure-plaintext`.
+#[test]
+fn proxy_refuses_to_send_its_token_in_plaintext() {
+    let token = tempfile::NamedTempFile::new().unwrap();
+    let base = [
+        "--controller-addr=127.0.0.1:9",
+        "--admin-addr=127.0.0.1:0",
+        "--outbound-addrs=127.0.0.1:0",
+        "--inbound-addrs=127.0.0.1:0",
+        "--identity=spiffe://cluster.local/ns/default/sa/web",
+    ];
+    let token_flag = format!("--identity-token-file={}", token.path().display());
+    let mut args: Vec<&str> = base.to_vec();
+    args.push(&token_flag);
+    let err = refused(&args);
+    assert!(
+        err.contains("needs --controller-identity") && err.contains("service account token"),
+        "{err}"
+    );
+    // Discovery alone is refused in plaintext too.
+    let err = refused(&base[..4]);
+    assert!(err.contains("needs --controller-identity"), "{err}");
+    // Both at once: a contradiction.
+    let err = refused(&[
+        "--controller-addr=127.0.0.1:9",
+        "--controller-identity=spiffe://cluster.local/ns/conduit/sa/conduit-controller",
+        "--controller-insecure-plaintext",
+    ]);
+    assert!(err.contains("contradicts"), "{err}");
+}
+
 #[test]
 fn runs_from_env_and_drains_on_sigterm() {
     let mut child = Command::new(BIN)

@@ -1,7 +1,7 @@
 //! `ControllerDiscovery` against a real conduit-controller (file backend,
 //! gRPC on loopback): endpoints and identities arrive, follow file edits,
-//! unknown targets forward unchanged, and an unreachable controller does
-//! not stop traffic.
+//! unknown targets forward unchanged, and a target an unreachable
+//! controller never answered about is reported as unanswered.
 
 use conduit_controller::file::{FileBackend, Settings};
 use conduit_controller::identity::{Certifier, Issuer, TokenFileVerifier};
@@ -128,7 +128,7 @@ async fn follows_the_real_controller() {
 }
 
 #[tokio::test]
-async fn unreachable_controller_falls_back_to_the_original_address() {
+async fn unreachable_controller_leaves_new_targets_unanswered() {
     // Nothing listens there.
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
@@ -143,8 +143,13 @@ async fn unreachable_controller_falls_back_to_the_original_address() {
         matches!(d.resolve(svc), Resolution::Known(_)),
         "pending at first"
     );
-    wait_until("the fallback applies", || {
-        matches!(d.resolve(svc), Resolution::Unknown)
+    // Not "unknown" (that would send it unchanged, in plaintext): the
+    // outbound path decides by the cluster networks.
+    wait_until("the target is unanswered", || {
+        matches!(d.resolve(svc), Resolution::Unanswered)
     })
     .await;
+    // The controller is now known to be away: a new target does not wait.
+    let other: SocketAddr = "10.96.0.11:80".parse().unwrap();
+    assert!(matches!(d.resolve(other), Resolution::Unanswered));
 }

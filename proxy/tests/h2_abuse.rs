@@ -16,6 +16,7 @@ use tokio::net::TcpStream;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rapid_reset_is_cut_off_and_others_are_served() {
+    let _serial = h2_raw::one_at_a_time().await;
     let app = apps::http_server().await;
     let mut proxy = Proxy::start(app);
     let watch = Watch::start(&proxy).await;
@@ -59,6 +60,7 @@ async fn rapid_reset_is_cut_off_and_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn continuation_flood_is_cut_off_and_others_are_served() {
+    let _serial = h2_raw::one_at_a_time().await;
     let app = apps::http_server().await;
     let mut proxy = Proxy::start(app);
     let watch = Watch::start(&proxy).await;
@@ -88,6 +90,7 @@ async fn continuation_flood_is_cut_off_and_others_are_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn settings_and_ping_floods_leave_others_served_with_bounded_memory() {
+    let _serial = h2_raw::one_at_a_time().await;
     let app = apps::http_server().await;
     let mut proxy = Proxy::start(app);
     let watch = Watch::start(&proxy).await;
@@ -117,6 +120,7 @@ async fn settings_and_ping_floods_leave_others_served_with_bounded_memory() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_idle_connections_leave_others_served_with_bounded_memory() {
+    let _serial = h2_raw::one_at_a_time().await;
     let app = apps::http_server().await;
     let mut proxy = Proxy::start(app);
     let watch = Watch::start(&proxy).await;

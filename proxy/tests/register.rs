@@ -6,7 +6,7 @@ mod support;
 
 use conduit_register::Enrolled;
 use conduit_register::wire::{Response, read_frame, recv_request, write_frame};
-use support::{metrics, sample};
+use support::{get_text, metrics, sample};
 use tokio::net::UnixListener;
 
 #[tokio::test]
@@ -80,4 +80,43 @@ async fn registers_hands_over_the_inbound_listener_and_re_registers() {
         0.0
     );
     let _: Option<Response> = read_frame(&mut again).await.unwrap_or(None);
+}
+
+/// Attack surface: a proxy reporting ready while its pod's traffic is not
+/// captured would let the pod serve and send unmeshed. With an agent socket,
+/// `/ready` is 503 until the agent enrolled the pod, and again when the
+/// registration is lost.
+#[tokio::test]
+async fn ready_is_503_until_registered_with_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let agent = UnixListener::bind(&sock).unwrap();
+    let app = support::apps::http_server().await;
+    let proxy = support::plain_outbound(app, |c| {
+        c.agent_socket = Some(sock.clone());
+    })
+    .await;
+    let (mut conn, _) = agent.accept().await.unwrap();
+    let _ = recv_request(&mut conn).await.unwrap();
+    let (code, body) = get_text(proxy.admin_addr, "/ready").await;
+    assert_eq!(code, 503, "ready before the agent answered: {body}");
+
+    let enrolled = Enrolled {
+        netns_cookie: 7,
+        pod_ips: vec![],
+        proxy_uid: 0,
+    };
+    write_frame(&mut conn, &Response::Enrolled(enrolled))
+        .await
+        .unwrap();
+    support::eventually("ready once registered", || async {
+        get_text(proxy.admin_addr, "/ready").await.0 == 200
+    })
+    .await;
+
+    drop(conn);
+    support::eventually("not ready once the registration is lost", || async {
+        get_text(proxy.admin_addr, "/ready").await.0 == 503
+    })
+    .await;
 }

@@ -132,6 +132,9 @@ impl Controller {
             .arg(format!("--discovery=file:{}", discovery.display()))
             .arg(format!("--grpc-addr=127.0.0.1:{grpc}"))
             .arg(format!("--admin-addr=127.0.0.1:{admin}"))
+            // The benchmark's watchers speak plaintext on loopback: it
+            // measures discovery propagation, not TLS.
+            .arg("--insecure-plaintext-grpc")
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?)
             .spawn()

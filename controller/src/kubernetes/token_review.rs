@@ -25,6 +25,23 @@ impl std::fmt::Debug for TokenReviewVerifier {
     }
 }
 
+/// Checks a TokenReview answer's `status.audiences` against the audience we
+/// asked for. By the TokenReview API an empty (or absent) list means the
+/// token is valid for the API server's own audience, i.e. the authenticator
+/// did not confirm ours: the pod's ordinary API token would pass. Refused.
+pub fn audiences_confirm(audiences: Option<&[String]>, wanted: &str) -> Result<(), TokenError> {
+    match audiences {
+        None | Some([]) => Err(TokenError::Rejected(format!(
+            "TokenReview confirmed no audience (the authenticator does not check audiences, or \
+             the token is for the API server): a token for {wanted:?} is required"
+        ))),
+        Some(auds) if !auds.iter().any(|a| a == wanted) => Err(TokenError::Rejected(format!(
+            "token is valid for audiences {auds:?}, not {wanted:?}"
+        ))),
+        Some(_) => Ok(()),
+    }
+}
+
 /// The user name Kubernetes gives a service account.
 pub fn service_account_user(namespace: &str, service_account: &str) -> String {
     format!("system:serviceaccount:{namespace}:{service_account}")
@@ -68,16 +85,7 @@ impl TokenVerifier for TokenReviewVerifier {
                 .unwrap_or_else(|| "not authenticated".into());
             return Err(TokenError::Rejected(format!("TokenReview: {why}")));
         }
-        // An authenticator that ignores audiences answers without them; one
-        // that checks them must have confirmed ours.
-        if let Some(auds) = status.audiences.filter(|a| !a.is_empty())
-            && !auds.contains(&self.audience)
-        {
-            return Err(TokenError::Rejected(format!(
-                "token is valid for audiences {auds:?}, not {:?}",
-                self.audience
-            )));
-        }
+        audiences_confirm(status.audiences.as_deref(), &self.audience)?;
         let user = status.user.and_then(|u| u.username).unwrap_or_default();
         let wanted = service_account_user(namespace, service_account);
         if user != wanted {
@@ -90,5 +98,30 @@ impl TokenVerifier for TokenReviewVerifier {
             });
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audiences_must_name_ours() {
+        let ours = "conduit.io/identity";
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let table: [(Option<Vec<String>>, bool); 5] = [
+            (Some(v(&[ours])), true),
+            (Some(v(&["api", ours])), true),
+            (Some(v(&["https://kubernetes.default.svc"])), false),
+            (Some(vec![]), false),
+            (None, false),
+        ];
+        for (auds, ok) in table {
+            let r = audiences_confirm(auds.as_deref(), ours);
+            assert_eq!(r.is_ok(), ok, "{auds:?}: {r:?}");
+            if let Err(e) = r {
+                assert!(matches!(e, TokenError::Rejected(_)), "{e:?}");
+            }
+        }
     }
 }

@@ -13,6 +13,26 @@ pub const DEFAULT_CAPACITY: usize = 10_000;
 /// Default time after which an unused balancer is forgotten.
 pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// What [`Balancers::lookup`] found for an original destination.
+#[derive(Clone)]
+pub enum Lookup {
+    /// A discovered destination: its shared balancer.
+    Balanced(Balancer),
+    /// Discovery answered: not a mesh destination.
+    Unknown,
+    /// Discovery could not answer (see [`Resolution::Unanswered`]).
+    Unanswered,
+}
+
+impl Lookup {
+    pub fn balancer(self) -> Option<Balancer> {
+        match self {
+            Lookup::Balanced(b) => Some(b),
+            Lookup::Unknown | Lookup::Unanswered => None,
+        }
+    }
+}
+
 /// Resolves original destinations through discovery and hands out the
 /// destination's shared [`Balancer`].
 pub struct Balancers {
@@ -61,8 +81,13 @@ impl Balancers {
     }
 
     /// The balancer for an original destination, or `None` when discovery
-    /// does not know it (forward the connection unchanged to `orig_dst`).
+    /// did not resolve it (see [`lookup`](Self::lookup) for why).
     pub fn get(&self, orig_dst: SocketAddr) -> Option<Balancer> {
+        self.lookup(orig_dst).balancer()
+    }
+
+    /// The balancer for an original destination, or why there is none.
+    pub fn lookup(&self, orig_dst: SocketAddr) -> Lookup {
         let resolution = self.discover.resolve(orig_dst);
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
@@ -75,7 +100,11 @@ impl Balancers {
         let rx = match resolution {
             Resolution::Unknown => {
                 cache.entries.remove(&orig_dst);
-                return None;
+                return Lookup::Unknown;
+            }
+            Resolution::Unanswered => {
+                cache.entries.remove(&orig_dst);
+                return Lookup::Unanswered;
             }
             Resolution::Known(rx) => rx,
         };
@@ -83,7 +112,7 @@ impl Balancers {
             && b.follows(&rx)
         {
             *used = now;
-            return Some(b.clone());
+            return Lookup::Balanced(b.clone());
         }
         let balancer = Balancer::new(rx, self.config.clone());
         if cache.entries.len() >= self.capacity && !cache.entries.contains_key(&orig_dst) {
@@ -92,7 +121,7 @@ impl Balancers {
         if cache.entries.len() < self.capacity || cache.entries.contains_key(&orig_dst) {
             cache.entries.insert(orig_dst, (balancer.clone(), now));
         }
-        Some(balancer)
+        Lookup::Balanced(balancer)
     }
 
     /// Per cached destination: its name, endpoints in rotation, and

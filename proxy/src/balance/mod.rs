@@ -87,7 +87,7 @@ mod pick;
 pub use accrual::{AccrualConfig, Health};
 pub use balancer::{Balancer, EndpointSnapshot};
 pub use budget::{BudgetConfig, RetryBudget};
-pub use cache::{Balancers, DEFAULT_CAPACITY, DEFAULT_IDLE_TIMEOUT};
+pub use cache::{Balancers, DEFAULT_CAPACITY, DEFAULT_IDLE_TIMEOUT, Lookup};
 pub use call::{Attempt, CallError, ConnectError, RequestPolicy, is_idempotent, with_timeout};
 pub use gauges::EndpointGauges;
 pub use pick::Pick;

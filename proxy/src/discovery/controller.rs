@@ -7,10 +7,14 @@
 //!   [`Resolution::Unknown`] (forward unchanged).
 //! * Before the first answer the destination has no endpoints, so the
 //!   balancer waits (bounded by `BalanceConfig::endpoint_wait`). If the
-//!   controller has not answered about a target within `fallback_after`
-//!   and the stream is down, connections go to the original address
-//!   unchanged rather than fail: the proxy keeps working without its
-//!   controller. Targets it did answer about keep their last endpoints.
+//!   controller has not answered about a target within `answer_wait`
+//!   and the stream is down, the target resolves to
+//!   [`Resolution::Unanswered`]: the outbound path refuses it when it is
+//!   inside the cluster's networks (it may be a meshed pod, and plaintext
+//!   would be a downgrade) and sends it unchanged otherwise. Targets it did
+//!   answer about keep their last endpoints, so known traffic survives the
+//!   controller going away. Once one target has waited in vain and no
+//!   stream is up, new targets are unanswered at once.
 //! * Streams are bounded: at most `capacity` destinations are followed
 //!   (below the controller's 4096 streams per connection), and one not
 //!   resolved for `idle_timeout` is forgotten, which ends its stream once
@@ -34,7 +38,7 @@ pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 pub struct ControllerDiscovery {
     channel: Channel,
     options: WatchOptions,
-    fallback_after: Duration,
+    answer_wait: Duration,
     capacity: usize,
     idle_timeout: Duration,
     cache: Mutex<IdleMap<Cached>>,
@@ -50,7 +54,7 @@ struct Cached {
 impl std::fmt::Debug for ControllerDiscovery {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("ControllerDiscovery")
-            .field("fallback_after", &self.fallback_after)
+            .field("answer_wait", &self.answer_wait)
             .field("capacity", &self.capacity)
             .field("idle_timeout", &self.idle_timeout)
             .finish()
@@ -63,11 +67,11 @@ impl ControllerDiscovery {
     /// starts even when the controller is away).
     /// This keeps its own cache of watches (rather than sharing a
     /// `DestinationResolver`), so forgetting a destination ends its stream.
-    pub fn new(channel: Channel, fallback_after: Duration) -> Self {
+    pub fn new(channel: Channel, answer_wait: Duration) -> Self {
         ControllerDiscovery {
             channel,
             options: WatchOptions::default(),
-            fallback_after,
+            answer_wait,
             capacity: DEFAULT_CAPACITY,
             idle_timeout: DEFAULT_IDLE_TIMEOUT,
             cache: Mutex::new(IdleMap::new()),
@@ -140,17 +144,39 @@ impl ControllerDiscovery {
         cache.entries.insert(orig_dst, entry);
         (now, state, mapped)
     }
+
+    /// Whether the controller is known to be away: no followed destination
+    /// is connected, and one has waited `answer_wait` in vain. Then a new
+    /// destination need not wait its own `answer_wait` to count as
+    /// unanswered (outside the cluster networks it goes out at once).
+    fn controller_away(&self) -> bool {
+        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut waited = false;
+        for c in cache.entries.values() {
+            if c.state.borrow().connected {
+                return false;
+            }
+            waited |= c.created.elapsed() >= self.answer_wait;
+        }
+        waited
+    }
 }
 
 impl Discover for ControllerDiscovery {
     fn resolve(&self, orig_dst: SocketAddr) -> Resolution {
         let (created, state, mapped) = self.watch(orig_dst);
-        let s = state.borrow();
-        match s.exists {
+        // Copied out: `controller_away` borrows every state, this one too.
+        let (exists, connected) = {
+            let s = state.borrow();
+            (s.exists, s.connected)
+        };
+        match exists {
             Some(false) => Resolution::Unknown,
-            None if !s.connected && created.elapsed() >= self.fallback_after => {
-                tracing::debug!(%orig_dst, "controller has not answered; forwarding unchanged");
-                Resolution::Unknown
+            None if !connected
+                && (created.elapsed() >= self.answer_wait || self.controller_away()) =>
+            {
+                tracing::debug!(%orig_dst, "controller has not answered about this destination");
+                Resolution::Unanswered
             }
             _ => Resolution::Known(mapped),
         }

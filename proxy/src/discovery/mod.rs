@@ -4,10 +4,12 @@
 
 pub mod config;
 mod controller;
+pub mod networks;
 mod static_backend;
 
 pub use config::{ConfigError, ServiceConfig, ServiceFlag};
 pub use controller::ControllerDiscovery;
+pub use networks::{ClusterNetworks, DEFAULT_CLUSTER_NETWORKS};
 pub use static_backend::{MAX_FILE_BYTES, StaticDiscovery, StaticError};
 
 use std::collections::BTreeMap;
@@ -52,10 +54,16 @@ pub struct Destination {
 /// What discovery knows about an original destination.
 #[derive(Debug, Clone)]
 pub enum Resolution {
-    /// Not a known service: forward unchanged to the original address.
+    /// Discovery answered that this is not a mesh destination: forward
+    /// unchanged to the original address.
     Unknown,
     /// A known destination; the receiver always holds its latest state.
     Known(watch::Receiver<Destination>),
+    /// Discovery could not answer (the controller has not answered about
+    /// it in time and its stream is down). It may be a meshed pod: inside
+    /// the cluster's networks the connection is refused, outside them it
+    /// goes out unchanged (see `transport::intent`).
+    Unanswered,
 }
 
 /// Resolves original destinations. Implementations must be cheap to call per

@@ -225,7 +225,7 @@ mod tests {
     fn known(d: &StaticDiscovery, a: &str) -> watch::Receiver<Destination> {
         match d.resolve(a.parse().unwrap()) {
             Resolution::Known(rx) => rx,
-            Resolution::Unknown => panic!("{a} unknown"),
+            other => panic!("{a}: {other:?}"),
         }
     }
 

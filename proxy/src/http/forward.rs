@@ -165,8 +165,8 @@ async fn forward(
         return forward_upgrade(shared, conn, req, client_upgrade).await;
     }
     let balancer = match &conn.route.target {
-        RouteTarget::Direct(addr) => {
-            return send(shared, conn, Picked::direct(*addr), req, orig_h1).await;
+        RouteTarget::Direct(addr, why) => {
+            return send(shared, conn, Picked::direct(*addr, *why), req, orig_h1).await;
         }
         RouteTarget::Balanced(b) => b,
     };
@@ -253,10 +253,10 @@ async fn send(
 struct PeerIdentity(String);
 
 fn verified_identity(shared: &Shared, target: &crate::transport::ConnectTarget) -> Option<String> {
-    match &target.meshed_identity {
-        Some(Some(id)) if shared.mtls => Some(id.clone()),
-        _ => None,
-    }
+    target
+        .peer_identity()
+        .filter(|_| shared.mtls)
+        .map(str::to_owned)
 }
 
 /// `Upgrade` and `CONNECT`: a connection of its own (it turns into a byte
@@ -268,7 +268,7 @@ async fn forward_upgrade(
     client_upgrade: hyper::upgrade::OnUpgrade,
 ) -> Result<Response<Body>, ForwardError> {
     let (picked, pick) = match &conn.route.target {
-        RouteTarget::Direct(addr) => (Picked::direct(*addr), None),
+        RouteTarget::Direct(addr, why) => (Picked::direct(*addr, *why), None),
         RouteTarget::Balanced(b) => {
             let pick = b.pick().ok_or_else(|| CallError::NoEndpoints(b.name()))?;
             (picked_for(pick.endpoint()), Some(pick))

@@ -1,20 +1,21 @@
 //! The outbound connection seam.
 
 use super::MeshProto;
+use super::intent::{NoTls, Peer};
 use crate::io::BoxIo;
 use futures::future::BoxFuture;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Where to connect, and (for a meshed peer) whom we expect to find there.
+/// Where to connect, and what discovery says is there: a meshed peer (and
+/// whom we expect to find), or an application reached in plaintext and why.
+/// The proxy's connector turns this into mTLS or plaintext, or refuses, with
+/// [`intent::for_peer`](super::intent::for_peer).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConnectTarget {
     pub addr: SocketAddr,
-    /// Set when the endpoint runs a conduit proxy: the peer's identity as
-    /// discovery gave it (`None` when discovery did not name one). A TLS
-    /// connector verifies the server against it; plaintext ignores it.
-    pub meshed_identity: Option<Option<String>>,
+    pub peer: Peer,
     /// What the connection will carry towards a peer proxy (set by
     /// [`open`](super::open) from the transport header); a TLS connector
     /// offers it as ALPN.
@@ -22,28 +23,38 @@ pub struct ConnectTarget {
 }
 
 impl ConnectTarget {
-    pub fn plain(addr: SocketAddr) -> Self {
+    /// An application, reached in plaintext for reason `why`.
+    pub fn plain(addr: SocketAddr, why: NoTls) -> Self {
         Self {
             addr,
-            meshed_identity: None,
+            peer: Peer::Plain(why),
             proto: None,
         }
     }
+    /// A peer proxy with the identity discovery named (if any).
     pub fn meshed(addr: SocketAddr, identity: Option<String>) -> Self {
         Self {
             addr,
-            meshed_identity: Some(identity),
+            peer: Peer::Meshed { identity },
             proto: None,
         }
     }
     pub fn is_meshed(&self) -> bool {
-        self.meshed_identity.is_some()
+        matches!(self.peer, Peer::Meshed { .. })
+    }
+    /// The identity a meshed peer must prove, when discovery named one.
+    pub fn peer_identity(&self) -> Option<&str> {
+        match &self.peer {
+            Peer::Meshed { identity } => identity.as_deref(),
+            Peer::Plain(_) => None,
+        }
     }
 }
 
 /// Opens connections to upstreams (application servers and peer proxies).
-/// The mTLS connector wraps [`TcpConnector`] and does the handshake when
-/// `target.is_meshed()`.
+/// The mTLS connector wraps [`TcpConnector`] and does the handshake towards
+/// a meshed peer with an identity; [`Guarded`](super::guard::Guarded), in
+/// front of either, refuses what must not be made and counts plaintext.
 pub trait Connector: Send + Sync + 'static {
     fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>>;
 }
@@ -75,6 +86,16 @@ impl TcpConnector {
 impl Connector for TcpConnector {
     fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.connect_timeout);
+        // No identity here: never plaintext to a peer that must be verified.
+        if let Some(id) = target.peer_identity() {
+            let e = io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!(
+                    "{addr} is meshed ({id}) and needs mTLS, but this connector has no identity"
+                ),
+            );
+            return Box::pin(async move { Err(e) });
+        }
         Box::pin(async move {
             let s = Self::connect_tcp(addr, timeout).await?;
             Ok(Box::new(s) as BoxIo)

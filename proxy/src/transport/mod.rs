@@ -8,12 +8,15 @@
 
 pub mod accept;
 pub mod connect;
+pub mod guard;
 pub mod header;
+pub mod intent;
 pub mod tls;
 
 pub use accept::{Accepted, Acceptor, PlainAcceptor};
 pub use connect::{ConnectTarget, Connector, TcpConnector};
 pub use header::{MeshProto, TransportHeader};
+pub use intent::{NoTls, Peer, Refusal, Tls};
 
 use crate::io::BoxIo;
 use std::io;

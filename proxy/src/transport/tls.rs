@@ -2,10 +2,10 @@
 //! docs/identity.md).
 //!
 //! * [`TlsConnector`] is the [`Connector`] for a proxy with an identity: to
-//!   a meshed endpoint whose identity discovery gave, TLS presenting our
-//!   certificate and requiring exactly that identity, with the transport
-//!   header's protocol as ALPN; to anything else (an application, or a
-//!   meshed endpoint without a known identity), plain TCP.
+//!   a meshed endpoint, TLS presenting our certificate and requiring exactly
+//!   the identity discovery gave, with the transport header's protocol as
+//!   ALPN (a meshed endpoint without an identity is refused); to an
+//!   application, plain TCP.
 //! * [`TlsAcceptor`] is the [`Acceptor`] for the inbound port: TLS with a
 //!   client certificate from our trust domain required; the verified
 //!   identity becomes `peer_identity`.
@@ -60,14 +60,18 @@ impl TlsConnector {
 impl Connector for TlsConnector {
     fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.tcp.connect_timeout);
-        let identity = match &target.meshed_identity {
-            Some(Some(id)) => Some(id.clone()),
-            _ => None,
-        };
+        let meshed = target.is_meshed();
+        let identity = target.peer_identity().map(str::to_owned);
         let alpn = alpn(target.proto.unwrap_or(MeshProto::Tcp));
         let tls = self.tls.clone();
         Box::pin(async move {
             let expected = match identity.as_deref().map(SpiffeId::parse) {
+                None if meshed => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::PermissionDenied,
+                        format!("{addr} is meshed but discovery named no identity to verify"),
+                    ));
+                }
                 None => None,
                 Some(Ok(id)) => Some(id),
                 Some(Err(e)) => {
@@ -125,6 +129,7 @@ impl Acceptor for TlsAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::intent::NoTls;
     use conduit_proxy_tls::testing::TestCa;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -188,20 +193,41 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn plain_targets_stay_plain_and_plain_peers_are_refused() {
+    async fn plain_targets_stay_plain_and_unverifiable_peers_are_refused() {
         let ca = TestCa::new("mesh").unwrap();
         let client = ca.credentials(&SpiffeId::parse(CLIENT).unwrap()).unwrap();
         let connector = TlsConnector::new(tcp(), client);
         let (addr, server) = inbound(&ca).await;
-        // A meshed endpoint without an identity, like an application, gets
-        // plain TCP; the TLS-requiring inbound side refuses it.
-        let mut io = connector
+        // A meshed endpoint without an identity: refused, nothing sent.
+        let err = connector
             .connect(&ConnectTarget::meshed(addr, None))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        // An application gets plain TCP; the TLS-requiring inbound side
+        // refuses plaintext.
+        let mut io = connector
+            .connect(&ConnectTarget::plain(addr, NoTls::EndpointNotMeshed))
             .await
             .unwrap();
         io.write_all(b"CONDUIT/1 tcp 8080\n").await.unwrap();
         io.flush().await.unwrap();
         assert!(server.await.unwrap().is_err());
+    }
+
+    #[tokio::test]
+    async fn a_connector_without_identity_never_sends_plaintext_to_a_meshed_peer() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let err = tcp()
+            .connect(&ConnectTarget::meshed(addr, Some(SERVER.into())))
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        let accepted = tokio::time::timeout(Duration::from_millis(100), listener.accept()).await;
+        assert!(accepted.is_err(), "no connection was made");
     }
 
     #[test]

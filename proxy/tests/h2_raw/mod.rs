@@ -112,6 +112,14 @@ impl Drop for Proxy {
     }
 }
 
+/// The attacks run one at a time: each floods a proxy of its own as fast as
+/// it can, and several at once on a 2-core machine would measure each
+/// other's load rather than the proxy's defences.
+pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
+    static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+    SERIAL.lock().await
+}
+
 /// A well-behaved client on its own HTTP/2 connection, asking every 50 ms
 /// while the attack runs; and a sampler of the proxy's peak memory.
 pub struct Watch {

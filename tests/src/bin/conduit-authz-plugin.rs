@@ -24,7 +24,8 @@ struct Args {
     /// `name=value`: requests with this header are allowed.
     #[arg(long, value_parser = header_pair)]
     allow_header: Option<(String, String)>,
-    /// `HH:MM-HH:MM` (UTC): requests in this daily window are allowed.
+    /// `HH:MM-HH:MM` (UTC): requests in this daily window are allowed
+    /// (equal bounds: all day).
     #[arg(long, value_parser = window)]
     window: Option<(u32, u32)>,
     /// `name=value` added to allowed requests.
@@ -33,6 +34,9 @@ struct Args {
     /// HTTP status of refusals.
     #[arg(long, default_value_t = 403)]
     deny_status: u32,
+    /// Print nothing per request (benchmarks).
+    #[arg(long)]
+    quiet: bool,
     /// Wait this long before answering (to try a proxy's timeout).
     #[arg(long, value_parser = millis, default_value = "0")]
     delay_ms: Duration,
@@ -69,9 +73,12 @@ fn millis(s: &str) -> Result<Duration, String> {
         .map_err(|_| format!("{s:?} is not a number of milliseconds"))
 }
 
-/// Whether `now` (minute of the UTC day) is inside `[from, to)`, across midnight too.
+/// Whether `now` (minute of the UTC day) is inside `[from, to)`, across
+/// midnight too; equal bounds are the whole day.
 fn in_window((from, to): (u32, u32), now: u32) -> bool {
-    if from <= to {
+    if from == to {
+        true
+    } else if from < to {
         (from..to).contains(&now)
     } else {
         now >= from || now < to
@@ -193,6 +200,7 @@ mod tests {
         assert!(allowed(decide(&args, &req(&[]), 23 * 60)));
         assert!(allowed(decide(&args, &req(&[]), 60)));
         assert!(!allowed(decide(&args, &req(&[]), 2 * 60)));
+        assert!(in_window((0, 0), 23 * 60 + 59));
         assert!(window("25:00-01:00").is_err());
         assert!(header_pair("=x").is_err());
     }

@@ -121,7 +121,6 @@ impl Controller {
             .args(["--grpc-addr", &format!("0.0.0.0:{CONTROLLER_GRPC_PORT}")])
             .args(["--admin-addr", &format!("0.0.0.0:{CONTROLLER_ADMIN_PORT}")])
             .args(["--file-poll-interval", "1s"])
-            .arg("--grpc-tls")
             .args(extra_args)
             .env("RUST_LOG", "info")
             .start()?;

@@ -21,7 +21,7 @@ pub const CONTROLLER_GRPC_PORT: u16 = 8086;
 pub const CONTROLLER_ADMIN_PORT: u16 = 9990;
 /// Trust domain of every identity.
 pub const TRUST_DOMAIN: &str = "cluster.local";
-/// The controller's identity: its gRPC port serves TLS (`--grpc-tls`, with
+/// The controller's identity: its gRPC port serves TLS (the default, with
 /// the controller's default namespace and service account) and every proxy
 /// requires it (`--controller-identity`).
 pub const CONTROLLER_IDENTITY: &str = "spiffe://cluster.local/ns/conduit/sa/conduit-controller";

@@ -337,6 +337,15 @@ fn token_review(state: &Shared, body: &[u8]) -> Response<Body> {
             error: Some("invalid bearer token, token lookup failed".into()),
             ..Default::default()
         },
+        Some(entry) if entry.audience_unaware => TokenReviewStatus {
+            authenticated: Some(true),
+            audiences: Some(Vec::new()),
+            user: Some(UserInfo {
+                username: Some(entry.username.clone()),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
         Some(entry) => {
             let common: Vec<String> = if wanted.is_empty() {
                 entry.audiences.clone()

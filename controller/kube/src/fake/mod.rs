@@ -260,6 +260,22 @@ impl FakeApiServer {
             TokenEntry {
                 username: username.to_string(),
                 audiences: audiences.iter().map(|a| a.to_string()).collect(),
+                audience_unaware: false,
+            },
+        );
+    }
+
+    /// Registers a token that authenticates as `username` whatever the
+    /// audiences asked for, answered with an empty `status.audiences` (as an
+    /// authenticator that does not check audiences answers: by the
+    /// TokenReview API, valid for the API server's own audience only).
+    pub fn add_token_audience_unaware(&self, token: &str, username: &str) {
+        self.lock().tokens.insert(
+            token.to_string(),
+            TokenEntry {
+                username: username.to_string(),
+                audiences: Vec::new(),
+                audience_unaware: true,
             },
         );
     }

@@ -148,6 +148,9 @@ pub(super) struct Watch {
 pub(super) struct TokenEntry {
     pub username: String,
     pub audiences: Vec<String>,
+    /// Answer like an authenticator that does not check audiences:
+    /// authenticated, with an empty `status.audiences`.
+    pub audience_unaware: bool,
 }
 
 #[derive(Default)]
