@@ -293,15 +293,6 @@ pub struct Config {
     )]
     pub inbound_policy: conduit_policy::DefaultPolicy,
 
-    /// The cluster's networks, for `cluster-authenticated` (comma separated CIDRs).
-    #[arg(
-        long,
-        env = "CONDUIT_PROXY_INBOUND_CLUSTER_NETWORKS",
-        value_delimiter = ',',
-        default_value = "10.0.0.0/8,100.64.0.0/10,172.16.0.0/12,192.168.0.0/16,fd00::/8"
-    )]
-    pub inbound_cluster_networks: Vec<conduit_policy::Cidr>,
-
     /// A static inbound policy (YAML, docs/policy.md), re-read when it
     /// changes; for proxies without a controller.
     #[arg(long, env = "CONDUIT_PROXY_INBOUND_POLICY_FILE")]

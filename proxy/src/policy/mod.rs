@@ -179,7 +179,18 @@ pub fn context(cfg: &Config) -> anyhow::Result<Context> {
         namespace: cfg.pod_namespace.clone(),
         trust_domain,
         default_policy: cfg.inbound_policy,
-        cluster_networks: cfg.inbound_cluster_networks.clone(),
+        // `cluster-authenticated` uses the same networks as discovery's
+        // fail-closed rule (`--cluster-networks`).
+        cluster_networks: cfg
+            .cluster_networks
+            .0
+            .iter()
+            .map(|c| {
+                c.to_string()
+                    .parse()
+                    .map_err(|e| anyhow::anyhow!("--cluster-networks {c}: {e}"))
+            })
+            .collect::<anyhow::Result<_>>()?,
     })
 }
 
