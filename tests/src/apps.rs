@@ -181,6 +181,27 @@ impl TestProxy {
         Ok(proxy)
     }
 
+    /// Starts the proxy for `pod` registering with the agent at `socket`,
+    /// without waiting for the enrolment (which may be refused: the proxy
+    /// keeps retrying).
+    pub fn start_unenrolled(env: &Env, pod: &str, socket: &Path) -> Result<Self> {
+        let mut proxy = Self {
+            process: env
+                .spawn(pod, "proxy", bins::find(bins::TEST_PROXY)?)?
+                .user(PROXY_UID, PROXY_UID)
+                .args(["--pod", pod, "--namespace", "default", "--mode", "report"])
+                .arg("--agent-socket")
+                .arg(socket)
+                .start()?,
+        };
+        proxy
+            .process
+            .wait_for_line("listening", START_TIMEOUT, |l| {
+                l.contains(r#""event":"listening""#)
+            })?;
+        Ok(proxy)
+    }
+
     /// Every event so far.
     pub fn events(&self) -> Vec<ProxyEvent> {
         parse_lines(&self.process.stdout_lines())

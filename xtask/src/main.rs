@@ -6,6 +6,8 @@
 mod bench;
 mod build_ebpf;
 mod demo;
+mod fuzz;
+mod kernel_matrix;
 mod setup;
 mod test;
 mod util;
@@ -35,6 +37,10 @@ enum Task {
     Demo(demo::Options),
     /// Run a benchmark program and print its table.
     Bench(bench::Options),
+    /// Build the fuzz targets (cargo fuzz, libFuzzer) and run each for a while.
+    Fuzz(fuzz::Options),
+    /// Boot older kernels under qemu and load every program through their verifier.
+    KernelMatrix(kernel_matrix::Options),
 }
 
 fn main() -> Result<()> {
@@ -45,5 +51,7 @@ fn main() -> Result<()> {
         Task::Test(opts) => test::run(&opts),
         Task::Demo(opts) => demo::run(&opts),
         Task::Bench(opts) => bench::run(&opts),
+        Task::Fuzz(opts) => fuzz::run(&opts),
+        Task::KernelMatrix(opts) => kernel_matrix::run(&opts),
     }
 }

@@ -23,16 +23,45 @@ const DEB_PACKAGES: &[&str] = &[
 
 const BPF_LINKER_VERSION: &str = "0.13.0";
 
-/// Everything: Debian packages, then the eBPF toolchain.
+const CARGO_FUZZ_VERSION: &str = "0.13.2";
+
+/// Everything: Debian packages, the eBPF toolchain, cargo fuzz.
 pub fn all() -> Result<()> {
     deb_packages()?;
-    ebpf_toolchain()
+    ebpf_toolchain()?;
+    cargo_fuzz()
 }
 
-/// Installs the Debian packages that are missing (needs root when any is).
-pub fn deb_packages() -> Result<()> {
-    let t = step("checking Debian packages");
-    let missing: Vec<&str> = DEB_PACKAGES
+/// Installs cargo-fuzz (the libFuzzer driver `cargo xtask fuzz` and the
+/// test run use) from crates.io when it is missing or another version.
+pub fn cargo_fuzz() -> Result<()> {
+    let t = step(&format!("checking cargo-fuzz {CARGO_FUZZ_VERSION}"));
+    let have =
+        output(Command::new("cargo").args(["+nightly", "fuzz", "--version"])).unwrap_or_default();
+    if have.contains(CARGO_FUZZ_VERSION) {
+        done(&format!("cargo-fuzz present ({have})"), t);
+        return Ok(());
+    }
+    eprintln!("    installing cargo-fuzz {CARGO_FUZZ_VERSION} from crates.io (about a minute)");
+    exec(
+        Command::new("cargo").args([
+            "+stable",
+            "install",
+            "cargo-fuzz",
+            "--version",
+            CARGO_FUZZ_VERSION,
+            "--locked",
+            "--force",
+        ]),
+        "cargo install cargo-fuzz failed: see the lines above (is crates.io reachable?)",
+    )?;
+    done("cargo-fuzz installed", t);
+    Ok(())
+}
+
+/// Installs Debian packages that are missing (needs root when any is).
+pub fn deb(packages: &[&str]) -> Result<()> {
+    let missing: Vec<&str> = packages
         .iter()
         .copied()
         .filter(|p| {
@@ -41,7 +70,6 @@ pub fn deb_packages() -> Result<()> {
         })
         .collect();
     if missing.is_empty() {
-        done("all Debian packages present", t);
         return Ok(());
     }
     if !is_root() {
@@ -62,8 +90,14 @@ pub fn deb_packages() -> Result<()> {
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"),
         "apt-get install failed: see the lines above",
-    )?;
-    done("Debian packages installed", t);
+    )
+}
+
+/// Installs the Debian packages that are missing (needs root when any is).
+pub fn deb_packages() -> Result<()> {
+    let t = step("checking Debian packages");
+    deb(DEB_PACKAGES)?;
+    done("Debian packages present", t);
     Ok(())
 }
 

@@ -11,7 +11,7 @@
 //! dependency tree is compiled, and stored, two or three times over.)
 
 use crate::util::{done, exec, root, step, target_dir, warn_if_disk_low};
-use crate::{build_ebpf, setup};
+use crate::{build_ebpf, fuzz, setup};
 use anyhow::{Context, Result};
 use std::process::Command;
 
@@ -76,6 +76,13 @@ pub fn run(opts: &Options) -> Result<()> {
             &format!("{what} failed"),
         )?;
         done(what, t);
+    }
+    // A short pass of every fuzz target over its seed corpus (a filter
+    // selects tests, so it skips this).
+    if opts.filter.is_none() {
+        let t = step("fuzzing every parser briefly (cargo xtask fuzz --time for longer)");
+        fuzz::ci()?;
+        done("fuzz pass", t);
     }
     Ok(())
 }

@@ -11,6 +11,7 @@ use aya::programs::links::FdLink;
 use conduit_ebpf_common::{
     IpKey, MAX_POD_IPS, MAX_SKIP_PORTS, NAME_LEN, POD_SKIP_BY_CGROUP, PodConfig,
 };
+use conduit_ebpf_status::ip as key_ip;
 use conduit_register::{Enrolled, PodInfo};
 use nix::sys::socket::{getsockopt, sockopt};
 use std::fs::File;
@@ -36,15 +37,6 @@ pub fn ip_key(ip: IpAddr) -> IpKey {
     match ip {
         IpAddr::V4(v4) => IpKey::v4(u32::from_ne_bytes(v4.octets())),
         IpAddr::V6(v6) => IpKey::from_octets(v6.octets()),
-    }
-}
-
-pub fn key_ip(k: &IpKey) -> IpAddr {
-    let o = k.octets();
-    let v6 = std::net::Ipv6Addr::from(o);
-    match v6.to_ipv4_mapped() {
-        Some(v4) => IpAddr::V4(v4),
-        None => IpAddr::V6(v6),
     }
 }
 

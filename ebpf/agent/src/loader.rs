@@ -211,10 +211,7 @@ fn open_maps(pins: &Pins) -> Result<NodeMaps> {
 }
 
 /// A NUL-terminated byte field as text.
-pub fn cstr(bytes: &[u8]) -> String {
-    let end = bytes.iter().position(|b| *b == 0).unwrap_or(bytes.len());
-    String::from_utf8_lossy(&bytes[..end]).into_owned()
-}
+pub use conduit_ebpf_status::cstr;
 
 /// Copies `s` into a fixed field, truncated, NUL-padded.
 pub fn to_field<const N: usize>(s: &str) -> [u8; N] {

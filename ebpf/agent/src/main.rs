@@ -69,6 +69,9 @@ enum Command {
         #[arg(long, requires = "check")]
         socket: Option<PathBuf>,
     },
+    /// Load every program through this kernel's verifier (nothing is pinned
+    /// or attached) and print one line per program; exit 1 if any is rejected.
+    Verify,
     /// Detach and remove everything pinned (stop the agent first), and the
     /// agent socket (with its directory when empty).
     Cleanup {
@@ -97,5 +100,6 @@ fn main() -> Result<()> {
             socket,
         } => status::run(&pin_dir, json, check, socket.as_deref()),
         Command::Cleanup { pin_dir, socket } => cleanup::run(&pin_dir, &socket),
+        Command::Verify => features::run_verify(),
     }
 }

@@ -1,9 +1,8 @@
 //! `conduit-ebpf status`: the pinned state at a glance (or as JSON; the
 //! schema is documented in docs/ebpf.md). Works whether or not the agent runs.
 
-use crate::enrol::key_ip;
-use crate::features::{self, Feature};
-use crate::loader::{self, CGROUP_PROGRAMS, cstr, open_map};
+use crate::features;
+use crate::loader::{self, CGROUP_PROGRAMS, open_map};
 use crate::netns;
 use crate::pins::Pins;
 use anyhow::Result;
@@ -13,71 +12,10 @@ use aya::programs::links::FdLink;
 use conduit_ebpf_common::{
     self as common, GlobalConfig, IpKey, OrigDst, PodConfig, TupleKey, counters, programs as p,
 };
-use serde::Serialize;
-use std::net::IpAddr;
+pub use conduit_ebpf_status::{
+    CounterStatus, MapStatus, PodStatus, ProgramStatus, Status, pressure, render,
+};
 use std::path::Path;
-
-#[derive(Debug, Serialize)]
-pub struct Status {
-    pub pin_dir: String,
-    /// Every cgroup program is attached (capture is on for enrolled pods).
-    pub attached: bool,
-    pub cgroup: Option<String>,
-    pub fastpath: bool,
-    pub features: Vec<Feature>,
-    pub programs: Vec<ProgramStatus>,
-    pub maps: Vec<MapStatus>,
-    pub pods: Vec<PodStatus>,
-    pub counters: Vec<CounterStatus>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct ProgramStatus {
-    pub name: String,
-    /// Kernel program type: cgroup_sock_addr, sock_ops, cgroup_sockopt, sk_lookup, sk_msg.
-    #[serde(rename = "type")]
-    pub kind: String,
-    /// cgroup/connect4, ..., sockops, sk_lookup, sk_msg.
-    pub attach_type: String,
-    /// `cgroup:<path>`, `netns:<cookie>` or `sockhash:CONDUIT_FASTSK`; null when not attached.
-    pub attach_point: Option<String>,
-    pub id: u32,
-    pub link_id: Option<u32>,
-}
-
-#[derive(Debug, Serialize)]
-pub struct MapStatus {
-    pub name: String,
-    pub id: u32,
-    pub entries: usize,
-    pub max_entries: u32,
-}
-
-#[derive(Debug, Serialize)]
-pub struct PodStatus {
-    pub name: String,
-    pub namespace: String,
-    pub netns_cookie: u64,
-    pub pod_ips: Vec<IpAddr>,
-    pub proxy_pid: u32,
-    pub proxy_uid: u32,
-    pub proxy_cgroup_id: u64,
-    pub proxy_alive: bool,
-    pub outbound_port: u16,
-    pub inbound_port: u16,
-    pub admin_port: u16,
-    pub skip_inbound_ports: Vec<u16>,
-    pub skip_outbound_ports: Vec<u16>,
-    pub sk_lookup_link_id: Option<u32>,
-    pub enrolled_at: u64,
-}
-
-#[derive(Debug, Serialize)]
-pub struct CounterStatus {
-    pub program: String,
-    pub outcome: String,
-    pub value: u64,
-}
 
 fn prog_type(name: &str) -> &'static str {
     match name {
@@ -100,9 +38,7 @@ pub fn gather(pin_dir: &Path) -> Status {
         .ok()
         .and_then(|m| Array::<MapData, GlobalConfig>::try_from(m).ok())
         .and_then(|a| a.get(&0, 0).ok());
-    let cgroup = config
-        .map(|c| cstr(&c.cgroup_path))
-        .filter(|s| !s.is_empty());
+    let cgroup = config.as_ref().and_then(conduit_ebpf_status::cgroup_path);
     let fastpath = config.is_some_and(|c| c.flags & common::CONFIG_FASTPATH != 0);
     let mut programs = Vec::new();
     for (name, label) in CGROUP_PROGRAMS {
@@ -178,29 +114,13 @@ fn pods(pins: &Pins) -> Vec<PodStatus> {
     let mut out: Vec<PodStatus> = map
         .iter()
         .filter_map(|r| r.ok())
-        .map(|(cookie, c)| PodStatus {
-            name: cstr(&c.name),
-            namespace: cstr(&c.namespace),
-            netns_cookie: cookie,
-            pod_ips: c.ips[..(c.ips_len as usize).min(c.ips.len())]
-                .iter()
-                .map(key_ip)
-                .collect(),
-            proxy_pid: c.proxy_pid,
-            proxy_uid: c.proxy_uid,
-            proxy_cgroup_id: c.proxy_cgroup_id,
-            proxy_alive: netns::alive(c.proxy_pid, c.proxy_start_time),
-            outbound_port: c.outbound_port,
-            inbound_port: c.inbound_port,
-            admin_port: c.admin_port,
-            skip_inbound_ports: c.skip_inbound
-                [..(c.skip_inbound_len as usize).min(c.skip_inbound.len())]
-                .to_vec(),
-            skip_outbound_ports: c.skip_outbound
-                [..(c.skip_outbound_len as usize).min(c.skip_outbound.len())]
-                .to_vec(),
-            sk_lookup_link_id: link_id(&pins.pod_link(cookie)),
-            enrolled_at: c.enrolled_at,
+        .map(|(cookie, c)| {
+            conduit_ebpf_status::pod_status(
+                cookie,
+                &c,
+                netns::alive(c.proxy_pid, c.proxy_start_time),
+                link_id(&pins.pod_link(cookie)),
+            )
         })
         .collect();
     out.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
@@ -280,7 +200,9 @@ fn read_counters(pins: &Pins) -> Vec<CounterStatus> {
 }
 
 /// Prints the status; with `check`, fails naming every problem
-/// ([`crate::health`]) so that probes get a non-zero exit status.
+/// ([`crate::health`], and every map filled to
+/// [`conduit_ebpf_status::WARN_FILL_PERCENT`]) so that probes get a non-zero
+/// exit status.
 pub fn run(pin_dir: &Path, json: bool, check: bool, socket: Option<&Path>) -> Result<()> {
     let s = gather(pin_dir);
     if json {
@@ -289,7 +211,9 @@ pub fn run(pin_dir: &Path, json: bool, check: bool, socket: Option<&Path>) -> Re
         print!("{}", render(&s));
     }
     if check {
-        let problems = crate::health::problems(&s, socket);
+        let mut problems = crate::health::problems(&s, socket);
+        // A map near capacity is a problem before it refuses anything.
+        problems.extend(pressure(&s));
         if !problems.is_empty() {
             anyhow::bail!("capture is not healthy: {}", problems.join("; "));
         }
@@ -297,183 +221,15 @@ pub fn run(pin_dir: &Path, json: bool, check: bool, socket: Option<&Path>) -> Re
     Ok(())
 }
 
-pub fn render(s: &Status) -> String {
-    use std::fmt::Write;
-    let mut o = String::new();
-    let state = if s.attached {
-        "attached"
-    } else {
-        "NOT attached"
-    };
-    let _ = writeln!(
-        o,
-        "capture: {state}  cgroup: {}  pin dir: {}  fast path: {}",
-        s.cgroup.as_deref().unwrap_or("-"),
-        s.pin_dir,
-        if s.fastpath { "on" } else { "off" }
-    );
-    let missing: Vec<&str> = s
-        .features
-        .iter()
-        .filter(|f| !f.available)
-        .map(|f| f.name.as_str())
-        .collect();
-    let _ = writeln!(
-        o,
-        "kernel:  {} features probed, {}",
-        s.features.len(),
-        if missing.is_empty() {
-            "all present".to_string()
-        } else {
-            format!("MISSING: {}", missing.join(", "))
-        }
-    );
-    let _ = writeln!(
-        o,
-        "\nPROGRAMS\n  {:<22} {:<17} {:<20} {:>6} {:>6}  ATTACH POINT",
-        "NAME", "TYPE", "ATTACH", "ID", "LINK"
-    );
-    for p in &s.programs {
-        let _ = writeln!(
-            o,
-            "  {:<22} {:<17} {:<20} {:>6} {:>6}  {}",
-            p.name,
-            p.kind,
-            p.attach_type,
-            p.id,
-            p.link_id.map(|l| l.to_string()).unwrap_or("-".into()),
-            p.attach_point.as_deref().unwrap_or("-")
-        );
-    }
-    let _ = writeln!(
-        o,
-        "\nMAPS\n  {:<18} {:>6} {:>9} {:>9}",
-        "NAME", "ID", "ENTRIES", "MAX"
-    );
-    for m in &s.maps {
-        let _ = writeln!(
-            o,
-            "  {:<18} {:>6} {:>9} {:>9}",
-            m.name, m.id, m.entries, m.max_entries
-        );
-    }
-    let _ = writeln!(o, "\nPODS ({})", s.pods.len());
-    if !s.pods.is_empty() {
-        let _ = writeln!(
-            o,
-            "  {:<30} {:<22} {:>20} {:>8} {:>6} {:<6} PORTS out/in/admin",
-            "NAMESPACE/NAME", "IPS", "NETNS COOKIE", "PROXY", "UID", "ALIVE"
-        );
-    }
-    for p in &s.pods {
-        let ips: Vec<String> = p.pod_ips.iter().map(|i| i.to_string()).collect();
-        let _ = writeln!(
-            o,
-            "  {:<30} {:<22} {:>20} {:>8} {:>6} {:<6} {}/{}/{}",
-            format!("{}/{}", p.namespace, p.name),
-            ips.join(","),
-            p.netns_cookie,
-            p.proxy_pid,
-            p.proxy_uid,
-            if p.proxy_alive { "yes" } else { "NO" },
-            p.outbound_port,
-            p.inbound_port,
-            p.admin_port
-        );
-    }
-    let _ = writeln!(o, "\nCOUNTERS (non-zero)");
-    let mut any = false;
-    for c in s.counters.iter().filter(|c| c.value > 0) {
-        any = true;
-        let _ = writeln!(o, "  {:<14} {:<22} {:>12}", c.program, c.outcome, c.value);
-    }
-    if !any {
-        let _ = writeln!(o, "  (none)");
-    }
-    o
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn table_shows_pods_programs_and_only_nonzero_counters() {
-        let s = Status {
-            pin_dir: "/sys/fs/bpf/conduit".into(),
-            attached: true,
-            cgroup: Some("/sys/fs/cgroup".into()),
-            fastpath: false,
-            features: vec![Feature {
-                name: "program sk_lookup".into(),
-                available: false,
-            }],
-            programs: vec![ProgramStatus {
-                name: p::CONNECT4.into(),
-                kind: "cgroup_sock_addr".into(),
-                attach_type: "cgroup/connect4".into(),
-                attach_point: Some("cgroup:/sys/fs/cgroup".into()),
-                id: 7,
-                link_id: Some(9),
-            }],
-            maps: vec![MapStatus {
-                name: common::MAP_PODS.into(),
-                id: 3,
-                entries: 1,
-                max_entries: 1024,
-            }],
-            pods: vec![PodStatus {
-                name: "web-1".into(),
-                namespace: "default".into(),
-                netns_cookie: 4242,
-                pod_ips: vec!["10.1.2.3".parse().unwrap()],
-                proxy_pid: 77,
-                proxy_uid: 1337,
-                proxy_cgroup_id: 5,
-                proxy_alive: true,
-                outbound_port: 4140,
-                inbound_port: 4143,
-                admin_port: 4191,
-                skip_inbound_ports: vec![],
-                skip_outbound_ports: vec![],
-                sk_lookup_link_id: Some(11),
-                enrolled_at: 0,
-            }],
-            counters: vec![
-                CounterStatus {
-                    program: "connect4".into(),
-                    outcome: "captured".into(),
-                    value: 3,
-                },
-                CounterStatus {
-                    program: "connect6".into(),
-                    outcome: "captured".into(),
-                    value: 0,
-                },
-            ],
-        };
-        let t = render(&s);
-        assert!(t.contains("capture: attached"), "{t}");
-        assert!(t.contains("MISSING: program sk_lookup"), "{t}");
-        assert!(
-            t.contains("conduit_connect4") && t.contains("cgroup:/sys/fs/cgroup"),
-            "{t}"
-        );
-        assert!(
-            t.contains("default/web-1") && t.contains("10.1.2.3") && t.contains("4140/4143/4191"),
-            "{t}"
-        );
-        assert!(t.contains("connect4") && !t.contains("connect6"), "{t}");
-        let json: serde_json::Value = serde_json::to_value(&s).unwrap();
-        assert_eq!(json["programs"][0]["type"], "cgroup_sock_addr");
-        assert_eq!(json["pods"][0]["pod_ips"][0], "10.1.2.3");
-    }
-
-    #[test]
     fn fixed_fields_round_trip_and_truncate() {
         let f: [u8; 8] = loader::to_field("default");
-        assert_eq!(cstr(&f), "default");
+        assert_eq!(loader::cstr(&f), "default");
         let f: [u8; 4] = loader::to_field("namespace");
-        assert_eq!(cstr(&f), "nam");
+        assert_eq!(loader::cstr(&f), "nam");
     }
 }
