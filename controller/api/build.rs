@@ -5,6 +5,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let protos = [
         "proto/conduit/destination/v1/destination.proto",
         "proto/conduit/identity/v1/identity.proto",
+        "proto/conduit/policy/v1/policy.proto",
+        "proto/conduit/authz/v1/plugin.proto",
     ];
     for p in &protos {
         println!("cargo:rerun-if-changed={p}");

@@ -123,6 +123,12 @@ pub struct ServeArgs {
         default_value = "conduit-controller"
     )]
     pub service_account: String,
+    /// Inbound authorization policy (YAML: defaults, servers,
+    /// authorizations; docs/policy.md), re-read when it changes. Without it
+    /// the policy comes from the `policy.conduit.io` custom resources under
+    /// --discovery kubernetes; otherwise every proxy keeps its configured default.
+    #[arg(long, env = "CONDUIT_POLICY_FILE", value_name = "PATH")]
+    pub policy_file: Option<PathBuf>,
     /// Safety-net poll interval of the discovery file (changes are also
     /// picked up at once through filesystem notifications).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -181,6 +187,8 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             Arc::new(backend)
         }
     };
+    // Policy custom resources come from the same API server.
+    let policy_client = kube_client.clone();
     let verifier = match (&args.token_file, kube_client) {
         (Some(p), _) => Verifier::File(TokenFileVerifier::load(p)?),
         (None, Some(client)) => Verifier::Kubernetes(Box::new(TokenReviewVerifier::new(
@@ -199,15 +207,35 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         args.trust_domain.clone(),
         args.leaf_lifetime,
     ));
-    let running = server::start(ServerConfig {
-        grpc_addr: args.grpc_addr,
-        admin_addr: args.admin_addr,
-        backend,
-        cluster_domain: args.cluster_domain.clone(),
-        certifier,
-        metrics,
-        grpc_tls: grpc_tls(&args),
-    })
+    // Kept alive while the controller serves (dropping it stops its reflectors).
+    let mut _kube_policy = None;
+    let td = conduit_proxy_tls::TrustDomain::new(&args.trust_domain)
+        .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
+    let policy = match (&args.policy_file, &policy_client) {
+        (Some(path), _) => {
+            crate::policy::file::PolicyFile::start(path, Some(td), args.file_poll_interval)?
+                .resources()
+        }
+        (None, Some(client)) => {
+            let p = crate::policy::kubernetes::KubernetesPolicy::start(client.clone(), Some(td));
+            let rx = p.resources();
+            _kube_policy = Some(p);
+            rx
+        }
+        (None, None) => crate::policy::none(),
+    };
+    let running = server::start_with_policy(
+        ServerConfig {
+            grpc_addr: args.grpc_addr,
+            admin_addr: args.admin_addr,
+            backend,
+            cluster_domain: args.cluster_domain.clone(),
+            certifier,
+            metrics,
+            grpc_tls: grpc_tls(&args),
+        },
+        policy,
+    )
     .await?;
     running.serve_until(shutdown_signal()).await
 }

@@ -1,7 +1,9 @@
 //! conduit-controller: answers proxies' discovery questions (where are the
 //! endpoints of this destination, and who are they) over
 //! `conduit.destination.v1.Destination/Get`, and signs their certificates
-//! over `conduit.identity.v1.Identity/Certify`. Backends: Kubernetes (kube-rs
+//! over `conduit.identity.v1.Identity/Certify`, and streams each proxy its
+//! workload's inbound authorization policy over
+//! `conduit.policy.v1.InboundPolicies/Watch`. Backends: Kubernetes (kube-rs
 //! reflectors) and a YAML file for use without a cluster.
 
 pub mod admin;
@@ -13,5 +15,6 @@ pub mod inject;
 pub mod kubernetes;
 pub mod metrics;
 pub mod model;
+pub mod policy;
 pub mod server;
 pub mod store;

@@ -8,9 +8,11 @@ use crate::identity::serving::ServingTls;
 use crate::identity::{Certifier, IdentityService};
 use crate::metrics::Metrics;
 use crate::model::{DiscoveryBackend, TokenVerifier};
+use crate::policy::service::PolicyService;
 use anyhow::Context;
 use conduit_controller_api::destination::v1::destination_server::DestinationServer;
 use conduit_controller_api::identity::v1::identity_server::IdentityServer;
+use conduit_controller_api::policy::v1::inbound_policies_server::InboundPoliciesServer;
 use futures::StreamExt;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -51,8 +53,17 @@ pub struct RunningController {
     _tls: Option<ServingTls>,
 }
 
-/// Binds both ports (port 0 picks a free one) and starts serving.
+/// Binds both ports (port 0 picks a free one) and starts serving, with no
+/// inbound policy resources (every proxy keeps its configured default).
 pub async fn start<V: TokenVerifier>(cfg: ServerConfig<V>) -> anyhow::Result<RunningController> {
+    start_with_policy(cfg, crate::policy::none()).await
+}
+
+/// [`start`], serving `policy` over `InboundPolicies`.
+pub async fn start_with_policy<V: TokenVerifier>(
+    cfg: ServerConfig<V>,
+    policy: crate::policy::PolicyResources,
+) -> anyhow::Result<RunningController> {
     let grpc_listener = TcpListener::bind(cfg.grpc_addr)
         .await
         .with_context(|| format!("binding gRPC address {}", cfg.grpc_addr))?;
@@ -78,6 +89,7 @@ pub async fn start<V: TokenVerifier>(cfg: ServerConfig<V>) -> anyhow::Result<Run
         shutdown_rx.clone(),
     );
     let identity = IdentityService::new(cfg.certifier.clone(), cfg.metrics.clone());
+    let policy = PolicyService::new(policy, shutdown_rx.clone());
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
@@ -85,7 +97,11 @@ pub async fn start<V: TokenVerifier>(cfg: ServerConfig<V>) -> anyhow::Result<Run
         // destination a proxy talks to).
         .max_concurrent_streams(Some(MAX_STREAMS_PER_CONNECTION))
         .add_service(DestinationServer::new(destination).max_decoding_message_size(MAX_GET_REQUEST))
-        .add_service(IdentityServer::new(identity).max_decoding_message_size(MAX_CERTIFY_REQUEST));
+        .add_service(IdentityServer::new(identity).max_decoding_message_size(MAX_CERTIFY_REQUEST))
+        .add_service(
+            InboundPoliciesServer::new(policy)
+                .max_decoding_message_size(crate::policy::service::MAX_WORKLOAD_REQUEST),
+        );
     let mut stop = shutdown_rx.clone();
     let stopped = async move {
         let _ = stop.wait_for(|s| *s).await;

@@ -11,6 +11,7 @@ use conduit_controller::inject;
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::{Namespace, PodSpec, Secret, Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule};
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use serde::Deserialize;
 use serde::de::DeserializeOwned;
 use serde_json::Value;
@@ -126,6 +127,7 @@ fn check_typed(kind: &str, v: &Value) -> Result<(), String> {
         "DaemonSet" => strict::<DaemonSet>(v).map(drop),
         "Service" => strict::<Service>(v).map(drop),
         "Secret" => strict::<Secret>(v).map(drop),
+        "CustomResourceDefinition" => strict::<CustomResourceDefinition>(v).map(drop),
         other => Err(format!("kind {other:?} has no check here: add it")),
     }
 }
@@ -224,6 +226,18 @@ fn rbac_is_least_privilege() {
             rule("", "services", &["list", "watch"]),
             rule("authentication.k8s.io", "tokenreviews", &["create"]),
             rule("discovery.k8s.io", "endpointslices", &["list", "watch"]),
+            rule(
+                "policy.conduit.io",
+                "authorizationplugins",
+                &["list", "watch"]
+            ),
+            rule(
+                "policy.conduit.io",
+                "authorizationpolicies",
+                &["list", "watch"]
+            ),
+            rule("policy.conduit.io", "inbounddefaults", &["list", "watch"]),
+            rule("policy.conduit.io", "servers", &["list", "watch"]),
         ]
     );
     let agent: ClusterRole = find("ClusterRole", "conduit-agent");

@@ -52,6 +52,9 @@ pub struct Deps {
     /// The proxy's mTLS credentials; `None` = plaintext only. When set, the
     /// proxy is ready only while it holds a certificate.
     pub credentials: Option<Credentials>,
+    /// The controller, for the inbound policy (`None`: the configured
+    /// default, or `--inbound-policy-file`).
+    pub controller: Option<tonic::transport::Channel>,
 }
 
 impl Deps {
@@ -71,7 +74,7 @@ impl Deps {
             ),
             None => (Arc::new(tcp), Arc::new(PlainAcceptor)),
         };
-        let discover: Arc<dyn Discover> = if let Some(channel) = controller {
+        let discover: Arc<dyn Discover> = if let Some(channel) = controller.clone() {
             Arc::new(ControllerDiscovery::new(channel, DISCOVERY_ANSWER_WAIT))
         } else if cfg.services.is_empty() && cfg.discovery_file.is_none() {
             Arc::new(NoDiscovery)
@@ -92,6 +95,7 @@ impl Deps {
             connector,
             acceptor,
             credentials,
+            controller,
         })
     }
 
@@ -107,6 +111,7 @@ impl Deps {
             }),
             acceptor: Arc::new(PlainAcceptor),
             credentials: None,
+            controller: None,
         }
     }
 
@@ -239,6 +244,25 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
 
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, cfg.max_dst_labels);
+    let inbound_policy = crate::policy::PolicyStore::new(
+        crate::policy::context(&cfg).context("the inbound policy's context")?,
+        &mut registry,
+    );
+    if let Some(path) = &cfg.inbound_policy_file {
+        crate::policy::file::start(inbound_policy.clone(), path.clone(), cfg.discovery_reload)?;
+    } else if let Some(channel) = deps.controller.clone() {
+        let labels = crate::policy::controller::parse_labels(&cfg.pod_labels)
+            .map_err(|e| anyhow::anyhow!("bad --pod-labels: {e}"))?;
+        crate::policy::controller::spawn(
+            &inbound_policy,
+            channel,
+            conduit_controller_api::policy::v1::Workload {
+                namespace: cfg.pod_namespace.clone(),
+                pod: cfg.pod_name.clone(),
+                labels,
+            },
+        );
+    }
     // `shutdown` asks for a drain (signal, POST /shutdown); `stop` is
     // cancelled by the drain once the agent no longer steers to us, and
     // stops the accept loops and the HTTP connections (see `drain`).
@@ -313,6 +337,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         acceptor: deps.acceptor,
         mtls: deps.credentials.is_some(),
         observe: observe.clone(),
+        inbound_policy,
         shutdown: stop,
         tracker: TaskTracker::new(),
     });

@@ -272,6 +272,11 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_POD_NAMESPACE", default_value = "default")]
     pub pod_namespace: String,
 
+    /// The pod's labels (`k=v,k=v`), which the controller's policy servers
+    /// and defaults select on.
+    #[arg(long, env = "CONDUIT_PROXY_POD_LABELS", default_value = "")]
+    pub pod_labels: String,
+
     /// Pod service account told to the agent.
     #[arg(long, env = "CONDUIT_PROXY_SERVICE_ACCOUNT")]
     pub service_account: Option<String>,
@@ -288,6 +293,22 @@ pub struct Config {
     /// (docs/observability.md). Off when unset.
     #[arg(long, env = "CONDUIT_PROXY_ACCESS_LOG", value_enum)]
     pub access_log: Option<crate::access_log::AccessLogFormat>,
+
+    /// Inbound default policy, for ports and requests no authorization
+    /// matches (until the controller's policy says otherwise): all-unauthenticated,
+    /// all-authenticated (only mTLS clients of the mesh: the recommended
+    /// production setting), cluster-authenticated, deny or audit. See docs/policy.md.
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_INBOUND_POLICY",
+        default_value = "all-unauthenticated"
+    )]
+    pub inbound_policy: conduit_policy::DefaultPolicy,
+
+    /// A static inbound policy (YAML, docs/policy.md), re-read when it
+    /// changes; for proxies without a controller.
+    #[arg(long, env = "CONDUIT_PROXY_INBOUND_POLICY_FILE")]
+    pub inbound_policy_file: Option<PathBuf>,
 
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or `conduit_proxy=debug`.
     #[arg(long, env = "CONDUIT_PROXY_LOG", default_value = "info")]
@@ -348,6 +369,10 @@ mod tests {
         assert_eq!(c.control_addr, "127.0.0.1:4190".parse().unwrap());
         assert!(c.inbound_loopback_ports.is_empty());
         assert_eq!(c.access_log, None, "the access log is off by default");
+        assert_eq!(
+            c.inbound_policy,
+            conduit_policy::DefaultPolicy::AllUnauthenticated
+        );
     }
 
     #[test]
@@ -363,6 +388,18 @@ mod tests {
             Some(AccessLogFormat::Common)
         );
         assert!(parse("loud").is_err());
+    }
+
+    #[test]
+    fn inbound_policy_values() {
+        let c = Config::parse_from(["conduit-proxy", "--inbound-policy", "all-authenticated"]);
+        assert_eq!(
+            c.inbound_policy,
+            conduit_policy::DefaultPolicy::AllAuthenticated
+        );
+        let e =
+            Config::try_parse_from(["conduit-proxy", "--inbound-policy", "strict"]).unwrap_err();
+        assert!(e.to_string().contains("cluster-authenticated"), "{e}");
     }
 
     #[test]

@@ -30,6 +30,8 @@ pub struct Shared {
     pub mtls: bool,
     /// Tap listeners and the access log (see [`crate::tap`]).
     pub observe: Arc<crate::tap::Observe>,
+    /// The inbound authorization policy in force.
+    pub inbound_policy: Arc<crate::policy::PolicyStore>,
     /// Cancelled when the draining proxy stops accepting (after it
     /// deregistered from the agent): accept loops stop, HTTP connections
     /// close once their requests are answered.
@@ -51,6 +53,8 @@ pub struct ConnCtx {
     pub from_peer: bool,
     /// The peer's verified identity, once there is mTLS.
     pub peer_identity: Option<String>,
+    /// The same identity parsed, once per connection, for the inbound policy.
+    pub peer_id: Option<conduit_proxy_tls::SpiffeId>,
     /// Bytes and last activity on the accepted connection.
     pub activity: Arc<Activity>,
     /// Tunnels (Upgrade, CONNECT) made from this connection: the connection

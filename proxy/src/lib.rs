@@ -31,6 +31,7 @@ pub mod memory;
 pub mod metrics;
 pub mod orig_dst;
 pub mod outbound;
+pub mod policy;
 pub mod register;
 pub mod route;
 pub mod tap;

@@ -69,6 +69,7 @@ pub async fn handle(
         source_proto: Proto::Http1,
         from_peer: false,
         peer_identity: None,
+        peer_id: None,
         activity: activity.clone(),
         tunnels: TaskTracker::new(),
     };

@@ -46,6 +46,11 @@ where
 /// route; a discovered destination's balancer picks the endpoint and fails
 /// over on connect errors.
 pub async fn forward(shared: &Arc<Shared>, conn: &ConnCtx, mut client: impl Io) {
+    if conn.direction == crate::metrics::Direction::Inbound
+        && !crate::policy::enforce::admit_connection(shared, conn)
+    {
+        return;
+    }
     let connector = shared.client.connector().clone();
     let open = |picked: Picked| {
         let connector = connector.clone();

@@ -150,6 +150,11 @@ async fn forward(
     mut req: Request<ClientBody<Incoming>>,
     tripped: &Tripped,
 ) -> Result<Response<Body>, ForwardError> {
+    if conn.direction == Direction::Inbound
+        && let Some(refused) = crate::policy::enforce::check_request(shared, conn, &mut req).await
+    {
+        return Ok(refused);
+    }
     let upgrade = conn.source_proto == Proto::Http1 && headers::is_upgrade(&req);
     // Only a peer proxy may ask for HTTP/1 towards the application.
     let orig_h1 = req.headers_mut().remove(ORIG_PROTO_HEADER).is_some() && conn.from_peer;

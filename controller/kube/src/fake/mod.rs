@@ -179,6 +179,37 @@ impl FakeApiServer {
         self.put(obj, true)
     }
 
+    /// Creates or replaces an object of a kind k8s-openapi does not know
+    /// (a custom resource from kube's `CustomResource` derive), served at
+    /// its group, version and plural like any other.
+    pub fn apply_custom<K>(&self, obj: &K) -> u64
+    where
+        K: kube::Resource<DynamicType = ()> + Serialize,
+    {
+        let value = serde_json::to_value(obj)
+            .unwrap_or_else(|e| panic!("{} does not serialize: {e}", K::kind(&())));
+        let coll = CollKey {
+            group: K::group(&()).into_owned(),
+            version: K::version(&()).into_owned(),
+            plural: K::plural(&()).into_owned(),
+        };
+        self.lock().put(coll, &K::kind(&()), value, false)
+    }
+
+    /// Deletes a custom resource (see [`apply_custom`](Self::apply_custom)).
+    pub fn delete_custom<K: kube::Resource<DynamicType = ()>>(
+        &self,
+        namespace: &str,
+        name: &str,
+    ) -> bool {
+        let coll = CollKey {
+            group: K::group(&()).into_owned(),
+            version: K::version(&()).into_owned(),
+            plural: K::plural(&()).into_owned(),
+        };
+        self.lock().remove(coll, namespace, name, false).is_some()
+    }
+
     /// Deletes an object (watchers see DELETED); false if it did not exist.
     /// `namespace` is "" for cluster-scoped kinds.
     pub fn delete<K: Resource>(&self, namespace: &str, name: &str) -> bool {
