@@ -14,13 +14,14 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 
 /// Every target in `fuzz/fuzz_targets/`, in the order they run.
-pub const TARGETS: [&str; 9] = [
+pub const TARGETS: [&str; 10] = [
     "detect",
     "transport_header",
     "register_wire",
     "http1_head",
     "proxy_discovery_yaml",
     "controller_discovery_yaml",
+    "policy_yaml",
     "token_file",
     "certify_csr",
     "status_records",
