@@ -11,14 +11,11 @@ use std::str::FromStr;
 /// which hold the usual pod and service ranges.
 pub const DEFAULT_CLUSTER_NETWORKS: &str = "10.0.0.0/8,172.16.0.0/12,192.168.0.0/16,fd00::/8";
 
-/// One CIDR, `ip/prefix`.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cidr {
-    addr: IpAddr,
-    prefix: u8,
-}
+/// One CIDR, `ip/prefix`: the policy crate's type, so the fail-closed rule
+/// and `cluster-authenticated` policies read the same networks.
+pub use conduit_policy::Cidr;
 
-/// Why a CIDR was refused.
+/// Why a network in `--cluster-networks` was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("bad network {spec:?}: {message} (expected e.g. 10.0.0.0/8 or fd00::/8)")]
 pub struct CidrError {
@@ -26,65 +23,18 @@ pub struct CidrError {
     message: String,
 }
 
-impl FromStr for Cidr {
-    type Err = CidrError;
-
-    fn from_str(s: &str) -> Result<Self, CidrError> {
-        let bad = |message: &str| CidrError {
-            spec: s.into(),
-            message: message.into(),
-        };
-        let (ip, prefix) = s
-            .trim()
-            .split_once('/')
-            .ok_or_else(|| bad("no '/prefix'"))?;
-        let addr: IpAddr = ip.parse().map_err(|_| bad("not an IP address"))?;
-        let prefix: u8 = prefix.parse().map_err(|_| bad("prefix is not a number"))?;
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        if prefix > max {
-            return Err(bad(&format!("prefix longer than {max}")));
-        }
-        let cidr = Cidr { addr, prefix };
-        if cidr.masked(addr) != bits(addr) {
-            return Err(bad("host bits are set below the prefix"));
-        }
-        Ok(cidr)
+/// One network of the list: unlike a policy rule, the flag wants the
+/// prefix written out (a bare address is refused).
+fn parse_network(spec: &str) -> Result<Cidr, CidrError> {
+    let bad = |message: String| CidrError {
+        spec: spec.into(),
+        message,
+    };
+    if !spec.contains('/') {
+        return Err(bad("no '/prefix'".into()));
     }
-}
-
-impl fmt::Display for Cidr {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.addr, self.prefix)
-    }
-}
-
-fn bits(ip: IpAddr) -> u128 {
-    match ip {
-        IpAddr::V4(v4) => u128::from(u32::from(v4)),
-        IpAddr::V6(v6) => u128::from(v6),
-    }
-}
-
-impl Cidr {
-    fn masked(&self, ip: IpAddr) -> u128 {
-        let width = if ip.is_ipv4() { 32 } else { 128 };
-        let host = u32::from(width - self.prefix);
-        let mask = if host >= 128 { 0 } else { u128::MAX << host };
-        bits(ip) & mask
-    }
-
-    /// Whether `ip` (an IPv4-mapped IPv6 address counts as IPv4) is inside.
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = unmap(ip);
-        ip.is_ipv4() == self.addr.is_ipv4() && self.masked(ip) == bits(self.addr)
-    }
-}
-
-fn unmap(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
-        v4 => v4,
-    }
+    spec.parse()
+        .map_err(|e: conduit_policy::cidr::CidrError| bad(e.to_string()))
 }
 
 /// A list of CIDRs.
@@ -114,7 +64,7 @@ impl FromStr for ClusterNetworks {
         s.split(',')
             .map(str::trim)
             .filter(|p| !p.is_empty())
-            .map(str::parse)
+            .map(parse_network)
             .collect::<Result<Vec<_>, _>>()
             .map(ClusterNetworks)
     }

@@ -181,16 +181,7 @@ pub fn context(cfg: &Config) -> anyhow::Result<Context> {
         default_policy: cfg.inbound_policy,
         // `cluster-authenticated` uses the same networks as discovery's
         // fail-closed rule (`--cluster-networks`).
-        cluster_networks: cfg
-            .cluster_networks
-            .0
-            .iter()
-            .map(|c| {
-                c.to_string()
-                    .parse()
-                    .map_err(|e| anyhow::anyhow!("--cluster-networks {c}: {e}"))
-            })
-            .collect::<anyhow::Result<_>>()?,
+        cluster_networks: cfg.cluster_networks.0.clone(),
     })
 }
 
