@@ -4,7 +4,7 @@
 #![allow(unsafe_code)]
 
 use conduit_policy::{Client, Context, DefaultPolicy, InboundSpec, Policy, Request, Verdict};
-use conduit_proxy_tls::{SpiffeId, TrustDomain};
+use conduit_identity::{SpiffeId, TrustDomain};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 

@@ -367,7 +367,7 @@ async fn controller(dir: &Path, policy: &Path) -> conduit_controller::server::Ru
     let certifier = Arc::new(Certifier::new(
         issuer,
         TokenFileVerifier::load(&tokens).unwrap(),
-        "cluster.local".into(),
+        "cluster.local".parse().unwrap(),
         Duration::from_secs(3600),
     ));
     let td = conduit_proxy_tls::TrustDomain::new("cluster.local").unwrap();

@@ -6,7 +6,7 @@
 
 use conduit_policy::resources::Resources;
 use conduit_policy::{Context, DefaultPolicy};
-use conduit_proxy_tls::TrustDomain;
+use conduit_identity::TrustDomain;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,7 @@
 //! [`Alpn::Http1`] (`conduit/http1`) or [`Alpn::Opaque`] (`conduit/opaque`).
 
 use crate::credentials::Credentials;
-use crate::spiffe::SpiffeId;
+use conduit_identity::SpiffeId;
 use crate::verify::{
     PeerIdentityError, ServerIdentityVerifier, TrustDomainClientVerifier, certificate_identity,
     identity_error,

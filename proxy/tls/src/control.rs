@@ -8,7 +8,7 @@
 
 use crate::anchors::TrustAnchors;
 use crate::connect::{DEFAULT_HANDSHAKE_TIMEOUT, TlsError, client_handshake};
-use crate::spiffe::SpiffeId;
+use conduit_identity::SpiffeId;
 use crate::verify::ServerIdentityVerifier;
 use rustls::ClientConfig;
 use std::sync::Arc;

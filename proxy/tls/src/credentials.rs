@@ -8,7 +8,7 @@
 
 use crate::anchors::TrustAnchors;
 use crate::clock::{Clock, RustlsTime, SystemClock};
-use crate::spiffe::SpiffeId;
+use conduit_identity::SpiffeId;
 use crate::verify::{PeerIdentityError, certificate_identity, check_own_chain};
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
