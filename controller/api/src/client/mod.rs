@@ -16,7 +16,7 @@ mod watch;
 
 pub use map::map_watch;
 pub use resolver::DestinationResolver;
-pub use state::{DestinationState, Endpoint};
+pub use state::{DestinationState, Endpoint, EndpointError};
 pub use watch::{WatchOptions, watch_destination, watch_destination_with};
 
 /// The `Destination.Get` target for an address (a service or pod IP and a

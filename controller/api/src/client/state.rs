@@ -1,19 +1,49 @@
 //! The state a client builds from a stream of updates.
 
 use crate::destination::v1::{Update, update::Kind};
+use conduit_identity::{SpiffeId, SpiffeIdError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-/// One endpoint of a destination (mirrors the proxy's discovery `Endpoint`).
+/// One endpoint of a destination: what the controller says about it, and
+/// the type the proxy balances over (its `discovery::Endpoint`; a static
+/// discovery file describes endpoints with it too). The identity is parsed
+/// here, once, at the boundary: an endpoint whose identity does not parse
+/// never gets this far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
     /// SPIFFE ID the endpoint's proxy must present, when meshed and known.
-    pub identity: Option<String>,
+    pub identity: Option<SpiffeId>,
     /// Set when the endpoint runs a conduit proxy: its inbound (mTLS) port.
     pub meshed_inbound_port: Option<u16>,
     pub labels: BTreeMap<String, String>,
+}
+
+impl Endpoint {
+    /// An endpoint with weight 1, no identity, not meshed, no labels.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            weight: 1,
+            identity: None,
+            meshed_inbound_port: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why an endpoint from the controller was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Address(#[from] crate::AddressError),
+    #[error("endpoint {addr}: bad identity: {source}")]
+    Identity {
+        addr: SocketAddr,
+        source: SpiffeIdError,
+    },
 }
 
 /// What the client knows about one target.
@@ -110,7 +140,10 @@ impl EndpointSet {
     }
 }
 
-fn convert_endpoint(ep: crate::destination::v1::Endpoint) -> Result<Endpoint, crate::AddressError> {
+/// The wire endpoint as an [`Endpoint`]: the address, the port and the
+/// identity are checked here (an unparsable identity skips the endpoint:
+/// it could never be verified, so it must not be reached).
+fn convert_endpoint(ep: crate::destination::v1::Endpoint) -> Result<Endpoint, EndpointError> {
     let addr = SocketAddr::try_from(ep.address.as_ref().ok_or(crate::AddressError::Missing)?)?;
     let meshed_inbound_port = match ep.protocol_hint {
         Some(h) if h.meshed => Some(
@@ -121,7 +154,12 @@ fn convert_endpoint(ep: crate::destination::v1::Endpoint) -> Result<Endpoint, cr
     Ok(Endpoint {
         addr,
         weight: ep.weight,
-        identity: Some(ep.identity).filter(|i| !i.is_empty()),
+        identity: match ep.identity.as_str() {
+            "" => None,
+            id => Some(
+                SpiffeId::parse(id).map_err(|source| EndpointError::Identity { addr, source })?,
+            ),
+        },
         meshed_inbound_port,
         labels: ep.labels.into_iter().collect(),
     })
@@ -190,5 +228,26 @@ mod tests {
         set.apply(u);
         assert!(set.endpoints.is_empty());
         assert_eq!(set.exists, Some(true));
+    }
+
+    /// The identity is parsed here, once: what the proxy receives is a
+    /// `SpiffeId`, and an endpoint whose identity does not parse (a
+    /// controller bug or a forged answer) is skipped, never reached
+    /// without a verifiable identity.
+    #[test]
+    fn identities_are_parsed_at_the_boundary() {
+        let mut set = EndpointSet::default();
+        let mut u = add(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+        if let Some(Kind::Add(a)) = &mut u.kind {
+            a.endpoints[1].identity = "spiffe://td/ns/a.b/sa/web".into();
+            a.endpoints[2].identity = String::new();
+        }
+        set.apply(u);
+        let addrs: Vec<_> = set.endpoints.keys().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:80"]);
+        let ep = &set.endpoints[&"10.0.0.1:80".parse().unwrap()];
+        assert_eq!(ep.identity.as_deref(), Some("spiffe://td/ns/a/sa/b"));
+        assert_eq!(ep.identity.as_ref().unwrap().namespace(), "a");
+        assert_eq!(set.endpoints[&"10.0.0.3:80".parse().unwrap()].identity, None);
     }
 }
