@@ -233,21 +233,15 @@ impl Table {
                 }
                 by_addr.insert(
                     *addr,
-                    Destination {
-                        name: svc.name.clone(),
-                        endpoints: svc.endpoints.clone(),
-                        pending: false,
-                    },
+                    Destination::known(svc.name.clone(), svc.endpoints.clone()),
                 );
             }
         }
         for svc in services {
             for ep in &svc.endpoints {
-                by_addr.entry(ep.addr).or_insert_with(|| Destination {
-                    name: svc.name.clone(),
-                    endpoints: vec![ep.clone()],
-                    pending: false,
-                });
+                by_addr
+                    .entry(ep.addr)
+                    .or_insert_with(|| Destination::known(svc.name.clone(), vec![ep.clone()]));
             }
         }
         Ok(Table { by_addr })
@@ -289,7 +283,7 @@ services:
         // A pod address resolves to that endpoint alone.
         let pod = &table.by_addr[&addr("10.0.0.3:8080")];
         assert_eq!(pod.endpoints.len(), 1);
-        assert_eq!(pod.name, "web.default.svc.cluster.local:80");
+        assert_eq!(pod.display_name(), "web.default.svc.cluster.local:80");
     }
 
     #[test]

@@ -20,15 +20,12 @@ use tokio::sync::watch;
 /// answer came in (a static file's endpoints are parsed when it is loaded).
 pub use conduit_controller_api::client::Endpoint;
 
-/// The current state of a destination.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Destination {
-    /// Name used in metrics, e.g. `web.default.svc.cluster.local:80`.
-    pub name: String,
-    pub endpoints: Vec<Endpoint>,
-    /// Discovery has not answered yet (the name is still the address).
-    pub pending: bool,
-}
+/// The current state of a destination: the API client's state, followed
+/// as the controller's stream updates it (no copy into another type). A
+/// static table's destinations are [`Destination::known`]; `pending()` is
+/// true until discovery first answered; `display_name()` is the name used
+/// in metrics, e.g. `web.default.svc.cluster.local:80`.
+pub use conduit_controller_api::client::DestinationState as Destination;
 
 /// What discovery knows about an original destination.
 #[derive(Debug, Clone)]

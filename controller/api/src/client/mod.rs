@@ -9,12 +9,10 @@
 //! which replaces the old one. [`DestinationResolver`] shares one watch per
 //! target between callers.
 
-mod map;
 mod resolver;
 mod state;
 mod watch;
 
-pub use map::map_watch;
 pub use resolver::DestinationResolver;
 pub use state::{DestinationState, Endpoint, EndpointError};
 pub use watch::{WatchOptions, watch_destination, watch_destination_with};

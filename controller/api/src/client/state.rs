@@ -46,7 +46,9 @@ pub enum EndpointError {
     },
 }
 
-/// What the client knows about one target.
+/// What the client knows about one target; the proxy balances over it as
+/// it is (its `discovery::Destination`), so nothing copies it into another
+/// type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationState {
     /// The target as asked for (`web.default.svc.cluster.local:80`, `10.96.0.10:80`).
@@ -58,7 +60,9 @@ pub struct DestinationState {
     /// controller does not know the target (send traffic to the original
     /// address unchanged).
     pub exists: Option<bool>,
-    /// Current endpoints, sorted by address.
+    /// Current endpoints, sorted by address. When the target is an address
+    /// the controller does not know (`exists == Some(false)`), the address
+    /// itself, not meshed: traffic goes there unchanged.
     pub endpoints: Vec<Endpoint>,
     /// Whether the stream to the controller is up. While it is down the
     /// other fields keep the last known state.
@@ -76,10 +80,37 @@ impl DestinationState {
         }
     }
 
+    /// A destination known to exist with these endpoints (a static table's,
+    /// a test's): `name` is its target and its name.
+    pub fn known(name: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
+        let name = name.into();
+        DestinationState {
+            target: name.clone(),
+            name: Some(name),
+            exists: Some(true),
+            endpoints,
+            connected: true,
+        }
+    }
+
+    /// The controller has not answered about the target yet.
+    pub fn pending(&self) -> bool {
+        self.exists.is_none()
+    }
+
     /// The name to use in metrics: the canonical name, else the target.
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.target)
     }
+}
+
+/// The endpoints of a target the controller does not know: an address
+/// target is reached as it is (not meshed); any other target has none.
+pub(crate) fn unknown_endpoints(target: &str) -> Vec<Endpoint> {
+    target
+        .parse::<SocketAddr>()
+        .map(|addr| vec![Endpoint::plain(addr)])
+        .unwrap_or_default()
 }
 
 /// Endpoints keyed by address while a stream is being applied.
@@ -127,7 +158,10 @@ impl EndpointSet {
 
     /// Writes this set into `state`; returns whether anything changed.
     pub(crate) fn publish(&self, state: &mut DestinationState) -> bool {
-        let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
+        let endpoints: Vec<Endpoint> = match self.exists {
+            Some(false) => unknown_endpoints(&state.target),
+            _ => self.endpoints.values().cloned().collect(),
+        };
         let changed = state.name != self.name
             || state.exists != self.exists
             || state.endpoints != endpoints
@@ -213,6 +247,29 @@ mod tests {
         });
         assert!(set.endpoints.is_empty());
         assert_eq!(set.exists, Some(false));
+    }
+
+    #[test]
+    fn an_unknown_address_is_its_own_plain_endpoint() {
+        let gone = Update {
+            kind: Some(Kind::NoEndpoints(pb::NoEndpoints { exists: false })),
+            destination_name: String::new(),
+        };
+        let mut set = EndpointSet::default();
+        set.apply(add(&["10.0.0.1:80"]));
+        set.apply(gone.clone());
+        let mut state = DestinationState::new("10.96.0.10:80".into());
+        assert!(set.publish(&mut state));
+        assert_eq!(state.exists, Some(false));
+        assert!(!state.pending());
+        assert_eq!(
+            state.endpoints,
+            [Endpoint::plain("10.96.0.10:80".parse().unwrap())]
+        );
+        // A name the controller does not know has nowhere to go.
+        let mut named = DestinationState::new("web.default.svc.cluster.local:80".into());
+        set.publish(&mut named);
+        assert!(named.endpoints.is_empty());
     }
 
     #[test]
