@@ -250,7 +250,9 @@ pub fn grpc_tls(args: &ServeArgs) -> anyhow::Result<Option<String>> {
         return Ok(None);
     }
     let id = crate::identity::spiffe_id(&args.trust_domain, &args.namespace, &args.service_account)
-        .context("the controller's own identity (--trust-domain, --namespace, --service-account)")?;
+        .context(
+            "the controller's own identity (--trust-domain, --namespace, --service-account)",
+        )?;
     Ok(Some(id.to_string()))
 }
 

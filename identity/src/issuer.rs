@@ -122,10 +122,13 @@ impl Issuer {
     ) -> Result<Vec<u8>, IssuerError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = DistinguishedName::new();
-        let san = uri.to_owned().try_into().map_err(|source| IssuerError::Uri {
-            uri: uri.to_owned(),
-            source,
-        })?;
+        let san = uri
+            .to_owned()
+            .try_into()
+            .map_err(|source| IssuerError::Uri {
+                uri: uri.to_owned(),
+                source,
+            })?;
         params.subject_alt_names = vec![SanType::URI(san)];
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![

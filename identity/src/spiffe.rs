@@ -130,9 +130,15 @@ impl FromStr for TrustDomain {
 }
 
 /// The identity of a Kubernetes service account in a trust domain. Cheap
-/// to clone (shared).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// to clone (shared). `Debug` shows the ID as text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId(Arc<Parts>);
+
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SpiffeId").field(&self.as_str()).finish()
+    }
+}
 
 #[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Parts {
@@ -433,33 +439,129 @@ mod tests {
         let td255 = "t".repeat(255);
         let td256 = "t".repeat(256);
         let rows: Vec<(String, bool, &str)> = vec![
-            ("spiffe://cluster.local/ns/default/sa/web".into(), true, "plain"),
-            ("spiffe://td_1/ns/a-1/sa/build.bot-2".into(), true, "underscore td, dotted sa"),
+            (
+                "spiffe://cluster.local/ns/default/sa/web".into(),
+                true,
+                "plain",
+            ),
+            (
+                "spiffe://td_1/ns/a-1/sa/build.bot-2".into(),
+                true,
+                "underscore td, dotted sa",
+            ),
             ("spiffe://1td/ns/0/sa/9".into(), true, "digits"),
-            (format!("spiffe://td/ns/{ns63}/sa/b"), true, "namespace of 63"),
-            (format!("spiffe://td/ns/a/sa/{sa253}"), true, "service account of 253"),
-            (format!("spiffe://{td255}/ns/a/sa/b"), true, "trust domain of 255"),
+            (
+                format!("spiffe://td/ns/{ns63}/sa/b"),
+                true,
+                "namespace of 63",
+            ),
+            (
+                format!("spiffe://td/ns/a/sa/{sa253}"),
+                true,
+                "service account of 253",
+            ),
+            (
+                format!("spiffe://{td255}/ns/a/sa/b"),
+                true,
+                "trust domain of 255",
+            ),
             // The controller accepted these; the proxy did not.
-            ("spiffe://td/ns/a.b/sa/web".into(), false, "controller: dotted namespace"),
-            (format!("spiffe://td/ns/{ns64}/sa/b"), false, "controller: namespace of 64"),
-            ("spiffe://td/ns/-a/sa/web".into(), false, "controller: namespace starts with -"),
-            ("spiffe://td/ns/a-/sa/web".into(), false, "controller: namespace ends with -"),
-            ("spiffe://td/ns/.a/sa/web".into(), false, "controller: namespace starts with ."),
-            ("spiffe://td/ns/a/sa/-web".into(), false, "controller: service account starts with -"),
-            ("spiffe://td/ns/a/sa/web.".into(), false, "controller: service account ends with ."),
-            ("spiffe://td/ns/a/sa/a..b".into(), false, "controller: empty label in service account"),
-            ("spiffe://td/ns/a/sa/a.-b".into(), false, "controller: label starts with -"),
-            ("spiffe://TD/ns/a/sa/b".into(), false, "controller: uppercase trust domain"),
-            ("spiffe://td:443/ns/a/sa/b".into(), false, "controller: port in trust domain"),
-            ("spiffe://u@td/ns/a/sa/b".into(), false, "controller: userinfo in trust domain"),
-            (format!("spiffe://{td256}/ns/a/sa/b"), false, "controller: trust domain of 256"),
-            (format!("spiffe://td/ns/a/sa/{sa254}"), false, "service account of 254"),
+            (
+                "spiffe://td/ns/a.b/sa/web".into(),
+                false,
+                "controller: dotted namespace",
+            ),
+            (
+                format!("spiffe://td/ns/{ns64}/sa/b"),
+                false,
+                "controller: namespace of 64",
+            ),
+            (
+                "spiffe://td/ns/-a/sa/web".into(),
+                false,
+                "controller: namespace starts with -",
+            ),
+            (
+                "spiffe://td/ns/a-/sa/web".into(),
+                false,
+                "controller: namespace ends with -",
+            ),
+            (
+                "spiffe://td/ns/.a/sa/web".into(),
+                false,
+                "controller: namespace starts with .",
+            ),
+            (
+                "spiffe://td/ns/a/sa/-web".into(),
+                false,
+                "controller: service account starts with -",
+            ),
+            (
+                "spiffe://td/ns/a/sa/web.".into(),
+                false,
+                "controller: service account ends with .",
+            ),
+            (
+                "spiffe://td/ns/a/sa/a..b".into(),
+                false,
+                "controller: empty label in service account",
+            ),
+            (
+                "spiffe://td/ns/a/sa/a.-b".into(),
+                false,
+                "controller: label starts with -",
+            ),
+            (
+                "spiffe://TD/ns/a/sa/b".into(),
+                false,
+                "controller: uppercase trust domain",
+            ),
+            (
+                "spiffe://td:443/ns/a/sa/b".into(),
+                false,
+                "controller: port in trust domain",
+            ),
+            (
+                "spiffe://u@td/ns/a/sa/b".into(),
+                false,
+                "controller: userinfo in trust domain",
+            ),
+            (
+                format!("spiffe://{td256}/ns/a/sa/b"),
+                false,
+                "controller: trust domain of 256",
+            ),
+            (
+                format!("spiffe://td/ns/a/sa/{sa254}"),
+                false,
+                "service account of 254",
+            ),
             // Both refused these already.
-            ("spiffe://td/ns/Default/sa/web".into(), false, "uppercase namespace"),
-            ("spiffe://td/ns/default/sa/".into(), false, "empty service account"),
-            ("spiffe://td/ns/default/sa/web/extra".into(), false, "extra path"),
-            ("spiffe://td/sa/web/ns/default".into(), false, "swapped path"),
-            ("spiffe:///ns/default/sa/web".into(), false, "empty trust domain"),
+            (
+                "spiffe://td/ns/Default/sa/web".into(),
+                false,
+                "uppercase namespace",
+            ),
+            (
+                "spiffe://td/ns/default/sa/".into(),
+                false,
+                "empty service account",
+            ),
+            (
+                "spiffe://td/ns/default/sa/web/extra".into(),
+                false,
+                "extra path",
+            ),
+            (
+                "spiffe://td/sa/web/ns/default".into(),
+                false,
+                "swapped path",
+            ),
+            (
+                "spiffe:///ns/default/sa/web".into(),
+                false,
+                "empty trust domain",
+            ),
             ("https://td/ns/default/sa/web".into(), false, "other scheme"),
             ("spiffe://td/ns/a/sa/b?x".into(), false, "query"),
             ("spiffe://td/ns/a/sa/b#x".into(), false, "fragment"),
@@ -473,8 +575,11 @@ mod tests {
             assert_eq!(parsed.is_ok(), *ok, "{why}: {id:?} -> {parsed:?}");
             if let Ok(p) = parsed {
                 assert_eq!(&p.to_string(), id, "{why}: formats back");
-                let rebuilt =
-                    SpiffeId::new(p.trust_domain().as_str(), p.namespace(), p.service_account());
+                let rebuilt = SpiffeId::new(
+                    p.trust_domain().as_str(),
+                    p.namespace(),
+                    p.service_account(),
+                );
                 assert_eq!(rebuilt.as_ref(), Ok(&p), "{why}: new agrees with parse");
             }
         }

@@ -197,9 +197,11 @@ impl Snapshot {
                             "endpoints[{j}]: give identity or serviceAccount, not both"
                         )));
                     }
-                    (Some(id), None) => Some(SpiffeId::parse(id).map_err(|e| {
-                        invalid(format!("endpoints[{j}]: identity {id:?}: {e}"))
-                    })?),
+                    (Some(id), None) => {
+                        Some(SpiffeId::parse(id).map_err(|e| {
+                            invalid(format!("endpoints[{j}]: identity {id:?}: {e}"))
+                        })?)
+                    }
                     (None, Some(sa)) => {
                         if !is_dns_subdomain(sa) {
                             return Err(invalid(format!(

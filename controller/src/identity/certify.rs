@@ -244,10 +244,7 @@ mod tests {
     #[test]
     fn spiffe_ids() {
         let ok = parse_spiffe_id("spiffe://td.local/ns/default/sa/web", &td()).unwrap();
-        assert_eq!(
-            (ok.namespace(), ok.service_account()),
-            ("default", "web")
-        );
+        assert_eq!((ok.namespace(), ok.service_account()), ("default", "web"));
         for bad in [
             "spiffe://td.local/ns/default/sa/",
             "spiffe://td.local/ns/default/sa/web/extra",

@@ -24,8 +24,8 @@
 //!   meshed inbound port from [`super::mesh`].
 
 use super::mesh;
-use conduit_identity::SpiffeId;
 use crate::model::{DestinationView, EndpointInfo, Target};
+use conduit_identity::SpiffeId;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;

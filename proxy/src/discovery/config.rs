@@ -184,12 +184,12 @@ pub fn parse_file(text: &str) -> Result<Vec<ServiceConfig>, ConfigError> {
                 EndpointSpec::Long(l) => Endpoint {
                     addr: l.addr,
                     weight: l.weight,
-                    identity: parse_identity(l.identity.as_deref(), l.addr).map_err(
-                        |message| ConfigError::Invalid {
+                    identity: parse_identity(l.identity.as_deref(), l.addr).map_err(|message| {
+                        ConfigError::Invalid {
                             service: s.name.clone(),
                             message,
-                        },
-                    )?,
+                        }
+                    })?,
                     meshed_inbound_port: l.meshed_inbound_port,
                     labels: l.labels,
                 },

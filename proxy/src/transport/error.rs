@@ -118,7 +118,11 @@ mod tests {
                 false,
                 io::ErrorKind::PermissionDenied,
             ),
-            (io::ErrorKind::ConnectionRefused.into(), false, io::ErrorKind::ConnectionRefused),
+            (
+                io::ErrorKind::ConnectionRefused.into(),
+                false,
+                io::ErrorKind::ConnectionRefused,
+            ),
         ];
         for (e, identity, kind) in cases {
             assert_eq!(is_peer_identity(&e), identity, "{e}");

@@ -11,9 +11,7 @@
 //!   identity becomes `peer_identity`.
 
 use super::intent::Refusal;
-use super::{
-    Accepted, Acceptor, ConnectError, ConnectTarget, Connector, MeshProto, TcpConnector,
-};
+use super::{Accepted, Acceptor, ConnectError, ConnectTarget, Connector, MeshProto, TcpConnector};
 use crate::io::BoxIo;
 use conduit_proxy_tls::{Alpn, Credentials, TlsError};
 use futures::future::BoxFuture;
@@ -121,7 +119,7 @@ impl Acceptor for TlsAcceptor {
             tracing::debug!(peer = %peer.identity, alpn = %peer.alpn, "inbound mTLS");
             Ok(Accepted {
                 io: Box::new(stream),
-                peer_identity: Some(peer.identity.to_string()),
+                peer_identity: Some(peer.identity),
             })
         })
     }
@@ -130,8 +128,8 @@ impl Acceptor for TlsAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use conduit_proxy_tls::SpiffeId;
     use crate::transport::intent::NoTls;
+    use conduit_proxy_tls::SpiffeId;
     use conduit_proxy_tls::testing::TestCa;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};

@@ -8,11 +8,11 @@
 //! [`Alpn::Http1`] (`conduit/http1`) or [`Alpn::Opaque`] (`conduit/opaque`).
 
 use crate::credentials::Credentials;
-use conduit_identity::SpiffeId;
 use crate::verify::{
     PeerIdentityError, ServerIdentityVerifier, TrustDomainClientVerifier, certificate_identity,
     identity_error,
 };
+use conduit_identity::SpiffeId;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use std::collections::HashMap;

@@ -305,6 +305,9 @@ mod tests {
         let ep = &set.endpoints[&"10.0.0.1:80".parse().unwrap()];
         assert_eq!(ep.identity.as_deref(), Some("spiffe://td/ns/a/sa/b"));
         assert_eq!(ep.identity.as_ref().unwrap().namespace(), "a");
-        assert_eq!(set.endpoints[&"10.0.0.3:80".parse().unwrap()].identity, None);
+        assert_eq!(
+            set.endpoints[&"10.0.0.3:80".parse().unwrap()].identity,
+            None
+        );
     }
 }
