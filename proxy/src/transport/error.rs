@@ -69,60 +69,37 @@ mod tests {
     #[test]
     fn typed_through_io_errors() {
         let addr: SocketAddr = "10.0.0.1:4143".parse().unwrap();
-        let id: SpiffeId = "spiffe://td/ns/a/sa/b".parse().unwrap();
+        let mtls = |source| -> io::Error {
+            ConnectError::Mtls {
+                addr,
+                expected: "spiffe://td/ns/a/sa/b".parse().unwrap(),
+                source,
+            }
+            .into()
+        };
+        let refused = ConnectError::Refused {
+            addr,
+            refusal: Refusal::MeshedWithoutIdentity,
+        };
+        let no_identity = conduit_proxy_tls::PeerIdentityError::NoIdentity;
+        let second = std::time::Duration::from_secs(1);
+        use io::ErrorKind::*;
         let cases: Vec<(io::Error, bool, io::ErrorKind)> = vec![
+            (refused.into(), true, PermissionDenied),
             (
-                ConnectError::Refused {
-                    addr,
-                    refusal: Refusal::MeshedWithoutIdentity,
-                }
-                .into(),
+                mtls(TlsError::PeerIdentity(no_identity)),
                 true,
-                io::ErrorKind::PermissionDenied,
+                PermissionDenied,
             ),
-            (
-                ConnectError::Mtls {
-                    addr,
-                    expected: id.clone(),
-                    source: TlsError::PeerIdentity(
-                        conduit_proxy_tls::PeerIdentityError::NoIdentity,
-                    ),
-                }
-                .into(),
-                true,
-                io::ErrorKind::PermissionDenied,
-            ),
-            (
-                ConnectError::Mtls {
-                    addr,
-                    expected: id.clone(),
-                    source: TlsError::Timeout(std::time::Duration::from_secs(1)),
-                }
-                .into(),
-                false,
-                io::ErrorKind::TimedOut,
-            ),
-            (
-                ConnectError::Mtls {
-                    addr,
-                    expected: id,
-                    source: TlsError::NotReady,
-                }
-                .into(),
-                false,
-                io::ErrorKind::NotConnected,
-            ),
+            (mtls(TlsError::Timeout(second)), false, TimedOut),
+            (mtls(TlsError::NotReady), false, NotConnected),
             // Not ours: never an identity failure, whatever its kind.
             (
-                io::Error::new(io::ErrorKind::PermissionDenied, "EACCES"),
+                io::Error::new(PermissionDenied, "EACCES"),
                 false,
-                io::ErrorKind::PermissionDenied,
+                PermissionDenied,
             ),
-            (
-                io::ErrorKind::ConnectionRefused.into(),
-                false,
-                io::ErrorKind::ConnectionRefused,
-            ),
+            (ConnectionRefused.into(), false, ConnectionRefused),
         ];
         for (e, identity, kind) in cases {
             assert_eq!(is_peer_identity(&e), identity, "{e}");
