@@ -12,7 +12,7 @@ use std::time::Duration;
 /// Where to connect, and what discovery says is there: a meshed peer (and
 /// whom we expect to find), or an application reached in plaintext and why.
 /// The proxy's connector turns this into mTLS or plaintext, or refuses, with
-/// [`intent::for_peer`](super::intent::for_peer).
+/// [`tls`](Self::tls).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConnectTarget {
     pub addr: SocketAddr,
@@ -43,6 +43,16 @@ impl ConnectTarget {
     pub fn is_meshed(&self) -> bool {
         matches!(self.peer, Peer::Meshed { .. })
     }
+    /// The transport decision for this target ([`intent::for_peer`](super::intent::for_peer);
+    /// no protocol yet means opaque bytes).
+    pub fn tls(&self, local_identity: bool) -> Result<super::Tls, super::Refusal> {
+        super::intent::for_peer(
+            &self.peer,
+            self.proto.unwrap_or(MeshProto::Tcp),
+            local_identity,
+        )
+    }
+
     /// The identity a meshed peer must prove, when discovery named one.
     pub fn peer_identity(&self) -> Option<&SpiffeId> {
         match &self.peer {
@@ -88,13 +98,16 @@ impl Connector for TcpConnector {
     fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.connect_timeout);
         // No identity here: never plaintext to a peer that must be verified.
-        if let Some(id) = target.peer_identity() {
-            let e = io::Error::from(super::ConnectError::Refused {
-                addr,
-                refusal: super::Refusal::NoLocalIdentity {
-                    identity: id.clone(),
-                },
-            });
+        let refusal = match target.tls(false) {
+            Ok(super::Tls::Plain(_)) => None,
+            // Not reached without a local identity; refused all the same.
+            Ok(super::Tls::Mutual { server, .. }) => {
+                Some(super::Refusal::NoLocalIdentity { identity: server })
+            }
+            Err(refusal) => Some(refusal),
+        };
+        if let Some(refusal) = refusal {
+            let e = io::Error::from(super::ConnectError::Refused { addr, refusal });
             return Box::pin(async move { Err(e) });
         }
         Box::pin(async move {

@@ -10,7 +10,7 @@
 //!   client certificate from our trust domain required; the verified
 //!   identity becomes `peer_identity`.
 
-use super::intent::Refusal;
+use super::intent::Tls;
 use super::{Accepted, Acceptor, ConnectError, ConnectTarget, Connector, MeshProto, TcpConnector};
 use crate::io::BoxIo;
 use conduit_proxy_tls::{Alpn, Credentials, TlsError};
@@ -61,34 +61,27 @@ impl TlsConnector {
 impl Connector for TlsConnector {
     fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.tcp.connect_timeout);
-        let meshed = target.is_meshed();
-        let expected = target.peer_identity().cloned();
-        let alpn = alpn(target.proto.unwrap_or(MeshProto::Tcp));
+        let decision = target.tls(true);
         let tls = self.tls.clone();
         Box::pin(async move {
-            if meshed && expected.is_none() {
-                return Err(ConnectError::Refused {
-                    addr,
-                    refusal: Refusal::MeshedWithoutIdentity,
+            let (expected, alpn) = match decision {
+                Ok(Tls::Mutual { server, alpn }) => (server, alpn),
+                Ok(Tls::Plain(_)) => {
+                    let tcp = TcpConnector::connect_tcp(addr, timeout).await?;
+                    return Ok(Box::new(tcp) as BoxIo);
                 }
-                .into());
-            }
+                Err(refusal) => return Err(ConnectError::Refused { addr, refusal }.into()),
+            };
             let tcp = TcpConnector::connect_tcp(addr, timeout).await?;
-            let Some(expected) = expected else {
-                return Ok(Box::new(tcp) as BoxIo);
-            };
-            let stream = match tls.connect(tcp, &expected, alpn).await {
-                Ok(stream) => stream,
-                Err(source) => {
-                    return Err(ConnectError::Mtls {
-                        addr,
-                        expected,
-                        source,
-                    }
-                    .into());
+            match tls.connect(tcp, &expected, alpn).await {
+                Ok(stream) => Ok(Box::new(stream) as BoxIo),
+                Err(source) => Err(ConnectError::Mtls {
+                    addr,
+                    expected,
+                    source,
                 }
-            };
-            Ok(Box::new(stream) as BoxIo)
+                .into()),
+            }
         })
     }
 }
@@ -129,6 +122,7 @@ impl Acceptor for TlsAcceptor {
 mod tests {
     use super::*;
     use crate::transport::intent::NoTls;
+    use crate::transport::intent::Refusal;
     use conduit_proxy_tls::SpiffeId;
     use conduit_proxy_tls::testing::TestCa;
     use std::time::Duration;
