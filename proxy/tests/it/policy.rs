@@ -433,7 +433,7 @@ async fn wait_status(
         &format!("{path} answering {want}"),
         std::time::Duration::from_secs(10),
         || async {
-            let s = status(&mut *c.lock().await, path).await;
+            let s = status(*c.lock().await, path).await;
             anyhow::ensure!(s == want, "still {s}");
             Ok(())
         },
