@@ -10,30 +10,12 @@
 //!   client certificate from our trust domain required; the verified
 //!   identity becomes `peer_identity`.
 
-use super::{Accepted, Acceptor, ConnectTarget, Connector, MeshProto, TcpConnector};
+use super::{Accepted, Acceptor, Connector, NextHop, TcpConnector};
 use crate::io::BoxIo;
-use conduit_proxy_tls::{Alpn, Credentials, SpiffeId, TlsError};
+use conduit_proxy_tls::{Credentials, SpiffeId, TlsError};
 use futures::future::BoxFuture;
 use std::io;
 use tokio::net::TcpStream;
-
-/// The ALPN name for what a connection to a peer proxy carries.
-pub fn alpn(proto: MeshProto) -> Alpn {
-    match proto {
-        MeshProto::H2 => Alpn::H2,
-        MeshProto::Http1 => Alpn::Http1,
-        MeshProto::Tcp => Alpn::Opaque,
-    }
-}
-
-/// The transport header protocol an ALPN name stands for.
-pub fn mesh_proto(alpn: Alpn) -> MeshProto {
-    match alpn {
-        Alpn::H2 => MeshProto::H2,
-        Alpn::Http1 => MeshProto::Http1,
-        Alpn::Opaque => MeshProto::Tcp,
-    }
-}
 
 /// Keeps the error's kind, adds where it happened.
 fn context(e: TlsError, what: String) -> io::Error {
@@ -58,11 +40,11 @@ impl TlsConnector {
 }
 
 impl Connector for TlsConnector {
-    fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
+    fn connect(&self, target: &NextHop) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.tcp.connect_timeout);
         let meshed = target.is_meshed();
         let identity = target.peer_identity().map(str::to_owned);
-        let alpn = alpn(target.proto.unwrap_or(MeshProto::Tcp));
+        let alpn = target.proto.alpn();
         let tls = self.tls.clone();
         Box::pin(async move {
             let expected = match identity.as_deref().map(SpiffeId::parse) {
@@ -129,6 +111,7 @@ impl Acceptor for TlsAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::MeshProto;
     use crate::transport::intent::NoTls;
     use conduit_proxy_tls::testing::TestCa;
     use std::time::Duration;
@@ -168,8 +151,7 @@ mod tests {
         let connector = TlsConnector::new(tcp(), client);
 
         let (addr, server) = inbound(&ca).await;
-        let mut target = ConnectTarget::meshed(addr, Some(SERVER.into()));
-        target.proto = Some(MeshProto::H2);
+        let target = NextHop::meshed(addr, Some(SERVER.into()), 8080).carrying(MeshProto::H2);
         let mut io = connector.connect(&target).await.unwrap();
         let mut accepted = server.await.unwrap().unwrap();
         assert_eq!(accepted.peer_identity.as_deref(), Some(CLIENT));
@@ -181,13 +163,17 @@ mod tests {
 
         // Another identity at that address: refused.
         let (addr, _server) = inbound(&ca).await;
-        let target = ConnectTarget::meshed(addr, Some("spiffe://td.local/ns/shop/sa/other".into()));
+        let target = NextHop::meshed(
+            addr,
+            Some("spiffe://td.local/ns/shop/sa/other".into()),
+            8080,
+        );
         let err = connector.connect(&target).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(err.to_string().contains("sa/other"), "{err}");
 
         // An identity that is not a SPIFFE ID: a clear error, no connection.
-        let target = ConnectTarget::meshed(addr, Some("books".into()));
+        let target = NextHop::meshed(addr, Some("books".into()), 8080);
         let err = connector.connect(&target).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
     }
@@ -200,7 +186,7 @@ mod tests {
         let (addr, server) = inbound(&ca).await;
         // A meshed endpoint without an identity: refused, nothing sent.
         let err = connector
-            .connect(&ConnectTarget::meshed(addr, None))
+            .connect(&NextHop::meshed(addr, None, 8080))
             .await
             .err()
             .unwrap();
@@ -208,7 +194,7 @@ mod tests {
         // An application gets plain TCP; the TLS-requiring inbound side
         // refuses plaintext.
         let mut io = connector
-            .connect(&ConnectTarget::plain(addr, NoTls::EndpointNotMeshed))
+            .connect(&NextHop::plain(addr, NoTls::EndpointNotMeshed))
             .await
             .unwrap();
         io.write_all(b"CONDUIT/1 tcp 8080\n").await.unwrap();
@@ -221,7 +207,7 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let err = tcp()
-            .connect(&ConnectTarget::meshed(addr, Some(SERVER.into())))
+            .connect(&NextHop::meshed(addr, Some(SERVER.into()), 8080))
             .await
             .err()
             .unwrap();
@@ -233,8 +219,8 @@ mod tests {
     #[test]
     fn alpn_follows_the_transport_header() {
         for proto in [MeshProto::H2, MeshProto::Http1, MeshProto::Tcp] {
-            assert_eq!(mesh_proto(alpn(proto)), proto);
+            assert_eq!(MeshProto::from_alpn(proto.alpn()), proto);
         }
-        assert_eq!(alpn(MeshProto::H2).as_bytes(), b"conduit/h2");
+        assert_eq!(MeshProto::H2.alpn().as_bytes(), b"conduit/h2");
     }
 }
