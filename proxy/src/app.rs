@@ -6,7 +6,7 @@ use crate::balance::{BalanceConfig, Balancers, EndpointGauges, RequestPolicy};
 use crate::config::Config;
 use crate::ctx::Shared;
 use crate::discovery::ControllerDiscovery;
-use crate::discovery::{Discover, Resolution, StaticDiscovery};
+use crate::discovery::{Discover, Resolution, StaticDiscovery, Watch};
 use crate::http::client::{Client, ClientSettings};
 use crate::inbound_target::InboundPorts;
 use crate::listen::{self, Handler};
@@ -37,7 +37,13 @@ pub const DISCOVERY_ANSWER_WAIT: Duration = Duration::from_secs(3);
 pub struct NoDiscovery;
 
 impl Discover for NoDiscovery {
-    fn resolve(&self, _orig_dst: SocketAddr) -> Resolution {
+    fn watch(&self, _orig_dst: SocketAddr) -> Box<dyn Watch> {
+        Box::new(NoDiscovery)
+    }
+}
+
+impl Watch for NoDiscovery {
+    fn resolution(&self) -> Resolution {
         Resolution::Unknown
     }
 }
