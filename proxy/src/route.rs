@@ -129,16 +129,12 @@ impl Target {
     /// (whatever the outcome, no timeouts of `policy`), or through the
     /// balancer with `policy`'s timeouts and retries (see
     /// [`Balancer::call`]). Returns the last attempt's value.
-    pub async fn call<R, F, Fut>(
+    pub async fn call<R, Fut: Future<Output = Attempt<R>>>(
         &self,
         policy: &RequestPolicy,
         retryable: bool,
-        mut attempt: F,
-    ) -> Result<R, CallError>
-    where
-        F: FnMut(NextHop) -> Fut,
-        Fut: Future<Output = Attempt<R>>,
-    {
+        mut attempt: impl FnMut(NextHop) -> Fut,
+    ) -> Result<R, CallError> {
         match self {
             Target::Direct(hop) => match attempt(hop.clone()).await {
                 Attempt::Success(r) | Attempt::Failure(r) | Attempt::NotSent(r) => Ok(r),
