@@ -60,7 +60,7 @@ enum Source {
     Steered,
     /// A peer proxy, with the identity its certificate proved (`None`
     /// without mTLS).
-    Peer(Option<String>),
+    Peer(Option<conduit_proxy_tls::SpiffeId>),
 }
 
 /// One accepted inbound connection, before its route is known.
@@ -156,8 +156,6 @@ impl Inbound {
             dst_label,
             source_proto,
             from_peer,
-            // Parsed once here for the inbound policy (crate::policy).
-            peer_id: crate::policy::parse_peer_identity(peer_identity.as_deref()),
             peer_identity,
             activity: self.activity.clone(),
             tunnels: TaskTracker::new(),

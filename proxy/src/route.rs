@@ -184,11 +184,7 @@ mod tests {
     }
 
     fn balancer(name: &str, endpoints: Vec<Endpoint>) -> Balancer {
-        let (_tx, rx) = watch::channel(Destination {
-            name: name.into(),
-            endpoints,
-            pending: false,
-        });
+        let (_tx, rx) = watch::channel(Destination::known(name, endpoints));
         Balancer::new(rx, BalanceConfig::default())
     }
 
@@ -272,12 +268,15 @@ mod tests {
         assert!(!hop.is_meshed());
         assert_eq!(hop.header(), None);
         ep.meshed_inbound_port = Some(4143);
-        ep.identity = Some(ID.into());
+        ep.identity = Some(ID.parse().unwrap());
         let hop = for_endpoint(&ep);
         assert_eq!(hop.addr, addr("10.0.0.2:4143"));
         assert_eq!(hop.mesh_port, Some(8080));
         assert!(hop.is_meshed());
-        assert_eq!(hop.peer_identity(), Some(ID));
+        assert_eq!(
+            hop.peer_identity().map(|id| id.to_string()).as_deref(),
+            Some(ID)
+        );
         let header = hop
             .clone()
             .carrying(crate::transport::MeshProto::H2)
@@ -304,7 +303,7 @@ mod tests {
     fn a_balanced_target_picks_its_endpoints() {
         let mut ep = Endpoint::plain(addr("10.0.0.2:8080"));
         ep.meshed_inbound_port = Some(4143);
-        ep.identity = Some(ID.into());
+        ep.identity = Some(ID.parse().unwrap());
         let target = Target::Balanced(balancer("svc", vec![ep.clone()]));
         assert!(target.retries());
         let (hop, pick) = target.pick().unwrap();

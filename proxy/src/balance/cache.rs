@@ -319,11 +319,10 @@ mod tests {
         {
             let mut s = fake.state.lock().unwrap();
             s.live = true;
-            let (tx, _) = tokio::sync::watch::channel(Destination {
-                name: "a".into(),
-                endpoints: vec![Endpoint::plain("127.0.0.1:1".parse().unwrap())],
-                pending: false,
-            });
+            let (tx, _) = tokio::sync::watch::channel(Destination::known(
+                "a",
+                vec![Endpoint::plain("127.0.0.1:1".parse().unwrap())],
+            ));
             s.known.insert(a, tx);
         }
         // Capacity 100, but discovery allows two watches.

@@ -23,7 +23,7 @@
 //!   destinations ([`Discover::max_watches`], below the controller's 4096
 //!   streams per connection).
 
-use super::{Destination, Discover, Endpoint, Resolution, Watch};
+use super::{Discover, Resolution, Watch};
 use conduit_controller_api::client::{self, DestinationState, WatchOptions};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -119,11 +119,11 @@ fn controller_away(streams: &Mutex<Vec<Weak<Stream>>>, answer_wait: Duration) ->
     waited
 }
 
-/// The watch on one destination: its stream and the proxy's view of it.
+/// The watch on one destination: its stream, whose state (the API
+/// client's watch) is handed to balancers as it is.
 struct ControllerWatch {
     orig_dst: SocketAddr,
     stream: Arc<Stream>,
-    mapped: watch::Receiver<Destination>,
     answer_wait: Duration,
     streams: Arc<Mutex<Vec<Weak<Stream>>>>,
 }
@@ -132,7 +132,6 @@ impl Discover for ControllerDiscovery {
     fn watch(&self, orig_dst: SocketAddr) -> Box<dyn Watch> {
         let target = client::addr_target(orig_dst);
         let state = client::watch_destination_with(self.channel.clone(), &target, self.options);
-        let mapped = client::map_watch(state.clone(), move |s| to_destination(s, orig_dst));
         let stream = Arc::new(Stream {
             created: Instant::now(),
             state,
@@ -145,7 +144,6 @@ impl Discover for ControllerDiscovery {
         Box::new(ControllerWatch {
             orig_dst,
             stream,
-            mapped,
             answer_wait: self.answer_wait,
             streams: self.streams.clone(),
         })
@@ -172,40 +170,16 @@ impl Watch for ControllerWatch {
                 tracing::debug!(orig_dst = %self.orig_dst, "controller has not answered about this destination");
                 Resolution::Unanswered
             }
-            _ => Resolution::Known(self.mapped.clone()),
+            _ => Resolution::Known(self.stream.state.clone()),
         }
     }
 
-    /// A mapped watch whose task ended (source gone) is rebuilt.
+    /// A watch whose task ended is rebuilt.
     fn is_live(&self) -> bool {
-        self.mapped.has_changed().is_ok()
+        self.stream.state.has_changed().is_ok()
     }
 
     fn follows_unresolved(&self) -> bool {
         true
-    }
-}
-
-/// The proxy's view of a controller state. A target that turned out not to
-/// exist while connections already follow it maps to its own address.
-fn to_destination(s: &DestinationState, orig_dst: SocketAddr) -> Destination {
-    let endpoints = match s.exists {
-        Some(false) => vec![Endpoint::plain(orig_dst)],
-        _ => s
-            .endpoints
-            .iter()
-            .map(|e| Endpoint {
-                addr: e.addr,
-                weight: e.weight,
-                identity: e.identity.clone(),
-                meshed_inbound_port: e.meshed_inbound_port,
-                labels: e.labels.clone(),
-            })
-            .collect(),
-    };
-    Destination {
-        name: s.display_name().to_owned(),
-        endpoints,
-        pending: s.exists.is_none(),
     }
 }

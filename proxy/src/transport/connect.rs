@@ -3,6 +3,7 @@
 use super::intent::{NoTls, Peer};
 use super::{MeshProto, TransportHeader};
 use crate::io::BoxIo;
+use conduit_proxy_tls::SpiffeId;
 use futures::future::BoxFuture;
 use std::io;
 use std::net::SocketAddr;
@@ -40,7 +41,7 @@ impl NextHop {
     }
     /// A peer proxy at `addr` with the identity discovery named (if any),
     /// asked for the application at `app_port`.
-    pub fn meshed(addr: SocketAddr, identity: Option<String>, app_port: u16) -> Self {
+    pub fn meshed(addr: SocketAddr, identity: Option<SpiffeId>, app_port: u16) -> Self {
         Self {
             addr,
             peer: Peer::Meshed { identity },
@@ -57,9 +58,9 @@ impl NextHop {
         matches!(self.peer, Peer::Meshed { .. })
     }
     /// The identity a meshed peer must prove, when discovery named one.
-    pub fn peer_identity(&self) -> Option<&str> {
+    pub fn peer_identity(&self) -> Option<&SpiffeId> {
         match &self.peer {
-            Peer::Meshed { identity } => identity.as_deref(),
+            Peer::Meshed { identity } => identity.as_ref(),
             Peer::Plain(_) => None,
         }
     }
@@ -109,12 +110,12 @@ impl Connector for TcpConnector {
         let (addr, timeout) = (target.addr, self.connect_timeout);
         // No identity here: never plaintext to a peer that must be verified.
         if let Some(id) = target.peer_identity() {
-            let e = io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{addr} is meshed ({id}) and needs mTLS, but this connector has no identity"
-                ),
-            );
+            let e = io::Error::from(super::ConnectError::Refused {
+                addr,
+                refusal: super::Refusal::NoLocalIdentity {
+                    identity: id.clone(),
+                },
+            });
             return Box::pin(async move { Err(e) });
         }
         Box::pin(async move {

@@ -51,10 +51,10 @@ impl Connector for Guarded {
                         reason: refusal.as_str(),
                     })
                     .inc();
-                let e = io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{}: {refusal}", target.addr),
-                );
+                let e = io::Error::from(super::ConnectError::Refused {
+                    addr: target.addr,
+                    refusal,
+                });
                 return Box::pin(async move { Err(e) });
             }
         };
@@ -124,7 +124,7 @@ mod tests {
         let err = g
             .connect(&NextHop::meshed(
                 addr,
-                Some("spiffe://td/ns/a/sa/b".into()),
+                Some("spiffe://td/ns/a/sa/b".parse().unwrap()),
                 8080,
             ))
             .await

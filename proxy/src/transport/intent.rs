@@ -22,6 +22,7 @@
 //! The decisions are the pure functions [`for_peer`] and [`for_unresolved`].
 
 use crate::discovery::ClusterNetworks;
+use conduit_proxy_tls::SpiffeId;
 use std::net::IpAddr;
 
 /// What discovery says about the next hop of a connection.
@@ -29,7 +30,7 @@ use std::net::IpAddr;
 pub enum Peer {
     /// The endpoint runs a conduit proxy; `identity` is the SPIFFE ID
     /// discovery named for it (`None`: it named none).
-    Meshed { identity: Option<String> },
+    Meshed { identity: Option<SpiffeId> },
     /// Not a proxy: an application (local or remote) reached directly, for
     /// the reason given.
     Plain(NoTls),
@@ -77,7 +78,7 @@ impl NoTls {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tls {
     /// Mutual TLS; the server must prove this SPIFFE identity.
-    Mutual { server: String },
+    Mutual { server: SpiffeId },
     /// Plaintext, for this reason.
     Plain(NoTls),
 }
@@ -94,7 +95,7 @@ pub enum Refusal {
         "the endpoint is meshed (identity {identity}) and needs mTLS, but this proxy has no \
          identity: refusing rather than sending plaintext"
     )]
-    NoLocalIdentity { identity: String },
+    NoLocalIdentity { identity: SpiffeId },
     #[error(
         "discovery says the endpoint is meshed but names no identity to verify: refusing \
          rather than sending plaintext or trusting any certificate"
@@ -160,21 +161,23 @@ mod tests {
 
     fn meshed(id: Option<&str>) -> Peer {
         Peer::Meshed {
-            identity: id.map(str::to_owned),
+            identity: id.map(|id| id.parse().unwrap()),
         }
     }
 
     #[test]
     fn peers() {
         use NoTls::*;
-        let mutual = Ok(Tls::Mutual { server: ID.into() });
+        let mutual = Ok(Tls::Mutual {
+            server: ID.parse().unwrap(),
+        });
         let table: Vec<(Peer, bool, Result<Tls, Refusal>)> = vec![
             (meshed(Some(ID)), true, mutual),
             (
                 meshed(Some(ID)),
                 false,
                 Err(Refusal::NoLocalIdentity {
-                    identity: ID.into(),
+                    identity: ID.parse().unwrap(),
                 }),
             ),
             (meshed(None), true, Err(Refusal::MeshedWithoutIdentity)),

@@ -10,14 +10,15 @@
 //!   client certificate from our trust domain required; the verified
 //!   identity becomes `peer_identity`.
 
-use super::{Accepted, Acceptor, Connector, NextHop, TcpConnector};
+use super::intent::Refusal;
+use super::{Accepted, Acceptor, ConnectError, Connector, NextHop, TcpConnector};
 use crate::io::BoxIo;
-use conduit_proxy_tls::{Credentials, SpiffeId, TlsError};
+use conduit_proxy_tls::{Credentials, TlsError};
 use futures::future::BoxFuture;
 use std::io;
 use tokio::net::TcpStream;
 
-/// Keeps the error's kind, adds where it happened.
+/// Inbound: keeps the error's kind, adds where it happened.
 fn context(e: TlsError, what: String) -> io::Error {
     let e = io::Error::from(e);
     io::Error::new(e.kind(), format!("{what}: {e}"))
@@ -43,34 +44,32 @@ impl Connector for TlsConnector {
     fn connect(&self, target: &NextHop) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.tcp.connect_timeout);
         let meshed = target.is_meshed();
-        let identity = target.peer_identity().map(str::to_owned);
+        let expected = target.peer_identity().cloned();
         let alpn = target.proto.alpn();
         let tls = self.tls.clone();
         Box::pin(async move {
-            let expected = match identity.as_deref().map(SpiffeId::parse) {
-                None if meshed => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!("{addr} is meshed but discovery named no identity to verify"),
-                    ));
+            if meshed && expected.is_none() {
+                return Err(ConnectError::Refused {
+                    addr,
+                    refusal: Refusal::MeshedWithoutIdentity,
                 }
-                None => None,
-                Some(Ok(id)) => Some(id),
-                Some(Err(e)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("discovery gave endpoint {addr} an unusable identity: {e}"),
-                    ));
-                }
-            };
+                .into());
+            }
             let tcp = TcpConnector::connect_tcp(addr, timeout).await?;
             let Some(expected) = expected else {
                 return Ok(Box::new(tcp) as BoxIo);
             };
-            let stream = tls
-                .connect(tcp, &expected, alpn)
-                .await
-                .map_err(|e| context(e, format!("mTLS to {addr} (expecting {expected})")))?;
+            let stream = match tls.connect(tcp, &expected, alpn).await {
+                Ok(stream) => stream,
+                Err(source) => {
+                    return Err(ConnectError::Mtls {
+                        addr,
+                        expected,
+                        source,
+                    }
+                    .into());
+                }
+            };
             Ok(Box::new(stream) as BoxIo)
         })
     }
@@ -102,7 +101,7 @@ impl Acceptor for TlsAcceptor {
             tracing::debug!(peer = %peer.identity, alpn = %peer.alpn, "inbound mTLS");
             Ok(Accepted {
                 io: Box::new(stream),
-                peer_identity: Some(peer.identity.to_string()),
+                peer_identity: Some(peer.identity),
             })
         })
     }
@@ -113,6 +112,7 @@ mod tests {
     use super::*;
     use crate::transport::MeshProto;
     use crate::transport::intent::NoTls;
+    use conduit_proxy_tls::SpiffeId;
     use conduit_proxy_tls::testing::TestCa;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -151,7 +151,8 @@ mod tests {
         let connector = TlsConnector::new(tcp(), client);
 
         let (addr, server) = inbound(&ca).await;
-        let target = NextHop::meshed(addr, Some(SERVER.into()), 8080).carrying(MeshProto::H2);
+        let target = NextHop::meshed(addr, Some(SpiffeId::parse(SERVER).unwrap()), 8080)
+            .carrying(MeshProto::H2);
         let mut io = connector.connect(&target).await.unwrap();
         let mut accepted = server.await.unwrap().unwrap();
         assert_eq!(accepted.peer_identity.as_deref(), Some(CLIENT));
@@ -163,19 +164,25 @@ mod tests {
 
         // Another identity at that address: refused.
         let (addr, _server) = inbound(&ca).await;
-        let target = NextHop::meshed(
-            addr,
-            Some("spiffe://td.local/ns/shop/sa/other".into()),
-            8080,
-        );
+        let other = SpiffeId::parse("spiffe://td.local/ns/shop/sa/other").unwrap();
+        let target = NextHop::meshed(addr, Some(other), 8080);
         let err = connector.connect(&target).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(err.to_string().contains("sa/other"), "{err}");
+        // Typed, not sniffed: the peer did not prove the identity.
+        assert!(
+            matches!(
+                ConnectError::of(&err),
+                Some(ConnectError::Mtls { source, .. }) if source.is_peer_identity()
+            ),
+            "{err:?}"
+        );
+        assert!(crate::transport::error::is_peer_identity(&err));
 
-        // An identity that is not a SPIFFE ID: a clear error, no connection.
-        let target = NextHop::meshed(addr, Some("books".into()), 8080);
-        let err = connector.connect(&target).await.err().unwrap();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        // An identity that is not a SPIFFE ID cannot reach a connector: it
+        // is refused where discovery's answer is parsed (the API client's
+        // `identities_are_parsed_at_the_boundary`).
+        assert!(SpiffeId::parse("books").is_err());
     }
 
     #[tokio::test]
@@ -191,6 +198,16 @@ mod tests {
             .err()
             .unwrap();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(
+            matches!(
+                ConnectError::of(&err),
+                Some(ConnectError::Refused {
+                    refusal: Refusal::MeshedWithoutIdentity,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
         // An application gets plain TCP; the TLS-requiring inbound side
         // refuses plaintext.
         let mut io = connector
@@ -207,7 +224,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let err = tcp()
-            .connect(&NextHop::meshed(addr, Some(SERVER.into()), 8080))
+            .connect(&NextHop::meshed(
+                addr,
+                Some(SpiffeId::parse(SERVER).unwrap()),
+                8080,
+            ))
             .await
             .err()
             .unwrap();
