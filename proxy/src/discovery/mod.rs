@@ -1,6 +1,7 @@
 //! Discovery: from an original destination address to the set of endpoints
-//! behind it. The proxy only sees the [`Discover`] trait; backends are a
-//! static file (here) and the controller's `Destination.Get` stream.
+//! behind it. The proxy only sees the [`Discover`] and [`Watch`] traits;
+//! backends are a static file (here) and the controller's
+//! `Destination.Get` stream.
 
 pub mod config;
 mod controller;
@@ -42,8 +43,38 @@ pub enum Resolution {
     Unanswered,
 }
 
-/// Resolves original destinations. Implementations must be cheap to call per
-/// connection (cache and share watches).
+/// A backend of discovery: it starts watches on original destinations.
+/// The proxy's one per-destination cache,
+/// [`Balancers`](crate::balance::Balancers), calls [`watch`](Self::watch)
+/// once per destination and owns the watch (with the destination's
+/// balancer) while the destination is used; dropping it ends the watch
+/// (for the controller, its `Get` stream). Backends keep no cache of
+/// their own.
 pub trait Discover: Send + Sync + 'static {
-    fn resolve(&self, orig_dst: SocketAddr) -> Resolution;
+    /// Starts following `orig_dst`.
+    fn watch(&self, orig_dst: SocketAddr) -> Box<dyn Watch>;
+
+    /// At most this many watches at once (the cache holds no more).
+    fn max_watches(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// Discovery's watch on one original destination.
+pub trait Watch: Send + Sync {
+    /// What discovery knows about the destination now.
+    fn resolution(&self) -> Resolution;
+
+    /// Whether the watch still follows its source (`false`: start another).
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    /// Whether to keep the watch while the destination is not resolved to
+    /// endpoints: the controller's answer may still change and its next
+    /// watch would cost a new stream; a static table is looked up again for
+    /// free.
+    fn follows_unresolved(&self) -> bool {
+        false
+    }
 }

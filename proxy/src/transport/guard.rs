@@ -7,7 +7,7 @@
 //! `conduit_outbound_plaintext_total{reason}`.
 
 use super::intent::Tls;
-use super::{ConnectTarget, Connector};
+use super::{Connector, NextHop};
 use crate::io::BoxIo;
 use crate::metrics::WhyLabels;
 use futures::future::BoxFuture;
@@ -41,7 +41,7 @@ impl Guarded {
 }
 
 impl Connector for Guarded {
-    fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
+    fn connect(&self, target: &NextHop) -> BoxFuture<'static, io::Result<BoxIo>> {
         let why = match target.tls(self.local_identity) {
             Ok(Tls::Mutual { .. }) => None,
             Ok(Tls::Plain(why)) => Some(why),
@@ -111,21 +111,22 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (g, plain, refused) = guarded(false);
 
-        g.connect(&ConnectTarget::plain(addr, NoTls::NotInClusterNetworks))
+        g.connect(&NextHop::plain(addr, NoTls::NotInClusterNetworks))
             .await
             .unwrap();
-        g.connect(&ConnectTarget::plain(addr, NoTls::LocalApplication))
+        g.connect(&NextHop::plain(addr, NoTls::LocalApplication))
             .await
             .unwrap();
-        g.connect(&ConnectTarget::meshed(addr, None)).await.unwrap();
+        g.connect(&NextHop::meshed(addr, None, 8080)).await.unwrap();
         assert_eq!(count(&plain, "not_in_cluster_networks"), 1);
         assert_eq!(count(&plain, "local_application"), 0, "inside the pod");
         assert_eq!(count(&plain, "no_identity_configured"), 1);
 
         let err = g
-            .connect(&ConnectTarget::meshed(
+            .connect(&NextHop::meshed(
                 addr,
                 Some("spiffe://td/ns/a/sa/b".parse().unwrap()),
+                8080,
             ))
             .await
             .err()
@@ -135,7 +136,7 @@ mod tests {
         assert_eq!(count(&refused, "no_local_identity"), 1);
 
         let (g, _, refused) = guarded(true);
-        assert!(g.connect(&ConnectTarget::meshed(addr, None)).await.is_err());
+        assert!(g.connect(&NextHop::meshed(addr, None, 8080)).await.is_err());
         assert_eq!(count(&refused, "meshed_without_identity"), 1);
     }
 }

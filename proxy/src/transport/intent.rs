@@ -125,7 +125,7 @@ pub fn for_peer(peer: &Peer, proto: MeshProto, local_identity: bool) -> Result<T
         (Peer::Plain(why), _) => Ok(Tls::Plain(*why)),
         (Peer::Meshed { identity: Some(id) }, true) => Ok(Tls::Mutual {
             server: id.clone(),
-            alpn: super::tls::alpn(proto),
+            alpn: proto.alpn(),
         }),
         (Peer::Meshed { identity: Some(id) }, false) => Err(Refusal::NoLocalIdentity {
             identity: id.clone(),

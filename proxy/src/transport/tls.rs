@@ -11,30 +11,12 @@
 //!   identity becomes `peer_identity`.
 
 use super::intent::Tls;
-use super::{Accepted, Acceptor, ConnectError, ConnectTarget, Connector, MeshProto, TcpConnector};
+use super::{Accepted, Acceptor, ConnectError, Connector, NextHop, TcpConnector};
 use crate::io::BoxIo;
-use conduit_proxy_tls::{Alpn, Credentials, TlsError};
+use conduit_proxy_tls::{Credentials, TlsError};
 use futures::future::BoxFuture;
 use std::io;
 use tokio::net::TcpStream;
-
-/// The ALPN name for what a connection to a peer proxy carries.
-pub fn alpn(proto: MeshProto) -> Alpn {
-    match proto {
-        MeshProto::H2 => Alpn::H2,
-        MeshProto::Http1 => Alpn::Http1,
-        MeshProto::Tcp => Alpn::Opaque,
-    }
-}
-
-/// The transport header protocol an ALPN name stands for.
-pub fn mesh_proto(alpn: Alpn) -> MeshProto {
-    match alpn {
-        Alpn::H2 => MeshProto::H2,
-        Alpn::Http1 => MeshProto::Http1,
-        Alpn::Opaque => MeshProto::Tcp,
-    }
-}
 
 /// Inbound: keeps the error's kind, adds where it happened.
 fn context(e: TlsError, what: String) -> io::Error {
@@ -59,7 +41,7 @@ impl TlsConnector {
 }
 
 impl Connector for TlsConnector {
-    fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
+    fn connect(&self, target: &NextHop) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.tcp.connect_timeout);
         let decision = target.tls(true);
         let tls = self.tls.clone();
@@ -121,6 +103,7 @@ impl Acceptor for TlsAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::MeshProto;
     use crate::transport::intent::NoTls;
     use crate::transport::intent::Refusal;
     use conduit_proxy_tls::SpiffeId;
@@ -162,8 +145,8 @@ mod tests {
         let connector = TlsConnector::new(tcp(), client);
 
         let (addr, server) = inbound(&ca).await;
-        let mut target = ConnectTarget::meshed(addr, Some(SpiffeId::parse(SERVER).unwrap()));
-        target.proto = Some(MeshProto::H2);
+        let target = NextHop::meshed(addr, Some(SpiffeId::parse(SERVER).unwrap()), 8080)
+            .carrying(MeshProto::H2);
         let mut io = connector.connect(&target).await.unwrap();
         let mut accepted = server.await.unwrap().unwrap();
         assert_eq!(accepted.peer_identity.as_deref(), Some(CLIENT));
@@ -176,7 +159,7 @@ mod tests {
         // Another identity at that address: refused.
         let (addr, _server) = inbound(&ca).await;
         let other = SpiffeId::parse("spiffe://td.local/ns/shop/sa/other").unwrap();
-        let target = ConnectTarget::meshed(addr, Some(other));
+        let target = NextHop::meshed(addr, Some(other), 8080);
         let err = connector.connect(&target).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(err.to_string().contains("sa/other"), "{err}");
@@ -204,7 +187,7 @@ mod tests {
         let (addr, server) = inbound(&ca).await;
         // A meshed endpoint without an identity: refused, nothing sent.
         let err = connector
-            .connect(&ConnectTarget::meshed(addr, None))
+            .connect(&NextHop::meshed(addr, None, 8080))
             .await
             .err()
             .unwrap();
@@ -222,7 +205,7 @@ mod tests {
         // An application gets plain TCP; the TLS-requiring inbound side
         // refuses plaintext.
         let mut io = connector
-            .connect(&ConnectTarget::plain(addr, NoTls::EndpointNotMeshed))
+            .connect(&NextHop::plain(addr, NoTls::EndpointNotMeshed))
             .await
             .unwrap();
         io.write_all(b"CONDUIT/1 tcp 8080\n").await.unwrap();
@@ -235,9 +218,10 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let err = tcp()
-            .connect(&ConnectTarget::meshed(
+            .connect(&NextHop::meshed(
                 addr,
                 Some(SpiffeId::parse(SERVER).unwrap()),
+                8080,
             ))
             .await
             .err()
@@ -250,8 +234,8 @@ mod tests {
     #[test]
     fn alpn_follows_the_transport_header() {
         for proto in [MeshProto::H2, MeshProto::Http1, MeshProto::Tcp] {
-            assert_eq!(mesh_proto(alpn(proto)), proto);
+            assert_eq!(MeshProto::from_alpn(proto.alpn()), proto);
         }
-        assert_eq!(alpn(MeshProto::H2).as_bytes(), b"conduit/h2");
+        assert_eq!(MeshProto::H2.alpn().as_bytes(), b"conduit/h2");
     }
 }
