@@ -261,6 +261,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
                 pod: cfg.pod_name.clone(),
                 labels,
             },
+            cfg.identity_token_file.clone(),
         );
     }
     // `shutdown` asks for a drain (signal, POST /shutdown); `stop` is

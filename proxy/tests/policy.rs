@@ -349,8 +349,16 @@ async fn controller(dir: &Path, policy: &Path) -> conduit_controller::server::Ru
     use std::time::{Duration, SystemTime};
     let discovery = dir.join("discovery.yaml");
     std::fs::write(&discovery, "").unwrap();
+    // The server proxy's token: it may watch pod web-0's policy only.
     let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, "tokens: []\n").unwrap();
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens: [{{token: {WEB_TOKEN}, namespace: shop, serviceAccount: web, pods: {{web-0: {{app: web}}}}}}]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("web-token"), WEB_TOKEN).unwrap();
     let metrics = Arc::new(conduit_controller::metrics::Metrics::new());
     let settings = Settings {
         trust_domain: "cluster.local".into(),
@@ -394,17 +402,23 @@ async fn controller(dir: &Path, policy: &Path) -> conduit_controller::server::Ru
     .unwrap()
 }
 
-/// The receiving proxy following `controller_addr` for its policy.
+const WEB_TOKEN: &str = "web-0-token-0123456789abcdef";
+
+/// The receiving proxy (pod shop/web-0) following `controller_addr` for
+/// its policy, showing the token in `token_dir` (written by [`controller`]).
 async fn server_proxy_following(
     ca: &TestCa,
     app: SocketAddr,
     controller_addr: SocketAddr,
+    token_dir: &Path,
 ) -> Running {
     support::init_tracing();
     let mut cfg = Config::loopback_for_tests();
     cfg.inbound_policy = DefaultPolicy::Deny;
     cfg.pod_namespace = "shop".into();
+    cfg.pod_name = "web-0".into();
     cfg.pod_labels = "app=web".into();
+    cfg.identity_token_file = Some(token_dir.join("web-token"));
     let web = ca.credentials(&SpiffeId::parse(WEB).unwrap()).unwrap();
     let mut deps = Deps::fixed(&cfg, app, Arc::new(conduit_proxy::app::NoDiscovery))
         .with_mtls(&cfg, web)
@@ -462,7 +476,7 @@ async fn policy_from_the_controller_changes_live_and_outlives_the_controller() {
         1,
     );
     let ctl = controller(dir.path(), &file).await;
-    let server = server_proxy_following(&ca, app.addr, ctl.grpc_addr).await;
+    let server = server_proxy_following(&ca, app.addr, ctl.grpc_addr, dir.path()).await;
     let be = client_proxy(&ca, &server, app.addr, BACKEND).await;
     let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
     let mut b = client::h1(be.outbound_addrs[0]).await;
@@ -500,7 +514,8 @@ async fn before_any_policy_the_configured_default_applies() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let server = server_proxy_following(&ca, app.addr, closed).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_proxy_following(&ca, app.addr, closed, dir.path()).await;
     let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
     let mut f = client::h1(fe.outbound_addrs[0]).await;
     assert_eq!(status(&mut f, "/api/users").await, 403);
