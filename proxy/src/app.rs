@@ -317,6 +317,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
     let observe = crate::tap::Observe::new(
         &mut registry,
         cfg.access_log.map(crate::access_log::AccessLog::new),
+        deps.credentials.as_ref().map(|c| c.identity().to_string()),
     );
     let admin = Arc::new(Admin {
         registry,

@@ -236,7 +236,7 @@ mod tests {
         let web0 = || Some(record("web-0", Some("u0"), "web"));
         let claim = |ns, pod| Claim { namespace: ns, pod };
         // (claim, caller, record, Ok or the refusal's reason)
-        let table: Vec<(Claim, Caller, Option<PodRecord>, &str)> = vec![
+        let table: Vec<(Claim<'_>, Caller, Option<PodRecord>, &str)> = vec![
             (
                 claim("shop", "web-0"),
                 caller(Some(("web-0", Some("u0")))),
