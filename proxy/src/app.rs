@@ -248,6 +248,9 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         crate::policy::context(&cfg).context("the inbound policy's context")?,
         &mut registry,
     );
+    if let Some(c) = &deps.credentials {
+        inbound_policy.plugins.set_credentials(c.clone());
+    }
     if let Some(path) = &cfg.inbound_policy_file {
         crate::policy::file::start(inbound_policy.clone(), path.clone(), cfg.discovery_reload)?;
     } else if let Some(channel) = deps.controller.clone() {
