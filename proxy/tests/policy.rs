@@ -587,10 +587,12 @@ mod plugin {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let mut roots = rustls::RootCertStore::empty();
         roots.add(ca.certificate().clone()).unwrap();
-        let clients =
-            rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-                .build()
-                .unwrap();
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])
             .unwrap()
@@ -606,10 +608,14 @@ mod plugin {
         let record = seen.clone();
         tokio::spawn(async move {
             loop {
-                let Ok((tcp, _)) = l.accept().await else { return };
+                let Ok((tcp, _)) = l.accept().await else {
+                    return;
+                };
                 let (acceptor, svc, record) = (acceptor.clone(), svc.clone(), record.clone());
                 tokio::spawn(async move {
-                    let Ok(tls) = acceptor.accept(tcp).await else { return };
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
                     let client = tls
                         .get_ref()
                         .1
@@ -618,14 +624,16 @@ mod plugin {
                         .and_then(|c| conduit_proxy_tls::certificate_identity(c).ok())
                         .map(|id| id.to_string())
                         .unwrap_or_default();
-                    let svc = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                        record.lock().unwrap().push(client.clone());
-                        let mut svc = svc.clone();
-                        async move {
-                            let req = req.map(tonic::body::Body::new);
-                            tower_service::Service::call(&mut svc, req).await
-                        }
-                    });
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            record.lock().unwrap().push(client.clone());
+                            let mut svc = svc.clone();
+                            async move {
+                                let req = req.map(tonic::body::Body::new);
+                                tower_service::Service::call(&mut svc, req).await
+                            }
+                        },
+                    );
                     let _ = hyper::server::conn::http2::Builder::new(
                         hyper_util::rt::TokioExecutor::new(),
                     )
@@ -777,7 +785,9 @@ async fn a_meshed_plugin_is_reached_over_mtls_and_a_wrong_identity_is_refused() 
         (impostor, "closed", 403, false),
         (impostor, "open", 200, false),
     ] {
-        let file = dir.path().join(format!("{failure}-{}.yaml", required.len()));
+        let file = dir
+            .path()
+            .join(format!("{failure}-{}.yaml", required.len()));
         write_policy(
             &file,
             &plugin_policy_as(plugin_addr, failure, Some(required)),
@@ -790,13 +800,20 @@ async fn a_meshed_plugin_is_reached_over_mtls_and_a_wrong_identity_is_refused() 
         let (parts, body) = send(&mut c, &[("x-allow", "yes")]).await;
         assert_eq!(parts.status, want, "{required} fail-{failure}: {body}");
         // Decorated only when the plugin answered.
-        assert_eq!(parts.headers.contains_key("x-saw-added"), asked, "{required}");
+        assert_eq!(
+            parts.headers.contains_key("x-saw-added"),
+            asked,
+            "{required}"
+        );
         let calls = seen.lock().unwrap()[before..].to_vec();
         if asked {
             // The proxy presented its own identity to the plugin.
             assert_eq!(calls, [WEB], "{required}");
         } else {
-            assert!(calls.is_empty(), "{required}: the plugin was asked: {calls:?}");
+            assert!(
+                calls.is_empty(),
+                "{required}: the plugin was asked: {calls:?}"
+            );
             let m = metrics(&server).await;
             let reason = format!("reason=\"authz_plugin_failed_{failure}\"");
             assert_sample(&m, "conduit_errors_total", &[reason.as_str()], 1.0);
@@ -804,7 +821,11 @@ async fn a_meshed_plugin_is_reached_over_mtls_and_a_wrong_identity_is_refused() 
     }
     // Plaintext to a meshed plugin's TLS port gets nowhere either.
     let file = dir.path().join("plaintext.yaml");
-    write_policy(&file, &plugin_policy(plugin_addr, "closed"), app.addr.port());
+    write_policy(
+        &file,
+        &plugin_policy(plugin_addr, "closed"),
+        app.addr.port(),
+    );
     let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::AllUnauthenticated).await;
     let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
     let mut c = client::h1(fe.outbound_addrs[0]).await;

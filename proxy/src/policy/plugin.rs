@@ -77,7 +77,12 @@ impl Plugins {
     }
 
     fn conn(&self, p: &Plugin) -> Result<Arc<Conn>, PluginError> {
-        let key = (p.name.clone(), p.address, p.max_in_flight, p.identity.clone());
+        let key = (
+            p.name.clone(),
+            p.address,
+            p.max_in_flight,
+            p.identity.clone(),
+        );
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = conns.get(&key) {
             return Ok(c.clone());
@@ -151,16 +156,13 @@ struct MeshedConnector {
     addr: SocketAddr,
 }
 
-type TlsIo = hyper_util::rt::TokioIo<
-    conduit_proxy_tls::ClientTlsStream<tokio::net::TcpStream>,
->;
+type TlsIo = hyper_util::rt::TokioIo<conduit_proxy_tls::ClientTlsStream<tokio::net::TcpStream>>;
 
 impl tower_service::Service<http::Uri> for MeshedConnector {
     type Response = TlsIo;
     type Error = std::io::Error;
-    type Future = std::pin::Pin<
-        Box<dyn std::future::Future<Output = Result<TlsIo, std::io::Error>> + Send>,
-    >;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<TlsIo, std::io::Error>> + Send>>;
 
     fn poll_ready(
         &mut self,

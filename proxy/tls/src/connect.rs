@@ -215,7 +215,9 @@ impl TlsConnector {
         let config = self.config(expected, GRPC_ALPN)?;
         let tls = client_handshake(config, stream, self.timeout)
             .await
-            .inspect_err(|e| tracing::warn!(expected = %expected, "mTLS to a gRPC server refused: {e}"))?;
+            .inspect_err(
+                |e| tracing::warn!(expected = %expected, "mTLS to a gRPC server refused: {e}"),
+            )?;
         if tls.get_ref().1.alpn_protocol() != Some(GRPC_ALPN) {
             return Err(TlsError::NoAlpn);
         }
