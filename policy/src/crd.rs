@@ -195,7 +195,7 @@ pub fn resources(
 pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
     let mut out = String::from(
         "# Generated from policy/src/crd.rs; do not edit. Regenerate with\n\
-         # CONDUIT_UPDATE_CRDS=1 cargo test --workspace --test policy_backends crd\n",
+         # CONDUIT_UPDATE_CRDS=1 cargo test --workspace --test it crd_manifests\n",
     );
     for crd in [
         Server::crd(),
