@@ -68,7 +68,7 @@ async fn serve<V: TokenVerifier>(
     let certifier = Arc::new(Certifier::new(
         issuer,
         verifier,
-        "cluster.local".into(),
+        "cluster.local".parse().unwrap(),
         Duration::from_secs(3600),
     ));
     let metrics = Arc::new(Metrics::new());

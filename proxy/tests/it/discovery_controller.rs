@@ -55,7 +55,7 @@ async fn follows_the_real_controller() {
     let certifier = Arc::new(Certifier::new(
         issuer,
         TokenFileVerifier::load(&tokens).unwrap(),
-        "test.local".into(),
+        "test.local".parse().unwrap(),
         Duration::from_secs(3600),
     ));
     let running = server::start(ServerConfig {
