@@ -461,6 +461,10 @@ fn bad_policies_name_the_place() {
             "authorizations: [{name: x, http: [{headers: [{name: \"bad name\"}]}]}]",
             "authorizations[0] (x).http[0].headers[0].name",
         ),
+        (
+            "plugins: [{name: p, address: \"10.0.0.1:9\", identity: \"not-spiffe\"}]",
+            "plugins[0] (p).identity",
+        ),
     ];
     for (yaml, at) in cases {
         let spec: InboundSpec = serde_yaml::from_str(yaml).unwrap();

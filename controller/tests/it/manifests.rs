@@ -222,7 +222,7 @@ fn rbac_is_least_privilege() {
     assert_eq!(
         rules(&controller),
         [
-            rule("", "pods", &["list", "watch"]),
+            rule("", "pods", &["get", "list", "watch"]),
             rule("", "services", &["list", "watch"]),
             rule("authentication.k8s.io", "tokenreviews", &["create"]),
             rule("discovery.k8s.io", "endpointslices", &["list", "watch"]),

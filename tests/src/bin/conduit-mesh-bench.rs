@@ -13,6 +13,8 @@
 mod paths;
 #[path = "../bench/pod.rs"]
 mod pod;
+#[path = "../bench/policy.rs"]
+mod policy;
 #[path = "../bench/results.rs"]
 mod results;
 

@@ -284,6 +284,9 @@ pub fn tokens_yaml(spec: &MeshSpec) -> serde_yaml::Result<String> {
         token: String,
         namespace: String,
         service_account: String,
+        /// The pods of the service account (their labels, as the discovery
+        /// file has them): whose inbound policy the token may watch.
+        pods: BTreeMap<String, BTreeMap<String, String>>,
     }
     let tokens = spec
         .service_accounts()
@@ -291,6 +294,12 @@ pub fn tokens_yaml(spec: &MeshSpec) -> serde_yaml::Result<String> {
         .map(|sa| Token {
             token: token(spec, &sa),
             namespace: spec.namespace.clone(),
+            pods: spec
+                .pods()
+                .into_iter()
+                .filter(|p| p != "controller" && spec.service_account(p) == sa)
+                .map(|p| (p.clone(), BTreeMap::from([("pod".to_owned(), p)])))
+                .collect(),
             service_account: sa,
         })
         .collect();
