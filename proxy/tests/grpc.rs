@@ -10,9 +10,9 @@ use support::{Mesh, assert_sample, metrics};
 use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 
-pub mod pb {
-    tonic::include_proto!("conduit.test.echo");
-}
+// The test service (tests/proto/test_echo.proto), compiled by the tests
+// crate so the proxy's own build compiles no test proto.
+use conduit_tests::test_pb as pb;
 use pb::Msg;
 use pb::echo_client::EchoClient;
 use pb::echo_server::{Echo, EchoServer};

@@ -25,6 +25,13 @@ pub mod pb {
     tonic::include_proto!("conduit.mesh.echo");
 }
 
+/// The proxy's gRPC tests' service (`proto/test_echo.proto`): unary, client,
+/// server and bidirectional streaming.
+#[allow(missing_docs, clippy::all)]
+pub mod test_pb {
+    tonic::include_proto!("conduit.test.echo");
+}
+
 pub mod netns;
 pub mod network;
 pub mod privilege;

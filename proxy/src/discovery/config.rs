@@ -167,7 +167,7 @@ pub fn parse_file(text: &str) -> Result<Vec<ServiceConfig>, ConfigError> {
         return Ok(Vec::new());
     }
     let spec: FileSpec =
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        conduit_policy::yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
     let services: Vec<ServiceConfig> = spec
         .services
         .into_iter()

@@ -58,6 +58,7 @@ mod control;
 mod credentials;
 mod refresh;
 mod spiffe;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod verify;
 
