@@ -25,13 +25,6 @@ pub mod pb {
     tonic::include_proto!("conduit.mesh.echo");
 }
 
-/// The proxy's gRPC tests' service (`proto/test_echo.proto`): unary, client,
-/// server and bidirectional streaming.
-#[allow(missing_docs, clippy::all)]
-pub mod test_pb {
-    tonic::include_proto!("conduit.test.echo");
-}
-
 pub mod netns;
 pub mod network;
 pub mod privilege;
@@ -41,7 +34,7 @@ pub mod signals;
 pub mod status;
 mod sys;
 pub mod topology;
-pub mod wait;
+pub use conduit_test_support::wait;
 pub mod wire;
 
 pub use agent::{Agent, AgentConfig};
