@@ -192,7 +192,7 @@ pub fn resources(
 }
 
 /// The three CRDs as one YAML document stream (what manifests/ holds).
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     let mut out = String::from(
         "# Generated from policy/src/crd.rs; do not edit. Regenerate with\n\
          # CONDUIT_UPDATE_CRDS=1 cargo test --workspace --test it crd_manifests\n",
@@ -204,7 +204,7 @@ pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
         AuthorizationPlugin::crd(),
     ] {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_norway::to_string(&crd)?);
     }
     Ok(out)
 }

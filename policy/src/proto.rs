@@ -249,7 +249,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_the_wire() {
-        let spec: InboundSpec = serde_yaml::from_str(
+        let spec: InboundSpec = crate::yaml::from_str(
             r#"
 defaultPolicy: cluster-authenticated
 servers:

@@ -16,7 +16,7 @@ fn ctx(default: DefaultPolicy) -> Context {
 }
 
 fn compile(yaml: &str, default: DefaultPolicy) -> Policy {
-    let spec: InboundSpec = serde_yaml::from_str(yaml).unwrap();
+    let spec: InboundSpec = crate::yaml::from_str(yaml).unwrap();
     Policy::compile(&spec, &ctx(default)).unwrap()
 }
 
@@ -467,7 +467,7 @@ fn bad_policies_name_the_place() {
         ),
     ];
     for (yaml, at) in cases {
-        let spec: InboundSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: InboundSpec = crate::yaml::from_str(yaml).unwrap();
         let e = Policy::compile(&spec, &ctx(DefaultPolicy::Deny)).unwrap_err();
         assert_eq!(e.at, *at, "{yaml}: {e}");
     }

@@ -148,8 +148,9 @@ fn read(path: &Path) -> Result<((SystemTime, u64), Vec<TokenEntry>), TokenFileEr
         error,
     };
     let s = stamp(path).map_err(err)?;
-    let text = std::fs::read_to_string(path).map_err(err)?;
-    let spec: TokenFileSpec = serde_yaml::from_str(&text).map_err(|e| TokenFileError::Parse {
+    let text = conduit_policy::yaml::read_file(path).map_err(err)?;
+    let spec: TokenFileSpec =
+        conduit_policy::yaml::from_str(&text).map_err(|e| TokenFileError::Parse {
         path: path.into(),
         message: e.to_string(),
     })?;
