@@ -24,6 +24,13 @@ pub enum What {
     Proxy,
     /// Controller propagation latency with many watchers, and its RSS.
     Controller,
+    /// The controller with the fake API server at cluster scale (10,000
+    /// pods, 1,000 services, 1,000 watchers): time to ready, memory, change
+    /// propagation, incremental updates against full rebuilds.
+    ControllerScale,
+    /// How one proxy's cost grows: latency and CPU against rate, RSS against
+    /// idle connections, destinations and endpoints; tables and a plot.
+    Scaling,
     /// Direct vs eBPF capture vs iptables, two proxies with mTLS.
     Mesh,
     /// The mesh under steady mixed load for a long time: proxies' RSS and
@@ -36,6 +43,23 @@ pub fn run(opts: &Options) -> Result<()> {
     let (package, bin) = match opts.what {
         What::Proxy => ("conduit-proxy", "conduit-proxy-bench"),
         What::Controller => ("conduit-controller", "conduit-controller-bench"),
+        What::ControllerScale | What::Scaling => {
+            // The benchmark runs the release controller or proxy binary.
+            let t = crate::util::step("building the release binaries the benchmark runs");
+            exec(
+                Command::new("cargo")
+                    .args(["build", "--release", "--bins"])
+                    .args(["-p", "conduit-proxy", "-p", "conduit-controller"])
+                    .args(["-p", "conduit-tests"])
+                    .current_dir(root()),
+                "the workspace does not build",
+            )?;
+            crate::util::done("release binaries built", t);
+            match opts.what {
+                What::Scaling => ("conduit-tests", "conduit-scaling-bench"),
+                _ => ("conduit-tests", "conduit-controller-scale-bench"),
+            }
+        }
         What::Mesh | What::Soak => {
             build_ebpf::run(&build_ebpf::Options::default())?;
             // The mesh benchmark runs the agent, the controller, the proxies
