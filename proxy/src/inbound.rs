@@ -36,7 +36,10 @@ pub async fn handle(
             return;
         }
     };
-    let conn = |route: Route, from_peer, peer_identity: Option<String>, source_proto| {
+    let conn = |route: Route,
+                from_peer,
+                peer_identity: Option<conduit_proxy_tls::SpiffeId>,
+                source_proto| {
         let dst_label = shared
             .metrics
             .dst(&format!("app:{}", route.orig_dst.port()));
@@ -47,8 +50,6 @@ pub async fn handle(
             dst_label,
             source_proto,
             from_peer,
-            // Parsed once here for the inbound policy (crate::policy).
-            peer_id: crate::policy::parse_peer_identity(peer_identity.as_deref()),
             peer_identity,
             activity: activity.clone(),
             tunnels: TaskTracker::new(),

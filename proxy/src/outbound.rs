@@ -69,7 +69,6 @@ pub async fn handle(
         source_proto: Proto::Http1,
         from_peer: false,
         peer_identity: None,
-        peer_id: None,
         activity: activity.clone(),
         tunnels: TaskTracker::new(),
     };

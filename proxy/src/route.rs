@@ -86,7 +86,7 @@ mod tests {
         assert_eq!(picked_for(&ep).mesh_port, None);
         assert!(!picked_for(&ep).target.is_meshed());
         ep.meshed_inbound_port = Some(4143);
-        ep.identity = Some("spiffe://td/ns/a/sa/b".into());
+        ep.identity = Some("spiffe://td/ns/a/sa/b".parse().unwrap());
         let p = picked_for(&ep);
         assert_eq!(p.target.addr, "10.0.0.2:4143".parse().unwrap());
         assert_eq!(p.mesh_port, Some(8080));

@@ -20,7 +20,7 @@
 //!   resolved for `idle_timeout` is forgotten, which ends its stream once
 //!   no balancer uses it any more.
 
-use super::{Destination, Discover, Endpoint, Resolution};
+use super::{Discover, Resolution};
 use crate::idle_map::IdleMap;
 use conduit_controller_api::client::{self, DestinationState, WatchOptions};
 use std::net::SocketAddr;
@@ -47,8 +47,8 @@ pub struct ControllerDiscovery {
 struct Cached {
     created: Instant,
     last_used: Instant,
+    /// The API client's watch, handed to balancers as it is.
     state: watch::Receiver<DestinationState>,
-    mapped: watch::Receiver<Destination>,
 }
 
 impl std::fmt::Debug for ControllerDiscovery {
@@ -104,23 +104,16 @@ impl ControllerDiscovery {
         self.len() == 0
     }
 
-    fn watch(
-        &self,
-        orig_dst: SocketAddr,
-    ) -> (
-        Instant,
-        watch::Receiver<DestinationState>,
-        watch::Receiver<Destination>,
-    ) {
+    fn watch(&self, orig_dst: SocketAddr) -> (Instant, watch::Receiver<DestinationState>) {
         let now = Instant::now();
         let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
         cache.sweep(now, self.idle_timeout, |c| c.last_used, |_| false);
-        // A mapped watch whose task ended (source gone) is rebuilt.
+        // A watch whose task ended is rebuilt.
         if let Some(c) = cache.entries.get_mut(&orig_dst)
-            && c.mapped.has_changed().is_ok()
+            && c.state.has_changed().is_ok()
         {
             c.last_used = now;
-            return (c.created, c.state.clone(), c.mapped.clone());
+            return (c.created, c.state.clone());
         }
         if cache.entries.len() >= self.capacity {
             let lru = cache
@@ -134,15 +127,13 @@ impl ControllerDiscovery {
         }
         let target = client::addr_target(orig_dst);
         let state = client::watch_destination_with(self.channel.clone(), &target, self.options);
-        let mapped = client::map_watch(state.clone(), move |s| to_destination(s, orig_dst));
         let entry = Cached {
             created: now,
             last_used: now,
             state: state.clone(),
-            mapped: mapped.clone(),
         };
         cache.entries.insert(orig_dst, entry);
-        (now, state, mapped)
+        (now, state)
     }
 
     /// Whether the controller is known to be away: no followed destination
@@ -164,7 +155,7 @@ impl ControllerDiscovery {
 
 impl Discover for ControllerDiscovery {
     fn resolve(&self, orig_dst: SocketAddr) -> Resolution {
-        let (created, state, mapped) = self.watch(orig_dst);
+        let (created, state) = self.watch(orig_dst);
         // Copied out: `controller_away` borrows every state, this one too.
         let (exists, connected) = {
             let s = state.borrow();
@@ -178,31 +169,7 @@ impl Discover for ControllerDiscovery {
                 tracing::debug!(%orig_dst, "controller has not answered about this destination");
                 Resolution::Unanswered
             }
-            _ => Resolution::Known(mapped),
+            _ => Resolution::Known(state),
         }
-    }
-}
-
-/// The proxy's view of a controller state. A target that turned out not to
-/// exist while connections already follow it maps to its own address.
-fn to_destination(s: &DestinationState, orig_dst: SocketAddr) -> Destination {
-    let endpoints = match s.exists {
-        Some(false) => vec![Endpoint::plain(orig_dst)],
-        _ => s
-            .endpoints
-            .iter()
-            .map(|e| Endpoint {
-                addr: e.addr,
-                weight: e.weight,
-                identity: e.identity.clone(),
-                meshed_inbound_port: e.meshed_inbound_port,
-                labels: e.labels.clone(),
-            })
-            .collect(),
-    };
-    Destination {
-        name: s.display_name().to_owned(),
-        endpoints,
-        pending: s.exists.is_none(),
     }
 }

@@ -12,44 +12,20 @@ pub use controller::ControllerDiscovery;
 pub use networks::{ClusterNetworks, DEFAULT_CLUSTER_NETWORKS};
 pub use static_backend::{MAX_FILE_BYTES, StaticDiscovery, StaticError};
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use tokio::sync::watch;
 
-/// One endpoint of a destination, as discovery describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    /// The peer's mTLS identity (SPIFFE ID) when it is meshed.
-    pub identity: Option<String>,
-    /// Set when the endpoint runs a conduit proxy: its inbound port.
-    pub meshed_inbound_port: Option<u16>,
-    pub labels: BTreeMap<String, String>,
-}
+/// One endpoint of a destination, as discovery describes it: the API
+/// client's type, whose identity was parsed once where the controller's
+/// answer came in (a static file's endpoints are parsed when it is loaded).
+pub use conduit_controller_api::client::Endpoint;
 
-impl Endpoint {
-    /// An endpoint with weight 1, no identity, not meshed, no labels.
-    pub fn plain(addr: SocketAddr) -> Self {
-        Endpoint {
-            addr,
-            weight: 1,
-            identity: None,
-            meshed_inbound_port: None,
-            labels: BTreeMap::new(),
-        }
-    }
-}
-
-/// The current state of a destination.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Destination {
-    /// Name used in metrics, e.g. `web.default.svc.cluster.local:80`.
-    pub name: String,
-    pub endpoints: Vec<Endpoint>,
-    /// Discovery has not answered yet (the name is still the address).
-    pub pending: bool,
-}
+/// The current state of a destination: the API client's state, followed
+/// as the controller's stream updates it (no copy into another type). A
+/// static table's destinations are [`Destination::known`]; `pending()` is
+/// true until discovery first answered; `display_name()` is the name used
+/// in metrics, e.g. `web.default.svc.cluster.local:80`.
+pub use conduit_controller_api::client::DestinationState as Destination;
 
 /// What discovery knows about an original destination.
 #[derive(Debug, Clone)]

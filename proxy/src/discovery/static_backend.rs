@@ -233,7 +233,7 @@ mod tests {
     fn flags_resolve_and_unknown_is_unknown() {
         let d = StaticDiscovery::new(vec!["web@10.96.0.10:80=127.0.0.1:1".parse().unwrap()], None)
             .unwrap();
-        assert_eq!(known(&d, "10.96.0.10:80").borrow().name, "web");
+        assert_eq!(known(&d, "10.96.0.10:80").borrow().display_name(), "web");
         assert!(matches!(
             d.resolve("10.96.0.10:81".parse().unwrap()),
             Resolution::Unknown

@@ -67,7 +67,7 @@ impl ForwardError {
             ForwardError::BodyTimeout(_) => "body_read_timeout",
             ForwardError::ClientBody => "malformed_body",
             ForwardError::Upstream(ClientError::Connect { source, .. })
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                if crate::transport::error::is_peer_identity(source) =>
             {
                 "tls_peer_identity"
             }
@@ -282,13 +282,13 @@ async fn send_or_return(
 
 /// The server identity a hop was verified against (for metrics).
 #[derive(Debug, Clone)]
-struct PeerIdentity(String);
+struct PeerIdentity(conduit_proxy_tls::SpiffeId);
 
-fn verified_identity(shared: &Shared, target: &crate::transport::ConnectTarget) -> Option<String> {
-    target
-        .peer_identity()
-        .filter(|_| shared.mtls)
-        .map(str::to_owned)
+fn verified_identity(
+    shared: &Shared,
+    target: &crate::transport::ConnectTarget,
+) -> Option<conduit_proxy_tls::SpiffeId> {
+    target.peer_identity().filter(|_| shared.mtls).cloned()
 }
 
 /// `Upgrade` and `CONNECT`: a connection of its own (it turns into a byte

@@ -3,6 +3,7 @@
 use super::MeshProto;
 use super::intent::{NoTls, Peer};
 use crate::io::BoxIo;
+use conduit_proxy_tls::SpiffeId;
 use futures::future::BoxFuture;
 use std::io;
 use std::net::SocketAddr;
@@ -11,7 +12,7 @@ use std::time::Duration;
 /// Where to connect, and what discovery says is there: a meshed peer (and
 /// whom we expect to find), or an application reached in plaintext and why.
 /// The proxy's connector turns this into mTLS or plaintext, or refuses, with
-/// [`intent::for_peer`](super::intent::for_peer).
+/// [`tls`](Self::tls).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ConnectTarget {
     pub addr: SocketAddr,
@@ -32,7 +33,7 @@ impl ConnectTarget {
         }
     }
     /// A peer proxy with the identity discovery named (if any).
-    pub fn meshed(addr: SocketAddr, identity: Option<String>) -> Self {
+    pub fn meshed(addr: SocketAddr, identity: Option<SpiffeId>) -> Self {
         Self {
             addr,
             peer: Peer::Meshed { identity },
@@ -42,10 +43,20 @@ impl ConnectTarget {
     pub fn is_meshed(&self) -> bool {
         matches!(self.peer, Peer::Meshed { .. })
     }
+    /// The transport decision for this target ([`intent::for_peer`](super::intent::for_peer);
+    /// no protocol yet means opaque bytes).
+    pub fn tls(&self, local_identity: bool) -> Result<super::Tls, super::Refusal> {
+        super::intent::for_peer(
+            &self.peer,
+            self.proto.unwrap_or(MeshProto::Tcp),
+            local_identity,
+        )
+    }
+
     /// The identity a meshed peer must prove, when discovery named one.
-    pub fn peer_identity(&self) -> Option<&str> {
+    pub fn peer_identity(&self) -> Option<&SpiffeId> {
         match &self.peer {
-            Peer::Meshed { identity } => identity.as_deref(),
+            Peer::Meshed { identity } => identity.as_ref(),
             Peer::Plain(_) => None,
         }
     }
@@ -87,13 +98,16 @@ impl Connector for TcpConnector {
     fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.connect_timeout);
         // No identity here: never plaintext to a peer that must be verified.
-        if let Some(id) = target.peer_identity() {
-            let e = io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{addr} is meshed ({id}) and needs mTLS, but this connector has no identity"
-                ),
-            );
+        let refusal = match target.tls(false) {
+            Ok(super::Tls::Plain(_)) => None,
+            // Not reached without a local identity; refused all the same.
+            Ok(super::Tls::Mutual { server, .. }) => {
+                Some(super::Refusal::NoLocalIdentity { identity: server })
+            }
+            Err(refusal) => Some(refusal),
+        };
+        if let Some(refusal) = refusal {
+            let e = io::Error::from(super::ConnectError::Refused { addr, refusal });
             return Box::pin(async move { Err(e) });
         }
         Box::pin(async move {

@@ -1,11 +1,12 @@
 //! [`Guarded`]: the connector in front of every upstream connection. It
-//! applies [`intent::for_peer`](super::intent::for_peer): a connection that
+//! applies [`intent::for_peer`](super::intent::for_peer) (through
+//! [`ConnectTarget::tls`]): a connection that
 //! must not be made without mTLS is refused (logged, counted in
 //! `conduit_outbound_refused_total{reason}`), and every connection that
 //! leaves the pod in plaintext is counted in
 //! `conduit_outbound_plaintext_total{reason}`.
 
-use super::intent::{self, Tls};
+use super::intent::Tls;
 use super::{ConnectTarget, Connector};
 use crate::io::BoxIo;
 use crate::metrics::WhyLabels;
@@ -41,7 +42,7 @@ impl Guarded {
 
 impl Connector for Guarded {
     fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
-        let why = match intent::for_peer(&target.peer, self.local_identity) {
+        let why = match target.tls(self.local_identity) {
             Ok(Tls::Mutual { .. }) => None,
             Ok(Tls::Plain(why)) => Some(why),
             Err(refusal) => {
@@ -51,10 +52,10 @@ impl Connector for Guarded {
                         reason: refusal.as_str(),
                     })
                     .inc();
-                let e = io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{}: {refusal}", target.addr),
-                );
+                let e = io::Error::from(super::ConnectError::Refused {
+                    addr: target.addr,
+                    refusal,
+                });
                 return Box::pin(async move { Err(e) });
             }
         };
@@ -124,7 +125,7 @@ mod tests {
         let err = g
             .connect(&ConnectTarget::meshed(
                 addr,
-                Some("spiffe://td/ns/a/sa/b".into()),
+                Some("spiffe://td/ns/a/sa/b".parse().unwrap()),
             ))
             .await
             .err()

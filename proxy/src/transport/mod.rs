@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod connect;
+pub mod error;
 pub mod guard;
 pub mod header;
 pub mod intent;
@@ -15,6 +16,7 @@ pub mod tls;
 
 pub use accept::{Accepted, Acceptor, PlainAcceptor};
 pub use connect::{ConnectTarget, Connector, TcpConnector};
+pub use error::ConnectError;
 pub use header::{MeshProto, TransportHeader};
 pub use intent::{NoTls, Peer, Refusal, Tls};
 
