@@ -7,6 +7,9 @@ use super::*;
 use crate::store::{Updated, ViewStore};
 use std::collections::HashSet;
 
+/// The API server's objects: services, slices, pods.
+type Objects = (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>, Vec<Arc<Pod>>);
+
 fn k(name: &str) -> Key {
     ("ns".to_string(), name.to_string())
 }
@@ -16,7 +19,7 @@ fn target(t: &str) -> Target {
 }
 
 /// Three services a, b, c, each with one slice of two endpoints and pods.
-fn objects() -> (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>, Vec<Arc<Pod>>) {
+fn objects() -> Objects {
     let mut services = Vec::new();
     let mut slices = Vec::new();
     let mut pods = Vec::new();
@@ -49,7 +52,7 @@ const TARGETS: [&str; 9] = [
     "10.1.2.2:80",
 ];
 
-fn built(objs: &(Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>, Vec<Arc<Pod>>)) -> Snapshot {
+fn built(objs: &Objects) -> Snapshot {
     Snapshot::build("td", "cluster.local", &objs.0, &objs.1, &objs.2)
 }
 
@@ -140,11 +143,7 @@ fn a_change_to_one_service_recomputes_and_notifies_only_its_watchers() {
 }
 
 /// Applies one change to the object lists the way the API server would.
-fn apply(
-    objs: &mut (Vec<Arc<Service>>, Vec<Arc<EndpointSlice>>, Vec<Arc<Pod>>),
-    snap: &mut Snapshot,
-    step: usize,
-) {
+fn apply(objs: &mut Objects, snap: &mut Snapshot, step: usize) {
     fn put<T: k8s_openapi::Metadata<Ty = ObjectMeta>>(list: &mut Vec<Arc<T>>, obj: Arc<T>) {
         let name = obj.metadata().name.clone();
         list.retain(|o| o.metadata().name != name);
