@@ -171,7 +171,7 @@ impl Target {
     }
 
     /// One GET; true when a 2xx came back with its whole body.
-    async fn get(&self) -> bool {
+    pub async fn get(&self) -> bool {
         match self.client.get(self.uri.clone()).await {
             Ok(resp) => {
                 let ok = resp.status().is_success();

@@ -160,6 +160,132 @@ fn draw_panel(
     Ok(())
 }
 
+/// One line of an [`XyPanel`]: `(x, y)` points in x order.
+pub struct Line {
+    pub label: String,
+    pub points: Vec<(f64, f64)>,
+}
+
+/// A chart of lines against a linear x axis; y on a log scale when
+/// `log_y` (latencies from microseconds to seconds).
+pub struct XyPanel {
+    pub title: String,
+    pub x_desc: String,
+    pub y_desc: String,
+    pub log_y: bool,
+    pub lines: Vec<Line>,
+}
+
+/// Draws `panels` (e.g. latency percentiles against request rate) side by
+/// side, up to `columns` per row, into a PNG at `path`.
+pub fn xy_png(path: &Path, title: &str, panels: &[XyPanel], columns: usize) -> Result<()> {
+    if panels.is_empty() {
+        bail!("nothing to plot");
+    }
+    font()?;
+    let columns = columns.clamp(1, panels.len());
+    let rows = panels.len().div_ceil(columns);
+    let (w, h) = (520 * columns as u32, 360 * rows as u32 + 40);
+    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
+    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
+    let root = root
+        .titled(title, ("sans-serif", 22))
+        .map_err(|e| anyhow!("{e}"))?;
+    for (area, panel) in root.split_evenly((rows, columns)).iter().zip(panels) {
+        draw_xy(area, panel).with_context(|| format!("drawing {}", panel.title))?;
+    }
+    root.present()
+        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    Ok(())
+}
+
+fn draw_xy(
+    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    panel: &XyPanel,
+) -> Result<()> {
+    let pts = || panel.lines.iter().flat_map(|l| l.points.iter().copied());
+    let x_hi = pts().fold(0f64, |m, (x, _)| m.max(x)).max(1e-9) * 1.05;
+    let (lo, hi) = pts()
+        .map(|(_, y)| y)
+        .filter(|y| *y > 0.0 || !panel.log_y)
+        .fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
+    let (lo, hi) = if lo > hi { (0.01, 1.0) } else { (lo, hi) };
+    let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(&panel.title, ("sans-serif", 16))
+        .margin(8)
+        .margin_right(24)
+        .x_label_area_size(32)
+        .y_label_area_size(56);
+    let color = |i: usize| COLORS[i % COLORS.len()].to_rgba();
+    if panel.log_y {
+        let mut chart = builder
+            .build_cartesian_2d(0f64..x_hi, ((lo * 0.8)..(hi * 1.25)).log_scale())
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc(panel.x_desc.as_str())
+            .y_desc(panel.y_desc.as_str())
+            .x_label_formatter(&|x| trim(*x))
+            .y_label_formatter(&|y| trim(*y))
+            .draw()
+            .map_err(e)?;
+        for (i, l) in panel.lines.iter().enumerate() {
+            let c = color(i);
+            let points: Vec<(f64, f64)> = l.points.iter().copied().filter(|p| p.1 > 0.0).collect();
+            chart
+                .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
+                .map_err(e)?
+                .label(l.label.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
+            chart
+                .draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))
+                .map_err(e)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(e)?;
+    } else {
+        let mut chart = builder
+            .build_cartesian_2d(0f64..x_hi, 0f64..(hi * 1.2).max(1e-9))
+            .map_err(e)?;
+        chart
+            .configure_mesh()
+            .x_desc(panel.x_desc.as_str())
+            .y_desc(panel.y_desc.as_str())
+            .x_label_formatter(&|x| trim(*x))
+            .y_label_formatter(&|y| trim(*y))
+            .draw()
+            .map_err(e)?;
+        for (i, l) in panel.lines.iter().enumerate() {
+            let c = color(i);
+            chart
+                .draw_series(LineSeries::new(l.points.clone(), c.stroke_width(2)))
+                .map_err(e)?
+                .label(l.label.clone())
+                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
+            chart
+                .draw_series(l.points.iter().map(|p| Circle::new(*p, 3, c.filled())))
+                .map_err(e)?;
+        }
+        chart
+            .configure_series_labels()
+            .position(SeriesLabelPosition::UpperLeft)
+            .background_style(WHITE.mix(0.85))
+            .border_style(BLACK)
+            .label_font(("sans-serif", 13))
+            .draw()
+            .map_err(e)?;
+    }
+    Ok(())
+}
+
 /// `0.25`, `12.5`, `99.9`: at most three significant digits, no trailing zeros.
 fn trim(v: f64) -> String {
     let s = if v >= 100.0 {
@@ -219,6 +345,33 @@ mod tests {
             ],
         };
         latency_png(&path, "test", &[panel("HTTP/1.1"), panel("HTTP/2")], 2).unwrap();
+        let bytes = std::fs::read(&path).unwrap();
+        assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
+        assert!(bytes.len() > 5000);
+    }
+
+    #[test]
+    fn draws_an_xy_png() {
+        if FONTS.iter().all(|p| !Path::new(p).is_file()) {
+            eprintln!("SKIPPED draws_an_xy_png: no DejaVu Sans font installed");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("xy.png");
+        let line = |l: &str, k: f64| Line {
+            label: l.into(),
+            points: (1..=5)
+                .map(|i| (f64::from(i) * 1000.0, f64::from(i) * k))
+                .collect(),
+        };
+        let panel = |log_y| XyPanel {
+            title: "t".into(),
+            x_desc: "req/s".into(),
+            y_desc: "ms".into(),
+            log_y,
+            lines: vec![line("p50", 0.1), line("p99", 1.0)],
+        };
+        xy_png(&path, "test", &[panel(true), panel(false)], 2).unwrap();
         let bytes = std::fs::read(&path).unwrap();
         assert_eq!(&bytes[..8], b"\x89PNG\r\n\x1a\n");
         assert!(bytes.len() > 5000);

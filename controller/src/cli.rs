@@ -129,6 +129,11 @@ pub struct ServeArgs {
     /// --discovery kubernetes; otherwise every proxy keeps its configured default.
     #[arg(long, env = "CONDUIT_POLICY_FILE", value_name = "PATH")]
     pub policy_file: Option<PathBuf>,
+    /// Benchmark comparison only: rebuild the whole Kubernetes snapshot and
+    /// recompute every watched view on each change (the way before changes
+    /// became incremental).
+    #[arg(long, hide = true)]
+    pub kubernetes_full_rebuilds: bool,
     /// Safety-net poll interval of the discovery file (changes are also
     /// picked up at once through filesystem notifications).
     #[arg(long, default_value = "2s", value_parser = parse_duration)]
@@ -192,10 +197,18 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             let client = crate::kubernetes::client().await.context(
                 "connecting to the Kubernetes API (in-cluster service account or $KUBECONFIG)",
             )?;
-            let backend = KubernetesBackend::start(
+            let backend = KubernetesBackend::start_with(
                 client.clone(),
-                args.trust_domain.to_string(),
-                args.cluster_domain.clone(),
+                crate::kubernetes::Options {
+                    trust_domain: args.trust_domain.to_string(),
+                    cluster_domain: args.cluster_domain.clone(),
+                    page_size: 500,
+                    updates: if args.kubernetes_full_rebuilds {
+                        crate::kubernetes::Updates::FullRebuild
+                    } else {
+                        crate::kubernetes::Updates::Incremental
+                    },
+                },
             )?;
             kube_client = Some(client);
             Arc::new(backend)

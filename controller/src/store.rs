@@ -6,6 +6,12 @@
 //! channel holds only the latest value, so memory is one view per target
 //! however many subscribe, and a slow subscriber only skips intermediate
 //! views. Targets nobody watches any more are dropped on the next update.
+//!
+//! Two ways to change the state: [`ViewStore::replace`] swaps the whole
+//! snapshot and recomputes every watched target's view;
+//! [`ViewStore::update`] changes the snapshot in place and recomputes only
+//! the targets the change touched (a hash lookup per watched target decides;
+//! no other view is computed), so a change costs what it touches.
 
 use crate::model::{DestinationView, Target};
 use std::collections::HashMap;
@@ -85,6 +91,41 @@ impl<S> ViewStore<S> {
         changed
     }
 
+    /// Changes the snapshot in place with `change`, then recomputes (and
+    /// notifies, when different) only the watched targets for which
+    /// `affects(snapshot, &what_changed, target)` holds.
+    pub fn update<T>(
+        &self,
+        change: impl FnOnce(&mut S) -> T,
+        affects: impl Fn(&S, &T, &Target) -> bool,
+    ) -> Updated {
+        let mut inner = self.lock();
+        let touched = change(&mut inner.snapshot);
+        inner.senders.retain(|_, tx| tx.receiver_count() > 0);
+        inner.inserts_since_gc = 0;
+        let Inner {
+            snapshot, senders, ..
+        } = &mut *inner;
+        let mut out = Updated::default();
+        for (target, tx) in senders.iter() {
+            if !affects(snapshot, &touched, target) {
+                continue;
+            }
+            out.recomputed += 1;
+            let view = (self.view)(snapshot, target);
+            tx.send_if_modified(|current| {
+                if *current == view {
+                    false
+                } else {
+                    *current = view;
+                    out.changed += 1;
+                    true
+                }
+            });
+        }
+        out
+    }
+
     /// Runs `f` on the current snapshot.
     pub fn with_snapshot<R>(&self, f: impl FnOnce(&S) -> R) -> R {
         f(&self.lock().snapshot)
@@ -94,6 +135,15 @@ impl<S> ViewStore<S> {
     pub fn targets(&self) -> usize {
         self.lock().senders.len()
     }
+}
+
+/// What [`ViewStore::update`] did.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Updated {
+    /// Watched targets whose view was computed again.
+    pub recomputed: usize,
+    /// Of those, targets whose view changed (their watchers were notified).
+    pub changed: usize,
 }
 
 #[cfg(test)]
@@ -123,5 +173,53 @@ mod tests {
         drop((a, b));
         store.replace(3);
         assert_eq!(store.targets(), 0);
+    }
+
+    #[test]
+    fn update_recomputes_only_the_targets_it_touches() {
+        let store = ViewStore::new(0u32, view);
+        let a = Target::Addr("10.0.0.1:80".parse().unwrap());
+        let b = Target::Addr("10.0.0.2:80".parse().unwrap());
+        let (mut ra, mut rb) = (store.watch(&a), store.watch(&b));
+        let only_a = |_: &u32, touched: &Target, t: &Target| t == touched;
+        let u = store.update(
+            |n| {
+                *n = 1;
+                a.clone()
+            },
+            only_a,
+        );
+        assert_eq!(
+            u,
+            Updated {
+                recomputed: 1,
+                changed: 1
+            }
+        );
+        assert!(ra.has_changed().unwrap() && ra.borrow_and_update().exists);
+        assert!(
+            !rb.has_changed().unwrap(),
+            "b was not touched: not notified"
+        );
+        assert!(!rb.borrow_and_update().exists, "b still shows the old view");
+        let u = store.update(
+            |n| {
+                *n = 2;
+                a.clone()
+            },
+            only_a,
+        );
+        assert_eq!(
+            u,
+            Updated {
+                recomputed: 1,
+                changed: 0
+            },
+            "same view: no notification"
+        );
+        drop(rb);
+        let u = store.update(|_| b.clone(), only_a);
+        assert_eq!(u, Updated::default());
+        assert_eq!(store.targets(), 1, "b's watcher left: dropped");
     }
 }

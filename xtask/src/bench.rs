@@ -24,6 +24,13 @@ pub enum What {
     Proxy,
     /// Controller propagation latency with many watchers, and its RSS.
     Controller,
+    /// The controller with the fake API server at cluster scale (10,000
+    /// pods, 1,000 services, 1,000 watchers): time to ready, memory, change
+    /// propagation, incremental updates against full rebuilds.
+    ControllerScale,
+    /// How one proxy's cost grows: latency and CPU against rate, RSS against
+    /// idle connections, destinations and endpoints; tables and a plot.
+    Scaling,
     /// Direct vs eBPF capture vs iptables, two proxies with mTLS.
     Mesh,
     /// The mesh under steady mixed load for a long time: proxies' RSS and
@@ -37,11 +44,19 @@ pub fn run(opts: &Options) -> Result<()> {
     let bin = match opts.what {
         What::Proxy => "conduit-proxy-bench",
         What::Controller => "conduit-controller-bench",
+        What::ControllerScale | What::Scaling => {
+            // The benchmark runs the release controller or proxy binary.
+            release::build("the benchmark runs", release::SCALE)?;
+            match opts.what {
+                What::Scaling => "conduit-scaling-bench",
+                _ => "conduit-controller-scale-bench",
+            }
+        }
         What::Mesh | What::Soak => {
             build_ebpf::run(&build_ebpf::Options::default())?;
             // The mesh benchmark runs the agent, the controller, the proxies
             // and the mesh application as separate release binaries.
-            release::build("the mesh benchmark runs", release::MESH)?;
+            release::build("the mesh benchmark runs", release::MESH_BENCH)?;
             match opts.what {
                 What::Soak => "conduit-soak",
                 _ => "conduit-mesh-bench",

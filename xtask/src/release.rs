@@ -28,6 +28,22 @@ pub const MESH: &[Bin] = &[
     bin("conduit-tests", "conduit-mesh-app"),
 ];
 
+/// What the mesh benchmark and the soak run: the mesh, and the example
+/// authorization plugin of the `plugin` path.
+pub const MESH_BENCH: &[Bin] = &[
+    bin("conduit-ebpf", "conduit-ebpf"),
+    bin("conduit-controller", "conduit-controller"),
+    bin("conduit-proxy", "conduit-proxy"),
+    bin("conduit-tests", "conduit-mesh-app"),
+    bin("conduit-tests", "conduit-authz-plugin"),
+];
+
+/// What the scaling benchmarks run: one proxy, or the controller.
+pub const SCALE: &[Bin] = &[
+    bin("conduit-proxy", "conduit-proxy"),
+    bin("conduit-controller", "conduit-controller"),
+];
+
 /// The demo program itself, which runs [`MESH`].
 pub const DEMO: Bin = bin("conduit-tests", "conduit-demo");
 

@@ -14,5 +14,5 @@ mod token_review;
 pub use conduit_kube::fake;
 pub use conduit_kube::{client, install_crypto_provider, pod_check};
 
-pub use backend::{KubernetesBackend, KubernetesError, Options};
+pub use backend::{KubernetesBackend, KubernetesError, MAX_BATCH, Options, Updates};
 pub use token_review::{TokenReviewVerifier, service_account_user};

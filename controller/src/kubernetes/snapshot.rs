@@ -45,6 +45,8 @@ struct ServiceEntry {
     headless: bool,
     /// Address family used for names: true for IPv6.
     ipv6_first: bool,
+    /// The cluster IPs indexed for this service (to unindex them on change).
+    cluster_ips: Vec<IpAddr>,
 }
 
 #[derive(Debug)]
@@ -56,18 +58,36 @@ struct PodEntry {
     meshed_inbound_port: Option<u16>,
     /// Named container ports, for named target ports.
     named_ports: HashMap<String, u16>,
+    /// The IPs indexed for this pod (none when terminal or host network).
+    ips: Vec<IpAddr>,
 }
 
-/// The indexed state of the cluster.
+/// How an endpoint of a slice finds its pod: by `targetRef` name, else by
+/// address. The reverse index from these to services tells which services'
+/// views a pod change touches.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+enum PodRef {
+    Name(Key),
+    Ip(IpAddr),
+}
+
+/// The indexed state of the cluster. Built whole ([`Snapshot::build`]) or
+/// changed one object at a time (the `upsert_*` and `remove_*` methods,
+/// which say what they touched: see [`Touched`]).
 #[derive(Debug, Default)]
 pub struct Snapshot {
     trust_domain: String,
     cluster_domain: String,
     services: HashMap<Key, ServiceEntry>,
     by_cluster_ip: HashMap<IpAddr, Key>,
+    /// Slices by the service they belong to.
     slices: HashMap<Key, Vec<Arc<EndpointSlice>>>,
+    /// Service of each slice, by the slice's own `(namespace, name)`.
+    slice_owner: HashMap<Key, Key>,
     pods_by_name: HashMap<Key, Arc<PodEntry>>,
     pods_by_ip: HashMap<IpAddr, Arc<PodEntry>>,
+    /// Services whose slices refer to a pod (name or address), with counts.
+    pod_users: HashMap<PodRef, HashMap<Key, u32>>,
 }
 
 fn key(meta: &k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta) -> Option<Key> {
@@ -98,95 +118,15 @@ impl Snapshot {
     ) -> Snapshot {
         let mut snap = Snapshot::empty(trust_domain, cluster_domain);
         for svc in services {
-            let (Some(k), Some(spec)) = (key(&svc.metadata), svc.spec.as_ref()) else {
-                continue;
-            };
-            if spec.type_.as_deref() == Some("ExternalName") {
-                continue;
-            }
-            let ips: Vec<IpAddr> = spec
-                .cluster_ips
-                .iter()
-                .flatten()
-                .chain(spec.cluster_ip.iter())
-                .filter_map(|ip| ip.parse().ok())
-                .collect();
-            let headless = spec.cluster_ip.as_deref() == Some("None") || ips.is_empty();
-            for ip in &ips {
-                snap.by_cluster_ip.insert(*ip, k.clone());
-            }
-            let ipv6_first = match spec.ip_families.as_ref().and_then(|f| f.first()) {
-                Some(f) => f == "IPv6",
-                None => ips.first().is_some_and(IpAddr::is_ipv6),
-            };
-            snap.services.insert(
-                k,
-                ServiceEntry {
-                    ports: spec
-                        .ports
-                        .iter()
-                        .flatten()
-                        .filter(|p| is_tcp(p.protocol.as_ref()))
-                        .cloned()
-                        .collect(),
-                    headless,
-                    ipv6_first,
-                },
-            );
+            snap.upsert_service(svc);
         }
         for slice in slices {
-            let svc = slice
-                .metadata
-                .labels
-                .as_ref()
-                .and_then(|l| l.get(SERVICE_NAME_LABEL));
-            if let (Some(ns), Some(svc)) = (&slice.metadata.namespace, svc) {
-                snap.slices
-                    .entry((ns.clone(), svc.clone()))
-                    .or_default()
-                    .push(slice.clone());
-            }
+            snap.upsert_slice(slice.clone());
         }
         for pod in pods {
-            snap.add_pod(pod);
+            snap.upsert_pod(pod);
         }
         snap
-    }
-
-    fn add_pod(&mut self, pod: &Pod) {
-        let Some((namespace, name)) = key(&pod.metadata) else {
-            return;
-        };
-        let spec = pod.spec.as_ref();
-        let status = pod.status.as_ref();
-        let phase = status.and_then(|s| s.phase.as_deref());
-        let terminal = matches!(phase, Some("Succeeded" | "Failed"));
-        let host_network = spec.and_then(|s| s.host_network).unwrap_or(false);
-        let entry = Arc::new(PodEntry {
-            service_account: spec
-                .and_then(|s| s.service_account_name.clone())
-                .unwrap_or_else(|| "default".into()),
-            node: spec.and_then(|s| s.node_name.clone()),
-            meshed_inbound_port: mesh::meshed_inbound_port(pod),
-            named_ports: spec
-                .iter()
-                .flat_map(|s| s.containers.iter())
-                .flat_map(|c| c.ports.iter().flatten())
-                .filter_map(|p| Some((p.name.clone()?, u16::try_from(p.container_port).ok()?)))
-                .collect(),
-            namespace: namespace.clone(),
-            name: name.clone(),
-        });
-        if !terminal && !host_network {
-            let ips = status
-                .iter()
-                .flat_map(|s| s.pod_ips.iter().flatten().map(|p| p.ip.as_str()))
-                .chain(status.and_then(|s| s.pod_ip.as_deref()));
-            for ip in ips.filter_map(|ip| ip.parse::<IpAddr>().ok()) {
-                self.pods_by_ip.insert(ip, entry.clone());
-            }
-        }
-        self.pods_by_name.insert((namespace, name), entry);
     }
 
     /// Number of services indexed.
@@ -195,7 +135,7 @@ impl Snapshot {
     }
 
     /// The view of `target` (the [`crate::store::ViewFn`] of this backend).
-    pub fn view(snap: &Arc<Snapshot>, target: &Target) -> DestinationView {
+    pub fn view(snap: &Snapshot, target: &Target) -> DestinationView {
         match target {
             Target::Service {
                 name,
@@ -337,6 +277,14 @@ fn resolve_target_port(svc_port: Option<&ServicePort>, pod: Option<&PodEntry>) -
     }
 }
 
+#[path = "snapshot_delta.rs"]
+mod delta;
+pub use delta::Touched;
+
 #[cfg(test)]
 #[path = "snapshot_tests.rs"]
 mod tests;
+
+#[cfg(test)]
+#[path = "snapshot_delta_tests.rs"]
+mod delta_tests;

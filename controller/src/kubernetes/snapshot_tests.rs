@@ -6,7 +6,7 @@ use k8s_openapi::api::core::v1::{PodSpec, PodStatus, ServiceSpec};
 use k8s_openapi::api::discovery::v1::{Endpoint, EndpointConditions, EndpointPort};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 
-fn meta(name: &str) -> ObjectMeta {
+pub(super) fn meta(name: &str) -> ObjectMeta {
     ObjectMeta {
         namespace: Some("ns".into()),
         name: Some(name.into()),
@@ -14,7 +14,12 @@ fn meta(name: &str) -> ObjectMeta {
     }
 }
 
-fn svc(name: &str, ips: &[&str], ports: &[(i32, &str)], type_: Option<&str>) -> Arc<Service> {
+pub(super) fn svc(
+    name: &str,
+    ips: &[&str],
+    ports: &[(i32, &str)],
+    type_: Option<&str>,
+) -> Arc<Service> {
     Arc::new(Service {
         metadata: meta(name),
         spec: Some(ServiceSpec {
@@ -42,7 +47,13 @@ fn svc(name: &str, ips: &[&str], ports: &[(i32, &str)], type_: Option<&str>) -> 
     })
 }
 
-fn slice(name: &str, svc: &str, family: &str, port: i32, ips: &[&str]) -> Arc<EndpointSlice> {
+pub(super) fn slice(
+    name: &str,
+    svc: &str,
+    family: &str,
+    port: i32,
+    ips: &[&str],
+) -> Arc<EndpointSlice> {
     let mut m = meta(name);
     m.labels = Some([(SERVICE_NAME_LABEL.to_string(), svc.to_string())].into());
     Arc::new(EndpointSlice {
@@ -64,7 +75,7 @@ fn slice(name: &str, svc: &str, family: &str, port: i32, ips: &[&str]) -> Arc<En
     })
 }
 
-fn pod(name: &str, ip: &str, host_network: bool) -> Arc<Pod> {
+pub(super) fn pod(name: &str, ip: &str, host_network: bool) -> Arc<Pod> {
     Arc::new(Pod {
         metadata: meta(name),
         spec: Some(PodSpec {
@@ -80,11 +91,11 @@ fn pod(name: &str, ip: &str, host_network: bool) -> Arc<Pod> {
     })
 }
 
-fn view(snap: &Arc<Snapshot>, t: &str) -> DestinationView {
+pub(super) fn view(snap: &Arc<Snapshot>, t: &str) -> DestinationView {
     Snapshot::view(snap, &Target::parse(t, "cluster.local").unwrap())
 }
 
-fn addrs(v: &DestinationView) -> Vec<String> {
+pub(super) fn addrs(v: &DestinationView) -> Vec<String> {
     v.endpoints.iter().map(|e| e.addr.to_string()).collect()
 }
 

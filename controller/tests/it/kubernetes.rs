@@ -32,6 +32,7 @@ async fn start(fake: &FakeApiServer, page_size: u32) -> KubernetesBackend {
             trust_domain: TD.into(),
             cluster_domain: "cluster.local".into(),
             page_size,
+            updates: Default::default(),
         },
     )
     .unwrap();

@@ -151,3 +151,27 @@ async fn unreachable_controller_leaves_new_targets_unanswered() {
     let other: SocketAddr = "10.96.0.11:80".parse().unwrap();
     assert!(matches!(balancers.lookup(other), Lookup::Unanswered));
 }
+
+#[tokio::test]
+async fn followed_destinations_are_bounded() {
+    // Nothing listens there: the streams stay pending, which is enough to
+    // count what is followed.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let channel = tonic::transport::Endpoint::from_shared(format!("http://{port}"))
+        .unwrap()
+        .connect_lazy();
+    let d = ControllerDiscovery::new(channel, Duration::from_secs(5)).with_capacity(3);
+    let balancers = Balancers::new(Arc::new(d), BalanceConfig::default());
+    let target = |i: u8| SocketAddr::from(([10, 96, 1, i], 80));
+    for i in 0..3 {
+        let _ = balancers.lookup(target(i));
+    }
+    assert_eq!(balancers.len(), 3);
+    for i in 3..50 {
+        let _ = balancers.lookup(target(i));
+        assert!(balancers.len() <= 3, "never more than the capacity");
+    }
+}
