@@ -11,10 +11,7 @@
 //! * `stat`, `tap`, `top` and `dashboard` show the enrolled pods' traffic
 //!   (docs/observability.md).
 
-// Needed in two places: reading SO_NETNS_COOKIE with getsockopt (no safe
-// wrapper in nix; netns.rs), and two raw bpf(2) commands aya 0.14 lacks for
-// the getsockopt link (sys.rs). Each `unsafe` block says why it is sound.
-#![allow(unsafe_code)]
+// `unsafe` is denied everywhere but in `sys`, the agent's raw system calls.
 
 mod admission;
 mod agent;
@@ -32,6 +29,7 @@ mod netns;
 mod object;
 mod pins;
 mod proxies;
+mod register;
 mod registry;
 mod stat;
 mod status;
