@@ -8,6 +8,7 @@
 //! views. Targets nobody watches any more are dropped on the next update.
 
 use crate::model::{DestinationView, Target};
+use conduit_base::sync::Unpoisoned;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::watch;
@@ -39,7 +40,7 @@ impl<S> ViewStore<S> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<S>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.locked()
     }
 
     /// Subscribes to `target`, computing its view on first use.

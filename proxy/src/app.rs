@@ -162,7 +162,7 @@ fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>
             Ok(l) => out.push(l),
             // IPv6 may be missing in a pod; the IPv4 listener is enough.
             Err(e) if a.is_ipv6() && addrs.len() > 1 => {
-                warn!("{what} listener {a} not bound (IPv6 unavailable?): {e}")
+                warn!(error = %e, "{what} listener {a} not bound (IPv6 unavailable?)")
             }
             Err(e) => return Err(e).with_context(|| format!("binding the {what} listener on {a}")),
         }
@@ -196,7 +196,7 @@ fn bind_inbound(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
             Ok(out)
         }
         Err(e) => {
-            warn!("inbound listener {v6} (dual-stack) not bound (IPv6 unavailable?): {e}");
+            warn!(error = %e, "inbound listener {v6} (dual-stack) not bound (IPv6 unavailable?)");
             let rest: Vec<SocketAddr> = addrs.iter().copied().filter(|a| *a != v6).collect();
             bind_all(&rest, "inbound")
         }

@@ -31,7 +31,7 @@ pub async fn handle(
     let orig_dst = match shared.inbound_orig_dst.orig_dst(&tcp) {
         Ok(o) => o,
         Err(e) => {
-            warn!(client = %client_addr, "inbound connection without an original destination: {e}; closing");
+            warn!(client = %client_addr, error = %e, "inbound connection without an original destination; closing");
             shared.metrics.error(Direction::Inbound, "no_orig_dst");
             return;
         }
@@ -74,7 +74,7 @@ pub async fn handle(
     let accepted = match shared.acceptor.accept(tcp).await {
         Ok(a) => a,
         Err(e) => {
-            info!(client = %client_addr, "inbound peer connection refused by the acceptor: {e}");
+            info!(client = %client_addr, error = %e, "inbound peer connection refused by the acceptor");
             shared.metrics.error(Direction::Inbound, "accept");
             return;
         }
@@ -88,7 +88,7 @@ pub async fn handle(
     {
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
-            info!(client = %client_addr, "closing inbound connection: {e}");
+            info!(client = %client_addr, error = %e, "closing inbound connection");
             shared.metrics.error(Direction::Inbound, "transport_header");
             return;
         }

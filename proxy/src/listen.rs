@@ -53,7 +53,7 @@ pub async fn accept_loop(
 ) {
     let local = match listener.local_addr() {
         Ok(a) => a,
-        Err(e) => return warn!("listener has no local address: {e}"),
+        Err(e) => return warn!(error = %e, "listener has no local address"),
     };
     let dir = DirLabels {
         direction: direction.as_str(),
@@ -67,7 +67,7 @@ pub async fn accept_loop(
             Ok((tcp, client)) => (tcp, crate::orig_dst::unmapped(client)),
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
-                warn!(%local, "accept failed: {e}");
+                warn!(%local, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }

@@ -9,6 +9,7 @@
 //! ```
 
 use crate::model::{TokenError, TokenVerifier};
+use conduit_base::sync::Unpoisoned;
 use serde::Deserialize;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
@@ -64,13 +65,13 @@ impl TokenFileVerifier {
     }
 
     fn lookup(&self, token: &str) -> Result<Option<TokenEntry>, TokenError> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.locked();
         let stamp = stamp(&self.path).ok();
         if stamp.is_some() && stamp != cache.0 {
             match read(&self.path) {
                 Ok((s, entries)) => *cache = (Some(s), entries),
                 Err(e) => {
-                    tracing::error!("{e}; keeping the previous tokens");
+                    tracing::error!(error = %e, "reading the token file failed; keeping the previous tokens");
                     cache.0 = stamp;
                 }
             }

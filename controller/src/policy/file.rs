@@ -107,7 +107,7 @@ impl PolicyFile {
                 let text = match std::fs::read_to_string(&path) {
                     Ok(t) => t,
                     Err(e) => {
-                        tracing::warn!(path = %path.display(), "cannot read policy file: {e}; keeping the last good policy");
+                        tracing::warn!(path = %path.display(), error = %e, "cannot read policy file; keeping the last good policy");
                         continue;
                     }
                 };

@@ -44,8 +44,9 @@ pub struct Options {
     #[arg(long = "exclude-cidr", value_name = "CIDR")]
     pub exclude_cidr: Vec<String>,
     /// After adopting pinned state, how long pods have to re-register.
-    #[arg(long, default_value = "10", value_name = "SECONDS")]
-    pub grace_period: u64,
+    /// (A duration: `10`, `30s`, `2m`; a bare number is seconds.)
+    #[arg(long, default_value = "10", value_name = "DURATION", value_parser = conduit_base::duration::parse)]
+    pub grace_period: Duration,
     /// Forward the programs' aya-log debug records to the agent log.
     #[arg(long)]
     pub bpf_log: bool,
@@ -138,7 +139,7 @@ async fn serve(opts: Options) -> Result<()> {
 
     sys::raise_fd_limit();
     let registry = Registry::new(node, claims, forbidden, Limits::AGENT);
-    wait_for_adopted(&registry, Duration::from_secs(opts.grace_period));
+    wait_for_adopted(&registry, opts.grace_period);
 
     let listener = register::bind(&opts.socket, group)?;
     if opts.discover.discover {

@@ -53,6 +53,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/conduit";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: conduit_base::logging::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -100,13 +102,7 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli.log.init()?;
     match cli.command {
         Command::Agent(opts) => agent::run(opts),
         Command::Status {

@@ -16,6 +16,7 @@
 
 mod support;
 
+use conduit_base::sync::Unpoisoned;
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -48,7 +49,7 @@ struct Env {
 
 impl Env {
     fn new(test: &str) -> Self {
-        let serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+        let serial = SERIAL.locked();
         let id = format!("cebpf-{test}-{}", std::process::id());
         let env = Env {
             _serial: serial,

@@ -4,6 +4,7 @@
 use super::{BalanceConfig, Balancer};
 use crate::discovery::{Discover, Resolution};
 use crate::idle_map::IdleMap;
+use conduit_base::sync::Unpoisoned;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -90,7 +91,7 @@ impl Balancers {
     pub fn lookup(&self, orig_dst: SocketAddr) -> Lookup {
         let resolution = self.discover.resolve(orig_dst);
         let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.locked();
         cache.sweep(
             now,
             self.idle_timeout,
@@ -128,7 +129,7 @@ impl Balancers {
     /// endpoints taken out by failure accrual.
     pub fn endpoint_counts(&self) -> Vec<(String, usize, usize)> {
         let balancers: Vec<Balancer> = {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = self.cache.locked();
             cache.entries.values().map(|(b, _)| b.clone()).collect()
         };
         balancers
@@ -143,11 +144,7 @@ impl Balancers {
 
     /// Number of cached destinations.
     pub fn len(&self) -> usize {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entries
-            .len()
+        self.cache.locked().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -22,6 +22,7 @@
 
 use super::{Destination, Discover, Endpoint, Resolution};
 use crate::idle_map::IdleMap;
+use conduit_base::sync::Unpoisoned;
 use conduit_controller_api::client::{self, DestinationState, WatchOptions};
 use std::net::SocketAddr;
 use std::sync::Mutex;
@@ -93,11 +94,7 @@ impl ControllerDiscovery {
 
     /// Number of destinations followed.
     pub fn len(&self) -> usize {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entries
-            .len()
+        self.cache.locked().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -113,7 +110,7 @@ impl ControllerDiscovery {
         watch::Receiver<Destination>,
     ) {
         let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.locked();
         cache.sweep(now, self.idle_timeout, |c| c.last_used, |_| false);
         // A mapped watch whose task ended (source gone) is rebuilt.
         if let Some(c) = cache.entries.get_mut(&orig_dst)
@@ -150,7 +147,7 @@ impl ControllerDiscovery {
     /// destination need not wait its own `answer_wait` to count as
     /// unanswered (outside the cluster networks it goes out at once).
     fn controller_away(&self) -> bool {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self.cache.locked();
         let mut waited = false;
         for c in cache.entries.values() {
             if c.state.borrow().connected {

@@ -13,6 +13,7 @@ use crate::ctx::{ConnCtx, Shared};
 use crate::metrics::{Direction, LatencyLabels, ReqLabels, RspLabels, status_class};
 use crate::route::{Picked, RouteTarget, picked_for};
 use crate::transport::MeshProto;
+use conduit_base::sync::Unpoisoned;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -191,8 +192,7 @@ async fn forward(
     let attempt = |ep: Arc<crate::discovery::Endpoint>| {
         attempts += 1;
         let req = unsent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .take()
             .or_else(|| replay.as_ref().map(replay::Replay::request));
         let (shared, conn) = (shared.clone(), conn.clone());
@@ -206,7 +206,7 @@ async fn forward(
                 Ok(r) if r.status().is_server_error() => Attempt::Failure(Ok(r)),
                 Ok(r) => Attempt::Success(Ok(r)),
                 Err((e, Some(req))) => {
-                    *unsent.lock().unwrap_or_else(|p| p.into_inner()) = Some(req);
+                    *unsent.locked() = Some(req);
                     Attempt::NotSent(Err(e))
                 }
                 Err((e, None)) => Attempt::Failure(Err(e)),

@@ -40,7 +40,7 @@ pub fn spawn(store: &Arc<PolicyStore>, channel: Channel, workload: pb::Workload)
                             }
                             Err(e) => {
                                 info!(
-                                    "inbound policy stream broke: {e}; keeping the policy in force"
+                                    error = %e, "inbound policy stream broke; keeping the policy in force"
                                 );
                                 break;
                             }
@@ -55,7 +55,7 @@ pub fn spawn(store: &Arc<PolicyStore>, channel: Channel, workload: pb::Workload)
                 }
                 Err(e) => {
                     debug!(
-                        "inbound policy: controller unreachable: {e}; keeping the policy in force"
+                        error = %e, "inbound policy: controller unreachable; keeping the policy in force"
                     );
                 }
             }
@@ -74,12 +74,12 @@ fn apply(store: &PolicyStore, msg: pb::InboundPolicy) {
     let spec = match InboundSpec::try_from(msg) {
         Ok(s) => s,
         Err(e) => {
-            warn!("inbound policy from the controller refused: {e}; keeping the policy in force");
+            warn!(error = %e, "inbound policy from the controller refused; keeping the policy in force");
             return;
         }
     };
     if let Err(e) = store.install(&spec, "controller") {
-        warn!("inbound policy from the controller refused: {e}; keeping the policy in force");
+        warn!(error = %e, "inbound policy from the controller refused; keeping the policy in force");
     }
 }
 

@@ -5,6 +5,7 @@
 //! goes wrong is a [`PluginError`], and the caller applies the plugin's
 //! failure mode.
 
+use conduit_base::sync::Unpoisoned;
 use conduit_controller_api::authz::v1 as pb;
 use conduit_controller_api::authz::v1::authorization_plugin_client::AuthorizationPluginClient;
 use conduit_policy::compile::Plugin;
@@ -58,7 +59,7 @@ const MAX_CONNS: usize = 64;
 impl Plugins {
     fn conn(&self, p: &Plugin) -> Arc<Conn> {
         let key = (p.name.clone(), p.address, p.max_in_flight);
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conns = self.conns.locked();
         if let Some(c) = conns.get(&key) {
             return c.clone();
         }

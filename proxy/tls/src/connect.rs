@@ -13,6 +13,7 @@ use crate::verify::{
     PeerIdentityError, ServerIdentityVerifier, TrustDomainClientVerifier, certificate_identity,
     identity_error,
 };
+use conduit_base::sync::Unpoisoned;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use std::collections::HashMap;
@@ -197,7 +198,7 @@ impl TlsConnector {
 
     /// One config per (identity, protocol), each with its own verifier.
     fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, TlsError> {
-        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut configs = self.configs.locked();
         if let Some(c) = configs.get(&(expected.clone(), alpn)) {
             return Ok(c.clone());
         }
