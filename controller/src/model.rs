@@ -25,7 +25,7 @@ pub struct EndpointInfo {
     pub addr: SocketAddr,
     pub weight: u32,
     /// SPIFFE ID of the workload, when known.
-    pub identity: Option<String>,
+    pub identity: Option<conduit_identity::SpiffeId>,
     /// Set when the pod runs a conduit proxy: its inbound port.
     pub meshed_inbound_port: Option<u16>,
     pub labels: BTreeMap<String, String>,

@@ -8,7 +8,7 @@ use crate::spec::{
     Action, AuthorizationSpec, ClientsSpec, DefaultPolicy, HttpMatchSpec, InboundSpec,
     ServerProtocol,
 };
-use conduit_proxy_tls::{SpiffeId, TrustDomain};
+use conduit_identity::{SpiffeId, TrustDomain};
 use http::{HeaderName, HeaderValue, Method};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

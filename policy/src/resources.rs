@@ -194,7 +194,7 @@ impl Resources {
     pub fn validate(&self, ctx: &Context) -> Result<(), CompileError> {
         let err = |at: String, message: String| CompileError { at, message };
         let check_ns = |at: &str, ns: &str| {
-            conduit_proxy_tls::SpiffeId::new("td", ns, "x")
+            conduit_identity::SpiffeId::new("td", ns, "x")
                 .map(|_| ())
                 .map_err(|e| err(format!("{at}.namespace"), e.to_string()))
         };

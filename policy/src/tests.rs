@@ -2,7 +2,7 @@
 //! cases, each with the verdict and the rule it must be attributed to.
 
 use crate::*;
-use conduit_proxy_tls::{SpiffeId, TrustDomain};
+use conduit_identity::{SpiffeId, TrustDomain};
 use http::{HeaderMap, Method};
 use std::net::IpAddr;
 

@@ -3,8 +3,8 @@
 //! policy decides connections and requests.
 #![allow(unsafe_code)]
 
+use conduit_identity::{SpiffeId, TrustDomain};
 use conduit_policy::{Client, Context, DefaultPolicy, InboundSpec, Policy, Request, Verdict};
-use conduit_proxy_tls::{SpiffeId, TrustDomain};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 

@@ -19,6 +19,7 @@
 //! ```
 
 use crate::model::{DestinationView, EndpointInfo, Target, is_dns_label};
+use conduit_identity::SpiffeId;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -98,7 +99,7 @@ pub enum ConfigError {
 struct Backend {
     ip: IpAddr,
     weight: u32,
-    identity: Option<String>,
+    identity: Option<SpiffeId>,
     meshed_inbound_port: Option<u16>,
     labels: BTreeMap<String, String>,
 }
@@ -197,12 +198,9 @@ impl Snapshot {
                         )));
                     }
                     (Some(id), None) => {
-                        if !id.starts_with("spiffe://") {
-                            return Err(invalid(format!(
-                                "endpoints[{j}]: identity {id:?} is not a spiffe:// URI"
-                            )));
-                        }
-                        Some(id.clone())
+                        Some(SpiffeId::parse(id).map_err(|e| {
+                            invalid(format!("endpoints[{j}]: identity {id:?}: {e}"))
+                        })?)
                     }
                     (None, Some(sa)) => {
                         if !is_dns_subdomain(sa) {
@@ -210,10 +208,11 @@ impl Snapshot {
                                 "endpoints[{j}]: serviceAccount {sa:?} is not a valid name"
                             )));
                         }
-                        Some(format!(
-                            "spiffe://{}/ns/{}/sa/{sa}",
-                            settings.trust_domain, svc.namespace
-                        ))
+                        Some(
+                            SpiffeId::new(&settings.trust_domain, &svc.namespace, sa).map_err(
+                                |e| invalid(format!("endpoints[{j}]: serviceAccount {sa:?}: {e}")),
+                            )?,
+                        )
                     }
                     (None, None) => None,
                 };

@@ -57,12 +57,12 @@ pub struct Args {
     pub controller_addr: String,
     /// SPIFFE trust domain (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
     #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
+    pub trust_domain: conduit_identity::TrustDomain,
     /// The controller's SPIFFE identity, which proxies require of its TLS
     /// gRPC port (default: service account `conduit-controller` in
     /// `conduit-system`, in the trust domain).
     #[arg(long, value_name = "SPIFFE-ID")]
-    pub controller_identity: Option<String>,
+    pub controller_identity: Option<conduit_identity::SpiffeId>,
     /// Issuer certificate(s) (PEM) that proxies trust, embedded in each pod.
     /// Without it the proxies must get their trust anchors another way.
     #[arg(long, value_name = "PATH")]
@@ -163,14 +163,16 @@ impl Args {
             proxy_image: self.proxy_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
             controller_addr: self.controller_addr.clone(),
-            controller_identity: self.controller_identity.clone().unwrap_or_else(|| {
-                crate::identity::spiffe_id(
+            controller_identity: match &self.controller_identity {
+                Some(id) => id.to_string(),
+                None => crate::identity::spiffe_id(
                     &self.trust_domain,
                     CONTROLLER_NAMESPACE,
                     CONTROLLER_SERVICE_ACCOUNT,
-                )
-            }),
-            trust_domain: self.trust_domain.clone(),
+                )?
+                .to_string(),
+            },
+            trust_domain: self.trust_domain.to_string(),
             trust_anchors_pem,
             identity_audience: self.identity_audience.clone(),
             proxy_uid: self.proxy_uid,

@@ -4,9 +4,9 @@
 //! or validate is refused with an error naming the line, and the last good
 //! policy stays in force.
 
+use conduit_identity::TrustDomain;
 use conduit_policy::resources::Resources;
 use conduit_policy::{Context, DefaultPolicy};
-use conduit_proxy_tls::TrustDomain;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;

@@ -43,7 +43,7 @@ async fn serve(dir: &Path, policy: PolicyResources) -> RunningController {
     let certifier = Arc::new(Certifier::new(
         issuer,
         TokenFileVerifier::load(&tokens).unwrap(),
-        "cluster.local".into(),
+        "cluster.local".parse().unwrap(),
         Duration::from_secs(3600),
     ));
     server::start_with_policy(

@@ -112,7 +112,7 @@ async fn client_proxy(ca: &TestCa, server: &Running, app: SocketAddr, identity: 
     let svc: SocketAddr = support::SERVICE.parse().unwrap();
     let mut ep = Endpoint::plain(app);
     ep.meshed_inbound_port = Some(server.inbound_addrs[0].port());
-    ep.identity = Some(WEB.into());
+    ep.identity = Some(WEB.parse().unwrap());
     let discovery = StaticDiscovery::from_services(vec![ServiceConfig {
         name: "web:80".into(),
         addresses: vec![svc],
@@ -359,7 +359,7 @@ async fn controller(dir: &Path, policy: &Path) -> conduit_controller::server::Ru
     let certifier = Arc::new(Certifier::new(
         issuer,
         TokenFileVerifier::load(&tokens).unwrap(),
-        "cluster.local".into(),
+        "cluster.local".parse().unwrap(),
         Duration::from_secs(3600),
     ));
     let td = conduit_proxy_tls::TrustDomain::new("cluster.local").unwrap();

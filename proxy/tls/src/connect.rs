@@ -8,12 +8,12 @@
 //! [`Alpn::Http1`] (`conduit/http1`) or [`Alpn::Opaque`] (`conduit/opaque`).
 
 use crate::credentials::Credentials;
-use crate::spiffe::SpiffeId;
 use crate::verify::{
     PeerIdentityError, ServerIdentityVerifier, TrustDomainClientVerifier, certificate_identity,
     identity_error,
 };
 use conduit_base::sync::Unpoisoned;
+use conduit_identity::SpiffeId;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use std::collections::HashMap;
@@ -104,27 +104,46 @@ impl From<std::io::Error> for TlsError {
     }
 }
 
-/// For I/O-typed seams: keeps the transport error as it was, maps the rest
-/// to a kind (`TimedOut`, `PermissionDenied` for refused identities and
-/// certificates, `InvalidData` otherwise) with this error as the source.
-impl From<TlsError> for std::io::Error {
-    fn from(e: TlsError) -> Self {
+impl TlsError {
+    /// Whether the peer's identity or certificate is why the handshake
+    /// failed (not the network, a timeout or our own readiness): the peer
+    /// presented another identity, a certificate that does not verify or
+    /// none, or refused ours with an alert.
+    pub fn is_peer_identity(&self) -> bool {
+        matches!(
+            self,
+            TlsError::PeerIdentity(_)
+                | TlsError::PeerAlert(_)
+                | TlsError::Handshake(
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+                )
+        )
+    }
+
+    /// The I/O error kind this error has on I/O-typed seams: `TimedOut`,
+    /// `NotConnected` before the first certificate, `PermissionDenied` for
+    /// [peer identity](Self::is_peer_identity) failures, `InvalidData`
+    /// otherwise (a transport error keeps its own kind).
+    pub fn kind(&self) -> std::io::ErrorKind {
         use std::io::ErrorKind;
-        let kind = match &e {
-            TlsError::Io(_) => ErrorKind::Other,
+        match self {
+            TlsError::Io(io) => io.kind(),
             TlsError::Timeout(_) => ErrorKind::TimedOut,
             TlsError::NotReady => ErrorKind::NotConnected,
-            TlsError::PeerIdentity(_) | TlsError::PeerAlert(_) => ErrorKind::PermissionDenied,
-            TlsError::Handshake(
-                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented,
-            ) => ErrorKind::PermissionDenied,
-            TlsError::Handshake(_) | TlsError::NoAlpn | TlsError::Config(_) => {
-                ErrorKind::InvalidData
-            }
-        };
+            e if e.is_peer_identity() => ErrorKind::PermissionDenied,
+            _ => ErrorKind::InvalidData,
+        }
+    }
+}
+
+/// For I/O-typed seams: keeps the transport error as it was; the rest get
+/// their [`kind`](TlsError::kind), with this error as the inner error (so it
+/// can be downcast again).
+impl From<TlsError> for std::io::Error {
+    fn from(e: TlsError) -> Self {
         match e {
             TlsError::Io(io) => io,
-            e => std::io::Error::new(kind, e),
+            e => std::io::Error::new(e.kind(), e),
         }
     }
 }
