@@ -143,6 +143,20 @@ impl TokenVerifier for Verifier {
             )),
         }
     }
+
+    async fn prove_workload(
+        &self,
+        token: &str,
+        claim: crate::policy::caller::Claim<'_>,
+    ) -> Result<crate::policy::caller::ProvenWorkload, crate::policy::caller::WorkloadError> {
+        match self {
+            Verifier::File(v) => v.prove_workload(token, claim).await,
+            Verifier::Kubernetes(v) => v.prove_workload(token, claim).await,
+            Verifier::Disabled => Err(crate::policy::caller::WorkloadError::Unavailable(
+                "no token verifier configured: start the controller with --token-file or --discovery kubernetes".into(),
+            )),
+        }
+    }
 }
 
 /// Runs the controller until SIGINT or SIGTERM.

@@ -51,7 +51,7 @@ fn an_allowed_request_allocates_nothing() {
         ));
     }
     yaml.push_str("  - {name: frontend, servers: [web], from: {serviceAccounts: [frontend]}, http: [{methods: [GET], path: {prefix: /api/}}]}\n");
-    let spec: InboundSpec = serde_yaml::from_str(&yaml).unwrap();
+    let spec: InboundSpec = conduit_policy::yaml::from_str(&yaml).unwrap();
     let ctx = Context {
         namespace: "shop".into(),
         trust_domain: Some(TrustDomain::new("cluster.local").unwrap()),

@@ -168,7 +168,12 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
     let listeners = listen::Listeners::bind(&mut cfg)?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, cfg.max_dst_labels);
-    let inbound_policy = inbound_policy(&cfg, deps.controller.clone(), &mut registry)?;
+    let inbound_policy = inbound_policy(
+        &cfg,
+        deps.controller.clone(),
+        deps.credentials.as_ref(),
+        &mut registry,
+    )?;
     // `shutdown` asks for a drain (signal, POST /shutdown); `stop` is
     // cancelled by the drain once the agent no longer steers to us, and
     // stops the accept loops and the HTTP connections (see `drain`).
@@ -187,6 +192,7 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
     let observe = crate::tap::Observe::new(
         &mut registry,
         cfg.access_log.map(crate::access_log::AccessLog::new),
+        deps.credentials.as_ref().map(|c| c.identity().to_string()),
     );
     let admin = Arc::new(Admin {
         registry,
@@ -259,12 +265,17 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
 fn inbound_policy(
     cfg: &Config,
     controller: Option<tonic::transport::Channel>,
+    credentials: Option<&Credentials>,
     registry: &mut Registry,
 ) -> anyhow::Result<Arc<crate::policy::PolicyStore>> {
     let inbound_policy = crate::policy::PolicyStore::new(
         crate::policy::context(cfg).context("the inbound policy's context")?,
         registry,
     );
+    // Plugins the policy names with an identity are reached over mTLS.
+    if let Some(c) = credentials {
+        inbound_policy.plugins.set_credentials(c.clone());
+    }
     if let Some(path) = &cfg.inbound_policy_file {
         crate::policy::file::start(inbound_policy.clone(), path.clone(), cfg.discovery_reload)?;
     } else if let Some(channel) = controller {
@@ -278,6 +289,7 @@ fn inbound_policy(
                 pod: cfg.pod_name.clone(),
                 labels,
             },
+            cfg.identity_token_file.clone(),
         );
     }
     Ok(inbound_policy)

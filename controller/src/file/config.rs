@@ -143,7 +143,7 @@ impl Snapshot {
                 services: Vec::new(),
             }
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(yaml_error(&e)))?
+            conduit_policy::yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?
         };
         let mut snap = Snapshot {
             cluster_domain: settings.cluster_domain.clone(),
@@ -335,20 +335,6 @@ fn endpoint(b: &Backend, port: u16) -> EndpointInfo {
 
 fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// serde_yaml's message, with the line first.
-fn yaml_error(e: &serde_yaml::Error) -> String {
-    match e.location() {
-        Some(loc) => {
-            let msg = e.to_string();
-            // serde_yaml appends " at line L column C"; say it once, up front.
-            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            let msg = msg.strip_suffix(&suffix).unwrap_or(&msg);
-            format!("line {} column {}: {msg}", loc.line(), loc.column())
-        }
-        None => e.to_string(),
-    }
 }
 
 /// Best effort: the line of the `nth` `name: <name>` key (the service).

@@ -117,6 +117,11 @@ impl<V: TokenVerifier> Certifier<V> {
         }
     }
 
+    /// The token checks (also used to prove which pod a policy watcher is).
+    pub fn verifier(&self) -> &V {
+        &self.verifier
+    }
+
     pub fn issuer(&self) -> &Issuer {
         &self.issuer
     }

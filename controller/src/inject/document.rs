@@ -1,11 +1,11 @@
 //! Walking YAML documents: finding the pod template of each workload kind,
 //! checking it parses as its k8s-openapi type, and adding the sidecar to it.
-//! The documents stay `serde_yaml::Value`s so that every field the user
+//! The documents stay `serde_norway::Value`s so that every field the user
 //! wrote (including ones newer than our k8s-openapi) is kept, in order.
 
 use super::sidecar::{self, Options, PodSettings};
 use crate::kubernetes::mesh;
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 use std::collections::BTreeMap;
 
 /// `conduit.io/inbound-policy` of the Namespaces in the input, by name.
@@ -309,11 +309,11 @@ fn inject_template(
         inbound_policy: template_policy.or(default_policy),
         access_log: access_log_annotation(template)?,
     };
-    let container =
-        serde_yaml::to_value(sidecar::proxy_container(o, &settings)).map_err(|e| e.to_string())?;
+    let container = serde_norway::to_value(sidecar::proxy_container(o, &settings))
+        .map_err(|e| e.to_string())?;
     let volumes: Vec<Value> = sidecar::volumes(o)
         .iter()
-        .map(serde_yaml::to_value)
+        .map(serde_norway::to_value)
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let spec = template

@@ -93,6 +93,9 @@ pub struct Args {
 pub enum InjectError {
     #[error("document {document}: not valid YAML: {message}")]
     Yaml { document: usize, message: String },
+    /// Over a parsing limit (an alias bomb, too deep, too large).
+    #[error("input refused: {0}")]
+    Refused(String),
     /// (The object error is part of the message, not a separate source,
     /// so that error chains do not repeat it.)
     #[error("document {document}: {error}")]
@@ -114,9 +117,12 @@ pub fn inject_yaml(input: &str, options: &Options) -> Result<Injected, InjectErr
     let mut outcomes = Vec::new();
     let mut values = Vec::new();
     let mut namespaces = document::NamespacePolicies::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(input).enumerate() {
+    // Refuse an alias bomb or a too deep document before building values
+    // (serde_norway keeps the documents' key order, but has no such bounds).
+    conduit_policy::yaml::check_limits(input).map_err(|e| InjectError::Refused(e.to_string()))?;
+    for (i, de) in serde_norway::Deserializer::from_str(input).enumerate() {
         let document = i + 1;
-        let value = serde_yaml::Value::deserialize(de).map_err(|e| InjectError::Yaml {
+        let value = serde_norway::Value::deserialize(de).map_err(|e| InjectError::Yaml {
             document,
             message: e.to_string(),
         })?;
@@ -130,7 +136,7 @@ pub fn inject_yaml(input: &str, options: &Options) -> Result<Injected, InjectErr
     for (document, mut value) in values {
         document::inject(&mut value, options, &namespaces, &mut outcomes)
             .map_err(|error| InjectError::Object { document, error })?;
-        let text = serde_yaml::to_string(&value).map_err(|e| InjectError::Write {
+        let text = serde_norway::to_string(&value).map_err(|e| InjectError::Write {
             document,
             message: e.to_string(),
         })?;

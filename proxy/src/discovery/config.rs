@@ -174,7 +174,7 @@ pub fn parse_file(text: &str) -> Result<Vec<ServiceConfig>, ConfigError> {
         return Ok(Vec::new());
     }
     let spec: FileSpec =
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+        conduit_policy::yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
     let mut services = Vec::with_capacity(spec.services.len());
     for s in spec.services {
         let mut endpoints = Vec::with_capacity(s.endpoints.len());

@@ -233,7 +233,7 @@ fn read_bounded(path: &Path) -> Result<String, StaticError> {
             len,
         });
     }
-    std::fs::read_to_string(path).map_err(read_err)
+    conduit_policy::yaml::read_file(path).map_err(read_err)
 }
 
 fn hash_of(text: &str) -> u64 {

@@ -162,7 +162,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-type ClientConfigs = HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>;
+/// ALPN of a gRPC server that is not a proxy (an authorization plugin).
+const GRPC_ALPN: &[u8] = b"h2";
+
+type ClientConfigs = HashMap<(SpiffeId, &'static [u8]), Arc<ClientConfig>>;
 
 /// Outbound mTLS. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -201,7 +204,7 @@ impl TlsConnector {
         if self.credentials.current().is_none() {
             return Err(TlsError::NotReady);
         }
-        let config = self.config(expected, alpn)?;
+        let config = self.config(expected, alpn.as_bytes())?;
         let tls = match client_handshake(config, stream, self.timeout).await {
             Err(TlsError::PeerIdentity(refused)) => {
                 tracing::warn!(expected = %expected, "outbound mTLS refused: {refused}");
@@ -215,8 +218,38 @@ impl TlsConnector {
         Ok(tls)
     }
 
+    /// Handshakes over `stream` with a gRPC server that is not a proxy (a
+    /// meshed authorization plugin): presents this proxy's certificate,
+    /// requires the server to present exactly `expected`, offers ALPN `h2`.
+    pub async fn connect_grpc<S>(
+        &self,
+        stream: S,
+        expected: &SpiffeId,
+    ) -> Result<client::TlsStream<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.credentials.current().is_none() {
+            return Err(TlsError::NotReady);
+        }
+        let config = self.config(expected, GRPC_ALPN)?;
+        let tls = client_handshake(config, stream, self.timeout)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(expected = %expected, error = %e, "mTLS to a gRPC server refused"),
+            )?;
+        if tls.get_ref().1.alpn_protocol() != Some(GRPC_ALPN) {
+            return Err(TlsError::NoAlpn);
+        }
+        Ok(tls)
+    }
+
     /// One config per (identity, protocol), each with its own verifier.
-    fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, TlsError> {
+    fn config(
+        &self,
+        expected: &SpiffeId,
+        alpn: &'static [u8],
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         let mut configs = self.configs.locked();
         if let Some(c) = configs.get(&(expected.clone(), alpn)) {
             return Ok(c.clone());
@@ -230,7 +263,7 @@ impl TlsConnector {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_client_cert_resolver(self.credentials.resolver());
-        config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         config.enable_sni = false;
         // Every handshake verifies the peer's current certificate (see
         // docs/identity.md: no resumption).

@@ -57,6 +57,7 @@ mod connect;
 mod control;
 mod credentials;
 mod refresh;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod verify;
 
