@@ -1,7 +1,6 @@
 //! Command-line helpers shared by the benchmark programs.
 
 use crate::loadgen::{Load, Protocol};
-use std::time::Duration;
 
 /// `--protocols http1,http2` into protocols.
 pub fn protocols(names: &[String]) -> Result<Vec<Protocol>, String> {
@@ -22,25 +21,9 @@ pub fn loads(rates: &[u32], concurrency: usize) -> Vec<Load> {
     loads
 }
 
-/// Parses `500ms`, `5s`, `1.5s`, `1m` (a bare number is seconds); for
-/// clap's `value_parser`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: f64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?} (e.g. 500ms, 5s, 1m)"))?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "" | "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(format!("bad duration unit in {s:?} (ms, s, m)")),
-    };
-    Duration::try_from_secs_f64(secs).map_err(|_| format!("duration {s:?} out of range"))
-}
+/// The one duration grammar of the conduit binaries (`500ms`, `1.5s`, `1m`;
+/// a bare number is seconds): `conduit_base::duration`.
+pub use conduit_base::duration::parse as parse_duration;
 
 /// The program's arguments as one line (for "the command that made them").
 pub fn command_line(program: &str) -> String {
@@ -51,6 +34,7 @@ pub fn command_line(program: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
 
     #[test]
     fn protocols_and_loads() {
@@ -73,7 +57,8 @@ mod tests {
         assert_eq!(parse_duration("1.5s"), Ok(Duration::from_millis(1500)));
         assert_eq!(parse_duration("2"), Ok(Duration::from_secs(2)));
         assert_eq!(parse_duration("1m"), Ok(Duration::from_secs(60)));
-        assert!(parse_duration("5h").is_err());
+        // The shared grammar (conduit_base::duration) has hours.
+        assert_eq!(parse_duration("5h"), Ok(Duration::from_secs(5 * 3600)));
         assert!(parse_duration("fast").is_err());
         assert!(parse_duration("").is_err());
         assert!(parse_duration("1e999s").is_err());

@@ -5,6 +5,7 @@
 //! requests, to find the maximum rate).
 
 use bytes::Bytes;
+use conduit_base::sync::Unpoisoned;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
@@ -222,10 +223,7 @@ pub fn open_loop(
         tasks.push(rt.spawn(async move {
             if target.get().await {
                 let lat = scheduled.elapsed().as_nanos() as u64;
-                latencies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .push(lat);
+                latencies.locked().push(lat);
             } else {
                 errors.fetch_add(1, Ordering::Relaxed);
             }
@@ -268,10 +266,7 @@ pub fn closed_loop(
                         errors.fetch_add(1, Ordering::Relaxed);
                     }
                 }
-                latencies
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .extend(mine);
+                latencies.locked().extend(mine);
             })
         })
         .collect();
@@ -292,7 +287,7 @@ fn finish(
     elapsed: Duration,
     max_send_lag: Duration,
 ) -> Sample {
-    let mut latencies = std::mem::take(&mut *latencies.lock().unwrap_or_else(|p| p.into_inner()));
+    let mut latencies = std::mem::take(&mut *latencies.locked());
     latencies.sort_unstable();
     Sample {
         latencies,

@@ -4,6 +4,7 @@
 //! and a sampler that follows a few processes during a measurement.
 
 use anyhow::{Context, Result};
+use conduit_base::sync::Unpoisoned;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -96,7 +97,7 @@ impl Sampler {
         let thread = std::thread::spawn(move || {
             while !s.load(Ordering::Relaxed) {
                 let now: Vec<(u64, u64)> = p.iter().map(|&pid| memory(pid)).collect();
-                let mut m = m.lock().unwrap_or_else(|e| e.into_inner());
+                let mut m = m.locked();
                 for (slot, v) in m.iter_mut().zip(now) {
                     *slot = (slot.0.max(v.0), slot.1.max(v.1));
                 }
@@ -119,7 +120,7 @@ impl Sampler {
         let wall = self.started.elapsed().as_secs_f64().max(1e-9);
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
-        let mut max = self.max.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let mut max = self.max.locked().clone();
         for (slot, &pid) in max.iter_mut().zip(&self.pids) {
             let v = memory(pid);
             *slot = (slot.0.max(v.0), slot.1.max(v.1));

@@ -168,6 +168,7 @@ mod tests {
 
     #[test]
     fn slope_is_the_least_squares_line() {
+        #[allow(clippy::type_complexity)] // a table of test cases
         let cases: &[(&[(f64, f64)], Option<f64>)] = &[
             (&[], None),
             (&[(1.0, 5.0)], None),

@@ -39,23 +39,9 @@ impl FromStr for Discovery {
     }
 }
 
-/// Parses `500ms`, `30s`, `15m`, `24h`, `7d`.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (n, unit) = s.split_at(split);
-    let n: u64 = n
-        .parse()
-        .map_err(|_| format!("{s:?}: expected a number and a unit (ms, s, m, h, d)"))?;
-    let secs = match unit {
-        "ms" => return Ok(Duration::from_millis(n)),
-        "s" => n,
-        "m" => n * 60,
-        "h" => n * 3600,
-        "d" => n * 86400,
-        _ => return Err(format!("{s:?}: unit must be ms, s, m, h or d")),
-    };
-    Ok(Duration::from_secs(secs))
-}
+/// The one duration grammar of the conduit binaries (`500ms`, `30s`,
+/// `15m`, `24h`, `7d`; a bare number is seconds): `conduit_base::duration`.
+pub use conduit_base::duration::parse as parse_duration;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
@@ -359,7 +345,8 @@ mod tests {
     fn durations_and_discovery() {
         assert_eq!(parse_duration("24h"), Ok(Duration::from_secs(86400)));
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
-        assert!(parse_duration("5").is_err());
+        // The shared grammar (conduit_base::duration): a bare number is seconds.
+        assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
         assert!(parse_duration("h").is_err());
         assert_eq!(
             "file:/x.yaml".parse(),

@@ -21,6 +21,8 @@ struct Cli {
     command: Option<Command>,
     #[command(flatten)]
     serve: Option<ServeArgs>,
+    #[command(flatten)]
+    log: conduit_base::logging::LogArgs,
 }
 
 #[derive(Debug, clap::Subcommand)]
@@ -31,14 +33,7 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+    cli.log.init()?;
     match (cli.command, cli.serve) {
         (Some(Command::Inject(args)), _) => conduit_controller::inject::run(args),
         (None, Some(serve)) => {

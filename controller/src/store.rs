@@ -14,6 +14,7 @@
 //! no other view is computed), so a change costs what it touches.
 
 use crate::model::{DestinationView, Target};
+use conduit_base::sync::Unpoisoned;
 use std::collections::HashMap;
 use std::sync::Mutex;
 use tokio::sync::watch;
@@ -45,7 +46,7 @@ impl<S> ViewStore<S> {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner<S>> {
-        self.inner.lock().unwrap_or_else(|p| p.into_inner())
+        self.inner.locked()
     }
 
     /// Subscribes to `target`, computing its view on first use.

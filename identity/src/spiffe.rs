@@ -318,7 +318,7 @@ mod tests {
         assert_eq!(id.to_string(), s);
         assert_eq!(s.parse::<SpiffeId>().unwrap(), id);
         let dotted = SpiffeId::new("td_1", "a-1", "build.bot-2").unwrap();
-        assert_eq!(SpiffeId::parse(&dotted.to_string()).unwrap(), dotted);
+        assert_eq!(SpiffeId::parse(dotted.as_ref()).unwrap(), dotted);
     }
 
     #[test]

@@ -251,7 +251,9 @@ mod tests {
 
     /// The classic nested form: each level aliases the one below 9 times.
     fn billion_laughs() -> String {
-        let mut s = String::from("- &l0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n");
+        let mut s = String::from(
+            "- &l0 [\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\",\"lol\"]\n",
+        );
         for l in 1..10 {
             let p = format!("*l{}", l - 1);
             s.push_str(&format!("- &l{l} [{}]\n", vec![p; 9].join(",")));
@@ -270,7 +272,10 @@ mod tests {
                     on: false,
                 }),
             ),
-            ("name: a\nbogus: 1\n", Err("line 2 column 1: bogus: unknown field `bogus`")),
+            (
+                "name: a\nbogus: 1\n",
+                Err("line 2 column 1: bogus: unknown field `bogus`"),
+            ),
             ("name: a\nitems: 3\n", Err("line 2 column 8: items: ")),
             ("name: a\nname: b\n", Err("line 2 column 1: duplicate")),
             ("name: a\n items: [\n", Err("line 2")),
@@ -283,7 +288,10 @@ mod tests {
                 (Ok(w), Ok(g)) => assert_eq!(w, g, "{text}"),
                 (Err(w), Err(e)) => {
                     let e = e.to_string();
-                    assert!(e.starts_with(w), "{text:?}: {e:?} does not start with {w:?}");
+                    assert!(
+                        e.starts_with(w),
+                        "{text:?}: {e:?} does not start with {w:?}"
+                    );
                     assert!(!e.contains('\n'), "one line: {e:?}");
                 }
                 _ => panic!("{text:?}: got {got:?}, want {want:?}"),
@@ -308,7 +316,11 @@ mod tests {
             assert!(text.len() < 100_000, "{name}: {} bytes", text.len());
             let started = std::time::Instant::now();
             let e = parse(&text).unwrap_err();
-            assert!(started.elapsed().as_secs() < 5, "{name}: {:?}", started.elapsed());
+            assert!(
+                started.elapsed().as_secs() < 5,
+                "{name}: {:?}",
+                started.elapsed()
+            );
             assert!(matches!(e, YamlError::OverLimit { .. }), "{name}: {e:?}");
             let e = e.to_string();
             assert!(e.contains("budget") || e.contains("alias"), "{name}: {e}");
@@ -349,11 +361,20 @@ mod tests {
         // Exactly at a limit is fine.
         std::fs::write(&path, "name: a\n").unwrap();
         assert_eq!(read_bounded(&path, 8).unwrap(), "name: a\n");
-        assert_eq!(read_bounded(&path, 7).unwrap_err().to_string(), "larger than 7 bytes");
+        assert_eq!(
+            read_bounded(&path, 7).unwrap_err().to_string(),
+            "larger than 7 bytes"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
         // Text already in memory is held to the same limit.
         let big = "#".repeat(MAX_FILE_BYTES as usize + 1);
-        assert!(matches!(from_str::<Doc>(&big), Err(YamlError::TooLarge { .. })));
-        assert!(matches!(check_limits(&big), Err(YamlError::TooLarge { .. })));
+        assert!(matches!(
+            from_str::<Doc>(&big),
+            Err(YamlError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            check_limits(&big),
+            Err(YamlError::TooLarge { .. })
+        ));
     }
 }

@@ -111,7 +111,7 @@ where
         let (tcp, client) = tokio::select! {
             a = listener.accept() => match a {
                 Ok(a) => a,
-                Err(e) => { warn!("admin accept failed: {e}"); continue; }
+                Err(e) => { warn!(error = %e, "admin accept failed"); continue; }
             },
             _ = stop.cancelled() => return,
         };

@@ -6,23 +6,9 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::time::Duration;
 
-/// Parses `250ms`, `10s`, `5m`, `1h` (a bare number is seconds).
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit())
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("bad duration {s:?}: expected e.g. 500ms, 10s, 5m"))?;
-    match unit {
-        "ms" => Ok(Duration::from_millis(n)),
-        "s" => Ok(Duration::from_secs(n)),
-        "m" => Ok(Duration::from_secs(n * 60)),
-        "h" => Ok(Duration::from_secs(n * 3600)),
-        _ => Err(format!("bad duration unit in {s:?}: use ms, s, m or h")),
-    }
-}
+/// The one duration grammar of the conduit binaries (`250ms`, `10s`, `5m`,
+/// `1h`, `7d`; a bare number is seconds): `conduit_base::duration`.
+pub use conduit_base::duration::parse as parse_duration;
 
 /// conduit-proxy: the transparent data-plane proxy beside every meshed pod.
 ///
@@ -310,13 +296,20 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_INBOUND_POLICY_FILE")]
     pub inbound_policy_file: Option<PathBuf>,
 
-    /// Log filter (tracing EnvFilter syntax), e.g. `info` or `conduit_proxy=debug`.
-    #[arg(long, env = "CONDUIT_PROXY_LOG", default_value = "info")]
-    pub log: String,
+    /// Log filter (tracing EnvFilter syntax), e.g. `info` or
+    /// `conduit_proxy=debug`; default: `RUST_LOG`, else `info`
+    /// (`conduit_base::logging`, as the controller and the agent).
+    #[arg(long, env = "CONDUIT_PROXY_LOG", value_name = "FILTER")]
+    pub log: Option<String>,
 
-    /// Log format: `plain` or `json`.
-    #[arg(long, env = "CONDUIT_PROXY_LOG_FORMAT", default_value = "plain")]
-    pub log_format: String,
+    /// Log format.
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_LOG_FORMAT",
+        value_enum,
+        default_value = "plain"
+    )]
+    pub log_format: conduit_base::logging::LogFormat,
 }
 
 impl Config {
@@ -343,7 +336,9 @@ mod tests {
         assert_eq!(parse_duration("10"), Ok(Duration::from_secs(10)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("fast").is_err());
-        assert!(parse_duration("3d").is_err());
+        // The shared grammar (conduit_base::duration) has days.
+        assert_eq!(parse_duration("3d"), Ok(Duration::from_secs(3 * 86_400)));
+        assert!(parse_duration("3w").is_err());
     }
 
     #[test]

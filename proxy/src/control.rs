@@ -126,7 +126,7 @@ fn route(
                 text(StatusCode::ACCEPTED, "draining\n")
             }
             Err(e) => {
-                warn!(%client, "refused POST /shutdown on the operator listener: {e}");
+                warn!(%client, error = %e, "refused POST /shutdown on the operator listener");
                 text(StatusCode::UNAUTHORIZED, format!("unauthorized: {e}\n"))
             }
         },
@@ -151,7 +151,7 @@ pub async fn serve(
     if let Err(e) =
         socket2::SockRef::from(&listener).set_send_buffer_size(crate::tap::server::SNDBUF)
     {
-        warn!("bounding the operator listener's send buffer: {e}");
+        warn!(error = %e, "bounding the operator listener's send buffer");
     }
     crate::admin::serve_with(listener, stop, move |client, req| {
         route(&admin, &cred, &tap, (client, local), req)

@@ -36,7 +36,7 @@ pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: i
     let (detected, prefix) = match detect::detect(&mut io, timeouts).await {
         Ok(d) => d,
         Err(e) => {
-            debug!(direction, client = %conn.client_addr, "read failed during protocol detection: {e}");
+            debug!(direction, client = %conn.client_addr, error = %e, "read failed during protocol detection");
             return;
         }
     };

@@ -35,7 +35,7 @@ pub async fn handle(
     let orig_dst = match shared.inbound_orig_dst.orig_dst(&tcp) {
         Ok(o) => o,
         Err(e) => {
-            warn!(client = %client_addr, "inbound connection without an original destination: {e}; closing");
+            warn!(client = %client_addr, error = %e, "inbound connection without an original destination; closing");
             shared.metrics.error(Direction::Inbound, "no_orig_dst");
             return;
         }
@@ -88,7 +88,7 @@ impl Inbound {
         let accepted = match self.shared.acceptor.accept(tcp).await {
             Ok(a) => a,
             Err(e) => {
-                info!(client = %self.client_addr, "inbound peer connection refused by the acceptor: {e}");
+                info!(client = %self.client_addr, error = %e, "inbound peer connection refused by the acceptor");
                 self.shared.metrics.error(Direction::Inbound, "accept");
                 return;
             }

@@ -77,7 +77,7 @@ fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>
             Ok(l) => out.push(l),
             // IPv6 may be missing in a pod; the IPv4 listener is enough.
             Err(e) if a.is_ipv6() && addrs.len() > 1 => {
-                warn!("{what} listener {a} not bound (IPv6 unavailable?): {e}")
+                warn!(error = %e, "{what} listener {a} not bound (IPv6 unavailable?)")
             }
             Err(e) => return Err(e).with_context(|| format!("binding the {what} listener on {a}")),
         }
@@ -111,7 +111,7 @@ fn bind_inbound(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
             Ok(out)
         }
         Err(e) => {
-            warn!("inbound listener {v6} (dual-stack) not bound (IPv6 unavailable?): {e}");
+            warn!(error = %e, "inbound listener {v6} (dual-stack) not bound (IPv6 unavailable?)");
             let rest: Vec<SocketAddr> = addrs.iter().copied().filter(|a| *a != v6).collect();
             bind_all(&rest, "inbound")
         }
@@ -172,7 +172,7 @@ pub async fn accept_loop(
 ) {
     let local = match listener.local_addr() {
         Ok(a) => a,
-        Err(e) => return warn!("listener has no local address: {e}"),
+        Err(e) => return warn!(error = %e, "listener has no local address"),
     };
     let dir = DirLabels {
         direction: direction.as_str(),
@@ -186,7 +186,7 @@ pub async fn accept_loop(
             Ok((tcp, client)) => (tcp, crate::orig_dst::unmapped(client)),
             Err(e) => {
                 // EMFILE and friends: back off briefly rather than spin.
-                warn!(%local, "accept failed: {e}");
+                warn!(%local, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(50)).await;
                 continue;
             }

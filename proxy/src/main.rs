@@ -7,26 +7,10 @@ use conduit_proxy::{Config, Deps};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-fn init_logging(cfg: &Config) -> anyhow::Result<()> {
-    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log)
-        .with_context(|| format!("bad --log filter {:?}", cfg.log))?;
-    use std::io::IsTerminal;
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_writer(std::io::stderr);
-    match cfg.log_format.as_str() {
-        "json" => builder.json().init(),
-        "plain" => builder.init(),
-        other => anyhow::bail!("bad --log-format {other:?}: use plain or json"),
-    }
-    Ok(())
-}
-
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
-    init_logging(&cfg)?;
+    conduit_base::logging::init(cfg.log.as_deref(), cfg.log_format)?;
     let deps = Deps::system(&cfg)?;
     // Handlers first: a SIGTERM right after startup must drain, not kill.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -4,6 +4,7 @@
 //! through [`DstLabels`], which admits a fixed number of distinct values and
 //! folds the rest into `overflow`.
 
+use conduit_base::sync::Unpoisoned;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
@@ -241,7 +242,7 @@ impl DstLabels {
     }
 
     pub fn admit(&self, name: &str) -> String {
-        let mut seen = self.seen.lock().unwrap_or_else(|p| p.into_inner());
+        let mut seen = self.seen.locked();
         if seen.contains(name) {
             return name.to_string();
         }

@@ -31,7 +31,7 @@ pub async fn handle(
     let orig_dst = match shared.outbound_orig_dst.orig_dst(&tcp) {
         Ok(a) => a,
         Err(e) => {
-            warn!(client = %client_addr, "outbound connection without an original destination (not redirected?): {e}; closing");
+            warn!(client = %client_addr, error = %e, "outbound connection without an original destination (not redirected?); closing");
             shared.metrics.error(Direction::Outbound, "no_orig_dst");
             return;
         }

@@ -63,7 +63,7 @@ pub async fn forward(shared: &Arc<Shared>, conn: &ConnCtx, mut client: impl Io) 
     let ((mut upstream, addr), _pick) = match opened {
         Ok(o) => o,
         Err(e) => {
-            info!(client = %conn.client_addr, dst = %conn.dst_label, "opaque connect failed: {e}");
+            info!(client = %conn.client_addr, dst = %conn.dst_label, error = %e, "opaque connect failed");
             shared.metrics.error(conn.direction, "connect");
             return;
         }
@@ -80,11 +80,11 @@ pub async fn forward(shared: &Arc<Shared>, conn: &ConnCtx, mut client: impl Io) 
             debug!(client = %conn.client_addr, upstream = %addr, up, down, "opaque connection done")
         }
         Err(e) if e.kind() == io::ErrorKind::TimedOut => {
-            info!(client = %conn.client_addr, upstream = %addr, "closing idle opaque connection: {e}");
+            info!(client = %conn.client_addr, upstream = %addr, error = %e, "closing idle opaque connection");
             shared.metrics.error(conn.direction, "idle_timeout");
         }
         Err(e) => {
-            debug!(client = %conn.client_addr, upstream = %addr, "opaque connection ended: {e}")
+            debug!(client = %conn.client_addr, upstream = %addr, error = %e, "opaque connection ended")
         }
     }
 }

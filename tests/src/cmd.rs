@@ -54,6 +54,6 @@ pub fn ip(args: &[&str]) -> Result<String> {
 /// Runs a clean-up command, logging (not failing) when it does not succeed.
 pub fn best_effort(program: &str, args: &[&str]) {
     if let Err(e) = run(program, args) {
-        tracing::debug!("clean-up step failed: {e:#}");
+        tracing::debug!(error = format!("{e:#}"), "clean-up step failed");
     }
 }

@@ -7,6 +7,7 @@ use crate::netns::Netns;
 use crate::sys::{ChildSetup, enter_on_exec};
 use crate::wait::{fatal, wait_cleanup, wait_until};
 use anyhow::{Context, Result, anyhow};
+use conduit_base::sync::Unpoisoned;
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use std::ffi::OsString;
@@ -162,10 +163,7 @@ fn reader(
             if echo {
                 eprintln!("[{label}] {line}");
             }
-            lines
-                .lock()
-                .unwrap_or_else(|e| e.into_inner())
-                .push((stream, line));
+            lines.locked().push((stream, line));
         }
     })
 }
@@ -222,7 +220,7 @@ impl Process {
 
     /// Every line it printed so far (both streams).
     pub fn lines(&self) -> Vec<(Stream, String)> {
-        self.lines.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.lines.locked().clone()
     }
 
     /// Lines it printed on stdout so far.

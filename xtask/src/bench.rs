@@ -69,7 +69,15 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     exec(
         Command::new("cargo")
-            .args(["run", "--release", "-p", "conduit-bench", "--bin", bin, "--"])
+            .args([
+                "run",
+                "--release",
+                "-p",
+                "conduit-bench",
+                "--bin",
+                bin,
+                "--",
+            ])
             .args(&args)
             .env("CONDUIT_BIN_DIR", target_dir().join("release"))
             .current_dir(root()),

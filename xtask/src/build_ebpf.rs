@@ -44,6 +44,28 @@ pub fn run(opts: &Options) -> Result<PathBuf> {
             .env_remove("CARGO_BUILD_TARGET"),
         "the eBPF build failed: see the compiler output above (run `cargo xtask setup` if a tool is missing)",
     )?;
+    // The programs' own lints (ebpf/programs/Cargo.toml: every `unsafe`
+    // documented), checked on the same build; a few seconds.
+    exec(
+        Command::new("cargo")
+            .args([
+                "+nightly",
+                "clippy",
+                "--release",
+                "--target",
+                "bpfel-unknown-none",
+                "-Z",
+                "build-std=core",
+                "--",
+                "-D",
+                "warnings",
+            ])
+            .current_dir(&dir)
+            .env("CARGO_TARGET_DIR", &target_dir)
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_BUILD_TARGET"),
+        "clippy rejected the eBPF programs: see its output above",
+    )?;
     let built = target_dir.join("bpfel-unknown-none/release/conduit-ebpf-programs");
     let dest = object_path();
     std::fs::create_dir_all(dest.parent().expect("object path has a parent"))?;

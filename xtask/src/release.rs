@@ -70,7 +70,9 @@ pub fn build_args(bins: &[Bin]) -> Vec<String> {
 pub fn build(why: &str, bins: &[Bin]) -> Result<()> {
     let t = crate::util::step(&format!("building the release binaries {why}"));
     exec(
-        Command::new("cargo").args(build_args(bins)).current_dir(root()),
+        Command::new("cargo")
+            .args(build_args(bins))
+            .current_dir(root()),
         "the workspace does not build",
     )?;
     crate::util::done("release binaries built", t);
@@ -105,7 +107,13 @@ mod tests {
         let mut bins = MESH.to_vec();
         bins.push(DEMO);
         let args = build_args(&bins).join(" ");
-        for unwanted in ["--workspace", "--bins", "conduit-bench", "-bench", "conduit-soak"] {
+        for unwanted in [
+            "--workspace",
+            "--bins",
+            "conduit-bench",
+            "-bench",
+            "conduit-soak",
+        ] {
             assert!(!args.contains(unwanted), "{unwanted} in {args}");
         }
         for b in &bins {

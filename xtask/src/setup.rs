@@ -108,7 +108,7 @@ pub fn deb_packages() -> Result<()> {
 /// Installs rust-src for the nightly toolchain and bpf-linker linked against
 /// the nightly's own LLVM.
 pub fn ebpf_toolchain() -> Result<()> {
-    let t = step("checking the nightly toolchain and its rust-src");
+    let t = step("checking the nightly toolchain, its rust-src and clippy");
     let sysroot = output(Command::new("rustc").args(["+nightly", "--print", "sysroot"]))
         .context("no nightly toolchain: install it with `rustup toolchain install nightly`")?;
     let installed = output(Command::new("rustup").args([
@@ -119,15 +119,17 @@ pub fn ebpf_toolchain() -> Result<()> {
         "--installed",
     ]))
     .unwrap_or_default();
-    if installed.lines().any(|l| l.starts_with("rust-src")) {
-        done("rust-src present", t);
-    } else {
+    // rust-src for -Z build-std; clippy for the programs' lints (build-ebpf).
+    for component in ["rust-src", "clippy"] {
+        if installed.lines().any(|l| l.starts_with(component)) {
+            continue;
+        }
         exec(
-            Command::new("rustup").args(["component", "add", "rust-src", "--toolchain", "nightly"]),
-            "could not add rust-src to the nightly toolchain",
+            Command::new("rustup").args(["component", "add", component, "--toolchain", "nightly"]),
+            &format!("could not add {component} to the nightly toolchain"),
         )?;
-        done("rust-src installed", t);
     }
+    done("rust-src and clippy present", t);
 
     let t = step(&format!("checking bpf-linker {BPF_LINKER_VERSION}"));
     // bpf-linker finds the nightly's libLLVM only in the nightly's environment.

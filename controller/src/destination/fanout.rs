@@ -10,6 +10,7 @@
 
 use super::diff::diff;
 use crate::model::{DestinationView, DiscoveryBackend, Target};
+use conduit_base::sync::Unpoisoned;
 use conduit_controller_api::destination::v1 as pb;
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
@@ -53,7 +54,7 @@ impl Fanout {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     /// Brings the shared state up to the backend's latest view and returns it.
@@ -105,7 +106,7 @@ impl Fanouts {
         backend: &dyn DiscoveryBackend,
         target: &Target,
     ) -> (Arc<Fanout>, watch::Receiver<DestinationView>) {
-        let mut map = self.by_target.lock().unwrap_or_else(|p| p.into_inner());
+        let mut map = self.by_target.locked();
         let wake = backend.watch(target);
         if let Some(f) = map.get(target).and_then(Weak::upgrade) {
             return (f, wake);
@@ -120,7 +121,7 @@ impl Fanouts {
 
     /// Targets with a live fanout.
     pub fn len(&self) -> usize {
-        let map = self.by_target.lock().unwrap_or_else(|p| p.into_inner());
+        let map = self.by_target.locked();
         map.values().filter(|w| w.strong_count() > 0).count()
     }
 

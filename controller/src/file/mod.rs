@@ -8,6 +8,7 @@ pub mod config;
 use crate::metrics::Metrics;
 use crate::model::{DestinationView, DiscoveryBackend, Target};
 use crate::store::ViewStore;
+use conduit_base::sync::Unpoisoned;
 pub use config::{ConfigError, Settings, Snapshot};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, Weak};
@@ -103,7 +104,7 @@ impl FileBackend {
         let result = self.try_reload();
         if matches!(result, Err(FileError::Config { .. })) {
             // Forget the refusal so that the retry reports it.
-            self.texts.lock().unwrap_or_else(|p| p.into_inner()).1 = None;
+            self.texts.locked().1 = None;
         } else {
             self.record(&result);
         }
@@ -123,7 +124,7 @@ impl FileBackend {
                 }
             }
             Err(e) => {
-                tracing::error!("{e}; keeping the last good state");
+                tracing::error!(error = %e, "discovery file refused; keeping the last good state");
                 self.status.send_modify(|s| {
                     s.failed += 1;
                     s.last_error = Some(e.to_string());
@@ -137,7 +138,7 @@ impl FileBackend {
 
     fn try_reload(&self) -> Result<bool, FileError> {
         let text = read(&self.path)?;
-        let mut texts = self.texts.lock().unwrap_or_else(|p| p.into_inner());
+        let mut texts = self.texts.locked();
         if texts.0 == text || texts.1.as_ref() == Some(&text) {
             return Ok(false);
         }

@@ -12,6 +12,7 @@
 
 use super::certify::{Certifier, CertifyError};
 use crate::model::TokenVerifier;
+use conduit_base::sync::UnpoisonedRw;
 use rcgen::{KeyPair, PKCS_ECDSA_P256_SHA256, PublicKeyData};
 use rustls::crypto::CryptoProvider;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
@@ -45,7 +46,7 @@ struct Current(RwLock<(Arc<CertifiedKey>, SystemTime, SystemTime)>);
 
 impl ResolvesServerCert for Current {
     fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        Some(self.0.read().unwrap_or_else(|p| p.into_inner()).0.clone())
+        Some(self.0.read_locked().0.clone())
     }
 }
 
@@ -97,7 +98,7 @@ impl ServingTls {
                 let (tcp, peer) = match listener.accept().await {
                     Ok(a) => a,
                     Err(e) => {
-                        tracing::warn!("gRPC accept failed: {e}");
+                        tracing::warn!(error = %e, "gRPC accept failed");
                         tokio::time::sleep(Duration::from_millis(50)).await;
                         continue;
                     }
@@ -109,7 +110,9 @@ impl ServingTls {
                         Ok(Ok(tls)) => {
                             let _ = conns.send(Ok(TlsConn(tls))).await;
                         }
-                        Ok(Err(e)) => tracing::info!(%peer, "gRPC TLS handshake failed: {e}"),
+                        Ok(Err(e)) => {
+                            tracing::info!(%peer, error = %e, "gRPC TLS handshake failed")
+                        }
                         Err(_) => tracing::info!(%peer, "gRPC TLS handshake timed out"),
                     }
                 });
@@ -149,7 +152,7 @@ async fn renew<V: TokenVerifier>(
 ) {
     loop {
         let (issued, expires) = {
-            let c = current.0.read().unwrap_or_else(|p| p.into_inner());
+            let c = current.0.read_locked();
             (c.1, c.2)
         };
         let lifetime = expires.duration_since(issued).unwrap_or_default();
@@ -159,10 +162,10 @@ async fn renew<V: TokenVerifier>(
         match issue(&certifier, &identity) {
             Ok(next) => {
                 tracing::info!(%identity, expires = ?next.2, "gRPC serving certificate renewed");
-                *current.0.write().unwrap_or_else(|p| p.into_inner()) = next;
+                *current.0.write_locked() = next;
             }
             Err(e) => {
-                tracing::warn!(%identity, "renewing the gRPC serving certificate failed: {e}; retrying in {RETRY:?}");
+                tracing::warn!(%identity, error = %e, "renewing the gRPC serving certificate failed; retrying in {RETRY:?}");
                 tokio::time::sleep(RETRY).await;
             }
         }

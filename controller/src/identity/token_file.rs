@@ -12,6 +12,7 @@
 
 use crate::model::{TokenError, TokenVerifier};
 use crate::policy::caller::{self, Caller, Claim, PodRecord, ProvenWorkload, WorkloadError};
+use conduit_base::sync::Unpoisoned;
 use serde::Deserialize;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -71,13 +72,13 @@ impl TokenFileVerifier {
     }
 
     fn lookup(&self, token: &str) -> Result<Option<TokenEntry>, TokenError> {
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.locked();
         let stamp = stamp(&self.path).ok();
         if stamp.is_some() && stamp != cache.0 {
             match read(&self.path) {
                 Ok((s, entries)) => *cache = (Some(s), entries),
                 Err(e) => {
-                    tracing::error!("{e}; keeping the previous tokens");
+                    tracing::error!(error = %e, "keeping the previous tokens");
                     cache.0 = stamp;
                 }
             }
@@ -151,9 +152,9 @@ fn read(path: &Path) -> Result<((SystemTime, u64), Vec<TokenEntry>), TokenFileEr
     let text = conduit_policy::yaml::read_file(path).map_err(err)?;
     let spec: TokenFileSpec =
         conduit_policy::yaml::from_str(&text).map_err(|e| TokenFileError::Parse {
-        path: path.into(),
-        message: e.to_string(),
-    })?;
+            path: path.into(),
+            message: e.to_string(),
+        })?;
     for (i, e) in spec.tokens.iter().enumerate() {
         if e.token.len() < 16 {
             return Err(TokenFileError::Parse {

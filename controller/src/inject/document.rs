@@ -309,8 +309,8 @@ fn inject_template(
         inbound_policy: template_policy.or(default_policy),
         access_log: access_log_annotation(template)?,
     };
-    let container =
-        serde_norway::to_value(sidecar::proxy_container(o, &settings)).map_err(|e| e.to_string())?;
+    let container = serde_norway::to_value(sidecar::proxy_container(o, &settings))
+        .map_err(|e| e.to_string())?;
     let volumes: Vec<Value> = sidecar::volumes(o)
         .iter()
         .map(serde_norway::to_value)

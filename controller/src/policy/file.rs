@@ -105,7 +105,7 @@ impl PolicyFile {
                 let text = match conduit_policy::yaml::read_file(&path) {
                     Ok(t) => t,
                     Err(e) => {
-                        tracing::warn!(path = %path.display(), "cannot read policy file: {e}; keeping the last good policy");
+                        tracing::warn!(path = %path.display(), error = %e, "cannot read policy file; keeping the last good policy");
                         continue;
                     }
                 };

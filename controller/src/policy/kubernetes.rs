@@ -52,7 +52,7 @@ where
             match event {
                 Ok(watcher::Event::Init | watcher::Event::InitApply(_)) => {}
                 Ok(_) => changed.notify_one(),
-                Err(e) => tracing::warn!(%kind, "policy watch failed (retrying): {e}"),
+                Err(e) => tracing::warn!(%kind, error = %e, "policy watch failed (retrying)"),
             }
         }
     });
@@ -70,7 +70,7 @@ fn valid(all: Resources, ctx: &Context) -> Resources {
         match one.validate(ctx) {
             Ok(()) => out.defaults.push(d),
             Err(e) => {
-                tracing::error!(namespace = %d.namespace, name = %d.name, "InboundDefault ignored: {e}")
+                tracing::error!(namespace = %d.namespace, name = %d.name, error = %e, "InboundDefault ignored")
             }
         }
     }
@@ -82,7 +82,7 @@ fn valid(all: Resources, ctx: &Context) -> Resources {
         match one.validate(ctx) {
             Ok(()) => out.servers.push(s),
             Err(e) => {
-                tracing::error!(namespace = %s.namespace, name = %s.name, "Server ignored: {e}")
+                tracing::error!(namespace = %s.namespace, name = %s.name, error = %e, "Server ignored")
             }
         }
     }
@@ -94,7 +94,7 @@ fn valid(all: Resources, ctx: &Context) -> Resources {
         match one.validate(ctx) {
             Ok(()) => out.plugins.push(p),
             Err(e) => {
-                tracing::error!(namespace = %p.namespace, name = %p.plugin.name, "AuthorizationPlugin ignored: {e}")
+                tracing::error!(namespace = %p.namespace, name = %p.plugin.name, error = %e, "AuthorizationPlugin ignored")
             }
         }
     }
@@ -119,7 +119,7 @@ fn valid(all: Resources, ctx: &Context) -> Resources {
         match one.validate(ctx) {
             Ok(()) => out.authorizations.push(a),
             Err(e) => {
-                tracing::error!(namespace = %a.namespace, name = %a.rule.name, "AuthorizationPolicy ignored: {e}")
+                tracing::error!(namespace = %a.namespace, name = %a.rule.name, error = %e, "AuthorizationPolicy ignored")
             }
         }
     }

@@ -209,7 +209,11 @@ fn an_alias_bomb_and_an_oversized_file_are_refused() {
     bomb.push_str(&labels.join(","));
     bomb.push_str("}\n");
     for i in 0..2_000 {
-        bomb.push_str(&format!("      - {{ip: 10.0.{}.{}, labels: *l}}\n", i / 250, i % 250 + 2));
+        bomb.push_str(&format!(
+            "      - {{ip: 10.0.{}.{}, labels: *l}}\n",
+            i / 250,
+            i % 250 + 2
+        ));
     }
     assert!(bomb.len() < 100_000, "{}", bomb.len());
     std::fs::write(&path, &bomb).unwrap();
@@ -220,7 +224,11 @@ fn an_alias_bomb_and_an_oversized_file_are_refused() {
         .to_string();
     assert!(err.contains("line "), "{err}");
     assert!(err.contains("budget") || err.contains("alias"), "{err}");
-    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
 
     // 1 GiB (sparse): refused after reading 16 MiB.
     let f = std::fs::File::create(&path).unwrap();

@@ -1,21 +1,19 @@
 //! `conduit-ebpf agent`: probe, load or adopt, then serve registrations.
 
 use crate::admission::Forbidden;
-use crate::enrol::{Node, Peer};
-use crate::limits::{Caller, Limits};
+use crate::enrol::Node;
+use crate::limits::Limits;
 use crate::loader::{self, LoadOptions, to_field};
 use crate::pins::Pins;
 use crate::registry::Registry;
-use crate::{features, netns, object};
+use crate::{features, netns, object, register, sys};
 use anyhow::{Context, Result, anyhow};
 use aya::maps::lpm_trie::Key;
 use conduit_ebpf_common::{CONFIG_FASTPATH, GlobalConfig, MAX_EXCLUDED_CIDRS};
-use conduit_register::wire::{self, PROTOCOL_VERSION, Response};
 use std::net::IpAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::{UnixListener, UnixStream};
 
 #[derive(clap::Args, Debug)]
 pub struct Options {
@@ -46,8 +44,9 @@ pub struct Options {
     #[arg(long = "exclude-cidr", value_name = "CIDR")]
     pub exclude_cidr: Vec<String>,
     /// After adopting pinned state, how long pods have to re-register.
-    #[arg(long, default_value = "10", value_name = "SECONDS")]
-    pub grace_period: u64,
+    /// (A duration: `10`, `30s`, `2m`; a bare number is seconds.)
+    #[arg(long, default_value = "10", value_name = "DURATION", value_parser = conduit_base::duration::parse)]
+    pub grace_period: Duration,
     /// Forward the programs' aya-log debug records to the agent log.
     #[arg(long)]
     pub bpf_log: bool,
@@ -87,9 +86,6 @@ pub fn parse_cidr(s: &str) -> Result<Key<[u32; 4]>> {
 /// works where a security profile forbids reading init's).
 const HOST_NETNS: [&str; 2] = ["/proc/1/ns/net", "/proc/2/ns/net"];
 
-/// How long a caller has to send its request after connecting.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-
 pub fn run(opts: Options) -> Result<()> {
     // Before any thread starts, so that all of them see proxies' cgroups
     // as the node does (see cgroup.rs).
@@ -108,23 +104,12 @@ pub fn run(opts: Options) -> Result<()> {
     rt.block_on(serve(opts))
 }
 
+/// The agent's life: check the node, load (or adopt) the programs, set the
+/// node-wide maps, then serve registrations until SIGTERM.
 async fn serve(opts: Options) -> Result<()> {
     let object = object::get()?;
-    let found = features::probe();
-    features::require(&found)?;
-    let cgroup = match opts.cgroup.clone() {
-        Some(c) => c,
-        None => features::cgroup2_mount().context("cgroup v2 is not mounted")?,
-    };
-    features::check_cgroup(&cgroup)?;
-    let excluded = opts
-        .exclude_cidr
-        .iter()
-        .map(|c| parse_cidr(c))
-        .collect::<Result<Vec<_>>>()?;
-    if excluded.len() > MAX_EXCLUDED_CIDRS as usize {
-        return Err(anyhow!("at most {MAX_EXCLUDED_CIDRS} --exclude-cidr"));
-    }
+    let cgroup = check_node(&opts)?;
+    let excluded = excluded_cidrs(&opts.exclude_cidr)?;
     // Before touching the kernel: a cluster agent that cannot check claims
     // must not start.
     let claims = crate::claims::checker(&opts.kube).await?;
@@ -133,7 +118,7 @@ async fn serve(opts: Options) -> Result<()> {
         host: host_netns_cookie(opts.host_netns.as_deref())?,
         agent: netns::own_netns_cookie().context("reading the agent's network namespace")?,
     };
-    let group = socket_group(&opts.socket_group)?;
+    let group = register::socket_group(&opts.socket_group)?;
     crate::pins::ensure_dir(&opts.pin_dir)?;
     let pins = Pins::new(&opts.pin_dir);
     let loaded = loader::load_or_adopt(&LoadOptions {
@@ -143,57 +128,20 @@ async fn serve(opts: Options) -> Result<()> {
         bpf_log: opts.bpf_log,
     })?;
     let adopted = loaded.adopted;
+    // Held for the agent's lifetime (aya-log's programs, when loaded here).
     let _ebpf = loaded._ebpf;
     let mut node = Node {
         pins: pins.clone(),
         maps: loaded.maps,
         sk_lookup: loaded.sk_lookup,
     };
+    configure_node(&mut node, &opts, &cgroup, &excluded)?;
 
-    // Node-wide settings and exclusions.
-    let cfg = GlobalConfig {
-        flags: if opts.sockmap_fastpath {
-            CONFIG_FASTPATH
-        } else {
-            0
-        },
-        _pad: 0,
-        cgroup_id: netns::cgroup_id(&cgroup)?,
-        cgroup_path: to_field(&cgroup.to_string_lossy()),
-    };
-    node.maps
-        .config
-        .set(0, cfg, 0)
-        .context("writing the node settings")?;
-    if opts.sockmap_fastpath {
-        loader::attach_fastpath(&pins).context("attaching the sk_msg fast path")?;
-        tracing::info!("sockmap fast path on");
-    }
-    let old: Vec<_> = node.maps.exclude.keys().filter_map(|k| k.ok()).collect();
-    for k in old {
-        let _ = node.maps.exclude.remove(&k);
-    }
-    for k in &excluded {
-        node.maps
-            .exclude
-            .insert(k, 1, 0)
-            .context("storing an excluded CIDR")?;
-    }
-
-    raise_fd_limit();
-    // Pods enrolled under a previous agent: drop the dead, wait for the live.
+    sys::raise_fd_limit();
     let registry = Registry::new(node, claims, forbidden, Limits::AGENT);
-    let pending = registry.adopted_waiting();
-    if pending > 0 {
-        tracing::info!(
-            pods = pending,
-            grace_secs = opts.grace_period,
-            "waiting for adopted pods to re-register"
-        );
-        registry.expire_adopted_after(Duration::from_secs(opts.grace_period));
-    }
+    wait_for_adopted(&registry, opts.grace_period);
 
-    let listener = bind(&opts.socket, group)?;
+    let listener = register::bind(&opts.socket, group)?;
     if opts.discover.discover {
         tokio::spawn(crate::discover::run(
             registry.clone(),
@@ -205,30 +153,89 @@ async fn serve(opts: Options) -> Result<()> {
         socket = %opts.socket.display(), socket_group = group, pin_dir = %pins.dir.display(), cgroup = %cgroup.display(),
         adopted, fastpath = opts.sockmap_fastpath, checks_pod_claims = registry.checks_claims(), "agent ready"
     );
-    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => {
-                    let registry = registry.clone();
-                    tokio::spawn(async move { serve_connection(registry, stream).await });
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "accept failed");
-                    // Out of descriptors: give closing connections a moment
-                    // instead of spinning.
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                }
-            },
-            _ = term.recv() => break,
-            _ = tokio::signal::ctrl_c() => break,
-        }
-    }
+    register::accept_until_stopped(listener, registry).await?;
     // Leave pinned state (and so capture) in place for the next agent; the
     // pods' registrations close with this process and they re-register.
     let _ = std::fs::remove_file(&opts.socket);
     tracing::info!("agent stopping; pinned programs and maps stay in place");
     std::process::exit(0);
+}
+
+/// The kernel features and the cgroup v2 directory to attach at.
+fn check_node(opts: &Options) -> Result<PathBuf> {
+    let found = features::probe();
+    features::require(&found)?;
+    let cgroup = match opts.cgroup.clone() {
+        Some(c) => c,
+        None => features::cgroup2_mount().context("cgroup v2 is not mounted")?,
+    };
+    features::check_cgroup(&cgroup)?;
+    Ok(cgroup)
+}
+
+/// `--exclude-cidr`, parsed, at most [`MAX_EXCLUDED_CIDRS`].
+fn excluded_cidrs(flags: &[String]) -> Result<Vec<Key<[u32; 4]>>> {
+    let excluded = flags
+        .iter()
+        .map(|c| parse_cidr(c))
+        .collect::<Result<Vec<_>>>()?;
+    if excluded.len() > MAX_EXCLUDED_CIDRS as usize {
+        return Err(anyhow!("at most {MAX_EXCLUDED_CIDRS} --exclude-cidr"));
+    }
+    Ok(excluded)
+}
+
+/// Node-wide settings (the fast path, the attach cgroup) and the excluded
+/// destinations, replacing what a previous agent left.
+fn configure_node(
+    node: &mut Node,
+    opts: &Options,
+    cgroup: &Path,
+    excluded: &[Key<[u32; 4]>],
+) -> Result<()> {
+    let cfg = GlobalConfig {
+        flags: if opts.sockmap_fastpath {
+            CONFIG_FASTPATH
+        } else {
+            0
+        },
+        _pad: 0,
+        cgroup_id: netns::cgroup_id(cgroup)?,
+        cgroup_path: to_field(&cgroup.to_string_lossy()),
+    };
+    node.maps
+        .config
+        .set(0, cfg, 0)
+        .context("writing the node settings")?;
+    if opts.sockmap_fastpath {
+        loader::attach_fastpath(&node.pins).context("attaching the sk_msg fast path")?;
+        tracing::info!("sockmap fast path on");
+    }
+    let old: Vec<_> = node.maps.exclude.keys().filter_map(|k| k.ok()).collect();
+    for k in old {
+        let _ = node.maps.exclude.remove(&k);
+    }
+    for k in excluded {
+        node.maps
+            .exclude
+            .insert(k, 1, 0)
+            .context("storing an excluded CIDR")?;
+    }
+    Ok(())
+}
+
+/// Pods enrolled under a previous agent: drop the dead, give the live
+/// `grace` to re-register.
+fn wait_for_adopted(registry: &Arc<Registry>, grace: Duration) {
+    let pending = registry.adopted_waiting();
+    if pending > 0 {
+        tracing::info!(
+            pods = pending,
+            grace_secs = grace.as_secs(),
+            "waiting for adopted pods to re-register"
+        );
+        registry.expire_adopted_after(grace);
+    }
 }
 
 /// The cookie of the node's network namespace: `--host-netns`, else the
@@ -265,159 +272,9 @@ fn host_netns_cookie(given: Option<&std::path::Path>) -> Result<u64> {
     ))
 }
 
-/// The gid of `--socket-group`: a number, or a group name.
-fn socket_group(spec: &str) -> Result<u32> {
-    if let Ok(gid) = spec.parse::<u32>() {
-        return Ok(gid);
-    }
-    nix::unistd::Group::from_name(spec)
-        .with_context(|| format!("looking up group {spec:?}"))?
-        .map(|g| g.gid.as_raw())
-        .ok_or_else(|| anyhow!("--socket-group {spec:?}: no such group"))
-}
-
-/// Mode of the registration socket: the owner (root) and the socket group.
-pub const SOCKET_MODE: u32 = 0o660;
-
-fn bind(path: &std::path::Path, group: u32) -> Result<UnixListener> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-    }
-    match std::fs::remove_file(path) {
-        Ok(()) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => {
-            return Err(e).with_context(|| format!("removing stale socket {}", path.display()));
-        }
-    }
-    let l = UnixListener::bind(path).with_context(|| format!("listening on {}", path.display()))?;
-    // Only root and the proxies' group may connect (connecting needs write
-    // permission on the socket); SO_PEERCRED then says who called.
-    std::os::unix::fs::chown(path, None, Some(group))
-        .with_context(|| format!("giving {} to group {group}", path.display()))?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(SOCKET_MODE))
-        .with_context(|| format!("setting the mode of {}", path.display()))?;
-    Ok(l)
-}
-
-/// Raises the soft limit of open descriptors to the hard one: each
-/// registration holds a connection.
-fn raise_fd_limit() {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: `lim` is a valid rlimit for the kernel to fill and then read.
-    let rc = unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    if rc != 0 || lim.rlim_cur >= lim.rlim_max {
-        return;
-    }
-    let (soft, hard) = (lim.rlim_cur, lim.rlim_max);
-    lim.rlim_cur = hard;
-    // SAFETY: as above; only the soft limit changes, up to the hard one.
-    if unsafe { libc::setrlimit(libc::RLIMIT_NOFILE, &lim) } != 0 {
-        let e = std::io::Error::last_os_error();
-        tracing::warn!(error = %e, soft, hard, "could not raise the open-descriptor limit");
-    }
-}
-
-/// One connection on the unix socket: limits, request, enrol, answer, hold
-/// until the proxy hangs up (the lease's drop removes the pod).
-async fn serve_connection(registry: Arc<Registry>, mut stream: UnixStream) {
-    let cred = match stream.peer_cred() {
-        Ok(c) => c,
-        Err(e) => return tracing::warn!(error = %e, "SO_PEERCRED failed"),
-    };
-    let caller = Caller {
-        uid: cred.uid(),
-        netns: netns::caller_netns(cred.pid()),
-    };
-    let mut slot = match registry.open_slot(caller) {
-        Ok(s) => s,
-        // open_slot logged it.
-        Err(e) => return answer_refused(&mut stream, e.to_string()).await,
-    };
-    let request = tokio::time::timeout(REQUEST_TIMEOUT, wire::recv_request(&mut stream)).await;
-    let (request, fd) = match request {
-        Ok(Ok(r)) => r,
-        Ok(Err(conduit_register::RegisterError::ClosedBeforeRequest)) => {
-            // `status --check --socket` connects and hangs up.
-            return tracing::debug!("connection closed without a request");
-        }
-        Ok(Err(e)) => return refuse(&mut stream, cred.pid(), format!("{e}")).await,
-        Err(_) => {
-            let msg = format!("no request within {} s", REQUEST_TIMEOUT.as_secs());
-            return refuse(&mut stream, cred.pid(), msg).await;
-        }
-    };
-    if request.version != PROTOCOL_VERSION {
-        let msg = format!(
-            "protocol version {} not supported (agent speaks {PROTOCOL_VERSION})",
-            request.version
-        );
-        return refuse(&mut stream, cred.pid(), msg).await;
-    }
-    let Some(pid) = cred.pid().filter(|p| *p > 0) else {
-        let msg = "the caller's pid is unknown (SO_PEERCRED)".to_string();
-        return refuse(&mut stream, cred.pid(), msg).await;
-    };
-    let peer = Peer {
-        pid: pid as u32,
-        uid: cred.uid(),
-    };
-    let lease = match registry.register(peer, request.pod, fd).await {
-        Ok(lease) => lease,
-        // register logged it.
-        Err(r) => return answer_refused(&mut stream, r.to_string()).await,
-    };
-    slot.answered();
-    let answer = Response::Enrolled(lease.enrolled().clone());
-    if let Err(e) = wire::write_frame(&mut stream, &answer).await {
-        tracing::warn!(error = %e, "answering the proxy failed");
-        return;
-    }
-    // Hold the registration until the proxy hangs up.
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 256];
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-    }
-    // The pod is removed here, before `stream` closes on return: a draining
-    // proxy half-closes and waits for that close as its acknowledgement
-    // (`conduit_register::Registration::deregister`).
-    drop(lease);
-}
-
-/// Refuses a request that never reached the registry, and logs it.
-async fn refuse(stream: &mut UnixStream, pid: Option<i32>, reason: String) {
-    tracing::warn!(pid, %reason, "registration refused");
-    answer_refused(stream, reason).await;
-}
-
-async fn answer_refused(stream: &mut UnixStream, reason: String) {
-    let _ = wire::write_frame(stream, &Response::Refused { reason }).await;
-}
-
 #[cfg(test)]
 mod tests {
-    use super::{parse_cidr, socket_group};
-
-    #[test]
-    fn socket_groups_are_gids_or_names() {
-        // (--socket-group, gid or None for an error)
-        for (spec, want) in [
-            ("2102", Some(2102)),
-            ("0", Some(0)),
-            ("root", Some(0)),
-            ("no-such-group-conduit", None),
-            ("-1", None),
-        ] {
-            assert_eq!(socket_group(spec).ok(), want, "{spec}");
-        }
-    }
+    use super::parse_cidr;
 
     #[test]
     fn cidrs_become_mapped_prefixes() {

@@ -22,8 +22,9 @@ pub struct KubeOptions {
     pub node_name: Option<String>,
     /// How long a claim may stay unconfirmed while the API server's answer
     /// can still change (pod not yet visible, IP not yet reported, API away).
-    #[arg(long, default_value = "10", value_name = "SECONDS")]
-    pub claim_timeout: u64,
+    /// (A duration: `10`, `30s`, `1m`; a bare number is seconds.)
+    #[arg(long, default_value = "10", value_name = "DURATION", value_parser = conduit_base::duration::parse)]
+    pub claim_timeout: Duration,
 }
 
 /// The API server's checker, with the node and timeout it uses.
@@ -45,7 +46,7 @@ pub async fn checker(opts: &KubeOptions) -> Result<Option<Claims>> {
     let client = conduit_kube::client()
         .await
         .context("making a Kubernetes client (in-cluster service account or $KUBECONFIG)")?;
-    let timeout = Duration::from_secs(opts.claim_timeout);
+    let timeout = opts.claim_timeout;
     tracing::info!(node = %node, claim_timeout = ?timeout, "pod claims are checked against the API server");
     Ok(Some(Claims {
         checker: PodChecker::new(client, node, timeout),

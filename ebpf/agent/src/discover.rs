@@ -30,13 +30,13 @@
 //! next round (the proxy restarted, or will).
 
 use crate::enrol::Peer;
-use crate::limits::Caller;
+use crate::register;
 use crate::registry::Registry;
 use anyhow::{Context, Result, anyhow, bail};
 use conduit_register::wire;
 use nix::sys::socket::{SockaddrLike, SockaddrStorage, getsockname, getsockopt, sockopt};
 use std::collections::{HashMap, HashSet};
-use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -231,28 +231,6 @@ fn connect_nonblocking(
     Ok(std::os::unix::net::UnixStream::from(fd))
 }
 
-fn pidfd_open(pid: u32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_open takes a pid and flags and returns a new descriptor
-    // or -1; no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid as libc::pid_t, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: the kernel just returned this descriptor to us; nothing else owns it.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn pidfd_getfd(pidfd: &OwnedFd, target: i32) -> std::io::Result<OwnedFd> {
-    // SAFETY: pidfd_getfd takes two descriptor numbers and flags and returns
-    // a new descriptor (a duplicate in our table) or -1; no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), target, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: as above, a fresh descriptor only we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
 /// Whether `fd` is a listening TCP (IPv4/IPv6) socket bound to `port`.
 fn is_listener_on(fd: &OwnedFd, port: u16) -> bool {
     let listening = getsockopt(fd, sockopt::AcceptConn).unwrap_or(false);
@@ -270,7 +248,8 @@ fn is_listener_on(fd: &OwnedFd, port: u16) -> bool {
 /// Takes the proxy's inbound listener (the listening TCP socket bound to
 /// `port`) out of process `pid`'s descriptor table.
 fn take_listener(pid: u32, port: u16) -> Result<OwnedFd> {
-    let pidfd = pidfd_open(pid).with_context(|| format!("pidfd_open of the proxy (pid {pid})"))?;
+    let pidfd = crate::sys::pidfd_open(pid)
+        .with_context(|| format!("pidfd_open of the proxy (pid {pid})"))?;
     let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
         .with_context(|| format!("listing the descriptors of the proxy (pid {pid})"))?
         .flatten()
@@ -282,7 +261,7 @@ fn take_listener(pid: u32, port: u16) -> Result<OwnedFd> {
     fds.sort_unstable();
     fds.truncate(MAX_FDS);
     for fd in fds {
-        match pidfd_getfd(&pidfd, fd) {
+        match crate::sys::pidfd_getfd(&pidfd, fd) {
             Ok(dup) if is_listener_on(&dup, port) => return Ok(dup),
             Ok(_) => {}
             Err(e) if e.raw_os_error() == Some(libc::EPERM) => {
@@ -312,8 +291,9 @@ async fn check_container(
         .map_err(|e| e.to_string())
 }
 
-/// One connection to a proxy's registration socket, served like a
-/// registration over the agent's socket. Returns whether it was enrolled.
+/// One connection to a proxy's registration socket, served with the steps
+/// of a registration over the agent's socket (`register.rs`). Returns
+/// whether it was enrolled.
 async fn serve(
     registry: Arc<Registry>,
     client: Option<kube::Client>,
@@ -322,10 +302,10 @@ async fn serve(
 ) -> bool {
     let refuse = |mut stream: tokio::net::UnixStream, reason: String| async move {
         tracing::warn!(%reason, netns_inode = netns, "discovered registration refused");
-        let _ = wire::write_frame(&mut stream, &wire::Response::Refused { reason }).await;
+        register::answer_refused(&mut stream, reason).await;
         false
     };
-    let stream = match std
+    let mut stream = match std
         .set_nonblocking(true)
         .and_then(|()| tokio::net::UnixStream::from_std(std))
     {
@@ -335,66 +315,28 @@ async fn serve(
             return false;
         }
     };
-    let cred = match stream.peer_cred() {
-        Ok(c) => c,
-        Err(e) => return refuse(stream, format!("SO_PEERCRED failed: {e}")).await,
+    let (cred, pid) = match listening_proxy(&stream, netns) {
+        Ok(found) => found,
+        Err(reason) => return refuse(stream, reason).await,
     };
-    let Some(pid) = cred.pid().filter(|p| *p > 0).map(|p| p as u32) else {
-        return refuse(stream, "the proxy's pid is unknown (SO_PEERCRED)".into()).await;
-    };
-    // The listener may have moved (setns) after binding the name.
-    if inode_of(&pid.to_string()) != Some(netns) {
-        return refuse(
-            stream,
-            format!("the process listening on the registration socket (pid {pid}) is not in the network namespace it was found in"),
-        )
-        .await;
-    }
-    let mut stream = stream;
     // The same limits as the socket's connections (per uid, per netns).
-    let caller = Caller {
-        uid: cred.uid(),
-        netns: crate::netns::caller_netns(cred.pid()),
-    };
-    let mut slot = match registry.open_slot(caller) {
+    let mut slot = match registry.open_slot(register::caller_of(&cred)) {
         Ok(s) => s,
         // open_slot logged it.
         Err(e) => {
-            let reason = e.to_string();
-            let _ = wire::write_frame(&mut stream, &wire::Response::Refused { reason }).await;
+            register::answer_refused(&mut stream, e.to_string()).await;
             return false;
         }
     };
-    let request =
-        tokio::time::timeout(Duration::from_secs(5), wire::recv_request(&mut stream)).await;
-    let request = match request {
-        // A descriptor sent along is ignored (and closed): the agent takes
-        // the listener itself.
-        Ok(Ok((r, _))) => r,
-        Ok(Err(e)) => return refuse(stream, format!("{e}")).await,
-        Err(_) => return refuse(stream, "no request within 5 s".into()).await,
+    // A descriptor sent along is ignored (and closed): the agent takes the
+    // listener itself.
+    let request = match register::receive_request(&mut stream).await {
+        Ok((r, _)) => r,
+        Err(no) => return refuse(stream, no.reason()).await,
     };
-    if request.version != wire::PROTOCOL_VERSION {
-        let msg = format!(
-            "protocol version {} not supported (agent speaks {})",
-            request.version,
-            wire::PROTOCOL_VERSION
-        );
-        return refuse(stream, msg).await;
-    }
-    let adopted =
-        crate::netns::start_time(pid).is_some_and(|start| registry.is_adopted_proxy(pid, start));
-    if let Some(client) = &client
-        && !adopted
-        && let Err(reason) = check_container(client, pid, &request.pod).await
-    {
-        return refuse(stream, reason).await;
-    }
-    let port = request.pod.inbound_port;
-    let listener = match tokio::task::spawn_blocking(move || take_listener(pid, port)).await {
-        Ok(Ok(l)) => l,
-        Ok(Err(e)) => return refuse(stream, format!("{e:#}")).await,
-        Err(e) => return refuse(stream, format!("internal error: {e}")).await,
+    let listener = match take_checked_listener(&registry, client.as_ref(), pid, &request).await {
+        Ok(l) => l,
+        Err(reason) => return refuse(stream, reason).await,
     };
     let peer = Peer {
         pid,
@@ -405,28 +347,59 @@ async fn serve(
         Ok(lease) => lease,
         // register logged it.
         Err(r) => {
-            let reason = r.to_string();
-            let _ = wire::write_frame(&mut stream, &wire::Response::Refused { reason }).await;
+            register::answer_refused(&mut stream, r.to_string()).await;
             return false;
         }
     };
     slot.answered();
-    let answer = wire::Response::Enrolled(lease.enrolled().clone());
-    if let Err(e) = wire::write_frame(&mut stream, &answer).await {
-        tracing::warn!(error = %e, "answering the proxy failed");
-        return true;
-    }
-    // Hold the registration until the proxy hangs up; dropping the lease
-    // removes the pod.
-    use tokio::io::AsyncReadExt;
-    let mut buf = [0u8; 256];
-    while let Ok(n) = stream.read(&mut buf).await {
-        if n == 0 {
-            break;
-        }
-    }
-    drop(lease);
+    // Enrolled, even when the answer cannot be sent.
+    register::answer_and_hold(stream, lease).await;
     true
+}
+
+/// Who listens on the probed name (`SO_PEERCRED`): its credentials and host
+/// pid, still in the network namespace `netns` it was found in (the listener
+/// may have moved with setns after binding the name).
+fn listening_proxy(
+    stream: &tokio::net::UnixStream,
+    netns: u64,
+) -> Result<(tokio::net::unix::UCred, u32), String> {
+    let cred = stream
+        .peer_cred()
+        .map_err(|e| format!("SO_PEERCRED failed: {e}"))?;
+    let Some(pid) = cred.pid().filter(|p| *p > 0).map(|p| p as u32) else {
+        return Err("the proxy's pid is unknown (SO_PEERCRED)".into());
+    };
+    if inode_of(&pid.to_string()) != Some(netns) {
+        return Err(format!(
+            "the process listening on the registration socket (pid {pid}) is not in the network namespace it was found in"
+        ));
+    }
+    Ok((cred, pid))
+}
+
+/// In a cluster, checks that `pid` is the claimed pod's proxy container
+/// (an adopted proxy was checked by the agent that enrolled it), then takes
+/// its inbound listener.
+async fn take_checked_listener(
+    registry: &Registry,
+    client: Option<&kube::Client>,
+    pid: u32,
+    request: &wire::Request,
+) -> Result<OwnedFd, String> {
+    let adopted =
+        crate::netns::start_time(pid).is_some_and(|start| registry.is_adopted_proxy(pid, start));
+    if let Some(client) = client
+        && !adopted
+    {
+        check_container(client, pid, &request.pod).await?;
+    }
+    let port = request.pod.inbound_port;
+    match tokio::task::spawn_blocking(move || take_listener(pid, port)).await {
+        Ok(Ok(l)) => Ok(l),
+        Ok(Err(e)) => Err(format!("{e:#}")),
+        Err(e) => Err(format!("internal error: {e}")),
+    }
 }
 
 /// The discovery loop; runs for the agent's lifetime.

@@ -11,10 +11,7 @@
 //! * `stat`, `tap`, `top` and `dashboard` show the enrolled pods' traffic
 //!   (docs/observability.md).
 
-// Needed in two places: reading SO_NETNS_COOKIE with getsockopt (no safe
-// wrapper in nix; netns.rs), and two raw bpf(2) commands aya 0.14 lacks for
-// the getsockopt link (sys.rs). Each `unsafe` block says why it is sound.
-#![allow(unsafe_code)]
+// `unsafe` is denied everywhere but in `sys`, the agent's raw system calls.
 
 mod admission;
 mod agent;
@@ -32,6 +29,7 @@ mod netns;
 mod object;
 mod pins;
 mod proxies;
+mod register;
 mod registry;
 mod stat;
 mod status;
@@ -55,6 +53,8 @@ pub const DEFAULT_PIN_DIR: &str = "/sys/fs/bpf/conduit";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    #[command(flatten)]
+    log: conduit_base::logging::LogArgs,
 }
 
 #[derive(Subcommand)]
@@ -102,13 +102,7 @@ enum Command {
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    cli.log.init()?;
     match cli.command {
         Command::Agent(opts) => agent::run(opts),
         Command::Status {

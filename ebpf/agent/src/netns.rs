@@ -6,33 +6,11 @@ use nix::sched::CloneFlags;
 use nix::sys::socket::{AddressFamily, SockFlag, SockType, socket};
 use std::fs::File;
 use std::net::IpAddr;
-use std::os::fd::{AsRawFd, BorrowedFd};
+
 use std::os::unix::fs::MetadataExt;
 use std::path::Path;
 
-/// `SO_NETNS_COOKIE` (include/uapi/asm-generic/socket.h).
-const SO_NETNS_COOKIE: libc::c_int = 71;
-
-/// The cookie of the network namespace a socket belongs to.
-pub fn socket_netns_cookie(fd: BorrowedFd<'_>) -> std::io::Result<u64> {
-    let mut cookie: u64 = 0;
-    let mut len = std::mem::size_of::<u64>() as libc::socklen_t;
-    // SAFETY: `fd` is a valid descriptor for the call; `cookie` and `len`
-    // are valid for writes of the sizes given.
-    let rc = unsafe {
-        libc::getsockopt(
-            fd.as_raw_fd(),
-            libc::SOL_SOCKET,
-            SO_NETNS_COOKIE,
-            (&mut cookie as *mut u64).cast(),
-            &mut len,
-        )
-    };
-    if rc != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cookie)
-}
+pub use crate::sys::socket_netns_cookie;
 
 /// The cookie of the agent's own network namespace.
 pub fn own_netns_cookie() -> std::io::Result<u64> {

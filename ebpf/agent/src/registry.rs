@@ -1,5 +1,5 @@
 //! The one entry point for enrolling a pod, whatever brought the proxy's
-//! request (the unix socket in `agent.rs`, or any other transport):
+//! request (the unix socket in `register.rs`, discovery in `discover.rs`):
 //! [`Registry::register`] inspects the proxy, checks its pod claim in a
 //! cluster, asks [`admission::admit`] under the lock that also guards the
 //! writes, enrols, and hands back a [`Lease`]; the pod stays enrolled until
@@ -9,6 +9,7 @@ use crate::admission::{self, Applicant, Forbidden, Holder, Refusal};
 use crate::enrol::{self, Candidate, Node, Peer};
 use crate::limits::{Caller, LimitRefusal, Limits, Slots};
 use crate::netns;
+use conduit_base::sync::Unpoisoned;
 use conduit_register::{Enrolled, PodInfo};
 use std::collections::{HashMap, HashSet};
 use std::os::fd::OwnedFd;
@@ -105,7 +106,7 @@ impl Registry {
 
     /// Adopted pods waiting to re-register.
     pub fn adopted_waiting(&self) -> usize {
-        self.state.lock().unwrap().owners.pending.len()
+        self.state.locked().owners.pending.len()
     }
 
     /// Whether pod claims are checked against the API server.
@@ -118,7 +119,7 @@ impl Registry {
         let s = self.clone();
         tokio::spawn(async move {
             tokio::time::sleep(grace).await;
-            let mut state = s.state.lock().unwrap();
+            let mut state = s.state.locked();
             let stale: Vec<u64> = state.owners.pending.drain().collect();
             for cookie in stale {
                 tracing::warn!(netns_cookie = cookie, "proxy did not re-register in time");
@@ -130,7 +131,7 @@ impl Registry {
     /// Takes a connection slot for `who` (see `limits.rs`); refused (and
     /// logged) when `who` holds its share already.
     pub fn open_slot(self: &Arc<Self>, who: Caller) -> Result<Slot, LimitRefusal> {
-        let opened = self.slots.lock().unwrap().open(&self.limits, who);
+        let opened = self.slots.locked().open(&self.limits, who);
         match opened {
             Ok(()) => Ok(Slot {
                 registry: self.clone(),
@@ -138,12 +139,8 @@ impl Registry {
                 pending: true,
             }),
             Err(e) => {
-                let (all, pending) = self.slots.lock().unwrap().in_use();
-                let allowed = self
-                    .limit_log
-                    .lock()
-                    .unwrap()
-                    .allow(std::time::Instant::now());
+                let (all, pending) = self.slots.locked().in_use();
+                let allowed = self.limit_log.locked().allow(std::time::Instant::now());
                 if let Some(skipped) = allowed {
                     tracing::warn!(uid = who.uid, caller_netns = ?who.netns, connections = all, pending,
                         kind = "limit", reason = %e, refusals_not_logged = skipped, "registration refused");
@@ -186,7 +183,7 @@ impl Registry {
             .map_err(|e| Refusal::Invalid(format!("internal error: {e}")))?;
         let candidate = inspected.map_err(|e| Refusal::Invalid(format!("{e:#}")))?;
         // Before the (possibly slow) claim check: refuse what is refused anyway.
-        self.admit(&self.state.lock().unwrap(), &candidate)?;
+        self.admit(&self.state.locked(), &candidate)?;
         if let Some(claims) = &self.claims
             && !self.readopting(&candidate)
         {
@@ -196,7 +193,7 @@ impl Registry {
         }
         let s = self.clone();
         let enrolled = tokio::task::spawn_blocking(move || {
-            let mut state = s.state.lock().unwrap();
+            let mut state = s.state.locked();
             // Again, under the lock the writes take: the table may have
             // changed during the claim check.
             let admitted = s.admit(&state, &candidate)?;
@@ -259,7 +256,7 @@ impl Registry {
     /// checked it (discovery then skips its container check, as
     /// `readopting` skips the claim check).
     pub fn is_adopted_proxy(&self, pid: u32, start: u64) -> bool {
-        let state = self.state.lock().unwrap();
+        let state = self.state.locked();
         state.owners.pending.iter().any(|c| {
             state
                 .node
@@ -276,7 +273,7 @@ impl Registry {
     /// and an API server outage during an agent restart does not stop
     /// capture.
     fn readopting(&self, c: &Candidate) -> bool {
-        let state = self.state.lock().unwrap();
+        let state = self.state.locked();
         if !state.owners.pending.contains(&c.netns_cookie) {
             return false;
         }
@@ -289,7 +286,7 @@ impl Registry {
     }
 
     fn release(&self, cookie: u64, token: u64) {
-        let mut state = self.state.lock().unwrap();
+        let mut state = self.state.locked();
         if state.owners.by_netns.get(&cookie) == Some(&token) {
             state.owners.by_netns.remove(&cookie);
             state.node.remove(cookie);
@@ -344,18 +341,14 @@ impl Slot {
     /// The connection was answered: it keeps its slot, not its pending share.
     pub fn answered(&mut self) {
         if std::mem::take(&mut self.pending) {
-            self.registry.slots.lock().unwrap().answered(self.who);
+            self.registry.slots.locked().answered(self.who);
         }
     }
 }
 
 impl Drop for Slot {
     fn drop(&mut self) {
-        self.registry
-            .slots
-            .lock()
-            .unwrap()
-            .close(self.who, self.pending);
+        self.registry.slots.locked().close(self.who, self.pending);
     }
 }
 

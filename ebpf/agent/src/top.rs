@@ -48,7 +48,7 @@ pub struct Options {
 }
 
 fn parse_window(s: &str) -> Result<Duration, String> {
-    let d = parse_duration(s)?;
+    let d = parse_duration(s).map_err(|e| e.to_string())?;
     if d < BUCKET || d > MAX_WINDOW || d.subsec_nanos() != 0 {
         return Err(format!(
             "--window {s}: whole seconds from {}s to {}s",

@@ -295,12 +295,17 @@ const _: () = assert!(core::mem::size_of::<GlobalConfig>() == 16 + PATH_LEN);
 #[cfg(feature = "user")]
 mod pod_impls {
     use super::*;
-    // SAFETY: all are #[repr(C)] plain data with explicit padding fields and
-    // no pointers; any bit pattern is a valid value.
+    // All are #[repr(C)] plain data with explicit padding fields and no
+    // pointers (sizes asserted above); any bit pattern is a valid value.
+    // SAFETY: as said above, for each.
     unsafe impl aya::Pod for IpKey {}
+    // SAFETY: as said above.
     unsafe impl aya::Pod for OrigDst {}
+    // SAFETY: as said above.
     unsafe impl aya::Pod for TupleKey {}
+    // SAFETY: as said above.
     unsafe impl aya::Pod for PodConfig {}
+    // SAFETY: as said above.
     unsafe impl aya::Pod for GlobalConfig {}
 }
 

@@ -8,11 +8,29 @@
 use core::ptr::read_volatile;
 
 /// Reads a context field once, as a single load of its own size.
+///
+/// `p` must point into the program's context; the verifier rejects any
+/// other pointer, so this cannot read arbitrary memory.
 #[inline(always)]
 pub fn field<T>(p: *const T) -> T {
-    // SAFETY: callers pass a pointer to a context field.
+    // SAFETY: callers pass a pointer to a context field (see above).
     unsafe { read_volatile(p) }
 }
+
+/// `ctx_field!(ptr, field.path)`: one field of a kernel context (or of a
+/// kernel structure the context points to), read in place with a single
+/// load of its own size.
+macro_rules! ctx_field {
+    ($base:expr, $($f:tt)+) => {{
+        // SAFETY: `$base` is a pointer the kernel handed the program (its
+        // context, or a non-null socket in it), valid for the whole run;
+        // only the field's address is taken (no reference is made), then
+        // read once, volatile; the verifier checks the offset.
+        let p = unsafe { core::ptr::addr_of!((*$base).$($f)+) };
+        $crate::addr::field(p)
+    }};
+}
+pub(crate) use ctx_field;
 
 /// `ip_of!(ptr, family, ip4_field, ip6_field)`: the address by family, or
 /// `None` for other families. Both fields are read unconditionally with

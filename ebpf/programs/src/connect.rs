@@ -1,7 +1,7 @@
 //! `cgroup/connect4|6`: outbound capture; `cgroup/getpeername4|6`: the
 //! application sees the peer it dialled.
 
-use crate::addr::field;
+use crate::addr::ctx_field;
 use crate::maps::{EXCLUDE, ORIG_BY_COOKIE, count, pod};
 use aya_ebpf::{
     EbpfContext,
@@ -11,10 +11,8 @@ use aya_ebpf::{
     programs::SockAddrContext,
 };
 use aya_log_ebpf::debug;
-use conduit_ebpf_common::{
-    AF_INET, AF_INET6, IpKey, OrigDst, Outcome, Program,
-};
-use core::ptr::{addr_of, addr_of_mut, write_volatile};
+use conduit_ebpf_common::{AF_INET, AF_INET6, IpKey, OrigDst, Outcome, Program};
+use core::ptr::{addr_of_mut, write_volatile};
 
 const SOCK_STREAM: u32 = 1;
 const IPPROTO_TCP: u32 = 6;
@@ -44,10 +42,7 @@ pub fn conduit_connect6(ctx: SockAddrContext) -> i32 {
 /// pod's proxy on loopback (`::ffff:127.0.0.1` for IPv6 sockets).
 fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Result<Outcome, Outcome> {
     let sa = ctx.sock_addr;
-    // SAFETY (all field reads below): `sa` is the program's context.
-    if field(unsafe { addr_of!((*sa).type_) }) != SOCK_STREAM
-        || field(unsafe { addr_of!((*sa).protocol) }) != IPPROTO_TCP
-    {
+    if ctx_field!(sa, type_) != SOCK_STREAM || ctx_field!(sa, protocol) != IPPROTO_TCP {
         return Ok(Outcome::SkippedNotTcp);
     }
     // SAFETY: helper taking the program's context.
@@ -62,18 +57,16 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Result<Outcome, Outcome
         return Ok(Outcome::SkippedProxy);
     }
     let dst = if V6 {
-        IpKey::v6(unsafe {
-            [
-                field(addr_of!((*sa).user_ip6[0])),
-                field(addr_of!((*sa).user_ip6[1])),
-                field(addr_of!((*sa).user_ip6[2])),
-                field(addr_of!((*sa).user_ip6[3])),
-            ]
-        })
+        IpKey::v6([
+            ctx_field!(sa, user_ip6[0]),
+            ctx_field!(sa, user_ip6[1]),
+            ctx_field!(sa, user_ip6[2]),
+            ctx_field!(sa, user_ip6[3]),
+        ])
     } else {
-        IpKey::v4(field(unsafe { addr_of!((*sa).user_ip4) }))
+        IpKey::v4(ctx_field!(sa, user_ip4))
     };
-    let port = u16::from_be(field(unsafe { addr_of!((*sa).user_port) }) as u16);
+    let port = u16::from_be(ctx_field!(sa, user_port) as u16);
     if dst.is_loopback() {
         return Ok(Outcome::SkippedLoopback);
     }
@@ -92,7 +85,7 @@ fn try_connect<const V6: bool>(ctx: &SockAddrContext) -> Result<Outcome, Outcome
     // SAFETY: helper taking the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     ORIG_BY_COOKIE
-        .insert(&cookie, &orig, 0)
+        .insert(cookie, orig, 0)
         .map_err(|_| Outcome::FailedMapFull)?;
     let proxy_port = (pod.outbound_port.to_be()) as u32;
     // SAFETY: writes of 4-byte context fields, one store each (see toolchain
@@ -140,7 +133,7 @@ fn try_getpeername<const V6: bool>(ctx: &SockAddrContext) -> Result<Outcome, ()>
     // SAFETY: helper taking the program's context.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     // SAFETY: read-only copy of the record.
-    let orig = *unsafe { ORIG_BY_COOKIE.get(&cookie) }.ok_or(())?;
+    let orig = *unsafe { ORIG_BY_COOKIE.get(cookie) }.ok_or(())?;
     if !V6 && orig.family != AF_INET {
         return Err(());
     }

@@ -59,5 +59,5 @@ pub fn config_flags() -> u32 {
 pub fn pod(netns_cookie: u64) -> Option<&'static PodConfig> {
     // SAFETY: values are only read; the agent replaces a pod's entry as a
     // whole, and a torn read at worst mis-decides one connection.
-    unsafe { PODS.get(&netns_cookie) }
+    unsafe { PODS.get(netns_cookie) }
 }

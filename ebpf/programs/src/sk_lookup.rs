@@ -3,11 +3,10 @@
 //! inbound listener (held in the listeners sockhash under the pod's netns
 //! cookie). No NAT: the accepted socket's local address is the original one.
 
-use crate::addr::{field, ip_of};
+use crate::addr::{ctx_field, ip_of};
 use crate::maps::{LISTENERS, POD_IPS, count, pod};
 use aya_ebpf::{bindings::sk_action::SK_PASS, macros::sk_lookup, programs::SkLookupContext};
 use conduit_ebpf_common::{MAX_POD_IPS, Outcome, Program};
-use core::ptr::addr_of;
 
 const IPPROTO_TCP: u32 = 6;
 const ENOENT: i32 = 2;
@@ -22,18 +21,17 @@ pub fn conduit_sk_lookup(ctx: SkLookupContext) -> u32 {
 
 fn try_sk_lookup(ctx: &SkLookupContext) -> Result<Outcome, Outcome> {
     let l = ctx.lookup;
-    // SAFETY (field reads): `l` is the program's context.
-    if field(unsafe { addr_of!((*l).protocol) }) != IPPROTO_TCP {
+    if ctx_field!(l, protocol) != IPPROTO_TCP {
         return Ok(Outcome::SkippedNotTcp);
     }
-    let family = field(unsafe { addr_of!((*l).family) });
+    let family = ctx_field!(l, family);
     let local = ip_of!(l, family, local_ip4, local_ip6).ok_or(Outcome::SkippedNotPodIp)?;
     // SAFETY: copied out at once.
-    let netns = (unsafe { POD_IPS.get(&local) })
+    let netns = (unsafe { POD_IPS.get(local) })
         .copied()
         .ok_or(Outcome::SkippedNotPodIp)?;
     let pod = pod(netns).ok_or(Outcome::SkippedNotPodIp)?;
-    let port = field(unsafe { addr_of!((*l).local_port) }) as u16;
+    let port = ctx_field!(l, local_port) as u16;
     if pod.skips_inbound(port) {
         return Ok(Outcome::SkippedPort);
     }

@@ -3,7 +3,7 @@
 //! when enabled) puts the app's and the proxy's loopback sockets in a
 //! sockhash. `sk_msg`: hands payload between such a pair directly.
 
-use crate::addr::{field, ip_of};
+use crate::addr::{ctx_field, ip_of};
 use crate::maps::{FASTPATH, ORIG_BY_COOKIE, ORIG_BY_TUPLE, config_flags, count, pod};
 use aya_ebpf::{
     EbpfContext,
@@ -19,7 +19,6 @@ use aya_ebpf::{
 use conduit_ebpf_common::{
     CONFIG_FASTPATH, IpKey, Outcome, Program, SIDE_CLIENT, SIDE_SERVER, TupleKey,
 };
-use core::ptr::addr_of;
 
 #[sock_ops]
 pub fn conduit_sockops(ctx: SockOpsContext) -> u32 {
@@ -33,13 +32,12 @@ pub fn conduit_sockops(ctx: SockOpsContext) -> u32 {
 /// The socket's (local, remote) addresses and ports (host order).
 fn endpoints(ctx: &SockOpsContext) -> Option<(IpKey, u16, IpKey, u16)> {
     let so = ctx.ops;
-    // SAFETY (field reads): `so` is the program's context.
-    let family = field(unsafe { addr_of!((*so).family) });
+    let family = ctx_field!(so, family);
     let local = ip_of!(so, family, local_ip4, local_ip6)?;
     let remote = ip_of!(so, family, remote_ip4, remote_ip6)?;
-    let local_port = field(unsafe { addr_of!((*so).local_port) }) as u16;
+    let local_port = ctx_field!(so, local_port) as u16;
     // remote_port holds the network-order port in its upper 16 bits.
-    let remote_port = u16::from_be((field(unsafe { addr_of!((*so).remote_port) }) >> 16) as u16);
+    let remote_port = u16::from_be((ctx_field!(so, remote_port) >> 16) as u16);
     Some((local, local_port, remote, remote_port))
 }
 
@@ -54,8 +52,9 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<Option<Outcome>, Outcome> {
     let Some((local, local_port, remote, remote_port)) = endpoints(ctx) else {
         return Ok(None);
     };
-    // SAFETY: helpers taking the program's context.
+    // SAFETY: helper taking the program's context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
+    // SAFETY: as above.
     let cookie = unsafe { bpf_get_socket_cookie(ctx.as_ptr()) };
     if op == BPF_SOCK_OPS_STATE_CB {
         if ctx.arg(1) != BPF_TCP_CLOSE {
@@ -70,8 +69,8 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<Option<Outcome>, Outcome> {
             server_port: remote_port,
             side: SIDE_CLIENT,
         };
-        let _ = ORIG_BY_TUPLE.remove(&key);
-        let _ = ORIG_BY_COOKIE.remove(&cookie);
+        let _ = ORIG_BY_TUPLE.remove(key);
+        let _ = ORIG_BY_COOKIE.remove(cookie);
         return Ok(Some(Outcome::Released));
     }
     let fastpath = config_flags() & CONFIG_FASTPATH != 0;
@@ -94,14 +93,17 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<Option<Outcome>, Outcome> {
             server_port: local_port,
             side: SIDE_SERVER,
         };
-        return match FASTPATH.update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY as u64) {
+        // SAFETY: `ctx.ops` is the program's context (a valid, exclusive
+        // bpf_sock_ops for this run), as the sockhash update helper wants.
+        let ops = unsafe { &mut *ctx.ops };
+        return match FASTPATH.update(&mut key, ops, BPF_ANY as u64) {
             Ok(()) => Ok(Some(Outcome::Fastpath)),
             Err(_) => Err(Outcome::FailedMapFull),
         };
     }
     // Active side: is this one of our captured sockets?
     // SAFETY: copied out at once.
-    let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(&cookie) }).copied() else {
+    let Some(orig) = (unsafe { ORIG_BY_COOKIE.get(cookie) }).copied() else {
         return Ok(None);
     };
     let mut key = TupleKey {
@@ -113,15 +115,15 @@ fn try_sockops(ctx: &SockOpsContext) -> Result<Option<Outcome>, Outcome> {
         side: SIDE_CLIENT,
     };
     ORIG_BY_TUPLE
-        .insert(&key, &orig, 0)
+        .insert(key, orig, 0)
         .map_err(|_| Outcome::FailedMapFull)?;
     // Ask for the close callback, so both records go with the connection.
     let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_STATE_CB_FLAG) as i32);
     if fastpath {
-        if FASTPATH
-            .update(&mut key, unsafe { &mut *ctx.ops }, BPF_ANY as u64)
-            .is_ok()
-        {
+        // SAFETY: `ctx.ops` is the program's context (a valid, exclusive
+        // bpf_sock_ops for this run), as the sockhash update helper wants.
+        let ops = unsafe { &mut *ctx.ops };
+        if FASTPATH.update(&mut key, ops, BPF_ANY as u64).is_ok() {
             count(Program::Sockops, Outcome::Fastpath);
         }
     }
@@ -140,15 +142,14 @@ pub fn conduit_sk_msg(ctx: SkMsgContext) -> u32 {
 /// the proxy's if this is the application's socket, else the application's.
 fn try_sk_msg(ctx: &SkMsgContext) -> Result<Outcome, Outcome> {
     let m = ctx.msg;
-    // SAFETY (field reads): `m` is the program's context.
-    let family = field(unsafe { addr_of!((*m).family) });
+    let family = ctx_field!(m, family);
     let local = ip_of!(m, family, local_ip4, local_ip6);
     let remote = ip_of!(m, family, remote_ip4, remote_ip6);
     let (Some(local), Some(remote)) = (local, remote) else {
         return Err(Outcome::SkippedNoRecord);
     };
-    let local_port = field(unsafe { addr_of!((*m).local_port) }) as u16;
-    let remote_port = u16::from_be((field(unsafe { addr_of!((*m).remote_port) }) >> 16) as u16);
+    let local_port = ctx_field!(m, local_port) as u16;
+    let remote_port = u16::from_be((ctx_field!(m, remote_port) >> 16) as u16);
     // SAFETY: helper taking the program's context.
     let netns_cookie = unsafe { bpf_get_netns_cookie(ctx.as_ptr()) };
     let mut to_proxy = TupleKey {

@@ -6,7 +6,7 @@
 //! (16 bytes) for IPv4, a `sockaddr_in6` (28 bytes) for IPv6, whatever the
 //! level asked; a buffer too short for it leaves the kernel's answer alone.
 
-use crate::addr::{field, ip_of};
+use crate::addr::{ctx_field, ip_of};
 use crate::maps::{ORIG_BY_TUPLE, count};
 use aya_ebpf::{
     EbpfContext, helpers::bpf_get_netns_cookie, macros::cgroup_sockopt, programs::SockoptContext,
@@ -14,7 +14,7 @@ use aya_ebpf::{
 use conduit_ebpf_common::{
     AF_INET, AF_INET6, Outcome, Program, SIDE_CLIENT, SO_ORIGINAL_DST, SOL_IP, SOL_IPV6, TupleKey,
 };
-use core::ptr::{addr_of, addr_of_mut, write_volatile};
+use core::ptr::{addr_of_mut, write_volatile};
 
 #[cgroup_sockopt(getsockopt)]
 pub fn conduit_getsockopt(ctx: SockoptContext) -> i32 {
@@ -47,18 +47,17 @@ struct SockaddrIn6 {
 /// `Ok(None)`: not an original-destination query, nothing to count.
 fn try_getsockopt(ctx: &SockoptContext) -> Result<Option<Outcome>, Outcome> {
     let so = ctx.sockopt;
-    // SAFETY (field reads): `so` is the program's context.
-    let level = field(unsafe { addr_of!((*so).level) });
-    let optname = field(unsafe { addr_of!((*so).optname) });
+    let level = ctx_field!(so, level);
+    let optname = ctx_field!(so, optname);
     if optname != SO_ORIGINAL_DST || (level != SOL_IP && level != SOL_IPV6) {
         return Ok(None);
     }
-    let sk = field(unsafe { addr_of!((*so).__bindgen_anon_1.sk) });
+    let sk = ctx_field!(so, __bindgen_anon_1.sk);
     if sk.is_null() {
         return Ok(Some(Outcome::SkippedNoRecord));
     }
     // SAFETY: `sk` is the context's non-null socket pointer.
-    let family = field(unsafe { addr_of!((*sk).family) });
+    let family = ctx_field!(sk, family);
     let local = ip_of!(sk, family, src_ip4, src_ip6);
     let remote = ip_of!(sk, family, dst_ip4, dst_ip6);
     let (Some(local), Some(remote)) = (local, remote) else {
@@ -69,16 +68,16 @@ fn try_getsockopt(ctx: &SockoptContext) -> Result<Option<Outcome>, Outcome> {
         netns_cookie: unsafe { bpf_get_netns_cookie(ctx.as_ptr()) },
         client: remote,
         server: local,
-        client_port: u16::from_be(field(unsafe { addr_of!((*sk).dst_port) })),
-        server_port: field(unsafe { addr_of!((*sk).src_port) }) as u16,
+        client_port: u16::from_be(ctx_field!(sk, dst_port)),
+        server_port: ctx_field!(sk, src_port) as u16,
         side: SIDE_CLIENT,
     };
     // SAFETY: copied out at once.
-    let Some(orig) = (unsafe { ORIG_BY_TUPLE.get(&key) }).copied() else {
+    let Some(orig) = (unsafe { ORIG_BY_TUPLE.get(key) }).copied() else {
         return Ok(Some(Outcome::SkippedNoRecord));
     };
-    let optval = field(unsafe { addr_of!((*so).__bindgen_anon_2.optval) }) as *mut u8;
-    let optval_end = field(unsafe { addr_of!((*so).__bindgen_anon_3.optval_end) }) as *mut u8;
+    let optval = ctx_field!(so, __bindgen_anon_2.optval) as *mut u8;
+    let optval_end = ctx_field!(so, __bindgen_anon_3.optval_end) as *mut u8;
     let len = if orig.family == AF_INET {
         let size = core::mem::size_of::<SockaddrIn>();
         if optval as usize + size > optval_end as usize {

@@ -7,6 +7,7 @@ use super::budget::RetryBudget;
 use super::choose::{EndpointState, eligible_cost, slow_pick, two_distinct};
 use super::pick::Pick;
 use crate::discovery::Destination;
+use conduit_base::sync::Unpoisoned;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -260,7 +261,7 @@ impl Balancer {
     }
 
     fn state(&self) -> MutexGuard<'_, State> {
-        self.shared.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.shared.state.locked()
     }
 }
 

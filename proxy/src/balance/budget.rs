@@ -4,6 +4,7 @@
 //! A budget bounds the extra load that retries put on a failing service,
 //! where a fixed "retry 3 times" would multiply it.
 
+use conduit_base::sync::Unpoisoned;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -107,7 +108,7 @@ impl RetryBudget {
 
     /// The window with slots older than `ttl` cleared.
     fn window(&self, now: Instant) -> std::sync::MutexGuard<'_, Window> {
-        let mut w = self.window.lock().unwrap_or_else(|p| p.into_inner());
+        let mut w = self.window.locked();
         let elapsed = now.saturating_duration_since(w.current_start);
         let steps = (elapsed.as_nanos() / self.slot_len.as_nanos().max(1)) as usize;
         if steps > 0 {

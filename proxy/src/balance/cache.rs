@@ -7,6 +7,7 @@
 use super::{BalanceConfig, Balancer};
 use crate::discovery::{Discover, Resolution, Watch};
 use crate::idle_map::IdleMap;
+use conduit_base::sync::Unpoisoned;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -132,7 +133,7 @@ impl Balancers {
     /// The balancer for an original destination, or why there is none.
     pub fn lookup(&self, orig_dst: SocketAddr) -> Lookup {
         let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.cache.locked();
         cache.sweep(now, self.idle_timeout, |e| e.used, Entry::in_use);
         // A watch that stopped following its source is started again.
         let cached = cache
@@ -173,7 +174,7 @@ impl Balancers {
     /// endpoints taken out by failure accrual.
     pub fn endpoint_counts(&self) -> Vec<(String, usize, usize)> {
         let balancers: Vec<Balancer> = {
-            let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
+            let cache = self.cache.locked();
             cache
                 .entries
                 .values()
@@ -192,11 +193,7 @@ impl Balancers {
 
     /// Number of cached destinations.
     pub fn len(&self) -> usize {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entries
-            .len()
+        self.cache.locked().entries.len()
     }
 
     pub fn is_empty(&self) -> bool {

@@ -305,6 +305,7 @@ mod tests {
             budget: Some(Arc::new(RetryBudget::new(BudgetConfig::default()))),
             ..Default::default()
         };
+        #[allow(clippy::type_complexity)] // a table of test cases
         let cases: &[(
             &str,
             fn(u16) -> Attempt<&'static str>,

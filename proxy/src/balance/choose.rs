@@ -5,6 +5,7 @@ use super::BalanceConfig;
 use super::accrual::Health;
 use super::ewma::PeakEwma;
 use crate::discovery::Endpoint;
+use conduit_base::sync::Unpoisoned;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
@@ -37,7 +38,7 @@ impl EndpointState {
     }
 
     pub(super) fn stats(&self) -> MutexGuard<'_, Stats> {
-        self.stats.lock().unwrap_or_else(|p| p.into_inner())
+        self.stats.locked()
     }
 }
 

@@ -24,6 +24,7 @@
 //!   streams per connection).
 
 use super::{Discover, Resolution, Watch};
+use conduit_base::sync::Unpoisoned;
 use conduit_controller_api::client::{self, DestinationState, WatchOptions};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, Weak};
@@ -97,7 +98,7 @@ impl ControllerDiscovery {
     }
 
     fn live(&self) -> Vec<Arc<Stream>> {
-        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        let mut streams = self.streams.locked();
         streams.retain(|w| w.strong_count() > 0);
         streams.iter().filter_map(Weak::upgrade).collect()
     }
@@ -108,7 +109,7 @@ impl ControllerDiscovery {
 /// destination need not wait its own `answer_wait` to count as unanswered
 /// (outside the cluster networks it goes out at once).
 fn controller_away(streams: &Mutex<Vec<Weak<Stream>>>, answer_wait: Duration) -> bool {
-    let streams = streams.lock().unwrap_or_else(|p| p.into_inner());
+    let streams = streams.locked();
     let mut waited = false;
     for s in streams.iter().filter_map(Weak::upgrade) {
         if s.state.borrow().connected {
@@ -137,7 +138,7 @@ impl Discover for ControllerDiscovery {
             state,
         });
         {
-            let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            let mut streams = self.streams.locked();
             streams.retain(|w| w.strong_count() > 0);
             streams.push(Arc::downgrade(&stream));
         }

@@ -3,6 +3,7 @@
 
 use super::config::{ConfigError, ServiceConfig, ServiceFlag, Table, parse_file};
 use super::{Destination, Discover, Resolution, Watch};
+use conduit_base::sync::UnpoisonedRw;
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
@@ -180,11 +181,11 @@ impl StaticDiscovery {
     }
 
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, State> {
-        self.inner.state.read().unwrap_or_else(|p| p.into_inner())
+        self.inner.state.read_locked()
     }
 
     fn write_state(&self) -> std::sync::RwLockWriteGuard<'_, State> {
-        self.inner.state.write().unwrap_or_else(|p| p.into_inner())
+        self.inner.state.write_locked()
     }
 }
 

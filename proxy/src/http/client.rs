@@ -5,6 +5,7 @@
 
 use super::Body;
 use crate::transport::{self, Connector, MeshProto, NextHop};
+use conduit_base::sync::Unpoisoned;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -133,7 +134,7 @@ impl Client {
     }
 
     fn take_h1(&self, up: &NextHop) -> Option<http1::SendRequest<Body>> {
-        let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = self.h1.locked();
         let idle = pool.get_mut(up)?;
         let timeout = self.settings.idle_timeout;
         idle.retain(|(t, s)| !s.is_closed() && (t.elapsed() < timeout || !s.is_ready()));
@@ -142,7 +143,7 @@ impl Client {
     }
 
     fn put_h1(&self, up: &NextHop, sender: http1::SendRequest<Body>) {
-        let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut pool = self.h1.locked();
         let idle = pool.entry(up.clone()).or_default();
         if idle.len() < self.settings.max_idle_per_upstream {
             idle.push((Instant::now(), sender));
@@ -205,7 +206,7 @@ impl Client {
 
     async fn h2_sender(&self, up: &NextHop) -> Result<http2::SendRequest<Body>, ClientError> {
         let slot = {
-            let mut pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+            let mut pool = self.h2.locked();
             pool.entry(up.clone()).or_default().clone()
         };
         // Fast path: an open connection, no waiting behind a connect.
@@ -243,13 +244,13 @@ impl Client {
     /// Drops pooled connections that are closed or idle too long.
     pub fn sweep(&self) {
         let timeout = self.settings.idle_timeout;
-        let mut h1 = self.h1.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h1 = self.h1.locked();
         h1.retain(|_, idle| {
             idle.retain(|(t, s)| !s.is_closed() && (t.elapsed() < timeout || !s.is_ready()));
             !idle.is_empty()
         });
         drop(h1);
-        let mut h2 = self.h2.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h2 = self.h2.locked();
         h2.retain(|_, slot| match slot.try_lock() {
             Ok(g) => g.as_ref().is_some_and(|s| !s.is_closed()),
             Err(_) => true,

@@ -12,6 +12,7 @@ use crate::balance::{Attempt, CallError, is_idempotent};
 use crate::ctx::{ConnCtx, Shared};
 use crate::metrics::{Direction, LatencyLabels, ReqLabels, RspLabels, status_class};
 use crate::transport::{MeshProto, NextHop};
+use conduit_base::sync::Unpoisoned;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -185,8 +186,7 @@ async fn forward(
     let attempt = |hop: NextHop| {
         attempts += 1;
         let req = unsent
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
+            .locked()
             .take()
             .or_else(|| replay.as_ref().map(replay::Replay::request));
         let (shared, conn) = (shared.clone(), conn.clone());
@@ -200,7 +200,7 @@ async fn forward(
                 Ok(r) if r.status().is_server_error() => Attempt::Failure(Ok(r)),
                 Ok(r) => Attempt::Success(Ok(r)),
                 Err((e, Some(req))) => {
-                    *unsent.lock().unwrap_or_else(|p| p.into_inner()) = Some(req);
+                    *unsent.locked() = Some(req);
                     Attempt::NotSent(Err(e))
                 }
                 Err((e, None)) => Attempt::Failure(Err(e)),

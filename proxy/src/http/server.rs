@@ -107,10 +107,10 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
         } else if e.is_timeout() {
             "header_read_timeout"
         } else {
-            debug!(client = %conn.client_addr, "HTTP connection ended: {e}");
+            debug!(client = %conn.client_addr, error = %e, "HTTP connection ended");
             return;
         };
-        info!(direction = conn.direction.as_str(), client = %conn.client_addr, reason, "closing HTTP connection: {e}");
+        info!(direction = conn.direction.as_str(), client = %conn.client_addr, reason, error = %e, "closing HTTP connection");
         shared.metrics.error(conn.direction, reason);
     }
 }

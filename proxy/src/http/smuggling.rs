@@ -14,6 +14,7 @@
 //! backstop. Memory is bounded: a capped line buffer and at most
 //! [`MAX_HEADS`] recorded heads.
 
+use conduit_base::sync::Unpoisoned;
 use std::collections::VecDeque;
 use std::io;
 use std::pin::Pin;
@@ -101,7 +102,7 @@ impl Heads {
     /// `Content-Length` and `Transfer-Encoding`. The matching head and every
     /// older one are forgotten.
     pub fn conflicting(&self, method: &str, target: &str) -> bool {
-        let mut scan = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut scan = self.0.locked();
         let found = scan
             .done
             .iter()
@@ -116,7 +117,7 @@ impl Heads {
     }
 
     fn feed(&self, bytes: &[u8]) {
-        self.0.lock().unwrap_or_else(|p| p.into_inner()).feed(bytes);
+        self.0.locked().feed(bytes);
     }
 }
 

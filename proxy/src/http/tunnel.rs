@@ -14,14 +14,14 @@ pub fn spawn(shared: &Arc<Shared>, conn: &Arc<ConnCtx>, client: OnUpgrade, upstr
         let (client, upstream) = match tokio::try_join!(client, upstream) {
             Ok(pair) => pair,
             Err(e) => {
-                debug!(client = %conn.client_addr, "upgrade did not complete: {e}");
+                debug!(client = %conn.client_addr, error = %e, "upgrade did not complete");
                 return;
             }
         };
         let (mut c, mut u) = (TokioIo::new(client), TokioIo::new(upstream));
         match pipe(&mut c, &mut u, &conn.activity, shared.cfg.tcp_idle_timeout).await {
             Ok((up, down)) => debug!(client = %conn.client_addr, up, down, "tunnel closed"),
-            Err(e) => debug!(client = %conn.client_addr, "tunnel ended: {e}"),
+            Err(e) => debug!(client = %conn.client_addr, error = %e, "tunnel ended"),
         }
     });
 }

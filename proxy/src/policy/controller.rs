@@ -39,7 +39,7 @@ pub fn spawn(
             let request = match request(&workload, token_file.as_deref()) {
                 Ok(r) => r,
                 Err(e) => {
-                    warn!("inbound policy: {e}; keeping the policy in force");
+                    warn!(error = %e, "inbound policy; keeping the policy in force");
                     tonic::Request::new(workload.clone())
                 }
             };
@@ -59,7 +59,7 @@ pub fn spawn(
                             }
                             Err(e) => {
                                 info!(
-                                    "inbound policy stream broke: {e}; keeping the policy in force"
+                                    error = %e, "inbound policy stream broke; keeping the policy in force"
                                 );
                                 break;
                             }
@@ -86,7 +86,7 @@ pub fn spawn(
                 }
                 Err(e) => {
                     debug!(
-                        "inbound policy: controller unreachable: {e}; keeping the policy in force"
+                        error = %e, "inbound policy: controller unreachable; keeping the policy in force"
                     );
                 }
             }
@@ -123,12 +123,12 @@ fn apply(store: &PolicyStore, msg: pb::InboundPolicy) {
     let spec = match InboundSpec::try_from(msg) {
         Ok(s) => s,
         Err(e) => {
-            warn!("inbound policy from the controller refused: {e}; keeping the policy in force");
+            warn!(error = %e, "inbound policy from the controller refused; keeping the policy in force");
             return;
         }
     };
     if let Err(e) = store.install(&spec, "controller") {
-        warn!("inbound policy from the controller refused: {e}; keeping the policy in force");
+        warn!(error = %e, "inbound policy from the controller refused; keeping the policy in force");
     }
 }
 

@@ -87,7 +87,7 @@ pub async fn check_request<B>(
             }
             Err(e) => {
                 let open = plugin.failure == conduit_policy::spec::FailureMode::Open;
-                info!(client = %conn.client_addr, port, plugin = %plugin.name, reason = e.reason(), fail_open = open, "authorization plugin failed: {e}");
+                info!(client = %conn.client_addr, port, plugin = %plugin.name, reason = e.reason(), fail_open = open, error = %e, "authorization plugin failed");
                 shared.metrics.error(
                     crate::metrics::Direction::Inbound,
                     match open {

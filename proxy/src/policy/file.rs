@@ -87,7 +87,7 @@ pub fn start(
             }
             last = now;
             if let Err(e) = load(&store, &path) {
-                error!("{e}; keeping the inbound policy in force");
+                error!(error = %e, "loading the inbound policy file failed; keeping the inbound policy in force");
             }
         }
     });

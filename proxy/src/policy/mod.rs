@@ -12,6 +12,7 @@ pub mod file;
 pub mod plugin;
 
 use crate::config::Config;
+use conduit_base::sync::{Unpoisoned, UnpoisonedRw};
 use conduit_policy::{CompileError, Context, InboundSpec, Policy, Verdict};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -93,10 +94,7 @@ impl PolicyStore {
     }
 
     pub fn current(&self) -> Arc<Installed> {
-        self.current
-            .read()
-            .unwrap_or_else(|p| p.into_inner())
-            .clone()
+        self.current.read_locked().clone()
     }
 
     pub fn context(&self) -> &Context {
@@ -106,12 +104,9 @@ impl PolicyStore {
     /// Compiles and installs `spec`; on error the policy in force stays.
     pub fn install(&self, spec: &InboundSpec, source: &'static str) -> Result<(), CompileError> {
         let policy = Policy::compile(spec, &self.ctx)?;
-        let _serial = self.install.lock().unwrap_or_else(|p| p.into_inner());
+        let _serial = self.install.locked();
         let installed = Arc::new(make_installed(&self.family, policy, source));
-        let old = std::mem::replace(
-            &mut *self.current.write().unwrap_or_else(|p| p.into_inner()),
-            installed.clone(),
-        );
+        let old = std::mem::replace(&mut *self.current.write_locked(), installed.clone());
         // Forget the label sets only the old policy had (bounded metrics).
         for s in old.policy.slots() {
             let still = installed

@@ -11,6 +11,7 @@
 //! anything else is never sent a request (the call fails, the failure mode
 //! applies). A proxy without an identity cannot reach a meshed plugin.
 
+use conduit_base::sync::Unpoisoned;
 use conduit_controller_api::authz::v1 as pb;
 use conduit_controller_api::authz::v1::authorization_plugin_client::AuthorizationPluginClient;
 use conduit_policy::compile::Plugin;
@@ -83,7 +84,7 @@ impl Plugins {
             p.max_in_flight,
             p.identity.clone(),
         );
-        let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
+        let mut conns = self.conns.locked();
         if let Some(c) = conns.get(&key) {
             return Ok(c.clone());
         }

@@ -3,6 +3,7 @@
 //! queue is dropped and counted (per listener and in
 //! `conduit_tap_dropped_total`). At most [`MAX_LISTENERS`] listen at once.
 
+use conduit_base::sync::Unpoisoned;
 use conduit_register::tap::{TapEvent, TapFilter};
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
@@ -71,7 +72,7 @@ impl Hub {
         filter: TapFilter,
         buffer: usize,
     ) -> Result<Subscription, TooManyListeners> {
-        let mut ls = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ls = self.listeners.locked();
         if ls.len() >= MAX_LISTENERS {
             return Err(TooManyListeners);
         }
@@ -95,7 +96,7 @@ impl Hub {
     }
 
     fn remove(&self, id: u64) {
-        let mut ls = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let mut ls = self.listeners.locked();
         ls.retain(|l| l.id != id);
         self.active.store(ls.len(), Ordering::Relaxed);
         self.metrics.listeners.set(ls.len() as i64);
@@ -104,7 +105,7 @@ impl Hub {
     /// Offers `event` to every listener whose filter matches; never waits.
     pub fn publish(&self, event: TapEvent) {
         let event = Arc::new(event);
-        let ls = self.listeners.lock().unwrap_or_else(|p| p.into_inner());
+        let ls = self.listeners.locked();
         for l in ls.iter().filter(|l| l.filter.matches(&event)) {
             match l.tx.try_send(event.clone()) {
                 Ok(()) => {

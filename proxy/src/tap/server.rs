@@ -49,7 +49,7 @@ pub fn route<B>(
         ));
     }
     if let Err(e) = super::peer::authorize(client, local) {
-        warn!(%client, "{e}");
+        warn!(%client, error = %e, "tap request refused");
         return Some(text(StatusCode::FORBIDDEN, format!("{e}\n")));
     }
     let query = req.uri().query().unwrap_or_default();

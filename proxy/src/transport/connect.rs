@@ -60,11 +60,7 @@ impl NextHop {
     /// The transport decision for this target ([`intent::for_peer`](super::intent::for_peer);
     /// no protocol yet means opaque bytes).
     pub fn tls(&self, local_identity: bool) -> Result<super::Tls, super::Refusal> {
-        super::intent::for_peer(
-            &self.peer,
-            self.proto,
-            local_identity,
-        )
+        super::intent::for_peer(&self.peer, self.proto, local_identity)
     }
 
     /// The identity a meshed peer must prove, when discovery named one.

@@ -12,6 +12,7 @@ use crate::verify::{
     PeerIdentityError, ServerIdentityVerifier, TrustDomainClientVerifier, certificate_identity,
     identity_error,
 };
+use conduit_base::sync::Unpoisoned;
 use conduit_identity::SpiffeId;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
@@ -235,7 +236,7 @@ impl TlsConnector {
         let tls = client_handshake(config, stream, self.timeout)
             .await
             .inspect_err(
-                |e| tracing::warn!(expected = %expected, "mTLS to a gRPC server refused: {e}"),
+                |e| tracing::warn!(expected = %expected, error = %e, "mTLS to a gRPC server refused"),
             )?;
         if tls.get_ref().1.alpn_protocol() != Some(GRPC_ALPN) {
             return Err(TlsError::NoAlpn);
@@ -249,7 +250,7 @@ impl TlsConnector {
         expected: &SpiffeId,
         alpn: &'static [u8],
     ) -> Result<Arc<ClientConfig>, TlsError> {
-        let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
+        let mut configs = self.configs.locked();
         if let Some(c) = configs.get(&(expected.clone(), alpn)) {
             return Ok(c.clone());
         }

@@ -60,7 +60,7 @@ impl ControlConnector {
     {
         let result = client_handshake(self.config.clone(), stream, self.timeout).await;
         if let Err(e) = &result {
-            tracing::warn!(expected = %self.expected, "TLS to the controller failed: {e}");
+            tracing::warn!(expected = %self.expected, error = %e, "TLS to the controller failed");
         }
         result
     }

@@ -115,7 +115,7 @@ impl TestCa {
     pub fn credentials(&self, identity: &SpiffeId) -> Result<Credentials, TestCaError> {
         let credentials = Credentials::new(identity.clone(), self.anchors()?);
         let now = SystemTime::now();
-        let (chain, key) = self.issue(&identity.to_string(), now - HOUR, now + HOUR)?;
+        let (chain, key) = self.issue(identity.as_ref(), now - HOUR, now + HOUR)?;
         credentials.install(chain, key)?;
         Ok(credentials)
     }

@@ -281,6 +281,7 @@ mod tests {
 
     #[test]
     fn figures_count_every_request_once() {
+        #[allow(clippy::type_complexity)] // a table of test cases
         let cases: &[(&[Record], f64, f64, (u64, u64, u64), f64, f64)] = &[
             // (records, from, to, (sent, ok, failed), longest gap, slowest)
             (&[], 0.0, 100.0, (0, 0, 0), 100.0, 0.0),
@@ -330,6 +331,7 @@ mod tests {
     }
 
     #[test]
+    #[allow(clippy::field_reassign_with_default)] // the one field the test is about
     fn the_table_flags_a_missed_target() {
         let mut report = LoadReport::default();
         report.total = Figures {

@@ -2,6 +2,7 @@
 
 use super::state::DestinationState;
 use super::watch::{WatchOptions, spawn_watch};
+use conduit_base::sync::Unpoisoned;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -53,7 +54,7 @@ impl DestinationResolver {
     /// The shared watch for `target`, started when nobody follows it yet.
     /// Must be called within a Tokio runtime.
     pub fn watch(&self, target: &str) -> watch::Receiver<DestinationState> {
-        let mut cache = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let mut cache = self.watches.locked();
         if let Some((_, tx)) = cache.by_target.get(target)
             && !tx.is_closed()
         {
@@ -99,7 +100,7 @@ impl DestinationResolver {
 
     /// Number of targets with a live stream (someone holds a receiver).
     pub fn len(&self) -> usize {
-        let cache = self.watches.lock().unwrap_or_else(|p| p.into_inner());
+        let cache = self.watches.locked();
         cache
             .by_target
             .values()

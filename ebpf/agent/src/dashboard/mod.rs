@@ -13,6 +13,7 @@ use crate::proxies::Select;
 use crate::stat::{self, Report, Snapshot, parse_duration};
 use anyhow::{Context, Result};
 use bytes::Bytes;
+use conduit_base::sync::Unpoisoned;
 use http_body_util::Full;
 use hyper::service::service_fn;
 use std::collections::{BTreeMap, VecDeque};
@@ -54,7 +55,7 @@ struct State {
 
 impl State {
     fn keep(&self, s: Snapshot) {
-        let mut h = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        let mut h = self.snapshots.locked();
         h.push_back(s);
         while h.len() > MAX_SNAPSHOTS
             || (h.len() > 2 && h.back().map(|b| b.at.duration_since(h[1].at)) >= Some(self.history))
@@ -65,7 +66,7 @@ impl State {
 
     /// The report over the last window and the latency series per service.
     fn figures(&self) -> (Report, BTreeMap<String, svg::Series>, f64) {
-        let h = self.snapshots.lock().unwrap_or_else(|p| p.into_inner());
+        let h = self.snapshots.locked();
         let Some(last) = h.back() else {
             return (
                 Report {
@@ -196,7 +197,7 @@ pub fn run(o: Options) -> Result<()> {
             loop {
                 match stat::scrape(&pin_dir, &select).await {
                     Ok(s) => sampler.keep(s),
-                    Err(e) => warn!("scraping the proxies: {e:#}"),
+                    Err(e) => warn!(error = format!("{e:#}"), "scraping the proxies"),
                 }
                 tokio::time::sleep(interval).await;
             }
@@ -207,7 +208,7 @@ pub fn run(o: Options) -> Result<()> {
             let (tcp, _) = match listener.accept().await {
                 Ok(a) => a,
                 Err(e) => {
-                    warn!("accept: {e}");
+                    warn!(error = %e, "accept failed");
                     continue;
                 }
             };

@@ -46,23 +46,14 @@ pub struct Options {
     pub pin_dir: PathBuf,
 }
 
-/// `250ms`, `30s`, `2m`, or seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let bad = || format!("{s:?} is not a duration like 500ms, 30s or 2m");
-    let (num, unit) = s
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .map_or((s, "s"), |i| s.split_at(i));
-    let n: f64 = num.parse().map_err(|_| bad())?;
-    let secs = match unit {
-        "ms" => n / 1000.0,
-        "s" => n,
-        "m" => n * 60.0,
-        _ => return Err(bad()),
-    };
-    if !(0.0..=86_400.0).contains(&secs) {
-        return Err(bad());
-    }
-    Ok(Duration::from_secs_f64(secs))
+/// The longest window, interval or duration the observability commands take.
+pub const MAX_DURATION: Duration = Duration::from_secs(86_400);
+
+/// A duration in the one grammar of the conduit binaries (`250ms`, `30s`,
+/// `2m`, `1h`; a bare number is seconds: `conduit_base::duration`), at most
+/// a day.
+pub fn parse_duration(s: &str) -> Result<Duration, conduit_base::duration::DurationError> {
+    conduit_base::duration::parse_at_most(s, MAX_DURATION)
 }
 
 /// Whether destination label `dst` names `service`.
@@ -209,7 +200,9 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert_eq!(parse_duration("5"), Ok(Duration::from_secs(5)));
-        assert!(parse_duration("5h").is_err());
+        // The shared grammar (conduit_base::duration) has hours; a day at most.
+        assert_eq!(parse_duration("5h"), Ok(Duration::from_secs(5 * 3600)));
+        assert!(parse_duration("25h").is_err());
         assert!(parse_duration("x").is_err());
     }
 

@@ -7,6 +7,7 @@
 //! a test pod's setup and teardown.
 #![allow(dead_code)]
 
+use conduit_base::sync::Unpoisoned;
 use conduit_tests::names::Names;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -34,7 +35,7 @@ static EXCLUSIVE: Mutex<()> = Mutex::new(());
 /// tests became one binary each module ran in a process of its own, one
 /// after the other. Hold the guard for the environment's life.
 pub fn exclusive() -> MutexGuard<'static, ()> {
-    EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
+    EXCLUSIVE.locked()
 }
 
 /// Names of what one test creates, from the test's name (the tests crate's

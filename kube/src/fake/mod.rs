@@ -23,6 +23,7 @@
 mod http;
 mod state;
 
+use conduit_base::sync::Unpoisoned;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::{Metadata, Resource};
 use serde::Serialize;
@@ -149,7 +150,7 @@ impl FakeApiServer {
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, State> {
-        self.state.lock().unwrap_or_else(|p| p.into_inner())
+        self.state.locked()
     }
 
     fn put<K>(&self, obj: &K, unseen: bool) -> u64

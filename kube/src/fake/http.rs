@@ -3,6 +3,7 @@
 
 use super::state::{CollKey, Filter, State, WATCH_QUEUE, Watch, object_key, status, watch_line};
 use bytes::Bytes;
+use conduit_base::sync::Unpoisoned;
 use futures::StreamExt;
 use http_body_util::{BodyExt, Full, Limited, StreamBody, combinators::BoxBody};
 use hyper::body::{Frame, Incoming};
@@ -23,7 +24,7 @@ const MAX_BODY: usize = 1 << 20;
 const DEFAULT_WATCH_TIMEOUT: u64 = 1800;
 
 fn lock(state: &Shared) -> std::sync::MutexGuard<'_, State> {
-    state.lock().unwrap_or_else(|p| p.into_inner())
+    state.locked()
 }
 
 fn json_response(code: StatusCode, value: &Value) -> Response<Body> {
