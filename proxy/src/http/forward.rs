@@ -10,7 +10,7 @@ use super::client_body::{BodyFailed, ClientBody};
 use super::{Body, ORIG_PROTO_HEADER, Proto, boxed, error_response, headers, replay, tunnel};
 use crate::balance::{Attempt, CallError, is_idempotent};
 use crate::ctx::{ConnCtx, Shared};
-use crate::metrics::{Direction, LatencyLabels, ReqLabels, RspLabels, status_class};
+use crate::metrics::{ConnHttpMetrics, Direction};
 use crate::route::{Picked, RouteTarget, picked_for};
 use crate::transport::MeshProto;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
@@ -77,26 +77,25 @@ impl ForwardError {
     }
 }
 
-/// The hyper service for every proxied HTTP connection.
+/// The hyper service for every proxied HTTP connection. `metrics` holds
+/// the connection's series, resolved once per connection.
 pub async fn handle(
     shared: Arc<Shared>,
     conn: Arc<ConnCtx>,
+    metrics: Arc<ConnHttpMetrics>,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, Infallible> {
     let start = Instant::now();
     let m = &shared.metrics;
     let direction = conn.direction.as_str();
-    let labels = ReqLabels {
-        direction,
-        dst: conn.dst_label.clone(),
-    };
-    m.requests.get_or_create(&labels).inc();
-    let (method, uri) = (req.method().clone(), req.uri().clone());
+    metrics.request();
     let probe = shared.observe.probe(&conn, &req);
+    // Method and URI are kept for the log line of a failed request only.
+    let (method, uri) = (req.method().clone(), req.uri().clone());
     let tripped = Tripped::default();
     let body_failed = BodyFailed::default();
     let req = req.map(|b| ClientBody::new(b, body_failed.clone()));
-    let rsp = match forward(&shared, &conn, req, &tripped).await {
+    let rsp = match forward(&shared, &conn, &metrics, req, &tripped).await {
         Ok(rsp) => rsp,
         Err(e) => {
             // A stalled or malformed client body surfaces as whatever error
@@ -114,32 +113,17 @@ pub async fn handle(
             e.response()
         }
     };
-    let status_class = status_class(rsp.status().as_u16());
     let peer = match conn.direction {
         Direction::Inbound => conn.peer_identity.as_deref(),
-        Direction::Outbound => rsp.extensions().get::<PeerIdentity>().map(|p| p.0.as_str()),
+        Direction::Outbound => rsp.extensions().get::<PeerIdentity>().map(|p| &*p.0),
     };
-    let peer_identity = m.identity(peer);
-    let peer_id = probe.as_ref().and(peer.map(str::to_owned));
-    let dst = conn.dst_label.clone();
-    m.response_latency
-        .get_or_create(&LatencyLabels {
-            direction,
-            dst: dst.clone(),
-            peer_identity: peer_identity.clone(),
-        })
-        .observe(start.elapsed().as_secs_f64());
-    m.responses
-        .get_or_create(&RspLabels {
-            direction,
-            dst,
-            peer_identity,
-            status_class,
-        })
-        .inc();
+    metrics.response(peer, rsp.status().as_u16(), start.elapsed());
     debug!(direction, %method, %uri, status = rsp.status().as_u16(), "request done");
     Ok(match probe {
-        Some(p) => p.respond(rsp, peer_id.as_deref()),
+        Some(p) => {
+            let peer_id = peer.map(str::to_owned);
+            p.respond(rsp, peer_id.as_deref())
+        }
         None => rsp,
     })
 }
@@ -147,6 +131,7 @@ pub async fn handle(
 async fn forward(
     shared: &Arc<Shared>,
     conn: &Arc<ConnCtx>,
+    metrics: &ConnHttpMetrics,
     mut req: Request<ClientBody<Incoming>>,
     tripped: &Tripped,
 ) -> Result<Response<Body>, ForwardError> {
@@ -215,15 +200,7 @@ async fn forward(
     };
     let result = balancer.call(&shared.policy, retryable, attempt).await;
     if attempts > 1 {
-        let labels = ReqLabels {
-            direction: conn.direction.as_str(),
-            dst: conn.dst_label.clone(),
-        };
-        shared
-            .metrics
-            .retries
-            .get_or_create(&labels)
-            .inc_by(attempts - 1);
+        metrics.retries(attempts - 1);
     }
     result?
 }
