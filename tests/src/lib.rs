@@ -34,7 +34,7 @@ pub mod signals;
 pub mod status;
 mod sys;
 pub mod topology;
-pub mod wait;
+pub use conduit_test_support::wait;
 pub mod wire;
 
 pub use agent::{Agent, AgentConfig};

@@ -1,8 +1,10 @@
 //! `cargo xtask test`: every test, from a fresh machine.
 //!
 //! Unit, doc and loopback integration tests run in parallel; the end-to-end
-//! tests in `tests/tests/` share kernel state (pinned maps, cgroup
-//! attachments) and run one at a time.
+//! tests (`tests/tests/e2e/`, the test target `e2e` of `conduit-tests`)
+//! share kernel state (pinned maps, cgroup attachments) and run one at a
+//! time. Each crate has one integration test binary (`tests/it/main.rs`
+//! with one module per theme), so a test filter names `module::test`.
 //!
 //! Every cargo call below selects the whole workspace, so cargo unifies
 //! features the same way each time and compiles each dependency once. (Asking
@@ -12,11 +14,16 @@
 
 use crate::util::{done, exec, root, step, target_dir, warn_if_disk_low};
 use crate::{build_ebpf, fuzz, setup};
-use anyhow::{Context, Result};
+use anyhow::Result;
 use std::process::Command;
 
 /// The package whose integration tests need root and run one at a time.
 const END_TO_END: &str = "conduit-tests";
+
+/// Its one integration test target (`tests/tests/e2e/main.rs`); no other
+/// package has a target of that name, so `--workspace --test e2e` selects
+/// exactly it while keeping the whole workspace's feature set.
+const END_TO_END_TARGET: &str = "e2e";
 
 #[derive(clap::Args)]
 pub struct Options {
@@ -39,11 +46,8 @@ pub fn run(opts: &Options) -> Result<()> {
     done("binaries and tests built", t);
 
     let filter: Vec<&str> = opts.filter.as_deref().into_iter().collect();
-    let e2e = end_to_end_targets()?;
-    let mut e2e_args = vec!["--workspace".to_string()];
-    for target in &e2e {
-        e2e_args.extend(["--test".to_string(), target.clone()]);
-    }
+    end_to_end_target_exists()?;
+    let e2e_args = args(&["--workspace", "--test", END_TO_END_TARGET]);
     let runs: [(&str, Vec<String>, bool); 4] = [
         (
             "unit tests of every crate",
@@ -91,20 +95,17 @@ fn args(list: &[&str]) -> Vec<String> {
     list.iter().map(|s| (*s).to_string()).collect()
 }
 
-/// The integration test targets of `tests/` (cargo's auto-discovered
-/// `tests/tests/*.rs`), named one by one so the selection stays the workspace.
-fn end_to_end_targets() -> Result<Vec<String>> {
-    let dir = root().join("tests/tests");
-    let mut names = Vec::new();
-    for entry in std::fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
-        let path = entry?.path();
-        if path.extension().is_some_and(|e| e == "rs")
-            && let Some(stem) = path.file_stem().and_then(|s| s.to_str())
-        {
-            names.push(stem.to_string());
-        }
-    }
-    names.sort();
-    anyhow::ensure!(!names.is_empty(), "no test targets in {}", dir.display());
-    Ok(names)
+/// Checks that the end-to-end target is where this file says, so a moved
+/// or renamed target fails here with its path instead of running nothing.
+fn end_to_end_target_exists() -> Result<()> {
+    let main = root()
+        .join("tests/tests")
+        .join(END_TO_END_TARGET)
+        .join("main.rs");
+    anyhow::ensure!(
+        main.is_file(),
+        "the end-to-end test target {END_TO_END_TARGET} ({}) is missing",
+        main.display()
+    );
+    Ok(())
 }

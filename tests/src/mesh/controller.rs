@@ -156,7 +156,7 @@ impl Controller {
 
     /// Its `/metrics`.
     pub fn metrics(&self) -> Result<scrape::Metrics> {
-        scrape::Metrics::scrape(self.admin)
+        scrape::metrics(self.admin)
     }
 }
 

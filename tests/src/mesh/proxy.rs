@@ -146,7 +146,7 @@ impl MeshProxy {
 
     /// Its `/metrics`.
     pub fn metrics(&self) -> Result<scrape::Metrics> {
-        scrape::Metrics::scrape(self.admin)
+        scrape::metrics(self.admin)
     }
 
     /// SIGKILL, and waits until it is gone.

@@ -1,0 +1,171 @@
+//! Shared pieces of the agent's privileged tests, on the end-to-end
+//! harness's environment (`conduit-tests`): its privilege rule (root, cgroup
+//! v2, the bpf syscall; skip visibly, fail under
+//! `CONDUIT_REQUIRE_PRIVILEGED=1`), its names (everything a test creates is
+//! named after the test, with `CONDUIT_TEST_PREFIX`), its cgroup v2 mount,
+//! test-support's `wait_until`; plus shell commands, the agent's status and
+//! a test pod's setup and teardown.
+#![allow(dead_code)]
+
+use conduit_tests::names::Names;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::Duration;
+
+/// The agent binary under test.
+pub const BIN: &str = env!("CARGO_BIN_EXE_conduit-ebpf");
+
+/// Whether the test can run (root, cgroup v2, the bpf syscall): the tests
+/// crate's rule, which prints `SKIPPED <test>: <reason>` past the capture
+/// otherwise, and panics instead under `CONDUIT_REQUIRE_PRIVILEGED=1`.
+pub fn privileged(test: &str) -> bool {
+    if !conduit_tests::privilege::check(test) {
+        return false;
+    }
+    ensure_bpffs();
+    true
+}
+
+static EXCLUSIVE: Mutex<()> = Mutex::new(());
+
+/// One agent test environment at a time in this binary: the modules' pods
+/// use fixed addresses (10.213.x), some of them the same, and before the
+/// tests became one binary each module ran in a process of its own, one
+/// after the other. Hold the guard for the environment's life.
+pub fn exclusive() -> MutexGuard<'static, ()> {
+    EXCLUSIVE.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Names of what one test creates, from the test's name (the tests crate's
+/// [`Names`]): network namespaces `ct-<test>-<pod>`, veths `cv<tag>x<n>h` /
+/// `...p`, the cgroup `conduit-tests/<test>`, pins
+/// `/sys/fs/bpf/conduit-tests-<test>` and the run directory
+/// `/run/conduit-tests/<test>`.
+#[derive(Debug, Clone)]
+pub struct TestNames(Names);
+
+impl TestNames {
+    /// Names for the test `test` (pass `conduit_tests::test_name!()`).
+    pub fn new(test: &str) -> Self {
+        TestNames(Names::for_test(test))
+    }
+
+    /// The network namespace of pod `pod`.
+    pub fn netns(&self, pod: &str) -> String {
+        self.0.netns(pod)
+    }
+
+    /// The veth pair of pod number `i` (without the `h`/`p` suffix).
+    pub fn veth(&self, i: usize) -> String {
+        self.0.host_veth(i)
+    }
+
+    /// The test's cgroup (absolute).
+    pub fn cgroup(&self) -> PathBuf {
+        cgroup2_mount().join(self.0.cgroup())
+    }
+
+    /// The agent's pin directory.
+    pub fn pin_dir(&self) -> PathBuf {
+        self.0.pin_dir()
+    }
+
+    /// The test's run directory (agent socket).
+    pub fn run_dir(&self) -> PathBuf {
+        self.0.run_dir()
+    }
+}
+
+/// Mounts bpffs at /sys/fs/bpf in this (the node's) mount namespace when it
+/// is not there yet. Some tests run the agent in a mount namespace of its
+/// own, where the agent's own mount would stay invisible to `status` run
+/// from here (on a fresh machine nothing has mounted it before).
+fn ensure_bpffs() {
+    let mounted = std::fs::read_to_string("/proc/self/mountinfo").is_ok_and(|m| {
+        m.lines()
+            .any(|l| l.contains(" /sys/fs/bpf ") && l.contains(" - bpf "))
+    });
+    if !mounted {
+        sh("mkdir -p /sys/fs/bpf && mount -t bpf bpf /sys/fs/bpf");
+    }
+}
+
+pub fn sh(cmd: &str) {
+    let st = Command::new("sh").arg("-c").arg(cmd).status().expect("sh");
+    assert!(st.success(), "command failed: {cmd}");
+}
+
+/// The cgroup v2 mount (the tests crate's detection).
+pub fn cgroup2_mount() -> PathBuf {
+    conduit_tests::cgroup::cgroup2_mount().expect("cgroup v2 mount")
+}
+
+/// Waits at most 15 s until `cond` holds (test-support's `wait_until`);
+/// panics naming `what` otherwise.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    conduit_test_support::wait_until(what, Duration::from_secs(15), || {
+        anyhow::ensure!(cond(), "not yet");
+        Ok(())
+    })
+    .unwrap();
+}
+
+/// `status --json` of the agent whose maps are pinned in `pin_dir`.
+pub fn agent_status(pin_dir: &Path) -> serde_json::Value {
+    let out = Command::new(BIN)
+        .args(["status", "--json", "--pin-dir"])
+        .arg(pin_dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "status failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+/// Sets up a test pod: network namespace `ns` joined to the host by the veth
+/// pair `{veth}h` (host, `host_ip`/24) and `{veth}p` (pod, `pod_ip`/24), and
+/// the cgroups `subs` under `cgroup`. [`teardown`] undoes it.
+pub fn setup_pod(ns: &str, veth: &str, host_ip: &str, pod_ip: &str, cgroup: &Path, subs: &[&str]) {
+    let v = veth;
+    // Leftovers of a killed run of the same test (the names are the test's).
+    let _ = Command::new("ip")
+        .args(["netns", "del", ns])
+        .stderr(Stdio::null())
+        .status();
+    let _ = Command::new("ip")
+        .args(["link", "del", &format!("{v}h")])
+        .stderr(Stdio::null())
+        .status();
+    sh(&format!(
+        "ip netns add {ns} && ip link add {v}h type veth peer name {v}p && ip link set {v}p netns {ns} \
+         && ip addr add {host_ip}/24 dev {v}h && ip link set {v}h up \
+         && ip -n {ns} addr add {pod_ip}/24 dev {v}p && ip -n {ns} link set {v}p up && ip -n {ns} link set lo up"
+    ));
+    for sub in subs {
+        std::fs::create_dir_all(cgroup.join(sub)).unwrap();
+    }
+}
+
+/// Best-effort teardown of a test pod: the agent's `cleanup` of `pin_dir`
+/// and `socket`, the network namespace `ns`, the host end `{veth}h` and the
+/// cgroups `subs` under `cgroup` (in that order, so list children first).
+pub fn teardown(pin_dir: &Path, socket: &Path, ns: &str, veth: &str, cgroup: &Path, subs: &[&str]) {
+    let _ = Command::new(BIN)
+        .args(["cleanup", "--pin-dir"])
+        .arg(pin_dir)
+        .arg("--socket")
+        .arg(socket)
+        .output();
+    let _ = Command::new("ip").args(["netns", "del", ns]).status();
+    let _ = Command::new("ip")
+        .args(["link", "del", &format!("{veth}h")])
+        .stderr(Stdio::null())
+        .status();
+    for sub in subs {
+        let _ = std::fs::remove_dir(cgroup.join(sub));
+    }
+}
