@@ -419,4 +419,50 @@ mod tests {
             "{out}"
         );
     }
+
+    /// The per-connection handles count into the same series a lookup per
+    /// request did, a label set appears only once counted, and peers beyond
+    /// the per-connection list are still counted.
+    #[test]
+    fn connection_handles_count_into_the_families() {
+        let mut reg = Registry::default();
+        let m = Metrics::new(&mut reg, 100);
+        let c = ConnHttpMetrics::new(&m, Direction::Outbound, "web:80");
+        c.request();
+        c.request();
+        let ms = std::time::Duration::from_millis(1);
+        c.response(Some("spiffe://td/ns/a/sa/web"), 200, ms);
+        c.response(Some("spiffe://td/ns/a/sa/web"), 503, ms);
+        c.response(None, 200, ms);
+        c.retries(2);
+        for i in 0..MAX_PEERS_PER_CONN + 3 {
+            c.response(Some(&format!("spiffe://td/ns/a/sa/p{i}")), 404, ms);
+        }
+        let last = format!("spiffe://td/ns/a/sa/p{}", MAX_PEERS_PER_CONN + 2);
+        c.response(Some(&last), 404, ms);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        let has = |line: &str| assert!(out.contains(line), "missing {line}\n{out}");
+        has(r#"conduit_request_total{direction="outbound",dst="web:80"} 2"#);
+        has(r#"conduit_retry_total{direction="outbound",dst="web:80"} 2"#);
+        has(
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web",status_class="2xx"} 1"#,
+        );
+        has(
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web",status_class="5xx"} 1"#,
+        );
+        has(
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="none",status_class="2xx"} 1"#,
+        );
+        has(&format!(
+            r#"conduit_response_total{{direction="outbound",dst="web:80",peer_identity="{last}",status_class="4xx"}} 2"#
+        ));
+        has(
+            r#"conduit_response_latency_seconds_count{direction="outbound",dst="web:80",peer_identity="none"} 1"#,
+        );
+        assert!(
+            !out.contains(r#"peer_identity="none",status_class="5xx""#),
+            "{out}"
+        );
+    }
 }

@@ -213,15 +213,64 @@ mod tests {
     fn version_conversion_table() {
         let fallback: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
         let cases: &[(&str, &str, Option<&str>, Proto, &str, Option<&str>)] = &[
-            ("GET", "/a?b=1", Some("web:80"), Proto::Http2, "http://web:80/a?b=1", None),
+            (
+                "GET",
+                "/a?b=1",
+                Some("web:80"),
+                Proto::Http2,
+                "http://web:80/a?b=1",
+                None,
+            ),
             ("GET", "/", None, Proto::Http2, "http://10.0.0.1:80/", None),
-            ("GET", "https://api:443/x", Some("other"), Proto::Http2, "https://api:443/x", None),
-            ("GET", "http://api:8080", None, Proto::Http2, "http://api:8080/", None),
-            ("GET", "http://web:80/a?b=1", None, Proto::Http1, "/a?b=1", Some("web:80")),
-            ("GET", "http://web:80/a", Some("keep"), Proto::Http1, "/a", Some("keep")),
+            (
+                "GET",
+                "https://api:443/x",
+                Some("other"),
+                Proto::Http2,
+                "https://api:443/x",
+                None,
+            ),
+            (
+                "GET",
+                "http://api:8080",
+                None,
+                Proto::Http2,
+                "http://api:8080/",
+                None,
+            ),
+            (
+                "GET",
+                "http://web:80/a?b=1",
+                None,
+                Proto::Http1,
+                "/a?b=1",
+                Some("web:80"),
+            ),
+            (
+                "GET",
+                "http://web:80/a",
+                Some("keep"),
+                Proto::Http1,
+                "/a",
+                Some("keep"),
+            ),
             ("GET", "/p", None, Proto::Http1, "/p", Some("10.0.0.1:80")),
-            ("CONNECT", "db:5432", None, Proto::Http1, "db:5432", Some("db:5432")),
-            ("CONNECT", "/", Some("db:5432"), Proto::Http1, "db:5432", Some("db:5432")),
+            (
+                "CONNECT",
+                "db:5432",
+                None,
+                Proto::Http1,
+                "db:5432",
+                Some("db:5432"),
+            ),
+            (
+                "CONNECT",
+                "/",
+                Some("db:5432"),
+                Proto::Http1,
+                "db:5432",
+                Some("db:5432"),
+            ),
         ];
         for (method, uri, host, proto, want_uri, want_host) in cases {
             let mut b = Request::builder().method(*method).uri(*uri);
