@@ -212,7 +212,15 @@ mod tests {
     #[test]
     fn version_conversion_table() {
         let fallback: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
-        let cases: &[(&str, &str, Option<&str>, Proto, &str, Option<&str>)] = &[
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            Proto,
+            &'a str,
+            Option<&'a str>,
+        );
+        let cases: &[Case<'_>] = &[
             (
                 "GET",
                 "/a?b=1",
