@@ -1,5 +1,9 @@
-//! Pieces shared by the project's benchmark programs (`conduit-proxy-bench`,
-//! `conduit-mesh-bench`): an HTTP/1.1 and HTTP/2 load generator (open loop
+//! The project's benchmark programs and the pieces they share. The programs
+//! (`src/bin`, run by `cargo xtask bench`): `conduit-proxy-bench`,
+//! `conduit-controller-bench`, `conduit-tls-bench`, `conduit-mesh-bench` and
+//! `conduit-soak`; they depend on the production crates, never the reverse,
+//! so `conduit-proxy` and the others ship without the load generator or the
+//! plotting stack. The shared pieces: an HTTP/1.1 and HTTP/2 load generator (open loop
 //! at a fixed rate, timed from each request's scheduled send so stalls are
 //! not hidden, and closed loop for the maximum rate), a plain hyper server,
 //! percentile math, CPU and memory sampling of other processes from

@@ -2,7 +2,7 @@
 //! into a running controller.
 
 use crate::file::{FileBackend, Settings};
-use crate::identity::{Certifier, Issuer, TokenFileVerifier};
+use crate::identity::{Certifier, Issuer, TokenFileVerifier, TrustDomain};
 use crate::kubernetes::{KubernetesBackend, TokenReviewVerifier};
 use crate::metrics::Metrics;
 use crate::model::{DiscoveryBackend, TokenError, TokenVerifier};
@@ -70,7 +70,7 @@ pub struct ServeArgs {
     pub admin_addr: SocketAddr,
     /// SPIFFE trust domain of issued identities (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
     #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
+    pub trust_domain: TrustDomain,
     /// DNS suffix of service names (name.namespace.svc.<cluster-domain>).
     #[arg(long, default_value = "cluster.local")]
     pub cluster_domain: String,
@@ -157,6 +157,20 @@ impl TokenVerifier for Verifier {
             )),
         }
     }
+
+    async fn prove_workload(
+        &self,
+        token: &str,
+        claim: crate::policy::caller::Claim<'_>,
+    ) -> Result<crate::policy::caller::ProvenWorkload, crate::policy::caller::WorkloadError> {
+        match self {
+            Verifier::File(v) => v.prove_workload(token, claim).await,
+            Verifier::Kubernetes(v) => v.prove_workload(token, claim).await,
+            Verifier::Disabled => Err(crate::policy::caller::WorkloadError::Unavailable(
+                "no token verifier configured: start the controller with --token-file or --discovery kubernetes".into(),
+            )),
+        }
+    }
 }
 
 /// Runs the controller until SIGINT or SIGTERM.
@@ -168,7 +182,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
         Discovery::File(path) => FileBackend::start(
             path,
             Settings {
-                trust_domain: args.trust_domain.clone(),
+                trust_domain: args.trust_domain.to_string(),
                 cluster_domain: args.cluster_domain.clone(),
             },
             args.file_poll_interval,
@@ -180,7 +194,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             )?;
             let backend = KubernetesBackend::start(
                 client.clone(),
-                args.trust_domain.clone(),
+                args.trust_domain.to_string(),
                 args.cluster_domain.clone(),
             )?;
             kube_client = Some(client);
@@ -209,8 +223,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
     ));
     // Kept alive while the controller serves (dropping it stops its reflectors).
     let mut _kube_policy = None;
-    let td = conduit_proxy_tls::TrustDomain::new(&args.trust_domain)
-        .with_context(|| format!("--trust-domain {:?}", args.trust_domain))?;
+    let td = args.trust_domain.clone();
     let policy = match (&args.policy_file, &policy_client) {
         (Some(path), _) => {
             crate::policy::file::PolicyFile::start(path, Some(td), args.file_poll_interval)?
@@ -232,7 +245,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
             cluster_domain: args.cluster_domain.clone(),
             certifier,
             metrics,
-            grpc_tls: grpc_tls(&args),
+            grpc_tls: grpc_tls(&args)?,
         },
         policy,
     )
@@ -242,19 +255,19 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<()> {
 
 /// The identity served on the gRPC port over TLS, or `None` (with a loud
 /// warning) under `--insecure-plaintext-grpc`.
-pub fn grpc_tls(args: &ServeArgs) -> Option<String> {
+pub fn grpc_tls(args: &ServeArgs) -> anyhow::Result<Option<String>> {
     if args.insecure_plaintext_grpc {
         tracing::warn!(
             "INSECURE: --insecure-plaintext-grpc: gRPC is served in plaintext; proxies' service \
              account tokens and discovery answers can be read and forged on the network"
         );
-        return None;
+        return Ok(None);
     }
-    Some(crate::identity::spiffe_id(
-        &args.trust_domain,
-        &args.namespace,
-        &args.service_account,
-    ))
+    let id = crate::identity::spiffe_id(&args.trust_domain, &args.namespace, &args.service_account)
+        .context(
+            "the controller's own identity (--trust-domain, --namespace, --service-account)",
+        )?;
+    Ok(Some(id.to_string()))
 }
 
 /// The issuer from the flags (loaded, or generated with a warning), after
@@ -275,7 +288,7 @@ pub fn load_issuer(args: &ServeArgs) -> anyhow::Result<Issuer> {
         }
         _ => {
             let issuer = Issuer::generate(
-                &args.trust_domain,
+                args.trust_domain.as_str(),
                 SystemTime::now(),
                 args.generated_issuer_lifetime,
             )?;

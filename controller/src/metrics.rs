@@ -15,6 +15,7 @@ pub struct Metrics {
     certify: Family<Labels, Counter>,
     file_reloads: Family<Labels, Counter>,
     issuer_expiry: Gauge,
+    policy_watches: Family<Labels, Counter>,
 }
 
 impl Default for Metrics {
@@ -56,6 +57,12 @@ impl Metrics {
             "notAfter of the issuer certificate (unix seconds)",
             issuer_expiry.clone(),
         );
+        let policy_watches = Family::<Labels, Counter>::default();
+        registry.register(
+            "policy_watches",
+            "InboundPolicies.Watch calls by result (ok, or why the caller was refused)",
+            policy_watches.clone(),
+        );
         Metrics {
             registry,
             destination_streams,
@@ -63,6 +70,7 @@ impl Metrics {
             certify,
             file_reloads,
             issuer_expiry,
+            policy_watches,
         }
     }
 
@@ -78,6 +86,12 @@ impl Metrics {
 
     pub fn certify_result(&self, result: &'static str) {
         self.certify.get_or_create(&vec![("result", result)]).inc();
+    }
+
+    pub fn policy_watch(&self, result: &'static str) {
+        self.policy_watches
+            .get_or_create(&vec![("result", result)])
+            .inc();
     }
 
     pub fn file_reload(&self, ok: bool) {

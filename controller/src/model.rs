@@ -25,7 +25,7 @@ pub struct EndpointInfo {
     pub addr: SocketAddr,
     pub weight: u32,
     /// SPIFFE ID of the workload, when known.
-    pub identity: Option<String>,
+    pub identity: Option<conduit_identity::SpiffeId>,
     /// Set when the pod runs a conduit proxy: its inbound port.
     pub meshed_inbound_port: Option<u16>,
     pub labels: BTreeMap<String, String>,
@@ -77,6 +77,26 @@ pub trait TokenVerifier: Send + Sync + 'static {
         namespace: &str,
         service_account: &str,
     ) -> impl std::future::Future<Output = Result<(), TokenError>> + Send;
+
+    /// Which pod the bearer of `token` is, for `InboundPolicies.Watch`
+    /// ([`crate::policy::caller`]): the pod `claim` names if the token
+    /// proves it is the caller's, with the authority's labels. A verifier
+    /// that cannot tell refuses (fail closed).
+    fn prove_workload(
+        &self,
+        token: &str,
+        claim: crate::policy::caller::Claim<'_>,
+    ) -> impl std::future::Future<
+        Output = Result<
+            crate::policy::caller::ProvenWorkload,
+            crate::policy::caller::WorkloadError,
+        >,
+    > + Send {
+        let _ = (token, claim);
+        std::future::ready(Err(crate::policy::caller::WorkloadError::Unavailable(
+            "this token verifier cannot prove which pod a caller is".into(),
+        )))
+    }
 }
 
 /// Why a target string was not understood.

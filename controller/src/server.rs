@@ -89,7 +89,12 @@ pub async fn start_with_policy<V: TokenVerifier>(
         shutdown_rx.clone(),
     );
     let identity = IdentityService::new(cfg.certifier.clone(), cfg.metrics.clone());
-    let policy = PolicyService::new(policy, shutdown_rx.clone());
+    let policy = PolicyService::new(
+        policy,
+        cfg.certifier.clone(),
+        cfg.metrics.clone(),
+        shutdown_rx.clone(),
+    );
     let router = tonic::transport::Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))

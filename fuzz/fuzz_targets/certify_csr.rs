@@ -37,7 +37,7 @@ fn certifier() -> &'static Certifier<AnyToken> {
         Certifier::new(
             issuer,
             AnyToken,
-            "cluster.local".into(),
+            "cluster.local".parse().unwrap(),
             Duration::from_secs(86400),
         )
     })

@@ -8,7 +8,7 @@ use crate::spec::{
     Action, AuthorizationSpec, ClientsSpec, DefaultPolicy, HttpMatchSpec, InboundSpec,
     ServerProtocol,
 };
-use conduit_proxy_tls::{SpiffeId, TrustDomain};
+use conduit_identity::{SpiffeId, TrustDomain};
 use http::{HeaderName, HeaderValue, Method};
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
@@ -122,6 +122,8 @@ pub struct Plugin {
     pub failure: crate::spec::FailureMode,
     pub headers: Vec<HeaderName>,
     pub max_in_flight: usize,
+    /// Meshed plugin: reached over mTLS, this identity required.
+    pub identity: Option<SpiffeId>,
 }
 
 /// Most plugins in one policy.
@@ -245,9 +247,17 @@ impl Policy {
                     )
                 })?);
             }
+            let identity = match &p.identity {
+                None => None,
+                Some(id) => Some(
+                    SpiffeId::parse(id)
+                        .map_err(|e| err(format!("{at}.identity"), e.to_string()))?,
+                ),
+            };
             plugins.push(Plugin {
                 name: p.name.as_str().into(),
                 address,
+                identity,
                 timeout: std::time::Duration::from_millis(p.timeout_ms.into()),
                 failure: p.failure,
                 headers,

@@ -85,6 +85,10 @@ pub struct AuthorizationPluginSpec {
     pub headers: Vec<String>,
     #[serde(default = "default_in_flight")]
     pub max_in_flight: u32,
+    /// The plugin is meshed: its SPIFFE ID (reached over mTLS, this
+    /// identity required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 fn default_timeout() -> u32 {
@@ -136,6 +140,7 @@ pub fn resources(
                         failure: p.spec.failure,
                         headers: p.spec.headers.clone(),
                         max_in_flight: p.spec.max_in_flight,
+                        identity: p.spec.identity.clone(),
                     },
                 })
             })
@@ -187,18 +192,19 @@ pub fn resources(
 }
 
 /// The three CRDs as one YAML document stream (what manifests/ holds).
-pub fn crd_yaml() -> Result<String, serde_yaml::Error> {
+pub fn crd_yaml() -> Result<String, serde_norway::Error> {
     let mut out = String::from(
         "# Generated from policy/src/crd.rs; do not edit. Regenerate with\n\
-         # CONDUIT_UPDATE_CRDS=1 cargo test --workspace --test policy_backends crd\n",
+         # CONDUIT_UPDATE_CRDS=1 cargo test --workspace --test it crd_manifests\n",
     );
     for crd in [
         Server::crd(),
         AuthorizationPolicy::crd(),
         InboundDefault::crd(),
+        AuthorizationPlugin::crd(),
     ] {
         out.push_str("---\n");
-        out.push_str(&serde_yaml::to_string(&crd)?);
+        out.push_str(&serde_norway::to_string(&crd)?);
     }
     Ok(out)
 }

@@ -17,6 +17,7 @@ pub mod matcher;
 pub mod proto;
 pub mod resources;
 pub mod spec;
+pub mod yaml;
 
 pub use cidr::Cidr;
 pub use compile::{CompileError, Context, Policy, Server, Slot};

@@ -2,7 +2,7 @@
 //! request and never allocates.
 
 use crate::cidr::Cidr;
-use conduit_proxy_tls::{SpiffeId, TrustDomain};
+use conduit_identity::{SpiffeId, TrustDomain};
 use http::{HeaderMap, HeaderName, HeaderValue, Method};
 use std::net::IpAddr;
 

@@ -72,6 +72,7 @@ impl From<&InboundSpec> for pb::InboundPolicy {
                     }) as i32,
                     headers: p.headers.clone(),
                     max_in_flight: p.max_in_flight,
+                    identity: p.identity.clone().unwrap_or_default(),
                 })
                 .collect(),
         }
@@ -230,6 +231,7 @@ impl TryFrom<pb::InboundPolicy> for InboundSpec {
                 failure,
                 headers: q.headers,
                 max_in_flight: q.max_in_flight,
+                identity: Some(q.identity).filter(|i| !i.is_empty()),
             });
         }
         Ok(InboundSpec {
@@ -247,7 +249,7 @@ mod tests {
 
     #[test]
     fn round_trips_through_the_wire() {
-        let spec: InboundSpec = serde_yaml::from_str(
+        let spec: InboundSpec = crate::yaml::from_str(
             r#"
 defaultPolicy: cluster-authenticated
 servers:
@@ -266,6 +268,7 @@ authorizations:
   - {name: p, plugin: ext}
 plugins:
   - {name: ext, address: "10.0.0.1:9000", timeoutMs: 100, failure: open, headers: [x-a], maxInFlight: 5}
+  - {name: meshed, address: "10.0.0.2:9000", identity: "spiffe://td/ns/a/sa/plugin"}
 "#,
         )
         .unwrap();

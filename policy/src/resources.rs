@@ -194,7 +194,7 @@ impl Resources {
     pub fn validate(&self, ctx: &Context) -> Result<(), CompileError> {
         let err = |at: String, message: String| CompileError { at, message };
         let check_ns = |at: &str, ns: &str| {
-            conduit_proxy_tls::SpiffeId::new("td", ns, "x")
+            conduit_identity::SpiffeId::new("td", ns, "x")
                 .map(|_| ())
                 .map_err(|e| err(format!("{at}.namespace"), e.to_string()))
         };
@@ -349,7 +349,7 @@ authorizations:
 
     #[test]
     fn resolves_per_workload() {
-        let r: Resources = serde_yaml::from_str(SHOP).unwrap();
+        let r: Resources = crate::yaml::from_str(SHOP).unwrap();
         let (web, conflicts) = r.resolve("shop", &labels(&[("app", "web")]));
         assert_eq!(web.default_policy, Some(DefaultPolicy::Audit));
         assert_eq!(web.servers.len(), 1);
@@ -413,7 +413,7 @@ authorizations:
             ),
         ];
         for (yaml, at) in cases {
-            let r: Resources = serde_yaml::from_str(yaml).unwrap();
+            let r: Resources = crate::yaml::from_str(yaml).unwrap();
             let e = r.validate(&ctx).unwrap_err();
             assert_eq!(e.at, *at, "{yaml}: {e}");
         }

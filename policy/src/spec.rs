@@ -140,6 +140,10 @@ pub struct PluginSpec {
     /// Calls in flight at most; beyond, the failure mode applies.
     #[serde(default = "default_plugin_in_flight")]
     pub max_in_flight: u32,
+    /// The plugin is meshed: its SPIFFE ID. The proxy then reaches it over
+    /// mTLS, presenting its own certificate and requiring exactly this one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<String>,
 }
 
 fn default_plugin_timeout() -> u32 {

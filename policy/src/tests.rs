@@ -2,7 +2,7 @@
 //! cases, each with the verdict and the rule it must be attributed to.
 
 use crate::*;
-use conduit_proxy_tls::{SpiffeId, TrustDomain};
+use conduit_identity::{SpiffeId, TrustDomain};
 use http::{HeaderMap, Method};
 use std::net::IpAddr;
 
@@ -16,7 +16,7 @@ fn ctx(default: DefaultPolicy) -> Context {
 }
 
 fn compile(yaml: &str, default: DefaultPolicy) -> Policy {
-    let spec: InboundSpec = serde_yaml::from_str(yaml).unwrap();
+    let spec: InboundSpec = crate::yaml::from_str(yaml).unwrap();
     Policy::compile(&spec, &ctx(default)).unwrap()
 }
 
@@ -461,9 +461,13 @@ fn bad_policies_name_the_place() {
             "authorizations: [{name: x, http: [{headers: [{name: \"bad name\"}]}]}]",
             "authorizations[0] (x).http[0].headers[0].name",
         ),
+        (
+            "plugins: [{name: p, address: \"10.0.0.1:9\", identity: \"not-spiffe\"}]",
+            "plugins[0] (p).identity",
+        ),
     ];
     for (yaml, at) in cases {
-        let spec: InboundSpec = serde_yaml::from_str(yaml).unwrap();
+        let spec: InboundSpec = crate::yaml::from_str(yaml).unwrap();
         let e = Policy::compile(&spec, &ctx(DefaultPolicy::Deny)).unwrap_err();
         assert_eq!(e.at, *at, "{yaml}: {e}");
     }

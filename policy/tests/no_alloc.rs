@@ -3,8 +3,8 @@
 //! policy decides connections and requests.
 #![allow(unsafe_code)]
 
+use conduit_identity::{SpiffeId, TrustDomain};
 use conduit_policy::{Client, Context, DefaultPolicy, InboundSpec, Policy, Request, Verdict};
-use conduit_proxy_tls::{SpiffeId, TrustDomain};
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::cell::Cell;
 
@@ -51,7 +51,7 @@ fn an_allowed_request_allocates_nothing() {
         ));
     }
     yaml.push_str("  - {name: frontend, servers: [web], from: {serviceAccounts: [frontend]}, http: [{methods: [GET], path: {prefix: /api/}}]}\n");
-    let spec: InboundSpec = serde_yaml::from_str(&yaml).unwrap();
+    let spec: InboundSpec = conduit_policy::yaml::from_str(&yaml).unwrap();
     let ctx = Context {
         namespace: "shop".into(),
         trust_domain: Some(TrustDomain::new("cluster.local").unwrap()),

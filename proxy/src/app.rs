@@ -6,9 +6,8 @@ use crate::balance::{BalanceConfig, Balancers, EndpointGauges, RequestPolicy};
 use crate::config::Config;
 use crate::ctx::Shared;
 use crate::discovery::ControllerDiscovery;
-use crate::discovery::{Discover, Resolution, StaticDiscovery};
+use crate::discovery::{Discover, Resolution, StaticDiscovery, Watch};
 use crate::http::client::{Client, ClientSettings};
-use crate::inbound_target::InboundPorts;
 use crate::listen::{self, Handler};
 use crate::metrics::{Direction, Metrics};
 use crate::orig_dst::{LocalAddr, OrigDst, SoOriginalDst};
@@ -37,7 +36,13 @@ pub const DISCOVERY_ANSWER_WAIT: Duration = Duration::from_secs(3);
 pub struct NoDiscovery;
 
 impl Discover for NoDiscovery {
-    fn resolve(&self, _orig_dst: SocketAddr) -> Resolution {
+    fn watch(&self, _orig_dst: SocketAddr) -> Box<dyn Watch> {
+        Box::new(NoDiscovery)
+    }
+}
+
+impl Watch for NoDiscovery {
+    fn resolution(&self) -> Resolution {
         Resolution::Unknown
     }
 }
@@ -155,167 +160,39 @@ impl Running {
     }
 }
 
-fn bind_all(addrs: &[SocketAddr], what: &str) -> anyhow::Result<Vec<TcpListener>> {
-    let mut out = Vec::new();
-    for a in addrs {
-        match listen::bind(*a) {
-            Ok(l) => out.push(l),
-            // IPv6 may be missing in a pod; the IPv4 listener is enough.
-            Err(e) if a.is_ipv6() && addrs.len() > 1 => {
-                warn!("{what} listener {a} not bound (IPv6 unavailable?): {e}")
-            }
-            Err(e) => return Err(e).with_context(|| format!("binding the {what} listener on {a}")),
-        }
-    }
-    Ok(out)
-}
-
-/// The inbound listeners. `0.0.0.0:P` and `[::]:P` together become one
-/// dual-stack `[::]:P` socket, first in the list: the node agent's
-/// sk_lookup steers a pod's inbound connections, IPv4 and IPv6, to the one
-/// listener the proxy registers, and a socket takes only the families it
-/// is bound for. Without IPv6 in the pod, the IPv4 socket alone.
-fn bind_inbound(addrs: &[SocketAddr]) -> anyhow::Result<Vec<TcpListener>> {
-    let wildcard_pair = addrs.iter().find_map(|a| {
-        let v4 = SocketAddr::from(([0, 0, 0, 0], a.port()));
-        let v6 = SocketAddr::from((std::net::Ipv6Addr::UNSPECIFIED, a.port()));
-        (addrs.contains(&v4) && addrs.contains(&v6)).then_some((v4, v6))
-    });
-    let Some((v4, v6)) = wildcard_pair else {
-        return bind_all(addrs, "inbound");
-    };
-    match listen::bind_dual_stack(v4.port()) {
-        Ok(dual) => {
-            let rest: Vec<SocketAddr> = addrs
-                .iter()
-                .copied()
-                .filter(|a| *a != v4 && *a != v6)
-                .collect();
-            let mut out = vec![dual];
-            out.extend(bind_all(&rest, "inbound")?);
-            Ok(out)
-        }
-        Err(e) => {
-            warn!("inbound listener {v6} (dual-stack) not bound (IPv6 unavailable?): {e}");
-            let rest: Vec<SocketAddr> = addrs.iter().copied().filter(|a| *a != v6).collect();
-            bind_all(&rest, "inbound")
-        }
-    }
-}
-
-fn addrs(ls: &[TcpListener]) -> Vec<SocketAddr> {
-    ls.iter().filter_map(|l| l.local_addr().ok()).collect()
-}
-
-/// The inbound decision's ports: every port the proxy listens on, the
-/// skipped ones, and the loopback opt-ins.
-fn inbound_ports(cfg: &Config, listening: &[SocketAddr]) -> InboundPorts {
-    InboundPorts {
-        proxy: listening.iter().map(|a| a.port()).collect(),
-        skipped: cfg.skip_inbound_ports.iter().copied().collect(),
-        loopback: cfg.inbound_loopback_ports.iter().copied().collect(),
-    }
-}
-
+/// Starts a proxy: binds its listeners, builds the shared state, spawns the
+/// accept loops, the admin and operator servers and the sweeper, and
+/// returns once it is listening (and ready).
 pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
     crate::control::check_addr(cfg.control_addr).map_err(anyhow::Error::msg)?;
-    let outbound = bind_all(&cfg.outbound_addrs, "outbound")?;
-    let inbound = bind_inbound(&cfg.inbound_addrs)?;
-    let admin_listener = listen::bind(cfg.admin_addr)
-        .with_context(|| format!("binding the admin listener on {}", cfg.admin_addr))?;
-    let control_listener = listen::bind(cfg.control_addr)
-        .with_context(|| format!("binding the operator listener on {}", cfg.control_addr))?;
-    let (outbound_addrs, inbound_addrs) = (addrs(&outbound), addrs(&inbound));
-    let admin_addr = admin_listener.local_addr()?;
-    let control_addr = control_listener.local_addr()?;
-    // The agent's capture leaves the operator port alone (as it does the
-    // ports it knows as the proxy's): another pod dialling pod-ip:4190 is
-    // never steered to the proxy.
-    if !cfg.skip_inbound_ports.contains(&control_addr.port()) {
-        cfg.skip_inbound_ports.push(control_addr.port());
-    }
-    let listening: Vec<SocketAddr> = outbound_addrs
-        .iter()
-        .chain(&inbound_addrs)
-        .chain([&admin_addr, &control_addr])
-        .copied()
-        .collect();
-    let inbound_ports = inbound_ports(&cfg, &listening);
-
+    let listeners = listen::Listeners::bind(&mut cfg)?;
     let mut registry = Registry::default();
     let metrics = Metrics::new(&mut registry, cfg.max_dst_labels);
-    let inbound_policy = crate::policy::PolicyStore::new(
-        crate::policy::context(&cfg).context("the inbound policy's context")?,
+    let inbound_policy = inbound_policy(
+        &cfg,
+        deps.controller.clone(),
+        deps.credentials.as_ref(),
         &mut registry,
-    );
-    if let Some(path) = &cfg.inbound_policy_file {
-        crate::policy::file::start(inbound_policy.clone(), path.clone(), cfg.discovery_reload)?;
-    } else if let Some(channel) = deps.controller.clone() {
-        let labels = crate::policy::controller::parse_labels(&cfg.pod_labels)
-            .map_err(|e| anyhow::anyhow!("bad --pod-labels: {e}"))?;
-        crate::policy::controller::spawn(
-            &inbound_policy,
-            channel,
-            conduit_controller_api::policy::v1::Workload {
-                namespace: cfg.pod_namespace.clone(),
-                pod: cfg.pod_name.clone(),
-                labels,
-            },
-        );
-    }
+    )?;
     // `shutdown` asks for a drain (signal, POST /shutdown); `stop` is
     // cancelled by the drain once the agent no longer steers to us, and
     // stops the accept loops and the HTTP connections (see `drain`).
     let shutdown = CancellationToken::new();
     let stop = CancellationToken::new();
-    // Every upstream connection goes through the guard: refused when it
-    // would reach a meshed peer without mTLS, counted when plaintext.
-    let connector: Arc<dyn Connector> = Arc::new(crate::transport::guard::Guarded::new(
-        deps.connector,
-        deps.credentials.is_some(),
-        metrics.outbound_plaintext.clone(),
-        metrics.outbound_refused.clone(),
-    ));
-    let client = Client::new(
-        connector,
-        ClientSettings {
-            idle_timeout: cfg.pool_idle_timeout,
-            max_idle_per_upstream: 64,
-            max_header_bytes: cfg.max_header_bytes,
-        },
-    );
+    let client = client(&cfg, deps.connector, deps.credentials.is_some(), &metrics);
     let registration = crate::register::start(
         &cfg,
-        inbound.first(),
-        outbound_addrs.first().map_or(0, |a| a.port()),
-        admin_addr.port(),
+        listeners.inbound.first(),
+        listeners.outbound_addrs.first().map_or(0, |a| a.port()),
+        listeners.admin_addr.port(),
         &mut registry,
         deps.credentials.clone(),
     )?;
-    let policy = RequestPolicy {
-        timeout: cfg.request_timeout,
-        try_timeout: cfg.request_try_timeout,
-        max_attempts: cfg.max_attempts.max(1),
-        // Each destination's own retry budget: one failing service cannot
-        // use up the retries of the others.
-        budget: None,
-    };
-    let balancers = Arc::new(Balancers::new(
-        deps.discover,
-        BalanceConfig {
-            endpoint_wait: cfg.connect_timeout,
-            ..BalanceConfig::default()
-        },
-    ));
-    registry
-        .sub_registry_with_prefix("conduit")
-        .register_collector(Box::new(EndpointGauges::new(
-            balancers.clone(),
-            metrics.dst_labels.clone(),
-        )));
+    let balancers = balancers(&cfg, deps.discover, &metrics, &mut registry);
     let observe = crate::tap::Observe::new(
         &mut registry,
         cfg.access_log.map(crate::access_log::AccessLog::new),
+        deps.credentials.as_ref().map(|c| c.identity().to_string()),
     );
     let admin = Arc::new(Admin {
         registry,
@@ -326,14 +203,14 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         agent_registered: registration.as_ref().map(|r| r.registered.clone()),
     });
     let shared = Arc::new(Shared {
+        policy: request_policy(&cfg),
+        inbound_ports: listeners.inbound_ports(&cfg),
         cfg,
         metrics,
         client,
         balancers,
-        policy,
         outbound_orig_dst: deps.outbound_orig_dst,
         inbound_orig_dst: deps.inbound_orig_dst,
-        inbound_ports,
         acceptor: deps.acceptor,
         mtls: deps.credentials.is_some(),
         observe: observe.clone(),
@@ -342,58 +219,27 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         tracker: TaskTracker::new(),
     });
 
-    let out_handler: Handler = |s, t, c, l, a| crate::outbound::handle(s, t, c, l, a).boxed();
-    let in_handler: Handler = |s, t, c, l, a| crate::inbound::handle(s, t, c, l, a).boxed();
-    // One connection limit per direction, shared by its listeners.
-    for (listeners, direction, handler) in [
-        (outbound, Direction::Outbound, out_handler),
-        (inbound, Direction::Inbound, in_handler),
-    ] {
-        let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
-        for l in listeners {
-            tokio::spawn(listen::accept_loop(
-                shared.clone(),
-                l,
-                direction,
-                limit.clone(),
-                handler,
-            ));
-        }
-    }
+    let listen::Listeners {
+        outbound,
+        inbound,
+        admin: admin_listener,
+        control: control_listener,
+        outbound_addrs,
+        inbound_addrs,
+        admin_addr,
+        control_addr,
+    } = listeners;
+    spawn_accept_loops(&shared, outbound, inbound);
     let admin_stop = CancellationToken::new();
-    tokio::spawn(admin::serve(
-        admin.clone(),
+    spawn_operator_servers(
+        &shared,
+        &admin,
+        &observe,
         admin_listener,
-        admin_stop.clone(),
-    ));
-    let credential = match &shared.cfg.control_token_file {
-        Some(path) => crate::control::Credential::TokenFile(path.clone()),
-        None => crate::control::Credential::LoopbackOnly,
-    };
-    tokio::spawn(crate::control::serve(
-        admin.clone(),
-        credential,
-        observe.hub.clone(),
         control_listener,
-        admin_stop.clone(),
-    ));
-    let sweeper = {
-        let shared = shared.clone();
-        tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(std::time::Duration::from_secs(10)).await;
-                shared.client.sweep();
-                if let Some(r) = crate::memory::reclaim(crate::memory::DEFAULT_THRESHOLD) {
-                    debug!(
-                        free_before = r.free_before,
-                        rss_before = ?r.rss_before,
-                        rss_after = ?r.rss_after,
-                        "returned free heap memory to the kernel"
-                    );
-                }
-            }
-        })
-    };
+        &admin_stop,
+    );
+    let sweeper = spawn_sweeper(shared.clone());
     admin.ready.store(true, Ordering::Relaxed);
     info!(outbound = ?outbound_addrs, inbound = ?inbound_addrs, admin = %admin_addr, control = %control_addr, "conduit-proxy listening");
 
@@ -411,6 +257,165 @@ pub async fn start(mut cfg: Config, deps: Deps) -> anyhow::Result<Running> {
         control_addr,
         shutdown,
         done,
+    })
+}
+
+/// The inbound authorization policy: from `--inbound-policy-file`, else
+/// from the controller, else the configured default.
+fn inbound_policy(
+    cfg: &Config,
+    controller: Option<tonic::transport::Channel>,
+    credentials: Option<&Credentials>,
+    registry: &mut Registry,
+) -> anyhow::Result<Arc<crate::policy::PolicyStore>> {
+    let inbound_policy = crate::policy::PolicyStore::new(
+        crate::policy::context(cfg).context("the inbound policy's context")?,
+        registry,
+    );
+    // Plugins the policy names with an identity are reached over mTLS.
+    if let Some(c) = credentials {
+        inbound_policy.plugins.set_credentials(c.clone());
+    }
+    if let Some(path) = &cfg.inbound_policy_file {
+        crate::policy::file::start(inbound_policy.clone(), path.clone(), cfg.discovery_reload)?;
+    } else if let Some(channel) = controller {
+        let labels = crate::policy::controller::parse_labels(&cfg.pod_labels)
+            .map_err(|e| anyhow::anyhow!("bad --pod-labels: {e}"))?;
+        crate::policy::controller::spawn(
+            &inbound_policy,
+            channel,
+            conduit_controller_api::policy::v1::Workload {
+                namespace: cfg.pod_namespace.clone(),
+                pod: cfg.pod_name.clone(),
+                labels,
+            },
+            cfg.identity_token_file.clone(),
+        );
+    }
+    Ok(inbound_policy)
+}
+
+/// The upstream HTTP client. Every upstream connection goes through the
+/// guard: refused when it would reach a meshed peer without mTLS, counted
+/// when plaintext.
+fn client(
+    cfg: &Config,
+    connector: Arc<dyn Connector>,
+    local_identity: bool,
+    metrics: &Metrics,
+) -> Client {
+    let connector: Arc<dyn Connector> = Arc::new(crate::transport::guard::Guarded::new(
+        connector,
+        local_identity,
+        metrics.outbound_plaintext.clone(),
+        metrics.outbound_refused.clone(),
+    ));
+    Client::new(
+        connector,
+        ClientSettings {
+            idle_timeout: cfg.pool_idle_timeout,
+            max_idle_per_upstream: 64,
+            max_header_bytes: cfg.max_header_bytes,
+        },
+    )
+}
+
+/// Per-request timeouts and retries for discovered destinations.
+fn request_policy(cfg: &Config) -> RequestPolicy {
+    RequestPolicy {
+        timeout: cfg.request_timeout,
+        try_timeout: cfg.request_try_timeout,
+        max_attempts: cfg.max_attempts.max(1),
+        // Each destination's own retry budget: one failing service cannot
+        // use up the retries of the others.
+        budget: None,
+    }
+}
+
+/// The per-destination cache over discovery, and its endpoint gauges.
+fn balancers(
+    cfg: &Config,
+    discover: Arc<dyn Discover>,
+    metrics: &Metrics,
+    registry: &mut Registry,
+) -> Arc<Balancers> {
+    let balancers = Arc::new(Balancers::new(
+        discover,
+        BalanceConfig {
+            endpoint_wait: cfg.connect_timeout,
+            ..BalanceConfig::default()
+        },
+    ));
+    registry
+        .sub_registry_with_prefix("conduit")
+        .register_collector(Box::new(EndpointGauges::new(
+            balancers.clone(),
+            metrics.dst_labels.clone(),
+        )));
+    balancers
+}
+
+/// The accept loops, with one connection limit per direction shared by its
+/// listeners.
+fn spawn_accept_loops(shared: &Arc<Shared>, outbound: Vec<TcpListener>, inbound: Vec<TcpListener>) {
+    let out_handler: Handler = |s, t, c, l, a| crate::outbound::handle(s, t, c, l, a).boxed();
+    let in_handler: Handler = |s, t, c, l, a| crate::inbound::handle(s, t, c, l, a).boxed();
+    for (listeners, direction, handler) in [
+        (outbound, Direction::Outbound, out_handler),
+        (inbound, Direction::Inbound, in_handler),
+    ] {
+        let limit = Arc::new(Semaphore::new(shared.cfg.max_connections));
+        for l in listeners {
+            tokio::spawn(listen::accept_loop(
+                shared.clone(),
+                l,
+                direction,
+                limit.clone(),
+                handler,
+            ));
+        }
+    }
+}
+
+/// The admin server and the operator listener (`POST /shutdown`, tap),
+/// both stopped by `stop`.
+fn spawn_operator_servers(
+    shared: &Shared,
+    admin: &Arc<Admin>,
+    observe: &crate::tap::Observe,
+    admin_listener: TcpListener,
+    control_listener: TcpListener,
+    stop: &CancellationToken,
+) {
+    tokio::spawn(admin::serve(admin.clone(), admin_listener, stop.clone()));
+    let credential = match &shared.cfg.control_token_file {
+        Some(path) => crate::control::Credential::TokenFile(path.clone()),
+        None => crate::control::Credential::LoopbackOnly,
+    };
+    tokio::spawn(crate::control::serve(
+        admin.clone(),
+        credential,
+        observe.hub.clone(),
+        control_listener,
+        stop.clone(),
+    ));
+}
+
+/// Every 10 s: idle pooled connections closed, free heap returned.
+fn spawn_sweeper(shared: Arc<Shared>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        loop {
+            tokio::time::sleep(std::time::Duration::from_secs(10)).await;
+            shared.client.sweep();
+            if let Some(r) = crate::memory::reclaim(crate::memory::DEFAULT_THRESHOLD) {
+                debug!(
+                    free_before = r.free_before,
+                    rss_before = ?r.rss_before,
+                    rss_after = ?r.rss_after,
+                    "returned free heap memory to the kernel"
+                );
+            }
+        }
     })
 }
 

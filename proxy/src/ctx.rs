@@ -51,10 +51,9 @@ pub struct ConnCtx {
     pub source_proto: Proto,
     /// The connection comes from a peer proxy (transport header seen).
     pub from_peer: bool,
-    /// The peer's verified identity, once there is mTLS.
-    pub peer_identity: Option<String>,
-    /// The same identity parsed, once per connection, for the inbound policy.
-    pub peer_id: Option<conduit_proxy_tls::SpiffeId>,
+    /// The peer's verified identity (from its certificate, parsed once by
+    /// the mTLS acceptor), once there is mTLS.
+    pub peer_identity: Option<conduit_proxy_tls::SpiffeId>,
     /// Bytes and last activity on the accepted connection.
     pub activity: Arc<Activity>,
     /// Tunnels (Upgrade, CONNECT) made from this connection: the connection

@@ -1,12 +1,13 @@
 //! The shared middle of both paths: given an accepted connection and its
 //! route, detect the protocol (unless the port is configured opaque) and
-//! hand it to HTTP or opaque TCP.
+//! hand it to HTTP or opaque TCP (as [`protocol::for_detected`] maps it).
 
 use crate::ctx::{ConnCtx, Shared};
 use crate::detect::{self, Detected};
-use crate::http::{self, Proto};
+use crate::http;
 use crate::io::{Io, PrefixedIo};
 use crate::metrics::DetectLabels;
+use crate::protocol::{self, Serve};
 use std::sync::Arc;
 use tracing::{debug, info};
 
@@ -42,14 +43,6 @@ pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: i
     count(detected.label());
     let io = PrefixedIo::new(prefix, io);
     match detected {
-        Detected::Http1 | Detected::Http2 => {
-            conn.source_proto = if detected == Detected::Http1 {
-                Proto::Http1
-            } else {
-                Proto::Http2
-            };
-            http::server::serve(shared.clone(), Arc::new(conn), io).await
-        }
         Detected::Closed => {
             debug!(direction, client = %conn.client_addr, "client closed before sending anything")
         }
@@ -61,8 +54,15 @@ pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: i
         Detected::Timeout => {
             info!(direction, client = %conn.client_addr, dst = %conn.dst_label,
                 "no bytes from client within {:?}: forwarding as opaque (server speaks first?)", shared.cfg.detect_timeout);
-            crate::tcp::forward(&shared, &conn, io).await
         }
-        Detected::Tls | Detected::Opaque => crate::tcp::forward(&shared, &conn, io).await,
+        Detected::Http1 | Detected::Http2 | Detected::Tls | Detected::Opaque => {}
+    }
+    match protocol::for_detected(detected) {
+        Some(Serve::Http(version)) => {
+            conn.source_proto = version;
+            http::server::serve(shared.clone(), Arc::new(conn), io).await
+        }
+        Some(Serve::Opaque) => crate::tcp::forward(&shared, &conn, io).await,
+        None => {}
     }
 }

@@ -1,6 +1,6 @@
 //! [`IdleMap`]: a per-destination map swept of idle entries at most every
 //! quarter of the idle timeout, on the caller's own lookups (no timer task).
-//! Shared by the balancer cache and the controller discovery cache.
+//! The map of the per-destination cache ([`crate::balance::Balancers`]).
 
 use std::collections::HashMap;
 use std::net::SocketAddr;

@@ -10,17 +10,21 @@
 
 use crate::ctx::{ConnCtx, Shared};
 use crate::http::{self, Proto};
-use crate::io::{Activity, CountingIo, PrefixedIo};
+use crate::io::{Activity, CountingIo, Io, PrefixedIo};
 use crate::metrics::ReasonLabels;
 use crate::metrics::{DetectLabels, Direction};
+use crate::protocol::Serve;
 use crate::route::Route;
-use crate::transport::{MeshProto, TransportHeader};
+use crate::transport::TransportHeader;
+use bytes::Bytes;
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::task::TaskTracker;
 use tracing::{info, warn};
 
+/// Serves one accepted inbound connection: a steered one
+/// ([`serve_steered`]) or a peer proxy's ([`serve_peer`]).
 pub async fn handle(
     shared: Arc<Shared>,
     tcp: TcpStream,
@@ -36,100 +40,130 @@ pub async fn handle(
             return;
         }
     };
-    let conn = |route: Route, from_peer, peer_identity: Option<String>, source_proto| {
-        let dst_label = shared
+    let conn = Inbound {
+        shared,
+        client_addr,
+        activity,
+    };
+    if orig_dst.port() != listener.port() {
+        conn.serve_steered(tcp, orig_dst).await
+    } else {
+        // Addressed to the proxy: a peer proxy. The application is reached
+        // at the local address it dialled.
+        conn.serve_peer(tcp, orig_dst.ip()).await
+    }
+}
+
+/// Who an inbound connection comes from.
+enum Source {
+    /// A client steered here by sk_lookup (no transport header, no identity).
+    Steered,
+    /// A peer proxy, with the identity its certificate proved (`None`
+    /// without mTLS).
+    Peer(Option<conduit_proxy_tls::SpiffeId>),
+}
+
+/// One accepted inbound connection, before its route is known.
+struct Inbound {
+    shared: Arc<Shared>,
+    client_addr: SocketAddr,
+    activity: Arc<Activity>,
+}
+
+impl Inbound {
+    /// A connection steered here by sk_lookup: its original destination is
+    /// the application's address; detected like an outbound one.
+    async fn serve_steered(self, tcp: TcpStream, orig_dst: SocketAddr) {
+        let Some(app) = self.app_target(orig_dst.ip(), orig_dst.port(), false) else {
+            return;
+        };
+        let c = self.context(Route::inbound(orig_dst, app), Source::Steered, Proto::Http1);
+        let io = CountingIo::new(tcp, self.activity.clone());
+        crate::dispatch::serve_transparent(self.shared.clone(), c, io).await
+    }
+
+    /// A peer proxy's connection: the acceptor (mTLS), then the transport
+    /// header names the application port and the protocol.
+    async fn serve_peer(self, tcp: TcpStream, local_ip: IpAddr) {
+        let accepted = match self.shared.acceptor.accept(tcp).await {
+            Ok(a) => a,
+            Err(e) => {
+                info!(client = %self.client_addr, "inbound peer connection refused by the acceptor: {e}");
+                self.shared.metrics.error(Direction::Inbound, "accept");
+                return;
+            }
+        };
+        let mut io = CountingIo::new(accepted.io, self.activity.clone());
+        let Some((header, rest)) = self.read_header(&mut io).await else {
+            return;
+        };
+        self.shared
+            .metrics
+            .detect
+            .get_or_create(&DetectLabels {
+                direction: "inbound",
+                protocol: header.proto.detect_label(),
+            })
+            .inc();
+        let Some(app) = self.app_target(local_ip, header.port, true) else {
+            return;
+        };
+        let route = Route::inbound(app, app);
+        let io = PrefixedIo::new(rest, io);
+        let peer = Source::Peer(accepted.peer_identity);
+        match header.proto.serve() {
+            Serve::Opaque => {
+                let c = self.context(route, peer, Proto::Http1);
+                crate::tcp::forward(&self.shared, &c, io).await
+            }
+            Serve::Http(version) => {
+                let c = self.context(route, peer, version);
+                http::server::serve(self.shared.clone(), Arc::new(c), io).await
+            }
+        }
+    }
+
+    /// The peer's transport header (and any bytes read past it), or `None`
+    /// after logging and counting why there is none.
+    async fn read_header(&self, io: &mut impl Io) -> Option<(TransportHeader, Bytes)> {
+        let wait = self.shared.cfg.detect_timeout;
+        let why = match tokio::time::timeout(wait, TransportHeader::read(io)).await {
+            Ok(Ok(h)) => return Some(h),
+            Ok(Err(e)) => e.to_string(),
+            Err(_) => format!("no transport header within {wait:?}"),
+        };
+        info!(client = %self.client_addr, "closing inbound connection: {why}");
+        self.shared
+            .metrics
+            .error(Direction::Inbound, "transport_header");
+        None
+    }
+
+    /// The connection's context once routed.
+    fn context(&self, route: Route, source: Source, source_proto: Proto) -> ConnCtx {
+        let dst_label = self
+            .shared
             .metrics
             .dst(&format!("app:{}", route.orig_dst.port()));
+        let (from_peer, peer_identity) = match source {
+            Source::Steered => (false, None),
+            Source::Peer(identity) => (true, identity),
+        };
         ConnCtx {
             direction: Direction::Inbound,
-            client_addr,
+            client_addr: self.client_addr,
             route,
             dst_label,
             source_proto,
             from_peer,
-            // Parsed once here for the inbound policy (crate::policy).
-            peer_id: crate::policy::parse_peer_identity(peer_identity.as_deref()),
             peer_identity,
-            activity: activity.clone(),
+            activity: self.activity.clone(),
             tunnels: TaskTracker::new(),
         }
-    };
-    if orig_dst.port() != listener.port() {
-        let app = match app_target(&shared, client_addr, orig_dst.ip(), orig_dst.port(), false) {
-            Some(app) => app,
-            None => return,
-        };
-        let route = Route::inbound(orig_dst, app);
-        let c = conn(route, false, None, Proto::Http1);
-        return crate::dispatch::serve_transparent(
-            shared.clone(),
-            c,
-            CountingIo::new(tcp, activity.clone()),
-        )
-        .await;
     }
-    // Addressed to the proxy: a peer proxy. The application is reached at
-    // the local address it dialled.
-    let local_ip = orig_dst.ip();
-    let accepted = match shared.acceptor.accept(tcp).await {
-        Ok(a) => a,
-        Err(e) => {
-            info!(client = %client_addr, "inbound peer connection refused by the acceptor: {e}");
-            shared.metrics.error(Direction::Inbound, "accept");
-            return;
-        }
-    };
-    let mut io = CountingIo::new(accepted.io, activity.clone());
-    let (header, rest) = match tokio::time::timeout(
-        shared.cfg.detect_timeout,
-        TransportHeader::read(&mut io),
-    )
-    .await
-    {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            info!(client = %client_addr, "closing inbound connection: {e}");
-            shared.metrics.error(Direction::Inbound, "transport_header");
-            return;
-        }
-        Err(_) => {
-            info!(client = %client_addr, "closing inbound connection: no transport header within {:?}", shared.cfg.detect_timeout);
-            shared.metrics.error(Direction::Inbound, "transport_header");
-            return;
-        }
-    };
-    let protocol = match header.proto {
-        MeshProto::H2 => "peer_h2",
-        MeshProto::Http1 => "peer_http1",
-        MeshProto::Tcp => "peer_tcp",
-    };
-    shared
-        .metrics
-        .detect
-        .get_or_create(&DetectLabels {
-            direction: "inbound",
-            protocol,
-        })
-        .inc();
-    let Some(app) = app_target(&shared, client_addr, local_ip, header.port, true) else {
-        return;
-    };
-    let route = Route::inbound(app, app);
-    let io = PrefixedIo::new(rest, io);
-    match header.proto {
-        MeshProto::Tcp => {
-            let c = conn(route, true, accepted.peer_identity, Proto::Http1);
-            crate::tcp::forward(&shared, &c, io).await
-        }
-        MeshProto::H2 | MeshProto::Http1 => {
-            let proto = if header.proto == MeshProto::H2 {
-                Proto::Http2
-            } else {
-                Proto::Http1
-            };
-            let c = conn(route, true, accepted.peer_identity, proto);
-            http::server::serve(shared.clone(), Arc::new(c), io).await
-        }
+
+    fn app_target(&self, local: IpAddr, port: u16, from_peer: bool) -> Option<SocketAddr> {
+        app_target(&self.shared, self.client_addr, local, port, from_peer)
     }
 }
 

@@ -5,8 +5,7 @@
 
 use crate::ctx::{ConnCtx, Shared};
 use crate::io::{Activity, Io};
-use crate::route::{Picked, RouteTarget, picked_for};
-use crate::transport::{self, MeshProto, TransportHeader};
+use crate::transport::{self, MeshProto, NextHop};
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
@@ -52,28 +51,15 @@ pub async fn forward(shared: &Arc<Shared>, conn: &ConnCtx, mut client: impl Io) 
         return;
     }
     let connector = shared.client.connector().clone();
-    let open = |picked: Picked| {
+    let open = |hop: NextHop| {
         let connector = connector.clone();
         async move {
-            let header = picked.mesh_port.map(|port| TransportHeader {
-                proto: MeshProto::Tcp,
-                port,
-            });
-            let io = transport::open(&*connector, &picked.target, header).await?;
-            Ok::<_, io::Error>((io, picked.target.addr))
+            let hop = hop.carrying(MeshProto::Tcp);
+            let io = transport::open(&*connector, &hop).await?;
+            Ok::<_, io::Error>((io, hop.addr))
         }
     };
-    let opened = match &conn.route.target {
-        RouteTarget::Direct(addr, why) => open(Picked::direct(*addr, *why))
-            .await
-            .map(|c| (c, None))
-            .map_err(|e| e.to_string()),
-        RouteTarget::Balanced(b) => b
-            .connect(&shared.policy, |ep| open(picked_for(&ep)))
-            .await
-            .map(|(c, pick)| (c, Some(pick)))
-            .map_err(|e| e.to_string()),
-    };
+    let opened = conn.route.target.connect(&shared.policy, open).await;
     let ((mut upstream, addr), _pick) = match opened {
         Ok(o) => o,
         Err(e) => {

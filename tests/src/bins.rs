@@ -49,7 +49,7 @@ pub fn find(name: &str) -> Result<PathBuf> {
     bail!(
         "binary {name} not found (looked in {}); build it with `cargo build --workspace --bins` \
          (after `cargo xtask build-ebpf`; for the release demo \
-         `cargo build --release -p conduit-ebpf -p conduit-tests --bins`) or set {BIN_DIR_VAR}",
+         `cargo build --release -p conduit-ebpf -p conduit-controller -p conduit-proxy -p conduit-tests --bins`) or set {BIN_DIR_VAR}",
         tried.join(", ")
     )
 }

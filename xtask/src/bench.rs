@@ -1,7 +1,7 @@
 //! `cargo xtask bench <what>`: benchmark programs that print tables.
 
 use crate::util::{exec, root, target_dir};
-use crate::{build_ebpf, setup};
+use crate::{build_ebpf, release, setup};
 use anyhow::Result;
 use std::process::Command;
 
@@ -33,26 +33,18 @@ pub enum What {
 
 pub fn run(opts: &Options) -> Result<()> {
     setup::deb_packages()?;
-    let (package, bin) = match opts.what {
-        What::Proxy => ("conduit-proxy", "conduit-proxy-bench"),
-        What::Controller => ("conduit-controller", "conduit-controller-bench"),
+    // Every benchmark program lives in the bench crate (bench/src/bin).
+    let bin = match opts.what {
+        What::Proxy => "conduit-proxy-bench",
+        What::Controller => "conduit-controller-bench",
         What::Mesh | What::Soak => {
             build_ebpf::run(&build_ebpf::Options::default())?;
             // The mesh benchmark runs the agent, the controller, the proxies
             // and the mesh application as separate release binaries.
-            let t = crate::util::step("building the release binaries the mesh benchmark runs");
-            exec(
-                Command::new("cargo")
-                    .args(["build", "--release", "--bins"])
-                    .args(["-p", "conduit-ebpf", "-p", "conduit-proxy"])
-                    .args(["-p", "conduit-controller", "-p", "conduit-tests"])
-                    .current_dir(root()),
-                "the workspace does not build",
-            )?;
-            crate::util::done("release binaries built", t);
+            release::build("the mesh benchmark runs", release::MESH)?;
             match opts.what {
-                What::Soak => ("conduit-tests", "conduit-soak"),
-                _ => ("conduit-tests", "conduit-mesh-bench"),
+                What::Soak => "conduit-soak",
+                _ => "conduit-mesh-bench",
             }
         }
     };
@@ -62,7 +54,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     exec(
         Command::new("cargo")
-            .args(["run", "--release", "-p", package, "--bin", bin, "--"])
+            .args(["run", "--release", "-p", "conduit-bench", "--bin", bin, "--"])
             .args(&args)
             .env("CONDUIT_BIN_DIR", target_dir().join("release"))
             .current_dir(root()),

@@ -1,7 +1,7 @@
 //! `cargo xtask demo`: the local mesh on one machine.
 
-use crate::util::{exec, root, target_dir};
-use crate::{build_ebpf, setup};
+use crate::util::{exec, target_dir};
+use crate::{build_ebpf, release, setup};
 use anyhow::Result;
 use std::process::Command;
 
@@ -15,14 +15,10 @@ pub struct Options {
 pub fn run(opts: &Options) -> Result<()> {
     setup::all()?;
     build_ebpf::run(&build_ebpf::Options { no_setup: true })?;
-    let t = crate::util::step("building the release binaries the demo runs");
-    exec(
-        Command::new("cargo")
-            .args(["build", "--release", "--workspace", "--bins"])
-            .current_dir(root()),
-        "the workspace does not build",
-    )?;
-    crate::util::done("release binaries built", t);
+    // Only what the demo runs: the mesh's binaries and the demo program.
+    let mut bins = release::MESH.to_vec();
+    bins.push(release::DEMO);
+    release::build("the demo runs", &bins)?;
     exec(
         Command::new(target_dir().join("release/conduit-demo"))
             .args(&opts.args)

@@ -8,6 +8,7 @@ mod build_ebpf;
 mod demo;
 mod fuzz;
 mod kernel_matrix;
+mod release;
 mod setup;
 mod test;
 mod util;

@@ -21,6 +21,8 @@ const DEB_PACKAGES: &[&str] = &[
     "fonts-dejavu-core",
     // The dashboard's end-to-end test renders the page in headless chromium.
     "chromium",
+    // conduit-tap-cost and profiling count instructions under callgrind.
+    "valgrind",
 ];
 
 const BPF_LINKER_VERSION: &str = "0.13.0";

@@ -72,7 +72,11 @@ fn to_proto(ep: &EndpointInfo) -> pb::Endpoint {
     pb::Endpoint {
         address: Some(ep.addr.into()),
         weight: ep.weight,
-        identity: ep.identity.clone().unwrap_or_default(),
+        identity: ep
+            .identity
+            .as_ref()
+            .map(|id| id.as_str().to_owned())
+            .unwrap_or_default(),
         protocol_hint: Some(pb::ProtocolHint {
             meshed: ep.meshed_inbound_port.is_some(),
             inbound_port: ep.meshed_inbound_port.map(u32::from).unwrap_or(0),

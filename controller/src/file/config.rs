@@ -19,6 +19,7 @@
 //! ```
 
 use crate::model::{DestinationView, EndpointInfo, Target, is_dns_label};
+use conduit_identity::SpiffeId;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::{IpAddr, SocketAddr};
@@ -98,7 +99,7 @@ pub enum ConfigError {
 struct Backend {
     ip: IpAddr,
     weight: u32,
-    identity: Option<String>,
+    identity: Option<SpiffeId>,
     meshed_inbound_port: Option<u16>,
     labels: BTreeMap<String, String>,
 }
@@ -142,7 +143,7 @@ impl Snapshot {
                 services: Vec::new(),
             }
         } else {
-            serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(yaml_error(&e)))?
+            conduit_policy::yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?
         };
         let mut snap = Snapshot {
             cluster_domain: settings.cluster_domain.clone(),
@@ -197,12 +198,9 @@ impl Snapshot {
                         )));
                     }
                     (Some(id), None) => {
-                        if !id.starts_with("spiffe://") {
-                            return Err(invalid(format!(
-                                "endpoints[{j}]: identity {id:?} is not a spiffe:// URI"
-                            )));
-                        }
-                        Some(id.clone())
+                        Some(SpiffeId::parse(id).map_err(|e| {
+                            invalid(format!("endpoints[{j}]: identity {id:?}: {e}"))
+                        })?)
                     }
                     (None, Some(sa)) => {
                         if !is_dns_subdomain(sa) {
@@ -210,10 +208,11 @@ impl Snapshot {
                                 "endpoints[{j}]: serviceAccount {sa:?} is not a valid name"
                             )));
                         }
-                        Some(format!(
-                            "spiffe://{}/ns/{}/sa/{sa}",
-                            settings.trust_domain, svc.namespace
-                        ))
+                        Some(
+                            SpiffeId::new(&settings.trust_domain, &svc.namespace, sa).map_err(
+                                |e| invalid(format!("endpoints[{j}]: serviceAccount {sa:?}: {e}")),
+                            )?,
+                        )
                     }
                     (None, None) => None,
                 };
@@ -336,20 +335,6 @@ fn endpoint(b: &Backend, port: u16) -> EndpointInfo {
 
 fn is_dns_subdomain(s: &str) -> bool {
     s.len() <= 253 && s.split('.').all(is_dns_label)
-}
-
-/// serde_yaml's message, with the line first.
-fn yaml_error(e: &serde_yaml::Error) -> String {
-    match e.location() {
-        Some(loc) => {
-            let msg = e.to_string();
-            // serde_yaml appends " at line L column C"; say it once, up front.
-            let suffix = format!(" at line {} column {}", loc.line(), loc.column());
-            let msg = msg.strip_suffix(&suffix).unwrap_or(&msg);
-            format!("line {} column {}: {msg}", loc.line(), loc.column())
-        }
-        None => e.to_string(),
-    }
 }
 
 /// Best effort: the line of the `nth` `name: <name>` key (the service).

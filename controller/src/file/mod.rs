@@ -176,7 +176,7 @@ impl DiscoveryBackend for FileBackend {
 }
 
 fn read(path: &Path) -> Result<String, FileError> {
-    std::fs::read_to_string(path).map_err(|error| FileError::Read {
+    conduit_policy::yaml::read_file(path).map_err(|error| FileError::Read {
         path: path.into(),
         error,
     })

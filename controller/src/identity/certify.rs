@@ -1,11 +1,8 @@
 //! `Certify`'s checks and signing, independent of gRPC.
 
-use super::issuer::Issuer;
 use crate::model::{TokenError, TokenVerifier};
-use rcgen::{
-    CertificateParams, DistinguishedName, ExtendedKeyUsagePurpose, IsCa, KeyUsagePurpose, SanType,
-    SerialNumber,
-};
+use conduit_identity::issuer::{Issuer, IssuerError};
+use conduit_identity::{SpiffeId, SpiffeIdError, TrustDomain};
 use std::time::{Duration, SystemTime};
 use tonic::Code;
 use x509_parser::certification_request::X509CertificationRequest;
@@ -16,9 +13,9 @@ use x509_parser::prelude::FromDer;
 #[derive(Debug, thiserror::Error)]
 pub enum CertifyError {
     #[error(
-        "identity {0:?} is not a SPIFFE ID of the form spiffe://{1}/ns/<namespace>/sa/<serviceaccount>"
+        "identity {0:?} is not a SPIFFE ID of the form spiffe://{1}/ns/<namespace>/sa/<serviceaccount>: {2}"
     )]
-    BadIdentity(String, String),
+    BadIdentity(String, TrustDomain, SpiffeIdError),
     #[error("identity {id:?} is not in this controller's trust domain {expected:?}")]
     WrongTrustDomain { id: String, expected: String },
     #[error("token missing: a service account token (or a token from the token file) is required")]
@@ -44,7 +41,7 @@ pub enum CertifyError {
     #[error("{0}")]
     Token(#[from] TokenError),
     #[error("signing failed: {0}")]
-    Sign(String),
+    Sign(#[from] IssuerError),
 }
 
 impl CertifyError {
@@ -84,52 +81,34 @@ pub struct Signed {
     pub not_after: SystemTime,
 }
 
-/// A SPIFFE ID's Kubernetes parts.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct WorkloadId {
-    pub namespace: String,
-    pub service_account: String,
-}
-
-/// Parses `spiffe://<trust_domain>/ns/<ns>/sa/<sa>`.
-pub fn parse_spiffe_id(id: &str, trust_domain: &str) -> Result<WorkloadId, CertifyError> {
-    let bad = || CertifyError::BadIdentity(id.into(), trust_domain.into());
-    let rest = id.strip_prefix("spiffe://").ok_or_else(bad)?;
-    let (td, path) = rest.split_once('/').ok_or_else(bad)?;
-    let parts: Vec<&str> = path.split('/').collect();
-    let ["ns", ns, "sa", sa] = parts.as_slice() else {
-        return Err(bad());
-    };
-    let name_ok = |s: &str| {
-        !s.is_empty()
-            && s.len() <= 253
-            && s.bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-    };
-    if !name_ok(ns) || !name_ok(sa) || td.is_empty() {
-        return Err(bad());
-    }
-    if td != trust_domain {
+/// Parses `id` with the mesh's one grammar ([`SpiffeId`]) and requires it
+/// to be in `trust_domain`.
+pub fn parse_spiffe_id(id: &str, trust_domain: &TrustDomain) -> Result<SpiffeId, CertifyError> {
+    let parsed = SpiffeId::parse(id)
+        .map_err(|e| CertifyError::BadIdentity(id.into(), trust_domain.clone(), e))?;
+    if parsed.trust_domain() != trust_domain {
         return Err(CertifyError::WrongTrustDomain {
             id: id.into(),
-            expected: trust_domain.into(),
+            expected: trust_domain.to_string(),
         });
     }
-    Ok(WorkloadId {
-        namespace: (*ns).into(),
-        service_account: (*sa).into(),
-    })
+    Ok(parsed)
 }
 
 pub struct Certifier<V> {
     issuer: Issuer,
     verifier: V,
-    trust_domain: String,
+    trust_domain: TrustDomain,
     leaf_lifetime: Duration,
 }
 
 impl<V: TokenVerifier> Certifier<V> {
-    pub fn new(issuer: Issuer, verifier: V, trust_domain: String, leaf_lifetime: Duration) -> Self {
+    pub fn new(
+        issuer: Issuer,
+        verifier: V,
+        trust_domain: TrustDomain,
+        leaf_lifetime: Duration,
+    ) -> Self {
         Certifier {
             issuer,
             verifier,
@@ -138,11 +117,16 @@ impl<V: TokenVerifier> Certifier<V> {
         }
     }
 
+    /// The token checks (also used to prove which pod a policy watcher is).
+    pub fn verifier(&self) -> &V {
+        &self.verifier
+    }
+
     pub fn issuer(&self) -> &Issuer {
         &self.issuer
     }
 
-    pub fn trust_domain(&self) -> &str {
+    pub fn trust_domain(&self) -> &TrustDomain {
         &self.trust_domain
     }
 
@@ -168,7 +152,7 @@ impl<V: TokenVerifier> Certifier<V> {
             return Err(CertifyError::NoToken);
         }
         self.verifier
-            .verify(token, &id.namespace, &id.service_account)
+            .verify(token, id.namespace(), id.service_account())
             .await?;
         self.sign(identity, &spki, now)
     }
@@ -196,31 +180,11 @@ impl<V: TokenVerifier> Certifier<V> {
             .map_err(|e| CertifyError::UnsupportedKey(e.to_string()))?;
         let not_before = (now - Duration::from_secs(60)).max(self.issuer.not_before());
         let not_after = (now + self.leaf_lifetime).min(self.issuer.not_after());
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        let uri = identity
-            .to_owned()
-            .try_into()
-            .map_err(|e: rcgen::Error| CertifyError::Sign(e.to_string()))?;
-        params.subject_alt_names = vec![SanType::URI(uri)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![
-            KeyUsagePurpose::DigitalSignature,
-            KeyUsagePurpose::KeyEncipherment,
-        ];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-        let cert = params
-            .signed_by(&public_key, self.issuer.signer())
-            .map_err(|e| CertifyError::Sign(e.to_string()))?;
+        let leaf_der = self
+            .issuer
+            .sign_leaf(&public_key, identity, not_before, not_after)?;
         Ok(Signed {
-            leaf_der: cert.der().to_vec(),
+            leaf_der,
             chain: self.issuer.chain().to_vec(),
             not_after: truncate_to_seconds(not_after),
         })
@@ -278,16 +242,14 @@ fn check_csr(der: &[u8], requested: &str) -> Result<Vec<u8>, CertifyError> {
 mod tests {
     use super::*;
 
+    fn td() -> TrustDomain {
+        TrustDomain::new("td.local").unwrap()
+    }
+
     #[test]
     fn spiffe_ids() {
-        let ok = parse_spiffe_id("spiffe://td.local/ns/default/sa/web", "td.local").unwrap();
-        assert_eq!(
-            ok,
-            WorkloadId {
-                namespace: "default".into(),
-                service_account: "web".into()
-            }
-        );
+        let ok = parse_spiffe_id("spiffe://td.local/ns/default/sa/web", &td()).unwrap();
+        assert_eq!((ok.namespace(), ok.service_account()), ("default", "web"));
         for bad in [
             "spiffe://td.local/ns/default/sa/",
             "spiffe://td.local/ns/default/sa/web/extra",
@@ -298,15 +260,41 @@ mod tests {
         ] {
             assert!(
                 matches!(
-                    parse_spiffe_id(bad, "td.local"),
+                    parse_spiffe_id(bad, &td()),
                     Err(CertifyError::BadIdentity(..))
                 ),
                 "{bad}"
             );
         }
         assert!(matches!(
-            parse_spiffe_id("spiffe://other/ns/default/sa/web", "td.local"),
+            parse_spiffe_id("spiffe://other/ns/default/sa/web", &td()),
             Err(CertifyError::WrongTrustDomain { .. })
         ));
+    }
+
+    /// IDs this function used to accept (its own looser grammar: any
+    /// `[a-z0-9.-]{1,253}` namespace) that the proxy's `SpiffeId` refused,
+    /// so the controller could certify identities no proxy would accept or
+    /// a policy match. Refused now, with the reason.
+    #[test]
+    fn refuses_what_the_proxy_refuses() {
+        let long_ns = format!("spiffe://td.local/ns/{}/sa/web", "n".repeat(64));
+        for (bad, part) in [
+            ("spiffe://td.local/ns/a.b/sa/web", "namespace"),
+            (long_ns.as_str(), "namespace"),
+            ("spiffe://td.local/ns/-a/sa/web", "namespace"),
+            ("spiffe://td.local/ns/a-/sa/web", "namespace"),
+            ("spiffe://td.local/ns/default/sa/-web", "service account"),
+            ("spiffe://td.local/ns/default/sa/web.", "service account"),
+            ("spiffe://td.local/ns/default/sa/a..b", "service account"),
+        ] {
+            match parse_spiffe_id(bad, &td()) {
+                Err(e @ CertifyError::BadIdentity(..)) => {
+                    assert!(e.to_string().contains(part), "{bad}: {e}");
+                    assert_eq!(e.code(), Code::InvalidArgument);
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 }

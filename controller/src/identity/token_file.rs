@@ -6,10 +6,14 @@
 //!   - token: "4f3c...long random string"
 //!     namespace: default
 //!     serviceAccount: web
+//!     pods:                 # the pods running as it, for InboundPolicies.Watch
+//!       web-0: {app: web}   # pod name: its labels
 //! ```
 
 use crate::model::{TokenError, TokenVerifier};
+use crate::policy::caller::{self, Caller, Claim, PodRecord, ProvenWorkload, WorkloadError};
 use serde::Deserialize;
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::SystemTime;
@@ -27,6 +31,9 @@ struct TokenEntry {
     token: String,
     namespace: String,
     service_account: String,
+    /// Pod name -> labels: the pods whose policy this token may watch.
+    #[serde(default)]
+    pods: BTreeMap<String, BTreeMap<String, String>>,
 }
 
 /// Why a token file could not be read.
@@ -104,6 +111,30 @@ impl TokenVerifier for TokenFileVerifier {
             }),
         }
     }
+
+    /// The token proves its service account; the claimed pod must be one
+    /// the file lists under that token, and its labels are the file's.
+    async fn prove_workload(
+        &self,
+        token: &str,
+        claim: Claim<'_>,
+    ) -> Result<ProvenWorkload, WorkloadError> {
+        let Some(e) = self.lookup(token)? else {
+            return Err(TokenError::Rejected("token is not in the token file".into()).into());
+        };
+        let record = e.pods.get(claim.pod).map(|labels| PodRecord {
+            name: claim.pod.to_owned(),
+            uid: None,
+            service_account: e.service_account.clone(),
+            labels: labels.clone(),
+        });
+        let who = Caller {
+            namespace: e.namespace,
+            service_account: e.service_account,
+            pod: None,
+        };
+        caller::bind(claim, &who, record)
+    }
 }
 
 fn stamp(path: &Path) -> std::io::Result<(SystemTime, u64)> {
@@ -117,8 +148,9 @@ fn read(path: &Path) -> Result<((SystemTime, u64), Vec<TokenEntry>), TokenFileEr
         error,
     };
     let s = stamp(path).map_err(err)?;
-    let text = std::fs::read_to_string(path).map_err(err)?;
-    let spec: TokenFileSpec = serde_yaml::from_str(&text).map_err(|e| TokenFileError::Parse {
+    let text = conduit_policy::yaml::read_file(path).map_err(err)?;
+    let spec: TokenFileSpec =
+        conduit_policy::yaml::from_str(&text).map_err(|e| TokenFileError::Parse {
         path: path.into(),
         message: e.to_string(),
     })?;
@@ -165,6 +197,28 @@ mod tests {
             v.verify("web-token-0123456789", "default", "db").await,
             Err(TokenError::WrongIdentity { .. })
         ));
+        // Watch: only the pods listed under the token.
+        std::fs::write(
+            &path,
+            "tokens:\n  - token: web-token-0123456789\n    namespace: default\n    serviceAccount: web\n    pods: {web-0: {app: web}}\n",
+        )
+        .unwrap();
+        let claim = |pod| Claim {
+            namespace: "default",
+            pod,
+        };
+        let w = v
+            .prove_workload("web-token-0123456789", claim("web-0"))
+            .await
+            .unwrap();
+        assert_eq!(w.labels["app"], "web");
+        let e = v
+            .prove_workload("web-token-0123456789", claim("db-0"))
+            .await
+            .unwrap_err();
+        assert_eq!(e.reason(), "unknown_pod");
+        let e = v.prove_workload("nope", claim("web-0")).await.unwrap_err();
+        assert_eq!(e.reason(), "token_rejected");
         std::fs::write(&path, "tokens: [").unwrap();
         // A broken file keeps the old tokens.
         v.verify("web-token-0123456789", "default", "web")

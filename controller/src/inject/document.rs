@@ -1,11 +1,11 @@
 //! Walking YAML documents: finding the pod template of each workload kind,
 //! checking it parses as its k8s-openapi type, and adding the sidecar to it.
-//! The documents stay `serde_yaml::Value`s so that every field the user
+//! The documents stay `serde_norway::Value`s so that every field the user
 //! wrote (including ones newer than our k8s-openapi) is kept, in order.
 
 use super::sidecar::{self, Options, PodSettings};
 use crate::kubernetes::mesh;
-use serde_yaml::{Mapping, Value};
+use serde_norway::{Mapping, Value};
 use std::collections::BTreeMap;
 
 /// `conduit.io/inbound-policy` of the Namespaces in the input, by name.
@@ -310,10 +310,10 @@ fn inject_template(
         access_log: access_log_annotation(template)?,
     };
     let container =
-        serde_yaml::to_value(sidecar::proxy_container(o, &settings)).map_err(|e| e.to_string())?;
+        serde_norway::to_value(sidecar::proxy_container(o, &settings)).map_err(|e| e.to_string())?;
     let volumes: Vec<Value> = sidecar::volumes(o)
         .iter()
-        .map(serde_yaml::to_value)
+        .map(serde_norway::to_value)
         .collect::<Result<_, _>>()
         .map_err(|e| e.to_string())?;
     let spec = template

@@ -57,12 +57,12 @@ pub struct Args {
     pub controller_addr: String,
     /// SPIFFE trust domain (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
     #[arg(long, default_value = "cluster.local")]
-    pub trust_domain: String,
+    pub trust_domain: conduit_identity::TrustDomain,
     /// The controller's SPIFFE identity, which proxies require of its TLS
     /// gRPC port (default: service account `conduit-controller` in
     /// `conduit-system`, in the trust domain).
     #[arg(long, value_name = "SPIFFE-ID")]
-    pub controller_identity: Option<String>,
+    pub controller_identity: Option<conduit_identity::SpiffeId>,
     /// Issuer certificate(s) (PEM) that proxies trust, embedded in each pod.
     /// Without it the proxies must get their trust anchors another way.
     #[arg(long, value_name = "PATH")]
@@ -93,6 +93,9 @@ pub struct Args {
 pub enum InjectError {
     #[error("document {document}: not valid YAML: {message}")]
     Yaml { document: usize, message: String },
+    /// Over a parsing limit (an alias bomb, too deep, too large).
+    #[error("input refused: {0}")]
+    Refused(String),
     /// (The object error is part of the message, not a separate source,
     /// so that error chains do not repeat it.)
     #[error("document {document}: {error}")]
@@ -114,9 +117,12 @@ pub fn inject_yaml(input: &str, options: &Options) -> Result<Injected, InjectErr
     let mut outcomes = Vec::new();
     let mut values = Vec::new();
     let mut namespaces = document::NamespacePolicies::new();
-    for (i, de) in serde_yaml::Deserializer::from_str(input).enumerate() {
+    // Refuse an alias bomb or a too deep document before building values
+    // (serde_norway keeps the documents' key order, but has no such bounds).
+    conduit_policy::yaml::check_limits(input).map_err(|e| InjectError::Refused(e.to_string()))?;
+    for (i, de) in serde_norway::Deserializer::from_str(input).enumerate() {
         let document = i + 1;
-        let value = serde_yaml::Value::deserialize(de).map_err(|e| InjectError::Yaml {
+        let value = serde_norway::Value::deserialize(de).map_err(|e| InjectError::Yaml {
             document,
             message: e.to_string(),
         })?;
@@ -130,7 +136,7 @@ pub fn inject_yaml(input: &str, options: &Options) -> Result<Injected, InjectErr
     for (document, mut value) in values {
         document::inject(&mut value, options, &namespaces, &mut outcomes)
             .map_err(|error| InjectError::Object { document, error })?;
-        let text = serde_yaml::to_string(&value).map_err(|e| InjectError::Write {
+        let text = serde_norway::to_string(&value).map_err(|e| InjectError::Write {
             document,
             message: e.to_string(),
         })?;
@@ -163,14 +169,16 @@ impl Args {
             proxy_image: self.proxy_image.clone(),
             image_pull_policy: self.image_pull_policy.clone(),
             controller_addr: self.controller_addr.clone(),
-            controller_identity: self.controller_identity.clone().unwrap_or_else(|| {
-                crate::identity::spiffe_id(
+            controller_identity: match &self.controller_identity {
+                Some(id) => id.to_string(),
+                None => crate::identity::spiffe_id(
                     &self.trust_domain,
                     CONTROLLER_NAMESPACE,
                     CONTROLLER_SERVICE_ACCOUNT,
-                )
-            }),
-            trust_domain: self.trust_domain.clone(),
+                )?
+                .to_string(),
+            },
+            trust_domain: self.trust_domain.to_string(),
             trust_anchors_pem,
             identity_audience: self.identity_audience.clone(),
             proxy_uid: self.proxy_uid,

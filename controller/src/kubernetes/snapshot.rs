@@ -24,8 +24,8 @@
 //!   meshed inbound port from [`super::mesh`].
 
 use super::mesh;
-use crate::identity::spiffe_id;
 use crate::model::{DestinationView, EndpointInfo, Target};
+use conduit_identity::SpiffeId;
 use k8s_openapi::api::core::v1::{Pod, Service, ServicePort};
 use k8s_openapi::api::discovery::v1::EndpointSlice;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -313,7 +313,13 @@ impl Snapshot {
             weight: 1,
             identity: pod
                 .filter(|p| p.meshed_inbound_port.is_some())
-                .map(|p| spiffe_id(&self.trust_domain, &p.namespace, &p.service_account)),
+                .and_then(|p| {
+                    // Names the API server accepted always parse; anything
+                    // else gets no identity (proxies then refuse it).
+                    SpiffeId::new(&self.trust_domain, &p.namespace, &p.service_account)
+                        .inspect_err(|e| tracing::warn!(pod = %p.name, error = %e, "pod has no mesh identity"))
+                        .ok()
+                }),
             meshed_inbound_port: meshed,
             labels,
         }

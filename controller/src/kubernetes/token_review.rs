@@ -8,13 +8,64 @@
 //! (`system:serviceaccount:<ns>:<sa>`).
 
 use crate::model::{TokenError, TokenVerifier};
-use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+use crate::policy::caller::{
+    self, BoundPod, Caller, Claim, PodRecord, ProvenWorkload, WorkloadError,
+};
+use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec, UserInfo};
+use k8s_openapi::api::core::v1::Pod;
 use kube::Api;
 use kube::api::PostParams;
 
 pub struct TokenReviewVerifier {
     api: Api<TokenReview>,
+    client: kube::Client,
     audience: String,
+}
+
+/// `user.extra` keys of a projected token bound to a pod.
+pub const POD_NAME_EXTRA: &str = "authentication.kubernetes.io/pod-name";
+pub const POD_UID_EXTRA: &str = "authentication.kubernetes.io/pod-uid";
+
+/// The caller a reviewed user stands for: a service account, and the pod
+/// its token is bound to (refused when there is none).
+pub fn caller_of(user: &UserInfo) -> Result<Caller, WorkloadError> {
+    let name = user.username.as_deref().unwrap_or_default();
+    let Some((namespace, sa)) = name
+        .strip_prefix("system:serviceaccount:")
+        .and_then(|rest| rest.split_once(':'))
+    else {
+        return Err(TokenError::Rejected(format!("user {name:?} is not a service account")).into());
+    };
+    let extra = |key: &str| {
+        user.extra
+            .as_ref()
+            .and_then(|e| e.get(key))
+            .and_then(|v| v.first())
+            .filter(|v| !v.is_empty())
+            .cloned()
+    };
+    let pod = extra(POD_NAME_EXTRA).ok_or(WorkloadError::NotBoundToPod)?;
+    Ok(Caller {
+        namespace: namespace.to_owned(),
+        service_account: sa.to_owned(),
+        pod: Some(BoundPod {
+            name: pod,
+            uid: extra(POD_UID_EXTRA),
+        }),
+    })
+}
+
+/// A Pod object as [`caller::bind`] compares it.
+pub fn pod_record(pod: Pod) -> PodRecord {
+    PodRecord {
+        name: pod.metadata.name.unwrap_or_default(),
+        uid: pod.metadata.uid,
+        service_account: pod
+            .spec
+            .and_then(|s| s.service_account_name)
+            .unwrap_or_else(|| "default".into()),
+        labels: pod.metadata.labels.unwrap_or_default(),
+    }
 }
 
 impl std::fmt::Debug for TokenReviewVerifier {
@@ -50,19 +101,14 @@ pub fn service_account_user(namespace: &str, service_account: &str) -> String {
 impl TokenReviewVerifier {
     pub fn new(client: kube::Client, audience: impl Into<String>) -> Self {
         TokenReviewVerifier {
-            api: Api::all(client),
+            api: Api::all(client.clone()),
+            client,
             audience: audience.into(),
         }
     }
-}
 
-impl TokenVerifier for TokenReviewVerifier {
-    async fn verify(
-        &self,
-        token: &str,
-        namespace: &str,
-        service_account: &str,
-    ) -> Result<(), TokenError> {
+    /// Reviews `token` for our audience: the authenticated user.
+    async fn review(&self, token: &str) -> Result<UserInfo, TokenError> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_string(),
@@ -86,7 +132,18 @@ impl TokenVerifier for TokenReviewVerifier {
             return Err(TokenError::Rejected(format!("TokenReview: {why}")));
         }
         audiences_confirm(status.audiences.as_deref(), &self.audience)?;
-        let user = status.user.and_then(|u| u.username).unwrap_or_default();
+        Ok(status.user.unwrap_or_default())
+    }
+}
+
+impl TokenVerifier for TokenReviewVerifier {
+    async fn verify(
+        &self,
+        token: &str,
+        namespace: &str,
+        service_account: &str,
+    ) -> Result<(), TokenError> {
+        let user = self.review(token).await?.username.unwrap_or_default();
         let wanted = service_account_user(namespace, service_account);
         if user != wanted {
             return Err(TokenError::WrongIdentity {
@@ -99,11 +156,72 @@ impl TokenVerifier for TokenReviewVerifier {
         }
         Ok(())
     }
+
+    /// The token's service account and bound pod (TokenReview), then that
+    /// pod as the API server has it (its labels, service account, uid).
+    async fn prove_workload(
+        &self,
+        token: &str,
+        claim: Claim<'_>,
+    ) -> Result<ProvenWorkload, WorkloadError> {
+        let who = caller_of(&self.review(token).await?)?;
+        // Only the caller's own pod is ever read.
+        let bound = who.pod.as_ref().map_or("", |p| p.name.as_str());
+        let pod = if who.namespace == claim.namespace && bound == claim.pod {
+            Api::<Pod>::namespaced(self.client.clone(), &who.namespace)
+                .get_opt(bound)
+                .await
+                .map_err(|e| {
+                    WorkloadError::Unavailable(format!(
+                        "reading pod {}/{bound}: {e}",
+                        who.namespace
+                    ))
+                })?
+        } else {
+            None
+        };
+        caller::bind(claim, &who, pod.map(pod_record))
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn callers_are_service_accounts_bound_to_a_pod() {
+        let user = |name: &str, pod: Option<&str>| UserInfo {
+            username: Some(name.into()),
+            extra: pod.map(|p| {
+                [
+                    (POD_NAME_EXTRA.to_string(), vec![p.to_string()]),
+                    (POD_UID_EXTRA.to_string(), vec!["u1".to_string()]),
+                ]
+                .into()
+            }),
+            ..Default::default()
+        };
+        let c = caller_of(&user("system:serviceaccount:shop:web", Some("web-0"))).unwrap();
+        assert_eq!(
+            (c.namespace.as_str(), c.service_account.as_str()),
+            ("shop", "web")
+        );
+        let pod = c.pod.unwrap();
+        assert_eq!(
+            (pod.name.as_str(), pod.uid.as_deref()),
+            ("web-0", Some("u1"))
+        );
+        let reason = |u| caller_of(&u).unwrap_err().reason();
+        assert_eq!(
+            reason(user("system:serviceaccount:shop:web", None)),
+            "not_bound_to_pod"
+        );
+        assert_eq!(
+            reason(user("system:serviceaccount:shop:web", Some(""))),
+            "not_bound_to_pod"
+        );
+        assert_eq!(reason(user("alice", Some("web-0"))), "token_rejected");
+    }
 
     #[test]
     fn audiences_must_name_ours() {

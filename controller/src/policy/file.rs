@@ -4,9 +4,9 @@
 //! or validate is refused with an error naming the line, and the last good
 //! policy stays in force.
 
+use conduit_identity::TrustDomain;
 use conduit_policy::resources::Resources;
 use conduit_policy::{Context, DefaultPolicy};
-use conduit_proxy_tls::TrustDomain;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -32,10 +32,8 @@ pub fn parse(text: &str, trust_domain: Option<&TrustDomain>) -> Result<Resources
     if text.trim().is_empty() {
         return Ok(Resources::default());
     }
-    let r: Resources = serde_yaml::from_str(text).map_err(|e| {
-        let line = e.location().map_or(1, |l| l.line());
-        (line, e.to_string())
-    })?;
+    let r: Resources = conduit_policy::yaml::from_str(text)
+        .map_err(|e| (e.line().map_or(1, |l| l as usize), e.message()))?;
     let ctx = Context {
         namespace: "default".into(),
         trust_domain: trust_domain.cloned(),
@@ -104,7 +102,7 @@ impl PolicyFile {
                 if tx.is_closed() {
                     return;
                 }
-                let text = match std::fs::read_to_string(&path) {
+                let text = match conduit_policy::yaml::read_file(&path) {
                     Ok(t) => t,
                     Err(e) => {
                         tracing::warn!(path = %path.display(), "cannot read policy file: {e}; keeping the last good policy");
@@ -137,7 +135,7 @@ impl PolicyFile {
 }
 
 fn load(path: &Path, td: Option<&TrustDomain>) -> Result<(String, Resources), PolicyFileError> {
-    let text = std::fs::read_to_string(path).map_err(|error| PolicyFileError::Read {
+    let text = conduit_policy::yaml::read_file(path).map_err(|error| PolicyFileError::Read {
         path: path.into(),
         error,
     })?;

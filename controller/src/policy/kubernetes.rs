@@ -139,7 +139,7 @@ impl KubernetesPolicy {
     /// Starts the reflectors; must run within Tokio.
     pub fn start(
         client: Client,
-        trust_domain: Option<conduit_proxy_tls::TrustDomain>,
+        trust_domain: Option<conduit_identity::TrustDomain>,
     ) -> KubernetesPolicy {
         let changed = Arc::new(Notify::new());
         let (servers, t1) = reflect(Api::<Server>::all(client.clone()), changed.clone());

@@ -3,6 +3,7 @@
 //! resources of `policy.conduit.io`) and `conduit.policy.v1.InboundPolicies`
 //! ([`service`]), which streams each proxy the policy of its workload.
 
+pub mod caller;
 pub mod file;
 pub mod kubernetes;
 pub mod service;

@@ -7,7 +7,7 @@ use conduit_test_support::metrics::assert_sample;
 
 use common::*;
 use conduit_controller_api::client::{
-    DestinationResolver, DestinationState, WatchOptions, map_watch, watch_destination_with,
+    DestinationResolver, DestinationState, WatchOptions, watch_destination_with,
 };
 use std::time::Duration;
 
@@ -118,29 +118,27 @@ async fn resolver_shares_streams_and_reports_unknown_targets() {
     assert_sample(&metrics, "conduit_controller_destination_streams", &[], 3.0);
 }
 
+/// The proxy balances over the client's state as it is (no mapping task
+/// into a proxy type): an address target names its service and follows its
+/// endpoints.
 #[tokio::test]
-async fn map_watch_adapts_to_a_proxy_shape() {
-    #[derive(Debug, PartialEq)]
-    struct ProxyDestination {
-        name: String,
-        addrs: Vec<std::net::SocketAddr>,
-    }
+async fn an_address_target_is_what_the_proxy_balances_over() {
     let c = TestController::start(&web_service(&["10.0.0.1"])).await;
-    let rx = watch_destination_with(c.channel(), "10.96.0.10:80", fast_retry());
-    let mut mapped = map_watch(rx, |s: &DestinationState| ProxyDestination {
-        name: s.display_name().to_owned(),
-        addrs: s.endpoints.iter().map(|e| e.addr).collect(),
-    });
+    let mut rx = watch_destination_with(c.channel(), "10.96.0.10:80", fast_retry());
     assert_eq!(
-        wait_for_eq(&mut mapped, |d| !d.addrs.is_empty()).await.name,
+        wait_for_eq(&mut rx, |s| !s.endpoints.is_empty())
+            .await
+            .display_name(),
         WEB
     );
     write_atomic(&c.discovery, &web_service(&["10.0.0.7"]));
     let want: Vec<std::net::SocketAddr> = vec!["10.0.0.7:8080".parse().unwrap()];
-    assert_eq!(
-        wait_for_eq(&mut mapped, |d| d.addrs == want).await.name,
-        WEB
-    );
+    let s = wait_for_eq(&mut rx, |s| {
+        s.endpoints.iter().map(|e| e.addr).collect::<Vec<_>>() == want
+    })
+    .await;
+    assert_eq!(s.display_name(), WEB);
+    assert!(!s.pending());
 }
 
 async fn wait_for_eq<T>(

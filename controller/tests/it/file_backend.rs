@@ -192,6 +192,46 @@ fn a_bad_file_at_startup_is_an_error() {
     assert!(err.to_string().contains("line 3"), "{err}");
 }
 
+/// A small discovery file whose aliases expand to 4 million labels, and a
+/// file far over the size limit: both refused at once with an error saying
+/// why, instead of the controller eating the node's memory (serde_yaml
+/// built every aliased copy; nothing bounded the file's size).
+#[test]
+fn an_alias_bomb_and_an_oversized_file_are_refused() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let _g = rt.enter();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.yaml");
+    let mut bomb = String::from(
+        "services:\n  - name: web\n    ports: [{port: 80}]\n    endpoints:\n      - ip: 10.0.0.1\n        labels: &l {",
+    );
+    let labels: Vec<String> = (0..2_000).map(|i| format!("k{i}: v")).collect();
+    bomb.push_str(&labels.join(","));
+    bomb.push_str("}\n");
+    for i in 0..2_000 {
+        bomb.push_str(&format!("      - {{ip: 10.0.{}.{}, labels: *l}}\n", i / 250, i % 250 + 2));
+    }
+    assert!(bomb.len() < 100_000, "{}", bomb.len());
+    std::fs::write(&path, &bomb).unwrap();
+    let started = std::time::Instant::now();
+    let err = FileBackend::start(&path, settings(), Duration::from_secs(1), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("line "), "{err}");
+    assert!(err.contains("budget") || err.contains("alias"), "{err}");
+    assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+
+    // 1 GiB (sparse): refused after reading 16 MiB.
+    let f = std::fs::File::create(&path).unwrap();
+    f.set_len(1 << 30).unwrap();
+    let err = FileBackend::start(&path, settings(), Duration::from_secs(1), None)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("larger than 16777216 bytes"), "{err}");
+}
+
 #[tokio::test]
 async fn follows_a_configmap_style_symlink_swap() {
     use std::os::unix::fs::symlink;

@@ -119,7 +119,11 @@ async fn refuses_malformed_and_mismatched_requests() {
     let mut tampered = good.clone();
     *tampered.last_mut().unwrap() ^= 1;
     // (identity, CSR, what the refusal mentions), all with WEB_TOKEN.
-    let cases: [(&str, Vec<u8>, &str); 10] = [
+    // A namespace Kubernetes cannot have: the controller's own grammar used
+    // to accept it (and then asked the token verifier), while every proxy
+    // refused it. One grammar now: refused before the token is looked at.
+    const DOTTED: &str = "spiffe://test.local/ns/default.eu/sa/web";
+    let cases: [(&str, Vec<u8>, &str); 11] = [
         (WEB_ID, b"not a csr".to_vec(), "malformed CSR"),
         (WEB_ID, Vec::new(), "malformed CSR"),
         (WEB_ID, trailing, "trailing"),
@@ -151,6 +155,11 @@ async fn refuses_malformed_and_mismatched_requests() {
             "spiffe://other.domain/ns/default/sa/web",
             csr(&[uri("spiffe://other.domain/ns/default/sa/web")], &key),
             "trust domain",
+        ),
+        (
+            DOTTED,
+            csr(&[uri(DOTTED)], &key),
+            "is not a Kubernetes namespace name",
         ),
     ];
     for (identity, request, needle) in cases {

@@ -96,14 +96,14 @@ fn injecting_twice_changes_nothing() {
 /// Every pod template of an injected stream, as typed k8s-openapi values.
 fn templates(yaml: &str) -> Vec<(String, PodTemplateSpec)> {
     let mut out = Vec::new();
-    for de in serde_yaml::Deserializer::from_str(yaml) {
-        let v = serde_yaml::Value::deserialize(de).unwrap();
+    for de in serde_norway::Deserializer::from_str(yaml) {
+        let v = serde_norway::Value::deserialize(de).unwrap();
         collect(&v, &mut out);
     }
     out
 }
 
-fn collect(v: &serde_yaml::Value, out: &mut Vec<(String, PodTemplateSpec)>) {
+fn collect(v: &serde_norway::Value, out: &mut Vec<(String, PodTemplateSpec)>) {
     let kind = v["kind"].as_str().unwrap_or("").to_string();
     let t = match kind.as_str() {
         "List" => {
@@ -112,16 +112,16 @@ fn collect(v: &serde_yaml::Value, out: &mut Vec<(String, PodTemplateSpec)>) {
             }
             return;
         }
-        "Pod" => serde_yaml::from_value(
-            serde_yaml::to_value(serde_yaml::Mapping::from_iter([
+        "Pod" => serde_norway::from_value(
+            serde_norway::to_value(serde_norway::Mapping::from_iter([
                 ("metadata".into(), v["metadata"].clone()),
                 ("spec".into(), v["spec"].clone()),
             ]))
             .unwrap(),
         ),
-        "CronJob" => serde_yaml::from_value(v["spec"]["jobTemplate"]["spec"]["template"].clone()),
+        "CronJob" => serde_norway::from_value(v["spec"]["jobTemplate"]["spec"]["template"].clone()),
         "Deployment" | "StatefulSet" | "DaemonSet" | "Job" => {
-            serde_yaml::from_value(v["spec"]["template"].clone())
+            serde_norway::from_value(v["spec"]["template"].clone())
         }
         _ => return,
     };

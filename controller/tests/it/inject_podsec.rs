@@ -11,7 +11,7 @@ use conduit_controller::inject::{Args, Options, inject_yaml};
 use conduit_controller::kubernetes::mesh;
 use k8s_openapi::api::core::v1::{Namespace, PodTemplateSpec};
 use serde::Deserialize;
-use serde_yaml::Value;
+use serde_norway::Value;
 use std::path::{Path, PathBuf};
 
 fn golden_dir() -> PathBuf {
@@ -39,7 +39,7 @@ fn options() -> Options {
 }
 
 fn docs(yaml: &str) -> Vec<Value> {
-    serde_yaml::Deserializer::from_str(yaml)
+    serde_norway::Deserializer::from_str(yaml)
         .map(|de| Value::deserialize(de).unwrap())
         .filter(|v| !v.is_null())
         .collect()
@@ -58,7 +58,7 @@ fn templates(yaml: &str) -> Vec<(String, PodTemplateSpec)> {
                 return;
             }
             "Pod" => {
-                let mut m = serde_yaml::Mapping::new();
+                let mut m = serde_norway::Mapping::new();
                 m.insert("metadata".into(), v["metadata"].clone());
                 m.insert("spec".into(), v["spec"].clone());
                 Value::Mapping(m)
@@ -69,7 +69,7 @@ fn templates(yaml: &str) -> Vec<(String, PodTemplateSpec)> {
             }
             _ => return,
         };
-        out.push((name, serde_yaml::from_value(t).unwrap()));
+        out.push((name, serde_norway::from_value(t).unwrap()));
     }
     let mut out = Vec::new();
     for v in docs(yaml) {
@@ -129,7 +129,7 @@ fn injected_workloads_meet_pod_security_baseline() {
 #[test]
 fn the_example_namespace_enforces_baseline_and_strict_inbound() {
     let docs = docs(&example());
-    let ns: Namespace = serde_yaml::from_value(docs[0].clone()).unwrap();
+    let ns: Namespace = serde_norway::from_value(docs[0].clone()).unwrap();
     let meta = ns.metadata;
     assert_eq!(
         meta.labels.unwrap()["pod-security.kubernetes.io/enforce"],

@@ -55,7 +55,7 @@ fn documents() -> Vec<(String, usize, Value)> {
             .unwrap()
             .display()
             .to_string();
-        for (i, de) in serde_yaml::Deserializer::from_str(&text).enumerate() {
+        for (i, de) in serde_norway::Deserializer::from_str(&text).enumerate() {
             let v =
                 Value::deserialize(de).unwrap_or_else(|e| panic!("{name} document {}: {e}", i + 1));
             if !v.is_null() {
@@ -222,7 +222,7 @@ fn rbac_is_least_privilege() {
     assert_eq!(
         rules(&controller),
         [
-            rule("", "pods", &["list", "watch"]),
+            rule("", "pods", &["get", "list", "watch"]),
             rule("", "services", &["list", "watch"]),
             rule("authentication.k8s.io", "tokenreviews", &["create"]),
             rule("discovery.k8s.io", "endpointslices", &["list", "watch"]),
@@ -459,7 +459,7 @@ struct SecretGenerator {
 
 #[test]
 fn kustomizations_list_every_manifest() {
-    let main: Kustomization = serde_yaml::from_str(
+    let main: Kustomization = serde_norway::from_str(
         &std::fs::read_to_string(manifests_dir().join("kustomization.yaml")).unwrap(),
     )
     .unwrap();
@@ -476,7 +476,7 @@ fn kustomizations_list_every_manifest() {
         (gen_.name.as_str(), gen_.type_.as_str()),
         ("conduit-issuer", "kubernetes.io/tls")
     );
-    let cleanup: Kustomization = serde_yaml::from_str(
+    let cleanup: Kustomization = serde_norway::from_str(
         &std::fs::read_to_string(manifests_dir().join("cleanup/kustomization.yaml")).unwrap(),
     )
     .unwrap();

@@ -74,6 +74,7 @@ impl Balancer {
     /// and endpoints that stay keep their statistics.
     pub fn new(mut rx: watch::Receiver<Destination>, config: BalanceConfig) -> Self {
         let dest = rx.borrow_and_update().clone();
+        let name: Arc<str> = dest.display_name().into();
         let now = Instant::now();
         let endpoints = dest
             .endpoints
@@ -82,7 +83,7 @@ impl Balancer {
             .collect();
         let state = State {
             rx,
-            name: dest.name.into(),
+            name,
             endpoints,
         };
         let budget = RetryBudget::new(config.retry_budget);
@@ -227,7 +228,7 @@ impl Balancer {
     /// destination (whatever it says); true once there is one.
     pub async fn answered(&self, timeout: Duration) -> bool {
         let mut rx = self.state().rx.clone();
-        let found = tokio::time::timeout(timeout, rx.wait_for(|d| !d.pending)).await;
+        let found = tokio::time::timeout(timeout, rx.wait_for(|d| !d.pending())).await;
         matches!(found, Ok(Ok(_)))
     }
 
@@ -273,6 +274,7 @@ impl State {
             return false;
         }
         let dest = self.rx.borrow_and_update().clone();
+        self.name = dest.display_name().into();
         let mut old: HashMap<SocketAddr, Arc<EndpointState>> = self
             .endpoints
             .drain(..)
@@ -293,7 +295,6 @@ impl State {
                 None => Arc::new(EndpointState::new(e, cfg, now)),
             })
             .collect();
-        self.name = dest.name.into();
         tracing::debug!(destination = %self.name, endpoints = self.endpoints.len(), "endpoints updated");
         true
     }
@@ -311,11 +312,7 @@ mod tests {
 
     fn balancer(ports: &[u16], config: BalanceConfig) -> (watch::Sender<Destination>, Balancer) {
         let eps = ports.iter().map(|p| Endpoint::plain(addr(*p))).collect();
-        let (tx, rx) = watch::channel(Destination {
-            name: "svc".into(),
-            endpoints: eps,
-            pending: false,
-        });
+        let (tx, rx) = watch::channel(Destination::known("svc", eps));
         (tx, Balancer::new(rx, config))
     }
 
@@ -365,7 +362,7 @@ mod tests {
             d.endpoints.remove(1);
             d.endpoints.push(Endpoint::plain(addr(3)));
             d.endpoints[0].weight = 5;
-            d.name = "renamed".into();
+            d.name = Some("renamed".into());
         });
         let snap = b.snapshot();
         assert_eq!(

@@ -282,11 +282,7 @@ mod tests {
         let eps = (1..=n)
             .map(|p| Endpoint::plain(SocketAddr::from(([127, 0, 0, 1], p))))
             .collect();
-        let (tx, rx) = watch::channel(Destination {
-            name: "svc".into(),
-            endpoints: eps,
-            pending: false,
-        });
+        let (tx, rx) = watch::channel(Destination::known("svc", eps));
         (tx, Balancer::new(rx, BalanceConfig::default()))
     }
 
@@ -470,11 +466,7 @@ mod tests {
         };
         let dest = |port| {
             let ep = Endpoint::plain(SocketAddr::from(([127, 0, 0, 1], port)));
-            let (tx, rx) = watch::channel(Destination {
-                name: "d".into(),
-                endpoints: vec![ep],
-                pending: false,
-            });
+            let (tx, rx) = watch::channel(Destination::known("d", vec![ep]));
             (tx, Balancer::new(rx, config.clone()))
         };
         let ((_ta, a), (_tb, b)) = (dest(1), dest(2));

@@ -19,6 +19,7 @@
 //! port still apply.
 
 use super::{Destination, Endpoint};
+use conduit_proxy_tls::SpiffeId;
 use serde::Deserialize;
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::net::SocketAddr;
@@ -152,13 +153,19 @@ fn validate(svc: &ServiceConfig) -> Result<(), String> {
         if ep.addr.port() == 0 {
             return Err(format!("endpoint {}: port 0", ep.addr));
         }
-        if let Some(id) = &ep.identity
-            && id.trim().is_empty()
-        {
-            return Err(format!("endpoint {}: empty identity", ep.addr));
-        }
     }
     Ok(())
+}
+
+/// An endpoint's identity, parsed once, here (the mesh's one grammar).
+fn parse_identity(id: Option<&str>, addr: SocketAddr) -> Result<Option<SpiffeId>, String> {
+    match id {
+        None => Ok(None),
+        Some(id) if id.trim().is_empty() => Err(format!("endpoint {addr}: empty identity")),
+        Some(id) => SpiffeId::parse(id)
+            .map(Some)
+            .map_err(|e| format!("endpoint {addr}: bad identity: {e}")),
+    }
 }
 
 /// Parses a discovery file's text into services.
@@ -167,29 +174,33 @@ pub fn parse_file(text: &str) -> Result<Vec<ServiceConfig>, ConfigError> {
         return Ok(Vec::new());
     }
     let spec: FileSpec =
-        serde_yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
-    let services: Vec<ServiceConfig> = spec
-        .services
-        .into_iter()
-        .map(|s| ServiceConfig {
+        conduit_policy::yaml::from_str(text).map_err(|e| ConfigError::Yaml(e.to_string()))?;
+    let mut services = Vec::with_capacity(spec.services.len());
+    for s in spec.services {
+        let mut endpoints = Vec::with_capacity(s.endpoints.len());
+        for e in s.endpoints {
+            endpoints.push(match e {
+                EndpointSpec::Short(addr) => Endpoint::plain(addr),
+                EndpointSpec::Long(l) => Endpoint {
+                    addr: l.addr,
+                    weight: l.weight,
+                    identity: parse_identity(l.identity.as_deref(), l.addr).map_err(|message| {
+                        ConfigError::Invalid {
+                            service: s.name.clone(),
+                            message,
+                        }
+                    })?,
+                    meshed_inbound_port: l.meshed_inbound_port,
+                    labels: l.labels,
+                },
+            });
+        }
+        services.push(ServiceConfig {
             name: s.name,
             addresses: s.addresses,
-            endpoints: s
-                .endpoints
-                .into_iter()
-                .map(|e| match e {
-                    EndpointSpec::Short(addr) => Endpoint::plain(addr),
-                    EndpointSpec::Long(l) => Endpoint {
-                        addr: l.addr,
-                        weight: l.weight,
-                        identity: l.identity,
-                        meshed_inbound_port: l.meshed_inbound_port,
-                        labels: l.labels,
-                    },
-                })
-                .collect(),
-        })
-        .collect();
+            endpoints,
+        });
+    }
     for svc in &services {
         validate(svc).map_err(|message| ConfigError::Invalid {
             service: svc.name.clone(),
@@ -222,21 +233,15 @@ impl Table {
                 }
                 by_addr.insert(
                     *addr,
-                    Destination {
-                        name: svc.name.clone(),
-                        endpoints: svc.endpoints.clone(),
-                        pending: false,
-                    },
+                    Destination::known(svc.name.clone(), svc.endpoints.clone()),
                 );
             }
         }
         for svc in services {
             for ep in &svc.endpoints {
-                by_addr.entry(ep.addr).or_insert_with(|| Destination {
-                    name: svc.name.clone(),
-                    endpoints: vec![ep.clone()],
-                    pending: false,
-                });
+                by_addr
+                    .entry(ep.addr)
+                    .or_insert_with(|| Destination::known(svc.name.clone(), vec![ep.clone()]));
             }
         }
         Ok(Table { by_addr })
@@ -278,7 +283,7 @@ services:
         // A pod address resolves to that endpoint alone.
         let pod = &table.by_addr[&addr("10.0.0.3:8080")];
         assert_eq!(pod.endpoints.len(), 1);
-        assert_eq!(pod.name, "web.default.svc.cluster.local:80");
+        assert_eq!(pod.display_name(), "web.default.svc.cluster.local:80");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! `Destination.Get` stream (client in `conduit_controller_api::client`).
 //!
 //! * One watch (one `Get` stream) per original destination, shared by every
-//!   connection to it.
+//!   connection to it through the per-destination cache.
 //! * A target the controller does not know resolves to
 //!   [`Resolution::Unknown`] (forward unchanged).
 //! * Before the first answer the destination has no endpoints, so the
@@ -15,16 +15,18 @@
 //!   answer about keep their last endpoints, so known traffic survives the
 //!   controller going away. Once one target has waited in vain and no
 //!   stream is up, new targets are unanswered at once.
-//! * Streams are bounded: at most `capacity` destinations are followed
-//!   (below the controller's 4096 streams per connection), and one not
-//!   resolved for `idle_timeout` is forgotten, which ends its stream once
-//!   no balancer uses it any more.
+//! * It keeps no cache: the proxy's per-destination cache
+//!   ([`Balancers`](crate::balance::Balancers)) owns each watch, keeps it
+//!   while the destination is asked for (known or not), and forgets it
+//!   after its idle timeout, which ends the stream once no balancer uses it
+//!   any more. Streams are bounded: the cache follows at most `capacity`
+//!   destinations ([`Discover::max_watches`], below the controller's 4096
+//!   streams per connection).
 
-use super::{Destination, Discover, Endpoint, Resolution};
-use crate::idle_map::IdleMap;
+use super::{Discover, Resolution, Watch};
 use conduit_controller_api::client::{self, DestinationState, WatchOptions};
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
 use tonic::transport::Channel;
@@ -32,23 +34,21 @@ use tonic::transport::Channel;
 /// Default bound on followed destinations (the controller allows 4096
 /// streams per connection).
 pub const DEFAULT_CAPACITY: usize = 4000;
-/// Default time after which an unused destination is forgotten.
-pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 pub struct ControllerDiscovery {
     channel: Channel,
     options: WatchOptions,
     answer_wait: Duration,
     capacity: usize,
-    idle_timeout: Duration,
-    cache: Mutex<IdleMap<Cached>>,
+    /// The streams of the live watches (owned by the per-destination
+    /// cache), for [`controller_away`](Self::controller_away).
+    streams: Arc<Mutex<Vec<Weak<Stream>>>>,
 }
 
-struct Cached {
+/// One `Get` stream: when it started, and the controller's latest state.
+struct Stream {
     created: Instant,
-    last_used: Instant,
     state: watch::Receiver<DestinationState>,
-    mapped: watch::Receiver<Destination>,
 }
 
 impl std::fmt::Debug for ControllerDiscovery {
@@ -56,7 +56,6 @@ impl std::fmt::Debug for ControllerDiscovery {
         f.debug_struct("ControllerDiscovery")
             .field("answer_wait", &self.answer_wait)
             .field("capacity", &self.capacity)
-            .field("idle_timeout", &self.idle_timeout)
             .finish()
     }
 }
@@ -64,17 +63,15 @@ impl std::fmt::Debug for ControllerDiscovery {
 impl ControllerDiscovery {
     /// Discovery over a channel to the controller (plaintext, or TLS from
     /// `identity::controller_channel`; it connects lazily, so the proxy
-    /// starts even when the controller is away).
-    /// This keeps its own cache of watches (rather than sharing a
-    /// `DestinationResolver`), so forgetting a destination ends its stream.
+    /// starts even when the controller is away). Each watch is a stream of
+    /// its own, so dropping a destination's watch ends its stream.
     pub fn new(channel: Channel, answer_wait: Duration) -> Self {
         ControllerDiscovery {
             channel,
             options: WatchOptions::default(),
             answer_wait,
             capacity: DEFAULT_CAPACITY,
-            idle_timeout: DEFAULT_IDLE_TIMEOUT,
-            cache: Mutex::new(IdleMap::new()),
+            streams: Arc::default(),
         }
     }
 
@@ -84,125 +81,105 @@ impl ControllerDiscovery {
         self
     }
 
-    /// Changes the bounds on followed destinations.
-    pub fn with_limits(mut self, capacity: usize, idle_timeout: Duration) -> Self {
+    /// Changes the bound on followed destinations (streams).
+    pub fn with_capacity(mut self, capacity: usize) -> Self {
         self.capacity = capacity.max(1);
-        self.idle_timeout = idle_timeout;
         self
     }
 
-    /// Number of destinations followed.
+    /// Number of live streams.
     pub fn len(&self) -> usize {
-        self.cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .entries
-            .len()
+        self.live().len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    fn watch(
-        &self,
-        orig_dst: SocketAddr,
-    ) -> (
-        Instant,
-        watch::Receiver<DestinationState>,
-        watch::Receiver<Destination>,
-    ) {
-        let now = Instant::now();
-        let mut cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        cache.sweep(now, self.idle_timeout, |c| c.last_used, |_| false);
-        // A mapped watch whose task ended (source gone) is rebuilt.
-        if let Some(c) = cache.entries.get_mut(&orig_dst)
-            && c.mapped.has_changed().is_ok()
-        {
-            c.last_used = now;
-            return (c.created, c.state.clone(), c.mapped.clone());
-        }
-        if cache.entries.len() >= self.capacity {
-            let lru = cache
-                .entries
-                .iter()
-                .min_by_key(|(_, c)| c.last_used)
-                .map(|(k, _)| *k);
-            if let Some(k) = lru {
-                cache.entries.remove(&k);
-            }
-        }
-        let target = client::addr_target(orig_dst);
-        let state = client::watch_destination_with(self.channel.clone(), &target, self.options);
-        let mapped = client::map_watch(state.clone(), move |s| to_destination(s, orig_dst));
-        let entry = Cached {
-            created: now,
-            last_used: now,
-            state: state.clone(),
-            mapped: mapped.clone(),
-        };
-        cache.entries.insert(orig_dst, entry);
-        (now, state, mapped)
-    }
-
-    /// Whether the controller is known to be away: no followed destination
-    /// is connected, and one has waited `answer_wait` in vain. Then a new
-    /// destination need not wait its own `answer_wait` to count as
-    /// unanswered (outside the cluster networks it goes out at once).
-    fn controller_away(&self) -> bool {
-        let cache = self.cache.lock().unwrap_or_else(|p| p.into_inner());
-        let mut waited = false;
-        for c in cache.entries.values() {
-            if c.state.borrow().connected {
-                return false;
-            }
-            waited |= c.created.elapsed() >= self.answer_wait;
-        }
-        waited
+    fn live(&self) -> Vec<Arc<Stream>> {
+        let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+        streams.retain(|w| w.strong_count() > 0);
+        streams.iter().filter_map(Weak::upgrade).collect()
     }
 }
 
+/// Whether the controller is known to be away: no live stream is
+/// connected, and one has waited `answer_wait` in vain. Then a new
+/// destination need not wait its own `answer_wait` to count as unanswered
+/// (outside the cluster networks it goes out at once).
+fn controller_away(streams: &Mutex<Vec<Weak<Stream>>>, answer_wait: Duration) -> bool {
+    let streams = streams.lock().unwrap_or_else(|p| p.into_inner());
+    let mut waited = false;
+    for s in streams.iter().filter_map(Weak::upgrade) {
+        if s.state.borrow().connected {
+            return false;
+        }
+        waited |= s.created.elapsed() >= answer_wait;
+    }
+    waited
+}
+
+/// The watch on one destination: its stream, whose state (the API
+/// client's watch) is handed to balancers as it is.
+struct ControllerWatch {
+    orig_dst: SocketAddr,
+    stream: Arc<Stream>,
+    answer_wait: Duration,
+    streams: Arc<Mutex<Vec<Weak<Stream>>>>,
+}
+
 impl Discover for ControllerDiscovery {
-    fn resolve(&self, orig_dst: SocketAddr) -> Resolution {
-        let (created, state, mapped) = self.watch(orig_dst);
+    fn watch(&self, orig_dst: SocketAddr) -> Box<dyn Watch> {
+        let target = client::addr_target(orig_dst);
+        let state = client::watch_destination_with(self.channel.clone(), &target, self.options);
+        let stream = Arc::new(Stream {
+            created: Instant::now(),
+            state,
+        });
+        {
+            let mut streams = self.streams.lock().unwrap_or_else(|p| p.into_inner());
+            streams.retain(|w| w.strong_count() > 0);
+            streams.push(Arc::downgrade(&stream));
+        }
+        Box::new(ControllerWatch {
+            orig_dst,
+            stream,
+            answer_wait: self.answer_wait,
+            streams: self.streams.clone(),
+        })
+    }
+
+    fn max_watches(&self) -> usize {
+        self.capacity
+    }
+}
+
+impl Watch for ControllerWatch {
+    fn resolution(&self) -> Resolution {
         // Copied out: `controller_away` borrows every state, this one too.
         let (exists, connected) = {
-            let s = state.borrow();
+            let s = self.stream.state.borrow();
             (s.exists, s.connected)
         };
         match exists {
             Some(false) => Resolution::Unknown,
             None if !connected
-                && (created.elapsed() >= self.answer_wait || self.controller_away()) =>
+                && (self.stream.created.elapsed() >= self.answer_wait
+                    || controller_away(&self.streams, self.answer_wait)) =>
             {
-                tracing::debug!(%orig_dst, "controller has not answered about this destination");
+                tracing::debug!(orig_dst = %self.orig_dst, "controller has not answered about this destination");
                 Resolution::Unanswered
             }
-            _ => Resolution::Known(mapped),
+            _ => Resolution::Known(self.stream.state.clone()),
         }
     }
-}
 
-/// The proxy's view of a controller state. A target that turned out not to
-/// exist while connections already follow it maps to its own address.
-fn to_destination(s: &DestinationState, orig_dst: SocketAddr) -> Destination {
-    let endpoints = match s.exists {
-        Some(false) => vec![Endpoint::plain(orig_dst)],
-        _ => s
-            .endpoints
-            .iter()
-            .map(|e| Endpoint {
-                addr: e.addr,
-                weight: e.weight,
-                identity: e.identity.clone(),
-                meshed_inbound_port: e.meshed_inbound_port,
-                labels: e.labels.clone(),
-            })
-            .collect(),
-    };
-    Destination {
-        name: s.display_name().to_owned(),
-        endpoints,
-        pending: s.exists.is_none(),
+    /// A watch whose task ended is rebuilt.
+    fn is_live(&self) -> bool {
+        self.stream.state.has_changed().is_ok()
+    }
+
+    fn follows_unresolved(&self) -> bool {
+        true
     }
 }

@@ -1,6 +1,7 @@
 //! Discovery: from an original destination address to the set of endpoints
-//! behind it. The proxy only sees the [`Discover`] trait; backends are a
-//! static file (here) and the controller's `Destination.Get` stream.
+//! behind it. The proxy only sees the [`Discover`] and [`Watch`] traits;
+//! backends are a static file (here) and the controller's
+//! `Destination.Get` stream.
 
 pub mod config;
 mod controller;
@@ -12,44 +13,20 @@ pub use controller::ControllerDiscovery;
 pub use networks::{ClusterNetworks, DEFAULT_CLUSTER_NETWORKS};
 pub use static_backend::{MAX_FILE_BYTES, StaticDiscovery, StaticError};
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use tokio::sync::watch;
 
-/// One endpoint of a destination, as discovery describes it.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Endpoint {
-    pub addr: SocketAddr,
-    pub weight: u32,
-    /// The peer's mTLS identity (SPIFFE ID) when it is meshed.
-    pub identity: Option<String>,
-    /// Set when the endpoint runs a conduit proxy: its inbound port.
-    pub meshed_inbound_port: Option<u16>,
-    pub labels: BTreeMap<String, String>,
-}
+/// One endpoint of a destination, as discovery describes it: the API
+/// client's type, whose identity was parsed once where the controller's
+/// answer came in (a static file's endpoints are parsed when it is loaded).
+pub use conduit_controller_api::client::Endpoint;
 
-impl Endpoint {
-    /// An endpoint with weight 1, no identity, not meshed, no labels.
-    pub fn plain(addr: SocketAddr) -> Self {
-        Endpoint {
-            addr,
-            weight: 1,
-            identity: None,
-            meshed_inbound_port: None,
-            labels: BTreeMap::new(),
-        }
-    }
-}
-
-/// The current state of a destination.
-#[derive(Debug, Clone, PartialEq, Eq, Default)]
-pub struct Destination {
-    /// Name used in metrics, e.g. `web.default.svc.cluster.local:80`.
-    pub name: String,
-    pub endpoints: Vec<Endpoint>,
-    /// Discovery has not answered yet (the name is still the address).
-    pub pending: bool,
-}
+/// The current state of a destination: the API client's state, followed
+/// as the controller's stream updates it (no copy into another type). A
+/// static table's destinations are [`Destination::known`]; `pending()` is
+/// true until discovery first answered; `display_name()` is the name used
+/// in metrics, e.g. `web.default.svc.cluster.local:80`.
+pub use conduit_controller_api::client::DestinationState as Destination;
 
 /// What discovery knows about an original destination.
 #[derive(Debug, Clone)]
@@ -66,8 +43,38 @@ pub enum Resolution {
     Unanswered,
 }
 
-/// Resolves original destinations. Implementations must be cheap to call per
-/// connection (cache and share watches).
+/// A backend of discovery: it starts watches on original destinations.
+/// The proxy's one per-destination cache,
+/// [`Balancers`](crate::balance::Balancers), calls [`watch`](Self::watch)
+/// once per destination and owns the watch (with the destination's
+/// balancer) while the destination is used; dropping it ends the watch
+/// (for the controller, its `Get` stream). Backends keep no cache of
+/// their own.
 pub trait Discover: Send + Sync + 'static {
-    fn resolve(&self, orig_dst: SocketAddr) -> Resolution;
+    /// Starts following `orig_dst`.
+    fn watch(&self, orig_dst: SocketAddr) -> Box<dyn Watch>;
+
+    /// At most this many watches at once (the cache holds no more).
+    fn max_watches(&self) -> usize {
+        usize::MAX
+    }
+}
+
+/// Discovery's watch on one original destination.
+pub trait Watch: Send + Sync {
+    /// What discovery knows about the destination now.
+    fn resolution(&self) -> Resolution;
+
+    /// Whether the watch still follows its source (`false`: start another).
+    fn is_live(&self) -> bool {
+        true
+    }
+
+    /// Whether to keep the watch while the destination is not resolved to
+    /// endpoints: the controller's answer may still change and its next
+    /// watch would cost a new stream; a static table is looked up again for
+    /// free.
+    fn follows_unresolved(&self) -> bool {
+        false
+    }
 }

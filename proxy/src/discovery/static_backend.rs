@@ -2,7 +2,7 @@
 //! YAML file (format in [`super::config`]), reloaded when the file changes.
 
 use super::config::{ConfigError, ServiceConfig, ServiceFlag, Table, parse_file};
-use super::{Destination, Discover, Resolution};
+use super::{Destination, Discover, Resolution, Watch};
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::net::SocketAddr;
@@ -188,12 +188,35 @@ impl StaticDiscovery {
     }
 }
 
-impl Discover for StaticDiscovery {
-    fn resolve(&self, orig_dst: SocketAddr) -> Resolution {
+impl StaticDiscovery {
+    /// What the table says about `orig_dst` now.
+    pub fn resolve(&self, orig_dst: SocketAddr) -> Resolution {
         match self.read_state().watches.get(&orig_dst) {
             Some(tx) => Resolution::Known(tx.subscribe()),
             None => Resolution::Unknown,
         }
+    }
+}
+
+/// A static destination: the table (reloaded in place) is looked up on
+/// every resolution.
+struct StaticWatch {
+    discovery: StaticDiscovery,
+    orig_dst: SocketAddr,
+}
+
+impl Watch for StaticWatch {
+    fn resolution(&self) -> Resolution {
+        self.discovery.resolve(self.orig_dst)
+    }
+}
+
+impl Discover for StaticDiscovery {
+    fn watch(&self, orig_dst: SocketAddr) -> Box<dyn Watch> {
+        Box::new(StaticWatch {
+            discovery: self.clone(),
+            orig_dst,
+        })
     }
 }
 
@@ -209,7 +232,7 @@ fn read_bounded(path: &Path) -> Result<String, StaticError> {
             len,
         });
     }
-    std::fs::read_to_string(path).map_err(read_err)
+    conduit_policy::yaml::read_file(path).map_err(read_err)
 }
 
 fn hash_of(text: &str) -> u64 {
@@ -233,7 +256,7 @@ mod tests {
     fn flags_resolve_and_unknown_is_unknown() {
         let d = StaticDiscovery::new(vec!["web@10.96.0.10:80=127.0.0.1:1".parse().unwrap()], None)
             .unwrap();
-        assert_eq!(known(&d, "10.96.0.10:80").borrow().name, "web");
+        assert_eq!(known(&d, "10.96.0.10:80").borrow().display_name(), "web");
         assert!(matches!(
             d.resolve("10.96.0.10:81".parse().unwrap()),
             Resolution::Unknown

@@ -3,8 +3,8 @@
 //! upstream. Peer proxies are always reached over HTTP/2, so all HTTP
 //! between two proxies shares one connection.
 
-use super::{Body, Proto};
-use crate::transport::{self, ConnectTarget, Connector, MeshProto, TransportHeader};
+use super::Body;
+use crate::transport::{self, Connector, MeshProto, NextHop};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
@@ -12,21 +12,6 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::debug;
-
-/// One hop's destination: where to connect, the application port to name
-/// in the transport header (peer proxies only) and the HTTP version.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct Upstream {
-    pub target: ConnectTarget,
-    pub mesh_port: Option<u16>,
-    pub proto: Proto,
-}
-
-impl Upstream {
-    fn header(&self, proto: MeshProto) -> Option<TransportHeader> {
-        self.mesh_port.map(|port| TransportHeader { proto, port })
-    }
-}
 
 /// An error, and the request when none of it was sent.
 pub type Unsent = (ClientError, Option<http::Request<Body>>);
@@ -64,8 +49,8 @@ type H1Idle = Vec<(Instant, http1::SendRequest<Body>)>;
 pub struct Client {
     connector: Arc<dyn Connector>,
     settings: ClientSettings,
-    h1: Mutex<HashMap<Upstream, H1Idle>>,
-    h2: Mutex<HashMap<Upstream, H2Slot>>,
+    h1: Mutex<HashMap<NextHop, H1Idle>>,
+    h2: Mutex<HashMap<NextHop, H2Slot>>,
 }
 
 impl Client {
@@ -84,7 +69,7 @@ impl Client {
 
     pub async fn send(
         &self,
-        up: &Upstream,
+        up: &NextHop,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, ClientError> {
         self.send_or_return(up, req).await.map_err(|(e, _)| e)
@@ -95,24 +80,25 @@ impl Client {
     /// it can be tried on another endpoint whatever its method.
     pub async fn send_or_return(
         &self,
-        up: &Upstream,
+        up: &NextHop,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, Unsent> {
         match up.proto {
-            Proto::Http1 => self.send_h1(up, req).await,
-            Proto::Http2 => match self.h2_sender(up).await {
+            MeshProto::H2 => match self.h2_sender(up).await {
                 Ok(sender) => self.send_h2(up, sender, req).await,
                 Err(e) => Err((e, Some(req))),
             },
+            // An HTTP hop carries `H2` or `Http1` (`MeshProto::http`).
+            MeshProto::Http1 | MeshProto::Tcp => self.send_h1(up, req).await,
         }
     }
 
     async fn send_h1(
         &self,
-        up: &Upstream,
+        up: &NextHop,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, Unsent> {
-        let addr = up.target.addr;
+        let addr = up.addr;
         let mut req = req;
         // A pooled connection may have been closed by the server just now;
         // hyper hands the request back if it was never written, and we try
@@ -136,7 +122,7 @@ impl Client {
                 },
             }
         }
-        let mut sender = match self.connect_h1(up, MeshProto::Http1, false).await {
+        let mut sender = match self.connect_h1(up, false).await {
             Ok(s) => s,
             Err(e) => return Err((e, Some(req))),
         };
@@ -146,7 +132,7 @@ impl Client {
             .map_err(|source| (ClientError::Request { addr, source }, None))
     }
 
-    fn take_h1(&self, up: &Upstream) -> Option<http1::SendRequest<Body>> {
+    fn take_h1(&self, up: &NextHop) -> Option<http1::SendRequest<Body>> {
         let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = pool.get_mut(up)?;
         let timeout = self.settings.idle_timeout;
@@ -155,7 +141,7 @@ impl Client {
         Some(idle.swap_remove(i).1)
     }
 
-    fn put_h1(&self, up: &Upstream, sender: http1::SendRequest<Body>) {
+    fn put_h1(&self, up: &NextHop, sender: http1::SendRequest<Body>) {
         let mut pool = self.h1.lock().unwrap_or_else(|p| p.into_inner());
         let idle = pool.entry(up.clone()).or_default();
         if idle.len() < self.settings.max_idle_per_upstream {
@@ -167,12 +153,11 @@ impl Client {
     /// as a byte stream after a 101 or a CONNECT.
     pub async fn connect_h1(
         &self,
-        up: &Upstream,
-        mesh: MeshProto,
+        up: &NextHop,
         upgrades: bool,
     ) -> Result<http1::SendRequest<Body>, ClientError> {
-        let addr = up.target.addr;
-        let io = transport::open(&*self.connector, &up.target, up.header(mesh))
+        let addr = up.addr;
+        let io = transport::open(&*self.connector, up)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
         let (sender, conn) = http1::Builder::new()
@@ -195,11 +180,11 @@ impl Client {
 
     async fn send_h2(
         &self,
-        up: &Upstream,
+        up: &NextHop,
         mut sender: http2::SendRequest<Body>,
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, Unsent> {
-        let addr = up.target.addr;
+        let addr = up.addr;
         if let Err(source) = sender.ready().await {
             // The connection closed (e.g. the peer's GOAWAY): not sent.
             return Err((ClientError::Request { addr, source }, Some(req)));
@@ -218,7 +203,7 @@ impl Client {
         })
     }
 
-    async fn h2_sender(&self, up: &Upstream) -> Result<http2::SendRequest<Body>, ClientError> {
+    async fn h2_sender(&self, up: &NextHop) -> Result<http2::SendRequest<Body>, ClientError> {
         let slot = {
             let mut pool = self.h2.lock().unwrap_or_else(|p| p.into_inner());
             pool.entry(up.clone()).or_default().clone()
@@ -233,8 +218,8 @@ impl Client {
         if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
         }
-        let addr = up.target.addr;
-        let io = transport::open(&*self.connector, &up.target, up.header(MeshProto::H2))
+        let addr = up.addr;
+        let io = transport::open(&*self.connector, up)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())

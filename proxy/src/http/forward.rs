@@ -5,14 +5,13 @@
 //! budgeted retries of idempotent requests without a body).
 
 use super::body_timeout::{BodyTimeout, ReadTimeout, Tripped};
-use super::client::{ClientError, Upstream};
+use super::client::ClientError;
 use super::client_body::{BodyFailed, ClientBody};
 use super::{Body, ORIG_PROTO, Proto, boxed, error_response, headers, replay, tunnel};
 use crate::balance::{Attempt, CallError, is_idempotent};
 use crate::ctx::{ConnCtx, Shared};
 use crate::metrics::{ConnHttpMetrics, Direction};
-use crate::route::{Picked, RouteTarget, picked_for};
-use crate::transport::MeshProto;
+use crate::transport::{MeshProto, NextHop};
 use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use std::convert::Infallible;
@@ -67,7 +66,7 @@ impl ForwardError {
             ForwardError::BodyTimeout(_) => "body_read_timeout",
             ForwardError::ClientBody => "malformed_body",
             ForwardError::Upstream(ClientError::Connect { source, .. })
-                if source.kind() == std::io::ErrorKind::PermissionDenied =>
+                if crate::transport::error::is_peer_identity(source) =>
             {
                 "tls_peer_identity"
             }
@@ -157,13 +156,8 @@ async fn forward(
     if let Some(client_upgrade) = client_upgrade {
         return forward_upgrade(shared, conn, req, client_upgrade).await;
     }
-    let balancer = match &conn.route.target {
-        RouteTarget::Direct(addr, why) => {
-            return send(shared, conn, Picked::direct(*addr, *why), req, orig_h1).await;
-        }
-        RouteTarget::Balanced(b) => b,
-    };
-    let (req, replay) = if is_idempotent(req.method()) {
+    let target = &conn.route.target;
+    let (req, replay) = if target.retries() && is_idempotent(req.method()) {
         replay::prepare(req, shared.cfg.max_buffered_body)
             .await
             .map_err(|e| ForwardError::BadRequest(format!("reading the request body: {e}")))?
@@ -176,7 +170,7 @@ async fn forward(
     let unsent = std::sync::Mutex::new(Some(req));
     let unsent = &unsent;
     let mut attempts = 0u64;
-    let attempt = |ep: Arc<crate::discovery::Endpoint>| {
+    let attempt = |hop: NextHop| {
         attempts += 1;
         let req = unsent
             .lock()
@@ -190,7 +184,7 @@ async fn forward(
                     "request body cannot be replayed".into(),
                 )));
             };
-            match send_or_return(&shared, &conn, picked_for(&ep), req, orig_h1).await {
+            match send_or_return(&shared, &conn, hop, req, orig_h1).await {
                 Ok(r) if r.status().is_server_error() => Attempt::Failure(Ok(r)),
                 Ok(r) => Attempt::Success(Ok(r)),
                 Err((e, Some(req))) => {
@@ -201,36 +195,23 @@ async fn forward(
             }
         }
     };
-    let result = balancer.call(&shared.policy, retryable, attempt).await;
+    let result = target.call(&shared.policy, retryable, attempt).await;
     if attempts > 1 {
         metrics.retries(attempts - 1);
     }
     result?
 }
 
-/// One attempt towards one next hop.
-async fn send(
-    shared: &Arc<Shared>,
-    conn: &Arc<ConnCtx>,
-    picked: Picked,
-    req: Request<Body>,
-    orig_h1: bool,
-) -> Result<Response<Body>, ForwardError> {
-    send_or_return(shared, conn, picked, req, orig_h1)
-        .await
-        .map_err(|(e, _)| e)
-}
-
-/// [`send`], handing the request back when its connection failed (nothing
-/// of it was sent).
+/// One attempt towards one next hop, handing the request back when its
+/// connection failed (nothing of it was sent).
 async fn send_or_return(
     shared: &Arc<Shared>,
     conn: &Arc<ConnCtx>,
-    picked: Picked,
+    hop: NextHop,
     mut req: Request<Body>,
     orig_h1: bool,
 ) -> Result<Response<Body>, (ForwardError, Option<Request<Body>>)> {
-    let meshed = picked.mesh_port.is_some();
+    let meshed = hop.mesh_port.is_some();
     let proto = match (meshed, orig_h1) {
         (true, _) => Proto::Http2,
         (false, true) => Proto::Http1,
@@ -242,12 +223,8 @@ async fn send_or_return(
         req.headers_mut()
             .insert(ORIG_PROTO, HeaderValue::from_static("HTTP/1.1"));
     }
-    let up = Upstream {
-        target: picked.target,
-        mesh_port: picked.mesh_port,
-        proto,
-    };
-    let verified = verified_identity(shared, &up.target);
+    let up = hop.carrying(MeshProto::http(proto));
+    let verified = verified_identity(shared, &up);
     let mut rsp = shared
         .client
         .send_or_return(&up, req)
@@ -262,13 +239,10 @@ async fn send_or_return(
 
 /// The server identity a hop was verified against (for metrics).
 #[derive(Debug, Clone)]
-struct PeerIdentity(String);
+struct PeerIdentity(conduit_proxy_tls::SpiffeId);
 
-fn verified_identity(shared: &Shared, target: &crate::transport::ConnectTarget) -> Option<String> {
-    target
-        .peer_identity()
-        .filter(|_| shared.mtls)
-        .map(str::to_owned)
+fn verified_identity(shared: &Shared, target: &NextHop) -> Option<conduit_proxy_tls::SpiffeId> {
+    target.peer_identity().filter(|_| shared.mtls).cloned()
 }
 
 /// `Upgrade` and `CONNECT`: a connection of its own (it turns into a byte
@@ -279,28 +253,15 @@ async fn forward_upgrade(
     mut req: Request<Body>,
     client_upgrade: hyper::upgrade::OnUpgrade,
 ) -> Result<Response<Body>, ForwardError> {
-    let (picked, pick) = match &conn.route.target {
-        RouteTarget::Direct(addr, why) => (Picked::direct(*addr, *why), None),
-        RouteTarget::Balanced(b) => {
-            let pick = b.pick().ok_or_else(|| CallError::NoEndpoints(b.name()))?;
-            (picked_for(pick.endpoint()), Some(pick))
-        }
-    };
+    let (hop, pick) = conn.route.target.pick()?;
     let is_connect = req.method() == Method::CONNECT;
     headers::for_version(&mut req, Proto::Http1, &conn.route.orig_dst)
         .map_err(|e| ForwardError::BadRequest(e.to_string()))?;
-    let up = Upstream {
-        target: picked.target,
-        mesh_port: picked.mesh_port,
-        proto: Proto::Http1,
-    };
-    let addr = up.target.addr;
-    let verified = verified_identity(shared, &up.target);
+    let up = hop.carrying(MeshProto::Http1);
+    let addr = up.addr;
+    let verified = verified_identity(shared, &up);
     let sent = async {
-        let mut sender = shared
-            .client
-            .connect_h1(&up, MeshProto::Http1, true)
-            .await?;
+        let mut sender = shared.client.connect_h1(&up, true).await?;
         sender
             .send_request(req)
             .await

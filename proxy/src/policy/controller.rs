@@ -2,12 +2,19 @@
 //! each message compiled and installed. While the controller is away (or
 //! before it answers) the policy in force stays: the last one received, or
 //! the configured default before the first.
+//!
+//! The controller answers only about the caller's own pod: each `Watch`
+//! carries the service-account token (`--identity-token-file`, re-read on
+//! every attempt since projected tokens rotate) as `authorization: Bearer`,
+//! which the controller binds to the pod it names. Without a token, or when
+//! refused, the proxy keeps the policy in force and retries.
 
 use super::PolicyStore;
 use conduit_controller_api::policy::v1 as pb;
 use conduit_controller_api::policy::v1::inbound_policies_client::InboundPoliciesClient;
 use conduit_policy::InboundSpec;
 use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 use tonic::transport::Channel;
@@ -18,13 +25,25 @@ const MAX_BACKOFF: Duration = Duration::from_secs(5);
 
 /// Follows the controller until the store is dropped (the task holds only
 /// a weak reference).
-pub fn spawn(store: &Arc<PolicyStore>, channel: Channel, workload: pb::Workload) {
+pub fn spawn(
+    store: &Arc<PolicyStore>,
+    channel: Channel,
+    workload: pb::Workload,
+    token_file: Option<PathBuf>,
+) {
     let weak = Arc::downgrade(store);
     tokio::spawn(async move {
         let mut backoff = INITIAL_BACKOFF;
         loop {
             let mut client = InboundPoliciesClient::new(channel.clone());
-            match client.watch(workload.clone()).await {
+            let request = match request(&workload, token_file.as_deref()) {
+                Ok(r) => r,
+                Err(e) => {
+                    warn!("inbound policy: {e}; keeping the policy in force");
+                    tonic::Request::new(workload.clone())
+                }
+            };
+            match client.watch(request).await {
                 Ok(rsp) => {
                     let mut stream = rsp.into_inner();
                     loop {
@@ -53,6 +72,18 @@ pub fn spawn(store: &Arc<PolicyStore>, channel: Channel, workload: pb::Workload)
                     );
                     backoff = MAX_BACKOFF * 12;
                 }
+                Err(e)
+                    if matches!(
+                        e.code(),
+                        tonic::Code::PermissionDenied | tonic::Code::Unauthenticated
+                    ) =>
+                {
+                    warn!(
+                        "the controller refused this pod's inbound policy: {}; keeping the policy in force",
+                        e.message()
+                    );
+                    backoff = MAX_BACKOFF;
+                }
                 Err(e) => {
                     debug!(
                         "inbound policy: controller unreachable: {e}; keeping the policy in force"
@@ -68,6 +99,24 @@ pub fn spawn(store: &Arc<PolicyStore>, channel: Channel, workload: pb::Workload)
             }
         }
     });
+}
+
+/// The `Watch` request, with the token of `token_file` when there is one.
+fn request(
+    workload: &pb::Workload,
+    token_file: Option<&Path>,
+) -> Result<tonic::Request<pb::Workload>, String> {
+    let mut req = tonic::Request::new(workload.clone());
+    let Some(path) = token_file else {
+        return Err("no --identity-token-file: the controller will refuse to say which policy protects this pod".into());
+    };
+    let token = std::fs::read_to_string(path)
+        .map_err(|e| format!("reading the token {}: {e}", path.display()))?;
+    let value = format!("Bearer {}", token.trim())
+        .parse()
+        .map_err(|_| format!("the token {} is not a valid header value", path.display()))?;
+    req.metadata_mut().insert("authorization", value);
+    Ok(req)
 }
 
 fn apply(store: &PolicyStore, msg: pb::InboundPolicy) {

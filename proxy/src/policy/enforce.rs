@@ -10,7 +10,7 @@ use tracing::{debug, info};
 
 fn client(conn: &ConnCtx) -> Client<'_> {
     Client {
-        identity: conn.peer_id.as_ref(),
+        identity: conn.peer_identity.as_ref(),
         ip: conn.client_addr.ip(),
     }
 }
@@ -152,11 +152,11 @@ async fn ask_plugin<B>(
         .unwrap_or_default();
     let check = pb::CheckRequest {
         peer_identity: conn
-            .peer_id
+            .peer_identity
             .as_ref()
             .map(|i| i.to_string())
             .unwrap_or_default(),
-        tls: conn.peer_id.is_some(),
+        tls: conn.peer_identity.is_some(),
         peer_address: conn.client_addr.to_string(),
         method: req.method().to_string(),
         authority,

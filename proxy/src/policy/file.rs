@@ -26,14 +26,14 @@ pub fn parse(text: &str) -> Result<InboundSpec, String> {
     if text.trim().is_empty() {
         return Ok(InboundSpec::default());
     }
-    serde_yaml::from_str(text).map_err(|e| match e.location() {
-        Some(l) => format!("line {}: {e}", l.line()),
+    conduit_policy::yaml::from_str(text).map_err(|e| match e.line() {
+        Some(line) => format!("line {line}: {}", e.message()),
         None => e.to_string(),
     })
 }
 
 fn load(store: &PolicyStore, path: &Path) -> Result<(), PolicyFileError> {
-    let text = std::fs::read_to_string(path).map_err(|error| PolicyFileError::Read {
+    let text = conduit_policy::yaml::read_file(path).map_err(|error| PolicyFileError::Read {
         path: path.into(),
         error,
     })?;
@@ -75,12 +75,14 @@ pub fn start(
     interval: Duration,
 ) -> Result<(), PolicyFileError> {
     load(&store, &path)?;
-    let mut last = std::fs::read(&path).ok();
+    // The file's text (bounded, as `load` reads it) or why it cannot be read.
+    let read = |path: &Path| conduit_policy::yaml::read_file(path).map_err(|e| e.kind());
+    let mut last = read(&path);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
-            let now = std::fs::read(&path).ok();
-            if now.is_none() || now == last {
+            let now = read(&path);
+            if now == Err(std::io::ErrorKind::NotFound) || now == last {
                 continue;
             }
             last = now;

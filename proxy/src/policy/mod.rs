@@ -184,20 +184,3 @@ pub fn context(cfg: &Config) -> anyhow::Result<Context> {
         cluster_networks: cfg.cluster_networks.0.clone(),
     })
 }
-
-/// A peer's verified identity as the policy compares it. A verified
-/// identity that is not a mesh SPIFFE ID is treated as no identity (fail
-/// closed: it matches no identity rule and is not "authenticated").
-pub fn parse_peer_identity(id: Option<&str>) -> Option<conduit_proxy_tls::SpiffeId> {
-    let id = id?;
-    match conduit_proxy_tls::SpiffeId::parse(id) {
-        Ok(id) => Some(id),
-        Err(e) => {
-            tracing::warn!(
-                identity = id,
-                "peer identity is not a mesh SPIFFE ID ({e}); the inbound policy treats the peer as unauthenticated"
-            );
-            None
-        }
-    }
-}

@@ -4,10 +4,17 @@
 //! `maxInFlight` calls at once; each call bounded by its timeout. Whatever
 //! goes wrong is a [`PluginError`], and the caller applies the plugin's
 //! failure mode.
+//!
+//! A plugin whose configuration names an identity is meshed: the
+//! connection is mTLS, the proxy presenting its own certificate and
+//! requiring exactly that SPIFFE ID (ALPN `h2`); a plugin presenting
+//! anything else is never sent a request (the call fails, the failure mode
+//! applies). A proxy without an identity cannot reach a meshed plugin.
 
 use conduit_controller_api::authz::v1 as pb;
 use conduit_controller_api::authz::v1::authorization_plugin_client::AuthorizationPluginClient;
 use conduit_policy::compile::Plugin;
+use conduit_proxy_tls::{Credentials, SpiffeId, TlsConnector};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -24,6 +31,8 @@ pub enum PluginError {
     Call(#[from] tonic::Status),
     #[error("answer has no decision")]
     Empty,
+    #[error("the plugin is meshed ({0}) and this proxy has no identity to reach it over mTLS")]
+    NoIdentity(SpiffeId),
 }
 
 impl PluginError {
@@ -33,6 +42,7 @@ impl PluginError {
             PluginError::Timeout(_) => "timeout",
             PluginError::Call(_) => "error",
             PluginError::Empty => "bad_answer",
+            PluginError::NoIdentity(_) => "no_identity",
         }
     }
 }
@@ -42,13 +52,17 @@ struct Conn {
     limit: Arc<Semaphore>,
 }
 
-/// A plugin connection's key: name, address, bound on calls in flight.
-type ConnKey = (Arc<str>, SocketAddr, usize);
+/// A plugin connection's key: name, address, bound on calls in flight,
+/// identity required (meshed plugins).
+type ConnKey = (Arc<str>, SocketAddr, usize, Option<SpiffeId>);
 
 /// The plugin connections.
 #[derive(Default)]
 pub struct Plugins {
     conns: Mutex<HashMap<ConnKey, Arc<Conn>>>,
+    /// The proxy's mTLS client, for meshed plugins (set at start when the
+    /// proxy has an identity).
+    tls: std::sync::OnceLock<TlsConnector>,
 }
 
 /// Most distinct plugin connections kept (a policy has at most 16 plugins;
@@ -56,26 +70,51 @@ pub struct Plugins {
 const MAX_CONNS: usize = 64;
 
 impl Plugins {
-    fn conn(&self, p: &Plugin) -> Arc<Conn> {
-        let key = (p.name.clone(), p.address, p.max_in_flight);
+    /// The proxy's credentials: meshed plugins are reached over mTLS with
+    /// them. Without, a meshed plugin's calls fail ([`PluginError::NoIdentity`]).
+    pub fn set_credentials(&self, credentials: Credentials) {
+        let _ = self.tls.set(TlsConnector::new(credentials));
+    }
+
+    fn conn(&self, p: &Plugin) -> Result<Arc<Conn>, PluginError> {
+        let key = (
+            p.name.clone(),
+            p.address,
+            p.max_in_flight,
+            p.identity.clone(),
+        );
         let mut conns = self.conns.lock().unwrap_or_else(|e| e.into_inner());
         if let Some(c) = conns.get(&key) {
-            return c.clone();
+            return Ok(c.clone());
         }
         if conns.len() >= MAX_CONNS {
             conns.clear();
         }
-        let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", p.address))
+        let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{}", p.address))
             .expect("a socket address is a valid URI")
             .connect_timeout(p.timeout)
-            .tcp_nodelay(true)
-            .connect_lazy();
+            .tcp_nodelay(true);
+        let channel = match &p.identity {
+            None => endpoint.connect_lazy(),
+            Some(id) => {
+                let tls = self
+                    .tls
+                    .get()
+                    .cloned()
+                    .ok_or_else(|| PluginError::NoIdentity(id.clone()))?;
+                endpoint.connect_with_connector_lazy(MeshedConnector {
+                    tls,
+                    id: id.clone(),
+                    addr: p.address,
+                })
+            }
+        };
         let c = Arc::new(Conn {
             channel,
             limit: Arc::new(Semaphore::new(p.max_in_flight)),
         });
         conns.insert(key, c.clone());
-        c
+        Ok(c)
     }
 
     /// Asks `p` about one request.
@@ -84,7 +123,7 @@ impl Plugins {
         p: &Plugin,
         req: pb::CheckRequest,
     ) -> Result<pb::check_response::Decision, PluginError> {
-        let conn = self.conn(p);
+        let conn = self.conn(p)?;
         let _permit = conn
             .limit
             .clone()
@@ -106,5 +145,43 @@ impl Plugins {
                 _ => PluginError::Call(s),
             })?;
         rsp.into_inner().decision.ok_or(PluginError::Empty)
+    }
+}
+
+/// Connects to a meshed plugin: TCP, then mTLS requiring `id`.
+#[derive(Clone)]
+struct MeshedConnector {
+    tls: TlsConnector,
+    id: SpiffeId,
+    addr: SocketAddr,
+}
+
+type TlsIo = hyper_util::rt::TokioIo<conduit_proxy_tls::ClientTlsStream<tokio::net::TcpStream>>;
+
+impl tower_service::Service<http::Uri> for MeshedConnector {
+    type Response = TlsIo;
+    type Error = std::io::Error;
+    type Future =
+        std::pin::Pin<Box<dyn std::future::Future<Output = Result<TlsIo, std::io::Error>> + Send>>;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, _: http::Uri) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            let tcp = tokio::net::TcpStream::connect(this.addr).await?;
+            tcp.set_nodelay(true)?;
+            let stream = this
+                .tls
+                .connect_grpc(tcp, &this.id)
+                .await
+                .map_err(std::io::Error::from)?;
+            Ok(hyper_util::rt::TokioIo::new(stream))
+        })
     }
 }

@@ -29,7 +29,21 @@ pub struct Observe {
 }
 
 impl Observe {
-    pub fn new(registry: &mut Registry, access_log: Option<AccessLog>) -> Arc<Self> {
+    /// Also registers `conduit_proxy_identity_info{identity}` (the proxy's
+    /// own SPIFFE ID, when it has one): how `conduit-ebpf stat` and the
+    /// dashboard tell which pod serves the identities its callers saw.
+    pub fn new(
+        registry: &mut Registry,
+        access_log: Option<AccessLog>,
+        identity: Option<String>,
+    ) -> Arc<Self> {
+        if let Some(id) = identity {
+            registry.sub_registry_with_prefix("conduit").register(
+                "proxy_identity",
+                "The proxy's own SPIFFE identity",
+                prometheus_client::metrics::info::Info::new(vec![("identity", id)]),
+            );
+        }
         let hub = Arc::new(Hub::default());
         let r = registry.sub_registry_with_prefix("conduit_tap");
         r.register(

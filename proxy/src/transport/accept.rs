@@ -9,8 +9,9 @@ use tokio::net::TcpStream;
 /// A connection after the acceptor is done with it.
 pub struct Accepted {
     pub io: BoxIo,
-    /// The peer's verified identity (mTLS); `None` for plaintext.
-    pub peer_identity: Option<String>,
+    /// The peer's verified identity (mTLS, from its certificate); `None`
+    /// for plaintext.
+    pub peer_identity: Option<conduit_proxy_tls::SpiffeId>,
 }
 
 /// Turns an accepted TCP connection from a peer proxy into a stream. The

@@ -1,53 +1,85 @@
 //! The outbound connection seam.
 
-use super::MeshProto;
 use super::intent::{NoTls, Peer};
+use super::{MeshProto, TransportHeader};
 use crate::io::BoxIo;
+use conduit_proxy_tls::SpiffeId;
 use futures::future::BoxFuture;
 use std::io;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-/// Where to connect, and what discovery says is there: a meshed peer (and
-/// whom we expect to find), or an application reached in plaintext and why.
-/// The proxy's connector turns this into mTLS or plaintext, or refuses, with
-/// [`intent::for_peer`](super::intent::for_peer).
+/// Where a connection goes: the one next-hop type of the proxy. The
+/// address to connect to, what discovery says is there (a meshed peer and
+/// whom we expect to find, or an application reached in plaintext and
+/// why: the input of [`intent::for_peer`](super::intent::for_peer), by
+/// which the connector makes it mTLS, plaintext or refuses it), the
+/// application port a peer proxy is asked for, and what the connection
+/// carries. Chosen by [`route`](crate::route); used as is by the
+/// connectors, [`open`](super::open) and the HTTP client's pools.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
-pub struct ConnectTarget {
+pub struct NextHop {
     pub addr: SocketAddr,
     pub peer: Peer,
-    /// What the connection will carry towards a peer proxy (set by
-    /// [`open`](super::open) from the transport header); a TLS connector
-    /// offers it as ALPN.
-    pub proto: Option<MeshProto>,
+    /// Meshed: the application port to name in the transport header.
+    pub mesh_port: Option<u16>,
+    /// What the connection carries: the transport header's protocol and
+    /// the ALPN a TLS connector offers towards a peer proxy, and the HTTP
+    /// version of an HTTP hop (see [`crate::protocol`]).
+    pub proto: MeshProto,
 }
 
-impl ConnectTarget {
+impl NextHop {
     /// An application, reached in plaintext for reason `why`.
     pub fn plain(addr: SocketAddr, why: NoTls) -> Self {
         Self {
             addr,
             peer: Peer::Plain(why),
-            proto: None,
+            mesh_port: None,
+            proto: MeshProto::Tcp,
         }
     }
-    /// A peer proxy with the identity discovery named (if any).
-    pub fn meshed(addr: SocketAddr, identity: Option<String>) -> Self {
+    /// A peer proxy at `addr` with the identity discovery named (if any),
+    /// asked for the application at `app_port`.
+    pub fn meshed(addr: SocketAddr, identity: Option<SpiffeId>, app_port: u16) -> Self {
         Self {
             addr,
             peer: Peer::Meshed { identity },
-            proto: None,
+            mesh_port: Some(app_port),
+            proto: MeshProto::Tcp,
         }
+    }
+    /// The same hop carrying `proto`.
+    pub fn carrying(mut self, proto: MeshProto) -> Self {
+        self.proto = proto;
+        self
     }
     pub fn is_meshed(&self) -> bool {
         matches!(self.peer, Peer::Meshed { .. })
     }
+    /// The transport decision for this target ([`intent::for_peer`](super::intent::for_peer);
+    /// no protocol yet means opaque bytes).
+    pub fn tls(&self, local_identity: bool) -> Result<super::Tls, super::Refusal> {
+        super::intent::for_peer(
+            &self.peer,
+            self.proto,
+            local_identity,
+        )
+    }
+
     /// The identity a meshed peer must prove, when discovery named one.
-    pub fn peer_identity(&self) -> Option<&str> {
+    pub fn peer_identity(&self) -> Option<&SpiffeId> {
         match &self.peer {
-            Peer::Meshed { identity } => identity.as_deref(),
+            Peer::Meshed { identity } => identity.as_ref(),
             Peer::Plain(_) => None,
         }
+    }
+    /// The transport header to write first (towards a peer proxy).
+    pub fn header(&self) -> Option<TransportHeader> {
+        self.mesh_port.map(|port| TransportHeader {
+            proto: self.proto,
+            port,
+        })
     }
 }
 
@@ -56,7 +88,7 @@ impl ConnectTarget {
 /// a meshed peer with an identity; [`Guarded`](super::guard::Guarded), in
 /// front of either, refuses what must not be made and counts plaintext.
 pub trait Connector: Send + Sync + 'static {
-    fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>>;
+    fn connect(&self, target: &NextHop) -> BoxFuture<'static, io::Result<BoxIo>>;
 }
 
 /// Plain TCP with a connect timeout and `TCP_NODELAY`.
@@ -84,16 +116,19 @@ impl TcpConnector {
 }
 
 impl Connector for TcpConnector {
-    fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
+    fn connect(&self, target: &NextHop) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.connect_timeout);
         // No identity here: never plaintext to a peer that must be verified.
-        if let Some(id) = target.peer_identity() {
-            let e = io::Error::new(
-                io::ErrorKind::PermissionDenied,
-                format!(
-                    "{addr} is meshed ({id}) and needs mTLS, but this connector has no identity"
-                ),
-            );
+        let refusal = match target.tls(false) {
+            Ok(super::Tls::Plain(_)) => None,
+            // Not reached without a local identity; refused all the same.
+            Ok(super::Tls::Mutual { server, .. }) => {
+                Some(super::Refusal::NoLocalIdentity { identity: server })
+            }
+            Err(refusal) => Some(refusal),
+        };
+        if let Some(refusal) = refusal {
+            let e = io::Error::from(super::ConnectError::Refused { addr, refusal });
             return Box::pin(async move { Err(e) });
         }
         Box::pin(async move {

@@ -1,12 +1,13 @@
 //! [`Guarded`]: the connector in front of every upstream connection. It
-//! applies [`intent::for_peer`](super::intent::for_peer): a connection that
+//! applies [`intent::for_peer`](super::intent::for_peer) (through
+//! [`ConnectTarget::tls`]): a connection that
 //! must not be made without mTLS is refused (logged, counted in
 //! `conduit_outbound_refused_total{reason}`), and every connection that
 //! leaves the pod in plaintext is counted in
 //! `conduit_outbound_plaintext_total{reason}`.
 
-use super::intent::{self, Tls};
-use super::{ConnectTarget, Connector};
+use super::intent::Tls;
+use super::{Connector, NextHop};
 use crate::io::BoxIo;
 use crate::metrics::WhyLabels;
 use futures::future::BoxFuture;
@@ -40,8 +41,8 @@ impl Guarded {
 }
 
 impl Connector for Guarded {
-    fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
-        let why = match intent::for_peer(&target.peer, self.local_identity) {
+    fn connect(&self, target: &NextHop) -> BoxFuture<'static, io::Result<BoxIo>> {
+        let why = match target.tls(self.local_identity) {
             Ok(Tls::Mutual { .. }) => None,
             Ok(Tls::Plain(why)) => Some(why),
             Err(refusal) => {
@@ -51,10 +52,10 @@ impl Connector for Guarded {
                         reason: refusal.as_str(),
                     })
                     .inc();
-                let e = io::Error::new(
-                    io::ErrorKind::PermissionDenied,
-                    format!("{}: {refusal}", target.addr),
-                );
+                let e = io::Error::from(super::ConnectError::Refused {
+                    addr: target.addr,
+                    refusal,
+                });
                 return Box::pin(async move { Err(e) });
             }
         };
@@ -110,21 +111,22 @@ mod tests {
         let addr = listener.local_addr().unwrap();
         let (g, plain, refused) = guarded(false);
 
-        g.connect(&ConnectTarget::plain(addr, NoTls::NotInClusterNetworks))
+        g.connect(&NextHop::plain(addr, NoTls::NotInClusterNetworks))
             .await
             .unwrap();
-        g.connect(&ConnectTarget::plain(addr, NoTls::LocalApplication))
+        g.connect(&NextHop::plain(addr, NoTls::LocalApplication))
             .await
             .unwrap();
-        g.connect(&ConnectTarget::meshed(addr, None)).await.unwrap();
+        g.connect(&NextHop::meshed(addr, None, 8080)).await.unwrap();
         assert_eq!(count(&plain, "not_in_cluster_networks"), 1);
         assert_eq!(count(&plain, "local_application"), 0, "inside the pod");
         assert_eq!(count(&plain, "no_identity_configured"), 1);
 
         let err = g
-            .connect(&ConnectTarget::meshed(
+            .connect(&NextHop::meshed(
                 addr,
-                Some("spiffe://td/ns/a/sa/b".into()),
+                Some("spiffe://td/ns/a/sa/b".parse().unwrap()),
+                8080,
             ))
             .await
             .err()
@@ -134,7 +136,7 @@ mod tests {
         assert_eq!(count(&refused, "no_local_identity"), 1);
 
         let (g, _, refused) = guarded(true);
-        assert!(g.connect(&ConnectTarget::meshed(addr, None)).await.is_err());
+        assert!(g.connect(&NextHop::meshed(addr, None, 8080)).await.is_err());
         assert_eq!(count(&refused, "meshed_without_identity"), 1);
     }
 }

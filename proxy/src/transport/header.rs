@@ -19,22 +19,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 pub const MAGIC: &[u8] = b"CONDUIT/1 ";
 pub const MAX_LEN: usize = 64;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum MeshProto {
-    H2,
-    Http1,
-    Tcp,
-}
-
-impl MeshProto {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            MeshProto::H2 => "h2",
-            MeshProto::Http1 => "http1",
-            MeshProto::Tcp => "tcp",
-        }
-    }
-}
+pub use crate::protocol::MeshProto;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct TransportHeader {
@@ -60,16 +45,10 @@ impl TransportHeader {
         let text = std::str::from_utf8(rest)
             .map_err(|_| invalid("transport header is not UTF-8".into()))?;
         let mut parts = text.trim_end_matches(['\r', '\n']).split(' ');
-        let proto = match parts.next() {
-            Some("h2") => MeshProto::H2,
-            Some("http1") => MeshProto::Http1,
-            Some("tcp") => MeshProto::Tcp,
-            other => {
-                return Err(invalid(format!(
-                    "transport header: unknown protocol {other:?}"
-                )));
-            }
-        };
+        let name = parts.next();
+        let proto = name
+            .and_then(MeshProto::from_name)
+            .ok_or_else(|| invalid(format!("transport header: unknown protocol {name:?}")))?;
         let port = parts
             .next()
             .and_then(|p| p.parse::<u16>().ok())

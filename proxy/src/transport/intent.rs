@@ -21,7 +21,9 @@
 //!
 //! The decisions are the pure functions [`for_peer`] and [`for_unresolved`].
 
+use super::MeshProto;
 use crate::discovery::ClusterNetworks;
+use conduit_proxy_tls::{Alpn, SpiffeId};
 use std::net::IpAddr;
 
 /// What discovery says about the next hop of a connection.
@@ -29,7 +31,7 @@ use std::net::IpAddr;
 pub enum Peer {
     /// The endpoint runs a conduit proxy; `identity` is the SPIFFE ID
     /// discovery named for it (`None`: it named none).
-    Meshed { identity: Option<String> },
+    Meshed { identity: Option<SpiffeId> },
     /// Not a proxy: an application (local or remote) reached directly, for
     /// the reason given.
     Plain(NoTls),
@@ -76,8 +78,9 @@ impl NoTls {
 /// The transport of one connection: conditional TLS.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Tls {
-    /// Mutual TLS; the server must prove this SPIFFE identity.
-    Mutual { server: String },
+    /// Mutual TLS; the server must prove this SPIFFE identity, and ALPN
+    /// names what the connection carries.
+    Mutual { server: SpiffeId, alpn: Alpn },
     /// Plaintext, for this reason.
     Plain(NoTls),
 }
@@ -94,7 +97,7 @@ pub enum Refusal {
         "the endpoint is meshed (identity {identity}) and needs mTLS, but this proxy has no \
          identity: refusing rather than sending plaintext"
     )]
-    NoLocalIdentity { identity: String },
+    NoLocalIdentity { identity: SpiffeId },
     #[error(
         "discovery says the endpoint is meshed but names no identity to verify: refusing \
          rather than sending plaintext or trusting any certificate"
@@ -113,12 +116,17 @@ impl Refusal {
     }
 }
 
-/// The transport towards a next hop, given whether this proxy has an
-/// identity (mTLS credentials).
-pub fn for_peer(peer: &Peer, local_identity: bool) -> Result<Tls, Refusal> {
+/// The transport towards a next hop that will carry `proto`, given whether
+/// this proxy has an identity (mTLS credentials). Every connector decides
+/// with this one function (the guard to count and refuse, the TLS and TCP
+/// connectors to do it).
+pub fn for_peer(peer: &Peer, proto: MeshProto, local_identity: bool) -> Result<Tls, Refusal> {
     match (peer, local_identity) {
         (Peer::Plain(why), _) => Ok(Tls::Plain(*why)),
-        (Peer::Meshed { identity: Some(id) }, true) => Ok(Tls::Mutual { server: id.clone() }),
+        (Peer::Meshed { identity: Some(id) }, true) => Ok(Tls::Mutual {
+            server: id.clone(),
+            alpn: proto.alpn(),
+        }),
         (Peer::Meshed { identity: Some(id) }, false) => Err(Refusal::NoLocalIdentity {
             identity: id.clone(),
         }),
@@ -160,21 +168,24 @@ mod tests {
 
     fn meshed(id: Option<&str>) -> Peer {
         Peer::Meshed {
-            identity: id.map(str::to_owned),
+            identity: id.map(|id| id.parse().unwrap()),
         }
     }
 
     #[test]
     fn peers() {
         use NoTls::*;
-        let mutual = Ok(Tls::Mutual { server: ID.into() });
+        let mutual = Ok(Tls::Mutual {
+            server: ID.parse().unwrap(),
+            alpn: Alpn::H2,
+        });
         let table: Vec<(Peer, bool, Result<Tls, Refusal>)> = vec![
             (meshed(Some(ID)), true, mutual),
             (
                 meshed(Some(ID)),
                 false,
                 Err(Refusal::NoLocalIdentity {
-                    identity: ID.into(),
+                    identity: ID.parse().unwrap(),
                 }),
             ),
             (meshed(None), true, Err(Refusal::MeshedWithoutIdentity)),
@@ -202,9 +213,23 @@ mod tests {
         ];
         for (peer, local, want) in table {
             assert_eq!(
-                for_peer(&peer, local),
+                for_peer(&peer, MeshProto::H2, local),
                 want,
                 "{peer:?}, local identity {local}"
+            );
+        }
+        // ALPN follows what the connection carries.
+        for (proto, alpn) in [
+            (MeshProto::H2, Alpn::H2),
+            (MeshProto::Http1, Alpn::Http1),
+            (MeshProto::Tcp, Alpn::Opaque),
+        ] {
+            assert_eq!(
+                for_peer(&meshed(Some(ID)), proto, true),
+                Ok(Tls::Mutual {
+                    server: ID.parse().unwrap(),
+                    alpn
+                })
             );
         }
     }

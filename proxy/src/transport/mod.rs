@@ -8,37 +8,27 @@
 
 pub mod accept;
 pub mod connect;
+pub mod error;
 pub mod guard;
 pub mod header;
 pub mod intent;
 pub mod tls;
 
 pub use accept::{Accepted, Acceptor, PlainAcceptor};
-pub use connect::{ConnectTarget, Connector, TcpConnector};
+pub use connect::{Connector, NextHop, TcpConnector};
+pub use error::ConnectError;
 pub use header::{MeshProto, TransportHeader};
 pub use intent::{NoTls, Peer, Refusal, Tls};
 
 use crate::io::BoxIo;
 use std::io;
 
-/// Opens a connection through `connector` and, towards a peer proxy, writes
-/// the transport header first. Every upstream connection is made here.
-pub async fn open(
-    connector: &dyn Connector,
-    target: &ConnectTarget,
-    header: Option<TransportHeader>,
-) -> io::Result<BoxIo> {
-    let mut io = match header {
-        Some(h) if target.proto != Some(h.proto) => {
-            let target = ConnectTarget {
-                proto: Some(h.proto),
-                ..target.clone()
-            };
-            connector.connect(&target).await?
-        }
-        _ => connector.connect(target).await?,
-    };
-    if let Some(h) = header {
+/// Opens a connection to `hop` through `connector` and, towards a peer
+/// proxy, writes the transport header first. Every upstream connection is
+/// made here.
+pub async fn open(connector: &dyn Connector, hop: &NextHop) -> io::Result<BoxIo> {
+    let mut io = connector.connect(hop).await?;
+    if let Some(h) = hop.header() {
         h.write(&mut io).await?;
     }
     Ok(io)

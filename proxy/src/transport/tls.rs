@@ -10,32 +10,15 @@
 //!   client certificate from our trust domain required; the verified
 //!   identity becomes `peer_identity`.
 
-use super::{Accepted, Acceptor, ConnectTarget, Connector, MeshProto, TcpConnector};
+use super::intent::Tls;
+use super::{Accepted, Acceptor, ConnectError, Connector, NextHop, TcpConnector};
 use crate::io::BoxIo;
-use conduit_proxy_tls::{Alpn, Credentials, SpiffeId, TlsError};
+use conduit_proxy_tls::{Credentials, TlsError};
 use futures::future::BoxFuture;
 use std::io;
 use tokio::net::TcpStream;
 
-/// The ALPN name for what a connection to a peer proxy carries.
-pub fn alpn(proto: MeshProto) -> Alpn {
-    match proto {
-        MeshProto::H2 => Alpn::H2,
-        MeshProto::Http1 => Alpn::Http1,
-        MeshProto::Tcp => Alpn::Opaque,
-    }
-}
-
-/// The transport header protocol an ALPN name stands for.
-pub fn mesh_proto(alpn: Alpn) -> MeshProto {
-    match alpn {
-        Alpn::H2 => MeshProto::H2,
-        Alpn::Http1 => MeshProto::Http1,
-        Alpn::Opaque => MeshProto::Tcp,
-    }
-}
-
-/// Keeps the error's kind, adds where it happened.
+/// Inbound: keeps the error's kind, adds where it happened.
 fn context(e: TlsError, what: String) -> io::Error {
     let e = io::Error::from(e);
     io::Error::new(e.kind(), format!("{what}: {e}"))
@@ -58,38 +41,29 @@ impl TlsConnector {
 }
 
 impl Connector for TlsConnector {
-    fn connect(&self, target: &ConnectTarget) -> BoxFuture<'static, io::Result<BoxIo>> {
+    fn connect(&self, target: &NextHop) -> BoxFuture<'static, io::Result<BoxIo>> {
         let (addr, timeout) = (target.addr, self.tcp.connect_timeout);
-        let meshed = target.is_meshed();
-        let identity = target.peer_identity().map(str::to_owned);
-        let alpn = alpn(target.proto.unwrap_or(MeshProto::Tcp));
+        let decision = target.tls(true);
         let tls = self.tls.clone();
         Box::pin(async move {
-            let expected = match identity.as_deref().map(SpiffeId::parse) {
-                None if meshed => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::PermissionDenied,
-                        format!("{addr} is meshed but discovery named no identity to verify"),
-                    ));
+            let (expected, alpn) = match decision {
+                Ok(Tls::Mutual { server, alpn }) => (server, alpn),
+                Ok(Tls::Plain(_)) => {
+                    let tcp = TcpConnector::connect_tcp(addr, timeout).await?;
+                    return Ok(Box::new(tcp) as BoxIo);
                 }
-                None => None,
-                Some(Ok(id)) => Some(id),
-                Some(Err(e)) => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidInput,
-                        format!("discovery gave endpoint {addr} an unusable identity: {e}"),
-                    ));
-                }
+                Err(refusal) => return Err(ConnectError::Refused { addr, refusal }.into()),
             };
             let tcp = TcpConnector::connect_tcp(addr, timeout).await?;
-            let Some(expected) = expected else {
-                return Ok(Box::new(tcp) as BoxIo);
-            };
-            let stream = tls
-                .connect(tcp, &expected, alpn)
-                .await
-                .map_err(|e| context(e, format!("mTLS to {addr} (expecting {expected})")))?;
-            Ok(Box::new(stream) as BoxIo)
+            match tls.connect(tcp, &expected, alpn).await {
+                Ok(stream) => Ok(Box::new(stream) as BoxIo),
+                Err(source) => Err(ConnectError::Mtls {
+                    addr,
+                    expected,
+                    source,
+                }
+                .into()),
+            }
         })
     }
 }
@@ -120,7 +94,7 @@ impl Acceptor for TlsAcceptor {
             tracing::debug!(peer = %peer.identity, alpn = %peer.alpn, "inbound mTLS");
             Ok(Accepted {
                 io: Box::new(stream),
-                peer_identity: Some(peer.identity.to_string()),
+                peer_identity: Some(peer.identity),
             })
         })
     }
@@ -129,7 +103,10 @@ impl Acceptor for TlsAcceptor {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::transport::MeshProto;
     use crate::transport::intent::NoTls;
+    use crate::transport::intent::Refusal;
+    use conduit_proxy_tls::SpiffeId;
     use conduit_proxy_tls::testing::TestCa;
     use std::time::Duration;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -168,8 +145,8 @@ mod tests {
         let connector = TlsConnector::new(tcp(), client);
 
         let (addr, server) = inbound(&ca).await;
-        let mut target = ConnectTarget::meshed(addr, Some(SERVER.into()));
-        target.proto = Some(MeshProto::H2);
+        let target = NextHop::meshed(addr, Some(SpiffeId::parse(SERVER).unwrap()), 8080)
+            .carrying(MeshProto::H2);
         let mut io = connector.connect(&target).await.unwrap();
         let mut accepted = server.await.unwrap().unwrap();
         assert_eq!(accepted.peer_identity.as_deref(), Some(CLIENT));
@@ -181,15 +158,25 @@ mod tests {
 
         // Another identity at that address: refused.
         let (addr, _server) = inbound(&ca).await;
-        let target = ConnectTarget::meshed(addr, Some("spiffe://td.local/ns/shop/sa/other".into()));
+        let other = SpiffeId::parse("spiffe://td.local/ns/shop/sa/other").unwrap();
+        let target = NextHop::meshed(addr, Some(other), 8080);
         let err = connector.connect(&target).await.err().unwrap();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
         assert!(err.to_string().contains("sa/other"), "{err}");
+        // Typed, not sniffed: the peer did not prove the identity.
+        assert!(
+            matches!(
+                ConnectError::of(&err),
+                Some(ConnectError::Mtls { source, .. }) if source.is_peer_identity()
+            ),
+            "{err:?}"
+        );
+        assert!(crate::transport::error::is_peer_identity(&err));
 
-        // An identity that is not a SPIFFE ID: a clear error, no connection.
-        let target = ConnectTarget::meshed(addr, Some("books".into()));
-        let err = connector.connect(&target).await.err().unwrap();
-        assert_eq!(err.kind(), io::ErrorKind::InvalidInput, "{err}");
+        // An identity that is not a SPIFFE ID cannot reach a connector: it
+        // is refused where discovery's answer is parsed (the API client's
+        // `identities_are_parsed_at_the_boundary`).
+        assert!(SpiffeId::parse("books").is_err());
     }
 
     #[tokio::test]
@@ -200,15 +187,25 @@ mod tests {
         let (addr, server) = inbound(&ca).await;
         // A meshed endpoint without an identity: refused, nothing sent.
         let err = connector
-            .connect(&ConnectTarget::meshed(addr, None))
+            .connect(&NextHop::meshed(addr, None, 8080))
             .await
             .err()
             .unwrap();
         assert_eq!(err.kind(), io::ErrorKind::PermissionDenied, "{err}");
+        assert!(
+            matches!(
+                ConnectError::of(&err),
+                Some(ConnectError::Refused {
+                    refusal: Refusal::MeshedWithoutIdentity,
+                    ..
+                })
+            ),
+            "{err:?}"
+        );
         // An application gets plain TCP; the TLS-requiring inbound side
         // refuses plaintext.
         let mut io = connector
-            .connect(&ConnectTarget::plain(addr, NoTls::EndpointNotMeshed))
+            .connect(&NextHop::plain(addr, NoTls::EndpointNotMeshed))
             .await
             .unwrap();
         io.write_all(b"CONDUIT/1 tcp 8080\n").await.unwrap();
@@ -221,7 +218,11 @@ mod tests {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let err = tcp()
-            .connect(&ConnectTarget::meshed(addr, Some(SERVER.into())))
+            .connect(&NextHop::meshed(
+                addr,
+                Some(SpiffeId::parse(SERVER).unwrap()),
+                8080,
+            ))
             .await
             .err()
             .unwrap();
@@ -233,8 +234,8 @@ mod tests {
     #[test]
     fn alpn_follows_the_transport_header() {
         for proto in [MeshProto::H2, MeshProto::Http1, MeshProto::Tcp] {
-            assert_eq!(mesh_proto(alpn(proto)), proto);
+            assert_eq!(MeshProto::from_alpn(proto.alpn()), proto);
         }
-        assert_eq!(alpn(MeshProto::H2).as_bytes(), b"conduit/h2");
+        assert_eq!(MeshProto::H2.alpn().as_bytes(), b"conduit/h2");
     }
 }

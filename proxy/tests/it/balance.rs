@@ -18,11 +18,7 @@ fn balancer(
     config: BalanceConfig,
 ) -> (watch::Sender<Destination>, Balancer) {
     let endpoints = servers.iter().map(|s| Endpoint::plain(s.addr)).collect();
-    let (tx, rx) = watch::channel(Destination {
-        name: "web".into(),
-        endpoints,
-        pending: false,
-    });
+    let (tx, rx) = watch::channel(Destination::known("web", endpoints));
     (tx, Balancer::new(rx, config))
 }
 
@@ -173,11 +169,7 @@ async fn tcp_connect_fails_over_to_a_live_endpoint() {
         Endpoint::plain(refused),
         Endpoint::plain(live.local_addr().unwrap()),
     ];
-    let (_tx, rx) = watch::channel(Destination {
-        name: "tcp".into(),
-        endpoints,
-        pending: false,
-    });
+    let (_tx, rx) = watch::channel(Destination::known("tcp", endpoints));
     let b = Balancer::new(rx, BalanceConfig::default());
     for _ in 0..20 {
         let (stream, pick) = b
@@ -195,11 +187,7 @@ async fn tcp_connect_fails_over_to_a_live_endpoint() {
     }
     assert!(!b.snapshot()[0].health.is_alive());
     // With nowhere to go, the error names the destination and address.
-    let (_tx, rx) = watch::channel(Destination {
-        name: "tcp".into(),
-        endpoints: vec![Endpoint::plain(refused)],
-        pending: false,
-    });
+    let (_tx, rx) = watch::channel(Destination::known("tcp", vec![Endpoint::plain(refused)]));
     let none = Balancer::new(rx, BalanceConfig::default());
     let err = none
         .connect(&retries(2), |ep| tokio::net::TcpStream::connect(ep.addr))

@@ -6,7 +6,7 @@ use crate::balance_util;
 
 use balance_util::{TestServer, client, get, wait_until};
 use conduit_proxy::balance::{Attempt, BalanceConfig, Balancers, RequestPolicy};
-use conduit_proxy::discovery::{Discover, Resolution, StaticDiscovery};
+use conduit_proxy::discovery::{Resolution, StaticDiscovery};
 use std::sync::Arc;
 use std::time::Duration;
 

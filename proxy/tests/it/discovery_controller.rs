@@ -7,8 +7,8 @@ use conduit_controller::file::{FileBackend, Settings};
 use conduit_controller::identity::{Certifier, Issuer, TokenFileVerifier};
 use conduit_controller::metrics::Metrics;
 use conduit_controller::server::{self, ServerConfig};
-use conduit_proxy::balance::{BalanceConfig, Balancers};
-use conduit_proxy::discovery::{ControllerDiscovery, Discover, Resolution};
+use conduit_proxy::balance::{BalanceConfig, Balancers, Lookup};
+use conduit_proxy::discovery::ControllerDiscovery;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
@@ -55,7 +55,7 @@ async fn follows_the_real_controller() {
     let certifier = Arc::new(Certifier::new(
         issuer,
         TokenFileVerifier::load(&tokens).unwrap(),
-        "test.local".into(),
+        "test.local".parse().unwrap(),
         Duration::from_secs(3600),
     ));
     let running = server::start(ServerConfig {
@@ -72,11 +72,13 @@ async fn follows_the_real_controller() {
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{}", running.grpc_addr))
         .unwrap()
         .connect_lazy();
-    let d = Arc::new(
-        ControllerDiscovery::new(channel, Duration::from_secs(5))
-            .with_limits(100, Duration::from_millis(300)),
+    let d = Arc::new(ControllerDiscovery::new(channel, Duration::from_secs(5)).with_capacity(100));
+    let balancers = Balancers::with_limits(
+        d.clone(),
+        BalanceConfig::default(),
+        100,
+        Duration::from_millis(300),
     );
-    let balancers = Balancers::new(d.clone(), BalanceConfig::default());
 
     let svc: SocketAddr = "10.96.0.10:80".parse().unwrap();
     let b = balancers.get(svc).expect("a service is known (or pending)");
@@ -102,22 +104,23 @@ async fn follows_the_real_controller() {
 
     // A target the controller does not know: forwarded unchanged.
     let unknown: SocketAddr = "10.96.0.99:80".parse().unwrap();
-    let _ = d.resolve(unknown);
     wait_until("the controller says it does not exist", || {
-        matches!(d.resolve(unknown), Resolution::Unknown)
+        matches!(balancers.lookup(unknown), Lookup::Unknown)
     })
     .await;
     assert!(balancers.get(unknown).is_none());
+    // Both followed by the one cache, one stream each.
+    assert_eq!(balancers.len(), 2);
     assert_eq!(d.len(), 2);
 
     // A destination nobody asks for is forgotten (its stream ends); the
     // one asked for again and again stays.
     wait_until("the idle unknown target is forgotten", || {
-        let _ = d.resolve(svc);
-        d.len() == 1
+        let _ = balancers.lookup(svc);
+        balancers.len() == 1 && d.len() == 1
     })
     .await;
-    assert!(matches!(d.resolve(svc), Resolution::Known(_)));
+    assert!(matches!(balancers.lookup(svc), Lookup::Balanced(_)));
     running.shutdown().await.unwrap();
 }
 
@@ -132,18 +135,19 @@ async fn unreachable_controller_leaves_new_targets_unanswered() {
         .unwrap()
         .connect_lazy();
     let d = ControllerDiscovery::new(channel, Duration::from_millis(200));
+    let balancers = Balancers::new(Arc::new(d), BalanceConfig::default());
     let svc: SocketAddr = "10.96.0.10:80".parse().unwrap();
     assert!(
-        matches!(d.resolve(svc), Resolution::Known(_)),
+        matches!(balancers.lookup(svc), Lookup::Balanced(_)),
         "pending at first"
     );
     // Not "unknown" (that would send it unchanged, in plaintext): the
     // outbound path decides by the cluster networks.
     wait_until("the target is unanswered", || {
-        matches!(d.resolve(svc), Resolution::Unanswered)
+        matches!(balancers.lookup(svc), Lookup::Unanswered)
     })
     .await;
     // The controller is now known to be away: a new target does not wait.
     let other: SocketAddr = "10.96.0.11:80".parse().unwrap();
-    assert!(matches!(d.resolve(other), Resolution::Unanswered));
+    assert!(matches!(balancers.lookup(other), Lookup::Unanswered));
 }

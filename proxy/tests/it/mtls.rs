@@ -38,7 +38,7 @@ async fn tls_mesh(ca: &TestCa, app: SocketAddr, expected: &str) -> TlsMesh {
     let svc: SocketAddr = support::SERVICE.parse().unwrap();
     let mut ep = Endpoint::plain(app);
     ep.meshed_inbound_port = Some(inbound.inbound_addrs[0].port());
-    ep.identity = Some(expected.to_string());
+    ep.identity = Some(expected.parse().unwrap());
     let discovery = StaticDiscovery::from_services(vec![ServiceConfig {
         name: "web:80".into(),
         addresses: vec![svc],

@@ -112,7 +112,7 @@ async fn client_proxy(ca: &TestCa, server: &Running, app: SocketAddr, identity: 
     let svc: SocketAddr = support::SERVICE.parse().unwrap();
     let mut ep = Endpoint::plain(app);
     ep.meshed_inbound_port = Some(server.inbound_addrs[0].port());
-    ep.identity = Some(WEB.into());
+    ep.identity = Some(WEB.parse().unwrap());
     let discovery = StaticDiscovery::from_services(vec![ServiceConfig {
         name: "web:80".into(),
         addresses: vec![svc],
@@ -341,8 +341,16 @@ async fn controller(dir: &Path, policy: &Path) -> conduit_controller::server::Ru
     use std::time::{Duration, SystemTime};
     let discovery = dir.join("discovery.yaml");
     std::fs::write(&discovery, "").unwrap();
+    // The server proxy's token: it may watch pod web-0's policy only.
     let tokens = dir.join("tokens.yaml");
-    std::fs::write(&tokens, "tokens: []\n").unwrap();
+    std::fs::write(
+        &tokens,
+        format!(
+            "tokens: [{{token: {WEB_TOKEN}, namespace: shop, serviceAccount: web, pods: {{web-0: {{app: web}}}}}}]\n"
+        ),
+    )
+    .unwrap();
+    std::fs::write(dir.join("web-token"), WEB_TOKEN).unwrap();
     let metrics = Arc::new(conduit_controller::metrics::Metrics::new());
     let settings = Settings {
         trust_domain: "cluster.local".into(),
@@ -359,7 +367,7 @@ async fn controller(dir: &Path, policy: &Path) -> conduit_controller::server::Ru
     let certifier = Arc::new(Certifier::new(
         issuer,
         TokenFileVerifier::load(&tokens).unwrap(),
-        "cluster.local".into(),
+        "cluster.local".parse().unwrap(),
         Duration::from_secs(3600),
     ));
     let td = conduit_proxy_tls::TrustDomain::new("cluster.local").unwrap();
@@ -386,17 +394,23 @@ async fn controller(dir: &Path, policy: &Path) -> conduit_controller::server::Ru
     .unwrap()
 }
 
-/// The receiving proxy following `controller_addr` for its policy.
+const WEB_TOKEN: &str = "web-0-token-0123456789abcdef";
+
+/// The receiving proxy (pod shop/web-0) following `controller_addr` for
+/// its policy, showing the token in `token_dir` (written by [`controller`]).
 async fn server_proxy_following(
     ca: &TestCa,
     app: SocketAddr,
     controller_addr: SocketAddr,
+    token_dir: &Path,
 ) -> Running {
     support::init_tracing();
     let mut cfg = Config::loopback_for_tests();
     cfg.inbound_policy = DefaultPolicy::Deny;
     cfg.pod_namespace = "shop".into();
+    cfg.pod_name = "web-0".into();
     cfg.pod_labels = "app=web".into();
+    cfg.identity_token_file = Some(token_dir.join("web-token"));
     let web = ca.credentials(&SpiffeId::parse(WEB).unwrap()).unwrap();
     let mut deps = Deps::fixed(&cfg, app, Arc::new(conduit_proxy::app::NoDiscovery))
         .with_mtls(&cfg, web)
@@ -455,7 +469,7 @@ async fn policy_from_the_controller_changes_live_and_outlives_the_controller() {
         1,
     );
     let ctl = controller(dir.path(), &file).await;
-    let server = server_proxy_following(&ca, app.addr, ctl.grpc_addr).await;
+    let server = server_proxy_following(&ca, app.addr, ctl.grpc_addr, dir.path()).await;
     let be = client_proxy(&ca, &server, app.addr, BACKEND).await;
     let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
     let mut b = client::h1(be.outbound_addrs[0]).await;
@@ -493,7 +507,8 @@ async fn before_any_policy_the_configured_default_applies() {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let server = server_proxy_following(&ca, app.addr, closed).await;
+    let dir = tempfile::tempdir().unwrap();
+    let server = server_proxy_following(&ca, app.addr, closed, dir.path()).await;
     let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
     let mut f = client::h1(fe.outbound_addrs[0]).await;
     assert_eq!(status(&mut f, "/api/users").await, 403);
@@ -551,6 +566,78 @@ mod plugin {
         }
     }
 
+    /// [`Example`] served over TLS as `identity` (a certificate from `ca`),
+    /// requiring a client certificate from `ca`; the identities of the
+    /// clients whose requests it answered.
+    pub async fn start_tls(
+        ca: &conduit_proxy_tls::testing::TestCa,
+        identity: &str,
+    ) -> (SocketAddr, std::sync::Arc<std::sync::Mutex<Vec<String>>>) {
+        use std::sync::{Arc, Mutex};
+        let now = std::time::SystemTime::now();
+        let hour = Duration::from_secs(3600);
+        let (chain, key) = ca.issue(identity, now - hour, now + hour).unwrap();
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(ca.certificate().clone()).unwrap();
+        let clients = rustls::server::WebPkiClientVerifier::builder_with_provider(
+            Arc::new(roots),
+            provider.clone(),
+        )
+        .build()
+        .unwrap();
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_client_cert_verifier(clients)
+            .with_single_cert(chain, key)
+            .unwrap();
+        config.alpn_protocols = vec![b"h2".to_vec()];
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = l.local_addr().unwrap();
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let svc = pb::authorization_plugin_server::AuthorizationPluginServer::new(Example);
+        let record = seen.clone();
+        tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = l.accept().await else {
+                    return;
+                };
+                let (acceptor, svc, record) = (acceptor.clone(), svc.clone(), record.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let client = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|c| c.first())
+                        .and_then(|c| conduit_proxy_tls::certificate_identity(c).ok())
+                        .map(|id| id.to_string())
+                        .unwrap_or_default();
+                    let svc = hyper::service::service_fn(
+                        move |req: http::Request<hyper::body::Incoming>| {
+                            record.lock().unwrap().push(client.clone());
+                            let mut svc = svc.clone();
+                            async move {
+                                let req = req.map(tonic::body::Body::new);
+                                tower_service::Service::call(&mut svc, req).await
+                            }
+                        },
+                    );
+                    let _ = hyper::server::conn::http2::Builder::new(
+                        hyper_util::rt::TokioExecutor::new(),
+                    )
+                    .serve_connection(hyper_util::rt::TokioIo::new(tls), svc)
+                    .await;
+                });
+            }
+        });
+        (addr, seen)
+    }
+
     pub async fn start() -> SocketAddr {
         let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = l.local_addr().unwrap();
@@ -566,13 +653,19 @@ mod plugin {
 }
 
 fn plugin_policy(plugin: SocketAddr, failure: &str) -> String {
+    plugin_policy_as(plugin, failure, None)
+}
+
+/// [`plugin_policy`], the plugin meshed as `identity` when given.
+fn plugin_policy_as(plugin: SocketAddr, failure: &str, identity: Option<&str>) -> String {
+    let identity = identity.map_or(String::new(), |i| format!(", identity: \"{i}\""));
     format!(
         r#"
 defaultPolicy: deny
 servers:
   - {{name: web-http, port: PORT}}
 plugins:
-  - {{name: example, address: "{plugin}", timeoutMs: 300, failure: {failure}, headers: [x-allow, x-slow]}}
+  - {{name: example, address: "{plugin}", timeoutMs: 300, failure: {failure}, headers: [x-allow, x-slow]{identity}}}
 authorizations:
   - name: via-plugin
     servers: [web-http]
@@ -668,4 +761,67 @@ async fn plugin_down_or_slow_follows_its_failure_mode_within_its_timeout() {
             "{addr} {headers:?}: took {took:?} (timeout 300 ms)"
         );
     }
+}
+
+const PLUGIN: &str = "spiffe://cluster.local/ns/shop/sa/authz-plugin";
+
+#[tokio::test]
+async fn a_meshed_plugin_is_reached_over_mtls_and_a_wrong_identity_is_refused() {
+    let ca = TestCa::new("mesh").unwrap();
+    let app = app().await;
+    let (plugin_addr, seen) = plugin::start_tls(&ca, PLUGIN).await;
+    let dir = tempfile::tempdir().unwrap();
+    let impostor = "spiffe://cluster.local/ns/shop/sa/someone-else";
+    // (identity the policy requires, failure mode, status, plugin asked)
+    for (required, failure, want, asked) in [
+        (PLUGIN, "closed", 200, true),
+        (impostor, "closed", 403, false),
+        (impostor, "open", 200, false),
+    ] {
+        let file = dir
+            .path()
+            .join(format!("{failure}-{}.yaml", required.len()));
+        write_policy(
+            &file,
+            &plugin_policy_as(plugin_addr, failure, Some(required)),
+            app.addr.port(),
+        );
+        let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::AllUnauthenticated).await;
+        let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+        let mut c = client::h1(fe.outbound_addrs[0]).await;
+        let before = seen.lock().unwrap().len();
+        let (parts, body) = send(&mut c, &[("x-allow", "yes")]).await;
+        assert_eq!(parts.status, want, "{required} fail-{failure}: {body}");
+        // Decorated only when the plugin answered.
+        assert_eq!(
+            parts.headers.contains_key("x-saw-added"),
+            asked,
+            "{required}"
+        );
+        let calls = seen.lock().unwrap()[before..].to_vec();
+        if asked {
+            // The proxy presented its own identity to the plugin.
+            assert_eq!(calls, [WEB], "{required}");
+        } else {
+            assert!(
+                calls.is_empty(),
+                "{required}: the plugin was asked: {calls:?}"
+            );
+            let m = metrics(&server).await;
+            let reason = format!("reason=\"authz_plugin_failed_{failure}\"");
+            assert_sample(&m, "conduit_errors_total", &[reason.as_str()], 1.0);
+        }
+    }
+    // Plaintext to a meshed plugin's TLS port gets nowhere either.
+    let file = dir.path().join("plaintext.yaml");
+    write_policy(
+        &file,
+        &plugin_policy(plugin_addr, "closed"),
+        app.addr.port(),
+    );
+    let server = server_proxy(&ca, app.addr, &file, DefaultPolicy::AllUnauthenticated).await;
+    let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
+    let mut c = client::h1(fe.outbound_addrs[0]).await;
+    let (parts, _) = send(&mut c, &[("x-allow", "yes")]).await;
+    assert_eq!(parts.status, 403);
 }

@@ -2,8 +2,8 @@
 //! token (re-read from its file for every request), and the controller's
 //! `Identity.Certify` behind the [`Certifier`] trait.
 
-use crate::spiffe::SpiffeId;
 use conduit_controller_api::identity::v1 as pb;
+use conduit_identity::SpiffeId;
 use rcgen::{CertificateParams, DistinguishedName, KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::future::Future;

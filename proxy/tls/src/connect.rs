@@ -8,11 +8,11 @@
 //! [`Alpn::Http1`] (`conduit/http1`) or [`Alpn::Opaque`] (`conduit/opaque`).
 
 use crate::credentials::Credentials;
-use crate::spiffe::SpiffeId;
 use crate::verify::{
     PeerIdentityError, ServerIdentityVerifier, TrustDomainClientVerifier, certificate_identity,
     identity_error,
 };
+use conduit_identity::SpiffeId;
 use rustls::pki_types::ServerName;
 use rustls::{ClientConfig, ServerConfig};
 use std::collections::HashMap;
@@ -103,27 +103,46 @@ impl From<std::io::Error> for TlsError {
     }
 }
 
-/// For I/O-typed seams: keeps the transport error as it was, maps the rest
-/// to a kind (`TimedOut`, `PermissionDenied` for refused identities and
-/// certificates, `InvalidData` otherwise) with this error as the source.
-impl From<TlsError> for std::io::Error {
-    fn from(e: TlsError) -> Self {
+impl TlsError {
+    /// Whether the peer's identity or certificate is why the handshake
+    /// failed (not the network, a timeout or our own readiness): the peer
+    /// presented another identity, a certificate that does not verify or
+    /// none, or refused ours with an alert.
+    pub fn is_peer_identity(&self) -> bool {
+        matches!(
+            self,
+            TlsError::PeerIdentity(_)
+                | TlsError::PeerAlert(_)
+                | TlsError::Handshake(
+                    rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented
+                )
+        )
+    }
+
+    /// The I/O error kind this error has on I/O-typed seams: `TimedOut`,
+    /// `NotConnected` before the first certificate, `PermissionDenied` for
+    /// [peer identity](Self::is_peer_identity) failures, `InvalidData`
+    /// otherwise (a transport error keeps its own kind).
+    pub fn kind(&self) -> std::io::ErrorKind {
         use std::io::ErrorKind;
-        let kind = match &e {
-            TlsError::Io(_) => ErrorKind::Other,
+        match self {
+            TlsError::Io(io) => io.kind(),
             TlsError::Timeout(_) => ErrorKind::TimedOut,
             TlsError::NotReady => ErrorKind::NotConnected,
-            TlsError::PeerIdentity(_) | TlsError::PeerAlert(_) => ErrorKind::PermissionDenied,
-            TlsError::Handshake(
-                rustls::Error::InvalidCertificate(_) | rustls::Error::NoCertificatesPresented,
-            ) => ErrorKind::PermissionDenied,
-            TlsError::Handshake(_) | TlsError::NoAlpn | TlsError::Config(_) => {
-                ErrorKind::InvalidData
-            }
-        };
+            e if e.is_peer_identity() => ErrorKind::PermissionDenied,
+            _ => ErrorKind::InvalidData,
+        }
+    }
+}
+
+/// For I/O-typed seams: keeps the transport error as it was; the rest get
+/// their [`kind`](TlsError::kind), with this error as the inner error (so it
+/// can be downcast again).
+impl From<TlsError> for std::io::Error {
+    fn from(e: TlsError) -> Self {
         match e {
             TlsError::Io(io) => io,
-            e => std::io::Error::new(kind, e),
+            e => std::io::Error::new(e.kind(), e),
         }
     }
 }
@@ -142,7 +161,10 @@ fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-type ClientConfigs = HashMap<(SpiffeId, Alpn), Arc<ClientConfig>>;
+/// ALPN of a gRPC server that is not a proxy (an authorization plugin).
+const GRPC_ALPN: &[u8] = b"h2";
+
+type ClientConfigs = HashMap<(SpiffeId, &'static [u8]), Arc<ClientConfig>>;
 
 /// Outbound mTLS. Cheap to clone.
 #[derive(Debug, Clone)]
@@ -181,7 +203,7 @@ impl TlsConnector {
         if self.credentials.current().is_none() {
             return Err(TlsError::NotReady);
         }
-        let config = self.config(expected, alpn)?;
+        let config = self.config(expected, alpn.as_bytes())?;
         let tls = match client_handshake(config, stream, self.timeout).await {
             Err(TlsError::PeerIdentity(refused)) => {
                 tracing::warn!(expected = %expected, "outbound mTLS refused: {refused}");
@@ -195,8 +217,38 @@ impl TlsConnector {
         Ok(tls)
     }
 
+    /// Handshakes over `stream` with a gRPC server that is not a proxy (a
+    /// meshed authorization plugin): presents this proxy's certificate,
+    /// requires the server to present exactly `expected`, offers ALPN `h2`.
+    pub async fn connect_grpc<S>(
+        &self,
+        stream: S,
+        expected: &SpiffeId,
+    ) -> Result<client::TlsStream<S>, TlsError>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        if self.credentials.current().is_none() {
+            return Err(TlsError::NotReady);
+        }
+        let config = self.config(expected, GRPC_ALPN)?;
+        let tls = client_handshake(config, stream, self.timeout)
+            .await
+            .inspect_err(
+                |e| tracing::warn!(expected = %expected, "mTLS to a gRPC server refused: {e}"),
+            )?;
+        if tls.get_ref().1.alpn_protocol() != Some(GRPC_ALPN) {
+            return Err(TlsError::NoAlpn);
+        }
+        Ok(tls)
+    }
+
     /// One config per (identity, protocol), each with its own verifier.
-    fn config(&self, expected: &SpiffeId, alpn: Alpn) -> Result<Arc<ClientConfig>, TlsError> {
+    fn config(
+        &self,
+        expected: &SpiffeId,
+        alpn: &'static [u8],
+    ) -> Result<Arc<ClientConfig>, TlsError> {
         let mut configs = self.configs.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(c) = configs.get(&(expected.clone(), alpn)) {
             return Ok(c.clone());
@@ -210,7 +262,7 @@ impl TlsConnector {
                 .dangerous()
                 .with_custom_certificate_verifier(Arc::new(verifier))
                 .with_client_cert_resolver(self.credentials.resolver());
-        config.alpn_protocols = vec![alpn.as_bytes().to_vec()];
+        config.alpn_protocols = vec![alpn.to_vec()];
         config.enable_sni = false;
         // Every handshake verifies the peer's current certificate (see
         // docs/identity.md: no resumption).

@@ -8,8 +8,8 @@
 
 use crate::anchors::TrustAnchors;
 use crate::connect::{DEFAULT_HANDSHAKE_TIMEOUT, TlsError, client_handshake};
-use crate::spiffe::SpiffeId;
 use crate::verify::ServerIdentityVerifier;
+use conduit_identity::SpiffeId;
 use rustls::ClientConfig;
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,8 +8,8 @@
 
 use crate::anchors::TrustAnchors;
 use crate::clock::{Clock, RustlsTime, SystemClock};
-use crate::spiffe::SpiffeId;
 use crate::verify::{PeerIdentityError, certificate_identity, check_own_chain};
+use conduit_identity::SpiffeId;
 use rustls::client::ResolvesClientCert;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use rustls::server::{ClientHello, ResolvesServerCert};

@@ -57,7 +57,7 @@ mod connect;
 mod control;
 mod credentials;
 mod refresh;
-mod spiffe;
+#[cfg(feature = "testing")]
 pub mod testing;
 mod verify;
 
@@ -67,11 +67,13 @@ pub use certify::{
     MAX_TOKEN_BYTES, TokenError, TokenFile, key_and_csr,
 };
 pub use clock::{Clock, SystemClock, TokioClock};
+/// The identity vocabulary, from `conduit-identity` (one grammar for the
+/// whole mesh).
+pub use conduit_identity::{NameError, SpiffeId, SpiffeIdError, TrustDomain};
 pub use connect::{Alpn, DEFAULT_HANDSHAKE_TIMEOUT, Peer, TlsAcceptor, TlsConnector, TlsError};
 pub use control::ControlConnector;
 pub use credentials::{Credentials, CredentialsError, CurrentCert};
 pub use refresh::{RefreshError, RefreshPolicy, Refresher, refresh_delay, retry_delay};
-pub use spiffe::{NameError, SpiffeId, SpiffeIdError, TrustDomain};
 pub use verify::{PeerIdentityError, certificate_identity};
 
 /// The TLS stream types returned by [`TlsConnector::connect`] and

@@ -1,15 +1,16 @@
-//! A throwaway certificate authority (rcgen, in memory) for tests in this
-//! crate and in the proxy: it issues leaves like the controller's (one
-//! SPIFFE URI SAN, serverAuth and clientAuth) and certified
-//! [`Credentials`]. Not for production use.
+//! A throwaway certificate authority for tests in this crate and in the
+//! proxy. It is the controller's own issuer
+//! ([`conduit_identity::issuer::Issuer`], generated in memory), and its
+//! leaves are minted by the same [`Issuer::sign_leaf`] the controller's
+//! `Certify` uses, so tests handshake with the certificates the mesh really
+//! issues. It adds what tests need on top: any validity window, any URI
+//! (to script refusals), certified [`Credentials`]. Not for production use.
 
 use crate::anchors::{AnchorsError, TrustAnchors};
 use crate::credentials::{Credentials, CredentialsError};
-use crate::spiffe::SpiffeId;
-use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
-    Issuer, KeyPair, KeyUsagePurpose, SanType,
-};
+use conduit_identity::SpiffeId;
+use conduit_identity::issuer::{Issuer, IssuerError};
+use rcgen::{KeyPair, SanType};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
 use std::time::{Duration, SystemTime};
 
@@ -21,6 +22,8 @@ pub enum TestCaError {
     #[error("rcgen: {0}")]
     Rcgen(#[from] rcgen::Error),
     #[error(transparent)]
+    Issuer(#[from] IssuerError),
+    #[error(transparent)]
     Anchors(#[from] AnchorsError),
     #[error(transparent)]
     Install(#[from] CredentialsError),
@@ -28,10 +31,11 @@ pub enum TestCaError {
     CsrIdentity,
 }
 
-/// A self-signed CA valid from a day ago to a day from now.
+/// The controller's issuer, self-signed, valid from a day ago to a day from
+/// now.
 pub struct TestCa {
     cert: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer,
 }
 
 impl std::fmt::Debug for TestCa {
@@ -41,22 +45,18 @@ impl std::fmt::Debug for TestCa {
 }
 
 impl TestCa {
+    /// A new CA; `name` goes into its common name (as the controller's
+    /// trust domain does).
     pub fn new(name: &str) -> Result<Self, TestCaError> {
-        let key = KeyPair::generate()?;
-        let mut params = CertificateParams::default();
-        let mut dn = DistinguishedName::new();
-        dn.push(DnType::CommonName, name);
-        params.distinguished_name = dn;
-        params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
-        params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
         let now = SystemTime::now();
-        params.not_before = (now - 24 * HOUR).into();
-        params.not_after = (now + 24 * HOUR).into();
-        let cert = params.self_signed(&key)?.der().clone();
-        Ok(TestCa {
-            cert,
-            issuer: Issuer::new(params, key),
-        })
+        let issuer = Issuer::generate(name, now - 24 * HOUR, 48 * HOUR)?;
+        let cert = CertificateDer::from(issuer.chain()[0].clone());
+        Ok(TestCa { cert, issuer })
+    }
+
+    /// The issuer, for tests that sign as the controller does.
+    pub fn issuer(&self) -> &Issuer {
+        &self.issuer
     }
 
     /// The CA certificate, DER.
@@ -68,7 +68,8 @@ impl TestCa {
         Ok(TrustAnchors::from_der([self.cert.clone()])?)
     }
 
-    /// A leaf for `public_key` naming `uri`, valid between the given times.
+    /// A leaf for `public_key` naming `uri`, valid between the given times
+    /// (the issuer's [`sign_leaf`](Issuer::sign_leaf)).
     pub fn sign(
         &self,
         public_key: &impl rcgen::PublicKeyData,
@@ -76,19 +77,10 @@ impl TestCa {
         not_before: SystemTime,
         not_after: SystemTime,
     ) -> Result<CertificateDer<'static>, TestCaError> {
-        let mut params = CertificateParams::default();
-        params.distinguished_name = DistinguishedName::new();
-        params.subject_alt_names = vec![SanType::URI(uri.to_owned().try_into()?)];
-        params.is_ca = IsCa::ExplicitNoCa;
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-        params.extended_key_usages = vec![
-            ExtendedKeyUsagePurpose::ServerAuth,
-            ExtendedKeyUsagePurpose::ClientAuth,
-        ];
-        params.use_authority_key_identifier_extension = true;
-        params.not_before = not_before.into();
-        params.not_after = not_after.into();
-        Ok(params.signed_by(public_key, &self.issuer)?.der().clone())
+        let der = self
+            .issuer
+            .sign_leaf(public_key, uri, not_before, not_after)?;
+        Ok(CertificateDer::from(der))
     }
 
     /// Signs a CSR (as the controller would), keeping its URI SAN.

@@ -7,7 +7,7 @@
 //!   certificate, and its identity must be in our trust domain.
 
 use crate::anchors::TrustAnchors;
-use crate::spiffe::{SpiffeId, SpiffeIdError, TrustDomain};
+use conduit_identity::{SpiffeId, SpiffeIdError, TrustDomain};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::verify_server_cert_signed_by_trust_anchor;
 use rustls::crypto::{WebPkiSupportedAlgorithms, verify_tls12_signature, verify_tls13_signature};

@@ -210,7 +210,7 @@ pub fn discovery_yaml(
     spec: &MeshSpec,
     names: &Names,
     pod_ip: impl Fn(&str, bool) -> IpAddr,
-) -> serde_yaml::Result<String> {
+) -> serde_norway::Result<String> {
     #[derive(Serialize)]
     #[serde(rename_all = "camelCase")]
     struct File {
@@ -269,11 +269,11 @@ pub fn discovery_yaml(
                 .collect(),
         })
         .collect();
-    serde_yaml::to_string(&File { services })
+    serde_norway::to_string(&File { services })
 }
 
 /// The controller's token file: one token per service account.
-pub fn tokens_yaml(spec: &MeshSpec) -> serde_yaml::Result<String> {
+pub fn tokens_yaml(spec: &MeshSpec) -> serde_norway::Result<String> {
     #[derive(Serialize)]
     struct File {
         tokens: Vec<Token>,
@@ -284,6 +284,9 @@ pub fn tokens_yaml(spec: &MeshSpec) -> serde_yaml::Result<String> {
         token: String,
         namespace: String,
         service_account: String,
+        /// The pods of the service account (their labels, as the discovery
+        /// file has them): whose inbound policy the token may watch.
+        pods: BTreeMap<String, BTreeMap<String, String>>,
     }
     let tokens = spec
         .service_accounts()
@@ -291,10 +294,16 @@ pub fn tokens_yaml(spec: &MeshSpec) -> serde_yaml::Result<String> {
         .map(|sa| Token {
             token: token(spec, &sa),
             namespace: spec.namespace.clone(),
+            pods: spec
+                .pods()
+                .into_iter()
+                .filter(|p| p != "controller" && spec.service_account(p) == sa)
+                .map(|p| (p.clone(), BTreeMap::from([("pod".to_owned(), p)])))
+                .collect(),
             service_account: sa,
         })
         .collect();
-    serde_yaml::to_string(&File { tokens })
+    serde_norway::to_string(&File { tokens })
 }
 
 /// The token of service account `sa` (deterministic: local use only).

@@ -698,6 +698,8 @@ fn dashboard_draws_the_mesh_in_a_browser() -> Result<()> {
         "default/web-1",
         "default/web-2",
         "class=\"edge\"",
+        // The service is linked to the pods that serve it.
+        "class=\"edge serves\"",
         "mTLS",
     ] {
         ensure!(dom.contains(want), "the page lacks {want:?}:\n{dom}");

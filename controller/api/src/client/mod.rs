@@ -9,14 +9,12 @@
 //! which replaces the old one. [`DestinationResolver`] shares one watch per
 //! target between callers.
 
-mod map;
 mod resolver;
 mod state;
 mod watch;
 
-pub use map::map_watch;
 pub use resolver::DestinationResolver;
-pub use state::{DestinationState, Endpoint};
+pub use state::{DestinationState, Endpoint, EndpointError};
 pub use watch::{WatchOptions, watch_destination, watch_destination_with};
 
 /// The `Destination.Get` target for an address (a service or pod IP and a

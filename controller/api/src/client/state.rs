@@ -1,22 +1,54 @@
 //! The state a client builds from a stream of updates.
 
 use crate::destination::v1::{Update, update::Kind};
+use conduit_identity::{SpiffeId, SpiffeIdError};
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-/// One endpoint of a destination (mirrors the proxy's discovery `Endpoint`).
+/// One endpoint of a destination: what the controller says about it, and
+/// the type the proxy balances over (its `discovery::Endpoint`; a static
+/// discovery file describes endpoints with it too). The identity is parsed
+/// here, once, at the boundary: an endpoint whose identity does not parse
+/// never gets this far.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Endpoint {
     pub addr: SocketAddr,
     pub weight: u32,
     /// SPIFFE ID the endpoint's proxy must present, when meshed and known.
-    pub identity: Option<String>,
+    pub identity: Option<SpiffeId>,
     /// Set when the endpoint runs a conduit proxy: its inbound (mTLS) port.
     pub meshed_inbound_port: Option<u16>,
     pub labels: BTreeMap<String, String>,
 }
 
-/// What the client knows about one target.
+impl Endpoint {
+    /// An endpoint with weight 1, no identity, not meshed, no labels.
+    pub fn plain(addr: SocketAddr) -> Self {
+        Endpoint {
+            addr,
+            weight: 1,
+            identity: None,
+            meshed_inbound_port: None,
+            labels: BTreeMap::new(),
+        }
+    }
+}
+
+/// Why an endpoint from the controller was skipped.
+#[derive(Debug, thiserror::Error)]
+pub enum EndpointError {
+    #[error(transparent)]
+    Address(#[from] crate::AddressError),
+    #[error("endpoint {addr}: bad identity: {source}")]
+    Identity {
+        addr: SocketAddr,
+        source: SpiffeIdError,
+    },
+}
+
+/// What the client knows about one target; the proxy balances over it as
+/// it is (its `discovery::Destination`), so nothing copies it into another
+/// type.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DestinationState {
     /// The target as asked for (`web.default.svc.cluster.local:80`, `10.96.0.10:80`).
@@ -28,7 +60,9 @@ pub struct DestinationState {
     /// controller does not know the target (send traffic to the original
     /// address unchanged).
     pub exists: Option<bool>,
-    /// Current endpoints, sorted by address.
+    /// Current endpoints, sorted by address. When the target is an address
+    /// the controller does not know (`exists == Some(false)`), the address
+    /// itself, not meshed: traffic goes there unchanged.
     pub endpoints: Vec<Endpoint>,
     /// Whether the stream to the controller is up. While it is down the
     /// other fields keep the last known state.
@@ -46,10 +80,37 @@ impl DestinationState {
         }
     }
 
+    /// A destination known to exist with these endpoints (a static table's,
+    /// a test's): `name` is its target and its name.
+    pub fn known(name: impl Into<String>, endpoints: Vec<Endpoint>) -> Self {
+        let name = name.into();
+        DestinationState {
+            target: name.clone(),
+            name: Some(name),
+            exists: Some(true),
+            endpoints,
+            connected: true,
+        }
+    }
+
+    /// The controller has not answered about the target yet.
+    pub fn pending(&self) -> bool {
+        self.exists.is_none()
+    }
+
     /// The name to use in metrics: the canonical name, else the target.
     pub fn display_name(&self) -> &str {
         self.name.as_deref().unwrap_or(&self.target)
     }
+}
+
+/// The endpoints of a target the controller does not know: an address
+/// target is reached as it is (not meshed); any other target has none.
+pub(crate) fn unknown_endpoints(target: &str) -> Vec<Endpoint> {
+    target
+        .parse::<SocketAddr>()
+        .map(|addr| vec![Endpoint::plain(addr)])
+        .unwrap_or_default()
 }
 
 /// Endpoints keyed by address while a stream is being applied.
@@ -97,7 +158,10 @@ impl EndpointSet {
 
     /// Writes this set into `state`; returns whether anything changed.
     pub(crate) fn publish(&self, state: &mut DestinationState) -> bool {
-        let endpoints: Vec<Endpoint> = self.endpoints.values().cloned().collect();
+        let endpoints: Vec<Endpoint> = match self.exists {
+            Some(false) => unknown_endpoints(&state.target),
+            _ => self.endpoints.values().cloned().collect(),
+        };
         let changed = state.name != self.name
             || state.exists != self.exists
             || state.endpoints != endpoints
@@ -110,7 +174,10 @@ impl EndpointSet {
     }
 }
 
-fn convert_endpoint(ep: crate::destination::v1::Endpoint) -> Result<Endpoint, crate::AddressError> {
+/// The wire endpoint as an [`Endpoint`]: the address, the port and the
+/// identity are checked here (an unparsable identity skips the endpoint:
+/// it could never be verified, so it must not be reached).
+fn convert_endpoint(ep: crate::destination::v1::Endpoint) -> Result<Endpoint, EndpointError> {
     let addr = SocketAddr::try_from(ep.address.as_ref().ok_or(crate::AddressError::Missing)?)?;
     let meshed_inbound_port = match ep.protocol_hint {
         Some(h) if h.meshed => Some(
@@ -121,7 +188,12 @@ fn convert_endpoint(ep: crate::destination::v1::Endpoint) -> Result<Endpoint, cr
     Ok(Endpoint {
         addr,
         weight: ep.weight,
-        identity: Some(ep.identity).filter(|i| !i.is_empty()),
+        identity: match ep.identity.as_str() {
+            "" => None,
+            id => Some(
+                SpiffeId::parse(id).map_err(|source| EndpointError::Identity { addr, source })?,
+            ),
+        },
         meshed_inbound_port,
         labels: ep.labels.into_iter().collect(),
     })
@@ -178,6 +250,29 @@ mod tests {
     }
 
     #[test]
+    fn an_unknown_address_is_its_own_plain_endpoint() {
+        let gone = Update {
+            kind: Some(Kind::NoEndpoints(pb::NoEndpoints { exists: false })),
+            destination_name: String::new(),
+        };
+        let mut set = EndpointSet::default();
+        set.apply(add(&["10.0.0.1:80"]));
+        set.apply(gone.clone());
+        let mut state = DestinationState::new("10.96.0.10:80".into());
+        assert!(set.publish(&mut state));
+        assert_eq!(state.exists, Some(false));
+        assert!(!state.pending());
+        assert_eq!(
+            state.endpoints,
+            [Endpoint::plain("10.96.0.10:80".parse().unwrap())]
+        );
+        // A name the controller does not know has nowhere to go.
+        let mut named = DestinationState::new("web.default.svc.cluster.local:80".into());
+        set.publish(&mut named);
+        assert!(named.endpoints.is_empty());
+    }
+
+    #[test]
     fn malformed_endpoint_is_skipped() {
         let mut set = EndpointSet::default();
         let mut u = add(&["10.0.0.1:80"]);
@@ -190,5 +285,29 @@ mod tests {
         set.apply(u);
         assert!(set.endpoints.is_empty());
         assert_eq!(set.exists, Some(true));
+    }
+
+    /// The identity is parsed here, once: what the proxy receives is a
+    /// `SpiffeId`, and an endpoint whose identity does not parse (a
+    /// controller bug or a forged answer) is skipped, never reached
+    /// without a verifiable identity.
+    #[test]
+    fn identities_are_parsed_at_the_boundary() {
+        let mut set = EndpointSet::default();
+        let mut u = add(&["10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"]);
+        if let Some(Kind::Add(a)) = &mut u.kind {
+            a.endpoints[1].identity = "spiffe://td/ns/a.b/sa/web".into();
+            a.endpoints[2].identity = String::new();
+        }
+        set.apply(u);
+        let addrs: Vec<_> = set.endpoints.keys().map(|a| a.to_string()).collect();
+        assert_eq!(addrs, ["10.0.0.1:80", "10.0.0.3:80"]);
+        let ep = &set.endpoints[&"10.0.0.1:80".parse().unwrap()];
+        assert_eq!(ep.identity.as_deref(), Some("spiffe://td/ns/a/sa/b"));
+        assert_eq!(ep.identity.as_ref().unwrap().namespace(), "a");
+        assert_eq!(
+            set.endpoints[&"10.0.0.3:80".parse().unwrap()].identity,
+            None
+        );
     }
 }

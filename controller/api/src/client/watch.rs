@@ -114,6 +114,7 @@ async fn follow_once(
                 let unknown = DestinationState {
                     exists: Some(false),
                     connected: true,
+                    endpoints: super::state::unknown_endpoints(&s.target),
                     ..DestinationState::new(s.target.clone())
                 };
                 (*s != unknown).then(|| *s = unknown).is_some()

@@ -375,6 +375,19 @@ fn token_review(state: &Shared, body: &[u8]) -> Response<Body> {
                             "system:serviceaccounts".into(),
                             "system:authenticated".into(),
                         ]),
+                        extra: entry.pod.as_ref().map(|(name, uid)| {
+                            [
+                                (
+                                    "authentication.kubernetes.io/pod-name".to_string(),
+                                    vec![name.clone()],
+                                ),
+                                (
+                                    "authentication.kubernetes.io/pod-uid".to_string(),
+                                    vec![uid.clone()],
+                                ),
+                            ]
+                            .into()
+                        }),
                         ..Default::default()
                     }),
                     ..Default::default()

@@ -261,6 +261,29 @@ impl FakeApiServer {
                 username: username.to_string(),
                 audiences: audiences.iter().map(|a| a.to_string()).collect(),
                 audience_unaware: false,
+                pod: None,
+            },
+        );
+    }
+
+    /// [`add_token`](Self::add_token) for a projected token bound to pod
+    /// `pod_name` (uid `pod_uid`): the review's `user.extra` carries
+    /// `authentication.kubernetes.io/pod-name` and `pod-uid`.
+    pub fn add_pod_token(
+        &self,
+        token: &str,
+        username: &str,
+        audiences: &[&str],
+        pod_name: &str,
+        pod_uid: &str,
+    ) {
+        self.lock().tokens.insert(
+            token.to_string(),
+            TokenEntry {
+                username: username.to_string(),
+                audiences: audiences.iter().map(|a| a.to_string()).collect(),
+                audience_unaware: false,
+                pod: Some((pod_name.to_string(), pod_uid.to_string())),
             },
         );
     }
@@ -276,6 +299,7 @@ impl FakeApiServer {
                 username: username.to_string(),
                 audiences: Vec::new(),
                 audience_unaware: true,
+                pod: None,
             },
         );
     }

@@ -151,6 +151,9 @@ pub(super) struct TokenEntry {
     /// Answer like an authenticator that does not check audiences:
     /// authenticated, with an empty `status.audiences`.
     pub audience_unaware: bool,
+    /// The pod a projected token is bound to: (name, uid), answered in
+    /// `user.extra` as the API server does.
+    pub pod: Option<(String, String)>,
 }
 
 #[derive(Default)]

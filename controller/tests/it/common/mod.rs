@@ -78,7 +78,7 @@ impl TestController {
         let certifier = Arc::new(Certifier::new(
             issuer,
             verifier,
-            TRUST_DOMAIN.into(),
+            TRUST_DOMAIN.parse().unwrap(),
             Duration::from_secs(86400),
         ));
         let running =
@@ -110,7 +110,7 @@ impl TestController {
         let certifier = Arc::new(Certifier::new(
             fresh_issuer(),
             TokenFileVerifier::load(&tokens).unwrap(),
-            TRUST_DOMAIN.into(),
+            TRUST_DOMAIN.parse().unwrap(),
             Duration::from_secs(86400),
         ));
         let running = start_server(

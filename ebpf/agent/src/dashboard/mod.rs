@@ -72,6 +72,7 @@ impl State {
                     window_s: 0.0,
                     routes: vec![],
                     tcp: vec![],
+                    identities: BTreeMap::new(),
                 },
                 BTreeMap::new(),
                 0.0,
@@ -142,7 +143,7 @@ fn page(state: &State) -> String {
 {graph}
 <h2>latency per service, last {span:.0} s</h2>
 <div class="charts">{charts}</div>
-<p>edges: calls from a pod to a service (solid: mTLS, dashed: plaintext; red: success under 95%). Reloads every {refresh} s.</p>
+<p>edges: calls from a pod to a service, and a service to the pods that serve it, labelled with requests/s, success, p99 (solid: mTLS, dashed: plaintext; red: success under 95%). Reloads every {refresh} s.</p>
 </body></html>
 "#,
         refresh = state.refresh_s,

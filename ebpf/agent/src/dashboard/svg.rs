@@ -1,10 +1,17 @@
 //! The dashboard's drawings, rendered on the server as SVG: the node's
 //! service graph (pods that call -> services -> pods that serve) and, per
 //! service, latency over the last minutes. Pure functions of the figures.
+//!
+//! A service is linked to a pod that serves it ([`serving_links`]) when the
+//! pod's proxy identity (`conduit_proxy_identity_info`) is among the peers
+//! its callers' proxies saw for that service and, when the caller's own
+//! identity is known, the pod's inbound traffic came from that caller. The
+//! link is labelled with the pod's inbound figures (requests/s, success,
+//! p99, mTLS). Pods without an identity (no mTLS) cannot be linked.
 
 use crate::stat::Report;
 use crate::stat::table::{ms, short_identity};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fmt::Write;
 
 /// Escapes text for SVG/HTML.
@@ -24,6 +31,72 @@ struct Edge {
     label: String,
     mtls: bool,
     healthy: bool,
+}
+
+/// A service -> serving pod link, with the pod's inbound figures for it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Link {
+    pub service: String,
+    pub pod: String,
+    pub rps: f64,
+    /// Weighted by requests.
+    pub success: Option<f64>,
+    /// The worst of the pod's matching inbound routes.
+    pub p99_ms: Option<f64>,
+    /// Every matching inbound route was all mTLS.
+    pub mtls: bool,
+}
+
+/// Which pods serve which services, from the identities (see the module
+/// documentation). Sorted by (service, pod).
+pub fn serving_links(r: &Report) -> Vec<Link> {
+    // (service, index of a pod's inbound route): each route once per
+    // service, however many callers of the service it served.
+    let mut matched: BTreeSet<(&str, usize)> = BTreeSet::new();
+    for out in r.routes.iter().filter(|x| x.direction == "outbound") {
+        let caller = r.identities.get(&out.pod);
+        for (i, inb) in r.routes.iter().enumerate() {
+            let Some(server) = r.identities.get(&inb.pod) else {
+                continue;
+            };
+            if inb.direction == "inbound"
+                && out.peers.contains(server)
+                && caller.is_none_or(|c| inb.peers.contains(c))
+            {
+                matched.insert((out.dst.as_str(), i));
+            }
+        }
+    }
+    let mut links: BTreeMap<(String, String), Link> = BTreeMap::new();
+    for (service, i) in matched {
+        let inb = &r.routes[i];
+        let l = links
+            .entry((service.to_owned(), inb.pod.clone()))
+            .or_insert_with(|| Link {
+                service: service.to_owned(),
+                pod: inb.pod.clone(),
+                rps: 0.0,
+                success: None,
+                p99_ms: None,
+                mtls: true,
+            });
+        if let Some(s) = inb.success {
+            let total = l.rps + inb.rps;
+            let before = l.success.unwrap_or(0.0) * l.rps;
+            l.success = Some(if total > 0.0 {
+                (before + s * inb.rps) / total
+            } else {
+                s
+            });
+        }
+        l.rps += inb.rps;
+        l.p99_ms = match (l.p99_ms, inb.p99_ms) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        l.mtls &= inb.mtls.unwrap_or(0.0) >= 0.999;
+    }
+    links.into_values().collect()
 }
 
 /// The service graph of one window.
@@ -105,6 +178,42 @@ pub fn graph(r: &Report) -> String {
             (x1 + x2) / 2.0 - 95.0,
             (y1 + y2) / 2.0 - 6.0,
             esc(&e.label)
+        );
+    }
+    let server_index: Vec<&String> = servers.keys().collect();
+    for link in serving_links(r) {
+        let (Some(from), Some(to)) = (
+            services.iter().position(|x| *x == link.service),
+            server_index.iter().position(|p| **p == link.pod),
+        ) else {
+            continue;
+        };
+        let (x1, y1) = (sx + bw, y(from) + bh / 2.0);
+        let (x2, y2) = (px, y(to) + bh / 2.0);
+        let healthy = link.success.unwrap_or(0.0) >= 0.95;
+        let color = if healthy { "#2b8a3e" } else { "#c92a2a" };
+        let dash = if link.mtls {
+            ""
+        } else {
+            r#" stroke-dasharray="6,4""#
+        };
+        let label = format!(
+            "{:.1} rps · {:.1}% · p99 {} · {}",
+            link.rps,
+            link.success.unwrap_or(0.0) * 100.0,
+            ms(link.p99_ms),
+            if link.mtls { "mTLS" } else { "plaintext" }
+        );
+        let _ = write!(
+            s,
+            r#"<line class="edge serves" x1="{x1}" y1="{y1}" x2="{x2}" y2="{y2}" stroke="{color}" stroke-width="3"{dash}/>
+<text x="{:.0}" y="{:.0}" fill="{color}" font-size="11">{}</text>
+"#,
+            // Above the serving pod's box (the gap between the columns is
+            // too narrow for the label).
+            px,
+            y(to) - 5.0,
+            esc(&label)
         );
     }
     let node = |s: &mut String, x: f64, i: usize, fill: &str, title: &str, lines: &[String]| {
@@ -247,6 +356,7 @@ mod tests {
                 route("default/web-1", "inbound", "app:8080", 1.0, 1.0),
             ],
             tcp: vec![],
+            identities: BTreeMap::new(),
         };
         let g = graph(&r);
         assert!(g.contains(">default/client<"), "{g}");
@@ -268,6 +378,7 @@ mod tests {
             window_s: 1.0,
             routes: vec![],
             tcp: vec![],
+            identities: BTreeMap::new(),
         });
         assert!(g.contains("no HTTP traffic"));
     }
@@ -281,5 +392,94 @@ mod tests {
         );
         assert!(c.contains("points=\"50.0,"), "{c}");
         assert!(c.contains(">2.00ms<"), "{c}");
+    }
+
+    fn with_peers(mut r: RouteStat, peers: &[&str]) -> RouteStat {
+        r.peers = peers.iter().map(|p| p.to_string()).collect();
+        r
+    }
+
+    const CLIENT: &str = "spiffe://cluster.local/ns/default/sa/client";
+    const WEB: &str = "spiffe://cluster.local/ns/default/sa/web";
+    const DB: &str = "spiffe://cluster.local/ns/default/sa/db";
+    const WEB_SVC: &str = "web.default.svc.cluster.local:80";
+
+    fn mesh(identities: &[(&str, &str)]) -> Report {
+        Report {
+            window_s: 10.0,
+            routes: vec![
+                with_peers(
+                    route("default/client", "outbound", WEB_SVC, 1.0, 1.0),
+                    &[WEB],
+                ),
+                with_peers(
+                    route("default/client", "outbound", "db:5432", 1.0, 1.0),
+                    &[DB],
+                ),
+                // web-1 serves two ports to the client; web-2 one, half failing.
+                with_peers(
+                    route("default/web-1", "inbound", "app:8080", 1.0, 1.0),
+                    &[CLIENT],
+                ),
+                with_peers(
+                    route("default/web-1", "inbound", "app:9090", 1.0, 0.0),
+                    &[CLIENT],
+                ),
+                with_peers(
+                    route("default/web-2", "inbound", "app:8080", 0.5, 1.0),
+                    &[CLIENT],
+                ),
+                // db-0 is called by someone else only.
+                with_peers(
+                    route("default/db-0", "inbound", "app:5432", 1.0, 1.0),
+                    &["spiffe://cluster.local/ns/other/sa/x"],
+                ),
+            ],
+            tcp: vec![],
+            identities: identities
+                .iter()
+                .map(|(p, i)| (p.to_string(), i.to_string()))
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn services_link_to_the_pods_that_serve_them() {
+        let all = [
+            ("default/client", CLIENT),
+            ("default/web-1", WEB),
+            ("default/web-2", WEB),
+            ("default/db-0", DB),
+        ];
+        let links = serving_links(&mesh(&all));
+        let pairs: Vec<(&str, &str)> = links
+            .iter()
+            .map(|l| (l.service.as_str(), l.pod.as_str()))
+            .collect();
+        // db-0 has db's identity but none of its traffic is the client's.
+        assert_eq!(
+            pairs,
+            [(WEB_SVC, "default/web-1"), (WEB_SVC, "default/web-2")]
+        );
+        let web1 = &links[0];
+        assert_eq!(web1.rps, 4.0, "both of web-1's inbound routes");
+        assert_eq!(web1.success, Some(1.0));
+        assert!(!web1.mtls, "one route was plaintext");
+        assert_eq!(links[1].success, Some(0.5));
+        assert!(links[1].mtls);
+
+        // Without the caller's identity, the server identity alone decides.
+        let links = serving_links(&mesh(&all[1..]));
+        assert_eq!(links.len(), 3, "{links:?}");
+        // Without the servers' identities, nothing is linked.
+        assert!(serving_links(&mesh(&all[..1])).is_empty());
+
+        let g = graph(&mesh(&all));
+        assert_eq!(g.matches("class=\"edge serves\"").count(), 2, "{g}");
+        assert!(
+            g.contains("4.0 rps · 100.0% · p99 3.00ms · plaintext"),
+            "{g}"
+        );
+        assert!(g.contains("2.0 rps · 50.0% · p99 3.00ms · mTLS"), "{g}");
     }
 }

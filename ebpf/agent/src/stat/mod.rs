@@ -114,6 +114,8 @@ pub struct Report {
     pub window_s: f64,
     pub routes: Vec<RouteStat>,
     pub tcp: Vec<TcpStat>,
+    /// Pod -> its proxy's own identity (pods whose proxy has one).
+    pub identities: BTreeMap<String, String>,
 }
 
 /// What happened between two snapshots (pods missing from `old` are left
@@ -122,7 +124,11 @@ pub fn report(old: &Snapshot, new: &Snapshot, to: Option<&str>) -> Report {
     let secs = new.at.duration_since(old.at).as_secs_f64();
     let mut routes = Vec::new();
     let mut tcp = Vec::new();
+    let mut identities = BTreeMap::new();
     for (pod, n) in &new.pods {
+        if let Some(id) = &n.identity {
+            identities.insert(pod.clone(), id.clone());
+        }
         let Some(o) = old.pods.get(pod) else { continue };
         let (r, t) = window::diff(pod, o, n, secs);
         routes.extend(
@@ -135,6 +141,7 @@ pub fn report(old: &Snapshot, new: &Snapshot, to: Option<&str>) -> Report {
         window_s: secs,
         routes,
         tcp,
+        identities,
     }
 }
 

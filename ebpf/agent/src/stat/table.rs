@@ -4,18 +4,16 @@
 use super::window::{RouteStat, TcpStat};
 use std::fmt::Write;
 
-/// `spiffe://td/ns/default/sa/web` -> `default/web`; `none` -> `-`.
+/// `spiffe://td/ns/default/sa/web` -> `default/web`; `none` -> `-`. A label
+/// that is not a mesh SPIFFE ID (the mesh's one grammar,
+/// `conduit_identity::SpiffeId`) is shown as it is.
 pub fn short_identity(id: &str) -> String {
     if id == "none" {
         return "-".into();
     }
-    let path = id
-        .strip_prefix("spiffe://")
-        .and_then(|r| r.split_once('/'))
-        .map_or(id, |(_, p)| p);
-    match path.strip_prefix("ns/").and_then(|r| r.split_once("/sa/")) {
-        Some((ns, sa)) => format!("{ns}/{sa}"),
-        None => id.to_owned(),
+    match conduit_identity::SpiffeId::parse(id) {
+        Ok(id) => format!("{}/{}", id.namespace(), id.service_account()),
+        Err(_) => id.to_owned(),
     }
 }
 
@@ -113,6 +111,11 @@ mod tests {
         );
         assert_eq!(short_identity("none"), "-");
         assert_eq!(short_identity("spiffe://td/other"), "spiffe://td/other");
+        // Not a mesh identity (a dotted namespace): shown whole, not cut up.
+        assert_eq!(
+            short_identity("spiffe://td/ns/a.b/sa/web"),
+            "spiffe://td/ns/a.b/sa/web"
+        );
         assert_eq!(ms(Some(0.4123)), "0.41ms");
         assert_eq!(ms(Some(52.4)), "52ms");
         assert_eq!(ms(Some(2500.0)), "2.5s");

@@ -19,6 +19,8 @@ pub struct Totals {
     pub routes: BTreeMap<Key, RouteTotals>,
     /// Per direction.
     pub tcp: BTreeMap<String, TcpTotals>,
+    /// The proxy's own identity (`conduit_proxy_identity_info`).
+    pub identity: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -81,6 +83,9 @@ pub fn totals(samples: &[Sample]) -> Totals {
                     _ => &mut tcp.write_bytes,
                 };
                 *field += s.value;
+            }
+            "conduit_proxy_identity_info" => {
+                t.identity = Some(s.label("identity").to_owned()).filter(|i| !i.is_empty());
             }
             _ => {}
         }
@@ -253,6 +258,14 @@ mod tests {
         assert_eq!(tcp[0].open, 2);
         assert!((tcp[0].opened_per_s - 4.0).abs() < 1e-9);
         assert!((tcp[0].read_bytes_per_s - 400.0).abs() < 1e-9);
+        assert_eq!(new.identity, None);
+        let with_id = totals(&parse(
+            "conduit_proxy_identity_info{identity=\"spiffe://td/ns/default/sa/web\"} 1\n",
+        ));
+        assert_eq!(
+            with_id.identity.as_deref(),
+            Some("spiffe://td/ns/default/sa/web")
+        );
     }
 
     #[test]

@@ -59,7 +59,7 @@ async fn controller_with(leaf_lifetime: Duration, tls_identity: Option<&str>) ->
     let certifier = Arc::new(ControllerCertifier::new(
         issuer,
         TokenFileVerifier::load(&tokens).unwrap(),
-        TD.into(),
+        TD.parse().unwrap(),
         leaf_lifetime,
     ));
     let service = IdentityService::new(certifier.clone(), Arc::new(Metrics::new()));

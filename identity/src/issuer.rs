@@ -1,8 +1,13 @@
 //! The certificate authority that signs workload certificates: loaded from
-//! PEM files, or generated in memory for local use.
+//! PEM files, or generated in memory for local use. [`Issuer::sign_leaf`]
+//! mints every workload certificate of the mesh: the controller's
+//! `Certify` calls it after its checks, and the proxy's test CA
+//! (`conduit_proxy_tls::testing::TestCa`) calls it too, so tests exercise
+//! the certificates the controller really issues.
 
 use rcgen::{
-    BasicConstraints, CertificateParams, DistinguishedName, DnType, IsCa, KeyPair, KeyUsagePurpose,
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    KeyPair, KeyUsagePurpose, SanType, SerialNumber,
 };
 use std::time::{Duration, SystemTime};
 use x509_parser::prelude::{FromDer, X509Certificate};
@@ -24,8 +29,14 @@ pub enum IssuerError {
     NotCa,
     #[error("generating an issuer failed: {0}")]
     Generate(rcgen::Error),
+    #[error("the leaf's subject alternative name {uri:?} cannot be encoded (ASCII only): {source}")]
+    Uri { uri: String, source: rcgen::Error },
+    #[error("signing failed: {0}")]
+    Sign(rcgen::Error),
 }
 
+/// A certificate authority: the issuer certificate (and its chain) with its
+/// key.
 pub struct Issuer {
     issuer: rcgen::Issuer<'static, KeyPair>,
     /// DER: the issuer certificate, then any certificates after it in the PEM.
@@ -97,6 +108,47 @@ impl Issuer {
         &self.issuer
     }
 
+    /// A workload certificate (DER) for `public_key`, naming `uri` (a SPIFFE
+    /// ID; callers check it) as its only subject alternative name, valid
+    /// between the given times, for both TLS server and client use, with a
+    /// random serial and the issuer's key identifier. The caller decides the
+    /// validity (the controller clamps it to the issuer's own).
+    pub fn sign_leaf(
+        &self,
+        public_key: &impl rcgen::PublicKeyData,
+        uri: &str,
+        not_before: SystemTime,
+        not_after: SystemTime,
+    ) -> Result<Vec<u8>, IssuerError> {
+        let mut params = CertificateParams::default();
+        params.distinguished_name = DistinguishedName::new();
+        let san = uri
+            .to_owned()
+            .try_into()
+            .map_err(|source| IssuerError::Uri {
+                uri: uri.to_owned(),
+                source,
+            })?;
+        params.subject_alt_names = vec![SanType::URI(san)];
+        params.is_ca = IsCa::ExplicitNoCa;
+        params.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        params.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        params.serial_number = Some(SerialNumber::from_slice(&rand::random::<[u8; 16]>()));
+        params.use_authority_key_identifier_extension = true;
+        params.not_before = not_before.into();
+        params.not_after = not_after.into();
+        let cert = params
+            .signed_by(public_key, &self.issuer)
+            .map_err(IssuerError::Sign)?;
+        Ok(cert.der().to_vec())
+    }
+
     /// DER certificates to send after a leaf: the issuer, then its parents.
     pub fn chain(&self) -> &[Vec<u8>] {
         &self.chain
@@ -133,9 +185,48 @@ fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, IssuerError> {
         .collect()
 }
 
+impl std::fmt::Debug for Issuer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Issuer")
+            .field("not_before", &self.not_before)
+            .field("not_after", &self.not_after)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn leaves_name_the_uri_and_chain_to_the_issuer() {
+        use x509_parser::extensions::{GeneralName, ParsedExtension};
+        let now = SystemTime::now();
+        let ca = Issuer::generate("td", now, Duration::from_secs(3600)).unwrap();
+        let key = KeyPair::generate().unwrap();
+        let uri = "spiffe://td/ns/a/sa/b";
+        let der = ca
+            .sign_leaf(&key, uri, now, now + Duration::from_secs(60))
+            .unwrap();
+        let (_, leaf) = X509Certificate::from_der(&der).unwrap();
+        let (_, issuer) = X509Certificate::from_der(&ca.chain()[0]).unwrap();
+        leaf.verify_signature(Some(issuer.public_key())).unwrap();
+        assert!(!leaf.is_ca());
+        let sans: Vec<_> = leaf
+            .extensions()
+            .iter()
+            .filter_map(|e| match e.parsed_extension() {
+                ParsedExtension::SubjectAlternativeName(san) => Some(san.general_names.clone()),
+                _ => None,
+            })
+            .flatten()
+            .collect();
+        assert_eq!(sans, vec![GeneralName::URI(uri)]);
+        assert!(matches!(
+            ca.sign_leaf(&key, "spiffe://\u{e9}", now, now).unwrap_err(),
+            IssuerError::Uri { .. }
+        ));
+    }
 
     #[test]
     fn generated_issuer_round_trips_through_pem() {

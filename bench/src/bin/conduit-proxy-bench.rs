@@ -4,7 +4,7 @@
 //! same hyper server; prints p50/p99/p99.9, throughput, the proxy's RSS and
 //! the ratio to direct.
 
-#[path = "bench/proxy.rs"]
+#[path = "proxy/proxy.rs"]
 mod proxy;
 
 use anyhow::{Context, Result, bail};

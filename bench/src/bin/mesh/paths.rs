@@ -10,7 +10,11 @@
 //! * `iptables`: the same proxies without the agent: iptables nat OUTPUT
 //!   `REDIRECT` in the client pod (all uids but the proxy's);
 //! * `sockmap`: like `ebpf`, with the agent's `--sockmap-fastpath` (local
-//!   app-to-proxy bytes go socket to socket with sk_msg).
+//!   app-to-proxy bytes go socket to socket with sk_msg);
+//! * `policy`: like `ebpf`, the server pod's proxy enforcing a 100-rule
+//!   inbound policy (99 rules that do not match, then the one that allows);
+//! * `plugin`: like `policy`, the allowing rule asking an authorization
+//!   plugin (the example plugin, in the controller's pod) about every request.
 
 use crate::pod::{BenchServer, LoadClient};
 use anyhow::{Context, Result, bail};
@@ -37,6 +41,8 @@ pub enum Kind {
     Ebpf,
     Iptables,
     Sockmap,
+    Policy,
+    Plugin,
 }
 
 impl Kind {
@@ -46,7 +52,11 @@ impl Kind {
             "ebpf" => Kind::Ebpf,
             "iptables" => Kind::Iptables,
             "sockmap" | "fastpath" => Kind::Sockmap,
-            other => bail!("unknown path {other:?} (direct, ebpf, iptables, sockmap)"),
+            "policy" => Kind::Policy,
+            "plugin" => Kind::Plugin,
+            other => {
+                bail!("unknown path {other:?} (direct, ebpf, iptables, sockmap, policy, plugin)")
+            }
         })
     }
 
@@ -57,6 +67,8 @@ impl Kind {
             Kind::Ebpf => "eBPF",
             Kind::Iptables => "iptables",
             Kind::Sockmap => "eBPF + sockmap",
+            Kind::Policy => "eBPF + 100-rule policy",
+            Kind::Plugin => "eBPF + policy + plugin",
         }
     }
 
@@ -69,15 +81,21 @@ impl Kind {
                 "iptables REDIRECT, the same two proxies, mTLS, no agent registration"
             }
             Kind::Sockmap => "eBPF capture with --sockmap-fastpath, two proxies, mTLS",
+            Kind::Policy => "eBPF capture, two proxies, mTLS, a 100-rule inbound policy",
+            Kind::Plugin => {
+                "eBPF capture, two proxies, mTLS, a 100-rule policy whose allowing rule asks a plugin"
+            }
         }
     }
 
-    fn key(self) -> &'static str {
+    pub fn key(self) -> &'static str {
         match self {
             Kind::Direct => "direct",
             Kind::Ebpf => "ebpf",
             Kind::Iptables => "iptables",
             Kind::Sockmap => "sockmap",
+            Kind::Policy => "policy",
+            Kind::Plugin => "plugin",
         }
     }
 
@@ -101,11 +119,14 @@ impl Kind {
         spec.proxy_args = vec!["--log".into(), "warn".into()];
         spec.capture = match self {
             Kind::Direct => Capture::None,
-            Kind::Ebpf | Kind::Sockmap => Capture::Ebpf,
+            Kind::Ebpf | Kind::Sockmap | Kind::Policy | Kind::Plugin => Capture::Ebpf,
             Kind::Iptables => Capture::Iptables,
         };
         if self == Kind::Sockmap {
             spec.agent_args = vec!["--sockmap-fastpath".into()];
+        }
+        if let Some(file) = crate::policy::policy_file(self) {
+            spec.controller_args = vec!["--policy-file".into(), file.display().to_string()];
         }
         spec
     }
@@ -121,6 +142,7 @@ pub struct Path {
     pub client: LoadClient,
     // Dropped before the mesh (fields drop in order).
     _server: BenchServer,
+    _plugin: Option<conduit_tests::process::Process>,
     pub mesh: Mesh,
 }
 
@@ -129,7 +151,16 @@ impl Path {
     /// and checks one request of each protocol gets through.
     pub fn up(kind: Kind, protocols: &[Protocol]) -> Result<Path> {
         let names = Names::with_subnet(&format!("mesh-bench-{}", kind.key()), kind.subnet());
+        if let Some(file) = crate::policy::policy_file(kind) {
+            std::fs::create_dir_all(file.parent().unwrap_or(std::path::Path::new("/tmp")))?;
+            std::fs::write(&file, "")?;
+        }
         let mesh = Mesh::up(names, kind.spec(), &mut Steps::new(6))?;
+        let plugin = match crate::policy::policy_file(kind) {
+            None => None,
+            Some(file) => Some(crate::policy::install(kind, &mesh, &file)?),
+        }
+        .flatten();
         let server = BenchServer::start(&mesh.env, SERVER_POD, SERVER_PORT)?;
         let client_pod = mesh.spec.client.clone();
         let client = LoadClient::start(&mesh.env, &client_pod)?;
@@ -149,6 +180,7 @@ impl Path {
             proxies,
             client,
             _server: server,
+            _plugin: plugin,
             mesh,
         };
         for &p in protocols {

@@ -60,7 +60,7 @@ pub fn locate(explicit: Option<PathBuf>, build: bool) -> Result<PathBuf> {
     let bin = dir.join("conduit-proxy");
     if build {
         let target_dir = dir.parent().context("target directory")?;
-        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("Cargo.toml");
+        let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../proxy/Cargo.toml");
         let profile = dir
             .file_name()
             .and_then(|n| n.to_str())

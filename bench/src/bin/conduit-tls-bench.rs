@@ -3,7 +3,7 @@
 //! and concurrently, and the cost of installing a renewed certificate.
 //! Prints a Markdown table.
 //!
-//!     cargo run --release -p conduit-proxy-tls --bin conduit-tls-bench -- --handshakes 2000
+//!     cargo run --release -p conduit-bench --bin conduit-tls-bench -- --handshakes 2000
 
 use anyhow::{Context, Result};
 use clap::Parser;

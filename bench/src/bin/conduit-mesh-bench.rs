@@ -9,11 +9,13 @@
 
 #![allow(missing_docs)]
 
-#[path = "../bench/paths.rs"]
+#[path = "mesh/paths.rs"]
 mod paths;
-#[path = "../bench/pod.rs"]
+#[path = "mesh/pod.rs"]
 mod pod;
-#[path = "../bench/results.rs"]
+#[path = "mesh/policy.rs"]
+mod policy;
+#[path = "mesh/results.rs"]
 mod results;
 
 use anyhow::{Context, Result, bail};
@@ -219,7 +221,7 @@ fn bench(args: &Args) -> Result<()> {
         Some(d) => d.clone(),
         None => std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
             .parent()
-            .context("the tests crate has no parent directory")?
+            .context("the bench crate has no parent directory")?
             .join("docs"),
     };
     let png = docs.join("benchmarks-mesh.png");

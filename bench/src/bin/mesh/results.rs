@@ -152,7 +152,13 @@ pub fn summary(cells: &[Cell]) -> Vec<String> {
     };
     for c in cells.iter().filter(|c| c.kind == Kind::Direct) {
         let mut parts = Vec::new();
-        for k in [Kind::Ebpf, Kind::Iptables, Kind::Sockmap] {
+        for k in [
+            Kind::Ebpf,
+            Kind::Iptables,
+            Kind::Sockmap,
+            Kind::Policy,
+            Kind::Plugin,
+        ] {
             let Some(p) = find(c, k) else { continue };
             parts.push(match c.load {
                 Load::Rate(_) => format!(
@@ -179,6 +185,21 @@ pub fn summary(cells: &[Cell]) -> Vec<String> {
             ),
         };
         out.push(format!("{head}: {}", parts.join("; ")));
+        // What the inbound policy and a plugin call add over the same mesh without them.
+        if let (Some(e), Load::Rate(_)) = (find(c, Kind::Ebpf), c.load) {
+            for k in [Kind::Policy, Kind::Plugin] {
+                if let Some(p) = find(c, k) {
+                    out.push(format!(
+                        "{} at {}: {} − eBPF: p50 {}, p99 {}",
+                        c.protocol.label(),
+                        c.load,
+                        k.label(),
+                        added(p.q(0.5), e.q(0.5)),
+                        added(p.q(0.99), e.q(0.99))
+                    ));
+                }
+            }
+        }
         if let (Some(e), Some(i)) = (find(c, Kind::Ebpf), find(c, Kind::Iptables)) {
             out.push(match c.load {
                 Load::Rate(_) => format!(

@@ -1,10 +1,19 @@
 //! SPIFFE identities of Kubernetes service accounts:
 //! `spiffe://<trust-domain>/ns/<namespace>/sa/<service-account>`.
 //!
-//! Parsing is strict and every refusal says what is wrong: the trust domain
-//! follows the SPIFFE spec (lowercase letters, digits, `.`, `-`, `_`), the
-//! namespace is a Kubernetes DNS label and the service account a Kubernetes
-//! DNS subdomain name.
+//! Parsing is strict and every refusal says what is wrong:
+//!
+//! * the trust domain follows the SPIFFE spec (lowercase letters, digits,
+//!   `.`, `-`, `_`; at most 255 bytes);
+//! * the namespace is a Kubernetes namespace name, an RFC 1123 DNS label
+//!   (lowercase letters, digits and `-`, starting and ending with a letter or
+//!   digit, at most 63 bytes);
+//! * the service account is a Kubernetes DNS subdomain name (DNS labels
+//!   joined by `.`, at most 253 bytes);
+//! * the whole ID is at most 2048 bytes, and the path is exactly
+//!   `/ns/<namespace>/sa/<service-account>`.
+//!
+//! Formatting ([`SpiffeId`]'s `Display`) is the inverse of parsing.
 
 use std::fmt;
 use std::str::FromStr;
@@ -69,7 +78,7 @@ pub enum NameError {
         "it contains {0:?}; only lowercase letters, digits and '-' (and '.' in service accounts) are allowed"
     )]
     Char(char),
-    #[error("it must start and end with a lowercase letter or digit")]
+    #[error("it (and each part between dots) must start and end with a lowercase letter or digit")]
     Edge,
 }
 
@@ -121,12 +130,21 @@ impl FromStr for TrustDomain {
 }
 
 /// The identity of a Kubernetes service account in a trust domain. Cheap
-/// to clone (shared).
-#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+/// to clone (shared). `Debug` shows the ID as text.
+#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct SpiffeId(Arc<Parts>);
+
+impl fmt::Debug for SpiffeId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_tuple("SpiffeId").field(&self.as_str()).finish()
+    }
+}
 
 #[derive(Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 struct Parts {
+    /// The whole ID, formatted once (it is a metric label, a log field and a
+    /// wire string many times over).
+    id: String,
     trust_domain: TrustDomain,
     namespace: String,
     service_account: String,
@@ -153,6 +171,7 @@ impl SpiffeId {
             }
         })?;
         Ok(SpiffeId(Arc::new(Parts {
+            id: format!("{SCHEME}{trust_domain}/ns/{namespace}/sa/{service_account}"),
             trust_domain,
             namespace: namespace.to_owned(),
             service_account: service_account.to_owned(),
@@ -213,6 +232,11 @@ impl SpiffeId {
         &self.0.trust_domain
     }
 
+    /// The ID as text, `spiffe://<td>/ns/<ns>/sa/<sa>` (as `Display`).
+    pub fn as_str(&self) -> &str {
+        &self.0.id
+    }
+
     pub fn namespace(&self) -> &str {
         &self.0.namespace
     }
@@ -224,11 +248,23 @@ impl SpiffeId {
 
 impl fmt::Display for SpiffeId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{SCHEME}{}/ns/{}/sa/{}",
-            self.0.trust_domain, self.0.namespace, self.0.service_account
-        )
+        f.write_str(&self.0.id)
+    }
+}
+
+/// A SPIFFE ID reads as its canonical text (`id.as_deref()` on an
+/// `Option<SpiffeId>`, `&*id` where a `&str` label or field is wanted).
+/// Read-only: the only way to make one is to parse or build it.
+impl std::ops::Deref for SpiffeId {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+impl AsRef<str> for SpiffeId {
+    fn as_ref(&self) -> &str {
+        self.as_str()
     }
 }
 
@@ -256,9 +292,14 @@ fn check_name(name: &str, max: usize, dots: bool) -> Result<(), NameError> {
         return Err(NameError::Char(ch));
     }
     let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let bytes = name.as_bytes();
-    if !alnum(bytes[0]) || !alnum(bytes[bytes.len() - 1]) {
-        return Err(NameError::Edge);
+    // Every DNS label (the whole name, or each part between dots) starts and
+    // ends with a letter or digit: no `-a`, `a-`, `.a`, `a.`, `a..b`, `a.-b`.
+    for label in name.split('.') {
+        let bytes = label.as_bytes();
+        match (bytes.first(), bytes.last()) {
+            (Some(&first), Some(&last)) if alnum(first) && alnum(last) => {}
+            _ => return Err(NameError::Edge),
+        }
     }
     Ok(())
 }
@@ -381,5 +422,166 @@ mod tests {
         assert!(err.to_string().contains("other.local"));
         assert!(TrustDomain::new("").is_err());
         assert!(TrustDomain::new(&"a".repeat(256)).is_err());
+    }
+
+    /// The grammar as one table: (ID, accepted?). The rows marked
+    /// "controller" are IDs the controller's own `parse_spiffe_id` accepted
+    /// (any of `[a-z0-9.-]{1,253}` for both names, any trust domain) while
+    /// the proxy refused them: a workload could be certified for an identity
+    /// no proxy would accept or match in a policy. One grammar now: refused
+    /// everywhere.
+    #[test]
+    fn grammar_table() {
+        let ns63 = "n".repeat(63);
+        let ns64 = "n".repeat(64);
+        let sa253 = format!("{}.{}", "s".repeat(126), "s".repeat(126));
+        let sa254 = format!("{}.{}", "s".repeat(127), "s".repeat(126));
+        let td255 = "t".repeat(255);
+        let td256 = "t".repeat(256);
+        let rows: Vec<(String, bool, &str)> = vec![
+            (
+                "spiffe://cluster.local/ns/default/sa/web".into(),
+                true,
+                "plain",
+            ),
+            (
+                "spiffe://td_1/ns/a-1/sa/build.bot-2".into(),
+                true,
+                "underscore td, dotted sa",
+            ),
+            ("spiffe://1td/ns/0/sa/9".into(), true, "digits"),
+            (
+                format!("spiffe://td/ns/{ns63}/sa/b"),
+                true,
+                "namespace of 63",
+            ),
+            (
+                format!("spiffe://td/ns/a/sa/{sa253}"),
+                true,
+                "service account of 253",
+            ),
+            (
+                format!("spiffe://{td255}/ns/a/sa/b"),
+                true,
+                "trust domain of 255",
+            ),
+            // The controller accepted these; the proxy did not.
+            (
+                "spiffe://td/ns/a.b/sa/web".into(),
+                false,
+                "controller: dotted namespace",
+            ),
+            (
+                format!("spiffe://td/ns/{ns64}/sa/b"),
+                false,
+                "controller: namespace of 64",
+            ),
+            (
+                "spiffe://td/ns/-a/sa/web".into(),
+                false,
+                "controller: namespace starts with -",
+            ),
+            (
+                "spiffe://td/ns/a-/sa/web".into(),
+                false,
+                "controller: namespace ends with -",
+            ),
+            (
+                "spiffe://td/ns/.a/sa/web".into(),
+                false,
+                "controller: namespace starts with .",
+            ),
+            (
+                "spiffe://td/ns/a/sa/-web".into(),
+                false,
+                "controller: service account starts with -",
+            ),
+            (
+                "spiffe://td/ns/a/sa/web.".into(),
+                false,
+                "controller: service account ends with .",
+            ),
+            (
+                "spiffe://td/ns/a/sa/a..b".into(),
+                false,
+                "controller: empty label in service account",
+            ),
+            (
+                "spiffe://td/ns/a/sa/a.-b".into(),
+                false,
+                "controller: label starts with -",
+            ),
+            (
+                "spiffe://TD/ns/a/sa/b".into(),
+                false,
+                "controller: uppercase trust domain",
+            ),
+            (
+                "spiffe://td:443/ns/a/sa/b".into(),
+                false,
+                "controller: port in trust domain",
+            ),
+            (
+                "spiffe://u@td/ns/a/sa/b".into(),
+                false,
+                "controller: userinfo in trust domain",
+            ),
+            (
+                format!("spiffe://{td256}/ns/a/sa/b"),
+                false,
+                "controller: trust domain of 256",
+            ),
+            (
+                format!("spiffe://td/ns/a/sa/{sa254}"),
+                false,
+                "service account of 254",
+            ),
+            // Both refused these already.
+            (
+                "spiffe://td/ns/Default/sa/web".into(),
+                false,
+                "uppercase namespace",
+            ),
+            (
+                "spiffe://td/ns/default/sa/".into(),
+                false,
+                "empty service account",
+            ),
+            (
+                "spiffe://td/ns/default/sa/web/extra".into(),
+                false,
+                "extra path",
+            ),
+            (
+                "spiffe://td/sa/web/ns/default".into(),
+                false,
+                "swapped path",
+            ),
+            (
+                "spiffe:///ns/default/sa/web".into(),
+                false,
+                "empty trust domain",
+            ),
+            ("https://td/ns/default/sa/web".into(), false, "other scheme"),
+            ("spiffe://td/ns/a/sa/b?x".into(), false, "query"),
+            ("spiffe://td/ns/a/sa/b#x".into(), false, "fragment"),
+            ("spiffe://td/ns/a/sa/%62".into(), false, "percent-encoding"),
+            ("spiffe://td/ns/a/sa/b ".into(), false, "trailing space"),
+            ("spiffe://td/ns/a/sa/\u{e9}".into(), false, "non-ASCII"),
+            ("".into(), false, "empty"),
+        ];
+        for (id, ok, why) in &rows {
+            let parsed = SpiffeId::parse(id);
+            assert_eq!(parsed.is_ok(), *ok, "{why}: {id:?} -> {parsed:?}");
+            if let Ok(p) = parsed {
+                assert_eq!(&p.to_string(), id, "{why}: formats back");
+                let rebuilt = SpiffeId::new(
+                    p.trust_domain().as_str(),
+                    p.namespace(),
+                    p.service_account(),
+                );
+                assert_eq!(rebuilt.as_ref(), Ok(&p), "{why}: new agrees with parse");
+            }
+        }
     }
 }
