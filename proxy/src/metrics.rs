@@ -12,7 +12,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
 use std::collections::HashSet;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Direction {
@@ -106,8 +106,8 @@ pub struct Metrics {
     pub outbound_plaintext: Family<WhyLabels, Counter>,
     /// Outbound connections refused rather than sent without mTLS.
     pub outbound_refused: Family<WhyLabels, Counter>,
-    pub dst_labels: std::sync::Arc<DstLabels>,
-    pub identity_labels: std::sync::Arc<DstLabels>,
+    pub dst_labels: Arc<DstLabels>,
+    pub identity_labels: Arc<DstLabels>,
     /// Unix time at which the current certificate expires (0 without one).
     pub cert_expiry: Gauge<f64, std::sync::atomic::AtomicU64>,
 }
@@ -135,8 +135,8 @@ impl Metrics {
             errors: Family::default(),
             outbound_plaintext: Family::default(),
             outbound_refused: Family::default(),
-            dst_labels: std::sync::Arc::new(DstLabels::new(max_dst_labels)),
-            identity_labels: std::sync::Arc::new(DstLabels::new(max_dst_labels)),
+            dst_labels: Arc::new(DstLabels::new(max_dst_labels)),
+            identity_labels: Arc::new(DstLabels::new(max_dst_labels)),
             cert_expiry: Gauge::default(),
         };
         let r = registry.sub_registry_with_prefix("conduit");
@@ -225,6 +225,126 @@ impl Metrics {
     }
 }
 
+/// One connection's HTTP metric series, resolved once instead of per
+/// request: looking a series up in a [`Family`] hashes its owned label
+/// strings (SipHash over `dst` and `peer_identity`) and clones them, which
+/// was a measurable share of the proxy's per-request cost (docs/benchmarks.md).
+/// A connection's direction and `dst` never change; its peer identity is
+/// fixed inbound and one per endpoint outbound, so the series per peer are
+/// kept in a short list. Series are created when first used, as before (a
+/// label set appears in `/metrics` only once something was counted).
+pub struct ConnHttpMetrics {
+    metrics: Metrics,
+    direction: &'static str,
+    dst: String,
+    requests: Counter,
+    retries: std::sync::OnceLock<Counter>,
+    peers: Mutex<Vec<Arc<PeerSeries>>>,
+}
+
+/// The response series of one (connection, peer identity).
+struct PeerSeries {
+    /// The raw identity (not the bounded label) this entry is for.
+    peer: Option<String>,
+    label: String,
+    latency: std::sync::OnceLock<Histogram>,
+    /// Responses by status class (`1xx` .. `5xx`).
+    responses: [std::sync::OnceLock<Counter>; 5],
+}
+
+/// Peers remembered per connection; beyond this the list is not grown
+/// (lookups then go to the families, as they did for every request).
+const MAX_PEERS_PER_CONN: usize = 16;
+
+impl ConnHttpMetrics {
+    pub fn new(metrics: &Metrics, direction: Direction, dst: &str) -> Self {
+        let direction = direction.as_str();
+        let requests = metrics
+            .requests
+            .get_or_create(&ReqLabels {
+                direction,
+                dst: dst.to_owned(),
+            })
+            .clone();
+        Self {
+            metrics: metrics.clone(),
+            direction,
+            dst: dst.to_owned(),
+            requests,
+            retries: std::sync::OnceLock::new(),
+            peers: Mutex::new(Vec::new()),
+        }
+    }
+
+    pub fn request(&self) {
+        self.requests.inc();
+    }
+
+    pub fn retries(&self, n: u64) {
+        self.retries
+            .get_or_init(|| {
+                self.metrics
+                    .retries
+                    .get_or_create(&ReqLabels {
+                        direction: self.direction,
+                        dst: self.dst.clone(),
+                    })
+                    .clone()
+            })
+            .inc_by(n);
+    }
+
+    /// Records one response: its latency and its status class, for the
+    /// peer identity the hop had (`None`: plaintext).
+    pub fn response(&self, peer: Option<&str>, status: u16, latency: std::time::Duration) {
+        let series = self.peer(peer);
+        let class = status_class(status);
+        series
+            .latency
+            .get_or_init(|| {
+                self.metrics
+                    .response_latency
+                    .get_or_create(&LatencyLabels {
+                        direction: self.direction,
+                        dst: self.dst.clone(),
+                        peer_identity: series.label.clone(),
+                    })
+                    .clone()
+            })
+            .observe(latency.as_secs_f64());
+        series.responses[status_class_index(status)]
+            .get_or_init(|| {
+                self.metrics
+                    .responses
+                    .get_or_create(&RspLabels {
+                        direction: self.direction,
+                        dst: self.dst.clone(),
+                        peer_identity: series.label.clone(),
+                        status_class: class,
+                    })
+                    .clone()
+            })
+            .inc();
+    }
+
+    fn peer(&self, peer: Option<&str>) -> Arc<PeerSeries> {
+        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = peers.iter().find(|s| s.peer.as_deref() == peer) {
+            return s.clone();
+        }
+        let s = Arc::new(PeerSeries {
+            peer: peer.map(str::to_owned),
+            label: self.metrics.identity(peer),
+            latency: std::sync::OnceLock::new(),
+            responses: Default::default(),
+        });
+        if peers.len() < MAX_PEERS_PER_CONN {
+            peers.push(s.clone());
+        }
+        s
+    }
+}
+
 /// Bounds the `dst` label: the first `max` distinct names are kept, later
 /// ones become `overflow`.
 #[derive(Debug)]
@@ -254,14 +374,20 @@ impl DstLabels {
     }
 }
 
-pub fn status_class(status: u16) -> &'static str {
+const STATUS_CLASSES: [&str; 5] = ["1xx", "2xx", "3xx", "4xx", "5xx"];
+
+fn status_class_index(status: u16) -> usize {
     match status {
-        100..=199 => "1xx",
-        200..=299 => "2xx",
-        300..=399 => "3xx",
-        400..=499 => "4xx",
-        _ => "5xx",
+        100..=199 => 0,
+        200..=299 => 1,
+        300..=399 => 2,
+        400..=499 => 3,
+        _ => 4,
     }
+}
+
+pub fn status_class(status: u16) -> &'static str {
+    STATUS_CLASSES[status_class_index(status)]
 }
 
 #[cfg(test)]
@@ -291,6 +417,52 @@ mod tests {
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         assert!(
             out.contains("conduit_request_total{direction=\"outbound\",dst=\"web:80\"} 1"),
+            "{out}"
+        );
+    }
+
+    /// The per-connection handles count into the same series a lookup per
+    /// request did, a label set appears only once counted, and peers beyond
+    /// the per-connection list are still counted.
+    #[test]
+    fn connection_handles_count_into_the_families() {
+        let mut reg = Registry::default();
+        let m = Metrics::new(&mut reg, 100);
+        let c = ConnHttpMetrics::new(&m, Direction::Outbound, "web:80");
+        c.request();
+        c.request();
+        let ms = std::time::Duration::from_millis(1);
+        c.response(Some("spiffe://td/ns/a/sa/web"), 200, ms);
+        c.response(Some("spiffe://td/ns/a/sa/web"), 503, ms);
+        c.response(None, 200, ms);
+        c.retries(2);
+        for i in 0..MAX_PEERS_PER_CONN + 3 {
+            c.response(Some(&format!("spiffe://td/ns/a/sa/p{i}")), 404, ms);
+        }
+        let last = format!("spiffe://td/ns/a/sa/p{}", MAX_PEERS_PER_CONN + 2);
+        c.response(Some(&last), 404, ms);
+        let mut out = String::new();
+        prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
+        let has = |line: &str| assert!(out.contains(line), "missing {line}\n{out}");
+        has(r#"conduit_request_total{direction="outbound",dst="web:80"} 2"#);
+        has(r#"conduit_retry_total{direction="outbound",dst="web:80"} 2"#);
+        has(
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web",status_class="2xx"} 1"#,
+        );
+        has(
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web",status_class="5xx"} 1"#,
+        );
+        has(
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="none",status_class="2xx"} 1"#,
+        );
+        has(&format!(
+            r#"conduit_response_total{{direction="outbound",dst="web:80",peer_identity="{last}",status_class="4xx"}} 2"#
+        ));
+        has(
+            r#"conduit_response_latency_seconds_count{direction="outbound",dst="web:80",peer_identity="none"} 1"#,
+        );
+        assert!(
+            !out.contains(r#"peer_identity="none",status_class="5xx""#),
             "{out}"
         );
     }

@@ -7,20 +7,27 @@
 
 use super::Proto;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{self, Authority, PathAndQuery, Scheme};
 use http::{Method, Request, Uri, Version};
 
-const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+/// Connection-specific fields, as names (no parsing per request).
+const HOP_BY_HOP: [HeaderName; 7] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+    header::TE,
+    header::TRAILER,
 ];
 
 /// Removes hop-by-hop fields. `keep_upgrade` keeps `Connection`/`Upgrade`.
 pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none of them: one pass over the names instead of
+    // a hashed removal per field.
+    if !keep_upgrade && !headers.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     let named: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
@@ -40,8 +47,8 @@ pub fn strip_hop_by_hop(headers: &mut HeaderMap, keep_upgrade: bool) {
         }
         headers.remove(&name);
     }
-    for name in HOP_BY_HOP {
-        if keep_upgrade && (name == "connection" || name == "upgrade") {
+    for name in &HOP_BY_HOP {
+        if keep_upgrade && (name == header::CONNECTION || name == header::UPGRADE) {
             continue;
         }
         headers.remove(name);
@@ -87,43 +94,58 @@ pub fn authority<B>(req: &Request<B>) -> Option<String> {
 
 /// Shapes the request for the next hop's HTTP version: for HTTP/2 an absolute
 /// URI (scheme and authority from `Host`) and no `Host`; for HTTP/1 an
-/// origin-form URI (authority-form for CONNECT) and a `Host`.
+/// origin-form URI (authority-form for CONNECT) and a `Host`. The authority
+/// is the URI's, else `Host`, else `fallback_authority` (formatted only
+/// when needed). The URI's parts are moved, not printed and parsed again.
 pub fn for_version<B>(
     req: &mut Request<B>,
     proto: Proto,
-    fallback_authority: &str,
+    fallback_authority: &dyn std::fmt::Display,
 ) -> Result<(), http::Error> {
-    let auth = authority(req).unwrap_or_else(|| fallback_authority.to_string());
+    let mut parts = std::mem::take(req.uri_mut()).into_parts();
+    let authority = |parts: &uri::Parts, headers: &HeaderMap| -> Result<Authority, http::Error> {
+        if let Some(a) = &parts.authority {
+            return Ok(a.clone());
+        }
+        match headers.get(header::HOST) {
+            Some(h) if h.to_str().is_ok() => Ok(Authority::try_from(h.as_bytes())?),
+            _ => Ok(Authority::try_from(fallback_authority.to_string())?),
+        }
+    };
     match proto {
         Proto::Http2 => {
-            let pq = req
-                .uri()
-                .path_and_query()
-                .map_or("/", |p| p.as_str())
-                .to_string();
-            let scheme = req.uri().scheme_str().unwrap_or("http").to_string();
-            *req.uri_mut() = Uri::builder()
-                .scheme(scheme.as_str())
-                .authority(auth.as_str())
-                .path_and_query(pq)
-                .build()?;
+            parts.authority = Some(authority(&parts, req.headers())?);
+            if parts.scheme.is_none() {
+                parts.scheme = Some(Scheme::HTTP);
+            }
+            if parts.path_and_query.is_none() {
+                parts.path_and_query = Some(PathAndQuery::from_static("/"));
+            }
+            *req.uri_mut() = Uri::from_parts(parts)?;
             req.headers_mut().remove(header::HOST);
             *req.version_mut() = Version::HTTP_2;
         }
         Proto::Http1 => {
-            if req.method() == Method::CONNECT {
-                *req.uri_mut() = Uri::builder().authority(auth.as_str()).build()?;
+            let auth = if req.headers().contains_key(header::HOST) {
+                None
             } else {
-                let pq = req
-                    .uri()
-                    .path_and_query()
-                    .map_or("/", |p| p.as_str())
-                    .to_string();
-                *req.uri_mut() = Uri::builder().path_and_query(pq).build()?;
+                Some(authority(&parts, req.headers())?)
+            };
+            let mut p = uri::Parts::default();
+            if req.method() == Method::CONNECT {
+                p.authority = Some(authority(&parts, req.headers())?);
+            } else {
+                p.path_and_query = Some(
+                    parts
+                        .path_and_query
+                        .take()
+                        .unwrap_or_else(|| PathAndQuery::from_static("/")),
+                );
             }
-            if !req.headers().contains_key(header::HOST) {
+            *req.uri_mut() = Uri::from_parts(p)?;
+            if let Some(auth) = auth {
                 req.headers_mut()
-                    .insert(header::HOST, HeaderValue::from_str(&auth)?);
+                    .insert(header::HOST, HeaderValue::from_str(auth.as_str())?);
             }
             *req.version_mut() = Version::HTTP_11;
         }
@@ -177,11 +199,128 @@ mod tests {
             .header("host", "web:80")
             .body(())
             .unwrap();
-        for_version(&mut req, Proto::Http2, "x").unwrap();
+        for_version(&mut req, Proto::Http2, &"x").unwrap();
         assert_eq!(req.uri(), "http://web:80/a?b=1");
         assert!(req.headers().get("host").is_none());
-        for_version(&mut req, Proto::Http1, "x").unwrap();
+        for_version(&mut req, Proto::Http1, &"x").unwrap();
         assert_eq!(req.uri(), "/a?b=1");
         assert_eq!(req.headers().get("host").unwrap(), "web:80");
+    }
+
+    /// (method, URI, Host, next hop) -> (URI, Host) after the conversion;
+    /// the fallback authority is `10.0.0.1:80` (the original destination).
+    #[test]
+    fn version_conversion_table() {
+        let fallback: std::net::SocketAddr = "10.0.0.1:80".parse().unwrap();
+        type Case<'a> = (
+            &'a str,
+            &'a str,
+            Option<&'a str>,
+            Proto,
+            &'a str,
+            Option<&'a str>,
+        );
+        let cases: &[Case<'_>] = &[
+            (
+                "GET",
+                "/a?b=1",
+                Some("web:80"),
+                Proto::Http2,
+                "http://web:80/a?b=1",
+                None,
+            ),
+            ("GET", "/", None, Proto::Http2, "http://10.0.0.1:80/", None),
+            (
+                "GET",
+                "https://api:443/x",
+                Some("other"),
+                Proto::Http2,
+                "https://api:443/x",
+                None,
+            ),
+            (
+                "GET",
+                "http://api:8080",
+                None,
+                Proto::Http2,
+                "http://api:8080/",
+                None,
+            ),
+            (
+                "GET",
+                "http://web:80/a?b=1",
+                None,
+                Proto::Http1,
+                "/a?b=1",
+                Some("web:80"),
+            ),
+            (
+                "GET",
+                "http://web:80/a",
+                Some("keep"),
+                Proto::Http1,
+                "/a",
+                Some("keep"),
+            ),
+            ("GET", "/p", None, Proto::Http1, "/p", Some("10.0.0.1:80")),
+            (
+                "CONNECT",
+                "db:5432",
+                None,
+                Proto::Http1,
+                "db:5432",
+                Some("db:5432"),
+            ),
+            (
+                "CONNECT",
+                "/",
+                Some("db:5432"),
+                Proto::Http1,
+                "db:5432",
+                Some("db:5432"),
+            ),
+        ];
+        for (method, uri, host, proto, want_uri, want_host) in cases {
+            let mut b = Request::builder().method(*method).uri(*uri);
+            if let Some(h) = host {
+                b = b.header("host", *h);
+            }
+            let mut req = b.body(()).unwrap();
+            for_version(&mut req, *proto, &fallback).unwrap();
+            let case = format!("{method} {uri} host={host:?} -> {proto:?}");
+            assert_eq!(req.uri().to_string(), *want_uri, "{case}");
+            assert_eq!(
+                req.headers().get("host").map(|h| h.to_str().unwrap()),
+                *want_host,
+                "{case}"
+            );
+        }
+    }
+
+    #[test]
+    fn bad_authorities_are_errors() {
+        let mut req = Request::builder()
+            .uri("/")
+            .header("host", "a b")
+            .body(())
+            .unwrap();
+        assert!(for_version(&mut req, Proto::Http2, &"x").is_err());
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_fields_are_left_alone() {
+        let mut h = HeaderMap::new();
+        h.insert("x-app", HeaderValue::from_static("kept"));
+        h.insert("content-length", HeaderValue::from_static("3"));
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+        // Each hop-by-hop field alone is removed.
+        for name in HOP_BY_HOP.iter().filter(|n| *n != header::TE) {
+            let mut h = before.clone();
+            h.insert(name.clone(), HeaderValue::from_static("x"));
+            strip_hop_by_hop(&mut h, false);
+            assert_eq!(h, before, "{name}");
+        }
     }
 }

@@ -2,7 +2,7 @@
 //! empty or has a declared length within `--max-buffered-body` are read
 //! into memory (never more than the limit, whatever the body claims); everything else streams and is not retried.
 
-use super::{Body, BoxError, boxed};
+use super::{Body, BoxError, boxed, full};
 use bytes::{Bytes, BytesMut};
 use http::{HeaderMap, Request};
 use http_body::{Body as _, Frame};
@@ -20,14 +20,22 @@ pub struct Replay {
 
 impl Replay {
     pub fn request(&self) -> Request<Body> {
-        let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = Vec::new();
-        if !self.data.is_empty() {
-            frames.push(Ok(Frame::data(self.data.clone())));
-        }
-        if let Some(t) = &self.trailers {
-            frames.push(Ok(Frame::trailers(t.clone())));
-        }
-        let mut r = Request::new(boxed(StreamBody::new(futures::stream::iter(frames))));
+        // Without trailers the body is a `Full`, which says when it is
+        // empty (`is_end_stream`): an empty request then goes out as one
+        // HEADERS frame with END_STREAM, and hyper's HTTP/2 client spawns
+        // no task to stream it (a stream body would cost both, per request).
+        let body = match &self.trailers {
+            None => full(self.data.clone()),
+            Some(t) => {
+                let mut frames: Vec<Result<Frame<Bytes>, BoxError>> = Vec::new();
+                if !self.data.is_empty() {
+                    frames.push(Ok(Frame::data(self.data.clone())));
+                }
+                frames.push(Ok(Frame::trailers(t.clone())));
+                boxed(StreamBody::new(futures::stream::iter(frames)))
+            }
+        };
+        let mut r = Request::new(body);
         *r.method_mut() = self.method.clone();
         *r.uri_mut() = self.uri.clone();
         *r.headers_mut() = self.headers.clone();
@@ -71,7 +79,6 @@ pub async fn prepare(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::http::full;
 
     #[tokio::test]
     async fn small_bodies_are_kept_large_ones_stream() {
@@ -96,5 +103,22 @@ mod tests {
             first.into_body().collect().await.unwrap().to_bytes().len(),
             17
         );
+    }
+
+    #[tokio::test]
+    async fn an_empty_replayed_body_says_so() {
+        // hyper sends a request whose body is at its end as one HEADERS
+        // frame with END_STREAM and spawns no task to stream the body.
+        let req = Request::get("/a").body(crate::http::empty()).unwrap();
+        let (first, replay) = prepare(req, 16).await.unwrap();
+        assert!(first.body().is_end_stream());
+        let again = replay.expect("kept").request();
+        assert!(again.body().is_end_stream());
+        assert_eq!(again.body().size_hint().exact(), Some(0));
+
+        let req = Request::put("/a").body(full("hello")).unwrap();
+        let (first, _) = prepare(req, 16).await.unwrap();
+        assert!(!first.body().is_end_stream());
+        assert_eq!(first.body().size_hint().exact(), Some(5));
     }
 }

@@ -15,6 +15,7 @@ use super::smuggling::{HeadScanner, Heads};
 use super::{Body, Proto, error_response, forward};
 use crate::ctx::{ConnCtx, Shared};
 use crate::io::Io;
+use crate::metrics::ConnHttpMetrics;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
@@ -30,6 +31,11 @@ pub const DRAIN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
 pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
     let cfg = &shared.cfg;
     let shutdown = shared.shutdown.clone();
+    let metrics = Arc::new(ConnHttpMetrics::new(
+        &shared.metrics,
+        conn.direction,
+        &conn.dst_label,
+    ));
     let res = match conn.source_proto {
         Proto::Http1 => {
             let heads = Heads::default();
@@ -38,14 +44,14 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
             let svc = service_fn(move |req: Request<Incoming>| {
                 let conflict = req.headers().contains_key(http::header::TRANSFER_ENCODING)
                     && heads.conflicting(req.method().as_str(), &req.uri().to_string());
-                let (s, c) = (s.clone(), c.clone());
+                let (s, c, m) = (s.clone(), c.clone(), metrics.clone());
                 async move {
                     if conflict {
                         return Ok::<_, std::convert::Infallible>(refuse_ambiguous_framing(
                             &s, &c, &req,
                         ));
                     }
-                    let mut rsp = forward::handle(s.clone(), c, req).await?;
+                    let mut rsp = forward::handle(s.clone(), c, m, req).await?;
                     if s.shutdown.is_cancelled() {
                         rsp.headers_mut().insert(
                             http::header::CONNECTION,
@@ -72,7 +78,12 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
         }
         Proto::Http2 => {
             let (s, c) = (shared.clone(), conn.clone());
-            let svc = service_fn(move |req| forward::handle(s.clone(), c.clone(), req));
+            // Each stream's future is boxed: hyper spawns one task per
+            // stream, and a task moves its future into place (memmove of the
+            // whole future, several KB unboxed) when it is spawned.
+            let svc = service_fn(move |req| {
+                Box::pin(forward::handle(s.clone(), c.clone(), metrics.clone(), req))
+            });
             let io = TokioIo::new(io);
             let mut b = http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
