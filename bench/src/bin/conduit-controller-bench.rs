@@ -11,6 +11,7 @@
 
 use anyhow::{Context, bail};
 use clap::Parser;
+use conduit_bench::propagation::{collect, ms, percentile};
 use conduit_controller_api::client::{WatchOptions, watch_destination_with};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -303,45 +304,6 @@ async fn measure(n: usize, cli: &Cli) -> anyhow::Result<Row> {
         rss_end_kib,
         cpu_per_change,
     })
-}
-
-/// Waits until `n` clients reported generation `g`; returns their latencies from `t0`.
-async fn collect(
-    seen: &mut mpsc::Receiver<(usize, Instant)>,
-    g: usize,
-    n: usize,
-    timeout: Duration,
-    t0: Option<Instant>,
-) -> anyhow::Result<Vec<Duration>> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        match tokio::time::timeout_at(deadline, seen.recv()).await {
-            Ok(Some((gen_seen, at))) if gen_seen == g => out.push(
-                t0.map(|t| at.saturating_duration_since(t))
-                    .unwrap_or_default(),
-            ),
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("all clients ended"),
-            Err(_) => bail!(
-                "only {}/{n} clients saw change {g} within {timeout:?}",
-                out.len()
-            ),
-        }
-    }
-    Ok(out)
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
 }
 
 /// CPU time comes in clock ticks (usually 10 ms): say so when below one.

@@ -17,6 +17,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use conduit_bench::propagation::{collect, ms, percentile};
 use conduit_bench::procstat;
 use conduit_controller_api::client::{WatchOptions, watch_destination_with};
 use conduit_kube::fake::FakeApiServer;
@@ -373,45 +374,6 @@ fn tempfile_dir() -> Result<std::path::PathBuf> {
     Ok(d)
 }
 
-/// Waits until `n` watchers reported change `g`; their latencies from `t0`.
-async fn collect(
-    seen: &mut mpsc::Receiver<(usize, Instant)>,
-    g: usize,
-    n: usize,
-    timeout: Duration,
-    t0: Option<Instant>,
-) -> Result<Vec<Duration>> {
-    let deadline = tokio::time::Instant::now() + timeout;
-    let mut out = Vec::with_capacity(n);
-    while out.len() < n {
-        match tokio::time::timeout_at(deadline, seen.recv()).await {
-            Ok(Some((got, at))) if got == g => out.push(
-                t0.map(|t| at.saturating_duration_since(t))
-                    .unwrap_or_default(),
-            ),
-            Ok(Some(_)) => {}
-            Ok(None) => bail!("all watchers ended"),
-            Err(_) => bail!(
-                "only {}/{n} watchers saw change {g} within {timeout:?}",
-                out.len()
-            ),
-        }
-    }
-    Ok(out)
-}
-
-fn pct(sorted: &[Duration], p: f64) -> Duration {
-    if sorted.is_empty() {
-        return Duration::ZERO;
-    }
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
-fn ms(d: Duration) -> String {
-    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
 fn main() -> Result<()> {
     let cli = Cli::parse();
     if cli.services < 2 || cli.watchers == 0 {
@@ -463,10 +425,10 @@ fn main() -> Result<()> {
             mib(r.rss_ready),
             r.connect,
             mib(r.rss_watched),
-            ms(pct(&s, 0.5)),
-            ms(pct(&s, 0.99)),
-            ms(pct(&a, 0.5)),
-            ms(pct(&a, 0.99)),
+            ms(percentile(&s, 0.5)),
+            ms(percentile(&s, 0.99)),
+            ms(percentile(&a, 0.5)),
+            ms(percentile(&a, 0.99)),
             ms(r.cpu_per_change),
             mib(r.rss_end),
         );

@@ -20,6 +20,7 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
+use conduit_bench::redirect::Redirect;
 use conduit_bench::loadgen::{self, Protocol, Sample, Target};
 use conduit_bench::plot::{self, Line, XyPanel};
 use conduit_bench::{procstat, report, server};
@@ -182,7 +183,7 @@ impl Proxy {
         let redirect = if fixed {
             None
         } else {
-            Some(Redirect::install(outbound.port())?)
+            Some(Redirect::install("10.123.0.0/16", 80, outbound.port(), RULE_COMMENT)?)
         };
         let mut proxy = Proxy {
             child,
@@ -240,74 +241,6 @@ fn ready(admin: u16) -> bool {
         && out.starts_with("HTTP/1.1 200")
 }
 
-/// The iptables nat OUTPUT rule sending 10.123.0.0/16:80 to the proxy;
-/// removed on drop (stale ones of an interrupted run first).
-struct Redirect(Vec<String>);
-
-impl Redirect {
-    fn install(port: u16) -> Result<Redirect> {
-        let spec: Vec<String> = [
-            "-p",
-            "tcp",
-            "-d",
-            "10.123.0.0/16",
-            "--dport",
-            "80",
-            "-m",
-            "comment",
-            "--comment",
-            RULE_COMMENT,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([port.to_string()])
-        .collect();
-        remove_stale();
-        iptables("-A", &spec).context("installing the REDIRECT rule (needs root)")?;
-        Ok(Redirect(spec))
-    }
-}
-
-impl Drop for Redirect {
-    fn drop(&mut self) {
-        let _ = iptables("-D", &self.0);
-    }
-}
-
-fn iptables(op: &str, spec: &[String]) -> Result<()> {
-    let st = Command::new("iptables")
-        .args(["-w", "-t", "nat", op, "OUTPUT"])
-        .args(spec)
-        .stderr(Stdio::null())
-        .status()?;
-    if !st.success() {
-        bail!("iptables {op} {} failed", spec.join(" "));
-    }
-    Ok(())
-}
-
-fn remove_stale() {
-    let Ok(out) = Command::new("iptables")
-        .args(["-w", "-t", "nat", "-S", "OUTPUT"])
-        .output()
-    else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if line.contains(RULE_COMMENT)
-            && let Some(rest) = line.strip_prefix("-A OUTPUT ")
-        {
-            let spec: Vec<String> = rest
-                .split_whitespace()
-                .map(|s| s.trim_matches('"').to_string())
-                .collect();
-            let _ = iptables("-D", &spec);
-        }
-    }
-}
 
 /// Destination `i`'s address and endpoint `j`'s (127.0.0.0/8 reaches the
 /// server bound to 0.0.0.0).

@@ -164,7 +164,7 @@ async fn file_backend_streams_each_workload_its_policy_and_follows_changes() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("policy.yaml");
     write(&file, FILE);
-    let td = conduit_proxy_tls::TrustDomain::new("cluster.local").unwrap();
+    let td = conduit_identity::TrustDomain::new("cluster.local").unwrap();
     let policy = conduit_controller::policy::file::PolicyFile::start(
         &file,
         Some(td),
@@ -254,7 +254,7 @@ async fn kubernetes_backend_reads_the_custom_resources() {
     bad.metadata.name = Some("broken".into());
     fake.apply_custom(&bad);
 
-    let td = conduit_proxy_tls::TrustDomain::new("cluster.local").unwrap();
+    let td = conduit_identity::TrustDomain::new("cluster.local").unwrap();
     let policy =
         conduit_controller::policy::kubernetes::KubernetesPolicy::start(fake.client(), Some(td));
     let dir = tempfile::tempdir().unwrap();
@@ -300,7 +300,7 @@ fn crd_manifests_are_generated_from_the_types() {
 fn file_policy(dir: &Path) -> conduit_controller::policy::file::PolicyFile {
     let file = dir.join("policy.yaml");
     write(&file, FILE);
-    let td = conduit_proxy_tls::TrustDomain::new("cluster.local").unwrap();
+    let td = conduit_identity::TrustDomain::new("cluster.local").unwrap();
     conduit_controller::policy::file::PolicyFile::start(&file, Some(td), Duration::from_millis(50))
         .unwrap()
 }

@@ -7,10 +7,6 @@
 //! so the unix connection) lives, and stops when it is dropped. The wire format
 //! lives in [`wire`] and is shared with the agent.
 
-// Receiving a descriptor passed with SCM_RIGHTS needs `OwnedFd::from_raw_fd`
-// (one place, in `wire::recv_request`).
-#![allow(unsafe_code)]
-
 pub mod discovery;
 pub mod tap;
 pub mod wire;

@@ -4,6 +4,7 @@
 //! route the client's connections into its outbound listener.
 
 use anyhow::{Context, Result, bail};
+use conduit_bench::redirect::Redirect;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -39,7 +40,7 @@ pub fn cleanup_on_interrupt() -> Result<()> {
                         Signal::SIGKILL,
                     );
                 }
-                remove_stale();
+                conduit_bench::redirect::remove_stale(RULE_COMMENT);
                 std::process::exit(130);
             }
         })?;
@@ -154,7 +155,11 @@ impl Proxy {
             .with_context(|| format!("starting {}", bin.display()))?;
         PROXY_PID.store(child.id(), Ordering::SeqCst);
         let redirect = match route {
-            Route::Redirect => Some(Redirect::install(outbound.port())?),
+            Route::Redirect => {
+                let (ip, dport) = SERVICE_ADDR.split_once(':').expect("ip:port");
+                let dport: u16 = dport.parse().expect("SERVICE_ADDR port");
+                Some(Redirect::install(ip, dport, outbound.port(), RULE_COMMENT)?)
+            }
             Route::Fixed => None,
         };
         let mut proxy = Proxy {
@@ -228,85 +233,6 @@ impl Drop for Proxy {
     }
 }
 
-/// An iptables nat OUTPUT rule sending SERVICE_ADDR to the proxy; removed on
-/// drop (and stale ones from an interrupted run are removed first).
-struct Redirect {
-    args: Vec<String>,
-}
-
-impl Redirect {
-    fn install(port: u16) -> Result<Redirect> {
-        remove_stale();
-        let (ip, dport) = SERVICE_ADDR.split_once(':').expect("ip:port");
-        let args: Vec<String> = [
-            "-p",
-            "tcp",
-            "-d",
-            ip,
-            "--dport",
-            dport,
-            "-m",
-            "comment",
-            "--comment",
-            RULE_COMMENT,
-            "-j",
-            "REDIRECT",
-            "--to-ports",
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain([port.to_string()])
-        .collect();
-        iptables(&["-w", "-t", "nat", "-A", "OUTPUT"], &args)
-            .context("installing the iptables REDIRECT rule (needs root; or use --route fixed)")?;
-        Ok(Redirect { args })
-    }
-}
-
-impl Drop for Redirect {
-    fn drop(&mut self) {
-        if let Err(e) = iptables(&["-w", "-t", "nat", "-D", "OUTPUT"], &self.args) {
-            eprintln!("[bench] warning: could not remove the iptables rule: {e:#}");
-        }
-    }
-}
-
-fn remove_stale() {
-    let Ok(out) = Command::new("iptables")
-        .args(["-w", "-t", "nat", "-S", "OUTPUT"])
-        .output()
-    else {
-        return;
-    };
-    for line in String::from_utf8_lossy(&out.stdout).lines() {
-        if line.contains(RULE_COMMENT)
-            && let Some(rest) = line.strip_prefix("-A OUTPUT ")
-        {
-            let args: Vec<String> = rest
-                .split_whitespace()
-                .map(|s| s.trim_matches('"').to_string())
-                .collect();
-            let _ = iptables(&["-w", "-t", "nat", "-D", "OUTPUT"], &args);
-        }
-    }
-}
-
-fn iptables(pre: &[&str], args: &[String]) -> Result<()> {
-    let out = Command::new("iptables")
-        .args(pre)
-        .args(args)
-        .output()
-        .context("running iptables")?;
-    if !out.status.success() {
-        bail!(
-            "iptables {} {}: {}",
-            pre.join(" "),
-            args.join(" "),
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(())
-}
 
 /// Whether the REDIRECT route can work here: root and an iptables binary.
 pub fn can_redirect() -> bool {
