@@ -78,6 +78,22 @@ fn font() -> Result<()> {
 
 /// Draws `panels` side by side (up to `columns` per row) into a PNG at `path`.
 pub fn latency_png(path: &Path, title: &str, panels: &[Panel<'_>], columns: usize) -> Result<()> {
+    grid_png(path, title, panels, columns, |p| p.title.as_ref(), draw_panel)
+}
+
+/// The drawing area of one panel.
+type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+
+/// Draws `panels` with `draw`, side by side (up to `columns` per row, each
+/// 520x360), under `title`, into a PNG at `path`.
+fn grid_png<P>(
+    path: &Path,
+    title: &str,
+    panels: &[P],
+    columns: usize,
+    name: impl Fn(&P) -> &str,
+    draw: impl Fn(&Area<'_>, &P) -> Result<()>,
+) -> Result<()> {
     if panels.is_empty() {
         bail!("nothing to plot");
     }
@@ -91,7 +107,7 @@ pub fn latency_png(path: &Path, title: &str, panels: &[Panel<'_>], columns: usiz
         .titled(title, ("sans-serif", 22))
         .map_err(|e| anyhow!("{e}"))?;
     for (area, panel) in root.split_evenly((rows, columns)).iter().zip(panels) {
-        draw_panel(area, panel).with_context(|| format!("drawing {}", panel.title))?;
+        draw(area, panel).with_context(|| format!("drawing {}", name(panel)))?;
     }
     root.present()
         .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
@@ -99,7 +115,7 @@ pub fn latency_png(path: &Path, title: &str, panels: &[Panel<'_>], columns: usiz
 }
 
 fn draw_panel(
-    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    area: &Area<'_>,
     panel: &Panel<'_>,
 ) -> Result<()> {
     let curves: Vec<(String, Vec<(f64, f64)>)> = panel
@@ -179,28 +195,11 @@ pub struct XyPanel {
 /// Draws `panels` (e.g. latency percentiles against request rate) side by
 /// side, up to `columns` per row, into a PNG at `path`.
 pub fn xy_png(path: &Path, title: &str, panels: &[XyPanel], columns: usize) -> Result<()> {
-    if panels.is_empty() {
-        bail!("nothing to plot");
-    }
-    font()?;
-    let columns = columns.clamp(1, panels.len());
-    let rows = panels.len().div_ceil(columns);
-    let (w, h) = (520 * columns as u32, 360 * rows as u32 + 40);
-    let root = BitMapBackend::new(path, (w, h)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let root = root
-        .titled(title, ("sans-serif", 22))
-        .map_err(|e| anyhow!("{e}"))?;
-    for (area, panel) in root.split_evenly((rows, columns)).iter().zip(panels) {
-        draw_xy(area, panel).with_context(|| format!("drawing {}", panel.title))?;
-    }
-    root.present()
-        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
-    Ok(())
+    grid_png(path, title, panels, columns, |p| p.title.as_ref(), draw_xy)
 }
 
 fn draw_xy(
-    area: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    area: &Area<'_>,
     panel: &XyPanel,
 ) -> Result<()> {
     let pts = || panel.lines.iter().flat_map(|l| l.points.iter().copied());
