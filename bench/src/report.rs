@@ -161,3 +161,11 @@ pub fn print(rows: &[Row], sum: &Summary, command: &str) {
     );
     println!("- command: {command}");
 }
+
+/// The last `n` lines of a log file (empty when it cannot be read): what a
+/// benchmark prints when a process it started misbehaves.
+pub fn log_tail(path: &std::path::Path, n: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(n)..].join("\n")
+}

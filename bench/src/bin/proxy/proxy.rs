@@ -218,9 +218,7 @@ impl Proxy {
     }
 
     pub fn log_tail(&self) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let lines: Vec<&str> = text.lines().collect();
-        lines[lines.len().saturating_sub(20)..].join("\n")
+        conduit_bench::report::log_tail(&self.log, 20)
     }
 }
 
