@@ -135,22 +135,32 @@ impl Activity {
     }
 }
 
+/// What an [`Observed`] stream reports as bytes pass: the bytes read, and
+/// how many were written.
+pub trait Observer {
+    fn read(&self, bytes: &[u8]);
+    fn wrote(&self, _n: usize) {}
+}
+
 pin_project_lite::pin_project! {
-    /// Counts bytes through `inner` into an [`Activity`].
-    pub struct CountingIo<T> {
+    /// Passes bytes through `inner` unchanged, showing them to an
+    /// [`Observer`]: the one wrapper behind [`CountingIo`] (bytes into an
+    /// [`Activity`]) and the HTTP/1 head scanner
+    /// ([`crate::http::smuggling::HeadScanner`]).
+    pub struct Observed<T, O> {
         #[pin]
         inner: T,
-        activity: Arc<Activity>,
+        observer: O,
     }
 }
 
-impl<T> CountingIo<T> {
-    pub fn new(inner: T, activity: Arc<Activity>) -> Self {
-        Self { inner, activity }
+impl<T, O> Observed<T, O> {
+    pub fn new(inner: T, observer: O) -> Self {
+        Self { inner, observer }
     }
 }
 
-impl<T: AsyncRead> AsyncRead for CountingIo<T> {
+impl<T: AsyncRead, O: Observer> AsyncRead for Observed<T, O> {
     fn poll_read(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -159,15 +169,15 @@ impl<T: AsyncRead> AsyncRead for CountingIo<T> {
         let this = self.project();
         let before = buf.filled().len();
         let res = this.inner.poll_read(cx, buf);
-        let n = buf.filled().len() - before;
-        if n > 0 {
-            this.activity.add_read(n);
+        let read = &buf.filled()[before..];
+        if !read.is_empty() {
+            this.observer.read(read);
         }
         res
     }
 }
 
-impl<T: AsyncWrite> AsyncWrite for CountingIo<T> {
+impl<T: AsyncWrite, O: Observer> AsyncWrite for Observed<T, O> {
     fn poll_write(
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -176,15 +186,42 @@ impl<T: AsyncWrite> AsyncWrite for CountingIo<T> {
         let this = self.project();
         let res = this.inner.poll_write(cx, buf);
         if let Poll::Ready(Ok(n)) = &res {
-            this.activity.add_written(*n);
+            this.observer.wrote(*n);
         }
         res
+    }
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        let this = self.project();
+        let res = this.inner.poll_write_vectored(cx, bufs);
+        if let Poll::Ready(Ok(n)) = &res {
+            this.observer.wrote(*n);
+        }
+        res
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_flush(cx)
     }
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_shutdown(cx)
+    }
+}
+
+/// Counts bytes through `inner` into an [`Activity`].
+pub type CountingIo<T> = Observed<T, Arc<Activity>>;
+
+impl Observer for Arc<Activity> {
+    fn read(&self, bytes: &[u8]) {
+        self.add_read(bytes.len());
+    }
+    fn wrote(&self, n: usize) {
+        self.add_written(n);
     }
 }
 

@@ -16,11 +16,7 @@
 
 use conduit_base::sync::Unpoisoned;
 use std::collections::VecDeque;
-use std::io;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex};
-use std::task::{Context, Poll};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Heads remembered (pipelined requests not yet served).
 pub const MAX_HEADS: usize = 16;
@@ -135,60 +131,12 @@ impl Heads {
     }
 }
 
-pin_project_lite::pin_project! {
-    /// Passes bytes through, showing what is read to a [`Heads`].
-    pub struct HeadScanner<T> {
-        #[pin]
-        inner: T,
-        heads: Heads,
-    }
-}
+/// Passes bytes through, showing what is read to a [`Heads`].
+pub type HeadScanner<T> = crate::io::Observed<T, Heads>;
 
-impl<T> HeadScanner<T> {
-    pub fn new(inner: T, heads: Heads) -> Self {
-        Self { inner, heads }
-    }
-}
-
-impl<T: AsyncRead> AsyncRead for HeadScanner<T> {
-    fn poll_read(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        let this = self.project();
-        let before = buf.filled().len();
-        let r = this.inner.poll_read(cx, buf);
-        if let Poll::Ready(Ok(())) = &r {
-            this.heads.feed(&buf.filled()[before..]);
-        }
-        r
-    }
-}
-
-impl<T: AsyncWrite> AsyncWrite for HeadScanner<T> {
-    fn poll_write(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write(cx, buf)
-    }
-    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_flush(cx)
-    }
-    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.project().inner.poll_shutdown(cx)
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        self.project().inner.poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+impl crate::io::Observer for Heads {
+    fn read(&self, bytes: &[u8]) {
+        self.feed(bytes);
     }
 }
 
