@@ -78,7 +78,14 @@ fn font() -> Result<()> {
 
 /// Draws `panels` side by side (up to `columns` per row) into a PNG at `path`.
 pub fn latency_png(path: &Path, title: &str, panels: &[Panel<'_>], columns: usize) -> Result<()> {
-    grid_png(path, title, panels, columns, |p| p.title.as_ref(), draw_panel)
+    grid_png(
+        path,
+        title,
+        panels,
+        columns,
+        |p| p.title.as_ref(),
+        draw_panel,
+    )
 }
 
 /// The drawing area of one panel.
@@ -114,10 +121,7 @@ fn grid_png<P>(
     Ok(())
 }
 
-fn draw_panel(
-    area: &Area<'_>,
-    panel: &Panel<'_>,
-) -> Result<()> {
+fn draw_panel(area: &Area<'_>, panel: &Panel<'_>) -> Result<()> {
     let curves: Vec<(String, Vec<(f64, f64)>)> = panel
         .series
         .iter()
@@ -198,10 +202,7 @@ pub fn xy_png(path: &Path, title: &str, panels: &[XyPanel], columns: usize) -> R
     grid_png(path, title, panels, columns, |p| p.title.as_ref(), draw_xy)
 }
 
-fn draw_xy(
-    area: &Area<'_>,
-    panel: &XyPanel,
-) -> Result<()> {
+fn draw_xy(area: &Area<'_>, panel: &XyPanel) -> Result<()> {
     let pts = || panel.lines.iter().flat_map(|l| l.points.iter().copied());
     let x_hi = pts().fold(0f64, |m, (x, _)| m.max(x)).max(1e-9) * 1.05;
     let (lo, hi) = pts()

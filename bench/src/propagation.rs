@@ -74,7 +74,9 @@ mod tests {
         tx.send((1, now)).await.unwrap();
         tx.send((2, now)).await.unwrap();
         tx.send((2, now)).await.unwrap();
-        let got = collect(&mut rx, 2, 2, Duration::from_secs(1), None).await.unwrap();
+        let got = collect(&mut rx, 2, 2, Duration::from_secs(1), None)
+            .await
+            .unwrap();
         assert_eq!(got.len(), 2);
         let err = collect(&mut rx, 3, 1, Duration::from_millis(50), None)
             .await

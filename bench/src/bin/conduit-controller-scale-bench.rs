@@ -17,8 +17,8 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use conduit_bench::propagation::{collect, ms, percentile};
 use conduit_bench::procstat;
+use conduit_bench::propagation::{collect, ms, percentile};
 use conduit_controller_api::client::{WatchOptions, watch_destination_with};
 use conduit_kube::fake::FakeApiServer;
 use conduit_tests::bins;

@@ -20,9 +20,9 @@
 
 use anyhow::{Context, Result, bail};
 use clap::Parser;
-use conduit_bench::redirect::Redirect;
 use conduit_bench::loadgen::{self, Protocol, Sample, Target};
 use conduit_bench::plot::{self, Line, XyPanel};
+use conduit_bench::redirect::Redirect;
 use conduit_bench::{procstat, report, server};
 use conduit_tests::bins;
 use std::net::{Ipv4Addr, SocketAddr};
@@ -183,7 +183,12 @@ impl Proxy {
         let redirect = if fixed {
             None
         } else {
-            Some(Redirect::install("10.123.0.0/16", 80, outbound.port(), RULE_COMMENT)?)
+            Some(Redirect::install(
+                "10.123.0.0/16",
+                80,
+                outbound.port(),
+                RULE_COMMENT,
+            )?)
         };
         let mut proxy = Proxy {
             child,
@@ -238,7 +243,6 @@ fn ready(admin: u16) -> bool {
         && s.read_to_string(&mut out).is_ok()
         && out.starts_with("HTTP/1.1 200")
 }
-
 
 /// Destination `i`'s address and endpoint `j`'s (127.0.0.0/8 reaches the
 /// server bound to 0.0.0.0).

@@ -227,11 +227,19 @@ fn loopback_opt_in_serves_the_named_port_only() -> Result<()> {
     ensure!(a.peer.ip().is_loopback(), "reached on loopback: {a:?}");
     let (code, body) = scrape::get(SocketAddr::new(IpAddr::V4(web1), PRIVATE_PORT), "/host")?;
     ensure!(code == 200, "from the host: {code} {body}");
-    ensure!(
-        private_requests(&private) == 2,
-        "{:?}",
-        private.stdout_lines()
-    );
+    // The application logs each request as it answers it: wait for its line.
+    conduit_tests::wait::wait_until(
+        "both requests in the app's log",
+        Duration::from_secs(5),
+        || {
+            ensure!(
+                private_requests(&private) == 2,
+                "{:?}",
+                private.stdout_lines()
+            );
+            Ok(())
+        },
+    )?;
     // The ordinary application is still reached at the pod's address.
     let a = mesh.curl(&format!("http://{web1}:8080/public"))?.answer()?;
     ensure!(mesh.via_own_proxy(&a), "{a:?}");

@@ -231,7 +231,6 @@ impl Drop for Proxy {
     }
 }
 
-
 /// Whether the REDIRECT route can work here: root and an iptables binary.
 pub fn can_redirect() -> bool {
     nix::unistd::Uid::effective().is_root()
