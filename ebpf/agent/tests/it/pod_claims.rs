@@ -15,7 +15,7 @@
 //! CONDUIT_REQUIRE_PRIVILEGED=1. `helper_register` is the proxy run inside
 //! the pod (this test binary re-executed); on its own it does nothing.
 
-use crate::support;
+use crate::support::{self, spawn_agent};
 
 use conduit_kube::fake::FakeApiServer;
 use k8s_openapi::api::core::v1::{Pod, PodIP, PodSpec, PodStatus};
@@ -122,8 +122,8 @@ impl Env {
             self.socket.display(),
             node_ns.unwrap_or_else(|| "/nonexistent/ns/cgroup".into()),
         );
-        let mut child = Command::new("sh")
-            .arg("-c")
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
             .arg(format!(
                 "echo $$ > {}/cgroup.procs && exec unshare --cgroup --mount sh -c 'mount -t cgroup2 none {} && exec {agent}'",
                 self.cgroup.join("agent").display(),
@@ -131,28 +131,9 @@ impl Env {
             ))
             .env("CONDUIT_NODE_NAME", NODE)
             .env("KUBECONFIG", &self.kubeconfig)
-            .env_remove("KUBERNETES_SERVICE_HOST")
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                if line.contains("agent ready") {
-                    let _ = tx.send(line.clone());
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        let (child, ready) = spawn_agent(&mut cmd, Some(self.log.clone()));
         self.agent = Some(child);
-        let ready = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("agent ready within 30 s (see agent log above)");
         assert!(ready.contains("checks_pod_claims=true"), "{ready}");
     }
 

@@ -14,7 +14,7 @@
 //! CONDUIT_REQUIRE_PRIVILEGED=1. `helper_*` are the processes run inside the
 //! pods (this test binary re-executed); on their own they do nothing.
 
-use crate::support;
+use crate::support::{self, spawn_agent};
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -108,26 +108,9 @@ impl Env {
             .arg("--socket")
             .arg(&self.socket)
             .args(extra)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
-            .env_remove("CONDUIT_NODE_NAME")
-            .stderr(Stdio::piped());
-        let mut child = cmd.spawn().unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        let log = self.log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                if line.contains("agent ready") {
-                    let _ = tx.send(());
-                }
-                log.lock().unwrap().push(line);
-            }
-        });
+            .env_remove("CONDUIT_NODE_NAME");
+        let (child, _) = spawn_agent(&mut cmd, Some(self.log.clone()));
         self.agent = Some(child);
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("agent ready within 30 s (see agent log above)");
     }
 
     /// Waits until the agent has logged a line containing every one of `words`.

@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::support;
+use crate::support::{self, spawn_agent};
 
 use support::{BIN, TestNames, agent_status, privileged, setup_pod, teardown, wait_for};
 
@@ -64,34 +64,18 @@ impl Env {
     }
 
     fn agent(&mut self) -> usize {
-        let mut child = Command::new(BIN)
-            .args(["agent", "--grace-period", "20"])
+        let mut cmd = Command::new(BIN);
+        cmd.args(["agent", "--grace-period", "20"])
             .arg("--cgroup")
             .arg(&self.cgroup)
             .arg("--pin-dir")
             .arg(&self.pin_dir)
             .arg("--socket")
             .arg(&self.socket)
-            .env("RUST_LOG", "info")
-            .env("NO_COLOR", "1")
             // Not in a cluster: no pod claim checks.
-            .env_remove("CONDUIT_NODE_NAME")
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("agent: {line}");
-                if line.contains("agent ready") {
-                    let _ = tx.send(());
-                }
-            }
-        });
+            .env_remove("CONDUIT_NODE_NAME");
+        let (child, _) = spawn_agent(&mut cmd, None);
         self.children.push(child);
-        rx.recv_timeout(Duration::from_secs(30))
-            .expect("agent ready within 30 s (see agent log above)");
         self.children.len() - 1
     }
 

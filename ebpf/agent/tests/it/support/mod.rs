@@ -9,8 +9,11 @@
 
 use conduit_base::sync::Unpoisoned;
 use conduit_tests::names::Names;
+use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::mpsc;
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -169,4 +172,34 @@ pub fn teardown(pin_dir: &Path, socket: &Path, ns: &str, veth: &str, cgroup: &Pa
     for sub in subs {
         let _ = std::fs::remove_dir(cgroup.join(sub));
     }
+}
+
+/// Starts the agent from `cmd` (its arguments and environment set) with
+/// logs at info and no colour; a thread echoes each stderr line and keeps
+/// it in `log` (when given). Returns the child once the agent logged
+/// "agent ready" (within 30 s), with that line.
+pub fn spawn_agent(cmd: &mut Command, log: Option<Arc<Mutex<Vec<String>>>>) -> (Child, String) {
+    let mut child = cmd
+        .env("RUST_LOG", "info")
+        .env("NO_COLOR", "1")
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("agent: {line}");
+            if line.contains("agent ready") {
+                let _ = tx.send(line.clone());
+            }
+            if let Some(log) = &log {
+                log.locked().push(line);
+            }
+        }
+    });
+    let ready = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("agent ready within 30 s (see agent log above)");
+    (child, ready)
 }
