@@ -38,7 +38,7 @@ async fn handle(
     for proto in [Proto::Http2, Proto::Http1] {
         let mut r = http::Request::from_parts(parts.clone(), ());
         *r.headers_mut() = headers_copy.clone();
-        if headers::for_version(&mut r, proto, "fallback.invalid:80").is_ok() {
+        if headers::for_version(&mut r, proto, &"fallback.invalid:80").is_ok() {
             match proto {
                 Proto::Http2 => assert!(r.headers().get(http::header::HOST).is_none()),
                 Proto::Http1 => assert!(r.headers().get(http::header::HOST).is_some()),
