@@ -199,21 +199,6 @@ fn free_port() -> Result<u16> {
         .port())
 }
 
-async fn admin_ready(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    if s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.is_ok() && out.starts_with("HTTP/1.1 200")
-}
-
 struct Row {
     mode: String,
     ready: Duration,
@@ -262,7 +247,7 @@ async fn measure(cli: &Cli, fake: &FakeApiServer, mode: &str) -> Result<Row> {
     let started = Instant::now();
     let mut child = Controller(cmd.spawn().context("starting conduit-controller")?);
     let pid = child.0.id();
-    while !admin_ready(admin).await {
+    while !conduit_test_support::http::ready(admin).await {
         if let Some(status) = child.0.try_wait()? {
             let log = std::fs::read_to_string(dir.join("controller.log")).unwrap_or_default();
             bail!("controller exited ({status}):\n{log}");

@@ -16,21 +16,6 @@ use rcgen::{CertificateParams, KeyPair, SanType};
 use std::process::{Command, Stdio};
 use tonic::transport::Endpoint;
 
-async fn admin_ready(port: u16) -> bool {
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await else {
-        return false;
-    };
-    if s.write_all(b"GET /ready HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .is_err()
-    {
-        return false;
-    }
-    let mut out = String::new();
-    s.read_to_string(&mut out).await.is_ok() && out.starts_with("HTTP/1.1 200")
-}
-
 #[tokio::test]
 async fn serves_kubernetes_discovery_and_tokenreview_identity() {
     let fake = FakeApiServer::start().await.unwrap();
@@ -100,7 +85,7 @@ async fn serves_kubernetes_discovery_and_tokenreview_identity() {
                     "controller exited: {st}"
                 )));
             }
-            anyhow::ensure!(admin_ready(admin).await, "not ready");
+            anyhow::ensure!(conduit_test_support::http::ready(admin).await, "not ready");
             Ok(())
         },
     )

@@ -126,14 +126,7 @@ async fn follows_the_real_controller() {
 
 #[tokio::test]
 async fn unreachable_controller_leaves_new_targets_unanswered() {
-    // Nothing listens there.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{port}"))
-        .unwrap()
-        .connect_lazy();
+    let channel = unreachable_controller();
     let d = ControllerDiscovery::new(channel, Duration::from_millis(200));
     let balancers = Balancers::new(Arc::new(d), BalanceConfig::default());
     let svc: SocketAddr = "10.96.0.10:80".parse().unwrap();
@@ -154,15 +147,8 @@ async fn unreachable_controller_leaves_new_targets_unanswered() {
 
 #[tokio::test]
 async fn followed_destinations_are_bounded() {
-    // Nothing listens there: the streams stay pending, which is enough to
-    // count what is followed.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://{port}"))
-        .unwrap()
-        .connect_lazy();
+    // The streams stay pending, which is enough to count what is followed.
+    let channel = unreachable_controller();
     let d = ControllerDiscovery::new(channel, Duration::from_secs(5)).with_capacity(3);
     let balancers = Balancers::new(Arc::new(d), BalanceConfig::default());
     let target = |i: u8| SocketAddr::from(([10, 96, 1, i], 80));
@@ -174,4 +160,15 @@ async fn followed_destinations_are_bounded() {
         let _ = balancers.lookup(target(i));
         assert!(balancers.len() <= 3, "never more than the capacity");
     }
+}
+
+/// A channel to a controller address where nothing listens.
+fn unreachable_controller() -> tonic::transport::Channel {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    tonic::transport::Endpoint::from_shared(format!("http://{port}"))
+        .unwrap()
+        .connect_lazy()
 }
