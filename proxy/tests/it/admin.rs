@@ -96,14 +96,7 @@ async fn metrics_after_known_traffic() {
         m.contains("conduit_response_latency_seconds_bucket{"),
         "{m}"
     );
-    support::eventually("client connection counted closed", || async {
-        sample(
-            &metrics(&mesh.outbound).await,
-            "conduit_tcp_close_total",
-            &["outbound"],
-        ) == 1.0
-    })
-    .await;
+    support::outbound_closed("client connection counted closed", &mesh.outbound, 1.0).await;
 
     let mi = metrics(&mesh.inbound).await;
     let inb = "direction=\"inbound\"";

@@ -10,7 +10,7 @@ use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
 use std::time::Duration;
 use support::client::{self, body, get, text};
-use support::{Mesh, apps, assert_sample, metrics, sample};
+use support::{Mesh, apps, assert_sample, metrics};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -196,14 +196,7 @@ async fn websocket_upgrade_through_mesh() {
     ws.close(None).await.unwrap();
     while ws.next().await.is_some() {}
     drop(ws);
-    support::eventually("tunnel closed", || async {
-        sample(
-            &metrics(&mesh.outbound).await,
-            "conduit_tcp_close_total",
-            &["outbound"],
-        ) == 1.0
-    })
-    .await;
+    support::outbound_closed("tunnel closed", &mesh.outbound, 1.0).await;
     let mi = metrics(&mesh.inbound).await;
     assert_sample(&mi, "conduit_protocol_detect_total", &["peer_http1"], 1.0);
 }

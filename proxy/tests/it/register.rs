@@ -7,7 +7,7 @@ use crate::support;
 use conduit_register::Enrolled;
 use conduit_register::wire::{Response, read_frame, recv_request, write_frame};
 use support::{get_text, metrics, sample};
-use tokio::net::UnixListener;
+use tokio::net::{UnixListener, UnixStream};
 
 #[tokio::test]
 async fn registers_hands_over_the_inbound_listener_and_re_registers() {
@@ -47,14 +47,7 @@ async fn registers_hands_over_the_inbound_listener_and_re_registers() {
     let listener = std::net::TcpListener::from(fd.expect("listener fd attached"));
     assert_eq!(listener.local_addr().unwrap(), proxy.inbound_addrs[0]);
 
-    let enrolled = Enrolled {
-        netns_cookie: 42,
-        pod_ips: vec![],
-        proxy_uid: 0,
-    };
-    write_frame(&mut conn, &Response::Enrolled(enrolled))
-        .await
-        .unwrap();
+    enrol(&mut conn, 42).await;
     support::eventually("registered gauge", || async {
         sample(&metrics(&proxy).await, "conduit_agent_registered", &[]) == 1.0
     })
@@ -101,14 +94,7 @@ async fn ready_is_503_until_registered_with_the_agent() {
     let (code, body) = get_text(proxy.admin_addr, "/ready").await;
     assert_eq!(code, 503, "ready before the agent answered: {body}");
 
-    let enrolled = Enrolled {
-        netns_cookie: 7,
-        pod_ips: vec![],
-        proxy_uid: 0,
-    };
-    write_frame(&mut conn, &Response::Enrolled(enrolled))
-        .await
-        .unwrap();
+    enrol(&mut conn, 7).await;
     support::eventually("ready once registered", || async {
         get_text(proxy.admin_addr, "/ready").await.0 == 200
     })
@@ -119,4 +105,17 @@ async fn ready_is_503_until_registered_with_the_agent() {
         get_text(proxy.admin_addr, "/ready").await.0 == 503
     })
     .await;
+}
+
+/// Answers the proxy's registration as the agent does when it enrols the
+/// pod (netns `cookie`).
+async fn enrol(conn: &mut UnixStream, cookie: u64) {
+    let enrolled = Enrolled {
+        netns_cookie: cookie,
+        pod_ips: vec![],
+        proxy_uid: 0,
+    };
+    write_frame(conn, &Response::Enrolled(enrolled))
+        .await
+        .unwrap();
 }

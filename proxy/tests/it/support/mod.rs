@@ -118,6 +118,14 @@ pub async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
 
 pub use conduit_test_support::metrics::{assert_sample, sample};
 
+/// Waits until `p` counts `closed` outbound connections closed.
+pub async fn outbound_closed(what: &str, p: &Running, closed: f64) {
+    eventually(what, || async {
+        sample(&metrics(p).await, "conduit_tcp_close_total", &["outbound"]) == closed
+    })
+    .await
+}
+
 /// Waits (test-support's `wait_until_async`, at most 10 s) until `f`
 /// returns true; panics naming `what` on timeout.
 pub async fn eventually<F, Fut>(what: &str, mut f: F)
