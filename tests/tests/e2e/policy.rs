@@ -53,10 +53,11 @@ authorizations:
         path: {prefix: /api/}
 "#;
 
-#[test]
-fn identities_allowed_denied_changed_live_opaque_closed_and_audit() -> Result<()> {
+/// A one-server mesh whose controller serves policies from a file (empty
+/// at first) in a directory of the test's own: (directory, file, spec).
+fn policy_mesh(name: &str) -> Result<(std::path::PathBuf, std::path::PathBuf, MeshSpec)> {
     let dir = std::env::temp_dir().join(format!(
-        "conduit-policy-{}-{}",
+        "{name}-{}-{}",
         std::env::var("CONDUIT_TEST_PREFIX").unwrap_or_default(),
         std::process::id()
     ));
@@ -65,6 +66,12 @@ fn identities_allowed_denied_changed_live_opaque_closed_and_audit() -> Result<()
     write_policy(&file, "")?;
     let mut spec = MeshSpec::with_servers(1);
     spec.controller_args = vec!["--policy-file".into(), file.display().to_string()];
+    Ok((dir, file, spec))
+}
+
+#[test]
+fn identities_allowed_denied_changed_live_opaque_closed_and_audit() -> Result<()> {
+    let (dir, file, mut spec) = policy_mesh("conduit-policy")?;
     spec.proxy_args = vec!["--inbound-policy".into(), "all-authenticated".into()];
     let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), spec)? else {
         return Ok(());
@@ -198,16 +205,7 @@ fn curl_with(mesh: &Mesh, url: &str, header: &str) -> Result<(u16, String)> {
 
 #[test]
 fn an_authorization_plugin_allows_by_header_and_denies_the_rest() -> Result<()> {
-    let dir = std::env::temp_dir().join(format!(
-        "conduit-policy-plugin-{}-{}",
-        std::env::var("CONDUIT_TEST_PREFIX").unwrap_or_default(),
-        std::process::id()
-    ));
-    std::fs::create_dir_all(&dir)?;
-    let file = dir.join("policy.yaml");
-    write_policy(&file, "")?;
-    let mut spec = MeshSpec::with_servers(1);
-    spec.controller_args = vec!["--policy-file".into(), file.display().to_string()];
+    let (dir, file, spec) = policy_mesh("conduit-policy-plugin")?;
     let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), spec)? else {
         return Ok(());
     };
