@@ -1,6 +1,7 @@
 //! Assertions shared by the end-to-end tests, phrased so that a failure says
 //! what the kernel did instead.
 
+use crate::env::Env;
 use crate::report::{ClientReport, Reply, Side, canonical};
 use anyhow::{Result, bail, ensure};
 use std::net::SocketAddr;
@@ -63,5 +64,23 @@ pub fn direct(report: &ClientReport, server: &str, from: std::net::IpAddr) -> Re
         "getpeername {peer} != dialled {}",
         report.dialled
     );
+    Ok(())
+}
+
+/// Pod `app`'s traffic is captured both ways, IPv4 and IPv6: its dials to
+/// pod `server`'s port 8080 reach its proxy's outbound listener, and
+/// `server`'s dials to its port 9000 its proxy's inbound listener.
+pub fn app_captured_both_ways(env: &Env) -> Result<()> {
+    let s = env.pod("server");
+    captured_outbound(&crate::client(env, "app", s.v4(8080))?, s.v4(8080))?;
+    captured_outbound(&crate::client(env, "app", s.v6(8080))?, s.v6(8080))?;
+    let a = env.pod("app");
+    for dst in [a.v4(9000), a.v6(9000)] {
+        let (orig, side) = crate::client(env, "server", dst)?.captured()?;
+        ensure!(
+            side == Side::Inbound && orig == dst,
+            "inbound {dst}: {side:?} {orig}"
+        );
+    }
     Ok(())
 }

@@ -9,9 +9,8 @@
 //! `conduit-proxy` in that mode carries mTLS in the local mesh.
 
 use anyhow::{Result, ensure};
-use conduit_tests::checks::{captured_outbound, direct};
+use conduit_tests::checks::{app_captured_both_ways, direct};
 use conduit_tests::env::PROXY_UID;
-use conduit_tests::report::Side;
 use conduit_tests::{AgentConfig, Env, ProxyMode, TestProxy, TestServer, client, wait_until};
 use nix::sys::signal::Signal;
 use std::net::IpAddr;
@@ -54,20 +53,9 @@ fn expect_captured(env: &Env, agent: &AgentConfig, proxy: &TestProxy) -> Result<
             && pods[0].proxy_uid == PROXY_UID,
         "enrolled: {pods:?}"
     );
-    let s = env.pod("server");
-    captured_outbound(&client(env, "app", s.v4(8080))?, s.v4(8080))?;
-    captured_outbound(&client(env, "app", s.v6(8080))?, s.v6(8080))?;
     // Inbound: sk_lookup hands connections to the listener the agent took
     // out of the proxy with pidfd_getfd.
-    let a = env.pod("app");
-    for dst in [a.v4(9000), a.v6(9000)] {
-        let (orig, side) = client(env, "server", dst)?.captured()?;
-        ensure!(
-            side == Side::Inbound && orig == dst,
-            "inbound {dst}: {side:?} {orig}"
-        );
-    }
-    Ok(())
+    app_captured_both_ways(env)
 }
 
 /// Enrolled and captured both ways, released when it dies, found again

@@ -6,8 +6,7 @@
 //! lives. (More attacks on registration: ebpf/agent/tests/security.rs.)
 
 use anyhow::{Result, ensure};
-use conduit_tests::checks::{captured_outbound, direct};
-use conduit_tests::report::Side;
+use conduit_tests::checks::{app_captured_both_ways, captured_outbound, direct};
 use conduit_tests::{Agent, AgentConfig};
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client, wait_until};
 use nix::sys::signal::Signal;
@@ -46,22 +45,11 @@ fn expect_direct(env: &Env, agent: &AgentConfig) -> Result<()> {
 }
 
 fn expect_captured(env: &Env, agent: &AgentConfig) -> Result<()> {
-    let s = env.pod("server");
     ensure!(
         agent.status()?.pod_names() == ["app"],
         "pod app not enrolled"
     );
-    captured_outbound(&client(env, "app", s.v4(8080))?, s.v4(8080))?;
-    captured_outbound(&client(env, "app", s.v6(8080))?, s.v6(8080))?;
-    let a = env.pod("app");
-    for dst in [a.v4(9000), a.v6(9000)] {
-        let (orig, side) = client(env, "server", dst)?.captured()?;
-        ensure!(
-            side == Side::Inbound && orig == dst,
-            "inbound {dst}: {side:?} {orig}"
-        );
-    }
-    Ok(())
+    app_captured_both_ways(env)
 }
 
 /// Starts the agent, the server (8080), the app (9000) and a registered
