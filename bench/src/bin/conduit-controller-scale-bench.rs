@@ -218,15 +218,7 @@ async fn measure(cli: &Cli, fake: &FakeApiServer, mode: &str) -> Result<Row> {
     fake.apply(&slice(0, per, Some(0)));
     let dir = tempfile_dir()?;
     let kubeconfig = dir.join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\n\
-             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\n\
-             current-context: c\n",
-            fake.url()
-        ),
-    )?;
+    std::fs::write(&kubeconfig, conduit_kube::fake::kubeconfig(&fake.url()))?;
     let (grpc, admin) = (free_port()?, free_port()?);
     let mut cmd = Command::new(bins::find("conduit-controller")?);
     cmd.arg("--discovery=kubernetes")

@@ -49,16 +49,7 @@ async fn serves_kubernetes_discovery_and_tokenreview_identity() {
 
     let dir = tempfile::tempdir().unwrap();
     let kubeconfig = dir.path().join("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: fake\n  cluster: {{server: \"{}\"}}\n\
-             users:\n- name: u\n  user: {{}}\ncontexts:\n- name: c\n  context: {{cluster: fake, user: u}}\n\
-             current-context: c\n",
-            fake.url()
-        ),
-    )
-    .unwrap();
+    std::fs::write(&kubeconfig, conduit_kube::fake::kubeconfig(&fake.url())).unwrap();
     let (grpc, admin) = (free_port(), free_port());
     let child = Proc(
         Command::new(BIN)

@@ -95,6 +95,17 @@ fn coll_of<K: Resource>() -> CollKey {
     }
 }
 
+/// The text of a kubeconfig file pointing at the API server at `url`, with
+/// no credentials: what the binaries under test are given as `KUBECONFIG`.
+pub fn kubeconfig(url: &str) -> String {
+    format!(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
+         clusters:\n- name: fake\n  cluster:\n    server: {url}\n\
+         users:\n- name: test\n  user: {{}}\n\
+         contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: test\n"
+    )
+}
+
 impl FakeApiServer {
     /// Listens on an ephemeral loopback port. Must run within Tokio.
     pub async fn start() -> std::io::Result<FakeApiServer> {

@@ -110,16 +110,7 @@ impl Env {
 
     fn start_agent(&mut self, api_url: &str) {
         let kubeconfig = self.tmp.path().join("kubeconfig");
-        std::fs::write(
-            &kubeconfig,
-            format!(
-                "apiVersion: v1\nkind: Config\ncurrent-context: fake\n\
-                 clusters:\n- name: fake\n  cluster:\n    server: {api_url}\n\
-                 users:\n- name: agent\n  user: {{}}\n\
-                 contexts:\n- name: fake\n  context:\n    cluster: fake\n    user: agent\n"
-            ),
-        )
-        .unwrap();
+        std::fs::write(&kubeconfig, conduit_kube::fake::kubeconfig(api_url)).unwrap();
         let mut cmd = Command::new(BIN);
         cmd.arg("agent")
             .arg("--cgroup")
