@@ -146,7 +146,10 @@ pin_project_lite::pin_project! {
     /// Passes bytes through `inner` unchanged, showing them to an
     /// [`Observer`]: the one wrapper behind [`CountingIo`] (bytes into an
     /// [`Activity`]) and the HTTP/1 head scanner
-    /// ([`crate::http::smuggling::HeadScanner`]).
+    /// ([`crate::http::smuggling::HeadScanner`]). Writes are not vectored
+    /// (as `CountingIo` always was): forwarding vectored writes changes how
+    /// hyper and h2 batch their output, which is a performance change to
+    /// be made from a profile, not in passing.
     pub struct Observed<T, O> {
         #[pin]
         inner: T,
@@ -189,21 +192,6 @@ impl<T: AsyncWrite, O: Observer> AsyncWrite for Observed<T, O> {
             this.observer.wrote(*n);
         }
         res
-    }
-    fn poll_write_vectored(
-        self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        bufs: &[io::IoSlice<'_>],
-    ) -> Poll<io::Result<usize>> {
-        let this = self.project();
-        let res = this.inner.poll_write_vectored(cx, bufs);
-        if let Poll::Ready(Ok(n)) = &res {
-            this.observer.wrote(*n);
-        }
-        res
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
     }
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.project().inner.poll_flush(cx)
