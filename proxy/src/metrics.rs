@@ -328,7 +328,7 @@ impl ConnHttpMetrics {
     }
 
     fn peer(&self, peer: Option<&str>) -> Arc<PeerSeries> {
-        let mut peers = self.peers.lock().unwrap_or_else(|p| p.into_inner());
+        let mut peers = self.peers.locked();
         if let Some(s) = peers.iter().find(|s| s.peer.as_deref() == peer) {
             return s.clone();
         }
