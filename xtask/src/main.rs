@@ -8,6 +8,7 @@ mod build_ebpf;
 mod demo;
 mod fuzz;
 mod kernel_matrix;
+mod layout;
 mod release;
 mod setup;
 mod test;
@@ -38,6 +39,9 @@ enum Task {
     Demo(demo::Options),
     /// Run a benchmark program and print its table.
     Bench(bench::Options),
+    /// Rewrite proxy/conduit-proxy.order (the proxy's code layout) from a
+    /// training run of the mesh benchmark under callgrind (needs root).
+    ProxyLayout(layout::Options),
     /// Build the fuzz targets (cargo fuzz, libFuzzer) and run each for a while.
     Fuzz(fuzz::Options),
     /// Boot older kernels under qemu and load every program through their verifier.
@@ -53,6 +57,7 @@ fn main() -> Result<()> {
         Task::Demo(opts) => demo::run(&opts),
         Task::Bench(opts) => bench::run(&opts),
         Task::Fuzz(opts) => fuzz::run(&opts),
+        Task::ProxyLayout(opts) => layout::run(&opts),
         Task::KernelMatrix(opts) => kernel_matrix::run(&opts),
     }
 }

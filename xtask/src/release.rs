@@ -1,8 +1,14 @@
-//! The release binaries the demo and the mesh benchmarks run, and the one
-//! cargo command that builds exactly those. Not `--workspace --bins`: that
-//! also builds the benchmark programs, the test binaries and their plotting
+//! The release binaries the demo and the mesh benchmarks run, and the cargo
+//! commands that build exactly those. Not `--workspace --bins`: that also
+//! builds the benchmark programs, the test binaries and their plotting
 //! stack, which the demo never runs (most of a fresh machine's first
 //! `cargo xtask demo`).
+//!
+//! The proxy is built by a cargo command of its own: built beside the test
+//! crates, cargo unifies their dependencies' features into it (about 1 MB
+//! more code), and its symbol names, which its code layout file
+//! (`proxy/conduit-proxy.order`, [`crate::layout`]) lists, would differ from
+//! the proxy built alone as a production image builds it.
 
 use crate::util::{exec, root};
 use anyhow::Result;
@@ -47,9 +53,35 @@ pub const SCALE: &[Bin] = &[
 /// The demo program itself, which runs [`MESH`].
 pub const DEMO: Bin = bin("conduit-tests", "conduit-demo");
 
+/// Packages built by a cargo command of their own (see the module's
+/// documentation).
+const ALONE: &[&str] = &["conduit-proxy"];
+
+/// The `cargo build --release` commands building exactly `bins`: one for
+/// each package of [`ALONE`] among them, then one for the others.
+pub fn build_commands(bins: &[Bin]) -> Vec<Vec<String>> {
+    let (alone, rest): (Vec<Bin>, Vec<Bin>) = bins.iter().partition(|b| ALONE.contains(&b.package));
+    let mut commands: Vec<Vec<String>> = ALONE
+        .iter()
+        .map(|p| {
+            alone
+                .iter()
+                .filter(|b| b.package == *p)
+                .copied()
+                .collect::<Vec<_>>()
+        })
+        .filter(|group| !group.is_empty())
+        .map(|group| build_args(&group))
+        .collect();
+    if !rest.is_empty() || commands.is_empty() {
+        commands.push(build_args(&rest));
+    }
+    commands
+}
+
 /// `cargo build --release` arguments selecting exactly `bins`: each package
 /// once (`-p`, in first-seen order), then each binary (`--bin`).
-pub fn build_args(bins: &[Bin]) -> Vec<String> {
+fn build_args(bins: &[Bin]) -> Vec<String> {
     let mut args = vec!["build".to_owned(), "--release".to_owned()];
     let mut packages: Vec<&str> = Vec::new();
     for b in bins {
@@ -69,13 +101,16 @@ pub fn build_args(bins: &[Bin]) -> Vec<String> {
 /// Builds `bins` in release mode, with a progress line naming `why`.
 pub fn build(why: &str, bins: &[Bin]) -> Result<()> {
     let t = crate::util::step(&format!("building the release binaries {why}"));
-    exec(
-        Command::new("cargo")
-            .args(build_args(bins))
-            .current_dir(root()),
-        "the workspace does not build",
-    )?;
+    for args in build_commands(bins) {
+        exec(
+            Command::new("cargo").args(&args).current_dir(root()),
+            "the workspace does not build",
+        )?;
+    }
     crate::util::done("release binaries built", t);
+    if bins.iter().any(|b| b.name == "conduit-proxy") {
+        crate::layout::check();
+    }
     Ok(())
 }
 
@@ -103,10 +138,34 @@ mod tests {
     }
 
     #[test]
+    fn the_proxy_is_built_by_a_command_of_its_own() {
+        let joined = |bins: &[Bin]| -> Vec<String> {
+            build_commands(bins).iter().map(|c| c.join(" ")).collect()
+        };
+        assert_eq!(
+            joined(MESH),
+            [
+                "build --release -p conduit-proxy --bin conduit-proxy",
+                "build --release -p conduit-ebpf -p conduit-controller -p conduit-tests \
+                 --bin conduit-ebpf --bin conduit-controller --bin conduit-mesh-app",
+            ]
+        );
+        assert_eq!(
+            joined(&[MESH[2]]),
+            ["build --release -p conduit-proxy --bin conduit-proxy"]
+        );
+        assert_eq!(
+            joined(&[DEMO]),
+            ["build --release -p conduit-tests --bin conduit-demo"]
+        );
+        assert_eq!(joined(&[]), ["build --release"]);
+    }
+
+    #[test]
     fn the_demo_builds_no_benchmark_and_no_whole_workspace() {
         let mut bins = MESH.to_vec();
         bins.push(DEMO);
-        let args = build_args(&bins).join(" ");
+        let args = build_commands(&bins).concat().join(" ");
         for unwanted in [
             "--workspace",
             "--bins",

@@ -67,6 +67,11 @@ struct Args {
     /// Print only; do not write into docs/.
     #[arg(long)]
     no_write: bool,
+    /// A shell command run once every mesh is up and ready, before the
+    /// first request (`cargo xtask proxy-layout` dumps the proxies'
+    /// callgrind profiles there, to tell start-up code from the rest).
+    #[arg(long, hide = true)]
+    run_when_up: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -186,6 +191,30 @@ fn bench(args: &Args) -> Result<()> {
         paths.push(path);
     }
 
+    // Memory of each proxy up and ready, before the first request.
+    let idle: Vec<results::Idle> = paths
+        .iter()
+        .flat_map(|p| {
+            p.proxies.iter().filter_map(|&(proxy, pid)| {
+                Some(results::Idle {
+                    path: p.kind,
+                    proxy,
+                    rss: conduit_bench::procstat::rss_bytes(pid).ok()?,
+                    anon: conduit_bench::procstat::rss_anon_bytes(pid).ok()?,
+                })
+            })
+        })
+        .collect();
+    if let Some(cmd) = &args.run_when_up {
+        progress(&format!("every mesh is up: running {cmd:?}"));
+        let status = std::process::Command::new("sh")
+            .args(["-c", cmd])
+            .status()
+            .with_context(|| format!("running {cmd:?}"))?;
+        if !status.success() {
+            bail!("{cmd:?} failed ({status})");
+        }
+    }
     let cells = measure(args, &mut paths, &protocols, &loads)?;
     let elapsed = started.elapsed();
     let mut checked = Vec::new();
@@ -199,6 +228,7 @@ fn bench(args: &Args) -> Result<()> {
 
     let table = results::table(&cells);
     let mut summary = results::summary(&cells);
+    summary.extend(results::idle_line(&idle));
     summary.extend(failed);
     summary.push(format!(
         "checked in the proxies' metrics: {}",

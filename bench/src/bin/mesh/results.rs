@@ -14,6 +14,39 @@ use conduit_bench::table::{Align, Table};
 use std::path::Path;
 use std::time::Duration;
 
+/// One proxy's memory once its mesh is up and ready, before any request.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Idle {
+    pub path: Kind,
+    pub proxy: &'static str,
+    pub rss: u64,
+    pub anon: u64,
+}
+
+/// The summary line of the idle proxies' memory (issue 12's "6 MB idle"),
+/// or `None` when no path has a proxy.
+pub fn idle_line(idle: &[Idle]) -> Option<String> {
+    let largest = idle.iter().max_by_key(|i| i.rss)?;
+    let each: Vec<String> = idle
+        .iter()
+        .map(|i| {
+            format!(
+                "{} {} {} ({})",
+                i.path.label(),
+                i.proxy,
+                fmt_mb(i.rss),
+                fmt_mb(i.anon)
+            )
+        })
+        .collect();
+    Some(format!(
+        "idle proxy RSS (anonymous), each mesh up and ready with its certificates, before any request: largest {} ({}); {}",
+        fmt_mb(largest.rss),
+        fmt_mb(largest.anon),
+        each.join(", ")
+    ))
+}
+
 /// One (protocol, load, path) measurement, all its rounds merged.
 pub struct Cell {
     pub protocol: Protocol,
@@ -378,5 +411,27 @@ mod tests {
             format!("# B\n\n{BEGIN}\nx\n{END}\n")
         );
         assert!(splice(&format!("{END}{BEGIN}"), "x").is_err());
+    }
+
+    #[test]
+    fn the_idle_line_names_the_largest_and_every_proxy() {
+        assert_eq!(idle_line(&[]), None);
+        let idle = [
+            Idle {
+                path: Kind::Ebpf,
+                proxy: "client",
+                rss: 6_000_000,
+                anon: 800_000,
+            },
+            Idle {
+                path: Kind::Ebpf,
+                proxy: "server",
+                rss: 7_000_000,
+                anon: 900_000,
+            },
+        ];
+        let line = idle_line(&idle).unwrap();
+        assert!(line.contains("largest 7.0 MB (0.9 MB)"), "{line}");
+        assert!(line.contains("eBPF client 6.0 MB (0.8 MB)"), "{line}");
     }
 }
