@@ -42,6 +42,11 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(255, 127, 14),
 ];
 
+/// The colour of the `i`th line of a chart.
+pub(crate) fn color(i: usize) -> RGBAColor {
+    COLORS[i % COLORS.len()].to_rgba()
+}
+
 /// Percentiles drawn: x = -log10(1 - q), from the median to 99.9%.
 const X_MAX: f64 = 3.0;
 
@@ -91,11 +96,11 @@ pub fn latency_png(path: &Path, title: &str, panels: &[Panel<'_>], columns: usiz
 }
 
 /// The drawing area of one panel.
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// Draws `panels` with `draw`, side by side (up to `columns` per row, each
 /// 520x360), under `title`, into a PNG at `path`.
-fn grid_png<P>(
+pub(crate) fn grid_png<P>(
     path: &Path,
     title: &str,
     panels: &[P],
@@ -145,12 +150,7 @@ fn draw_panel(area: &Area<'_>, panel: &Panel<'_>) -> Result<()> {
     } else {
         (lo * 0.8, hi * 1.25)
     };
-    let mut chart = ChartBuilder::on(area)
-        .caption(&panel.title, ("sans-serif", 16))
-        .margin(8)
-        .margin_right(24)
-        .x_label_area_size(32)
-        .y_label_area_size(56)
+    let mut chart = chart_builder(area, &panel.title)
         .build_cartesian_2d(0f64..X_MAX, (lo..hi).log_scale())
         .map_err(draw_err)?;
     chart
@@ -163,7 +163,7 @@ fn draw_panel(area: &Area<'_>, panel: &Panel<'_>) -> Result<()> {
         .draw()
         .map_err(draw_err)?;
     for (i, (label, points)) in curves.into_iter().enumerate() {
-        let color = COLORS[i % COLORS.len()].to_rgba();
+        let color = color(i);
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
             .map_err(draw_err)?
@@ -203,13 +203,7 @@ fn draw_xy(area: &Area<'_>, panel: &XyPanel) -> Result<()> {
         .filter(|y| *y > 0.0 || !panel.log_y)
         .fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let (lo, hi) = if lo > hi { (0.01, 1.0) } else { (lo, hi) };
-    let mut builder = ChartBuilder::on(area);
-    builder
-        .caption(&panel.title, ("sans-serif", 16))
-        .margin(8)
-        .margin_right(24)
-        .x_label_area_size(32)
-        .y_label_area_size(56);
+    let mut builder = chart_builder(area, &panel.title);
     // The two y axes are different coordinate types; one generic function
     // draws the lines on either.
     if panel.log_y {
@@ -223,6 +217,21 @@ fn draw_xy(area: &Area<'_>, panel: &XyPanel) -> Result<()> {
             .map_err(draw_err)?;
         draw_xy_lines(chart, panel)
     }
+}
+
+/// Every chart here: `title` above, margins, room for the axis labels.
+pub(crate) fn chart_builder<'a, 'b>(
+    area: &'a Area<'b>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
+    let mut builder = ChartBuilder::on(area);
+    builder
+        .caption(title, ("sans-serif", 16))
+        .margin(8)
+        .margin_right(24)
+        .x_label_area_size(32)
+        .y_label_area_size(56);
+    builder
 }
 
 /// A chart with a linear f64 x axis and a y axis of type `Y` (linear or log).
@@ -243,7 +252,7 @@ where
         .draw()
         .map_err(draw_err)?;
     for (i, l) in panel.lines.iter().enumerate() {
-        let c = COLORS[i % COLORS.len()].to_rgba();
+        let c = color(i);
         let points: Vec<(f64, f64)> = l
             .points
             .iter()
@@ -274,7 +283,9 @@ fn draw_legend<Y: Ranged>(chart: &mut Chart<'_, Y>) -> Result<()> {
         .map_err(draw_err)
 }
 
-fn draw_err<E: std::error::Error + Send + Sync>(e: DrawingAreaErrorKind<E>) -> anyhow::Error {
+pub(crate) fn draw_err<E: std::error::Error + Send + Sync>(
+    e: DrawingAreaErrorKind<E>,
+) -> anyhow::Error {
     anyhow!("{e}")
 }
 
