@@ -16,7 +16,7 @@
 //! does nothing.
 
 use crate::support::pod::{hold_until_stdin_closes, print_state};
-use crate::support::{AgentEnv, Pod, api_pod, expect_line, k8s, lines_of, privileged, wait_for};
+use crate::support::{AgentEnv, Pod, api_pod, expect_line, k8s, privileged, spawn_lines, wait_for};
 
 use conduit_kube::fake::FakeApiServer;
 use std::process::Child;
@@ -60,19 +60,14 @@ fn env(test: &str) -> AgentEnv {
 /// Starts the agent in cluster mode, discovering, against the API server
 /// at `api_url`.
 fn start_agent(env: &mut AgentEnv, api_url: &str) {
-    let kubeconfig = env.tmp.path().join("kubeconfig");
-    std::fs::write(&kubeconfig, conduit_kube::fake::kubeconfig(api_url)).unwrap();
-    let mut cmd = env.agent_command(&[]);
+    let mut cmd = env.cluster_agent_command(&[], NODE, api_url);
     cmd.args([
         "--claim-timeout",
         "2",
         "--discover",
         "--discover-interval",
         "200",
-    ])
-    .env("CONDUIT_NODE_NAME", NODE)
-    .env("KUBECONFIG", &kubeconfig)
-    .env_remove("KUBERNETES_SERVICE_HOST");
+    ]);
     let ready = env.start_agent(cmd);
     assert!(ready.contains("checks_pod_claims=true"), "{ready}");
 }
@@ -80,17 +75,14 @@ fn start_agent(env: &mut AgentEnv, api_url: &str) {
 /// Runs the helper in the pod's network namespace, in the container
 /// cgroup `container`; its lines go to the returned channel.
 fn spawn_helper(env: &AgentEnv, container: &str) -> (Child, mpsc::Receiver<String>) {
-    let mut child = env
-        .helper(
+    spawn_lines(
+        env.helper(
             "discover_claims::helper_discovered",
             Some(POD.name),
             &scope(container),
         )
-        .env("DISCOVER_HELPER", "1")
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
-    (child, lines)
+        .env("DISCOVER_HELPER", "1"),
+    )
 }
 
 fn stop(mut child: Child) {

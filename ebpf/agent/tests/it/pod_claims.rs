@@ -16,11 +16,12 @@
 //! the pod (this test binary re-executed); on its own it does nothing.
 
 use crate::support::pod::{hold_until_stdin_closes, print_state, register_and_hold};
-use crate::support::{AgentEnv, Pod, api_pod as pod, expect_line, lines_of, privileged, wait_for};
+use crate::support::{
+    AgentEnv, Pod, api_pod as pod, expect_line, privileged, spawn_lines, wait_for,
+};
 
 use conduit_kube::fake::FakeApiServer;
 use std::os::unix::fs::MetadataExt;
-use std::path::PathBuf;
 use std::process::Child;
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
@@ -35,23 +36,11 @@ const NODE: &str = "node-a";
 /// The agent's --claim-timeout, short so that the refusal cases are quick.
 const CLAIM_TIMEOUT_SECS: u64 = 2;
 
-/// The test's environment, with a kubeconfig for the API server at
-/// `api_url` (see [`kubeconfig`]).
-fn env(test: &str, api_url: &str) -> AgentEnv {
-    let env = AgentEnv::new(test, &[POD], &["agent", "proxy"]);
-    std::fs::write(kubeconfig(&env), conduit_kube::fake::kubeconfig(api_url)).unwrap();
-    env
-}
-
-fn kubeconfig(env: &AgentEnv) -> PathBuf {
-    env.tmp.path().join("kubeconfig")
-}
-
 /// Starts the agent in cluster mode as in a pod: in a cgroup namespace
 /// of its own rooted at `<test cgroup>/agent`, with that namespace's
 /// cgroup2 mounted (as a container's /sys/fs/cgroup) besides the node's.
 /// `node_ns` is its --node-cgroup-ns (None: one it cannot open).
-fn start_agent(env: &mut AgentEnv, node_ns: Option<String>) {
+fn start_agent(env: &mut AgentEnv, api_url: &str, node_ns: Option<String>) {
     let own = env.tmp.path().join("own-cgroup");
     std::fs::create_dir_all(&own).unwrap();
     // The agent's command line comes last: `"$0" "$@"` of both shells.
@@ -60,13 +49,10 @@ fn start_agent(env: &mut AgentEnv, node_ns: Option<String>) {
         env.cgroup.join("agent").display(),
         own.display(),
     );
-    let mut cmd = env.agent_command(&["sh", "-c", &wrapper]);
+    let mut cmd = env.cluster_agent_command(&["sh", "-c", &wrapper], NODE, api_url);
     cmd.args(["--claim-timeout", &CLAIM_TIMEOUT_SECS.to_string()])
         .arg("--node-cgroup-ns")
-        .arg(node_ns.unwrap_or_else(|| "/nonexistent/ns/cgroup".into()))
-        .env("CONDUIT_NODE_NAME", NODE)
-        .env("KUBECONFIG", kubeconfig(env))
-        .env_remove("KUBERNETES_SERVICE_HOST");
+        .arg(node_ns.unwrap_or_else(|| "/nonexistent/ns/cgroup".into()));
     let ready = env.start_agent(cmd);
     assert!(ready.contains("checks_pod_claims=true"), "{ready}");
 }
@@ -74,13 +60,10 @@ fn start_agent(env: &mut AgentEnv, node_ns: Option<String>) {
 /// Starts the proxy helper in the pod (netns, proxy cgroup) with
 /// CLAIM_ARGS `claim` (after the agent socket path); its stdout lines.
 fn spawn_helper(env: &AgentEnv, claim: &str) -> (Child, mpsc::Receiver<String>) {
-    let mut child = env
-        .helper("pod_claims::helper_register", Some(POD.name), "proxy")
-        .env("CLAIM_ARGS", format!("{}\n{claim}", env.socket.display()))
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
-    (child, lines)
+    spawn_lines(
+        env.helper("pod_claims::helper_register", Some(POD.name), "proxy")
+            .env("CLAIM_ARGS", format!("{}\n{claim}", env.socket.display())),
+    )
 }
 
 /// Runs the proxy helper in the pod (netns, proxy cgroup), claiming
@@ -116,11 +99,13 @@ fn agent_checks_pod_claims_against_the_api_server() {
     fake.apply(&pod("shop", "web-0", POD_IP, NODE));
     fake.apply(&pod("shop", "web-1", POD_IP, "node-b"));
     fake.apply(&pod("shop", "web-2", "10.1.0.99", NODE));
-    let mut env = env(conduit_tests::test_name!(), &fake.url());
+    let mut env = AgentEnv::new(conduit_tests::test_name!(), &[POD], &["agent", "proxy"]);
+    let url = fake.url();
     // The node's cgroup namespace: this test's (pid 1 may be off limits on
     // a test machine; in a pod it is the node's init, the default).
     start_agent(
         &mut env,
+        &url,
         Some(format!("/proc/{}/ns/cgroup", std::process::id())),
     );
     assert!(env.logged("entered the node's cgroup namespace"));
@@ -214,7 +199,7 @@ fn agent_checks_pod_claims_against_the_api_server() {
     // This agent cannot enter the node's cgroup namespace: it locates the
     // proxy's cgroup through the mounts.
     drop(fake);
-    start_agent(&mut env, None);
+    start_agent(&mut env, &url, None);
     env.wait_log(&["located through the cgroup mounts"]);
     assert_eq!(state(&states), "STATE enrolled=true");
     env.wait_log(&["adopted pod re-registers unchanged"]);

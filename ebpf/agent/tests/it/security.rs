@@ -15,7 +15,7 @@
 //! pods (this test binary re-executed); on their own they do nothing.
 
 use crate::support::pod::{hold_until_stdin_closes, register_and_hold};
-use crate::support::{AgentEnv, Pod, expect_line, lines_of, privileged, sh};
+use crate::support::{AgentEnv, Pod, expect_line, privileged, sh, spawn_lines};
 
 use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -68,10 +68,7 @@ fn helper(env: &AgentEnv, name: &str, pod: Option<&str>, sub: &str, args: &str) 
 fn register(env: &mut AgentEnv, netns: Option<&str>, name: &str, ips: &[&str]) -> String {
     let sub = netns.unwrap_or("host");
     let args = format!("{}\n{name}\n{}", env.socket.display(), ips.join(","));
-    let mut child = helper(env, "helper_register", netns, sub, &args)
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut child);
+    let (child, lines) = spawn_lines(&mut helper(env, "helper_register", netns, sub, &args));
     env.children.push(child);
     expect_line(&lines, &["ENROLLED", "REFUSED"])
 }
@@ -167,10 +164,13 @@ fn one_peer_cannot_exhaust_registration_slots() {
     };
     // The flooder connects FLOOD times and sends nothing.
     let args = format!("{}\n{FLOOD}", env.socket.display());
-    let mut flood = helper(&env, "helper_flood", Some(THIEF.name), THIEF.name, &args)
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut flood);
+    let (flood, lines) = spawn_lines(&mut helper(
+        &env,
+        "helper_flood",
+        Some(THIEF.name),
+        THIEF.name,
+        &args,
+    ));
     env.children.push(flood);
     assert_eq!(expect_line(&lines, &["OPEN"]), format!("OPEN {FLOOD}"));
     // The agent has turned connections away (it is full, or the flooder has

@@ -17,7 +17,7 @@ use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::support::{AgentEnv, BIN, Pod, cleanup_command, expect_line, lines_of, privileged};
+use crate::support::{AgentEnv, BIN, Pod, cleanup_command, expect_line, privileged, spawn_lines};
 use crate::support::{pod::print_state, wait_for};
 
 const POD: Pod = Pod {
@@ -97,15 +97,8 @@ fn agent_captures_enrolled_pod_and_survives_restart() {
         "{out:?}"
     );
 
-    let mut proxy = helper(
-        &env,
-        "helper_proxy",
-        "proxy",
-        &env.socket.display().to_string(),
-    )
-    .spawn()
-    .unwrap();
-    let lines = lines_of(&mut proxy);
+    let socket = env.socket.display().to_string();
+    let (proxy, lines) = spawn_lines(&mut helper(&env, "helper_proxy", "proxy", &socket));
     env.children.push(proxy);
     let enrolled = expect_line(&lines, &["ENROLLED"]);
     assert!(enrolled.contains(POD_IP), "{enrolled}");

@@ -125,6 +125,18 @@ impl AgentEnv {
         cmd
     }
 
+    /// [`AgentEnv::agent_command`] in cluster mode: on node `node`, its API
+    /// server the one at `api_url` (the fake's), through a kubeconfig.
+    pub fn cluster_agent_command(&self, wrapper: &[&str], node: &str, api_url: &str) -> Command {
+        let kubeconfig = self.tmp.path().join("kubeconfig");
+        std::fs::write(&kubeconfig, conduit_kube::fake::kubeconfig(api_url)).unwrap();
+        let mut cmd = self.agent_command(wrapper);
+        cmd.env("CONDUIT_NODE_NAME", node)
+            .env("KUBECONFIG", kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        cmd
+    }
+
     /// Starts the agent from `cmd` (see [`AgentEnv::agent_command`]); its
     /// log lines are kept. Returns once it is ready, with its ready line.
     pub fn start_agent(&mut self, mut cmd: Command) -> String {
@@ -228,8 +240,9 @@ impl Drop for AgentEnv {
     }
 }
 
-/// The child's stdout, line by line.
-pub fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
+/// Spawns `cmd` (stdout piped); returns it with its stdout, line by line.
+pub fn spawn_lines(cmd: &mut Command) -> (Child, mpsc::Receiver<String>) {
+    let mut child = cmd.stdout(Stdio::piped()).spawn().unwrap();
     let out = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -237,7 +250,7 @@ pub fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
             let _ = tx.send(l);
         }
     });
-    rx
+    (child, rx)
 }
 
 /// The next line holding one of `markers` (within 15 s), from the marker on.

@@ -11,7 +11,7 @@
 mod env;
 pub mod pod;
 
-pub use env::{AgentEnv, Pod, expect_line, lines_of};
+pub use env::{AgentEnv, Pod, expect_line, spawn_lines};
 
 use conduit_base::sync::Unpoisoned;
 use conduit_tests::names::Names;
