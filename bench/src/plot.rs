@@ -7,6 +7,8 @@
 
 use crate::loadgen::Sample;
 use anyhow::{Context, Result, anyhow, bail};
+use plotters::coord::ranged1d::ValueFormatter;
+use plotters::coord::types::RangedCoordf64;
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::OnceLock;
@@ -39,6 +41,11 @@ const COLORS: [RGBColor; 6] = [
     RGBColor(148, 103, 189),
     RGBColor(255, 127, 14),
 ];
+
+/// The colour of the `i`th line of a chart.
+pub(crate) fn color(i: usize) -> RGBAColor {
+    COLORS[i % COLORS.len()].to_rgba()
+}
 
 /// Percentiles drawn: x = -log10(1 - q), from the median to 99.9%.
 const X_MAX: f64 = 3.0;
@@ -89,11 +96,11 @@ pub fn latency_png(path: &Path, title: &str, panels: &[Panel<'_>], columns: usiz
 }
 
 /// The drawing area of one panel.
-type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
+pub(crate) type Area<'a> = DrawingArea<BitMapBackend<'a>, plotters::coord::Shift>;
 
 /// Draws `panels` with `draw`, side by side (up to `columns` per row, each
 /// 520x360), under `title`, into a PNG at `path`.
-fn grid_png<P>(
+pub(crate) fn grid_png<P>(
     path: &Path,
     title: &str,
     panels: &[P],
@@ -143,15 +150,9 @@ fn draw_panel(area: &Area<'_>, panel: &Panel<'_>) -> Result<()> {
     } else {
         (lo * 0.8, hi * 1.25)
     };
-    let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
-    let mut chart = ChartBuilder::on(area)
-        .caption(&panel.title, ("sans-serif", 16))
-        .margin(8)
-        .margin_right(24)
-        .x_label_area_size(32)
-        .y_label_area_size(56)
+    let mut chart = chart_builder(area, &panel.title)
         .build_cartesian_2d(0f64..X_MAX, (lo..hi).log_scale())
-        .map_err(e)?;
+        .map_err(draw_err)?;
     chart
         .configure_mesh()
         .x_desc("percentile")
@@ -160,24 +161,16 @@ fn draw_panel(area: &Area<'_>, panel: &Panel<'_>) -> Result<()> {
         .x_label_formatter(&|x| trim(quantile_at(*x) * 100.0))
         .y_label_formatter(&|y| trim(*y))
         .draw()
-        .map_err(e)?;
+        .map_err(draw_err)?;
     for (i, (label, points)) in curves.into_iter().enumerate() {
-        let color = COLORS[i % COLORS.len()].to_rgba();
+        let color = color(i);
         chart
             .draw_series(LineSeries::new(points, color.stroke_width(2)))
-            .map_err(e)?
+            .map_err(draw_err)?
             .label(label)
             .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
     }
-    chart
-        .configure_series_labels()
-        .position(SeriesLabelPosition::UpperLeft)
-        .background_style(WHITE.mix(0.85))
-        .border_style(BLACK)
-        .label_font(("sans-serif", 13))
-        .draw()
-        .map_err(e)?;
-    Ok(())
+    draw_legend(&mut chart)
 }
 
 /// One line of an [`XyPanel`]: `(x, y)` points in x order.
@@ -210,80 +203,90 @@ fn draw_xy(area: &Area<'_>, panel: &XyPanel) -> Result<()> {
         .filter(|y| *y > 0.0 || !panel.log_y)
         .fold((f64::MAX, f64::MIN), |(lo, hi), y| (lo.min(y), hi.max(y)));
     let (lo, hi) = if lo > hi { (0.01, 1.0) } else { (lo, hi) };
-    let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
+    let mut builder = chart_builder(area, &panel.title);
+    // The two y axes are different coordinate types; one generic function
+    // draws the lines on either.
+    if panel.log_y {
+        let chart = builder
+            .build_cartesian_2d(0f64..x_hi, ((lo * 0.8)..(hi * 1.25)).log_scale())
+            .map_err(draw_err)?;
+        draw_xy_lines(chart, panel)
+    } else {
+        let chart = builder
+            .build_cartesian_2d(0f64..x_hi, 0f64..(hi * 1.2).max(1e-9))
+            .map_err(draw_err)?;
+        draw_xy_lines(chart, panel)
+    }
+}
+
+/// Every chart here: `title` above, margins, room for the axis labels.
+pub(crate) fn chart_builder<'a, 'b>(
+    area: &'a Area<'b>,
+    title: &str,
+) -> ChartBuilder<'a, 'b, BitMapBackend<'b>> {
     let mut builder = ChartBuilder::on(area);
     builder
-        .caption(&panel.title, ("sans-serif", 16))
+        .caption(title, ("sans-serif", 16))
         .margin(8)
         .margin_right(24)
         .x_label_area_size(32)
         .y_label_area_size(56);
-    let color = |i: usize| COLORS[i % COLORS.len()].to_rgba();
-    if panel.log_y {
-        let mut chart = builder
-            .build_cartesian_2d(0f64..x_hi, ((lo * 0.8)..(hi * 1.25)).log_scale())
-            .map_err(e)?;
+    builder
+}
+
+/// A chart with a linear f64 x axis and a y axis of type `Y` (linear or log).
+type Chart<'a, Y> = ChartContext<'a, BitMapBackend<'a>, Cartesian2d<RangedCoordf64, Y>>;
+
+/// Draws the mesh, `panel`'s lines (with a dot at each point) and the
+/// legend on `chart`. On a log y axis points at or below zero are left out.
+fn draw_xy_lines<Y>(mut chart: Chart<'_, Y>, panel: &XyPanel) -> Result<()>
+where
+    Y: Ranged<ValueType = f64> + ValueFormatter<f64>,
+{
+    chart
+        .configure_mesh()
+        .x_desc(panel.x_desc.as_str())
+        .y_desc(panel.y_desc.as_str())
+        .x_label_formatter(&|x| trim(*x))
+        .y_label_formatter(&|y| trim(*y))
+        .draw()
+        .map_err(draw_err)?;
+    for (i, l) in panel.lines.iter().enumerate() {
+        let c = color(i);
+        let points: Vec<(f64, f64)> = l
+            .points
+            .iter()
+            .copied()
+            .filter(|p| !panel.log_y || p.1 > 0.0)
+            .collect();
         chart
-            .configure_mesh()
-            .x_desc(panel.x_desc.as_str())
-            .y_desc(panel.y_desc.as_str())
-            .x_label_formatter(&|x| trim(*x))
-            .y_label_formatter(&|y| trim(*y))
-            .draw()
-            .map_err(e)?;
-        for (i, l) in panel.lines.iter().enumerate() {
-            let c = color(i);
-            let points: Vec<(f64, f64)> = l.points.iter().copied().filter(|p| p.1 > 0.0).collect();
-            chart
-                .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
-                .map_err(e)?
-                .label(l.label.clone())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
-            chart
-                .draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))
-                .map_err(e)?;
-        }
+            .draw_series(LineSeries::new(points.clone(), c.stroke_width(2)))
+            .map_err(draw_err)?
+            .label(l.label.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
         chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(e)?;
-    } else {
-        let mut chart = builder
-            .build_cartesian_2d(0f64..x_hi, 0f64..(hi * 1.2).max(1e-9))
-            .map_err(e)?;
-        chart
-            .configure_mesh()
-            .x_desc(panel.x_desc.as_str())
-            .y_desc(panel.y_desc.as_str())
-            .x_label_formatter(&|x| trim(*x))
-            .y_label_formatter(&|y| trim(*y))
-            .draw()
-            .map_err(e)?;
-        for (i, l) in panel.lines.iter().enumerate() {
-            let c = color(i);
-            chart
-                .draw_series(LineSeries::new(l.points.clone(), c.stroke_width(2)))
-                .map_err(e)?
-                .label(l.label.clone())
-                .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], c.stroke_width(2)));
-            chart
-                .draw_series(l.points.iter().map(|p| Circle::new(*p, 3, c.filled())))
-                .map_err(e)?;
-        }
-        chart
-            .configure_series_labels()
-            .position(SeriesLabelPosition::UpperLeft)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 13))
-            .draw()
-            .map_err(e)?;
+            .draw_series(points.into_iter().map(|p| Circle::new(p, 3, c.filled())))
+            .map_err(draw_err)?;
     }
-    Ok(())
+    draw_legend(&mut chart)
+}
+
+/// The legend box every chart here draws, upper left.
+fn draw_legend<Y: Ranged>(chart: &mut Chart<'_, Y>) -> Result<()> {
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperLeft)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 13))
+        .draw()
+        .map_err(draw_err)
+}
+
+pub(crate) fn draw_err<E: std::error::Error + Send + Sync>(
+    e: DrawingAreaErrorKind<E>,
+) -> anyhow::Error {
+    anyhow!("{e}")
 }
 
 /// `0.25`, `12.5`, `99.9`: at most three significant digits, no trailing zeros.

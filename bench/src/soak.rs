@@ -4,8 +4,9 @@
 //! against time. Whether something leaks is read off the slope: a flat
 //! series has a slope near zero once warm-up is over.
 
+use crate::plot::{self, draw_err};
 use crate::table::{Align, Table};
-use anyhow::{Result, anyhow, bail};
+use anyhow::Result;
 use plotters::prelude::*;
 use std::path::Path;
 
@@ -94,15 +95,6 @@ pub fn summary(series: &[TimeSeries], warmup: f64) -> String {
     t.to_markdown()
 }
 
-const COLORS: [RGBColor; 6] = [
-    RGBColor(0, 0, 0),
-    RGBColor(31, 119, 180),
-    RGBColor(214, 39, 40),
-    RGBColor(44, 160, 44),
-    RGBColor(148, 103, 189),
-    RGBColor(255, 127, 14),
-];
-
 /// One chart: series of the same unit against time (minutes).
 pub struct Chart<'a> {
     pub title: String,
@@ -111,54 +103,43 @@ pub struct Chart<'a> {
 
 /// Draws `charts` side by side into a PNG.
 pub fn png(path: &Path, title: &str, charts: &[Chart<'_>]) -> Result<()> {
-    if charts.is_empty() {
-        bail!("nothing to plot");
+    plot::grid_png(
+        path,
+        title,
+        charts,
+        charts.len(),
+        |c| c.title.as_ref(),
+        draw_chart,
+    )
+}
+
+fn draw_chart(area: &plot::Area<'_>, chart: &Chart<'_>) -> Result<()> {
+    let pts = chart.series.iter().flat_map(|s| s.points.iter());
+    let (x_hi, y_hi) = pts.fold((0f64, 0f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
+    let unit = chart.series.first().map_or("", |s| s.unit.as_str());
+    let mut c = plot::chart_builder(area, &chart.title)
+        .build_cartesian_2d(0f64..(x_hi / 60.0).max(0.1), 0f64..(y_hi * 1.2).max(1.0))
+        .map_err(draw_err)?;
+    c.configure_mesh()
+        .x_desc("minutes")
+        .y_desc(unit)
+        .draw()
+        .map_err(draw_err)?;
+    for (i, s) in chart.series.iter().enumerate() {
+        let color = plot::color(i);
+        let points: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0 / 60.0, p.1)).collect();
+        c.draw_series(LineSeries::new(points, color.stroke_width(2)))
+            .map_err(draw_err)?
+            .label(s.name.clone())
+            .legend(move |(x, y)| PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2)));
     }
-    crate::plot::register_font()?;
-    let w = 520 * charts.len() as u32;
-    let root = BitMapBackend::new(path, (w, 400)).into_drawing_area();
-    root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
-    let root = root
-        .titled(title, ("sans-serif", 22))
-        .map_err(|e| anyhow!("{e}"))?;
-    let e = |e: DrawingAreaErrorKind<_>| anyhow!("{e}");
-    for (area, chart) in root.split_evenly((1, charts.len())).iter().zip(charts) {
-        let pts = chart.series.iter().flat_map(|s| s.points.iter());
-        let (x_hi, y_hi) = pts.fold((0f64, 0f64), |(x, y), p| (x.max(p.0), y.max(p.1)));
-        let unit = chart.series.first().map_or("", |s| s.unit.as_str());
-        let mut c = ChartBuilder::on(area)
-            .caption(&chart.title, ("sans-serif", 16))
-            .margin(8)
-            .margin_right(24)
-            .x_label_area_size(32)
-            .y_label_area_size(56)
-            .build_cartesian_2d(0f64..(x_hi / 60.0).max(0.1), 0f64..(y_hi * 1.2).max(1.0))
-            .map_err(e)?;
-        c.configure_mesh()
-            .x_desc("minutes")
-            .y_desc(unit)
-            .draw()
-            .map_err(e)?;
-        for (i, s) in chart.series.iter().enumerate() {
-            let color = COLORS[i % COLORS.len()].to_rgba();
-            let points: Vec<(f64, f64)> = s.points.iter().map(|p| (p.0 / 60.0, p.1)).collect();
-            c.draw_series(LineSeries::new(points, color.stroke_width(2)))
-                .map_err(e)?
-                .label(s.name.clone())
-                .legend(move |(x, y)| {
-                    PathElement::new([(x, y), (x + 16, y)], color.stroke_width(2))
-                });
-        }
-        c.configure_series_labels()
-            .position(SeriesLabelPosition::LowerRight)
-            .background_style(WHITE.mix(0.85))
-            .border_style(BLACK)
-            .label_font(("sans-serif", 12))
-            .draw()
-            .map_err(e)?;
-    }
-    root.present()
-        .map_err(|e| anyhow!("writing {}: {e}", path.display()))?;
+    c.configure_series_labels()
+        .position(SeriesLabelPosition::LowerRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK)
+        .label_font(("sans-serif", 12))
+        .draw()
+        .map_err(draw_err)?;
     Ok(())
 }
 

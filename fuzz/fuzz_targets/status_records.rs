@@ -1,5 +1,5 @@
 //! What `conduit-ebpf status` reads (`ebpf/agent/src/status.rs`, decoding
-//! in `view.rs`): the node settings record and enrolled pods' records from
+//! in `ebpf/status`): the node settings record and enrolled pods' records from
 //! pinned maps, which any process on the node with CAP_BPF can write, turned
 //! into the status, its table, its JSON, and the JSON read back.
 #![no_main]

@@ -19,12 +19,6 @@ pub mod env;
 pub mod mesh;
 pub mod names;
 
-/// The mesh application's gRPC service (`proto/echo.proto`).
-#[allow(missing_docs, clippy::all)]
-pub mod pb {
-    tonic::include_proto!("conduit.mesh.echo");
-}
-
 pub mod netns;
 pub mod network;
 pub mod privilege;

@@ -227,6 +227,34 @@ pub struct PodConfig {
     pub namespace: [u8; NAME_LEN],
 }
 
+/// Every field zero (as the other records derive it; arrays this long have
+/// no derived `Default`).
+impl Default for PodConfig {
+    fn default() -> Self {
+        PodConfig {
+            flags: 0,
+            proxy_uid: 0,
+            proxy_cgroup_id: 0,
+            outbound_port: 0,
+            inbound_port: 0,
+            admin_port: 0,
+            skip_inbound_len: 0,
+            skip_outbound_len: 0,
+            ips_len: 0,
+            _pad: 0,
+            skip_inbound: [0; MAX_SKIP_PORTS],
+            skip_outbound: [0; MAX_SKIP_PORTS],
+            ips: [IpKey { words: [0; 4] }; MAX_POD_IPS],
+            proxy_pid: 0,
+            _pad2: 0,
+            proxy_start_time: 0,
+            enrolled_at: 0,
+            name: [0; NAME_LEN],
+            namespace: [0; NAME_LEN],
+        }
+    }
+}
+
 impl PodConfig {
     /// Whether a socket created by a task in cgroup `cgroup_id` is the
     /// proxy's own (never captured). By cgroup only: a uid is shared by

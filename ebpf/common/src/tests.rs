@@ -20,41 +20,19 @@ fn v4_mapping_round_trips_and_detects_loopback() {
 
 #[test]
 fn skip_ports_respect_their_length() {
-    let mut pod: PodConfig = unsafe_free_zeroed();
-    pod.outbound_port = 4140;
-    pod.inbound_port = 4143;
-    pod.admin_port = 4191;
+    let mut pod = PodConfig {
+        outbound_port: 4140,
+        inbound_port: 4143,
+        admin_port: 4191,
+        skip_inbound_len: 1,
+        ..PodConfig::default()
+    };
     pod.skip_inbound[0] = 22;
     pod.skip_inbound[1] = 9000;
-    pod.skip_inbound_len = 1;
     assert!(pod.skips_inbound(22));
     assert!(!pod.skips_inbound(9000));
     assert!(pod.skips_inbound(4143) && pod.skips_inbound(4191));
     assert!(!pod.skips_outbound(0));
-}
-
-fn unsafe_free_zeroed() -> PodConfig {
-    PodConfig {
-        flags: 0,
-        proxy_uid: 0,
-        proxy_cgroup_id: 0,
-        outbound_port: 0,
-        inbound_port: 0,
-        admin_port: 0,
-        skip_inbound_len: 0,
-        skip_outbound_len: 0,
-        ips_len: 0,
-        _pad: 0,
-        skip_inbound: [0; MAX_SKIP_PORTS],
-        skip_outbound: [0; MAX_SKIP_PORTS],
-        ips: [IpKey::default(); MAX_POD_IPS],
-        proxy_pid: 0,
-        _pad2: 0,
-        proxy_start_time: 0,
-        enrolled_at: 0,
-        name: [0; NAME_LEN],
-        namespace: [0; NAME_LEN],
-    }
 }
 
 #[test]
@@ -73,9 +51,11 @@ fn counter_indices_are_dense_and_named() {
 
 #[test]
 fn only_the_proxy_cgroup_is_skipped_never_a_uid() {
-    let mut pod: PodConfig = unsafe_free_zeroed();
-    pod.proxy_uid = 1337;
-    pod.proxy_cgroup_id = 42;
+    let mut pod = PodConfig {
+        proxy_uid: 1337,
+        proxy_cgroup_id: 42,
+        ..PodConfig::default()
+    };
     // (flags, current cgroup, skipped?)
     for (flags, cgroup, skipped) in [
         (POD_SKIP_BY_CGROUP, 42, true),

@@ -1,7 +1,8 @@
 //! The mesh's application, in every pod of the local mesh (demo, end-to-end
 //! tests, mesh benchmark):
 //!
-//! * `serve`: an HTTP/1.1 server (hyper) and a gRPC server (tonic, unary,
+//! * `serve`: an HTTP/1.1 server (hyper) and a gRPC server (tonic, the
+//!   echo service of test-support's `proto/echo.proto`: unary, client and
 //!   server streaming, bidirectional streaming) whose every answer names the
 //!   server, so a test sees where the mesh sent each call;
 //! * `grpc`: a real gRPC client (tonic) making unary and server-streaming
@@ -20,10 +21,9 @@
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
+use conduit_test_support::echo::pb::echo_server::{Echo, EchoServer};
+use conduit_test_support::echo::{EchoClient, Msg};
 use conduit_tests::mesh::app::{GrpcReport, HttpAnswer};
-use conduit_tests::pb::Msg;
-use conduit_tests::pb::echo_client::EchoClient;
-use conduit_tests::pb::echo_server::{Echo, EchoServer};
 use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper::{Request, Response};
@@ -322,6 +322,21 @@ impl Echo for Svc {
         Ok(tonic::Response::new(self.reply("unary", req.get_ref(), 0)))
     }
 
+    /// One answer after the whole stream: the last message's text, and in
+    /// `count` how many messages came (nothing is kept but the last).
+    async fn client_stream(
+        &self,
+        req: tonic::Request<tonic::Streaming<Msg>>,
+    ) -> Result<tonic::Response<Msg>, tonic::Status> {
+        let mut input = req.into_inner();
+        let (mut last, mut n) = (Msg::default(), 0u32);
+        while let Some(m) = input.next().await {
+            last = m?;
+            n = n.saturating_add(1);
+        }
+        Ok(tonic::Response::new(self.reply("client_stream", &last, n)))
+    }
+
     type ServerStreamStream = MsgStream;
 
     async fn server_stream(
@@ -492,4 +507,53 @@ async fn bidi(target: &str) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The shared echo service's every call kind, served on loopback by the
+    /// mesh application: each answer names the server.
+    #[tokio::test]
+    async fn every_call_kind_is_answered_with_the_servers_name() {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let target = format!("http://{}", l.local_addr().unwrap());
+        let svc = EchoServer::new(Svc {
+            name: "server-1".into(),
+            quiet: true,
+        });
+        tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(svc)
+                .serve_with_incoming(tokio_stream::wrappers::TcpListenerStream::new(l)),
+        );
+
+        let (unary, stream) = grpc_calls(&target, 2, 3, "hi").await.unwrap();
+        assert_eq!(unary, ["server-1", "server-1"]);
+        assert_eq!(stream, ["server-1", "server-1", "server-1"]);
+
+        let mut client = connect(&target).await.unwrap();
+        let msg = |text: &str| Msg {
+            text: text.into(),
+            payload: Vec::new(),
+            count: 0,
+        };
+        let sent = [msg("a"), msg("b"), msg("c")];
+        let got = client
+            .client_stream(tokio_stream::iter(sent))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!(
+            (got.text.as_str(), got.payload.as_slice(), got.count),
+            ("server-1", &b"c"[..], 3)
+        );
+        let none = client
+            .client_stream(tokio_stream::iter(Vec::<Msg>::new()))
+            .await
+            .unwrap()
+            .into_inner();
+        assert_eq!((none.text.as_str(), none.count), ("server-1", 0));
+    }
 }

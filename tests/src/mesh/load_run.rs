@@ -5,10 +5,9 @@
 //! succeeded so far in this phase) and `quit`.
 
 use super::load::{Figures, LoadReport, LoadSpec, Record, figures};
-use crate::pb::Msg;
-use crate::pb::echo_client::EchoClient;
 use anyhow::{Context, Result, anyhow, bail};
 use bytes::Bytes;
+use conduit_test_support::echo::{EchoClient, Msg};
 use http_body_util::{BodyExt, Empty};
 use hyper::client::conn::http1::SendRequest;
 use std::collections::BTreeMap;

@@ -36,6 +36,7 @@ use crate::demo::Steps;
 use crate::env::Env;
 use crate::names::Names;
 use crate::privilege;
+use crate::status::StatusExt as _;
 use anyhow::{Context, Result, anyhow};
 use app::AppServer;
 use controller::{Controller, ControllerFiles};

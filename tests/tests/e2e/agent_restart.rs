@@ -9,6 +9,7 @@ use anyhow::{Result, anyhow, ensure};
 use conduit_tests::bpf::BpfObjects;
 use conduit_tests::checks::{captured_outbound, direct};
 use conduit_tests::report::ClientReport;
+use conduit_tests::status::StatusExt as _;
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client, wait_until};
 use std::net::IpAddr;
 use std::sync::Mutex;

@@ -6,6 +6,7 @@
 use anyhow::{Result, bail, ensure};
 use conduit_tests::checks::direct;
 use conduit_tests::report::{Reply, Side};
+use conduit_tests::status::StatusExt as _;
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client};
 use std::net::IpAddr;
 

@@ -14,6 +14,7 @@
 
 use anyhow::{Context, Result, ensure};
 use conduit_tests::checks::{captured_outbound, direct};
+use conduit_tests::status::StatusExt as _;
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client};
 use std::fmt::Write as _;
 use std::net::IpAddr;

@@ -12,6 +12,7 @@ use conduit_tests::mesh::spec::{
 };
 use conduit_tests::mesh::tls::s_client;
 use conduit_tests::mesh::{Mesh, report};
+use conduit_tests::status::StatusExt as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 

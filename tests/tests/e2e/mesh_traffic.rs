@@ -7,6 +7,7 @@
 use anyhow::{Context, Result, ensure};
 use conduit_tests::mesh::spec::{GRPC_PORT, MeshSpec};
 use conduit_tests::mesh::{Mesh, report};
+use conduit_tests::status::StatusExt as _;
 use conduit_tests::wire::{PacketCapture, contains, has_tls_client_hello, has_tls_server_hello};
 use std::time::Duration;
 

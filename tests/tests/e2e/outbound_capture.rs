@@ -5,6 +5,7 @@
 
 use anyhow::{Result, ensure};
 use conduit_tests::checks::{captured_outbound, direct};
+use conduit_tests::status::StatusExt as _;
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client};
 use std::net::{IpAddr, SocketAddr};
 

@@ -7,6 +7,7 @@
 
 use anyhow::{Result, ensure};
 use conduit_tests::checks::{app_captured_both_ways, captured_outbound, direct};
+use conduit_tests::status::StatusExt as _;
 use conduit_tests::{Agent, AgentConfig};
 use conduit_tests::{Env, ProxyMode, TestProxy, TestServer, client, wait_until};
 use nix::sys::signal::Signal;

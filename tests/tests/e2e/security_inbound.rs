@@ -18,6 +18,7 @@ use conduit_tests::mesh::app::{CurlResult, HttpAnswer, MESH_APP, in_pod};
 use conduit_tests::mesh::scrape;
 use conduit_tests::mesh::spec::{ADMIN_PORT, MeshSpec};
 use conduit_tests::process::Process;
+use conduit_tests::status::StatusExt as _;
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 

@@ -14,223 +14,73 @@
 //! CONDUIT_REQUIRE_PRIVILEGED=1. `helper_*` are the processes run inside the
 //! pods (this test binary re-executed); on their own they do nothing.
 
-use crate::support::{self, spawn_agent};
+use crate::support::pod::{hold_until_stdin_closes, register_and_hold};
+use crate::support::{AgentEnv, Pod, expect_line, privileged, sh, spawn_lines};
 
-use std::io::{BufRead, BufReader, Write};
+use std::io::Write;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::{Arc, Mutex, mpsc};
-use std::time::Duration;
-use support::{BIN, TestNames, agent_status, privileged, setup_pod, sh, teardown, wait_for};
+use std::path::Path;
+use std::process::Command;
 
-/// The pods: (name, host side address, pod address).
-const VICTIM: (&str, &str, &str) = ("victim", "10.213.9.1", "10.213.9.2");
-const THIEF: (&str, &str, &str) = ("thief", "10.213.10.1", "10.213.10.2");
+const VICTIM: Pod = Pod {
+    name: "victim",
+    host_ip: "10.213.9.1",
+    pod_ip: "10.213.9.2",
+};
+const THIEF: Pod = Pod {
+    name: "thief",
+    host_ip: "10.213.10.1",
+    pod_ip: "10.213.10.2",
+};
 
-/// Everything one test creates, removed in Drop (also on failure).
-struct Env {
-    /// One environment at a time (see `support::exclusive`); dropped last.
-    _exclusive: std::sync::MutexGuard<'static, ()>,
-    names: TestNames,
-    cgroup: PathBuf,
-    pin_dir: PathBuf,
-    socket: PathBuf,
-    /// A network namespace without interfaces for the agent, when it runs
-    /// in one of its own (as the DaemonSet's agent does).
-    agent_ns: Option<String>,
-    agent: Option<Child>,
-    log: Arc<Mutex<Vec<String>>>,
-    children: Vec<Child>,
+/// Test `test`'s environment with the agent started, or `None` when the
+/// test cannot run here (see [`privileged`]): the pods, each with a cgroup
+/// of its own, a cgroup for processes of the node, and the agent (in a
+/// network namespace of its own without interfaces with `own_netns`, as
+/// the DaemonSet's agent runs) with `extra` arguments, ready.
+fn started(test: &str, own_netns: bool, extra: &[&str]) -> Option<AgentEnv> {
+    if !privileged(test) {
+        return None;
+    }
+    let mut env = AgentEnv::new(test, &[VICTIM, THIEF], &[VICTIM.name, THIEF.name, "host"]);
+    let mut cmd = if own_netns {
+        let ns = env.empty_netns("agent");
+        env.agent_command(&["nsenter", &format!("--net=/run/netns/{ns}")])
+    } else {
+        env.agent_command(&[])
+    };
+    cmd.args(extra);
+    env.start_agent(cmd);
+    Some(env)
 }
 
-impl Env {
-    fn new(test: &str) -> Self {
-        let exclusive = support::exclusive();
-        let names = TestNames::new(test);
-        let env = Env {
-            _exclusive: exclusive,
-            cgroup: names.cgroup(),
-            pin_dir: names.pin_dir(),
-            // Under /run, not a private temporary directory: whether others
-            // may connect must depend on the socket's own mode.
-            socket: names.run_dir().join("agent.sock"),
-            agent_ns: None,
-            agent: None,
-            log: Arc::default(),
-            children: Vec::new(),
-            names,
-        };
-        for (i, (pod, host_ip, pod_ip)) in [VICTIM, THIEF].into_iter().enumerate() {
-            setup_pod(
-                &env.ns(pod),
-                &env.veth(i),
-                host_ip,
-                pod_ip,
-                &env.cgroup,
-                &[pod, "host"],
-            );
-        }
-        env
-    }
-
-    fn ns(&self, pod: &str) -> String {
-        self.names.netns(pod)
-    }
-
-    fn veth(&self, i: usize) -> String {
-        self.names.veth(i)
-    }
-
-    /// Starts the agent (in a network namespace of its own with
-    /// `own_netns`) with `extra` arguments and waits until it is ready.
-    fn start_agent(&mut self, own_netns: bool, extra: &[&str]) {
-        let mut cmd = if own_netns {
-            let ns = self.names.netns("agent");
-            // (A killed run of the same test may have left it.)
-            let _ = Command::new("ip")
-                .args(["netns", "del", &ns])
-                .stderr(Stdio::null())
-                .status();
-            sh(&format!("ip netns add {ns}"));
-            let mut c = Command::new("nsenter");
-            c.arg(format!("--net=/run/netns/{ns}")).arg(BIN);
-            self.agent_ns = Some(ns);
-            c
-        } else {
-            Command::new(BIN)
-        };
-        cmd.arg("agent")
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .args(extra)
-            .env_remove("CONDUIT_NODE_NAME");
-        let (child, _) = spawn_agent(&mut cmd, Some(self.log.clone()));
-        self.agent = Some(child);
-    }
-
-    /// Waits until the agent has logged a line containing every one of `words`.
-    fn wait_log(&self, words: &[&str]) -> String {
-        let mut found = String::new();
-        wait_for(&format!("the agent to log {words:?}"), || {
-            let log = self.log.lock().unwrap();
-            match log.iter().find(|l| words.iter().all(|w| l.contains(w))) {
-                Some(l) => {
-                    found = l.clone();
-                    true
-                }
-                None => false,
-            }
-        });
-        found
-    }
-
-    /// Runs helper `name` with HELPER_ARGS `args` in `pod`'s network
-    /// namespace (`None`: the node's), in cgroup `<test>/<sub>`, as root.
-    fn helper(&self, name: &str, pod: Option<&str>, sub: &str, args: &str) -> Command {
-        let exe = std::env::current_exe().unwrap();
-        let netns = pod
-            .map(|p| format!("ip netns exec {} ", self.ns(p)))
-            .unwrap_or_default();
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec {netns}{} --exact security::{name} --nocapture --test-threads=1",
-                self.cgroup.join(sub).display(),
-                exe.display()
-            ))
-            .env("HELPER_ARGS", args)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
-        c
-    }
-
-    /// Registers pod `name` from `netns` (see [`Env::helper`]) claiming
-    /// `ips`; returns the answer line (`ENROLLED ips` or `REFUSED reason`).
-    /// An enrolled helper holds its registration until the test ends.
-    fn register(&mut self, netns: Option<&str>, name: &str, ips: &[&str]) -> String {
-        let sub = netns.unwrap_or("host");
-        let args = format!("{}\n{name}\n{}", self.socket.display(), ips.join(","));
-        let mut child = self
-            .helper("helper_register", netns, sub, &args)
-            .spawn()
-            .unwrap();
-        let lines = lines_of(&mut child);
-        self.children.push(child);
-        expect_line(&lines, &["ENROLLED", "REFUSED"])
-    }
-
-    fn pods(&self) -> Vec<serde_json::Value> {
-        agent_status(&self.pin_dir)["pods"]
-            .as_array()
-            .unwrap()
-            .clone()
-    }
+/// Runs helper `name` with HELPER_ARGS `args` in `pod`'s network
+/// namespace (`None`: the node's), in cgroup `<test>/<sub>`, as root.
+fn helper(env: &AgentEnv, name: &str, pod: Option<&str>, sub: &str, args: &str) -> Command {
+    let mut c = env.helper(&format!("security::{name}"), pod, sub);
+    c.env("HELPER_ARGS", args);
+    c
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        for c in self.children.iter_mut().chain(self.agent.as_mut()) {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        for (i, (pod, ..)) in [VICTIM, THIEF].into_iter().enumerate() {
-            teardown(
-                &self.pin_dir,
-                &self.socket,
-                &self.ns(pod),
-                &self.veth(i),
-                &self.cgroup,
-                &[pod, "host"],
-            );
-        }
-        if let Some(ns) = &self.agent_ns {
-            let _ = Command::new("ip").args(["netns", "del", ns]).status();
-        }
-        let _ = std::fs::remove_dir(&self.cgroup);
-        let _ = std::fs::remove_dir_all(self.socket.parent().unwrap());
-    }
-}
-
-/// The child's stdout, line by line.
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    rx
-}
-
-/// The first line holding one of `markers`, from the marker on.
-fn expect_line(lines: &mpsc::Receiver<String>, markers: &[&str]) -> String {
-    loop {
-        let l = lines
-            .recv_timeout(Duration::from_secs(15))
-            .unwrap_or_else(|_| panic!("no line with {markers:?} within 15 s"));
-        // libtest prints "test helper_x ... " before the helper's output.
-        if let Some(i) = markers.iter().filter_map(|m| l.find(m)).min() {
-            return l[i..].trim().to_string();
-        }
-    }
+/// Registers pod `name` from `netns` (see [`helper`]) claiming `ips`;
+/// returns the answer line (`ENROLLED ips` or `REFUSED reason`). An
+/// enrolled helper holds its registration until the test ends.
+fn register(env: &mut AgentEnv, netns: Option<&str>, name: &str, ips: &[&str]) -> String {
+    let sub = netns.unwrap_or("host");
+    let args = format!("{}\n{name}\n{}", env.socket.display(), ips.join(","));
+    let (child, lines) = spawn_lines(&mut helper(env, "helper_register", netns, sub, &args));
+    env.children.push(child);
+    expect_line(&lines, &["ENROLLED", "REFUSED"])
 }
 
 #[test]
 fn host_netns_registration_is_refused() {
-    if !privileged(conduit_tests::test_name!()) {
-        return;
-    }
-    let mut env = Env::new(conduit_tests::test_name!());
     // As the DaemonSet runs it: hostPID, but a network namespace of its own.
-    env.start_agent(true, &[]);
+    let Some(mut env) = started(conduit_tests::test_name!(), true, &[]) else {
+        return;
+    };
     // A process of the node (or a hostNetwork pod), in a cgroup of its own.
-    let answer = env.register(None, "node-grabber", &[]);
+    let answer = register(&mut env, None, "node-grabber", &[]);
     assert!(
         answer.starts_with("REFUSED") && answer.contains("node's own network namespace"),
         "{answer}"
@@ -238,29 +88,30 @@ fn host_netns_registration_is_refused() {
     env.wait_log(&["registration refused", "host_netns", "node-grabber"]);
     assert!(env.pods().is_empty(), "{:?}", env.pods());
     // Control: a pod registers fine with the same agent.
-    let answer = env.register(Some(VICTIM.0), VICTIM.0, &[]);
-    assert_eq!(answer, format!("ENROLLED {}", VICTIM.2));
+    let answer = register(&mut env, Some(VICTIM.name), VICTIM.name, &[]);
+    assert_eq!(answer, format!("ENROLLED {}", VICTIM.pod_ip));
 }
 
 #[test]
 fn claiming_another_pods_ip_is_refused() {
-    if !privileged(conduit_tests::test_name!()) {
+    let Some(mut env) = started(conduit_tests::test_name!(), false, &[]) else {
         return;
-    }
-    let mut env = Env::new(conduit_tests::test_name!());
-    env.start_agent(false, &[]);
-    let answer = env.register(Some(VICTIM.0), VICTIM.0, &[]);
-    assert_eq!(answer, format!("ENROLLED {}", VICTIM.2));
+    };
+    let answer = register(&mut env, Some(VICTIM.name), VICTIM.name, &[]);
+    assert_eq!(answer, format!("ENROLLED {}", VICTIM.pod_ip));
     // The thief configures the victim's address in its own namespace (it has
     // NET_ADMIN there), which the agent then finds there.
     sh(&format!(
         "ip -n {} addr add {}/32 dev lo",
-        env.ns(THIEF.0),
-        VICTIM.2
+        env.netns(THIEF.name),
+        VICTIM.pod_ip
     ));
-    for claim in [vec![], vec![VICTIM.2]] {
-        let answer = env.register(Some(THIEF.0), THIEF.0, &claim);
-        let want = format!("address {} belongs to pod test/{}", VICTIM.2, VICTIM.0);
+    for claim in [vec![], vec![VICTIM.pod_ip]] {
+        let answer = register(&mut env, Some(THIEF.name), THIEF.name, &claim);
+        let want = format!(
+            "address {} belongs to pod test/{}",
+            VICTIM.pod_ip, VICTIM.name
+        );
         assert!(
             answer.starts_with("REFUSED") && answer.contains(&want),
             "claiming {claim:?}: {answer}"
@@ -270,24 +121,27 @@ fn claiming_another_pods_ip_is_refused() {
     // The victim keeps its address; the thief is not enrolled.
     let pods = env.pods();
     assert_eq!(pods.len(), 1, "{pods:?}");
-    assert_eq!(pods[0]["name"], VICTIM.0);
-    assert_eq!(pods[0]["pod_ips"], serde_json::json!([VICTIM.2]));
+    assert_eq!(pods[0]["name"], VICTIM.name);
+    assert_eq!(pods[0]["pod_ips"], serde_json::json!([VICTIM.pod_ip]));
     // Claiming only its own address, the thief is enrolled with just that.
-    let answer = env.register(Some(THIEF.0), THIEF.0, &[THIEF.2]);
-    assert_eq!(answer, format!("ENROLLED {}", THIEF.2));
+    let answer = register(&mut env, Some(THIEF.name), THIEF.name, &[THIEF.pod_ip]);
+    assert_eq!(answer, format!("ENROLLED {}", THIEF.pod_ip));
 }
 
 #[test]
 fn claiming_an_ip_not_in_the_netns_is_refused() {
-    if !privileged(conduit_tests::test_name!()) {
+    let Some(mut env) = started(conduit_tests::test_name!(), false, &[]) else {
         return;
-    }
-    let mut env = Env::new(conduit_tests::test_name!());
-    env.start_agent(false, &[]);
-    let answer = env.register(Some(THIEF.0), THIEF.0, &[THIEF.2, VICTIM.2]);
+    };
+    let answer = register(
+        &mut env,
+        Some(THIEF.name),
+        THIEF.name,
+        &[THIEF.pod_ip, VICTIM.pod_ip],
+    );
     let want = format!(
         "claimed address {} is not configured in the proxy's network namespace",
-        VICTIM.2
+        VICTIM.pod_ip
     );
     assert!(
         answer.starts_with("REFUSED") && answer.contains(&want),
@@ -296,8 +150,8 @@ fn claiming_an_ip_not_in_the_netns_is_refused() {
     env.wait_log(&["registration refused", "ip_not_in_netns"]);
     assert!(env.pods().is_empty(), "{:?}", env.pods());
     // The victim, registering after, gets its address.
-    let answer = env.register(Some(VICTIM.0), VICTIM.0, &[VICTIM.2]);
-    assert_eq!(answer, format!("ENROLLED {}", VICTIM.2));
+    let answer = register(&mut env, Some(VICTIM.name), VICTIM.name, &[VICTIM.pod_ip]);
+    assert_eq!(answer, format!("ENROLLED {}", VICTIM.pod_ip));
 }
 
 /// More connections than the agent serves at once (2048).
@@ -305,26 +159,30 @@ const FLOOD: usize = 2100;
 
 #[test]
 fn one_peer_cannot_exhaust_registration_slots() {
-    if !privileged(conduit_tests::test_name!()) {
+    let Some(mut env) = started(conduit_tests::test_name!(), false, &[]) else {
         return;
-    }
-    let mut env = Env::new(conduit_tests::test_name!());
-    env.start_agent(false, &[]);
+    };
     // The flooder connects FLOOD times and sends nothing.
     let args = format!("{}\n{FLOOD}", env.socket.display());
-    let mut flood = env
-        .helper("helper_flood", Some(THIEF.0), THIEF.0, &args)
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut flood);
+    let (flood, lines) = spawn_lines(&mut helper(
+        &env,
+        "helper_flood",
+        Some(THIEF.name),
+        THIEF.name,
+        &args,
+    ));
     env.children.push(flood);
     assert_eq!(expect_line(&lines, &["OPEN"]), format!("OPEN {FLOOD}"));
     // The agent has turned connections away (it is full, or the flooder has
     // its share): from now on the flood holds whatever it can.
     let refused = env.wait_log(&["registration refused", "registrations"]);
     // A pod registering meanwhile is served at its first attempt.
-    let answer = env.register(Some(VICTIM.0), VICTIM.0, &[]);
-    assert_eq!(answer, format!("ENROLLED {}", VICTIM.2), "flood: {refused}");
+    let answer = register(&mut env, Some(VICTIM.name), VICTIM.name, &[]);
+    assert_eq!(
+        answer,
+        format!("ENROLLED {}", VICTIM.pod_ip),
+        "flood: {refused}"
+    );
     assert!(
         refused.contains("this network namespace has 4 registrations in progress already"),
         "{refused}"
@@ -347,13 +205,11 @@ fn map_entries(pin_dir: &Path, name: &str) -> usize {
 
 #[test]
 fn full_pods_map_refuses_registration_cleanly() {
-    if !privileged(conduit_tests::test_name!()) {
-        return;
-    }
     const MAX_PODS: u64 = conduit_ebpf_common::MAX_PODS as u64;
     let size = std::mem::size_of::<conduit_ebpf_common::PodConfig>();
-    let mut env = Env::new(conduit_tests::test_name!());
-    env.start_agent(false, &[]);
+    let Some(mut env) = started(conduit_tests::test_name!(), false, &[]) else {
+        return;
+    };
     // Fill the pods map with MAX_PODS other pods (made-up namespaces).
     let pods = env.pin_dir.join(conduit_ebpf_common::MAP_PODS);
     let key = |i: u64| {
@@ -389,7 +245,7 @@ fn full_pods_map_refuses_registration_cleanly() {
         MAX_PODS as usize
     );
 
-    let answer = env.register(Some(VICTIM.0), VICTIM.0, &[]);
+    let answer = register(&mut env, Some(VICTIM.name), VICTIM.name, &[]);
     assert!(
         answer.starts_with("REFUSED")
             && answer.contains(&format!("the pods map is full ({MAX_PODS} pods")),
@@ -409,18 +265,20 @@ fn full_pods_map_refuses_registration_cleanly() {
         pods.display(),
         key(0)
     ));
-    let answer = env.register(Some(VICTIM.0), VICTIM.0, &[]);
-    assert_eq!(answer, format!("ENROLLED {}", VICTIM.2));
+    let answer = register(&mut env, Some(VICTIM.name), VICTIM.name, &[]);
+    assert_eq!(answer, format!("ENROLLED {}", VICTIM.pod_ip));
 }
 
 #[test]
 fn registration_socket_is_not_world_writable() {
-    if !privileged(conduit_tests::test_name!()) {
-        return;
-    }
     const GROUP: u32 = 4242;
-    let mut env = Env::new(conduit_tests::test_name!());
-    env.start_agent(false, &["--socket-group", &GROUP.to_string()]);
+    let Some(mut env) = started(
+        conduit_tests::test_name!(),
+        false,
+        &["--socket-group", &GROUP.to_string()],
+    ) else {
+        return;
+    };
     let meta = std::fs::metadata(&env.socket).unwrap();
     assert_eq!(
         meta.permissions().mode() & 0o777,
@@ -434,8 +292,8 @@ fn registration_socket_is_not_world_writable() {
     // A member of the socket's group can.
     assert_eq!(connect_as(&env.socket, 65534, GROUP), Ok(()));
     // The agent still serves root (the registering helpers run as root).
-    let answer = env.register(Some(VICTIM.0), VICTIM.0, &[]);
-    assert_eq!(answer, format!("ENROLLED {}", VICTIM.2));
+    let answer = register(&mut env, Some(VICTIM.name), VICTIM.name, &[]);
+    assert_eq!(answer, format!("ENROLLED {}", VICTIM.pod_ip));
 }
 
 /// Connects to `socket` from a process (helper_connect) running as
@@ -499,31 +357,7 @@ fn helper_register() {
         .filter(|s| !s.is_empty())
         .map(|s| s.parse().unwrap())
         .collect();
-    let rt = tokio::runtime::Runtime::new().unwrap();
-    use std::os::fd::AsFd;
-    let result = rt.block_on(conduit_register::register(
-        Path::new(socket),
-        &pod,
-        inbound.as_fd(),
-    ));
-    match result {
-        Ok(reg) => {
-            let ips: Vec<String> = reg
-                .enrolled()
-                .pod_ips
-                .iter()
-                .map(|i| i.to_string())
-                .collect();
-            println!("ENROLLED {}", ips.join(","));
-            std::io::stdout().flush().unwrap();
-            let mut sink = String::new();
-            let _ = std::io::stdin().read_line(&mut sink);
-            drop(reg);
-        }
-        Err(conduit_register::RegisterError::Refused(reason)) => println!("REFUSED {reason}"),
-        Err(e) => println!("REFUSED (not by the agent) {e}"),
-    }
-    std::io::stdout().flush().unwrap();
+    register_and_hold(Path::new(socket), &pod, &inbound);
 }
 
 /// The flooder: HELPER_ARGS is the socket and a count; connects that many
@@ -542,7 +376,6 @@ fn helper_flood() {
         .collect();
     println!("OPEN {}", held.len());
     std::io::stdout().flush().unwrap();
-    let mut sink = String::new();
-    let _ = std::io::stdin().read_line(&mut sink);
+    hold_until_stdin_closes();
     drop(held);
 }

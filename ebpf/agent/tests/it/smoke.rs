@@ -9,157 +9,55 @@
 //! smoke test runs inside the pod (this test binary re-executed); on their
 //! own they do nothing.
 
-use std::io::{BufRead, BufReader, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddrV4, TcpListener, TcpStream};
 use std::os::fd::AsFd;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Command;
 use std::sync::mpsc;
 use std::time::Duration;
 
-use crate::support::{self, spawn_agent};
+use crate::support::{AgentEnv, BIN, Pod, cleanup_command, expect_line, privileged, spawn_lines};
+use crate::support::{pod::print_state, wait_for};
 
-use support::{BIN, TestNames, agent_status, privileged, setup_pod, teardown, wait_for};
+const POD: Pod = Pod {
+    name: "pod",
+    host_ip: "10.213.7.1",
+    pod_ip: "10.213.7.2",
+};
+const HOST_IP: &str = POD.host_ip;
+const POD_IP: &str = POD.pod_ip;
 
-const HOST_IP: &str = "10.213.7.1";
-const POD_IP: &str = "10.213.7.2";
-
-/// Everything the test creates, removed in Drop (also on failure).
-struct Env {
-    /// One environment at a time (see `support::exclusive`); dropped last.
-    _exclusive: std::sync::MutexGuard<'static, ()>,
-    ns: String,
-    veth: String,
-    cgroup: PathBuf,
-    pin_dir: PathBuf,
-    socket: PathBuf,
-    children: Vec<Child>,
-    _tmp: tempfile::TempDir,
+fn env(test: &str) -> AgentEnv {
+    AgentEnv::new(test, &[POD], &["proxy", "app"])
 }
 
-impl Env {
-    fn new(test: &str) -> Self {
-        let exclusive = support::exclusive();
-        let names = TestNames::new(test);
-        let tmp = tempfile::tempdir().unwrap();
-        let env = Env {
-            _exclusive: exclusive,
-            ns: names.netns("pod"),
-            veth: names.veth(0),
-            cgroup: names.cgroup(),
-            pin_dir: names.pin_dir(),
-            socket: tmp.path().join("run").join("agent.sock"),
-            children: Vec::new(),
-            _tmp: tmp,
-        };
-        setup_pod(
-            &env.ns,
-            &env.veth,
-            HOST_IP,
-            POD_IP,
-            &env.cgroup,
-            &["proxy", "app"],
-        );
-        env
-    }
-
-    fn agent(&mut self) -> usize {
-        let mut cmd = Command::new(BIN);
-        cmd.args(["agent", "--grace-period", "20"])
-            .arg("--cgroup")
-            .arg(&self.cgroup)
-            .arg("--pin-dir")
-            .arg(&self.pin_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            // Not in a cluster: no pod claim checks.
-            .env_remove("CONDUIT_NODE_NAME");
-        let (child, _) = spawn_agent(&mut cmd, None);
-        self.children.push(child);
-        self.children.len() - 1
-    }
-
-    /// Runs this test binary's `name` helper in the pod netns, in cgroup `sub`.
-    fn helper(&self, name: &str, sub: &str, args: &str) -> Command {
-        let exe = std::env::current_exe().unwrap();
-        let mut c = Command::new("sh");
-        c.arg("-c")
-            .arg(format!(
-                "echo $$ > {}/cgroup.procs && exec ip netns exec {} {} --exact smoke::{name} --nocapture --test-threads=1",
-                self.cgroup.join(sub).display(),
-                self.ns,
-                exe.display()
-            ))
-            .env("SMOKE_ARGS", args)
-            .stdout(Stdio::piped());
-        c
-    }
-
-    fn status(&self) -> serde_json::Value {
-        agent_status(&self.pin_dir)
-    }
-
-    /// `status --check --socket`: (exit status 0, stderr).
-    fn check(&self) -> (bool, String) {
-        let out = Command::new(BIN)
-            .args(["status", "--check", "--pin-dir"])
-            .arg(&self.pin_dir)
-            .arg("--socket")
-            .arg(&self.socket)
-            .output()
-            .unwrap();
-        (
-            out.status.success(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    }
-
-    fn stop(&mut self, i: usize) {
-        let pid = self.children[i].id() as i32;
-        let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), nix::sys::signal::SIGTERM);
-        let _ = self.children[i].wait();
-    }
+fn start_agent(env: &mut AgentEnv) {
+    let mut cmd = env.agent_command(&[]);
+    cmd.args(["--grace-period", "20"]);
+    env.start_agent(cmd);
 }
 
-impl Drop for Env {
-    fn drop(&mut self) {
-        for c in &mut self.children {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-        teardown(
-            &self.pin_dir,
-            &self.socket,
-            &self.ns,
-            &self.veth,
-            &self.cgroup,
-            &["proxy", "app", ""],
-        );
-    }
+/// Runs this test binary's `name` helper in the pod, in cgroup `sub`.
+fn helper(env: &AgentEnv, name: &str, sub: &str, args: &str) -> Command {
+    let mut c = env.helper(&format!("smoke::{name}"), Some(POD.name), sub);
+    c.env("SMOKE_ARGS", args);
+    c
 }
 
-/// Reads the proxy helper's stdout until a line starting with `prefix`.
-fn expect_line(lines: &mpsc::Receiver<String>, prefix: &str) -> String {
-    loop {
-        let l = lines
-            .recv_timeout(Duration::from_secs(15))
-            .unwrap_or_else(|_| panic!("no line {prefix:?}"));
-        // libtest prints "test helper_proxy ... " before the helper's output.
-        if let Some(i) = l.find(prefix) {
-            return l[i + prefix.len()..].trim().to_string();
-        }
-    }
-}
-
-fn lines_of(child: &mut Child) -> mpsc::Receiver<String> {
-    let out = child.stdout.take().unwrap();
-    let (tx, rx) = mpsc::channel();
-    std::thread::spawn(move || {
-        for l in BufReader::new(out).lines().map_while(Result::ok) {
-            let _ = tx.send(l);
-        }
-    });
-    rx
+/// `status --check --socket`: (exit status 0, stderr).
+fn check(env: &AgentEnv) -> (bool, String) {
+    let out = Command::new(BIN)
+        .args(["status", "--check", "--pin-dir"])
+        .arg(&env.pin_dir)
+        .arg("--socket")
+        .arg(&env.socket)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }
 
 fn counter(status: &serde_json::Value, program: &str, outcome: &str) -> u64 {
@@ -177,12 +75,12 @@ fn agent_captures_enrolled_pod_and_survives_restart() {
     if !privileged(conduit_tests::test_name!()) {
         return;
     }
-    let mut env = Env::new(conduit_tests::test_name!());
+    let mut env = env(conduit_tests::test_name!());
     // Before the agent: the probe check fails, naming what is missing.
-    let (ok, why) = env.check();
+    let (ok, why) = check(&env);
     assert!(!ok && why.contains("nothing is pinned"), "{why}");
-    let first = env.agent();
-    let (ok, why) = env.check();
+    start_agent(&mut env);
+    let (ok, why) = check(&env);
     assert!(ok, "status --check with the agent ready: {why}");
     let st = env.status();
     if !st["attached"].as_bool().unwrap() {
@@ -191,8 +89,7 @@ fn agent_captures_enrolled_pod_and_survives_restart() {
     assert_eq!(st["pods"].as_array().unwrap().len(), 0);
 
     // An app in a namespace nobody registered is not captured.
-    let out = env
-        .helper("helper_client", "app", &format!("{HOST_IP}:8080"))
+    let out = helper(&env, "helper_client", "app", &format!("{HOST_IP}:8080"))
         .output()
         .unwrap();
     assert!(
@@ -200,21 +97,17 @@ fn agent_captures_enrolled_pod_and_survives_restart() {
         "{out:?}"
     );
 
-    let mut proxy = env
-        .helper("helper_proxy", "proxy", &env.socket.display().to_string())
-        .spawn()
-        .unwrap();
-    let lines = lines_of(&mut proxy);
+    let socket = env.socket.display().to_string();
+    let (proxy, lines) = spawn_lines(&mut helper(&env, "helper_proxy", "proxy", &socket));
     env.children.push(proxy);
-    let enrolled = expect_line(&lines, "ENROLLED");
+    let enrolled = expect_line(&lines, &["ENROLLED"]);
     assert!(enrolled.contains(POD_IP), "{enrolled}");
     let st = env.status();
     assert_eq!(st["pods"][0]["name"], "smoke");
     assert_eq!(st["pods"][0]["proxy_alive"], true);
 
-    let client = |env: &Env| {
-        let out = env
-            .helper("helper_client", "app", &format!("{HOST_IP}:8080"))
+    let client = |env: &AgentEnv| {
+        let out = helper(env, "helper_client", "app", &format!("{HOST_IP}:8080"))
             .output()
             .unwrap();
         String::from_utf8_lossy(&out.stdout).to_string()
@@ -227,46 +120,35 @@ fn agent_captures_enrolled_pod_and_survives_restart() {
     assert!(counter(&env.status(), "connect4", "captured") >= 1);
 
     // Agent restart: capture continues throughout, the new agent adopts.
-    env.stop(first);
+    env.stop_agent();
     let got = client(&env);
     assert!(
         got.contains(&format!("CLIENT orig={HOST_IP}:8080")),
         "without agent: {got}"
     );
-    expect_line(&lines, "STATE enrolled=false");
-    env.agent();
+    expect_line(&lines, &["STATE enrolled=false"]);
+    start_agent(&mut env);
     assert!(env.status()["attached"].as_bool().unwrap());
     // The proxy registers again with the new agent (within its backoff).
-    expect_line(&lines, "STATE enrolled=true");
-    assert_eq!(env.status()["pods"].as_array().unwrap().len(), 1);
+    expect_line(&lines, &["STATE enrolled=true"]);
+    assert_eq!(env.pods().len(), 1);
     assert!(client(&env).contains(&format!("CLIENT orig={HOST_IP}:8080")));
 
     // The proxy goes: capture stops.
-    for c in env.children.iter_mut().skip(1).take(1) {
-        let _ = c.kill();
-        let _ = c.wait();
-    }
-    wait_for("the pod to be removed", || {
-        env.status()["pods"].as_array().unwrap().is_empty()
-    });
-    assert!(client(&env).contains("CLIENT refused"));
-
-    // Cleanup leaves nothing pinned.
     for c in &mut env.children {
         let _ = c.kill();
         let _ = c.wait();
     }
+    wait_for("the pod to be removed", || env.pods().is_empty());
+    assert!(client(&env).contains("CLIENT refused"));
+
+    // Cleanup leaves nothing pinned.
+    env.kill_agent();
     // The killed agent left its socket behind: the probe says so.
     assert!(env.socket.exists());
-    let (ok, why) = env.check();
+    let (ok, why) = check(&env);
     assert!(!ok && why.contains("does not accept"), "{why}");
-    let out = Command::new(BIN)
-        .args(["cleanup", "--pin-dir"])
-        .arg(&env.pin_dir)
-        .arg("--socket")
-        .arg(&env.socket)
-        .output()
-        .unwrap();
+    let out = cleanup_command(&env.pin_dir, &env.socket).output().unwrap();
     assert!(
         out.status.success(),
         "{}",
@@ -276,7 +158,7 @@ fn agent_captures_enrolled_pod_and_survives_restart() {
     assert_eq!(env.status()["programs"].as_array().unwrap().len(), 0);
     // The socket and its (now empty) directory are gone too.
     assert!(!env.socket.parent().unwrap().exists());
-    let (ok, why) = env.check();
+    let (ok, why) = check(&env);
     assert!(!ok && why.contains("nothing is pinned"), "{why}");
 }
 
@@ -295,7 +177,7 @@ fn helper_proxy() {
     let fd: std::os::fd::OwnedFd = inbound.into();
     let _task = rt.enter();
     let _h = conduit_register::maintain(PathBuf::from(socket), pod, fd, move |up| {
-        println!("STATE enrolled={up}");
+        print_state(up);
         let _ = tx.send(up);
     });
     assert!(rx.recv_timeout(Duration::from_secs(15)).unwrap());

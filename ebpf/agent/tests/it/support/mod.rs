@@ -3,9 +3,15 @@
 //! v2, the bpf syscall; skip visibly, fail under
 //! `CONDUIT_REQUIRE_PRIVILEGED=1`), its names (everything a test creates is
 //! named after the test, with `CONDUIT_TEST_PREFIX`), its cgroup v2 mount,
-//! test-support's `wait_until`; plus shell commands, the agent's status and
-//! a test pod's setup and teardown.
+//! test-support's `wait_until`; plus shell commands, the agent's status,
+//! one test's environment ([`AgentEnv`]: pods, cgroups, the agent, helper
+//! processes) and what those helpers run inside the pods ([`pod`]).
 #![allow(dead_code)]
+
+mod env;
+pub mod pod;
+
+pub use env::{AgentEnv, Pod, expect_line, spawn_lines};
 
 use conduit_base::sync::Unpoisoned;
 use conduit_tests::names::Names;
@@ -131,9 +137,9 @@ pub fn agent_status(pin_dir: &Path) -> serde_json::Value {
 }
 
 /// Sets up a test pod: network namespace `ns` joined to the host by the veth
-/// pair `{veth}h` (host, `host_ip`/24) and `{veth}p` (pod, `pod_ip`/24), and
-/// the cgroups `subs` under `cgroup`. [`teardown`] undoes it.
-pub fn setup_pod(ns: &str, veth: &str, host_ip: &str, pod_ip: &str, cgroup: &Path, subs: &[&str]) {
+/// pair `{veth}h` (host, `host_ip`/24) and `{veth}p` (pod, `pod_ip`/24).
+/// [`AgentEnv`] does it for its pods and undoes it.
+pub fn setup_pod(ns: &str, veth: &str, host_ip: &str, pod_ip: &str) {
     let v = veth;
     // Leftovers of a killed run of the same test (the names are the test's).
     let _ = Command::new("ip")
@@ -149,29 +155,16 @@ pub fn setup_pod(ns: &str, veth: &str, host_ip: &str, pod_ip: &str, cgroup: &Pat
          && ip addr add {host_ip}/24 dev {v}h && ip link set {v}h up \
          && ip -n {ns} addr add {pod_ip}/24 dev {v}p && ip -n {ns} link set {v}p up && ip -n {ns} link set lo up"
     ));
-    for sub in subs {
-        std::fs::create_dir_all(cgroup.join(sub)).unwrap();
-    }
 }
 
-/// Best-effort teardown of a test pod: the agent's `cleanup` of `pin_dir`
-/// and `socket`, the network namespace `ns`, the host end `{veth}h` and the
-/// cgroups `subs` under `cgroup` (in that order, so list children first).
-pub fn teardown(pin_dir: &Path, socket: &Path, ns: &str, veth: &str, cgroup: &Path, subs: &[&str]) {
-    let _ = Command::new(BIN)
-        .args(["cleanup", "--pin-dir"])
+/// `conduit-ebpf cleanup` of the agent pinned in `pin_dir` with `socket`.
+pub fn cleanup_command(pin_dir: &Path, socket: &Path) -> Command {
+    let mut c = Command::new(BIN);
+    c.args(["cleanup", "--pin-dir"])
         .arg(pin_dir)
         .arg("--socket")
-        .arg(socket)
-        .output();
-    let _ = Command::new("ip").args(["netns", "del", ns]).status();
-    let _ = Command::new("ip")
-        .args(["link", "del", &format!("{veth}h")])
-        .stderr(Stdio::null())
-        .status();
-    for sub in subs {
-        let _ = std::fs::remove_dir(cgroup.join(sub));
-    }
+        .arg(socket);
+    c
 }
 
 /// Starts the agent from `cmd` (its arguments and environment set) with
@@ -202,4 +195,33 @@ pub fn spawn_agent(cmd: &mut Command, log: Option<Arc<Mutex<Vec<String>>>>) -> (
         .recv_timeout(Duration::from_secs(30))
         .expect("agent ready within 30 s (see agent log above)");
     (child, ready)
+}
+
+/// A running pod as the API server reports it: `namespace/name` on `node`,
+/// with the address `ip` (none when empty: the kubelet has not reported it
+/// yet).
+pub fn api_pod(namespace: &str, name: &str, ip: &str, node: &str) -> k8s::Pod {
+    k8s::Pod {
+        metadata: k8s::ObjectMeta {
+            namespace: Some(namespace.into()),
+            name: Some(name.into()),
+            ..Default::default()
+        },
+        spec: Some(k8s::PodSpec {
+            node_name: Some(node.into()),
+            ..Default::default()
+        }),
+        status: Some(k8s::PodStatus {
+            phase: Some("Running".into()),
+            pod_ip: (!ip.is_empty()).then(|| ip.to_string()),
+            pod_ips: (!ip.is_empty()).then(|| vec![k8s::PodIP { ip: ip.into() }]),
+            ..Default::default()
+        }),
+    }
+}
+
+/// The Kubernetes types the tests build.
+pub mod k8s {
+    pub use k8s_openapi::api::core::v1::{ContainerStatus, Pod, PodIP, PodSpec, PodStatus};
+    pub use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 }

@@ -131,25 +131,15 @@ fn fill_levels_warn_at_the_threshold_for_maps_that_can_fill() {
 
 fn pod_config() -> PodConfig {
     PodConfig {
-        flags: 0,
         proxy_uid: 1,
         proxy_cgroup_id: 2,
         outbound_port: 4140,
         inbound_port: 4143,
         admin_port: 4191,
-        skip_inbound_len: 0,
-        skip_outbound_len: 0,
-        ips_len: 0,
-        _pad: 0,
-        skip_inbound: [0; MAX_SKIP_PORTS],
-        skip_outbound: [0; MAX_SKIP_PORTS],
-        ips: [IpKey::default(); MAX_POD_IPS],
         proxy_pid: 3,
-        _pad2: 0,
         proxy_start_time: 4,
         enrolled_at: 5,
-        name: [0; NAME_LEN],
-        namespace: [0; NAME_LEN],
+        ..PodConfig::default()
     }
 }
 

@@ -3,9 +3,11 @@
 //! pinned records (an enrolled pod, the node settings) into them, the map
 //! fill levels and their warnings, and the table.
 //!
-//! A library target of the agent package so that the fuzz targets
-//! (`fuzz/fuzz_targets/status_records.rs`) reach it: the records come from
-//! pinned maps, which any process on the node with `CAP_BPF` can write.
+//! A crate of its own so that what reads the JSON uses the types that write
+//! it: the agent (`conduit-ebpf status`), the end-to-end harness
+//! (`tests/src/status.rs`) and the fuzz target
+//! (`fuzz/fuzz_targets/status_records.rs`; the records come from pinned
+//! maps, which any process on the node with `CAP_BPF` can write).
 
 use conduit_ebpf_common::{self as common, GlobalConfig, IpKey, PodConfig};
 use serde::{Deserialize, Serialize};
@@ -285,5 +287,4 @@ pub fn render(s: &Status) -> String {
 }
 
 #[cfg(test)]
-#[path = "view/tests.rs"]
 mod tests;
