@@ -17,7 +17,8 @@ use tracing::debug;
 pub type Unsent = (ClientError, Option<http::Request<Body>>);
 
 /// What hyper's `try_send_request` on an HTTP/1 connection resolves to.
-type H1Sent = Result<http::Response<Incoming>, hyper::client::conn::TrySendError<http::Request<Body>>>;
+type H1Sent =
+    Result<http::Response<Incoming>, hyper::client::conn::TrySendError<http::Request<Body>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -242,6 +243,18 @@ impl Client {
         {
             return Ok(s.clone());
         }
+        // Boxed: the connect and the handshake are KBs of future, which
+        // every request's future would otherwise carry (and copy).
+        Box::pin(self.connect_h2(up, slot)).await
+    }
+
+    /// The HTTP/2 connection of `slot`: the open one, or a new one (one
+    /// connect at a time per upstream; the others wait for it).
+    async fn connect_h2(
+        &self,
+        up: &NextHop,
+        slot: H2Slot,
+    ) -> Result<http2::SendRequest<Body>, ClientError> {
         let mut guard = slot.lock().await;
         if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());
