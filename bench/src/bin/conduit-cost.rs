@@ -20,8 +20,9 @@
 //!   run, and with a listener attached and gone before the requests (must
 //!   cost what `none` costs).
 //!
-//!     conduit-cost [--requests 2000] [--rounds 3] [--cases http1,http2]
-//!                  [--proxy-bin target/release/conduit-proxy]
+//! ```text
+//! conduit-cost [--requests 2000] [--rounds 3] [--cases http1,http2] [--proxy-bin target/release/conduit-proxy]
+//! ```
 //!
 //! Needs root (the proxy runs as uid 1337: it refuses taps from its own
 //! uid), valgrind and h2load (`cargo xtask setup` installs both).

@@ -16,6 +16,17 @@ use tracing::debug;
 /// An error, and the request when none of it was sent.
 pub type Unsent = (ClientError, Option<http::Request<Body>>);
 
+/// A request sent on a pooled HTTP/1 connection (the response to come),
+/// or handed back when no pooled connection was ready.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the request moves by value either way; boxing it would cost an allocation per request"
+)]
+enum OnIdle<F> {
+    Sent(F),
+    NoneReady(http::Request<Body>),
+}
+
 /// What hyper's `try_send_request` on an HTTP/1 connection resolves to.
 type H1Sent =
     Result<http::Response<Incoming>, hyper::client::conn::TrySendError<http::Request<Body>>>;
@@ -111,7 +122,7 @@ impl Client {
         // hyper hands the request back if it was never written, and we try
         // a fresh connection.
         let req = match self.send_on_idle_h1(up, req) {
-            Ok(fut) => match fut.await {
+            OnIdle::Sent(fut) => match fut.await {
                 Ok(rsp) => return Ok(rsp),
                 Err(mut e) => match e.take_message() {
                     Some(r) => r,
@@ -126,7 +137,7 @@ impl Client {
                     }
                 },
             },
-            Err(req) => req,
+            OnIdle::NoneReady(req) => req,
         };
         let mut sender = match self.connect_h1(up, false).await {
             Ok(s) => s,
@@ -139,16 +150,16 @@ impl Client {
     }
 
     /// Sends `req` on a ready pooled connection of `up`, if there is one
-    /// (the connection stays in the pool, marked used now); `req` back if
-    /// there is none. One map lookup and one clock read per request.
+    /// (the connection stays in the pool, marked used now), else `req`
+    /// back. One map lookup and one clock read per request.
     fn send_on_idle_h1(
         &self,
         up: &NextHop,
         req: http::Request<Body>,
-    ) -> Result<impl Future<Output = H1Sent> + use<>, http::Request<Body>> {
+    ) -> OnIdle<impl Future<Output = H1Sent> + use<>> {
         let mut pool = self.h1.locked();
         let Some(idle) = pool.get_mut(up) else {
-            return Err(req);
+            return OnIdle::NoneReady(req);
         };
         let now = Instant::now();
         let timeout = self.settings.idle_timeout;
@@ -156,9 +167,9 @@ impl Client {
         match idle.iter_mut().find(|(_, s)| s.is_ready()) {
             Some((used, sender)) => {
                 *used = now;
-                Ok(sender.try_send_request(req))
+                OnIdle::Sent(sender.try_send_request(req))
             }
-            None => Err(req),
+            None => OnIdle::NoneReady(req),
         }
     }
 
