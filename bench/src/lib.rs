@@ -2,7 +2,7 @@
 //! (`src/bin`, run by `cargo xtask bench`): `conduit-proxy-bench`,
 //! `conduit-controller-bench`, `conduit-controller-scale-bench`,
 //! `conduit-scaling-bench`, `conduit-tls-bench`, `conduit-mesh-bench`,
-//! `conduit-tap-cost` and `conduit-soak`; they depend on the production crates, never the reverse,
+//! `conduit-cost` and `conduit-soak`; they depend on the production crates, never the reverse,
 //! so `conduit-proxy` and the others ship without the load generator or the
 //! plotting stack. The shared pieces: an HTTP/1.1 and HTTP/2 load generator (open loop
 //! at a fixed rate, timed from each request's scheduled send so stalls are
@@ -12,6 +12,7 @@
 //! nothing here asserts on speed.
 
 pub mod args;
+pub mod cost;
 pub mod loadgen;
 pub mod plot;
 pub mod procstat;

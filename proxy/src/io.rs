@@ -241,4 +241,47 @@ mod tests {
         assert_eq!(act.written.load(Ordering::Relaxed), 3);
         assert_eq!(act.read.load(Ordering::Relaxed), 5);
     }
+
+    /// Vectored writes through `Observed` into a stream that takes only a
+    /// few bytes at a time (as a full socket does): the peer gets exactly
+    /// the bytes of the slices, in order, and the count is what was
+    /// written, not what was offered (the question behind commit 03b7087:
+    /// this passes with `Observed` forwarding `poll_write_vectored` to the
+    /// inner stream too, checked on 2026-12-03, so that wrapper did not
+    /// corrupt or miscount bytes).
+    #[tokio::test]
+    async fn partial_vectored_writes_deliver_and_count_what_was_written() {
+        let (a, mut b) = tokio::io::duplex(7);
+        let act = Activity::new();
+        let mut io = CountingIo::new(a, act.clone());
+        let parts: [&[u8]; 3] = [b"head:", b"0123456789abcdef", b":tail"];
+        let want: Vec<u8> = parts.concat();
+        let reader = tokio::spawn(async move {
+            let mut got = Vec::new();
+            b.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let mut sent = 0;
+        while sent < want.len() {
+            // The slices not yet written, the first one cut where the last
+            // write stopped.
+            let mut skip = sent;
+            let mut rest = Vec::new();
+            for p in parts {
+                if skip >= p.len() {
+                    skip -= p.len();
+                } else {
+                    rest.push(io::IoSlice::new(&p[skip..]));
+                    skip = 0;
+                }
+            }
+            let n = io.write_vectored(&rest).await.unwrap();
+            assert!(n > 0 && n <= 7, "wrote {n}");
+            sent += n;
+        }
+        io.shutdown().await.unwrap();
+        drop(io);
+        assert_eq!(reader.await.unwrap(), want);
+        assert_eq!(act.written.load(Ordering::Relaxed), want.len() as u64);
+    }
 }

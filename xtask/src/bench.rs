@@ -33,6 +33,10 @@ pub enum What {
     Scaling,
     /// Direct vs eBPF capture vs iptables, two proxies with mTLS.
     Mesh,
+    /// Instructions per request through one release proxy under callgrind
+    /// (HTTP/1.1 and HTTP/2 by default; `-- --cases none,listening,gone`
+    /// for the tap's cost).
+    Cost,
     /// The mesh under steady mixed load for a long time: proxies' RSS and
     /// descriptors, eBPF map entries, their slopes and a plot.
     Soak,
@@ -44,6 +48,11 @@ pub fn run(opts: &Options) -> Result<()> {
     let bin = match opts.what {
         What::Proxy => "conduit-proxy-bench",
         What::Controller => "conduit-controller-bench",
+        What::Cost => {
+            // The program runs the release proxy next to it.
+            release::build("the cost benchmark runs", release::PROXY)?;
+            "conduit-cost"
+        }
         What::ControllerScale | What::Scaling => {
             // The benchmark runs the release controller or proxy binary.
             release::build("the benchmark runs", release::SCALE)?;

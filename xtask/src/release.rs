@@ -44,6 +44,9 @@ pub const MESH_BENCH: &[Bin] = &[
     bin("conduit-tests", "conduit-authz-plugin"),
 ];
 
+/// What the cost benchmark runs: one proxy.
+pub const PROXY: &[Bin] = &[bin("conduit-proxy", "conduit-proxy")];
+
 /// What the scaling benchmarks run: one proxy, or the controller.
 pub const SCALE: &[Bin] = &[
     bin("conduit-proxy", "conduit-proxy"),

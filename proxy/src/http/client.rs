@@ -9,13 +9,27 @@ use conduit_base::sync::Unpoisoned;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::debug;
 
 /// An error, and the request when none of it was sent.
 pub type Unsent = (ClientError, Option<http::Request<Body>>);
+
+/// A request sent on a pooled HTTP/1 connection (the response to come),
+/// or handed back when no pooled connection was ready.
+#[expect(
+    clippy::large_enum_variant,
+    reason = "the request moves by value either way; boxing it would cost an allocation per request"
+)]
+enum OnIdle<F> {
+    Sent(F),
+    NoneReady(http::Request<Body>),
+}
+
+/// What hyper's `try_send_request` on an HTTP/1 connection resolves to.
+type H1Sent =
+    Result<http::Response<Incoming>, hyper::client::conn::TrySendError<http::Request<Body>>>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -44,14 +58,18 @@ pub struct ClientSettings {
 }
 
 type H2Slot = Arc<tokio::sync::Mutex<Option<http2::SendRequest<Body>>>>;
+/// The pools' maps are looked up on every request: foldhash, seeded at
+/// random per process and map (the keys come from discovery, not from
+/// clients), costs a fraction of the default SipHash over a `NextHop`.
+type Pool<V> = std::collections::HashMap<NextHop, V, foldhash::fast::RandomState>;
 /// Idle (or busy) HTTP/1 connections of one upstream, with when each was last handed back.
 type H1Idle = Vec<(Instant, http1::SendRequest<Body>)>;
 
 pub struct Client {
     connector: Arc<dyn Connector>,
     settings: ClientSettings,
-    h1: Mutex<HashMap<NextHop, H1Idle>>,
-    h2: Mutex<HashMap<NextHop, H2Slot>>,
+    h1: Mutex<Pool<H1Idle>>,
+    h2: Mutex<Pool<H2Slot>>,
 }
 
 impl Client {
@@ -100,17 +118,14 @@ impl Client {
         req: http::Request<Body>,
     ) -> Result<http::Response<Incoming>, Unsent> {
         let addr = up.addr;
-        let mut req = req;
         // A pooled connection may have been closed by the server just now;
         // hyper hands the request back if it was never written, and we try
         // a fresh connection.
-        if let Some(mut sender) = self.take_h1(up) {
-            let fut = sender.try_send_request(req);
-            self.put_h1(up, sender);
-            match fut.await {
+        let req = match self.send_on_idle_h1(up, req) {
+            OnIdle::Sent(fut) => match fut.await {
                 Ok(rsp) => return Ok(rsp),
                 Err(mut e) => match e.take_message() {
-                    Some(r) => req = r,
+                    Some(r) => r,
                     None => {
                         return Err((
                             ClientError::Request {
@@ -121,8 +136,9 @@ impl Client {
                         ));
                     }
                 },
-            }
-        }
+            },
+            OnIdle::NoneReady(req) => req,
+        };
         let mut sender = match self.connect_h1(up, false).await {
             Ok(s) => s,
             Err(e) => return Err((e, Some(req))),
@@ -133,18 +149,37 @@ impl Client {
             .map_err(|source| (ClientError::Request { addr, source }, None))
     }
 
-    fn take_h1(&self, up: &NextHop) -> Option<http1::SendRequest<Body>> {
+    /// Sends `req` on a ready pooled connection of `up`, if there is one
+    /// (the connection stays in the pool, marked used now), else `req`
+    /// back. One map lookup and one clock read per request.
+    fn send_on_idle_h1(
+        &self,
+        up: &NextHop,
+        req: http::Request<Body>,
+    ) -> OnIdle<impl Future<Output = H1Sent> + use<>> {
         let mut pool = self.h1.locked();
-        let idle = pool.get_mut(up)?;
+        let Some(idle) = pool.get_mut(up) else {
+            return OnIdle::NoneReady(req);
+        };
+        let now = Instant::now();
         let timeout = self.settings.idle_timeout;
-        idle.retain(|(t, s)| !s.is_closed() && (t.elapsed() < timeout || !s.is_ready()));
-        let i = idle.iter().position(|(_, s)| s.is_ready())?;
-        Some(idle.swap_remove(i).1)
+        idle.retain(|(t, s)| !s.is_closed() && (now.duration_since(*t) < timeout || !s.is_ready()));
+        match idle.iter_mut().find(|(_, s)| s.is_ready()) {
+            Some((used, sender)) => {
+                *used = now;
+                OnIdle::Sent(sender.try_send_request(req))
+            }
+            None => OnIdle::NoneReady(req),
+        }
     }
 
     fn put_h1(&self, up: &NextHop, sender: http1::SendRequest<Body>) {
         let mut pool = self.h1.locked();
-        let idle = pool.entry(up.clone()).or_default();
+        // Cloning the key only for a new upstream.
+        let idle = match pool.get_mut(up) {
+            Some(idle) => idle,
+            None => pool.entry(up.clone()).or_default(),
+        };
         if idle.len() < self.settings.max_idle_per_upstream {
             idle.push((Instant::now(), sender));
         }
@@ -207,7 +242,11 @@ impl Client {
     async fn h2_sender(&self, up: &NextHop) -> Result<http2::SendRequest<Body>, ClientError> {
         let slot = {
             let mut pool = self.h2.locked();
-            pool.entry(up.clone()).or_default().clone()
+            // Cloning the key only for a new upstream.
+            match pool.get(up) {
+                Some(slot) => slot.clone(),
+                None => pool.entry(up.clone()).or_default().clone(),
+            }
         };
         // Fast path: an open connection, no waiting behind a connect.
         if let Ok(g) = slot.try_lock()
@@ -215,6 +254,18 @@ impl Client {
         {
             return Ok(s.clone());
         }
+        // Boxed: the connect and the handshake are KBs of future, which
+        // every request's future would otherwise carry (and copy).
+        Box::pin(self.connect_h2(up, slot)).await
+    }
+
+    /// The HTTP/2 connection of `slot`: the open one, or a new one (one
+    /// connect at a time per upstream; the others wait for it).
+    async fn connect_h2(
+        &self,
+        up: &NextHop,
+        slot: H2Slot,
+    ) -> Result<http2::SendRequest<Body>, ClientError> {
         let mut guard = slot.lock().await;
         if let Some(s) = guard.as_ref().filter(|s| !s.is_closed()) {
             return Ok(s.clone());

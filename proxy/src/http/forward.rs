@@ -178,7 +178,10 @@ async fn forward(
             .take()
             .or_else(|| replay.as_ref().map(replay::Replay::request));
         let (shared, conn) = (shared.clone(), conn.clone());
-        async move {
+        // Boxed: the attempt (the upstream call, with hyper's futures) is
+        // KBs, and the balancer's call, its timeout and the route's call
+        // each move it into their own state; a box moves as a pointer.
+        Box::pin(async move {
             let Some(req) = req else {
                 return Attempt::Failure(Err(ForwardError::BadRequest(
                     "request body cannot be replayed".into(),
@@ -193,7 +196,7 @@ async fn forward(
                 }
                 Err((e, None)) => Attempt::Failure(Err(e)),
             }
-        }
+        })
     };
     let result = target.call(&shared.policy, retryable, attempt).await;
     if attempts > 1 {
