@@ -8,15 +8,14 @@
 //! the real one under callgrind, so both proxies of a mesh (client side and
 //! server side: mTLS both ways, discovery and certificates from the
 //! controller, agent registration, HTTP/1.1 and HTTP/2, metrics scrapes)
-//! record every function they execute. Once both proxies are up and ready,
-//! before the first request, the benchmark has them dump their profiles
-//! (`callgrind_control --dump`), so the first dump holds what starting
-//! costs and the later ones what serving does. The functions found in the
-//! release binary are written in two groups, each ordered by instructions
-//! executed: first those that ran while starting (arguments, certificates,
-//! the controller's streams, registration, readiness), then those that ran
-//! only once requests came. An idle proxy then has the first group
-//! resident and little of the second; a busy one both, and no more.
+//! record every function they execute, dumping their profile every few
+//! million basic blocks, so each function's first dump says when in the
+//! proxy's life it first ran. The functions found in the release binary
+//! are written in the order they first ran (by dump; within one dump, most
+//! instructions first): start-up first (arguments, certificates, the
+//! controller's streams, registration, readiness), then what the first
+//! requests needed, and so on. An idle proxy then has the start-up part
+//! resident and little else; a busy one the whole list, and no more.
 //!
 //! [`check`] runs after every release build of the proxy and says how much
 //! of the file the build still matches (symbol names change with the
@@ -51,10 +50,6 @@ const TRAINING: &[&str] = &[
     "--warmup",
     "1s",
     "--no-write",
-    "--run-when-up",
-    // In the background: a proxy blocked in the kernel reads the request
-    // only when it next wakes (a timer or the first request).
-    "callgrind_control --dump=ready >/dev/null &",
 ];
 
 #[derive(clap::Args)]
@@ -120,11 +115,14 @@ pub fn run(opts: &Options) -> Result<()> {
         let path = entry?.path();
         let text = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {}", path.display()))?;
-        let starting = part(&text) == 1;
+        let part = part(&text);
         for (name, ir) in self_costs(&text) {
-            let r = ran.entry(name).or_default();
+            let r = ran.entry(name).or_insert(Ran {
+                instructions: 0,
+                first_part: part,
+            });
             r.instructions += ir;
-            r.starting |= starting;
+            r.first_part = r.first_part.min(part);
         }
         files += 1;
     }
@@ -181,13 +179,12 @@ pub fn check() {
     );
 }
 
-/// The script standing in for `conduit-proxy`: the real one under callgrind.
-/// It dumps when told to (`--run-when-up`), when it exits, and every few
-/// seconds of its run after the first dump's size (a proxy killed before it
-/// exits still leaves most of what it ran).
+/// The script standing in for `conduit-proxy`: the real one under callgrind,
+/// dumping every 2 million basic blocks (a few hundredths of a second of a
+/// proxy's own run) and when it exits.
 fn wrapper(real: &Path, out_dir: &Path) -> String {
     format!(
-        "#!/bin/sh\nexec valgrind --tool=callgrind --demangle=no --dump-every-bb=200000000 \
+        "#!/bin/sh\nexec valgrind --tool=callgrind --demangle=no --dump-every-bb=2000000 \
          --callgrind-out-file={}/callgrind.%p {} \"$@\"\n",
         out_dir.display(),
         real.display()
@@ -273,12 +270,12 @@ fn part(text: &str) -> u32 {
 }
 
 /// What the training run saw of one function.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 struct Ran {
     /// Instructions executed in it (self cost), over every proxy and dump.
     instructions: u64,
-    /// It ran in some proxy's first dump: while the proxy was starting.
-    starting: bool,
+    /// The first dump (of any proxy) in which it ran.
+    first_part: u32,
 }
 
 /// `(7) name` defines id 7, `(7)` refers to it, a bare name is itself.
@@ -299,9 +296,9 @@ fn resolve(names: &mut HashMap<String, String>, spec: &str) -> String {
     }
 }
 
-/// The functions of `symbols` that ran: those that ran while starting
-/// first, then the others; in each group most instructions first (ties by
-/// name, so the file is stable).
+/// The functions of `symbols` that ran, in the order they first ran (by
+/// dump); within one dump most instructions first (ties by name, so the
+/// file is stable).
 fn ordered(ran: &HashMap<String, Ran>, symbols: &HashMap<String, u64>) -> Vec<String> {
     let mut list: Vec<(&String, Ran)> = ran
         .iter()
@@ -309,7 +306,7 @@ fn ordered(ran: &HashMap<String, Ran>, symbols: &HashMap<String, u64>) -> Vec<St
         .map(|(n, r)| (n, *r))
         .collect();
     list.sort_by(|a, b| {
-        (b.1.starting.cmp(&a.1.starting))
+        (a.1.first_part.cmp(&b.1.first_part))
             .then(b.1.instructions.cmp(&a.1.instructions))
             .then_with(|| a.0.cmp(b.0))
     });
@@ -363,7 +360,7 @@ totals: 1585
                     n,
                     Ran {
                         instructions,
-                        starting: false,
+                        first_part: 1,
                     },
                 )
             })
@@ -386,16 +383,16 @@ totals: 1585
     }
 
     #[test]
-    fn what_ran_while_starting_comes_first() {
-        let r = |instructions, starting| Ran {
+    fn functions_come_in_the_order_they_first_ran() {
+        let r = |instructions, first_part| Ran {
             instructions,
-            starting,
+            first_part,
         };
         let ran = HashMap::from([
-            ("parse_args".to_owned(), r(100, true)),
-            ("forward".to_owned(), r(9_000, false)),
-            ("encode".to_owned(), r(700, false)),
-            ("poll".to_owned(), r(20_000, true)),
+            ("parse_args".to_owned(), r(100, 1)),
+            ("forward".to_owned(), r(9_000, 5)),
+            ("encode".to_owned(), r(700, 5)),
+            ("poll".to_owned(), r(20_000, 1)),
         ]);
         let symbols = ran.keys().map(|k| (k.clone(), 16)).collect();
         assert_eq!(

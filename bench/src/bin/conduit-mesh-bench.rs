@@ -67,11 +67,6 @@ struct Args {
     /// Print only; do not write into docs/.
     #[arg(long)]
     no_write: bool,
-    /// A shell command run once every mesh is up and ready, before the
-    /// first request (`cargo xtask proxy-layout` dumps the proxies'
-    /// callgrind profiles there, to tell start-up code from the rest).
-    #[arg(long, hide = true)]
-    run_when_up: Option<String>,
 }
 
 #[derive(Subcommand, Debug)]
@@ -205,16 +200,6 @@ fn bench(args: &Args) -> Result<()> {
             })
         })
         .collect();
-    if let Some(cmd) = &args.run_when_up {
-        progress(&format!("every mesh is up: running {cmd:?}"));
-        let status = std::process::Command::new("sh")
-            .args(["-c", cmd])
-            .status()
-            .with_context(|| format!("running {cmd:?}"))?;
-        if !status.success() {
-            bail!("{cmd:?} failed ({status})");
-        }
-    }
     let cells = measure(args, &mut paths, &protocols, &loads)?;
     let elapsed = started.elapsed();
     let mut checked = Vec::new();
