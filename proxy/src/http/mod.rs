@@ -2,7 +2,7 @@
 //! detected connection ([`server`]), forwarding each request ([`forward`]),
 //! pooled upstream connections ([`client`]), header rules ([`headers`]),
 //! slow request bodies ([`body_timeout`]), bad ones ([`client_body`]),
-//! conflicting framing ([`smuggling`]) and
+//! conflicting framing ([`smuggling`]), HTTP/2 rapid reset ([`resets`]) and
 //! byte-stream tunnels for `Upgrade` and `CONNECT` ([`tunnel`]).
 
 pub mod body_timeout;
@@ -11,6 +11,7 @@ pub mod client_body;
 pub mod forward;
 pub mod headers;
 pub mod replay;
+pub mod resets;
 pub mod server;
 pub mod smuggling;
 pub mod tunnel;

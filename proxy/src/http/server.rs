@@ -4,13 +4,15 @@
 //! Malformed HTTP/1 gets hyper's 400 (431 for oversized heads) and the
 //! connection closed, and so does a request with both `Content-Length` and
 //! `Transfer-Encoding` ([`super::smuggling`]). HTTP/2 connections carry the
-//! abuse limits (rapid reset, header list size, keep-alive). Draining asks
+//! abuse limits (rapid reset, with our own count of streams cancelled before
+//! their response in [`super::resets`], header list size, keep-alive). Draining asks
 //! the connection to finish gracefully: HTTP/2 with GOAWAY; HTTP/1 answers
 //! its next request with `Connection: close` and only a connection idle for
 //! [`DRAIN_LINGER`] is closed unasked (closing an idle keep-alive connection
 //! at once races the request its client may be sending on it, which would
 //! fail unanswered).
 
+use super::resets::Resets;
 use super::smuggling::{HeadScanner, Heads};
 use super::{Body, Proto, error_response, forward};
 use crate::ctx::{ConnCtx, Shared};
@@ -22,11 +24,17 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::Arc;
-use tracing::{debug, info};
+use tracing::{debug, info, warn};
 
 /// How long a draining proxy leaves an idle HTTP/1 connection open for a
 /// last request (answered with `Connection: close`).
 pub const DRAIN_LINGER: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Requests one HTTP/2 client connection may have running at once.
+pub const MAX_CONCURRENT_STREAMS: u32 = 1000;
+/// Streams reset by the client while still in h2's accept queue (not yet
+/// given to the proxy) that close the connection: one more than this.
+pub const MAX_PENDING_ACCEPT_RESETS: usize = 20;
 
 pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
     let cfg = &shared.cfg;
@@ -78,21 +86,42 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
         }
         Proto::Http2 => {
             let (s, c) = (shared.clone(), conn.clone());
+            let resets = Resets::new(MAX_CONCURRENT_STREAMS as usize);
+            let counted = resets.clone();
             // Each stream's future is boxed: hyper spawns one task per
             // stream, and a task moves its future into place (memmove of the
             // whole future, several KB unboxed) when it is spawned.
             let svc = service_fn(move |req| {
-                Box::pin(forward::handle(s.clone(), c.clone(), metrics.clone(), req))
+                let mut guard = counted.accept();
+                let (s, c, m) = (s.clone(), c.clone(), metrics.clone());
+                Box::pin(async move {
+                    // hyper polls a stream's service once before it looks for
+                    // the client's RST_STREAM: give it that look before
+                    // anything is sent upstream, so a stream reset before it
+                    // was accepted costs the upstream nothing.
+                    tokio::task::yield_now().await;
+                    if !guard.admit().await {
+                        // Closing for rapid reset: nothing more goes upstream.
+                        return Ok(error_response(
+                            http::StatusCode::SERVICE_UNAVAILABLE,
+                            "too many streams reset",
+                        ));
+                    }
+                    let rsp = forward::handle(s, c, m, req).await;
+                    guard.answered();
+                    rsp
+                })
             });
             let io = TokioIo::new(io);
             let mut b = http2::Builder::new(TokioExecutor::new());
             b.timer(TokioTimer::new())
                 .max_header_list_size(cfg.max_header_bytes as u32)
-                .max_concurrent_streams(1000)
+                .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
                 // Rapid reset (CVE-2023-44487): more than this many streams
-                // reset by the client before they were accepted closes the
-                // connection (GOAWAY ENHANCE_YOUR_CALM).
-                .max_pending_accept_reset_streams(20)
+                // reset by the client while waiting in h2's accept queue
+                // closes the connection (GOAWAY ENHANCE_YOUR_CALM). Accepted
+                // streams leave that count; `resets` counts those.
+                .max_pending_accept_reset_streams(MAX_PENDING_ACCEPT_RESETS)
                 // Likewise for streams the proxy had to reset (malformed).
                 .max_local_error_reset_streams(Some(1024))
                 // A connection whose client stops answering PINGs is closed.
@@ -101,10 +130,26 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
                 .adaptive_window(true);
             let c = b.serve_connection(io, svc);
             tokio::pin!(c);
-            tokio::select! {
+            let res = tokio::select! {
+                // First: a tripped connection accepts no more streams.
+                biased;
+                _ = resets.tripped() => {
+                    // Dropping the connection closes the socket and ends
+                    // every stream still running on it.
+                    let n = resets.counts();
+                    warn!(direction = conn.direction.as_str(), client = %conn.client_addr,
+                        accepted = n.accepted, answered = n.answered, premature = n.premature,
+                        "closing HTTP/2 connection: too many streams reset by the client before their response (rapid reset)");
+                    shared.metrics.error(conn.direction, "rapid_reset");
+                    Ok(())
+                }
                 res = c.as_mut() => res,
                 _ = shutdown.cancelled() => { c.as_mut().graceful_shutdown(); c.await }
-            }
+            };
+            let n = resets.counts();
+            debug!(client = %conn.client_addr, accepted = n.accepted, answered = n.answered, premature = n.premature,
+                "HTTP/2 connection ended");
+            res
         }
     };
     // An upgraded connection lives on as its tunnel.

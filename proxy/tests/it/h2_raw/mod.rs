@@ -124,6 +124,7 @@ pub async fn one_at_a_time() -> tokio::sync::MutexGuard<'static, ()> {
 /// while the attack runs; and a sampler of the proxy's peak memory.
 pub struct Watch {
     stop: Arc<AtomicBool>,
+    asked: Arc<AtomicU64>,
     client: tokio::task::JoinHandle<(u32, u32, Duration)>,
     peak_kb: Arc<AtomicU64>,
     sampler: std::thread::JoinHandle<()>,
@@ -143,6 +144,7 @@ impl Watch {
         }
         let baseline_kb = proxy.rss_kb();
         let stop = Arc::new(AtomicBool::new(false));
+        let asked = Arc::new(AtomicU64::new(0));
         let peak_kb = Arc::new(AtomicU64::new(baseline_kb));
         let sampler = {
             let (stop, peak) = (stop.clone(), peak_kb.clone());
@@ -161,10 +163,11 @@ impl Watch {
             })
         };
         let client = {
-            let stop = stop.clone();
+            let (stop, asked) = (stop.clone(), asked.clone());
             tokio::spawn(async move {
                 let (mut ok, mut failed, mut worst) = (0u32, 0u32, Duration::ZERO);
                 while !stop.load(Ordering::Relaxed) {
+                    asked.fetch_add(1, Ordering::Relaxed);
                     let start = Instant::now();
                     let r = tokio::time::timeout(
                         MAX_BYSTANDER_LATENCY * 2,
@@ -183,11 +186,19 @@ impl Watch {
         };
         Watch {
             stop,
+            asked,
             client,
             peak_kb,
             sampler,
             baseline_kb,
         }
+    }
+
+    /// Requests the bystander has sent so far (the warm-up's 20 not
+    /// counted), to tell its requests from an attacker's in the proxy's
+    /// request count.
+    pub fn asked(&self) -> u64 {
+        self.asked.load(Ordering::Relaxed)
     }
 
     /// Stops watching and checks the bystander and the memory.

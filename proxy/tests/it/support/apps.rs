@@ -34,6 +34,26 @@ pub async fn http_server() -> SocketAddr {
     .unwrap()
 }
 
+/// [`http_server`] whose HTTP/2 side takes any number of streams reset
+/// before it accepted them (hyper's default closes the connection after 20:
+/// h2's own rapid-reset guard). A proxy relays its clients' cancellations
+/// over one shared upstream connection, and an upstream that lags behind
+/// (a loaded machine) then sees them as a rapid reset of its own and closes
+/// that connection, failing the requests of every other client on it: the
+/// h2_abuse tests use this server to measure the proxy's defences, not that
+/// upstream policy.
+pub async fn http_server_taking_resets() -> SocketAddr {
+    serve("127.0.0.1:0", |tcp| async move {
+        let mut b = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+        b.http2().max_pending_accept_reset_streams(Some(usize::MAX));
+        let _ = b
+            .serve_connection_with_upgrades(TokioIo::new(tcp), service_fn(app))
+            .await;
+    })
+    .await
+    .unwrap()
+}
+
 /// Binds `bind` and hands every accepted connection to `conn`, each on a
 /// task of its own, for as long as the test runtime lives.
 async fn serve<F, Fut>(bind: &str, conn: F) -> std::io::Result<SocketAddr>
