@@ -1,7 +1,7 @@
 //! Upstream HTTP connections: HTTP/1.1 connections pooled per upstream
-//! (keep-alive, reused when idle) and one multiplexed HTTP/2 connection per
-//! upstream. Peer proxies are always reached over HTTP/2, so all HTTP
-//! between two proxies shares one connection.
+//! (keep-alive, reused when idle) and [`H2_CONNECTIONS`] multiplexed HTTP/2
+//! connections per upstream, taken in turn. Peer proxies are always reached
+//! over HTTP/2, so all HTTP between two proxies shares those connections.
 
 use super::Body;
 use crate::transport::{self, Connector, MeshProto, NextHop};
@@ -9,6 +9,7 @@ use conduit_base::sync::Unpoisoned;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tracing::debug;
@@ -69,8 +70,18 @@ pub struct Client {
     connector: Arc<dyn Connector>,
     settings: ClientSettings,
     h1: Mutex<Pool<H1Idle>>,
-    h2: Mutex<Pool<H2Slot>>,
+    h2: Mutex<Pool<[H2Slot; H2_CONNECTIONS]>>,
+    h2_next: AtomicUsize,
 }
+
+/// HTTP/2 connections per upstream (a peer proxy, an HTTP/2 application),
+/// requests spread over them in turn. One connection's reads, writes,
+/// framing and TLS are one task, so under load every request through the
+/// mesh queued behind that one task on one core; two let both cores of a
+/// small node work on one peer's traffic (mesh benchmark, HTTP/2 at the
+/// maximum rate: 0.22x direct with one, 0.30x with two, 0.27x with four;
+/// docs/benchmarks.md). Each costs an idle upstream connection's memory.
+pub const H2_CONNECTIONS: usize = 2;
 
 impl Client {
     pub fn new(connector: Arc<dyn Connector>, settings: ClientSettings) -> Self {
@@ -79,6 +90,7 @@ impl Client {
             settings,
             h1: Mutex::default(),
             h2: Mutex::default(),
+            h2_next: Default::default(),
         }
     }
 
@@ -243,9 +255,10 @@ impl Client {
         let slot = {
             let mut pool = self.h2.locked();
             // Cloning the key only for a new upstream.
+            let i = self.h2_next.fetch_add(1, Ordering::Relaxed) % H2_CONNECTIONS;
             match pool.get(up) {
-                Some(slot) => slot.clone(),
-                None => pool.entry(up.clone()).or_default().clone(),
+                Some(slots) => slots[i].clone(),
+                None => pool.entry(up.clone()).or_default()[i].clone(),
             }
         };
         // Fast path: an open connection, no waiting behind a connect.
@@ -302,9 +315,11 @@ impl Client {
         });
         drop(h1);
         let mut h2 = self.h2.locked();
-        h2.retain(|_, slot| match slot.try_lock() {
-            Ok(g) => g.as_ref().is_some_and(|s| !s.is_closed()),
-            Err(_) => true,
+        h2.retain(|_, slots| {
+            slots.iter().any(|slot| match slot.try_lock() {
+                Ok(g) => g.as_ref().is_some_and(|s| !s.is_closed()),
+                Err(_) => true,
+            })
         });
     }
 }

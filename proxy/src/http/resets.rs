@@ -28,8 +28,8 @@
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
-use tokio::time::Instant;
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
+use tokio::time::Instant;
 
 /// Streams a client may cancel before their response (within
 /// [`PREMATURE_WINDOW`] of being accepted) on one connection while they
@@ -167,7 +167,11 @@ mod tests {
             (1_000_000, 1_000_001, true),
             (u64::MAX, u64::MAX, false),
         ] {
-            assert_eq!(over_limit(answered, premature), close, "{answered} {premature}");
+            assert_eq!(
+                over_limit(answered, premature),
+                close,
+                "{answered} {premature}"
+            );
         }
     }
 

@@ -63,7 +63,10 @@ async fn rapid_reset_is_cut_off_and_others_are_served() {
     // (more than 20 reset streams waiting to be taken) or the proxy's own
     // close (more than MAX_PREMATURE_RESETS streams cancelled after being
     // forwarded); the client may see either as a broken pipe, still writing.
-    assert!(cut, "the attacker sent {sent} streams and was never cut off");
+    assert!(
+        cut,
+        "the attacker sent {sent} streams and was never cut off"
+    );
     let started = proxy.metric("conduit_request_total", "outbound").await - before;
     // The bystander's requests are in that count too.
     let started = started as u64 - (watch.asked() - asked_before).min(started as u64);
@@ -155,9 +158,7 @@ async fn paced_rapid_reset_is_cut_off_after_the_premature_reset_limit() {
         .expect("the proxy ends the attacking connection")
         .unwrap();
     let closed = proxy.metric("conduit_errors_total", "rapid_reset").await;
-    eprintln!(
-        "paced rapid reset: connection ended: {ended:?}; rapid_reset closes: {closed}"
-    );
+    eprintln!("paced rapid reset: connection ended: {ended:?}; rapid_reset closes: {closed}");
     // A few resets may still be on their way when the limit's stream is
     // forwarded.
     assert!(
