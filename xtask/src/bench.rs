@@ -77,19 +77,26 @@ pub fn run(opts: &Options) -> Result<()> {
         args.extend(["--duration".to_owned(), d.clone()]);
     }
     exec(
-        Command::new("cargo")
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "conduit-bench",
-                "--bin",
-                bin,
-                "--",
-            ])
+        program(bin)
             .args(&args)
             .env("CONDUIT_BIN_DIR", target_dir().join("release"))
             .current_dir(root()),
         "the benchmark failed: see its output above",
     )
+}
+
+/// `cargo run` of benchmark program `bin` (bench crate, release), ready for
+/// its arguments.
+pub fn program(bin: &str) -> Command {
+    let mut cmd = Command::new("cargo");
+    cmd.args([
+        "run",
+        "--release",
+        "-p",
+        "conduit-bench",
+        "--bin",
+        bin,
+        "--",
+    ]);
+    cmd
 }

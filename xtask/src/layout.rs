@@ -92,16 +92,7 @@ pub fn run(opts: &Options) -> Result<()> {
     }
     let t = crate::util::step("training run: the mesh benchmark with both proxies under callgrind");
     exec(
-        Command::new("cargo")
-            .args([
-                "run",
-                "--release",
-                "-p",
-                "conduit-bench",
-                "--bin",
-                "conduit-mesh-bench",
-                "--",
-            ])
+        crate::bench::program("conduit-mesh-bench")
             .args(TRAINING)
             .env("CONDUIT_BIN_DIR", &bin_dir)
             .current_dir(root()),
