@@ -61,8 +61,16 @@ impl TestServer {
 /// Runs the test client once in `pod`: it dials `addr`, sends a line and
 /// reads the reply line.
 pub fn client(env: &Env, pod: &str, addr: SocketAddr) -> Result<ClientReport> {
-    let done = env
-        .spawn(pod, "app", bins::find(bins::TEST_APP)?)?
+    client_as(env, pod, addr, None)
+}
+
+/// [`client`], run as `uid` (its own gid too) when given.
+pub fn client_as(env: &Env, pod: &str, addr: SocketAddr, uid: Option<u32>) -> Result<ClientReport> {
+    let mut spawn = env.spawn(pod, "app", bins::find(bins::TEST_APP)?)?;
+    if let Some(uid) = uid {
+        spawn = spawn.user(uid, uid);
+    }
+    let done = spawn
         .args([
             "client",
             "--connect",

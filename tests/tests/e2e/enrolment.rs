@@ -7,10 +7,8 @@
 use anyhow::{Context, Result, ensure};
 use conduit_tests::checks::{captured_outbound, direct};
 use conduit_tests::env::PROXY_UID;
-use conduit_tests::report::ClientReport;
-use conduit_tests::{Agent, Env, ProxyMode, TestProxy, TestServer, bins, client};
-use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use conduit_tests::{Agent, Env, ProxyMode, TestProxy, TestServer, client, client_as};
+use std::net::IpAddr;
 
 /// Over IPv4 and IPv6 at once: pod `other` reaches the server directly while
 /// pod `enrolled` is captured, and only `enrolled` is in the agent's status.
@@ -83,29 +81,6 @@ fn non_enrolled_namespace_not_captured() -> Result<()> {
     Ok(())
 }
 
-/// The test client run in `pod` as the proxy's uid (1337), in the
-/// application's cgroup: it dials `dst` once.
-fn client_as_proxy_uid(env: &Env, pod: &str, dst: SocketAddr) -> Result<ClientReport> {
-    let done = env
-        .spawn(pod, "app", bins::find(bins::TEST_APP)?)?
-        .user(PROXY_UID, PROXY_UID)
-        .args([
-            "client",
-            "--connect",
-            &dst.to_string(),
-            "--send",
-            &format!("hello from {pod}"),
-        ])
-        .quiet()
-        .run(Duration::from_secs(15))?;
-    let line = done
-        .stdout()
-        .last()
-        .with_context(|| format!("the client printed nothing: {}", done.stderr()))?
-        .to_owned();
-    serde_json::from_str(&line).with_context(|| format!("client output: {line}"))
-}
-
 /// An application that runs under the proxy's uid (by mistake, or to
 /// bypass the mesh) is captured like any other: the proxy's own sockets are
 /// told apart by the proxy's cgroup, not by its uid.
@@ -124,7 +99,7 @@ fn app_running_as_proxy_uid_is_still_captured() -> Result<()> {
     )?;
     let s = env.pod("server");
     for dst in [s.v4(8080), s.v6(8080)] {
-        let report = client_as_proxy_uid(&env, "enrolled", dst)?;
+        let report = client_as(&env, "enrolled", dst, Some(PROXY_UID))?;
         captured_outbound(&report, dst)
             .with_context(|| format!("an app running as uid {PROXY_UID}"))?;
     }
