@@ -132,11 +132,10 @@ pub fn run(opts: &Options) -> Result<()> {
     let file = root().join(ORDER_FILE);
     std::fs::write(&file, text).with_context(|| format!("writing {}", file.display()))?;
     eprintln!(
-        "    {} functions run by the proxies ({} callgrind files): {} of {} functions, {:.2} of {:.2} MB of code, written to {ORDER_FILE}",
-        order.len(),
-        files,
+        "    the proxies ran {} of the binary's {} functions ({} callgrind files), {:.2} of {:.2} MB of code: written to {ORDER_FILE}",
         order.len(),
         symbols.len(),
+        files,
         bytes as f64 / 1e6,
         total as f64 / 1e6,
     );
