@@ -150,6 +150,21 @@ async fn an_unreachable_application_is_unavailable_to_a_grpc_client() {
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
 }
 
+/// A call whose application dies while it is in flight (sent, never
+/// answered: the fault suite's endpoint killed under load) is UNAVAILABLE,
+/// `upstream request failed`, to the client: the old code answered a 502
+/// with a text body (`Internal`, compression flag 117).
+#[tokio::test]
+async fn a_call_lost_in_flight_is_unavailable_to_a_grpc_client() {
+    let mesh = Mesh::start(support::apps::h2_server_dying_mid_call().await).await;
+    let mut c = client(&mesh).await;
+    let err = c.unary(msg("lost", 0)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "upstream request failed", "{err:?}");
+    let m = metrics(&mesh.outbound).await;
+    assert_eq!(classified(&m, "outbound"), (0.0, 1.0), "{m}");
+}
+
 /// The proxy's request timeout is DEADLINE_EXCEEDED to a gRPC client (the
 /// old code: `Internal`, compression flag 114, the `r` of `request timeout`).
 #[tokio::test]
