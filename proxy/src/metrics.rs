@@ -1,9 +1,18 @@
 //! Golden metrics, exposed on the admin `/metrics` endpoint in Prometheus
 //! text format. Every label set is bounded: directions, protocols, status
-//! classes and reasons are fixed vocabularies, and destination names pass
-//! through [`DstLabels`], which admits a fixed number of distinct values and
-//! folds the rest into `overflow`.
+//! classes, classifications (`success`, `failure`) and reasons are fixed
+//! vocabularies, and destination names pass through [`DstLabels`], which
+//! admits a fixed number of distinct values and folds the rest into
+//! `overflow`.
+//!
+//! A response is counted with its `classification`
+//! ([`crate::http::classify`]): a failure is an HTTP 5xx, or a gRPC
+//! response whose `grpc-status` is not 0 (from the headers of a
+//! trailers-only response, else from the trailers, counted when the body
+//! ends) or whose stream ended without a status. gRPC errors travel in
+//! HTTP 200 responses: by status class alone they are successes.
 
+use crate::http::grpc::Class;
 use conduit_base::sync::Unpoisoned;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -49,6 +58,8 @@ pub struct RspLabels {
     pub peer_identity: String,
     /// `1xx` .. `5xx`.
     pub status_class: &'static str,
+    /// `success` or `failure` (gRPC-aware, see the module's doc).
+    pub classification: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -152,7 +163,7 @@ impl Metrics {
         );
         r.register(
             "response",
-            "HTTP responses sent, by status class",
+            "HTTP responses sent, by status class and classification (success, failure: 5xx, gRPC status not OK)",
             m.responses.clone(),
         );
         r.register(
@@ -248,8 +259,16 @@ struct PeerSeries {
     peer: Option<String>,
     label: String,
     latency: std::sync::OnceLock<Histogram>,
-    /// Responses by status class (`1xx` .. `5xx`).
-    responses: [std::sync::OnceLock<Counter>; 5],
+    /// Responses by status class (`1xx` .. `5xx`) and classification
+    /// ([`response_index`]).
+    responses: [std::sync::OnceLock<Counter>; 2 * STATUS_CLASSES.len()],
+}
+
+/// A response whose latency is recorded and whose count waits for its
+/// classification ([`ConnHttpMetrics::count`]).
+pub struct Uncounted {
+    series: Arc<PeerSeries>,
+    status: u16,
 }
 
 /// Peers remembered per connection; beyond this the list is not grown
@@ -294,11 +313,16 @@ impl ConnHttpMetrics {
             .inc_by(n);
     }
 
-    /// Records one response: its latency and its status class, for the
-    /// peer identity the hop had (`None`: plaintext).
-    pub fn response(&self, peer: Option<&str>, status: u16, latency: std::time::Duration) {
+    /// Records one response's latency (its headers are ready), for the
+    /// peer identity the hop had (`None`: plaintext); [`Self::count`]
+    /// counts it once classified.
+    pub fn response(
+        &self,
+        peer: Option<&str>,
+        status: u16,
+        latency: std::time::Duration,
+    ) -> Uncounted {
         let series = self.peer(peer);
-        let class = status_class(status);
         series
             .latency
             .get_or_init(|| {
@@ -312,7 +336,13 @@ impl ConnHttpMetrics {
                     .clone()
             })
             .observe(latency.as_secs_f64());
-        series.responses[status_class_index(status)]
+        Uncounted { series, status }
+    }
+
+    /// Counts a response by status class and classification.
+    pub fn count(&self, r: Uncounted, class: Class) {
+        let Uncounted { series, status } = r;
+        series.responses[response_index(status, class)]
             .get_or_init(|| {
                 self.metrics
                     .responses
@@ -320,7 +350,8 @@ impl ConnHttpMetrics {
                         direction: self.direction,
                         dst: self.dst.clone(),
                         peer_identity: series.label.clone(),
-                        status_class: class,
+                        status_class: status_class(status),
+                        classification: class.as_str(),
                     })
                     .clone()
             })
@@ -390,6 +421,11 @@ pub fn status_class(status: u16) -> &'static str {
     STATUS_CLASSES[status_class_index(status)]
 }
 
+/// Index of a response's series in [`PeerSeries::responses`].
+fn response_index(status: u16, class: Class) -> usize {
+    2 * status_class_index(status) + usize::from(class == Class::Failure)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,38 +468,71 @@ mod tests {
         c.request();
         c.request();
         let ms = std::time::Duration::from_millis(1);
-        c.response(Some("spiffe://td/ns/a/sa/web"), 200, ms);
-        c.response(Some("spiffe://td/ns/a/sa/web"), 503, ms);
-        c.response(None, 200, ms);
+        let respond =
+            |peer: Option<&str>, status, class| c.count(c.response(peer, status, ms), class);
+        respond(Some("spiffe://td/ns/a/sa/web"), 200, Class::Success);
+        respond(Some("spiffe://td/ns/a/sa/web"), 503, Class::Failure);
+        // A gRPC error in an HTTP 200.
+        respond(Some("spiffe://td/ns/a/sa/web"), 200, Class::Failure);
+        respond(None, 200, Class::Success);
         c.retries(2);
         for i in 0..MAX_PEERS_PER_CONN + 3 {
-            c.response(Some(&format!("spiffe://td/ns/a/sa/p{i}")), 404, ms);
+            respond(
+                Some(&format!("spiffe://td/ns/a/sa/p{i}")),
+                404,
+                Class::Success,
+            );
         }
         let last = format!("spiffe://td/ns/a/sa/p{}", MAX_PEERS_PER_CONN + 2);
-        c.response(Some(&last), 404, ms);
+        respond(Some(&last), 404, Class::Success);
         let mut out = String::new();
         prometheus_client::encoding::text::encode(&mut out, &reg).unwrap();
         let has = |line: &str| assert!(out.contains(line), "missing {line}\n{out}");
         has(r#"conduit_request_total{direction="outbound",dst="web:80"} 2"#);
         has(r#"conduit_retry_total{direction="outbound",dst="web:80"} 2"#);
         has(
-            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web",status_class="2xx"} 1"#,
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web",status_class="2xx",classification="success"} 1"#,
         );
         has(
-            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web",status_class="5xx"} 1"#,
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web",status_class="2xx",classification="failure"} 1"#,
         );
         has(
-            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="none",status_class="2xx"} 1"#,
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web",status_class="5xx",classification="failure"} 1"#,
+        );
+        has(
+            r#"conduit_response_total{direction="outbound",dst="web:80",peer_identity="none",status_class="2xx",classification="success"} 1"#,
         );
         has(&format!(
-            r#"conduit_response_total{{direction="outbound",dst="web:80",peer_identity="{last}",status_class="4xx"}} 2"#
+            r#"conduit_response_total{{direction="outbound",dst="web:80",peer_identity="{last}",status_class="4xx",classification="success"}} 2"#
         ));
         has(
             r#"conduit_response_latency_seconds_count{direction="outbound",dst="web:80",peer_identity="none"} 1"#,
         );
+        has(
+            r#"conduit_response_latency_seconds_count{direction="outbound",dst="web:80",peer_identity="spiffe://td/ns/a/sa/web"} 3"#,
+        );
         assert!(
             !out.contains(r#"peer_identity="none",status_class="5xx""#),
             "{out}"
+        );
+    }
+
+    /// Each (status class, classification) has its own slot.
+    #[test]
+    fn response_slots_are_distinct() {
+        let mut seen = HashSet::new();
+        for status in [100, 200, 301, 404, 503] {
+            for class in [Class::Success, Class::Failure] {
+                let i = response_index(status, class);
+                assert!(i < 2 * STATUS_CLASSES.len());
+                assert!(seen.insert(i), "{status} {class:?} shares slot {i}");
+            }
+        }
+        assert_eq!(seen.len(), 2 * STATUS_CLASSES.len());
+        // Anything out of range counts as 5xx.
+        assert_eq!(
+            response_index(999, Class::Failure),
+            response_index(503, Class::Failure)
         );
     }
 }

@@ -1,8 +1,10 @@
 //! The echo gRPC service (`proto/echo.proto`): every call kind tonic has,
 //! answered so a test can tell what went through. `Unary` echoes the text
 //! (`"deadline"` answers the `grpc-timeout` it received, `"sleep"` answers
-//! after 5 s, for deadline tests), `ClientStream` counts messages and bytes,
-//! `ServerStream` sends `count` items, `Bidi` answers each message.
+//! after 5 s, for deadline tests, [`FAIL`] fails with UNAVAILABLE),
+//! `ClientStream` counts messages and bytes, `ServerStream` sends `count`
+//! items (then, with the text [`FAIL`], fails the stream with UNAVAILABLE:
+//! the status in the trailers), `Bidi` answers each message.
 
 use std::net::SocketAddr;
 use std::pin::Pin;
@@ -22,6 +24,9 @@ use pb::echo_server::{Echo, EchoServer};
 /// Largest message the server and [`client`] accept (the proxy's tests send
 /// several MB).
 pub const MAX_MESSAGE: usize = 64 << 20;
+
+/// The text that makes `Unary` and `ServerStream` fail with UNAVAILABLE.
+pub const FAIL: &str = "fail";
 
 /// The service.
 #[derive(Debug, Clone, Copy, Default)]
@@ -43,6 +48,9 @@ impl Echo for Svc {
                 payload: vec![],
                 count: 0,
             }));
+        }
+        if m.text == FAIL {
+            return Err(Status::unavailable("asked to fail"));
         }
         if m.text == "sleep" {
             // A slow server on purpose: the caller's deadline must fire.
@@ -70,7 +78,8 @@ impl Echo for Svc {
     }
     type ServerStreamStream = MsgStream;
     async fn server_stream(&self, req: Request<Msg>) -> Result<Response<MsgStream>, Status> {
-        let n = req.into_inner().count;
+        let m = req.into_inner();
+        let n = m.count;
         let s = tokio_stream::iter((0..n).map(|i| {
             Ok(Msg {
                 text: format!("item {i}"),
@@ -78,7 +87,8 @@ impl Echo for Svc {
                 count: i,
             })
         }));
-        Ok(Response::new(Box::pin(s)))
+        let fail = (m.text == FAIL).then(|| Err(Status::unavailable("asked to fail")));
+        Ok(Response::new(Box::pin(s.chain(tokio_stream::iter(fail)))))
     }
     type BidiStream = MsgStream;
     async fn bidi(&self, req: Request<Streaming<Msg>>) -> Result<Response<MsgStream>, Status> {

@@ -7,7 +7,9 @@
 use super::body_timeout::{BodyTimeout, ReadTimeout, Tripped};
 use super::client::ClientError;
 use super::client_body::{BodyFailed, ClientBody};
-use super::{Body, ORIG_PROTO, Proto, boxed, error_response, headers, replay, tunnel};
+use super::{
+    Answer, Body, ORIG_PROTO, Proto, ProxyError, boxed, error_response, headers, replay, tunnel,
+};
 use crate::balance::{Attempt, CallError, is_idempotent};
 use crate::ctx::{ConnCtx, Shared};
 use crate::metrics::{ConnHttpMetrics, Direction};
@@ -35,27 +37,22 @@ enum ForwardError {
 }
 
 impl ForwardError {
-    fn response(&self) -> Response<Body> {
+    /// What the client is told.
+    fn kind(&self) -> ProxyError {
         use ForwardError::*;
         match self {
-            Call(CallError::NoEndpoints(_)) => {
-                error_response(StatusCode::SERVICE_UNAVAILABLE, "no endpoints")
-            }
-            Call(CallError::Timeout { .. }) => {
-                error_response(StatusCode::GATEWAY_TIMEOUT, "request timeout")
-            }
-            BadRequest(_) => error_response(StatusCode::BAD_REQUEST, "bad request"),
-            BodyTimeout(_) => error_response(StatusCode::REQUEST_TIMEOUT, "request body timeout"),
-            ClientBody => error_response(StatusCode::BAD_REQUEST, "malformed request body"),
+            Call(CallError::NoEndpoints(_)) => ProxyError::NoEndpoints,
+            Call(CallError::Timeout { .. }) => ProxyError::RequestTimeout,
+            BadRequest(_) => ProxyError::BadRequest,
+            BodyTimeout(_) => ProxyError::BodyTimeout,
+            ClientBody => ProxyError::MalformedBody,
             Upstream(ClientError::Connect { source, .. })
                 if source.kind() == std::io::ErrorKind::TimedOut =>
             {
-                error_response(StatusCode::GATEWAY_TIMEOUT, "upstream connect timeout")
+                ProxyError::ConnectTimeout
             }
-            Upstream(ClientError::Connect { .. }) => {
-                error_response(StatusCode::BAD_GATEWAY, "upstream connect failed")
-            }
-            Upstream(_) => error_response(StatusCode::BAD_GATEWAY, "upstream request failed"),
+            Upstream(ClientError::Connect { .. }) => ProxyError::ConnectFailed,
+            Upstream(_) => ProxyError::UpstreamFailed,
         }
     }
 
@@ -92,13 +89,14 @@ pub async fn handle(
     let probe = shared.observe.probe(&conn, &req);
     // Method and URI are kept for the log line of a failed request only.
     let (method, uri) = (req.method().clone(), req.uri().clone());
+    let answer = Answer::for_request(req.headers());
     let tripped = Tripped::default();
     let body_failed = BodyFailed::default();
     let req = req.map(|b| ClientBody::new(b, body_failed.clone()));
     // Boxed: the forwarding future is several KB (balancer, retries, the
     // upstream call), and an unboxed one is copied by every move on the
     // way into hyper's task; this way `handle` itself stays small.
-    let rsp = match Box::pin(forward(&shared, &conn, &metrics, req, &tripped)).await {
+    let rsp = match Box::pin(forward(&shared, &conn, &metrics, req, answer, &tripped)).await {
         Ok(rsp) => rsp,
         Err(e) => {
             // A stalled or malformed client body surfaces as whatever error
@@ -113,21 +111,22 @@ pub async fn handle(
             };
             warn!(direction, client = %conn.client_addr, dst = %conn.dst_label, %method, %uri, "{}", chain(&e));
             m.error(conn.direction, e.reason());
-            e.response()
+            error_response(e.kind(), answer)
         }
     };
     let peer = match conn.direction {
         Direction::Inbound => conn.peer_identity.as_deref(),
         Direction::Outbound => rsp.extensions().get::<PeerIdentity>().map(|p| &*p.0),
     };
-    metrics.response(peer, rsp.status().as_u16(), start.elapsed());
     debug!(direction, %method, %uri, status = rsp.status().as_u16(), "request done");
+    let uncounted = metrics.response(peer, rsp.status().as_u16(), start.elapsed());
     Ok(match probe {
         Some(p) => {
             let peer_id = peer.map(str::to_owned);
+            let rsp = super::classify::count(&metrics, answer, uncounted, rsp);
             p.respond(rsp, peer_id.as_deref())
         }
-        None => rsp,
+        None => super::classify::count(&metrics, answer, uncounted, rsp),
     })
 }
 
@@ -136,6 +135,7 @@ async fn forward(
     conn: &Arc<ConnCtx>,
     metrics: &ConnHttpMetrics,
     mut req: Request<ClientBody<Incoming>>,
+    answer: Answer,
     tripped: &Tripped,
 ) -> Result<Response<Body>, ForwardError> {
     if conn.direction == Direction::Inbound
@@ -188,7 +188,7 @@ async fn forward(
                 )));
             };
             match send_or_return(&shared, &conn, hop, req, orig_h1).await {
-                Ok(r) if r.status().is_server_error() => Attempt::Failure(Ok(r)),
+                Ok(r) if failed_attempt(answer, &r) => Attempt::Failure(Ok(r)),
                 Ok(r) => Attempt::Success(Ok(r)),
                 Err((e, Some(req))) => {
                     *unsent.locked() = Some(req);
@@ -203,6 +203,23 @@ async fn forward(
         metrics.retries(attempts - 1);
     }
     result?
+}
+
+/// An answer that counts against its endpoint (failure accrual) and is
+/// tried again elsewhere when the request may be: a 5xx, or, for a gRPC
+/// request, a peer proxy's own UNAVAILABLE or DEADLINE_EXCEEDED (its
+/// answer for what is a 502, 503 or 504 to a plain request: a gRPC
+/// request is answered in gRPC, in an HTTP 200). An application's gRPC
+/// error is its answer, as a 4xx is.
+fn failed_attempt<B>(answer: Answer, rsp: &Response<B>) -> bool {
+    rsp.status().is_server_error()
+        || (answer == Answer::Grpc
+            && rsp.headers().contains_key(super::ERROR_HEADER)
+            && matches!(
+                super::grpc::status(rsp.headers()),
+                Some(c) if c == super::grpc::Code::Unavailable as i32
+                    || c == super::grpc::Code::DeadlineExceeded as i32
+            ))
 }
 
 /// One attempt towards one next hop, handing the request back when its
@@ -316,6 +333,44 @@ fn chain(e: &dyn std::error::Error) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn failed_attempts() {
+        // (request shape, HTTP status, conduit-proxy-error, grpc-status, failed)
+        let cases: &[(Answer, u16, bool, Option<&str>, bool)] = &[
+            (Answer::Http, 200, false, None, false),
+            (Answer::Http, 404, false, None, false),
+            (Answer::Http, 502, true, None, true),
+            (Answer::Http, 500, false, None, true),
+            // A plain request's headers are not looked at.
+            (Answer::Http, 200, true, Some("14"), false),
+            (Answer::Grpc, 200, false, Some("0"), false),
+            // The peer proxy could not reach its application.
+            (Answer::Grpc, 200, true, Some("14"), true),
+            (Answer::Grpc, 200, true, Some("4"), true),
+            // Refused by its policy, or a bad request: an answer.
+            (Answer::Grpc, 200, true, Some("7"), false),
+            (Answer::Grpc, 200, true, Some("13"), false),
+            // The application's own UNAVAILABLE: its answer.
+            (Answer::Grpc, 200, false, Some("14"), false),
+            (Answer::Grpc, 503, false, None, true),
+        ];
+        for (answer, status, proxy_error, grpc_status, want) in cases {
+            let mut b = Response::builder().status(*status);
+            if *proxy_error {
+                b = b.header(super::super::ERROR_HEADER, "x");
+            }
+            if let Some(g) = grpc_status {
+                b = b.header("grpc-status", *g);
+            }
+            let rsp = b.body(()).unwrap();
+            assert_eq!(
+                failed_attempt(*answer, &rsp),
+                *want,
+                "{answer:?} {status} proxy error {proxy_error} grpc-status {grpc_status:?}"
+            );
+        }
+    }
 
     fn future_size<A, B, C, D, F: std::future::Future>(_: impl Fn(A, B, C, D) -> F) -> usize {
         std::mem::size_of::<F>()

@@ -14,7 +14,7 @@
 
 use super::resets::Resets;
 use super::smuggling::{HeadScanner, Heads};
-use super::{Body, Proto, error_response, forward};
+use super::{Answer, Body, Proto, ProxyError, error_response, forward};
 use crate::ctx::{ConnCtx, Shared};
 use crate::io::Io;
 use crate::metrics::ConnHttpMetrics;
@@ -103,8 +103,8 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
                     if !guard.admit().await {
                         // Closing for rapid reset: nothing more goes upstream.
                         return Ok(error_response(
-                            http::StatusCode::SERVICE_UNAVAILABLE,
-                            "too many streams reset",
+                            ProxyError::TooManyResets,
+                            Answer::for_request(req.headers()),
                         ));
                     }
                     let rsp = forward::handle(s, c, m, req).await;
@@ -183,8 +183,8 @@ fn refuse_ambiguous_framing(
         "refusing a request with both Content-Length and Transfer-Encoding");
     shared.metrics.error(conn.direction, "ambiguous_framing");
     let mut rsp = error_response(
-        http::StatusCode::BAD_REQUEST,
-        "both content-length and transfer-encoding",
+        ProxyError::AmbiguousFraming,
+        Answer::for_request(req.headers()),
     );
     rsp.headers_mut().insert(
         http::header::CONNECTION,

@@ -2,7 +2,7 @@
 //! moment, so a change applies to the next request of an open connection.
 
 use crate::ctx::{ConnCtx, Shared};
-use crate::http::{Body, ERROR_HEADER, empty, error_response};
+use crate::http::{Answer, Body, ERROR_HEADER, ProxyError, error_response};
 use conduit_policy::spec::ServerProtocol;
 use conduit_policy::{Client, Decision, Request, Verdict};
 use http::{HeaderValue, StatusCode};
@@ -98,7 +98,7 @@ pub async fn check_request<B>(
                 if !open {
                     d.verdict = Verdict::Deny;
                     installed.count(d);
-                    return Some(forbidden(is_grpc(req)));
+                    return Some(forbidden(Answer::for_request(req.headers())));
                 }
             }
         }
@@ -112,7 +112,7 @@ pub async fn check_request<B>(
         return None;
     }
     debug!(client = %conn.client_addr, identity = ?conn.peer_identity, port, method = %req.method(), path = req.uri().path(), server = %slot.server, rule = %slot.rule, "inbound policy refused the request");
-    Some(forbidden(is_grpc(req)))
+    Some(forbidden(Answer::for_request(req.headers())))
 }
 
 /// Largest plugin answer body used.
@@ -194,8 +194,8 @@ async fn ask_plugin<B>(
             Ok(None)
         }
         pb::check_response::Decision::Deny(deny) => {
-            if is_grpc(req) {
-                return Ok(Some(forbidden(true)));
+            if let answer @ Answer::Grpc = Answer::for_request(req.headers()) {
+                return Ok(Some(forbidden(answer)));
             }
             let status = match deny.status {
                 0 => StatusCode::FORBIDDEN,
@@ -231,27 +231,8 @@ async fn ask_plugin<B>(
     }
 }
 
-fn is_grpc<B>(req: &http::Request<B>) -> bool {
-    req.headers()
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
-}
-
-const REASON: &str = "forbidden by inbound policy";
-
-/// 403, or for gRPC a trailers-only response with status 7 (PERMISSION_DENIED).
-pub fn forbidden(grpc: bool) -> http::Response<Body> {
-    if !grpc {
-        return error_response(StatusCode::FORBIDDEN, REASON);
-    }
-    let mut rsp = http::Response::new(empty());
-    let h = rsp.headers_mut();
-    h.insert(
-        http::header::CONTENT_TYPE,
-        HeaderValue::from_static("application/grpc"),
-    );
-    h.insert("grpc-status", HeaderValue::from_static("7"));
-    h.insert("grpc-message", HeaderValue::from_static(REASON));
-    h.insert(ERROR_HEADER, HeaderValue::from_static(REASON));
-    rsp
+/// 403, or for gRPC a trailers-only response with status 7
+/// (PERMISSION_DENIED): the proxy's error answer ([`error_response`]).
+pub fn forbidden(answer: Answer) -> http::Response<Body> {
+    error_response(ProxyError::Forbidden, answer)
 }

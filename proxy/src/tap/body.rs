@@ -37,11 +37,6 @@ pub fn micros(start: Instant) -> u64 {
     u64::try_from(start.elapsed().as_micros()).unwrap_or(u64::MAX)
 }
 
-/// `grpc-status` of a header map, if present and numeric.
-pub fn grpc_status(h: &http::HeaderMap) -> Option<i32> {
-    h.get("grpc-status")?.to_str().ok()?.trim().parse().ok()
-}
-
 impl http_body::Body for ObservedBody {
     type Data = Bytes;
     type Error = BoxError;
@@ -58,7 +53,7 @@ impl http_body::Body for ObservedBody {
                     if let Some(d) = f.data_ref() {
                         e.rsp_bytes += d.len() as u64;
                     } else if let Some(t) = f.trailers_ref() {
-                        e.grpc_status = grpc_status(t).or(e.grpc_status);
+                        e.grpc_status = crate::http::grpc::status(t).or(e.grpc_status);
                     }
                 }
             }

@@ -139,7 +139,7 @@ impl Probe {
     /// wrap the body so the event is emitted when it ends.
     pub fn respond(mut self, rsp: Response<Body>, peer_identity: Option<&str>) -> Response<Body> {
         self.event.status = rsp.status().as_u16();
-        self.event.grpc_status = body::grpc_status(rsp.headers());
+        self.event.grpc_status = crate::http::grpc::status(rsp.headers());
         self.event.peer_identity = peer_identity.map(bounded);
         self.event.latency_us = body::micros(self.start);
         let Self { obs, event, start } = self;

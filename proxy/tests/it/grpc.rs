@@ -1,6 +1,7 @@
 //! gRPC with a real tonic service and client through the mesh: unary,
 //! client streaming, server streaming, bidirectional streaming, deadlines,
-//! and messages of several MB.
+//! messages of several MB, the proxy's own errors as gRPC statuses, and
+//! gRPC errors counted as failures in the metrics.
 
 use crate::support;
 
@@ -84,6 +85,146 @@ async fn every_call_kind_through_the_mesh() {
 
     let m = metrics(&mesh.outbound).await;
     assert_sample(&m, "conduit_response_total", &["outbound", "2xx"], 4.0);
+    assert_sample(&m, "conduit_response_total", &["outbound", "success"], 4.0);
+}
+
+fn msg(text: &str, count: u32) -> Msg {
+    Msg {
+        text: text.into(),
+        payload: vec![],
+        count,
+    }
+}
+
+/// The `classification` of `direction` responses in a metrics page, with
+/// status class 2xx: (successes, failures).
+fn classified(page: &str, direction: &str) -> (f64, f64) {
+    let n = |class: &str| {
+        support::sample(
+            page,
+            "conduit_response_total",
+            &[
+                direction,
+                "status_class=\"2xx\"",
+                &format!("classification=\"{class}\""),
+            ],
+        )
+    };
+    (n("success"), n("failure"))
+}
+
+/// A gRPC call the proxies cannot deliver ends with a gRPC status a client
+/// understands (UNAVAILABLE), not an HTTP 502 with a text body, which
+/// tonic read as gRPC framing before the HTTP status: the old code fails
+/// here with `Internal: protocol error: received message with invalid
+/// compression flag: 117` (the `u` of `upstream connect failed`).
+#[tokio::test]
+async fn an_unreachable_application_is_unavailable_to_a_grpc_client() {
+    // Nothing listens where the application should be: the inbound proxy
+    // cannot connect, and answers for it.
+    let dead = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let mesh = Mesh::start(dead).await;
+    let mut c = client(&mesh).await;
+    for _ in 0..2 {
+        let err = c.unary(msg("hi", 0)).await.unwrap_err();
+        assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+        assert_eq!(err.message(), "upstream connect failed", "{err:?}");
+        assert_eq!(
+            err.metadata()
+                .get("conduit-proxy-error")
+                .and_then(|v| v.to_str().ok()),
+            Some("upstream connect failed"),
+            "{err:?}"
+        );
+    }
+    // Both proxies count them as failures, though in HTTP 200 responses.
+    for (p, direction) in [(&mesh.outbound, "outbound"), (&mesh.inbound, "inbound")] {
+        let m = metrics(p).await;
+        assert_eq!(classified(&m, direction), (0.0, 2.0), "{direction}:\n{m}");
+    }
+    // The channel still works for the next call (nothing was broken).
+    let err = c.unary(msg("again", 0)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+}
+
+/// A call whose application dies while it is in flight (sent, never
+/// answered: the fault suite's endpoint killed under load) is UNAVAILABLE,
+/// `upstream request failed`, to the client: the old code answered a 502
+/// with a text body (`Internal`, compression flag 117).
+#[tokio::test]
+async fn a_call_lost_in_flight_is_unavailable_to_a_grpc_client() {
+    let mesh = Mesh::start(support::apps::h2_server_dying_mid_call().await).await;
+    let mut c = client(&mesh).await;
+    let err = c.unary(msg("lost", 0)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "upstream request failed", "{err:?}");
+    let m = metrics(&mesh.outbound).await;
+    assert_eq!(classified(&m, "outbound"), (0.0, 1.0), "{m}");
+}
+
+/// The proxy's request timeout is DEADLINE_EXCEEDED to a gRPC client (the
+/// old code: `Internal`, compression flag 114, the `r` of `request timeout`).
+#[tokio::test]
+async fn the_proxys_request_timeout_is_deadline_exceeded() {
+    let mesh = Mesh::start_with(grpc_app().await, |c| {
+        c.request_timeout = Some(Duration::from_millis(300))
+    })
+    .await;
+    let mut c = client(&mesh).await;
+    // The echo service answers "sleep" after 5 s; the client sets no deadline.
+    let err = c.unary(msg("sleep", 0)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::DeadlineExceeded, "{err:?}");
+    assert_eq!(err.message(), "request timeout", "{err:?}");
+    let m = metrics(&mesh.outbound).await;
+    assert_eq!(classified(&m, "outbound"), (0.0, 1.0), "{m}");
+}
+
+/// An application's gRPC errors are failures in the metrics (they travel
+/// in HTTP 200 responses: by status class alone they were successes), from
+/// the headers of a trailers-only answer or from the trailers at the end
+/// of a stream; OK calls are successes.
+#[tokio::test]
+async fn grpc_errors_of_the_application_count_as_failures() {
+    let mesh = Mesh::start(grpc_app().await).await;
+    let mut c = client(&mesh).await;
+    assert_eq!(
+        c.unary(msg("ok", 0)).await.unwrap().into_inner().text,
+        "echo ok"
+    );
+    // Trailers-only: grpc-status 14 in the response headers.
+    let err = c.unary(msg(echo::FAIL, 0)).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert_eq!(err.message(), "asked to fail");
+    // A stream of 3 items, then grpc-status 14 in the trailers.
+    let mut down = c
+        .server_stream(msg(echo::FAIL, 3))
+        .await
+        .unwrap()
+        .into_inner();
+    for i in 0..3 {
+        assert_eq!(
+            down.next().await.unwrap().unwrap().text,
+            format!("item {i}")
+        );
+    }
+    let err = down.next().await.unwrap().unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
+    assert!(down.next().await.is_none());
+    // A stream that ends well: grpc-status 0 in the trailers.
+    let mut down = c.server_stream(msg("", 2)).await.unwrap().into_inner();
+    let mut n = 0;
+    while let Some(m) = down.next().await {
+        m.unwrap();
+        n += 1;
+    }
+    assert_eq!(n, 2);
+    for (p, direction) in [(&mesh.outbound, "outbound"), (&mesh.inbound, "inbound")] {
+        let m = metrics(p).await;
+        assert_eq!(classified(&m, direction), (2.0, 2.0), "{direction}:\n{m}");
+    }
 }
 
 #[tokio::test]

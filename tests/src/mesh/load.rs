@@ -124,6 +124,29 @@ pub fn figures(records: &[Record], from_ms: f64, to_ms: f64) -> Figures {
     }
 }
 
+/// The target when one endpoint (or its proxy) dies under load, with at
+/// most `in_flight` gRPC calls outstanding to it:
+///
+/// * no HTTP/1.1 request fails: the load's are `GET`s, idempotent, which
+///   the client's proxy retries on the other endpoint;
+/// * at most `in_flight` gRPC calls fail: a call already sent to the dead
+///   endpoint is a `POST`, not known to be idempotent, and is not replayed
+///   (replaying it could run it twice); calls not yet sent are tried on
+///   the other endpoint;
+/// * a gRPC call that fails gets a gRPC status, `UNAVAILABLE`, from the
+///   client's proxy: never a protocol error (before, the proxy answered
+///   with an HTTP 502 and a text body, which tonic read as gRPC framing:
+///   `invalid compression flag: 117`).
+pub fn endpoint_lost(r: &LoadReport, in_flight: u64) -> bool {
+    let failed = |p: &str| r.by_protocol.get(p).map_or(0, |f| f.failed);
+    let clean = r.total.errors.keys().all(|e| {
+        !e.contains("protocol error")
+            && !e.contains("compression flag")
+            && (!e.starts_with("grpc:") || e.starts_with("grpc: gRPC Unavailable"))
+    });
+    failed("http1") == 0 && failed("grpc") <= in_flight && clean && r.total.succeeded > 0
+}
+
 /// The load loop running in a pod.
 #[derive(Debug)]
 pub struct LoadLoop {
@@ -327,6 +350,58 @@ mod tests {
             );
             assert_eq!(f.longest_gap_ms, *gap, "case {i}");
             assert_eq!(f.max_latency_ms, *slow, "case {i}");
+        }
+    }
+
+    #[test]
+    fn the_target_when_an_endpoint_is_lost() {
+        let report = |http_failed: u64, grpc_failed: u64, errors: &[&str]| {
+            let fig = |failed| Figures {
+                sent: 100,
+                succeeded: 100 - failed,
+                failed,
+                ..Figures::default()
+            };
+            let mut total = fig(http_failed + grpc_failed);
+            total.errors = errors.iter().map(|e| (e.to_string(), 1)).collect();
+            LoadReport {
+                window_ms: 1.0,
+                by_protocol: [
+                    ("http1".to_owned(), fig(http_failed)),
+                    ("grpc".to_owned(), fig(grpc_failed)),
+                ]
+                .into(),
+                total,
+            }
+        };
+        let unavailable = "grpc: gRPC Unavailable: upstream request failed";
+        let cases: &[(u64, u64, &[&str], bool)] = &[
+            // (HTTP failed, gRPC failed, error texts, met)
+            (0, 0, &[], true),
+            (0, 1, &[unavailable], true),
+            (0, 2, &[unavailable], true),
+            // More gRPC calls than were in flight.
+            (0, 3, &[unavailable], false),
+            // An idempotent GET lost.
+            (1, 0, &["http1: connection reset"], false),
+            // The old answer: an HTTP 502 read as gRPC framing.
+            (
+                0,
+                1,
+                &[
+                    "grpc: gRPC Internal: protocol error: received message with invalid compression flag: 117",
+                ],
+                false,
+            ),
+            // Any other gRPC failure (a hang, a reset) is not the clean answer.
+            (0, 1, &["grpc: gRPC Cancelled: Timeout expired"], false),
+        ];
+        for (i, (http, grpc, errors, met)) in cases.iter().enumerate() {
+            assert_eq!(
+                endpoint_lost(&report(*http, *grpc, errors), 2),
+                *met,
+                "case {i}"
+            );
         }
     }
 

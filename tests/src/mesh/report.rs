@@ -22,7 +22,8 @@ pub struct Row {
     pub dst: String,
     /// Requests.
     pub requests: f64,
-    /// Responses that were not 5xx nor errors, over all responses.
+    /// Responses classified as successes (not 5xx nor errors; for gRPC,
+    /// `grpc-status: 0`), over all responses.
     pub success_rate: Option<f64>,
     /// Median latency, seconds.
     pub p50: Option<f64>,
@@ -46,7 +47,7 @@ pub fn rows(m: &Metrics) -> Vec<Row> {
             let total = m.sum(RESPONSES, &want);
             let failed: f64 = m
                 .find(RESPONSES, &want)
-                .filter(|s| matches!(s.label("status_class"), Some("5xx" | "error")))
+                .filter(|s| failed(s.label("classification"), s.label("status_class")))
                 .map(|s| s.value)
                 .sum();
             let mut identities = BTreeSet::new();
@@ -68,6 +69,16 @@ pub fn rows(m: &Metrics) -> Vec<Row> {
             }
         })
         .collect()
+}
+
+/// Whether a response series counts failures: by its `classification`
+/// label (`failure`: 5xx, or a gRPC status other than OK in an HTTP 200),
+/// or without one (a proxy from before it), by its status class.
+pub fn failed(classification: Option<&str>, status_class: Option<&str>) -> bool {
+    match classification {
+        Some(c) => c == "failure",
+        None => matches!(status_class, Some("5xx" | "error")),
+    }
 }
 
 /// Every value of an identity label (a label whose name contains
@@ -161,5 +172,30 @@ conduit_response_latency_seconds_bucket{direction="outbound",dst="web.default.sv
         );
         let s = proxy_summary("client", "id", &m);
         assert!(s.contains("success 75.0%"), "{s}");
+    }
+
+    #[test]
+    fn failures_by_classification_else_status_class() {
+        let cases = [
+            (Some("success"), Some("2xx"), false),
+            // A gRPC error travels in an HTTP 200.
+            (Some("failure"), Some("2xx"), true),
+            (Some("failure"), Some("5xx"), true),
+            (Some("success"), Some("4xx"), false),
+            (None, Some("5xx"), true),
+            (None, Some("error"), true),
+            (None, Some("2xx"), false),
+            (None, None, false),
+        ];
+        for (class, status, want) in cases {
+            assert_eq!(failed(class, status), want, "{class:?} {status:?}");
+        }
+        let m = Metrics::parse(
+            r#"conduit_request_total{direction="outbound",dst="web:9090"} 4
+conduit_response_total{direction="outbound",dst="web:9090",status_class="2xx",classification="success"} 1
+conduit_response_total{direction="outbound",dst="web:9090",status_class="2xx",classification="failure"} 3
+"#,
+        );
+        assert_eq!(rows(&m)[0].success_rate, Some(0.25));
     }
 }

@@ -5,11 +5,22 @@
 //! failed, longest time without an answer. The targets:
 //!
 //! * zero failed requests through a restart of the node agent or of the
-//!   controller, the death of one of the two endpoints, and a drain
-//!   (SIGTERM) of the client's or a server's proxy;
-//! * kill -9 of a proxy: at most the requests in flight when it died fail.
-//!   Each load worker has at most one request outstanding, so that bound is
-//!   the number of workers (`WORKERS` per protocol, both protocols);
+//!   controller, and a drain (SIGTERM) of the client's or a server's proxy;
+//! * kill -9 of the client's proxy: at most the requests in flight when it
+//!   died fail (it holds the application's connections). Each load worker
+//!   has at most one request outstanding, so that bound is the number of
+//!   workers (`WORKERS` per protocol, both protocols);
+//! * the death of one of the two endpoints, or kill -9 of a server's proxy
+//!   ([`endpoint_lost`]): no HTTP/1.1 request fails (the load's are GETs,
+//!   idempotent: the client's proxy retries them on the other endpoint),
+//!   and at most the gRPC calls in flight to it (`WORKERS`) fail, each as a
+//!   clean `UNAVAILABLE` from the client's proxy. "Zero" is not attainable
+//!   for gRPC by design: a call already sent to the endpoint that died is a
+//!   POST, not known to be idempotent, and replaying it could run it twice
+//!   (calls not yet sent are tried on the other endpoint). Before the proxy
+//!   answered gRPC requests in gRPC, that lost call surfaced as a protocol
+//!   error (`invalid compression flag: 117`, the proxy's text/plain 502 read
+//!   as gRPC framing), about one run in sixteen;
 //! * a link cut and an expired certificate: reported; requests end within
 //!   their deadline (fail fast, never hang) and the mesh recovers.
 //!
@@ -58,6 +69,16 @@ fn zero(r: &LoadReport) -> bool {
 fn in_flight(r: &LoadReport) -> bool {
     r.total.failed <= (2 * WORKERS) as u64 && r.total.succeeded > 0
 }
+
+/// One endpoint lost: no GET fails, at most the gRPC calls in flight to it
+/// do, as UNAVAILABLE (`conduit_tests::mesh::load::endpoint_lost`).
+fn endpoint_lost(r: &LoadReport) -> bool {
+    conduit_tests::mesh::load::endpoint_lost(r, WORKERS as u64)
+}
+
+/// The target text of [`endpoint_lost`] (it names `WORKERS`).
+const _: () = assert!(WORKERS == 2);
+const ENDPOINT_LOST: &str = "0 GETs failed (retried); gRPC failed ≤ in flight (2: a sent POST is not replayed), as UNAVAILABLE";
 
 /// Every request ended (within its deadline, by construction), the mesh
 /// answered again afterwards.
@@ -161,23 +182,28 @@ fn faults_under_steady_load_lose_no_idempotent_request() -> Result<()> {
     )?;
     run.phase(
         "server proxy: kill -9, restart",
-        "failed ≤ in flight (4)",
-        in_flight,
+        ENDPOINT_LOST,
+        endpoint_lost,
         |l| {
             mesh.kill_proxy("web-1")?;
             l.wait_successes(DURING, LONG)?;
             mesh.start_proxy("web-1")
         },
     )?;
-    run.phase("one of two endpoints dies", "0 failed", zero, |l| {
-        mesh.signal_proxy("web-1", Signal::SIGKILL)?;
-        mesh.kill_app("web-1")?;
-        mesh.wait_enrolled("web-1", false)?;
-        l.wait_successes(DURING, LONG)?;
-        mesh.proxies.remove("web-1");
-        mesh.start_app("web-1")?;
-        mesh.start_proxy("web-1")
-    })?;
+    run.phase(
+        "one of two endpoints dies",
+        ENDPOINT_LOST,
+        endpoint_lost,
+        |l| {
+            mesh.signal_proxy("web-1", Signal::SIGKILL)?;
+            mesh.kill_app("web-1")?;
+            mesh.wait_enrolled("web-1", false)?;
+            l.wait_successes(DURING, LONG)?;
+            mesh.proxies.remove("web-1");
+            mesh.start_app("web-1")?;
+            mesh.start_proxy("web-1")
+        },
+    )?;
     run.phase(
         "network cut to one endpoint (link down)",
         "every request ends, recovers",

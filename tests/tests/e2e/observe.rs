@@ -7,7 +7,7 @@ use anyhow::{Context, Result, anyhow, bail, ensure};
 use conduit_tests::agent::agent_bin;
 use conduit_tests::mesh::Mesh;
 use conduit_tests::mesh::app::in_pod;
-use conduit_tests::mesh::spec::MeshSpec;
+use conduit_tests::mesh::spec::{GRPC_PORT, MeshSpec};
 use conduit_tests::process::{Process, Spawn};
 use conduit_tests::wait_until;
 use serde_json::Value;
@@ -143,6 +143,40 @@ fn stat_counts_known_traffic() -> Result<()> {
             && t["opened_per_s"].as_f64() > Some(0.0)),
         "{report}"
     );
+
+    // gRPC errors travel in HTTP 200 responses: stat counts them as
+    // failures by their grpc-status (before, by status class, 2xx: 100%).
+    let grpc = format!("http://{}:{GRPC_PORT}", mesh.spec.fqdn("web"));
+    let ok = mesh.grpc(&grpc, 2, 0, "fine")?;
+    ensure!(ok.ok, "{ok:?}");
+    // More stream messages than the application sends: INVALID_ARGUMENT.
+    let refused = mesh.grpc(&grpc, 0, 10_001, "too many")?;
+    ensure!(
+        !refused.ok
+            && refused
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("invalid argument")),
+        "{refused:?}"
+    );
+    let grpc_dst = format!("{}:{GRPC_PORT}", mesh.spec.fqdn("web"));
+    wait_until("stat to count the 3 gRPC calls", T, || {
+        let last = json_lines(&stat)
+            .pop()
+            .ok_or_else(|| anyhow!("no report"))?;
+        let out = route(&last, "default/client", "outbound");
+        let r = out
+            .iter()
+            .find(|r| r["dst"] == grpc_dst.as_str())
+            .ok_or_else(|| anyhow!("no row for {grpc_dst}: {last}"))?;
+        ensure!(r["requests"] == 3, "{r}");
+        let success = r["success"].as_f64().context("success")?;
+        ensure!(
+            (success - 2.0 / 3.0).abs() < 1e-9,
+            "2 of 3 gRPC calls succeeded: {r}"
+        );
+        Ok(())
+    })?;
     drop(stat);
 
     // The table, for a person, with filters, refreshed in place.

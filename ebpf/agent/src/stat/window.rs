@@ -41,6 +41,17 @@ pub struct TcpTotals {
     pub write_bytes: f64,
 }
 
+/// Whether a `conduit_response_total` series counts failures: its
+/// `classification` (`failure`: 5xx, or a gRPC status other than OK, which
+/// travels in an HTTP 200), or for a proxy from before that label, a 5xx
+/// status class.
+pub fn failed(s: &Sample) -> bool {
+    match s.label("classification") {
+        "" => s.label("status_class") == "5xx",
+        class => class == "failure",
+    }
+}
+
 /// Sums the samples of one scrape.
 pub fn totals(samples: &[Sample]) -> Totals {
     let mut t = Totals::default();
@@ -50,7 +61,7 @@ pub fn totals(samples: &[Sample]) -> Totals {
             "conduit_response_total" => {
                 let r = t.routes.entry(key()).or_default();
                 r.responses += s.value;
-                if s.label("status_class") == "5xx" {
+                if failed(s) {
                     r.failures += s.value;
                 }
                 *r.by_peer
@@ -104,7 +115,8 @@ pub struct RouteStat {
     pub dst: String,
     pub requests: u64,
     pub rps: f64,
-    /// Share of responses that were not 5xx (None without responses).
+    /// Share of responses classified as successes: not 5xx, and for gRPC
+    /// `grpc-status: 0` (None without responses).
     pub success: Option<f64>,
     pub p50_ms: Option<f64>,
     pub p95_ms: Option<f64>,
@@ -266,6 +278,43 @@ mod tests {
             with_id.identity.as_deref(),
             Some("spiffe://td/ns/default/sa/web")
         );
+    }
+
+    #[test]
+    fn failures_by_classification_else_by_status_class() {
+        let cases = [
+            (r#"status_class="2xx",classification="success""#, false),
+            // A gRPC error: HTTP 200, grpc-status not 0.
+            (r#"status_class="2xx",classification="failure""#, true),
+            (r#"status_class="5xx",classification="failure""#, true),
+            (r#"status_class="4xx",classification="success""#, false),
+            // A proxy from before the classification label.
+            (r#"status_class="5xx""#, true),
+            (r#"status_class="2xx""#, false),
+            (r#"status_class="4xx""#, false),
+        ];
+        for (labels, want) in cases {
+            let page = format!(
+                "conduit_response_total{{direction=\"outbound\",dst=\"web:80\",{labels}}} 1\n"
+            );
+            let s = &parse(&page)[0];
+            assert_eq!(failed(s), want, "{labels}");
+        }
+        // A window with gRPC failures in HTTP 200s: 3 of 4 failed.
+        let page = |ok: u64, grpc_failed: u64| {
+            format!(
+                "conduit_response_total{{direction=\"outbound\",dst=\"web:9090\",peer_identity=\"none\",status_class=\"2xx\",classification=\"success\"}} {ok}\n\
+                 conduit_response_total{{direction=\"outbound\",dst=\"web:9090\",peer_identity=\"none\",status_class=\"2xx\",classification=\"failure\"}} {grpc_failed}\n"
+            )
+        };
+        let (routes, _) = diff(
+            "p",
+            &totals(&parse(&page(1, 0))),
+            &totals(&parse(&page(2, 3))),
+            1.0,
+        );
+        assert_eq!(routes[0].requests, 4);
+        assert_eq!(routes[0].success, Some(0.25));
     }
 
     #[test]

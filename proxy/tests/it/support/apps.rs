@@ -56,6 +56,21 @@ pub async fn http_server_taking_resets() -> SocketAddr {
 
 /// Binds `bind` and hands every accepted connection to `conn`, each on a
 /// task of its own, for as long as the test runtime lives.
+/// An HTTP/2 server that dies in the middle of every call: it takes the
+/// first request of a connection and drops the connection unanswered (an
+/// application killed while a call is in flight; its request was sent).
+pub async fn h2_server_dying_mid_call() -> SocketAddr {
+    serve("127.0.0.1:0", |tcp| async move {
+        let Ok(mut conn) = h2::server::handshake(tcp).await else {
+            return;
+        };
+        // The request's headers arrived; dying drops the connection.
+        let _ = conn.accept().await;
+    })
+    .await
+    .unwrap()
+}
+
 async fn serve<F, Fut>(bind: &str, conn: F) -> std::io::Result<SocketAddr>
 where
     F: Fn(TcpStream) -> Fut + Send + 'static,
