@@ -5,10 +5,12 @@
 //! trailers-only gRPC answers (errors, the proxy's own included). Only a
 //! gRPC response with a body waits: its body is wrapped ([`ClassifiedBody`])
 //! and it is counted when the body ends, by its trailers' `grpc-status`
-//! ([`super::grpc::classify_end`]); a stream that fails or is dropped
-//! before its end counts as a failure.
+//! ([`super::grpc::classify_end`]); for gRPC-Web, whose trailers are the
+//! body's last frame, by that frame ([`WebScan`]). A stream that fails or
+//! is dropped before its end counts as a failure.
 
 use super::grpc::{self, AtHead, End};
+use super::grpc_web::WebScan;
 use super::{Answer, Body, BoxError, boxed};
 use crate::metrics::{ConnHttpMetrics, Uncounted};
 use bytes::Bytes;
@@ -25,21 +27,25 @@ pub fn count(
     uncounted: Uncounted,
     rsp: http::Response<Body>,
 ) -> http::Response<Body> {
-    let is_grpc = answer == Answer::Grpc;
-    let grpc_status = match is_grpc {
-        true => grpc::status(rsp.headers()),
-        false => None,
+    let grpc_status = match answer {
+        Answer::Grpc(_) => grpc::status(rsp.headers()),
+        Answer::Http => None,
     };
-    match grpc::classify_head(is_grpc, rsp.status().as_u16(), grpc_status) {
+    match grpc::classify_head(answer.is_grpc(), rsp.status().as_u16(), grpc_status) {
         AtHead::Known(class) => {
             metrics.count(uncounted, class);
             rsp
         }
         AtHead::AtEnd => {
             let metrics = metrics.clone();
+            let web = match answer {
+                Answer::Grpc(wire) => WebScan::new(wire),
+                Answer::Http => None,
+            };
             rsp.map(|inner| {
                 boxed(ClassifiedBody {
                     inner,
+                    web,
                     pending: Some((metrics, uncounted)),
                 })
             })
@@ -50,6 +56,8 @@ pub fn count(
 /// A gRPC response body counted when it ends.
 struct ClassifiedBody {
     inner: Body,
+    /// gRPC-Web: the body's frames, where its trailers are.
+    web: Option<WebScan>,
     /// `None` once counted.
     pending: Option<(Arc<ConnHttpMetrics>, Uncounted)>,
 }
@@ -76,10 +84,18 @@ impl http_body::Body for ClassifiedBody {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(t) = f.trailers_ref() {
                     this.finish(End::Trailers(grpc::status(t)));
+                } else if let (Some(web), Some(data)) = (&mut this.web, f.data_ref()) {
+                    web.feed(data);
+                    if let Some(end) = web.trailers() {
+                        this.finish(end);
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => this.finish(End::Error),
-            Poll::Ready(None) => this.finish(End::NoTrailers),
+            Poll::Ready(None) => {
+                let end = this.web.as_ref().map_or(End::NoTrailers, WebScan::end);
+                this.finish(end)
+            }
             Poll::Pending => {}
         }
         r

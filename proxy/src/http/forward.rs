@@ -213,7 +213,7 @@ async fn forward(
 /// error is its answer, as a 4xx is.
 fn failed_attempt<B>(answer: Answer, rsp: &Response<B>) -> bool {
     rsp.status().is_server_error()
-        || (answer == Answer::Grpc
+        || (answer.is_grpc()
             && rsp.headers().contains_key(super::ERROR_HEADER)
             && matches!(
                 super::grpc::status(rsp.headers()),
@@ -337,6 +337,7 @@ mod tests {
     #[test]
     fn failed_attempts() {
         // (request shape, HTTP status, conduit-proxy-error, grpc-status, failed)
+        const GRPC: Answer = Answer::Grpc(crate::http::grpc::Wire::Grpc);
         let cases: &[(Answer, u16, bool, Option<&str>, bool)] = &[
             (Answer::Http, 200, false, None, false),
             (Answer::Http, 404, false, None, false),
@@ -344,16 +345,16 @@ mod tests {
             (Answer::Http, 500, false, None, true),
             // A plain request's headers are not looked at.
             (Answer::Http, 200, true, Some("14"), false),
-            (Answer::Grpc, 200, false, Some("0"), false),
+            (GRPC, 200, false, Some("0"), false),
             // The peer proxy could not reach its application.
-            (Answer::Grpc, 200, true, Some("14"), true),
-            (Answer::Grpc, 200, true, Some("4"), true),
+            (GRPC, 200, true, Some("14"), true),
+            (GRPC, 200, true, Some("4"), true),
             // Refused by its policy, or a bad request: an answer.
-            (Answer::Grpc, 200, true, Some("7"), false),
-            (Answer::Grpc, 200, true, Some("13"), false),
+            (GRPC, 200, true, Some("7"), false),
+            (GRPC, 200, true, Some("13"), false),
             // The application's own UNAVAILABLE: its answer.
-            (Answer::Grpc, 200, false, Some("14"), false),
-            (Answer::Grpc, 503, false, None, true),
+            (GRPC, 200, false, Some("14"), false),
+            (GRPC, 503, false, None, true),
         ];
         for (answer, status, proxy_error, grpc_status, want) in cases {
             let mut b = Response::builder().status(*status);

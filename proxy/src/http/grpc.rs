@@ -10,17 +10,54 @@
 use http::HeaderMap;
 
 /// The `grpc-status` header (response headers of a trailers-only response,
-/// or trailers).
+/// or trailers; gRPC-Web: a line of the trailers frame).
 pub const STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
 /// The `grpc-message` header.
 pub const MESSAGE: http::HeaderName = http::HeaderName::from_static("grpc-message");
 
-/// A request is gRPC when its content type is `application/grpc` or one
-/// of its variants (`application/grpc+proto`, `application/grpc-web`...).
-pub fn is_grpc(headers: &HeaderMap) -> bool {
-    headers
-        .get(http::header::CONTENT_TYPE)
-        .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
+/// How a gRPC request's response travels: which content type the proxy's
+/// own answer carries, and where the response's status is found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    /// gRPC over HTTP/2 (`application/grpc`, `application/grpc+proto`...):
+    /// the status is in the trailers, or in the headers of a trailers-only
+    /// response.
+    Grpc,
+    /// gRPC-Web (`application/grpc-web`, `application/grpc-web+proto`...,
+    /// `doc/PROTOCOL-WEB.md`): the trailers travel in the body, as the last
+    /// length-prefixed frame, its flag's high bit set
+    /// ([`super::grpc_web::WebScan`]).
+    Web,
+    /// gRPC-Web, base64 text (`application/grpc-web-text`...): the same
+    /// frames, base64-encoded.
+    WebText,
+}
+
+/// The gRPC wire of a request, by its content type; `None`: not gRPC.
+pub fn wire(headers: &HeaderMap) -> Option<Wire> {
+    let ct = headers.get(http::header::CONTENT_TYPE)?.as_bytes();
+    let rest = ct.strip_prefix(b"application/grpc")?;
+    // The type ends here or goes on with a `+suffix`, `-web...` or
+    // parameters; `application/grpcfoo` is another type.
+    let ends = |r: &[u8]| matches!(r.first(), None | Some(b'+' | b';' | b' '));
+    if let Some(r) = rest.strip_prefix(b"-web-text") {
+        return ends(r).then_some(Wire::WebText);
+    }
+    if let Some(r) = rest.strip_prefix(b"-web") {
+        return ends(r).then_some(Wire::Web);
+    }
+    ends(rest).then_some(Wire::Grpc)
+}
+
+impl Wire {
+    /// The content type of the proxy's own answer to a request of this wire.
+    pub fn content_type(self) -> http::HeaderValue {
+        http::HeaderValue::from_static(match self {
+            Wire::Grpc => "application/grpc",
+            Wire::Web => "application/grpc-web+proto",
+            Wire::WebText => "application/grpc-web-text+proto",
+        })
+    }
 }
 
 /// `grpc-status` of a header map, if present and numeric.
@@ -136,21 +173,29 @@ mod tests {
     use super::*;
 
     #[test]
-    fn grpc_requests_by_content_type() {
-        let cases: &[(Option<&str>, bool)] = &[
-            (Some("application/grpc"), true),
-            (Some("application/grpc+proto"), true),
-            (Some("application/grpc-web"), true),
-            (Some("application/json"), false),
-            (Some("text/plain"), false),
-            (None, false),
+    fn grpc_wires_by_content_type() {
+        use Wire::*;
+        let cases: &[(Option<&str>, Option<Wire>)] = &[
+            (Some("application/grpc"), Some(Grpc)),
+            (Some("application/grpc+proto"), Some(Grpc)),
+            (Some("application/grpc+json"), Some(Grpc)),
+            (Some("application/grpc; charset=utf-8"), Some(Grpc)),
+            (Some("application/grpc-web"), Some(Web)),
+            (Some("application/grpc-web+proto"), Some(Web)),
+            (Some("application/grpc-web-text"), Some(WebText)),
+            (Some("application/grpc-web-text+proto"), Some(WebText)),
+            (Some("application/grpcfoo"), None),
+            (Some("application/grpc-webby"), None),
+            (Some("application/json"), None),
+            (Some("text/plain"), None),
+            (None, None),
         ];
         for (ct, want) in cases {
             let mut h = HeaderMap::new();
             if let Some(ct) = ct {
                 h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
             }
-            assert_eq!(is_grpc(&h), *want, "{ct:?}");
+            assert_eq!(wire(&h), *want, "{ct:?}");
         }
     }
 

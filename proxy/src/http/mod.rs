@@ -15,6 +15,7 @@ pub mod client;
 pub mod client_body;
 pub mod forward;
 pub mod grpc;
+pub mod grpc_web;
 pub mod headers;
 pub mod replay;
 pub mod resets;
@@ -185,16 +186,21 @@ pub enum Answer {
     /// as the call's status. An HTTP error status with a text body is read
     /// as gRPC framing first (tonic: `invalid compression flag: 117`, the
     /// `u` of `upstream ...`).
-    Grpc,
+    /// The content type follows the request's wire: `application/grpc`,
+    /// or gRPC-Web's, whose clients read a trailers-only status from the
+    /// headers too.
+    Grpc(grpc::Wire),
 }
 
 impl Answer {
     /// The shape for a request with these headers.
     pub fn for_request(headers: &http::HeaderMap) -> Answer {
-        match grpc::is_grpc(headers) {
-            true => Answer::Grpc,
-            false => Answer::Http,
-        }
+        grpc::wire(headers).map_or(Answer::Http, Answer::Grpc)
+    }
+
+    /// Whether the request is gRPC (of any wire).
+    pub fn is_grpc(self) -> bool {
+        matches!(self, Answer::Grpc(_))
     }
 }
 
@@ -213,13 +219,10 @@ pub fn error_response(e: ProxyError, answer: Answer) -> http::Response<Body> {
             );
             rsp
         }
-        Answer::Grpc => {
+        Answer::Grpc(wire) => {
             let mut rsp = http::Response::new(empty());
             let h = rsp.headers_mut();
-            h.insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("application/grpc"),
-            );
+            h.insert(http::header::CONTENT_TYPE, wire.content_type());
             h.insert(grpc::STATUS, e.grpc_code().header_value());
             h.insert(grpc::MESSAGE, text.clone());
             rsp
@@ -315,24 +318,38 @@ mod tests {
             assert!(plain.headers().get(grpc::STATUS).is_none());
             assert_eq!(body_text(plain), format!("{}\n", e.text()));
 
-            let g = error_response(e, Answer::Grpc);
-            assert_eq!(g.status(), 200, "{e:?}");
-            assert_eq!(g.headers()[ERROR_HEADER], e.text());
-            assert_eq!(g.headers()[http::header::CONTENT_TYPE], "application/grpc");
-            assert_eq!(grpc::status(g.headers()), Some(e.grpc_code() as i32));
-            assert_eq!(g.headers()[grpc::MESSAGE], e.text());
-            assert_eq!(body_text(g), "", "trailers-only: no body");
+            for (wire, content_type) in [
+                (grpc::Wire::Grpc, "application/grpc"),
+                (grpc::Wire::Web, "application/grpc-web+proto"),
+                (grpc::Wire::WebText, "application/grpc-web-text+proto"),
+            ] {
+                let g = error_response(e, Answer::Grpc(wire));
+                assert_eq!(g.status(), 200, "{e:?}");
+                assert_eq!(g.headers()[ERROR_HEADER], e.text());
+                assert_eq!(g.headers()[http::header::CONTENT_TYPE], content_type);
+                assert_eq!(grpc::status(g.headers()), Some(e.grpc_code() as i32));
+                assert_eq!(g.headers()[grpc::MESSAGE], e.text());
+                assert_eq!(body_text(g), "", "trailers-only: no body");
+            }
         }
     }
 
     #[test]
     fn the_answer_follows_the_request_content_type() {
-        let mut h = http::HeaderMap::new();
-        assert_eq!(Answer::for_request(&h), Answer::Http);
-        h.insert(
-            http::header::CONTENT_TYPE,
-            "application/grpc".parse().unwrap(),
-        );
-        assert_eq!(Answer::for_request(&h), Answer::Grpc);
+        use grpc::Wire::*;
+        let cases = [
+            (None, Answer::Http),
+            (Some("text/plain"), Answer::Http),
+            (Some("application/grpc"), Answer::Grpc(Grpc)),
+            (Some("application/grpc-web+proto"), Answer::Grpc(Web)),
+            (Some("application/grpc-web-text"), Answer::Grpc(WebText)),
+        ];
+        for (ct, want) in cases {
+            let mut h = http::HeaderMap::new();
+            if let Some(ct) = ct {
+                h.insert(http::header::CONTENT_TYPE, ct.parse().unwrap());
+            }
+            assert_eq!(Answer::for_request(&h), want, "{ct:?}");
+        }
     }
 }

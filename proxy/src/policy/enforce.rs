@@ -194,7 +194,7 @@ async fn ask_plugin<B>(
             Ok(None)
         }
         pb::check_response::Decision::Deny(deny) => {
-            if let answer @ Answer::Grpc = Answer::for_request(req.headers()) {
+            if let answer @ Answer::Grpc(_) = Answer::for_request(req.headers()) {
                 return Ok(Some(forbidden(answer)));
             }
             let status = match deny.status {

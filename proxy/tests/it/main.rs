@@ -16,6 +16,7 @@ mod discovery;
 mod discovery_controller;
 mod fail_closed;
 mod grpc;
+mod grpc_web;
 mod h2_abuse;
 mod http1;
 mod http2;
