@@ -182,6 +182,7 @@ mod tests {
             duration_us: 450,
             req_bytes: None,
             rsp_bytes: 152,
+            success: None,
         }
     }
 

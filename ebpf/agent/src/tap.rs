@@ -190,9 +190,11 @@ pub fn clock(ts_us: u64) -> String {
     )
 }
 
-/// Whether a request succeeded: not 5xx, and gRPC OK when gRPC.
+/// Whether a request succeeded: the proxy's classification (the one its
+/// metrics count); from a proxy without it, not 5xx and gRPC OK when gRPC.
 pub fn success(e: &TapEvent) -> bool {
-    e.status < 500 && e.grpc_status.is_none_or(|s| s == 0)
+    e.success
+        .unwrap_or_else(|| e.status < 500 && e.grpc_status.is_none_or(|s| s == 0))
 }
 
 /// One human line for an event.
@@ -298,6 +300,7 @@ mod tests {
             duration_us: 1300,
             req_bytes: None,
             rsp_bytes: 152,
+            success: None,
         }
     }
 
@@ -319,14 +322,26 @@ mod tests {
     }
 
     #[test]
-    fn success_counts_grpc_status() {
-        let mut e = event();
-        assert!(success(&e));
-        e.grpc_status = Some(14);
-        assert!(!success(&e));
-        e.grpc_status = Some(0);
-        e.status = 503;
-        assert!(!success(&e));
+    fn success_is_the_proxys_classification_else_status_and_grpc_status() {
+        // (status, grpc-status, the proxy's classification, success)
+        let cases = [
+            // A proxy without the field: read from status and grpc-status.
+            (200, None, None, true),
+            (200, Some(14), None, false),
+            (503, Some(0), None, false),
+            (404, None, None, true),
+            // The proxy's classification decides: a gRPC stream that ended
+            // without a status (no grpc-status to read) or a gRPC-Web
+            // call's trailers frame (not in `grpc_status`).
+            (200, None, Some(false), false),
+            (200, None, Some(true), true),
+            (503, None, Some(false), false),
+        ];
+        for (status, grpc_status, classified, want) in cases {
+            let mut e = event();
+            (e.status, e.grpc_status, e.success) = (status, grpc_status, classified);
+            assert_eq!(success(&e), want, "{status} {grpc_status:?} {classified:?}");
+        }
     }
 
     #[test]

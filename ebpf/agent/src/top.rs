@@ -315,6 +315,7 @@ mod tests {
             duration_us: latency_us,
             req_bytes: None,
             rsp_bytes: 0,
+            success: None,
         }
     }
 

@@ -38,6 +38,13 @@ pub struct TapEvent {
     pub req_bytes: Option<u64>,
     /// Response body bytes sent.
     pub rsp_bytes: u64,
+    /// The proxy's classification, as counted in
+    /// `conduit_response_total{classification}`: a 5xx, a gRPC status
+    /// other than 0 (headers, trailers or gRPC-Web's trailers frame) and a
+    /// gRPC response that ended without one are failures. `None` from a
+    /// proxy that predates the field: read `status` and `grpc_status`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub success: Option<bool>,
 }
 
 /// One line of the stream.
@@ -262,7 +269,22 @@ mod tests {
             duration_us: 1,
             req_bytes: None,
             rsp_bytes: 0,
+            success: None,
         }
+    }
+
+    /// Events of a proxy from before `success` still read, and `success`
+    /// is only written when known.
+    #[test]
+    fn success_is_optional_on_the_wire() {
+        let mut e = event("inbound", "GET", "/", 200);
+        let old = serde_json::to_string(&e).unwrap();
+        assert!(!old.contains("success"), "{old}");
+        assert_eq!(serde_json::from_str::<TapEvent>(&old).unwrap(), e);
+        e.success = Some(false);
+        let new = serde_json::to_string(&e).unwrap();
+        assert!(new.contains(r#""success":false"#), "{new}");
+        assert_eq!(serde_json::from_str::<TapEvent>(&new).unwrap(), e);
     }
 
     #[test]

@@ -123,10 +123,10 @@ pub async fn handle(
     Ok(match probe {
         Some(p) => {
             let peer_id = peer.map(str::to_owned);
-            let rsp = super::classify::count(&metrics, answer, uncounted, rsp);
-            p.respond(rsp, peer_id.as_deref())
+            let (rsp, verdict) = super::classify::count(&metrics, answer, uncounted, rsp, true);
+            p.respond(rsp, peer_id.as_deref(), verdict)
         }
-        None => super::classify::count(&metrics, answer, uncounted, rsp),
+        None => super::classify::count(&metrics, answer, uncounted, rsp, false).0,
     })
 }
 

@@ -2,6 +2,7 @@
 //! `grpc-status` from the trailers and, when the body ends (or the client
 //! goes away and the body is dropped), hands the finished event on.
 
+use crate::http::classify::Verdict;
 use crate::http::{Body, BoxError};
 use bytes::Bytes;
 use conduit_register::tap::TapEvent;
@@ -13,21 +14,35 @@ use std::time::Instant;
 
 pub struct ObservedBody {
     inner: Body,
+    /// The response's class, as the metrics count it.
+    verdict: Option<Verdict>,
     /// `None` once emitted.
     pending: Option<(Arc<super::Observe>, TapEvent, Instant)>,
 }
 
 impl ObservedBody {
-    pub fn new(inner: Body, obs: Arc<super::Observe>, event: TapEvent, start: Instant) -> Self {
+    pub fn new(
+        inner: Body,
+        obs: Arc<super::Observe>,
+        event: TapEvent,
+        start: Instant,
+        verdict: Option<Verdict>,
+    ) -> Self {
         Self {
             inner,
+            verdict,
             pending: Some((obs, event, start)),
         }
     }
 
+    /// Emits the event. The inner body (the classified one, when the class
+    /// waited for the end) was polled to its end first, so its class is
+    /// set; if this body is dropped before, the class is unset and the
+    /// event is a failure, as the metrics count a dropped response.
     fn finish(&mut self) {
         if let Some((obs, mut event, start)) = self.pending.take() {
             event.duration_us = micros(start);
+            event.success = self.verdict.as_ref().map(Verdict::success);
             obs.emit(event);
         }
     }

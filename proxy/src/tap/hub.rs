@@ -142,6 +142,7 @@ mod tests {
             duration_us: 1,
             req_bytes: None,
             rsp_bytes: 1,
+            success: None,
         }
     }
 

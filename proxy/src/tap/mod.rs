@@ -14,6 +14,7 @@ pub mod server;
 
 use crate::access_log::AccessLog;
 use crate::ctx::ConnCtx;
+use crate::http::classify::Verdict;
 use crate::http::{Body, boxed};
 use conduit_register::tap::{TapEvent, bounded};
 use http::{Request, Response};
@@ -127,6 +128,7 @@ impl Probe {
             duration_us: 0,
             req_bytes,
             rsp_bytes: 0,
+            success: None,
         };
         Self {
             obs,
@@ -136,13 +138,20 @@ impl Probe {
     }
 
     /// The response headers are ready: note status, peer and latency, and
-    /// wrap the body so the event is emitted when it ends.
-    pub fn respond(mut self, rsp: Response<Body>, peer_identity: Option<&str>) -> Response<Body> {
+    /// wrap the body so the event is emitted when it ends, with the class
+    /// the metrics counted (`verdict`; `None`: not classified, the event
+    /// carries none).
+    pub fn respond(
+        mut self,
+        rsp: Response<Body>,
+        peer_identity: Option<&str>,
+        verdict: Option<Verdict>,
+    ) -> Response<Body> {
         self.event.status = rsp.status().as_u16();
         self.event.grpc_status = crate::http::grpc::status(rsp.headers());
         self.event.peer_identity = peer_identity.map(bounded);
         self.event.latency_us = body::micros(self.start);
         let Self { obs, event, start } = self;
-        rsp.map(|b| boxed(body::ObservedBody::new(b, obs, event, start)))
+        rsp.map(|b| boxed(body::ObservedBody::new(b, obs, event, start, verdict)))
     }
 }
