@@ -88,7 +88,7 @@ async fn every_call_kind_through_the_mesh() {
     assert_sample(&m, "conduit_response_total", &["outbound", "success"], 4.0);
 }
 
-fn msg(text: &str, count: u32) -> Msg {
+pub fn msg(text: &str, count: u32) -> Msg {
     Msg {
         text: text.into(),
         payload: vec![],
@@ -98,7 +98,7 @@ fn msg(text: &str, count: u32) -> Msg {
 
 /// The `classification` of `direction` responses in a metrics page, with
 /// status class 2xx: (successes, failures).
-fn classified(page: &str, direction: &str) -> (f64, f64) {
+pub fn classified(page: &str, direction: &str) -> (f64, f64) {
     let n = |class: &str| {
         support::sample(
             page,
@@ -189,16 +189,31 @@ async fn the_proxys_request_timeout_is_deadline_exceeded() {
 #[tokio::test]
 async fn grpc_errors_of_the_application_count_as_failures() {
     let mesh = Mesh::start(grpc_app().await).await;
-    let mut c = client(&mesh).await;
+    two_good_and_two_failed_calls(&mut client(&mesh).await).await;
+    for (p, direction) in [(&mesh.outbound, "outbound"), (&mesh.inbound, "inbound")] {
+        let m = metrics(p).await;
+        assert_eq!(classified(&m, direction), (2.0, 2.0), "{direction}:\n{m}");
+    }
+}
+
+/// A unary call and a stream that succeed, a unary call the application
+/// fails before any message (trailers-only: grpc-status 14 in the response
+/// headers) and a stream it fails after 3 items (grpc-status 14 at the
+/// end), by any client (gRPC, gRPC-Web).
+pub async fn two_good_and_two_failed_calls<T>(c: &mut EchoClient<T>)
+where
+    T: tonic::client::GrpcService<tonic::body::Body>,
+    T::Error: Into<tonic::codegen::StdError>,
+    T::ResponseBody: tonic::codegen::Body<Data = tonic::codegen::Bytes> + Send + 'static,
+    <T::ResponseBody as tonic::codegen::Body>::Error: Into<tonic::codegen::StdError> + Send,
+{
     assert_eq!(
         c.unary(msg("ok", 0)).await.unwrap().into_inner().text,
         "echo ok"
     );
-    // Trailers-only: grpc-status 14 in the response headers.
     let err = c.unary(msg(echo::FAIL, 0)).await.unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert_eq!(err.message(), "asked to fail");
-    // A stream of 3 items, then grpc-status 14 in the trailers.
     let mut down = c
         .server_stream(msg(echo::FAIL, 3))
         .await
@@ -213,18 +228,13 @@ async fn grpc_errors_of_the_application_count_as_failures() {
     let err = down.next().await.unwrap().unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
     assert!(down.next().await.is_none());
-    // A stream that ends well: grpc-status 0 in the trailers.
     let mut down = c.server_stream(msg("", 2)).await.unwrap().into_inner();
     let mut n = 0;
     while let Some(m) = down.next().await {
-        m.unwrap();
+        assert_eq!(m.unwrap().text, format!("item {n}"));
         n += 1;
     }
     assert_eq!(n, 2);
-    for (p, direction) in [(&mesh.outbound, "outbound"), (&mesh.inbound, "inbound")] {
-        let m = metrics(p).await;
-        assert_eq!(classified(&m, direction), (2.0, 2.0), "{direction}:\n{m}");
-    }
 }
 
 #[tokio::test]

@@ -7,10 +7,10 @@
 //! own errors reach a gRPC-Web client as gRPC statuses with gRPC-Web's
 //! content type.
 
-use crate::support::{self, Mesh, metrics};
-use conduit_test_support::echo::{self, EchoClient, Msg, pb::echo_server::EchoServer};
+use crate::grpc::{classified, msg};
+use crate::support::{Mesh, metrics};
+use conduit_test_support::echo::{self, EchoClient, pb::echo_server::EchoServer};
 use std::net::SocketAddr;
-use tokio_stream::StreamExt;
 
 /// The echo service behind tonic-web's layer (HTTP/1.1 accepted), on
 /// loopback.
@@ -46,63 +46,12 @@ fn web_client(addr: SocketAddr) -> WebClient {
     EchoClient::with_origin(svc, format!("http://{addr}").parse().unwrap())
 }
 
-fn msg(text: &str, count: u32) -> Msg {
-    Msg {
-        text: text.into(),
-        payload: vec![],
-        count,
-    }
-}
-
-/// (successes, failures) of `direction` responses with status class 2xx.
-fn classified(page: &str, direction: &str) -> (f64, f64) {
-    let n = |class: &str| {
-        support::sample(
-            page,
-            "conduit_response_total",
-            &[
-                direction,
-                "status_class=\"2xx\"",
-                &format!("classification=\"{class}\""),
-            ],
-        )
-    };
-    (n("success"), n("failure"))
-}
-
 #[tokio::test]
 async fn grpc_web_calls_are_classified_by_the_trailers_frame() {
     let mesh = Mesh::start(web_app().await).await;
-    let mut c = web_client(mesh.entry());
-    // A message, then grpc-status 0 in the trailers frame.
-    let r = c.unary(msg("hi", 0)).await.unwrap().into_inner();
-    assert_eq!(r.text, "echo hi");
-    // Three messages, then grpc-status 0.
-    let mut down = c.server_stream(msg("", 3)).await.unwrap().into_inner();
-    let mut n = 0;
-    while let Some(m) = down.next().await {
-        assert_eq!(m.unwrap().text, format!("item {n}"));
-        n += 1;
-    }
-    assert_eq!(n, 3);
-    // Three messages, then grpc-status 14 in the trailers frame.
-    let mut down = c
-        .server_stream(msg(echo::FAIL, 3))
-        .await
-        .unwrap()
-        .into_inner();
-    for i in 0..3 {
-        assert_eq!(
-            down.next().await.unwrap().unwrap().text,
-            format!("item {i}")
-        );
-    }
-    let err = down.next().await.unwrap().unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    // An error before any message.
-    let err = c.unary(msg(echo::FAIL, 0)).await.unwrap_err();
-    assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-    assert_eq!(err.message(), "asked to fail");
+    // The successes' status, and the failed stream's, are in the
+    // trailers frame.
+    crate::grpc::two_good_and_two_failed_calls(&mut web_client(mesh.entry())).await;
     for (p, direction) in [(&mesh.outbound, "outbound"), (&mesh.inbound, "inbound")] {
         let m = metrics(p).await;
         assert_eq!(classified(&m, direction), (2.0, 2.0), "{direction}:\n{m}");
