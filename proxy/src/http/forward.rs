@@ -120,14 +120,10 @@ pub async fn handle(
     };
     debug!(direction, %method, %uri, status = rsp.status().as_u16(), "request done");
     let uncounted = metrics.response(peer, rsp.status().as_u16(), start.elapsed());
-    Ok(match probe {
-        Some(p) => {
-            let peer_id = peer.map(str::to_owned);
-            let (rsp, verdict) = super::classify::count(&metrics, answer, uncounted, rsp, true);
-            p.respond(rsp, peer_id.as_deref(), verdict)
-        }
-        None => super::classify::count(&metrics, answer, uncounted, rsp, false).0,
-    })
+    let tap = probe.map(|p| p.respond(&rsp, peer));
+    Ok(super::classify::count(
+        &metrics, answer, uncounted, rsp, tap,
+    ))
 }
 
 async fn forward(

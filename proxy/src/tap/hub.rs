@@ -122,10 +122,11 @@ impl Hub {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn event(path: &str) -> TapEvent {
+    /// An event of an inbound `GET path` (shared with other modules' tests).
+    pub(crate) fn event(path: &str) -> TapEvent {
         TapEvent {
             ts_us: 0,
             direction: "inbound".into(),

@@ -3,9 +3,9 @@
 //! ([`crate::access_log`]). The request path asks [`Observe::probe`] once per
 //! request; while nobody taps and the access log is off that is one atomic
 //! load and a branch, and nothing else happens. Otherwise the request's
-//! description is kept, the response body is wrapped to count its bytes, and
-//! when it ends one [`TapEvent`] goes to the access log and to the
-//! listeners whose filters match.
+//! description is kept, its response's bytes are counted as its body passes
+//! ([`TapBody`]), and when it ends one [`TapEvent`] goes to the access log
+//! and to the listeners whose filters match.
 
 pub mod body;
 pub mod hub;
@@ -14,14 +14,13 @@ pub mod server;
 
 use crate::access_log::AccessLog;
 use crate::ctx::ConnCtx;
-use crate::http::classify::Verdict;
-use crate::http::{Body, boxed};
 use conduit_register::tap::{TapEvent, bounded};
 use http::{Request, Response};
 use prometheus_client::registry::Registry;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
 
+pub use body::TapBody;
 pub use hub::Hub;
 
 pub struct Observe {
@@ -137,21 +136,14 @@ impl Probe {
         }
     }
 
-    /// The response headers are ready: note status, peer and latency, and
-    /// wrap the body so the event is emitted when it ends, with the class
-    /// the metrics counted (`verdict`; `None`: not classified, the event
-    /// carries none).
-    pub fn respond(
-        mut self,
-        rsp: Response<Body>,
-        peer_identity: Option<&str>,
-        verdict: Option<Verdict>,
-    ) -> Response<Body> {
+    /// The response headers are ready: note status, peer and latency; the
+    /// event goes on with the body ([`TapBody`], fed by the response's one
+    /// body wrapper, [`crate::http::classify`]).
+    pub fn respond<B>(mut self, rsp: &Response<B>, peer_identity: Option<&str>) -> TapBody {
         self.event.status = rsp.status().as_u16();
         self.event.grpc_status = crate::http::grpc::status(rsp.headers());
         self.event.peer_identity = peer_identity.map(bounded);
         self.event.latency_us = body::micros(self.start);
-        let Self { obs, event, start } = self;
-        rsp.map(|b| boxed(body::ObservedBody::new(b, obs, event, start, verdict)))
+        TapBody::new(self.obs, self.event, self.start)
     }
 }
