@@ -65,6 +65,18 @@ fn route<'a>(report: &'a Value, pod: &str, direction: &str) -> Vec<&'a Value> {
         .collect()
 }
 
+/// The latest `stat --json` report, and its `default/client` outbound row
+/// for `dst`.
+fn client_row(stat: &Process, dst: &str) -> Result<(Value, Value)> {
+    let last = json_lines(stat).pop().ok_or_else(|| anyhow!("no report"))?;
+    let row = route(&last, "default/client", "outbound")
+        .into_iter()
+        .find(|r| r["dst"] == dst)
+        .cloned()
+        .ok_or_else(|| anyhow!("no row for {dst}: {last}"))?;
+    Ok((last, row))
+}
+
 #[test]
 fn stat_counts_known_traffic() -> Result<()> {
     let Some(mesh) = Mesh::privileged(conduit_tests::test_name!(), MeshSpec::demo())? else {
@@ -92,14 +104,7 @@ fn stat_counts_known_traffic() -> Result<()> {
     requests(&mesh, "/delay/200", 10)?;
     let svc = format!("{}:80", mesh.spec.fqdn("web"));
     let report = wait_until("stat to count the 25 requests", T, || {
-        let last = json_lines(&stat)
-            .pop()
-            .ok_or_else(|| anyhow!("no report"))?;
-        let out = route(&last, "default/client", "outbound");
-        let r = out
-            .iter()
-            .find(|r| r["dst"] == svc.as_str())
-            .ok_or_else(|| anyhow!("no row for {svc}: {last}"))?;
+        let (last, r) = client_row(&stat, &svc)?;
         ensure!(r["requests"] == 25, "{r}");
         Ok(last)
     })?;
@@ -161,14 +166,7 @@ fn stat_counts_known_traffic() -> Result<()> {
     );
     let grpc_dst = format!("{}:{GRPC_PORT}", mesh.spec.fqdn("web"));
     wait_until("stat to count the 3 gRPC calls", T, || {
-        let last = json_lines(&stat)
-            .pop()
-            .ok_or_else(|| anyhow!("no report"))?;
-        let out = route(&last, "default/client", "outbound");
-        let r = out
-            .iter()
-            .find(|r| r["dst"] == grpc_dst.as_str())
-            .ok_or_else(|| anyhow!("no row for {grpc_dst}: {last}"))?;
+        let (_, r) = client_row(&stat, &grpc_dst)?;
         ensure!(r["requests"] == 3, "{r}");
         let success = r["success"].as_f64().context("success")?;
         ensure!(
