@@ -296,6 +296,21 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_INBOUND_POLICY_FILE")]
     pub inbound_policy_file: Option<PathBuf>,
 
+    /// Worker threads of the proxy's async runtime. 1 (the default): one
+    /// thread runs everything (tokio's current-thread runtime); a sidecar
+    /// shares its node's cores with its application, and on one thread no
+    /// request waits for a wake-up from another thread (lower latency and
+    /// less CPU per request, docs/benchmarks.md). More than 1: that many
+    /// workers (tokio's multi-threaded runtime), for a proxy in front of a
+    /// busy service with cores to spare.
+    #[arg(
+        long,
+        env = "CONDUIT_PROXY_WORKERS",
+        default_value_t = 1,
+        value_parser = clap::value_parser!(u16).range(1..=256)
+    )]
+    pub workers: u16,
+
     /// Log filter (tracing EnvFilter syntax), e.g. `info` or
     /// `conduit_proxy=debug`; default: `RUST_LOG`, else `info`
     /// (`conduit_base::logging`, as the controller and the agent).
@@ -368,6 +383,18 @@ mod tests {
             c.inbound_policy,
             conduit_policy::DefaultPolicy::AllUnauthenticated
         );
+        assert_eq!(c.workers, 1, "one runtime thread by default");
+    }
+
+    #[test]
+    fn workers_are_bounded() {
+        let parse = |v: &str| Config::try_parse_from(["conduit-proxy", &format!("--workers={v}")]);
+        assert_eq!(parse("4").unwrap().workers, 4);
+        assert_eq!(parse("256").unwrap().workers, 256);
+        for bad in ["0", "257", "-1", "two"] {
+            let e = parse(bad).unwrap_err().to_string();
+            assert!(e.contains("--workers"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -23,6 +23,7 @@ pub mod http;
 pub mod io;
 pub mod orig_dst;
 pub mod policy;
+pub mod runtime;
 pub mod transport;
 
 pub(crate) mod access_log;

@@ -7,10 +7,15 @@ use conduit_proxy::{Config, Deps};
 use tokio::signal::unix::{SignalKind, signal};
 use tracing::info;
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
     let cfg = Config::parse();
     conduit_base::logging::init(cfg.log.as_deref(), cfg.log_format)?;
+    let rt = conduit_proxy::runtime::build(cfg.workers)
+        .with_context(|| format!("starting the runtime ({} workers)", cfg.workers))?;
+    rt.block_on(run(cfg))
+}
+
+async fn run(cfg: Config) -> anyhow::Result<()> {
     let deps = Deps::system(&cfg)?;
     // Handlers first: a SIGTERM right after startup must drain, not kill.
     let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;

@@ -153,10 +153,11 @@ impl StaticDiscovery {
         );
     }
 
-    /// Polls the file every `interval` and applies changes; a bad file is
-    /// logged and the previous table kept. Stops when the last clone of
-    /// this `StaticDiscovery` is dropped. Must be called within a Tokio
-    /// runtime; does nothing without a file.
+    /// Polls the file every `interval` (read and parsed on a blocking
+    /// thread) and applies changes; a bad file is logged and the previous
+    /// table kept. Stops when the last clone of this `StaticDiscovery` is
+    /// dropped. Must be called within a Tokio runtime; does nothing without
+    /// a file.
     pub fn spawn_reload(&self, interval: Duration) -> Option<tokio::task::JoinHandle<()>> {
         self.inner.file.as_ref()?;
         let weak: Weak<Inner> = Arc::downgrade(&self.inner);
@@ -168,7 +169,18 @@ impl StaticDiscovery {
                 tick.tick().await;
                 let Some(inner) = weak.upgrade() else { return };
                 let this = StaticDiscovery { inner };
-                match this.reload_inner() {
+                // On a blocking thread: a large file read and parsed on the
+                // runtime's thread would hold up every connection of a
+                // one-thread proxy.
+                let reloaded = match tokio::task::spawn_blocking(move || this.reload_inner()).await
+                {
+                    Ok(r) => r,
+                    Err(e) => {
+                        tracing::error!(error = %e, "reloading the discovery file failed; no longer watching it");
+                        return;
+                    }
+                };
+                match reloaded {
                     Ok(true) => tracing::info!("discovery file changed: table reloaded"),
                     Ok(false) | Err((_, true)) => {}
                     Err((e, false)) => tracing::error!(

@@ -80,7 +80,10 @@ pub struct Client {
 /// mesh queued behind that one task on one core; two let both cores of a
 /// small node work on one peer's traffic (mesh benchmark, HTTP/2 at the
 /// maximum rate: 0.22x direct with one, 0.30x with two, 0.27x with four;
-/// docs/benchmarks.md). Each costs an idle upstream connection's memory.
+/// docs/benchmarks.md, with one runtime worker per core). On the default
+/// one-thread runtime (`--workers 1`) one against two was measured and not
+/// settled (docs/benchmarks.md, "One runtime thread per proxy"). Each costs
+/// an idle upstream connection's memory.
 pub const H2_CONNECTIONS: usize = 2;
 
 impl Client {

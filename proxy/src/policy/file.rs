@@ -68,30 +68,52 @@ fn line_of(text: &str, at: &str) -> usize {
     .map_or(1, |i| i + 1)
 }
 
-/// Loads `path` (which must be good) and re-reads it every `interval`.
+/// Loads `path` (which must be good) and re-reads it every `interval`, on
+/// a blocking thread: a large file read and parsed on the runtime's thread
+/// would hold up every connection of a one-thread proxy.
 pub fn start(
     store: Arc<PolicyStore>,
     path: PathBuf,
     interval: Duration,
 ) -> Result<(), PolicyFileError> {
     load(&store, &path)?;
-    // The file's text (bounded, as `load` reads it) or why it cannot be read.
-    let read = |path: &Path| conduit_policy::yaml::read_file(path).map_err(|e| e.kind());
     let mut last = read(&path);
     tokio::spawn(async move {
         loop {
             tokio::time::sleep(interval).await;
-            let now = read(&path);
-            if now == Err(std::io::ErrorKind::NotFound) || now == last {
-                continue;
-            }
-            last = now;
-            if let Err(e) = load(&store, &path) {
-                error!(error = %e, "loading the inbound policy file failed; keeping the inbound policy in force");
-            }
+            let (store, path) = (store.clone(), path.clone());
+            last = match tokio::task::spawn_blocking(move || reread(&store, &path, last)).await {
+                Ok(now) => now,
+                Err(e) => {
+                    error!(error = %e, "re-reading the inbound policy file failed; no longer watching it");
+                    return;
+                }
+            };
         }
     });
     Ok(())
+}
+
+/// The file's text (bounded, as `load` reads it) or why it cannot be read.
+fn read(path: &Path) -> Result<String, std::io::ErrorKind> {
+    conduit_policy::yaml::read_file(path).map_err(|e| e.kind())
+}
+
+/// Loads `path` again if its text changed since `last` (a missing file
+/// keeps the policy in force); returns what to compare the next time with.
+fn reread(
+    store: &PolicyStore,
+    path: &Path,
+    last: Result<String, std::io::ErrorKind>,
+) -> Result<String, std::io::ErrorKind> {
+    let now = read(path);
+    if now == Err(std::io::ErrorKind::NotFound) || now == last {
+        return last;
+    }
+    if let Err(e) = load(store, path) {
+        error!(error = %e, "loading the inbound policy file failed; keeping the inbound policy in force");
+    }
+    now
 }
 
 #[cfg(test)]

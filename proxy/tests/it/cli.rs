@@ -58,6 +58,8 @@ fn refused(args: &[&str]) -> String {
 fn bad_flags_are_refused_clearly() {
     let err = refused(&["--detect-timeout", "soon"]);
     assert!(err.contains("bad duration"), "{err}");
+    let err = refused(&["--workers", "0"]);
+    assert!(err.contains("--workers") && err.contains("0"), "{err}");
 
     // TLS to the controller needs trust anchors to check its identity.
     let err = refused(&[
@@ -126,7 +128,22 @@ fn proxy_refuses_to_send_its_token_in_plaintext() {
 
 #[test]
 fn runs_from_env_and_drains_on_sigterm() {
+    // One thread by default: the runtime's, nothing else.
+    runs_and_drains("1", 1);
+}
+
+#[test]
+fn runs_and_drains_on_a_multi_threaded_runtime() {
+    // The main thread and two workers.
+    runs_and_drains("2", 3);
+}
+
+/// Starts the proxy from environment variables with `workers` runtime
+/// workers, checks its admin port answers and that it runs `threads`
+/// threads, then SIGTERMs it and waits for its drain.
+fn runs_and_drains(workers: &str, threads: usize) {
     let mut child = Command::new(BIN)
+        .env("CONDUIT_PROXY_WORKERS", workers)
         .env("CONDUIT_PROXY_OUTBOUND_ADDRS", "127.0.0.1:0")
         .env("CONDUIT_PROXY_INBOUND_ADDRS", "127.0.0.1:0")
         .env("CONDUIT_PROXY_ADMIN_ADDR", "127.0.0.1:0")
@@ -169,6 +186,10 @@ fn runs_from_env_and_drains_on_sigterm() {
     let mut out = String::new();
     s.read_to_string(&mut out).unwrap();
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    let running = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .count();
+    assert_eq!(running, threads, "threads with --workers {workers}");
 
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(child.id() as i32),
