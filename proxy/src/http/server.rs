@@ -95,11 +95,11 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
                 let mut guard = counted.accept();
                 let (s, c, m) = (s.clone(), c.clone(), metrics.clone());
                 Box::pin(async move {
-                    // hyper polls a stream's service once before it looks for
-                    // the client's RST_STREAM: give it that look before
-                    // anything is sent upstream, so a stream reset before it
-                    // was accepted costs the upstream nothing.
-                    tokio::task::yield_now().await;
+                    // hyper looks for the client's RST_STREAM only when the
+                    // stream's service returns `Pending`: give it that look
+                    // before anything is sent upstream, so a stream reset
+                    // before it was accepted costs the upstream nothing.
+                    super::resets::pending_once().await;
                     if !guard.admit().await {
                         // Closing for rapid reset: nothing more goes upstream.
                         return Ok(error_response(
