@@ -271,6 +271,21 @@ fn access_log_annotation(template: &Value) -> Result<Option<String>, String> {
     }
 }
 
+/// The proxy's runtime threads (`CONDUIT_PROXY_WORKERS`), checked here so
+/// a bad value fails the injection instead of the pod's proxy at start.
+fn workers_annotation(template: &Value) -> Result<Option<String>, String> {
+    let key = mesh::PROXY_WORKERS_ANNOTATION;
+    let Some(v) = annotation(template, key)? else {
+        return Ok(None);
+    };
+    match v.trim().parse::<u16>() {
+        Ok(n @ 1..=256) => Ok(Some(n.to_string())),
+        _ => Err(format!(
+            "annotation {key}: {v:?} is not a number of threads from 1 to 256"
+        )),
+    }
+}
+
 /// Adds the sidecar to a pod template (`metadata` + `spec`).
 fn inject_template(
     template: &mut Value,
@@ -308,6 +323,7 @@ fn inject_template(
         skip_outbound_ports: ports_annotation(template, mesh::SKIP_OUTBOUND_PORTS_ANNOTATION)?,
         inbound_policy: template_policy.or(default_policy),
         access_log: access_log_annotation(template)?,
+        workers: workers_annotation(template)?,
     };
     let container = serde_norway::to_value(sidecar::proxy_container(o, &settings))
         .map_err(|e| e.to_string())?;

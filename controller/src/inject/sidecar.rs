@@ -71,6 +71,8 @@ pub struct PodSettings {
     pub inbound_policy: Option<String>,
     /// `json` or `common` (CONDUIT_PROXY_ACCESS_LOG).
     pub access_log: Option<String>,
+    /// The proxy's runtime threads, 1 to 256 (CONDUIT_PROXY_WORKERS).
+    pub workers: Option<String>,
 }
 
 fn env(name: &str, value: &str) -> EnvVar {
@@ -155,6 +157,9 @@ pub fn proxy_container(o: &Options, pod: &PodSettings) -> Container {
     }
     if let Some(f) = &pod.access_log {
         envs.push(env("CONDUIT_PROXY_ACCESS_LOG", f));
+    }
+    if let Some(n) = &pod.workers {
+        envs.push(env("CONDUIT_PROXY_WORKERS", n));
     }
     let quantities = |pairs: &[(&str, &str)]| {
         Some(

@@ -28,6 +28,8 @@ pub const SKIP_INBOUND_PORTS_ANNOTATION: &str = "conduit.io/skip-inbound-ports";
 pub const SKIP_OUTBOUND_PORTS_ANNOTATION: &str = "conduit.io/skip-outbound-ports";
 /// Pod annotation: `json` or `common` turns on the proxy's access log.
 pub const ACCESS_LOG_ANNOTATION: &str = "conduit.io/access-log";
+/// Pod annotation: the proxy's runtime threads, 1 (its default) to 256.
+pub const PROXY_WORKERS_ANNOTATION: &str = "conduit.io/proxy-workers";
 
 /// The proxy container of a pod spec's containers or init containers.
 pub fn proxy_container(pod: &Pod) -> Option<&Container> {

@@ -367,3 +367,35 @@ fn access_log_annotation_turns_the_proxy_access_log_on() {
         "{err}"
     );
 }
+
+#[test]
+fn proxy_workers_annotation_sets_the_proxys_runtime_threads() {
+    let o = options();
+    let with = |v: &str| {
+        read("deployment.in.yaml").replace(
+            "conduit.io/skip-inbound-ports: \"9102\"",
+            &format!(
+                "conduit.io/skip-inbound-ports: \"9102\"\n        conduit.io/proxy-workers: {v}"
+            ),
+        )
+    };
+    let out = inject_yaml(&with("\"2\""), &o).unwrap();
+    assert!(
+        out.yaml.contains("name: CONDUIT_PROXY_WORKERS\n") && out.yaml.contains("value: '2'"),
+        "{}",
+        out.yaml
+    );
+    let plain = inject_yaml(&read("deployment.in.yaml"), &o).unwrap();
+    assert!(
+        !plain.yaml.contains("CONDUIT_PROXY_WORKERS"),
+        "the proxy's own default (one thread) unless asked"
+    );
+    // The proxy would refuse these at start: refused here, before a pod runs.
+    for bad in ["\"0\"", "\"257\"", "many", "\"-1\"", "\"\""] {
+        let err = inject_yaml(&with(bad), &o).unwrap_err().to_string();
+        assert!(
+            err.contains(mesh::PROXY_WORKERS_ANNOTATION) && err.contains("1 to 256"),
+            "{bad}: {err}"
+        );
+    }
+}
