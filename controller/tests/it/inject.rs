@@ -344,12 +344,7 @@ fn run_reads_a_file_and_writes_the_output_file() {
 #[test]
 fn access_log_annotation_turns_the_proxy_access_log_on() {
     let o = options();
-    let with = |v: &str| {
-        read("deployment.in.yaml").replace(
-            "conduit.io/skip-inbound-ports: \"9102\"",
-            &format!("conduit.io/skip-inbound-ports: \"9102\"\n        conduit.io/access-log: {v}"),
-        )
-    };
+    let with = |v: &str| deployment_with(&format!("conduit.io/access-log: {v}"));
     let out = inject_yaml(&with("json"), &o).unwrap();
     assert!(
         out.yaml.contains("name: CONDUIT_PROXY_ACCESS_LOG\n") && out.yaml.contains("value: json"),
@@ -371,14 +366,7 @@ fn access_log_annotation_turns_the_proxy_access_log_on() {
 #[test]
 fn proxy_workers_annotation_sets_the_proxys_runtime_threads() {
     let o = options();
-    let with = |v: &str| {
-        read("deployment.in.yaml").replace(
-            "conduit.io/skip-inbound-ports: \"9102\"",
-            &format!(
-                "conduit.io/skip-inbound-ports: \"9102\"\n        conduit.io/proxy-workers: {v}"
-            ),
-        )
-    };
+    let with = |v: &str| deployment_with(&format!("conduit.io/proxy-workers: {v}"));
     let out = inject_yaml(&with("\"2\""), &o).unwrap();
     assert!(
         out.yaml.contains("name: CONDUIT_PROXY_WORKERS\n") && out.yaml.contains("value: '2'"),
@@ -398,4 +386,13 @@ fn proxy_workers_annotation_sets_the_proxys_runtime_threads() {
             "{bad}: {err}"
         );
     }
+}
+
+/// The example deployment with one more pod template annotation line
+/// (`key: value`).
+fn deployment_with(annotation: &str) -> String {
+    read("deployment.in.yaml").replace(
+        "conduit.io/skip-inbound-ports: \"9102\"",
+        &format!("conduit.io/skip-inbound-ports: \"9102\"\n        {annotation}"),
+    )
 }
