@@ -8,7 +8,7 @@ use crate::transport::{self, Connector, MeshProto, NextHop};
 use conduit_base::sync::Unpoisoned;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -290,7 +290,7 @@ impl Client {
         let io = transport::open(&*self.connector, up)
             .await
             .map_err(|source| ClientError::Connect { addr, source })?;
-        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+        let (sender, conn) = http2::Builder::new(super::BoxingExecutor)
             .timer(TokioTimer::new())
             .keep_alive_interval(Duration::from_secs(10))
             .keep_alive_timeout(Duration::from_secs(20))

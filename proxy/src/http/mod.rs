@@ -53,6 +53,25 @@ pub fn full(text: impl Into<Bytes>) -> Body {
     boxed(Full::new(text.into()).map_err(|never| match never {}))
 }
 
+/// Spawns the futures hyper's HTTP/2 client and server hand over (one per
+/// stream or request) as boxed tasks: hyper passes each by value, and
+/// tokio's spawn moves its argument through several frames before it lands
+/// in the task, a copy of the whole future each time; boxed first, the
+/// future is copied once and only a pointer moves after that
+/// (docs/benchmarks.md). Shared by the client and the server side.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct BoxingExecutor;
+
+impl<F> hyper::rt::Executor<F> for BoxingExecutor
+where
+    F: std::future::Future + Send + 'static,
+    F::Output: Send + 'static,
+{
+    fn execute(&self, fut: F) {
+        tokio::spawn(Box::pin(fut));
+    }
+}
+
 /// Header on responses the proxy itself generated, saying why.
 pub const ERROR_HEADER: &str = "conduit-proxy-error";
 /// Header a proxy adds when it carries an HTTP/1 request over the HTTP/2

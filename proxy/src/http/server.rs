@@ -22,7 +22,7 @@ use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
 use tracing::{debug, info, warn};
 
@@ -113,7 +113,7 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
                 })
             });
             let io = TokioIo::new(io);
-            let mut b = http2::Builder::new(TokioExecutor::new());
+            let mut b = http2::Builder::new(super::BoxingExecutor);
             b.timer(TokioTimer::new())
                 .max_header_list_size(cfg.max_header_bytes as u32)
                 .max_concurrent_streams(MAX_CONCURRENT_STREAMS)
