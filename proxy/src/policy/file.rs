@@ -37,16 +37,21 @@ fn load(store: &PolicyStore, path: &Path) -> Result<(), PolicyFileError> {
         path: path.into(),
         error,
     })?;
+    install(store, path, &text)
+}
+
+/// Parses `text`, the content of `path`, and puts it in force.
+fn install(store: &PolicyStore, path: &Path, text: &str) -> Result<(), PolicyFileError> {
     let invalid = |message: String| PolicyFileError::Invalid {
         path: path.into(),
         message,
     };
-    let spec = parse(&text).map_err(invalid)?;
+    let spec = parse(text).map_err(invalid)?;
     store.install(&spec, "file").map_err(|e| {
         invalid(format!(
             "{} (line {}): {}",
             e.at,
-            line_of(&text, &e.at),
+            line_of(text, &e.at),
             e.message
         ))
     })
@@ -110,7 +115,12 @@ fn reread(
     if now == Err(std::io::ErrorKind::NotFound) || now == last {
         return last;
     }
-    if let Err(e) = load(store, path) {
+    // The text just read is what goes in force: the file is not read twice.
+    let installed = match &now {
+        Ok(text) => install(store, path, text),
+        Err(_) => load(store, path),
+    };
+    if let Err(e) = installed {
         error!(error = %e, "loading the inbound policy file failed; keeping the inbound policy in force");
     }
     now
