@@ -7,6 +7,7 @@
 //!   a duration;
 //! * [`logging`]: the one tracing set-up (`--log` filter, else `RUST_LOG`,
 //!   else `info`; `--log-format plain|json`; on stderr);
+//! * [`malloc`]: the allocator setting every proxy is started with;
 //! * [`sync`]: the one mutex policy (std locks taken through
 //!   [`sync::Unpoisoned`], poisoning ignored, and why).
 //!
@@ -15,4 +16,5 @@
 
 pub mod duration;
 pub mod logging;
+pub mod malloc;
 pub mod sync;

@@ -184,6 +184,11 @@ impl CallgrindProxy {
         let child = Command::new("valgrind")
             .uid(PROXY_UID)
             .gid(PROXY_UID)
+            // The allocator setting of a proxy in a pod (conduit_base::malloc).
+            .env(
+                conduit_base::malloc::TUNABLES_VAR,
+                conduit_base::malloc::PROXY_TUNABLES,
+            )
             .arg("--tool=callgrind")
             .arg(format!("--callgrind-out-file={}", out_file.display()))
             .arg(bin)

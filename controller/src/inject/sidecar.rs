@@ -142,6 +142,10 @@ pub fn proxy_container(o: &Options, pod: &PodSettings) -> Container {
             &format!("{TOKEN_DIR}/token"),
         ),
         env("CONDUIT_PROXY_LOG", &o.log_level),
+        env(
+            conduit_base::malloc::TUNABLES_VAR,
+            conduit_base::malloc::PROXY_TUNABLES,
+        ),
     ];
     if let Some(pem) = &o.trust_anchors_pem {
         envs.push(env("CONDUIT_PROXY_TRUST_ANCHORS_PEM", pem));

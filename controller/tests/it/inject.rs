@@ -192,6 +192,17 @@ fn sidecar_is_native_unprivileged_and_carries_identity_and_agent_discovery() {
                     "{case}/{kind}: env {want} missing from {env:?}"
                 );
             }
+            // The allocator setting every proxy runs with (conduit_base::malloc).
+            let tunables = proxy
+                .env
+                .iter()
+                .flatten()
+                .find(|e| e.name == "GLIBC_TUNABLES");
+            assert_eq!(
+                tunables.and_then(|e| e.value.as_deref()),
+                Some("glibc.malloc.tcache_count=32"),
+                "{case}/{kind}"
+            );
             assert!(proxy.readiness_probe.is_some() && proxy.liveness_probe.is_some());
             let volumes = spec.volumes.unwrap();
             let token = volumes

@@ -103,6 +103,10 @@ impl MeshProxy {
             .user(PROXY_UID, PROXY_UID)
             .args(config.args())
             .env("CONDUIT_PROXY_LOG", "info")
+            .env(
+                conduit_base::malloc::TUNABLES_VAR,
+                conduit_base::malloc::PROXY_TUNABLES,
+            )
             .start()?;
         let mut proxy = Self {
             process,

@@ -122,6 +122,17 @@ fn http1_and_grpc_by_name_and_by_service_ip_through_both_proxies() -> Result<()>
             "{pod} proxy caps: {}",
             field("CapPrm:")
         );
+        // Started with the allocator setting of a proxy in a pod.
+        let environ = std::fs::read(format!("/proc/{pid}/environ"))?;
+        let want = format!(
+            "{}={}",
+            conduit_base::malloc::TUNABLES_VAR,
+            conduit_base::malloc::PROXY_TUNABLES
+        );
+        ensure!(
+            environ.split(|b| *b == 0).any(|v| v == want.as_bytes()),
+            "{pod} proxy environment lacks {want}"
+        );
         let cg = std::fs::read_to_string(format!("/proc/{pid}/cgroup"))?;
         let v2 = cg
             .lines()
