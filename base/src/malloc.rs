@@ -13,7 +13,9 @@
 //!
 //! glibc reads this only from the environment when a process starts, so
 //! whatever starts a proxy sets it: the sidecar injector
-//! (`conduit-controller inject`), the local mesh and the benchmarks. A proxy
+//! (`conduit-controller inject`), the local mesh and every benchmark that
+//! starts one (`conduit-mesh-bench`, `conduit-proxy-bench`,
+//! `conduit-scaling-bench`, `conduit-cost`). A proxy
 //! started without it runs correctly with glibc's default cache.
 
 /// The variable glibc reads its tunables from.

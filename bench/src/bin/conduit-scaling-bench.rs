@@ -171,6 +171,11 @@ impl Proxy {
             .arg(format!("--control-addr=127.0.0.1:{}", port()?))
             .arg(format!("--discovery-file={}", file.display()))
             .arg("--log=warn")
+            // The allocator setting of a proxy in a pod.
+            .env(
+                conduit_base::malloc::TUNABLES_VAR,
+                conduit_base::malloc::PROXY_TUNABLES,
+            )
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log)?);

@@ -141,7 +141,12 @@ impl Proxy {
             .arg("--service")
             .arg(format!("bench@{SERVICE_ADDR}={server}"))
             .arg("--log")
-            .arg("warn");
+            .arg("warn")
+            // The allocator setting of a proxy in a pod.
+            .env(
+                conduit_base::malloc::TUNABLES_VAR,
+                conduit_base::malloc::PROXY_TUNABLES,
+            );
         if route == Route::Fixed {
             cmd.arg("--outbound-fixed-dst").arg(SERVICE_ADDR);
         }
