@@ -299,6 +299,38 @@ async fn content_length_with_transfer_encoding_gets_400() {
     );
 }
 
+/// The ambiguous request pipelined behind an innocent one with the same
+/// method and target: the innocent one is answered, the ambiguous one
+/// refused (the scanner once matched the first head of that method and
+/// target, so the second request went through).
+#[tokio::test]
+async fn an_ambiguous_request_behind_one_with_the_same_target_gets_400() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start(app).await;
+    let out = exchange(
+        mesh.entry(),
+        b"POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: 2\r\n\r\nok\
+          POST /echo HTTP/1.1\r\nHost: web\r\nContent-Length: 50\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n\
+          GET /status/201 HTTP/1.1\r\nHost: web\r\n\r\n",
+    )
+    .await;
+    assert!(out.starts_with("HTTP/1.1 200"), "{out:?}");
+    assert_eq!(
+        out.matches("HTTP/1.1 ").count(),
+        2,
+        "two answers, then close: {out:?}"
+    );
+    assert!(out.contains("HTTP/1.1 400"), "{out:?}");
+    assert!(!out.contains("HTTP/1.1 201"), "{out:?}");
+    let m = metrics(&mesh.outbound).await;
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"ambiguous_framing\""],
+        1.0,
+    );
+}
+
 /// A client trickling the first bytes of a method must not fall through to
 /// opaque TCP after the detection timeout (where no HTTP limit applies and
 /// the connection could be held for the TCP idle timeout).
