@@ -16,6 +16,7 @@ use crate::metrics::{ConnHttpMetrics, Direction};
 use crate::transport::{MeshProto, NextHop};
 use conduit_base::sync::Unpoisoned;
 use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http_body::Body as _;
 use hyper::body::Incoming;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -96,8 +97,12 @@ pub async fn handle(
     // Boxed: the forwarding future is several KB (balancer, retries, the
     // upstream call), and an unboxed one is copied by every move on the
     // way into hyper's task; this way `handle` itself stays small.
-    let rsp = match Box::pin(forward(&shared, &conn, &metrics, req, answer, &tripped)).await {
-        Ok(rsp) => rsp,
+    let Reply { rsp, verified } = match Box::pin(forward(
+        &shared, &conn, &metrics, req, answer, &tripped,
+    ))
+    .await
+    {
+        Ok(reply) => reply,
         Err(e) => {
             // A stalled or malformed client body surfaces as whatever error
             // the upstream side saw (a reset, a failed read): name the real
@@ -111,12 +116,12 @@ pub async fn handle(
             };
             warn!(direction, client = %conn.client_addr, dst = %conn.dst_label, %method, %uri, "{}", chain(&e));
             m.error(conn.direction, e.reason());
-            error_response(e.kind(), answer)
+            Reply::unverified(error_response(e.kind(), answer))
         }
     };
     let peer = match conn.direction {
         Direction::Inbound => conn.peer_identity.as_deref(),
-        Direction::Outbound => rsp.extensions().get::<PeerIdentity>().map(|p| &*p.0),
+        Direction::Outbound => verified.as_deref(),
     };
     debug!(direction, %method, %uri, status = rsp.status().as_u16(), "request done");
     let uncounted = metrics.response(peer, rsp.status().as_u16(), start.elapsed());
@@ -133,11 +138,11 @@ async fn forward(
     mut req: Request<ClientBody<Incoming>>,
     answer: Answer,
     tripped: &Tripped,
-) -> Result<Response<Body>, ForwardError> {
+) -> Result<Reply, ForwardError> {
     if conn.direction == Direction::Inbound
         && let Some(refused) = crate::policy::enforce::check_request(shared, conn, &mut req).await
     {
-        return Ok(refused);
+        return Ok(Reply::unverified(refused));
     }
     let upgrade = conn.source_proto == Proto::Http1 && headers::is_upgrade(&req);
     // Only a peer proxy may ask for HTTP/1 towards the application.
@@ -145,7 +150,12 @@ async fn forward(
     let client_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     headers::strip_hop_by_hop(req.headers_mut(), upgrade);
     let body_limit = shared.cfg.body_read_timeout;
-    let req = if conn.source_proto == Proto::Http1 && !body_limit.is_zero() {
+    // A body already at its end (most requests) has nothing to wait for:
+    // no timer for it.
+    let req = if conn.source_proto == Proto::Http1
+        && !body_limit.is_zero()
+        && !req.body().is_end_stream()
+    {
         req.map(|b| boxed(ReadTimeout::new(b, body_limit, tripped.clone())))
     } else {
         req.map(boxed)
@@ -184,7 +194,7 @@ async fn forward(
                 )));
             };
             match send_or_return(&shared, &conn, hop, req, orig_h1).await {
-                Ok(r) if failed_attempt(answer, &r) => Attempt::Failure(Ok(r)),
+                Ok(r) if failed_attempt(answer, &r.rsp) => Attempt::Failure(Ok(r)),
                 Ok(r) => Attempt::Success(Ok(r)),
                 Err((e, Some(req))) => {
                     *unsent.locked() = Some(req);
@@ -226,7 +236,7 @@ async fn send_or_return(
     hop: NextHop,
     mut req: Request<Body>,
     orig_h1: bool,
-) -> Result<Response<Body>, (ForwardError, Option<Request<Body>>)> {
+) -> Result<Reply, (ForwardError, Option<Request<Body>>)> {
     let meshed = hop.mesh_port.is_some();
     let proto = match (meshed, orig_h1) {
         (true, _) => Proto::Http2,
@@ -247,15 +257,29 @@ async fn send_or_return(
         .await
         .map_err(|(e, req)| (ForwardError::Upstream(e), req))?;
     headers::strip_hop_by_hop(rsp.headers_mut(), false);
-    if let Some(id) = verified {
-        rsp.extensions_mut().insert(PeerIdentity(id));
-    }
-    Ok(rsp.map(boxed))
+    Ok(Reply {
+        rsp: rsp.map(boxed),
+        verified,
+    })
 }
 
-/// The server identity a hop was verified against (for metrics).
-#[derive(Debug, Clone)]
-struct PeerIdentity(conduit_proxy_tls::SpiffeId);
+/// An upstream's response and the server identity its hop was verified
+/// against, if any (for metrics and tap). Carried beside the response, not
+/// in its extensions: those are a map allocated per response.
+struct Reply {
+    rsp: Response<Body>,
+    verified: Option<conduit_proxy_tls::SpiffeId>,
+}
+
+impl Reply {
+    /// The proxy's own answer (an error, a refusal): no peer was verified.
+    fn unverified(rsp: Response<Body>) -> Self {
+        Self {
+            rsp,
+            verified: None,
+        }
+    }
+}
 
 fn verified_identity(shared: &Shared, target: &NextHop) -> Option<conduit_proxy_tls::SpiffeId> {
     target.peer_identity().filter(|_| shared.mtls).cloned()
@@ -268,7 +292,7 @@ async fn forward_upgrade(
     conn: &Arc<ConnCtx>,
     mut req: Request<Body>,
     client_upgrade: hyper::upgrade::OnUpgrade,
-) -> Result<Response<Body>, ForwardError> {
+) -> Result<Reply, ForwardError> {
     let (hop, pick) = conn.route.target.pick()?;
     let is_connect = req.method() == Method::CONNECT;
     headers::for_version(&mut req, Proto::Http1, &conn.route.orig_dst)
@@ -304,10 +328,10 @@ async fn forward_upgrade(
         tunnel::spawn(shared, conn, client_upgrade, upstream_upgrade);
     }
     headers::strip_hop_by_hop(rsp.headers_mut(), switched && !is_connect);
-    if let Some(id) = verified {
-        rsp.extensions_mut().insert(PeerIdentity(id));
-    }
-    Ok(rsp.map(boxed))
+    Ok(Reply {
+        rsp: rsp.map(boxed),
+        verified,
+    })
 }
 
 /// An error and its causes, `a: b: c` (a cause already in the text is not
