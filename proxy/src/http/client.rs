@@ -74,6 +74,35 @@ pub struct Client {
     h2_next: AtomicUsize,
 }
 
+/// What a pooled HTTP/1 connection is to the next request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pooled {
+    /// A request is in flight on it.
+    Busy,
+    /// Closed, or idle for `timeout` or more (the server may be closing
+    /// it): dropped from the pool.
+    Gone,
+    /// Idle and fresh: the request goes on it.
+    Ready,
+}
+
+/// Under load most of an upstream's connections are busy, and a request
+/// looks at them until it meets a ready one: the clock arithmetic
+/// (`idle_for`) only for the ready ones.
+fn pooled(
+    closed: bool,
+    ready: bool,
+    idle_for: impl FnOnce() -> Duration,
+    timeout: Duration,
+) -> Pooled {
+    match (closed, ready) {
+        (true, _) => Pooled::Gone,
+        (false, false) => Pooled::Busy,
+        (false, true) if idle_for() < timeout => Pooled::Ready,
+        (false, true) => Pooled::Gone,
+    }
+}
+
 /// HTTP/2 connections per upstream (a peer proxy, an HTTP/2 application),
 /// requests spread over them in turn. One connection's reads, writes,
 /// framing and TLS are one task, so under load every request through the
@@ -166,7 +195,9 @@ impl Client {
 
     /// Sends `req` on a ready pooled connection of `up`, if there is one
     /// (the connection stays in the pool, marked used now), else `req`
-    /// back. One map lookup and one clock read per request.
+    /// back. One map lookup and one clock read per request; the connections
+    /// are looked at until a ready one (closed and stale ones met on the way
+    /// are dropped).
     fn send_on_idle_h1(
         &self,
         up: &NextHop,
@@ -178,14 +209,23 @@ impl Client {
         };
         let now = Instant::now();
         let timeout = self.settings.idle_timeout;
-        idle.retain(|(t, s)| !s.is_closed() && (now.duration_since(*t) < timeout || !s.is_ready()));
-        match idle.iter_mut().find(|(_, s)| s.is_ready()) {
-            Some((used, sender)) => {
-                *used = now;
-                OnIdle::Sent(sender.try_send_request(req))
+        let mut i = 0;
+        while let Some((used, sender)) = idle.get_mut(i) {
+            match pooled(
+                sender.is_closed(),
+                sender.is_ready(),
+                || now.duration_since(*used),
+                timeout,
+            ) {
+                Pooled::Busy => i += 1,
+                Pooled::Gone => drop(idle.swap_remove(i)),
+                Pooled::Ready => {
+                    *used = now;
+                    return OnIdle::Sent(sender.try_send_request(req));
+                }
             }
-            None => OnIdle::NoneReady(req),
         }
+        OnIdle::NoneReady(req)
     }
 
     fn put_h1(&self, up: &NextHop, sender: http1::SendRequest<Body>) {
@@ -195,6 +235,11 @@ impl Client {
             Some(idle) => idle,
             None => pool.entry(up.clone()).or_default(),
         };
+        if idle.len() >= self.settings.max_idle_per_upstream {
+            // Closed ones are otherwise dropped only when met on the way
+            // to a ready one, or by the periodic sweep.
+            idle.retain(|(_, s)| !s.is_closed());
+        }
         if idle.len() < self.settings.max_idle_per_upstream {
             idle.push((Instant::now(), sender));
         }
@@ -313,7 +358,9 @@ impl Client {
         let timeout = self.settings.idle_timeout;
         let mut h1 = self.h1.locked();
         h1.retain(|_, idle| {
-            idle.retain(|(t, s)| !s.is_closed() && (t.elapsed() < timeout || !s.is_ready()));
+            idle.retain(|(t, s)| {
+                pooled(s.is_closed(), s.is_ready(), || t.elapsed(), timeout) != Pooled::Gone
+            });
             !idle.is_empty()
         });
         drop(h1);
@@ -324,5 +371,42 @@ impl Client {
                 Err(_) => true,
             })
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn what_a_pooled_h1_connection_is_to_the_next_request() {
+        let timeout = Duration::from_secs(30);
+        // (closed, ready, idle for, what it is, clock read)
+        let cases = [
+            (false, false, 0, Pooled::Busy, false),
+            (false, false, 60, Pooled::Busy, false),
+            (false, true, 29, Pooled::Ready, true),
+            (false, true, 30, Pooled::Gone, true),
+            (false, true, 60, Pooled::Gone, true),
+            (true, false, 0, Pooled::Gone, false),
+            (true, true, 0, Pooled::Gone, false),
+        ];
+        for (closed, ready, idle_secs, want, want_clock) in cases {
+            let mut clock = false;
+            let got = pooled(
+                closed,
+                ready,
+                || {
+                    clock = true;
+                    Duration::from_secs(idle_secs)
+                },
+                timeout,
+            );
+            assert_eq!(
+                (got, clock),
+                (want, want_clock),
+                "closed {closed} ready {ready} idle {idle_secs}s"
+            );
+        }
     }
 }
