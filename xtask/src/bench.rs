@@ -2,7 +2,8 @@
 
 use crate::util::{exec, root, target_dir};
 use crate::{build_ebpf, release, setup};
-use anyhow::Result;
+use anyhow::{Context, Result};
+use std::path::Path;
 use std::process::Command;
 
 #[derive(clap::Args)]
@@ -33,6 +34,11 @@ pub enum What {
     Scaling,
     /// Direct vs eBPF capture vs iptables, two proxies with mTLS.
     Mesh,
+    /// Instructions per request of the client pod's and the server pod's
+    /// proxies on the eBPF mesh path with mTLS: the mesh benchmark with
+    /// those proxies under callgrind (`--callgrind target/mesh-cost`),
+    /// counted over the measured slices only.
+    MeshCost,
     /// Instructions per request through one release proxy under callgrind
     /// (HTTP/1.1 and HTTP/2 by default; `-- --cases none,listening,gone`
     /// for the tap's cost).
@@ -61,7 +67,7 @@ pub fn run(opts: &Options) -> Result<()> {
                 _ => "conduit-controller-scale-bench",
             }
         }
-        What::Mesh | What::Soak => {
+        What::Mesh | What::MeshCost | What::Soak => {
             build_ebpf::run(&build_ebpf::Options::default())?;
             // The mesh benchmark runs the agent, the controller, the proxies
             // and the mesh application as separate release binaries.
@@ -76,6 +82,14 @@ pub fn run(opts: &Options) -> Result<()> {
     if let Some(d) = &opts.duration {
         args.extend(["--duration".to_owned(), d.clone()]);
     }
+    if let What::MeshCost = opts.what {
+        let dir = target_dir().join("mesh-cost");
+        if !given(&args, "--callgrind") && dir.exists() {
+            // Only the last run's profiles.
+            std::fs::remove_dir_all(&dir).with_context(|| format!("emptying {}", dir.display()))?;
+        }
+        args = mesh_cost_args(&args, &dir);
+    }
     exec(
         program(bin)
             .args(&args)
@@ -83,6 +97,43 @@ pub fn run(opts: &Options) -> Result<()> {
             .current_dir(root()),
         "the benchmark failed: see its output above",
     )
+}
+
+/// `bench mesh-cost`'s defaults: the eBPF path beside direct (which the
+/// mesh benchmark compares everything with), a fixed rate and a closed
+/// loop, one long slice each (callgrind slows the proxies some 50 times).
+const MESH_COST_DEFAULTS: &[(&str, &str)] = &[
+    ("--paths", "direct,ebpf"),
+    ("--protocols", "http1,http2"),
+    ("--rates", "100"),
+    ("--concurrency", "32"),
+    ("--duration", "20s"),
+    ("--rounds", "1"),
+];
+
+/// The mesh benchmark's arguments for `bench mesh-cost`: `--callgrind
+/// <dir>` and [`MESH_COST_DEFAULTS`], each unless `user` (the arguments
+/// after `--`) gives it, then `user`.
+fn mesh_cost_args(user: &[String], dir: &Path) -> Vec<String> {
+    let mut args = Vec::new();
+    if !given(user, "--callgrind") {
+        args.extend(["--callgrind".to_owned(), dir.display().to_string()]);
+    }
+    for (flag, value) in MESH_COST_DEFAULTS {
+        if !given(user, flag) {
+            args.extend([flag.to_string(), value.to_string()]);
+        }
+    }
+    args.extend(user.iter().cloned());
+    args
+}
+
+/// Whether `args` has option `flag` (`--flag value` or `--flag=value`).
+fn given(args: &[String], flag: &str) -> bool {
+    args.iter().any(|a| {
+        a.strip_prefix(flag)
+            .is_some_and(|rest| rest.is_empty() || rest.starts_with('='))
+    })
 }
 
 /// `cargo run` of benchmark program `bin` (bench crate, release), ready for
@@ -99,4 +150,42 @@ pub fn program(bin: &str) -> Command {
         "--",
     ]);
     cmd
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn strings(v: &[&str]) -> Vec<String> {
+        v.iter().map(|s| s.to_string()).collect()
+    }
+
+    #[test]
+    fn mesh_cost_defaults_give_way_to_the_users_arguments() {
+        let dir = Path::new("/t/mesh-cost");
+        assert_eq!(
+            mesh_cost_args(&[], dir).join(" "),
+            "--callgrind /t/mesh-cost --paths direct,ebpf --protocols http1,http2 --rates 100 \
+             --concurrency 32 --duration 20s --rounds 1"
+        );
+        let user = strings(&[
+            "--duration=5s",
+            "--paths",
+            "direct,sockmap",
+            "--warmup",
+            "2s",
+        ]);
+        assert_eq!(
+            mesh_cost_args(&user, dir).join(" "),
+            "--callgrind /t/mesh-cost --protocols http1,http2 --rates 100 --concurrency 32 \
+             --rounds 1 --duration=5s --paths direct,sockmap --warmup 2s"
+        );
+        let user = strings(&["--callgrind", "/tmp/cg"]);
+        assert_eq!(
+            mesh_cost_args(&user, dir)[..2],
+            strings(&["--paths", "direct,ebpf"])
+        );
+        // A longer option with the same start is another option.
+        assert!(!given(&strings(&["--rates-x", "1"]), "--rates"));
+    }
 }

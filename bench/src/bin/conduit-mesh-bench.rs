@@ -6,9 +6,19 @@
 //! Prints p50/p99/p99.9, throughput, each proxy's RSS and CPU and the
 //! ratios to direct as a Markdown table, draws a PNG latency plot, and
 //! writes both into docs/. Needs root (network namespaces, the agent).
+//!
+//! `--callgrind DIR` (`cargo xtask bench mesh-cost`) runs the proxies of the
+//! proxied paths under valgrind's callgrind and adds a table of each proxy's
+//! instructions per request, counted over the measured slices only
+//! (`mesh/callgrind.rs`); its latencies are then valgrind's, not the proxy's,
+//! and nothing is written into docs/.
 
 #![allow(missing_docs)]
 
+#[path = "mesh/callgrind.rs"]
+mod callgrind;
+#[path = "mesh/instructions.rs"]
+mod instructions;
 #[path = "mesh/paths.rs"]
 mod paths;
 #[path = "mesh/pod.rs"]
@@ -19,10 +29,12 @@ mod policy;
 mod results;
 
 use anyhow::{Context, Result, bail};
+use callgrind::Callgrind;
 use clap::{Parser, Subcommand};
 use conduit_bench::loadgen::{Load, Protocol};
 use conduit_bench::procstat::Sampler;
 use conduit_bench::report::{fmt_opt, load_average};
+use instructions::Counted;
 use paths::{Kind, Path};
 use results::Cell;
 use std::net::SocketAddr;
@@ -67,6 +79,19 @@ struct Args {
     /// Print only; do not write into docs/.
     #[arg(long)]
     no_write: bool,
+    /// Run the proxies of the paths other than direct under valgrind's
+    /// callgrind, writing their profiles into DIR, and count each proxy's
+    /// instructions per request over the measured slices. Implies
+    /// --no-write (the timings are valgrind's).
+    #[arg(long, value_name = "DIR")]
+    callgrind: Option<PathBuf>,
+}
+
+impl Args {
+    /// Whether the results go into docs/.
+    fn writes_docs(&self) -> bool {
+        !self.no_write && self.callgrind.is_none()
+    }
 }
 
 #[derive(Subcommand, Debug)]
@@ -127,6 +152,21 @@ fn bench(args: &Args) -> Result<()> {
     if loads.is_empty() || protocols.is_empty() {
         bail!("nothing to measure: give --rates and/or --concurrency, and --protocols");
     }
+    let callgrind = match &args.callgrind {
+        None => None,
+        Some(_) if kinds.len() < 2 => bail!(
+            "--callgrind counts the proxies of the paths other than direct: add one to --paths \
+             (e.g. --paths direct,ebpf)"
+        ),
+        Some(dir) => Some(Callgrind::prepare(dir)?),
+    };
+    if let Some(cg) = &callgrind {
+        progress(&format!(
+            "the proxies of every path but direct run under callgrind (profiles in {}): \
+             their latencies and throughput are valgrind's, only the instruction counts are to be read",
+            cg.dir().display()
+        ));
+    }
     let started = Instant::now();
     let load_before = load_average();
     if let Some((l, cpus)) = load_before
@@ -158,7 +198,7 @@ fn bench(args: &Args) -> Result<()> {
             k.describe()
         ));
         let t = Instant::now();
-        let path = match Path::up(k, &protocols) {
+        let path = match Path::up(k, &protocols, callgrind.as_ref()) {
             Ok(p) => p,
             Err(e) if k != Kind::Direct && !conduit_tests::wait::interrupted() => {
                 // One broken path must not cost the others' numbers.
@@ -200,7 +240,7 @@ fn bench(args: &Args) -> Result<()> {
             })
         })
         .collect();
-    let cells = measure(args, &mut paths, &protocols, &loads)?;
+    let (cells, counted) = measure(args, &mut paths, &protocols, &loads)?;
     let elapsed = started.elapsed();
     let mut checked = Vec::new();
     for p in &paths {
@@ -220,6 +260,9 @@ fn bench(args: &Args) -> Result<()> {
         checked.join("; ")
     ));
     let command = command_line();
+    if callgrind.is_some() {
+        println!("\n{}", instructions::TIMINGS_WARNING);
+    }
     println!("\n{table}");
     for l in &summary {
         println!("- {l}");
@@ -228,8 +271,17 @@ fn bench(args: &Args) -> Result<()> {
     let machine = machine_line(load_before, load_after);
     println!("- {machine}");
     println!("- command: {command}");
+    if let Some(cg) = &callgrind {
+        println!(
+            "\nInstructions per request, each proxy under callgrind:\n\n{}",
+            instructions::table(&counted)
+        );
+        for l in instructions::notes(&counted, cg.dir()) {
+            println!("- {l}");
+        }
+    }
 
-    if args.no_write {
+    if !args.writes_docs() {
         return Ok(());
     }
     let docs = match &args.docs {
@@ -261,13 +313,16 @@ fn bench(args: &Args) -> Result<()> {
     Ok(())
 }
 
+/// Every (protocol, load, path): the cells of the table and, for the paths
+/// under callgrind, what their proxies executed.
 fn measure(
     args: &Args,
     paths: &mut [Path],
     protocols: &[Protocol],
     loads: &[Load],
-) -> Result<Vec<Cell>> {
+) -> Result<(Vec<Cell>, Vec<Counted>)> {
     let mut cells = Vec::new();
+    let mut all_counted = Vec::new();
     let groups = protocols.len() * loads.len();
     let slice = args.duration / args.rounds;
     let mut n = 0;
@@ -279,24 +334,38 @@ fn measure(
                 .iter()
                 .map(|p| Cell::new(protocol, load, p.kind, &p.proxies))
                 .collect();
+            let mut counted: Vec<Option<Counted>> = paths
+                .iter()
+                .map(|p| {
+                    let labels: Vec<&'static str> = p.profiled.iter().map(|x| x.label).collect();
+                    (!labels.is_empty()).then(|| Counted::new(protocol, load, p.kind, &labels))
+                })
+                .collect();
             for p in paths.iter_mut() {
                 check_interrupted()?;
                 p.measure(protocol, load, args.warmup)
                     .with_context(|| format!("warm-up through {}", p.kind.label()))?;
             }
             for _ in 0..args.rounds {
-                for (p, cell) in paths.iter_mut().zip(group.iter_mut()) {
+                for ((p, cell), count) in paths.iter_mut().zip(group.iter_mut()).zip(&mut counted) {
                     check_interrupted()?;
                     let pids: Vec<u32> = p.proxies.iter().map(|(_, pid)| *pid).collect();
-                    let sampler = Sampler::start(&pids);
-                    let sample = p.measure(protocol, load, slice).with_context(|| {
-                        format!(
-                            "measuring {} {load} through {}",
-                            protocol.label(),
-                            p.kind.label()
-                        )
+                    let profiled = p.profiled.clone();
+                    let ((sample, usage), executed) = callgrind::counted(&profiled, || {
+                        let sampler = Sampler::start(&pids);
+                        let sample = p.measure(protocol, load, slice).with_context(|| {
+                            format!(
+                                "measuring {} {load} through {}",
+                                protocol.label(),
+                                p.kind.label()
+                            )
+                        })?;
+                        Ok((sample, sampler.stop()))
                     })?;
-                    cell.add(sample, &sampler.stop());
+                    if let Some(c) = count {
+                        c.add(&sample, &executed);
+                    }
+                    cell.add(sample, &usage);
                 }
             }
             let line: Vec<String> = group
@@ -322,10 +391,18 @@ fn measure(
                 t.elapsed().as_secs_f64(),
                 line.join("; ")
             ));
+            for c in counted.iter().flatten() {
+                progress(&format!(
+                    "{n:>2}/{groups} {} {load} under callgrind: {}",
+                    protocol.label(),
+                    instructions::progress_line(c)
+                ));
+            }
             cells.extend(group);
+            all_counted.extend(counted.into_iter().flatten());
         }
     }
-    Ok(cells)
+    Ok((cells, all_counted))
 }
 
 fn check_interrupted() -> Result<()> {
@@ -399,4 +476,27 @@ fn generated_section(
         s.push_str("\n![latency by percentile, per path](benchmarks-mesh.png)\n");
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(args: &[&str]) -> Args {
+        Args::try_parse_from(std::iter::once("conduit-mesh-bench").chain(args.iter().copied()))
+            .unwrap()
+    }
+
+    #[test]
+    fn callgrind_implies_no_write() {
+        assert!(parse(&[]).writes_docs());
+        assert!(!parse(&["--no-write"]).writes_docs());
+        let a = parse(&["--callgrind", "/tmp/cg", "--paths", "direct,ebpf"]);
+        assert_eq!(
+            a.callgrind.as_deref(),
+            Some(std::path::Path::new("/tmp/cg"))
+        );
+        assert!(!a.writes_docs());
+        assert!(Args::try_parse_from(["conduit-mesh-bench", "--callgrind"]).is_err());
+    }
 }

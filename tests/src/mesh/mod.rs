@@ -281,6 +281,7 @@ impl Mesh {
             agent_socket: (self.spec.capture == Capture::Ebpf)
                 .then(|| self.agent.config.socket.clone()),
             extra_args: self.spec.proxy_args.clone(),
+            launcher: self.spec.proxy_launcher.clone(),
         })
     }
 

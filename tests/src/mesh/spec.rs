@@ -86,6 +86,8 @@ pub struct MeshSpec {
     pub services: Vec<ServiceSpec>,
     /// Extra arguments for every `conduit-proxy`.
     pub proxy_args: Vec<String>,
+    /// What every `conduit-proxy` is started under (None: directly).
+    pub proxy_launcher: Option<crate::mesh::proxy::Launcher>,
     /// Extra arguments for the agent.
     pub agent_args: Vec<String>,
     /// Extra arguments for the controller (`--leaf-lifetime 6s`, ...).
@@ -126,6 +128,7 @@ impl MeshSpec {
             }],
             servers,
             proxy_args: Vec::new(),
+            proxy_launcher: None,
             agent_args: Vec::new(),
             controller_args: Vec::new(),
             quiet_apps: false,

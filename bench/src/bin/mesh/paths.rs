@@ -16,6 +16,7 @@
 //! * `plugin`: like `policy`, the allowing rule asking an authorization
 //!   plugin (the example plugin, in the controller's pod) about every request.
 
+use crate::callgrind::{Callgrind, Profiled};
 use crate::pod::{BenchServer, LoadClient};
 use anyhow::{Context, Result, bail};
 use conduit_bench::loadgen::{Load, Protocol, Sample};
@@ -99,13 +100,21 @@ impl Kind {
         }
     }
 
-    /// Subnets 10.77.240-243: outside the tests' hashed range (20..220)
-    /// and the demo's (0), so a benchmark can run beside them.
-    fn subnet(self) -> u8 {
-        240 + self as u8
+    /// The names of the path's mesh: `mesh-bench-<path>` on subnets
+    /// 10.77.240-245, outside the tests' hashed range (20..220) and the
+    /// demo's (0), so a benchmark can run beside them; a `--callgrind` run's
+    /// `mesh-cost-<path>` on 246-251, so that it can run beside a timing run
+    /// (a second run of the same names would remove the first one's pods).
+    fn names(self, callgrind: bool) -> Names {
+        let (run, first) = if callgrind {
+            ("mesh-cost", 246)
+        } else {
+            ("mesh-bench", 240)
+        };
+        Names::with_subnet(&format!("{run}-{}", self.key()), first + self as u8)
     }
 
-    fn spec(self) -> MeshSpec {
+    fn spec(self, names: &Names, callgrind: Option<&Callgrind>) -> MeshSpec {
         let mut spec = MeshSpec::with_servers(1);
         spec.services = vec![ServiceSpec {
             name: SERVICE.into(),
@@ -117,6 +126,10 @@ impl Kind {
         }];
         spec.quiet_apps = true;
         spec.proxy_args = vec!["--log".into(), "warn".into()];
+        // The direct path's proxies carry no request: they run as usual.
+        spec.proxy_launcher = callgrind
+            .filter(|_| self != Kind::Direct)
+            .map(|cg| cg.launcher(self));
         spec.capture = match self {
             Kind::Direct => Capture::None,
             Kind::Ebpf | Kind::Sockmap | Kind::Policy | Kind::Plugin => Capture::Ebpf,
@@ -125,7 +138,7 @@ impl Kind {
         if self == Kind::Sockmap {
             spec.agent_args = vec!["--sockmap-fastpath".into()];
         }
-        if let Some(file) = crate::policy::policy_file(self) {
+        if let Some(file) = crate::policy::policy_file(self, names) {
             spec.controller_args = vec!["--policy-file".into(), file.display().to_string()];
         }
         spec
@@ -139,6 +152,8 @@ pub struct Path {
     pub target: SocketAddr,
     /// (label, pid) of the proxies on the way.
     pub proxies: Vec<(&'static str, u32)>,
+    /// The same proxies when they run under callgrind (`--callgrind`).
+    pub profiled: Vec<Profiled>,
     pub client: LoadClient,
     // Dropped before the mesh (fields drop in order).
     _server: BenchServer,
@@ -147,16 +162,20 @@ pub struct Path {
 }
 
 impl Path {
-    /// Brings the path's mesh up, starts the server and the load generator
-    /// and checks one request of each protocol gets through.
-    pub fn up(kind: Kind, protocols: &[Protocol]) -> Result<Path> {
-        let names = Names::with_subnet(&format!("mesh-bench-{}", kind.key()), kind.subnet());
-        if let Some(file) = crate::policy::policy_file(kind) {
+    /// Brings the path's mesh up (with `--callgrind`, its proxies under
+    /// callgrind unless the path is direct), starts the server and the load
+    /// generator and checks one request of each protocol gets through.
+    pub fn up(kind: Kind, protocols: &[Protocol], callgrind: Option<&Callgrind>) -> Result<Path> {
+        let names = kind.names(callgrind.is_some());
+        let policy_file = crate::policy::policy_file(kind, &names);
+        if let Some(file) = &policy_file {
             std::fs::create_dir_all(file.parent().unwrap_or(std::path::Path::new("/tmp")))?;
-            std::fs::write(&file, "")?;
+            std::fs::write(file, "")?;
         }
-        let mesh = Mesh::up(names, kind.spec(), &mut Steps::new(6))?;
-        let plugin = match crate::policy::policy_file(kind) {
+        let spec = kind.spec(&names, callgrind);
+        let launcher = spec.proxy_launcher.clone();
+        let mesh = Mesh::up(names, spec, &mut Steps::new(6))?;
+        let plugin = match policy_file {
             None => None,
             Some(file) => Some(crate::policy::install(kind, &mesh, &file)?),
         }
@@ -164,20 +183,37 @@ impl Path {
         let server = BenchServer::start(&mesh.env, SERVER_POD, SERVER_PORT)?;
         let client_pod = mesh.spec.client.clone();
         let client = LoadClient::start(&mesh.env, &client_pod)?;
-        let (target, proxies) = match kind {
+        let (target, pods) = match kind {
             Kind::Direct => (mesh.env.pod(SERVER_POD).v4(SERVER_PORT), Vec::new()),
             _ => (
                 SocketAddr::from((mesh.service_ip(SERVICE), SERVICE_PORT)),
                 vec![
-                    ("client proxy", mesh.proxy(&client_pod).process.pid()),
-                    ("server proxy", mesh.proxy(SERVER_POD).process.pid()),
+                    ("client proxy", client_pod.as_str()),
+                    ("server proxy", SERVER_POD),
                 ],
             ),
+        };
+        let proxies: Vec<(&'static str, u32)> = pods
+            .iter()
+            .map(|&(label, pod)| (label, mesh.proxy(pod).process.pid()))
+            .collect();
+        let profiled = match &launcher {
+            None => Vec::new(),
+            Some(l) => pods
+                .iter()
+                .zip(&proxies)
+                .map(|(&(label, pod), &(_, pid))| Profiled {
+                    label,
+                    pid,
+                    profile: l.profile(pod, pid),
+                })
+                .collect(),
         };
         let mut path = Path {
             kind,
             target,
             proxies,
+            profiled,
             client,
             _server: server,
             _plugin: plugin,
@@ -255,5 +291,28 @@ impl Path {
         duration: Duration,
     ) -> Result<Sample> {
         self.client.run(self.target, protocol, load, duration)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn callgrind_runs_have_names_and_subnets_of_their_own() {
+        let timing = Kind::Ebpf.names(false);
+        assert_eq!(
+            (timing.test.as_str(), timing.subnet),
+            ("mesh-bench-ebpf", 241)
+        );
+        let cost = Kind::Ebpf.names(true);
+        assert_eq!((cost.test.as_str(), cost.subnet), ("mesh-cost-ebpf", 247));
+        assert_eq!(Kind::Plugin.names(false).subnet, 245);
+        assert_eq!(Kind::Plugin.names(true).subnet, 251);
+        assert_eq!(
+            crate::policy::policy_file(Kind::Policy, &Kind::Policy.names(false)),
+            Some(std::env::temp_dir().join("conduit-mesh-bench-policy/policy.yaml"))
+        );
+        assert_eq!(crate::policy::policy_file(Kind::Ebpf, &cost), None);
     }
 }

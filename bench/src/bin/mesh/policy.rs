@@ -9,15 +9,17 @@
 use crate::paths::{Kind, SERVER_POD, SERVER_PORT};
 use anyhow::Result;
 use conduit_tests::mesh::Mesh;
+use conduit_tests::names::Names;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 /// The controller's policy file of the policy paths (written empty
-/// before the mesh starts, filled once the plugin's address is known).
-pub fn policy_file(kind: Kind) -> Option<PathBuf> {
+/// before the mesh starts, filled once the plugin's address is known), in
+/// a directory named after the path's mesh (`names`).
+pub fn policy_file(kind: Kind, names: &Names) -> Option<PathBuf> {
     matches!(kind, Kind::Policy | Kind::Plugin).then(|| {
         std::env::temp_dir()
-            .join(format!("conduit-mesh-bench-{}", kind.key()))
+            .join(format!("conduit-{}", names.test))
             .join("policy.yaml")
     })
 }
