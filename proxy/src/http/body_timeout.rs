@@ -26,12 +26,30 @@ use tokio::time::{Instant, Sleep};
 pub struct BodyTimeout(pub Duration);
 
 /// Set once a [`ReadTimeout`] body has timed out.
-#[derive(Debug, Clone, Default)]
-pub struct Tripped(Arc<AtomicBool>);
+#[derive(Debug, Clone)]
+pub struct Tripped(Option<Arc<AtomicBool>>);
+
+impl Default for Tripped {
+    fn default() -> Self {
+        Self(Some(Arc::default()))
+    }
+}
 
 impl Tripped {
+    /// For a request whose body is already at its end (most requests):
+    /// no timer can trip, and nothing is allocated.
+    pub fn unwatched() -> Self {
+        Self(None)
+    }
+
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    fn trip(&self) {
+        if let Some(f) = &self.0 {
+            f.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -83,7 +101,7 @@ where
         }
         match this.sleep.poll(cx) {
             Poll::Ready(()) => {
-                this.tripped.0.store(true, Ordering::Relaxed);
+                this.tripped.trip();
                 Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.limit)))))
             }
             Poll::Pending => Poll::Pending,

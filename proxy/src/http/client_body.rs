@@ -11,12 +11,30 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 /// Set once the client's body has failed.
-#[derive(Debug, Clone, Default)]
-pub struct BodyFailed(Arc<AtomicBool>);
+#[derive(Debug, Clone)]
+pub struct BodyFailed(Option<Arc<AtomicBool>>);
+
+impl Default for BodyFailed {
+    fn default() -> Self {
+        Self(Some(Arc::default()))
+    }
+}
 
 impl BodyFailed {
+    /// For a request whose body is already at its end (most requests): it
+    /// cannot fail, and nothing is allocated.
+    pub fn unwatched() -> Self {
+        Self(None)
+    }
+
     pub fn is_set(&self) -> bool {
-        self.0.load(Ordering::Relaxed)
+        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
+    }
+
+    fn raise(&self) {
+        if let Some(f) = &self.0 {
+            f.store(true, Ordering::Relaxed);
+        }
     }
 }
 
@@ -46,7 +64,7 @@ impl<B: Body> Body for ClientBody<B> {
         let this = self.project();
         let r = this.inner.poll_frame(cx);
         if let Poll::Ready(Some(Err(_))) = &r {
-            this.failed.0.store(true, Ordering::Relaxed);
+            this.failed.raise();
         }
         r
     }

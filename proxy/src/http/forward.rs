@@ -91,8 +91,13 @@ pub async fn handle(
     // Method and URI are kept for the log line of a failed request only.
     let (method, uri) = (req.method().clone(), req.uri().clone());
     let answer = Answer::for_request(req.headers());
-    let tripped = Tripped::default();
-    let body_failed = BodyFailed::default();
+    // A body already at its end can neither fail nor stall: no flags to
+    // allocate for it.
+    let (tripped, body_failed) = if req.body().is_end_stream() {
+        (Tripped::unwatched(), BodyFailed::unwatched())
+    } else {
+        (Tripped::default(), BodyFailed::default())
+    };
     let req = req.map(|b| ClientBody::new(b, body_failed.clone()));
     // Boxed: the forwarding future is several KB (balancer, retries, the
     // upstream call), and an unboxed one is copied by every move on the
