@@ -169,12 +169,15 @@ async fn forward(
         return forward_upgrade(shared, conn, req, client_upgrade).await;
     }
     let target = &conn.route.target;
-    let (req, replay) = if target.retries() && is_idempotent(req.method()) {
+    let (req, replay) = if !(target.retries() && is_idempotent(req.method())) {
+        (req, None)
+    } else if req.body().is_end_stream() {
+        let (req, replay) = replay::without_body(req);
+        (req, Some(replay))
+    } else {
         replay::prepare(req, shared.cfg.max_buffered_body)
             .await
             .map_err(|e| ForwardError::BadRequest(format!("reading the request body: {e}")))?
-    } else {
-        (req, None)
     };
     let retryable = replay.is_some();
     // The request not yet sent: a failed connection hands it back here, and

@@ -43,6 +43,21 @@ impl Replay {
     }
 }
 
+/// For a request whose body is already at its end (most idempotent
+/// requests): the [`Replay`] and the request to send first, with nothing
+/// to read and no future to build.
+pub fn without_body(req: Request<Body>) -> (Request<Body>, Replay) {
+    let (parts, _) = req.into_parts();
+    let replay = Replay {
+        method: parts.method,
+        uri: parts.uri,
+        headers: parts.headers,
+        data: Bytes::new(),
+        trailers: None,
+    };
+    (replay.request(), replay)
+}
+
 /// Reads the body when it is small enough to keep; returns the request to
 /// send first and, if kept, a [`Replay`] for retries.
 pub async fn prepare(
@@ -120,5 +135,31 @@ mod tests {
         let (first, _) = prepare(req, 16).await.unwrap();
         assert!(!first.body().is_end_stream());
         assert_eq!(first.body().size_hint().exact(), Some(5));
+    }
+
+    /// The synchronous path for a body at its end keeps the same head and
+    /// sends the same (empty, ended) body as `prepare` does.
+    #[tokio::test]
+    async fn without_body_is_prepare_for_an_ended_body() {
+        let req = || {
+            Request::get("http://web/a?b=1")
+                .header("x-one", "1")
+                .header("x-one", "2")
+                .body(crate::http::empty())
+                .unwrap()
+        };
+        let (first, replay) = without_body(req());
+        let (want_first, want_replay) = prepare(req(), 16).await.unwrap();
+        let want_replay = want_replay.expect("kept");
+        for (got, want) in [
+            (first, want_first),
+            (replay.request(), want_replay.request()),
+        ] {
+            assert_eq!(got.method(), want.method());
+            assert_eq!(got.uri(), want.uri());
+            assert_eq!(got.headers(), want.headers());
+            assert!(got.body().is_end_stream());
+            assert_eq!(got.into_body().collect().await.unwrap().to_bytes(), "");
+        }
     }
 }
