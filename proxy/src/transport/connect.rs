@@ -17,7 +17,7 @@ use std::time::Duration;
 /// application port a peer proxy is asked for, and what the connection
 /// carries. Chosen by [`route`](crate::route); used as is by the
 /// connectors, [`open`](super::open) and the HTTP client's pools.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NextHop {
     pub addr: SocketAddr,
     pub peer: Peer,
@@ -27,6 +27,18 @@ pub struct NextHop {
     /// the ALPN a TLS connector offers towards a peer proxy, and the HTTP
     /// version of an HTTP hop (see [`crate::protocol`]).
     pub proto: MeshProto,
+}
+
+/// Hashes the address, the application port and the protocol, not the
+/// peer: the pools look a hop up on every request, and the peer's identity
+/// is a long string, while two hops to one address and port with different
+/// identities are rare (equality still compares everything).
+impl std::hash::Hash for NextHop {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.addr.hash(state);
+        self.mesh_port.hash(state);
+        self.proto.hash(state);
+    }
 }
 
 impl NextHop {
@@ -131,5 +143,31 @@ impl Connector for TcpConnector {
             let s = Self::connect_tcp(addr, timeout).await?;
             Ok(Box::new(s) as BoxIo)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use conduit_proxy_tls::SpiffeId;
+    use std::collections::HashMap;
+
+    /// Hops to one address that differ only in the peer's identity hash
+    /// alike but stay apart: equality still compares the peer.
+    #[test]
+    fn hops_differing_only_in_identity_stay_apart() {
+        let addr: SocketAddr = "10.0.0.7:4143".parse().unwrap();
+        let id = |sa: &str| Some(SpiffeId::new("cluster.local", "default", sa).unwrap());
+        let (a, b) = (
+            NextHop::meshed(addr, id("web"), 8080),
+            NextHop::meshed(addr, id("api"), 8080),
+        );
+        assert_ne!(a, b);
+        let mut pool = HashMap::new();
+        pool.insert(a.clone(), 1);
+        pool.insert(b.clone(), 2);
+        pool.insert(NextHop::meshed(addr, id("web"), 8080), 3);
+        assert_eq!(pool.len(), 2);
+        assert_eq!((pool[&a], pool[&b]), (3, 2));
     }
 }
