@@ -38,8 +38,11 @@ pub struct Callgrind {
 }
 
 impl Callgrind {
-    /// Checks valgrind and callgrind_control are installed and makes `dir`
-    /// (created if missing) writable by the proxies' uid.
+    /// Checks valgrind and callgrind_control are installed and that the
+    /// proxies' uid can write into `dir`: created if missing (sticky and
+    /// world-writable, like /tmp); an existing directory is never chmod'ed
+    /// (`--callgrind /` or a source tree must not become world-writable),
+    /// it must already let others write.
     pub fn prepare(dir: &Path) -> Result<Callgrind> {
         for tool in TOOLS {
             if find_in_path(tool).is_none() {
@@ -49,28 +52,9 @@ impl Callgrind {
                 );
             }
         }
-        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        let dir = dir
-            .canonicalize()
-            .with_context(|| format!("resolving {}", dir.display()))?;
-        // Sticky and world-writable, like /tmp: callgrind writes as uid 1337.
-        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))
-            .with_context(|| format!("making {} writable for the proxies", dir.display()))?;
-        for a in dir.ancestors().skip(1) {
-            let mode = std::fs::metadata(a)
-                .with_context(|| format!("reading {}", a.display()))?
-                .permissions()
-                .mode();
-            ensure!(
-                others_may_enter(mode),
-                "--callgrind {}: the proxies (uid {PROXY_UID}) cannot reach it: {} is mode {:o}; \
-                 choose a directory elsewhere (e.g. under /tmp)",
-                dir.display(),
-                a.display(),
-                mode & 0o7777
-            );
-        }
-        Ok(Callgrind { dir })
+        Ok(Callgrind {
+            dir: prepare_dir(dir)?,
+        })
     }
 
     /// The directory (absolute).
@@ -87,9 +71,57 @@ impl Callgrind {
     }
 }
 
+/// Makes `dir` ready for the proxies' profiles (see [`Callgrind::prepare`]);
+/// its absolute path.
+fn prepare_dir(dir: &Path) -> Result<PathBuf> {
+    let existed = dir.exists();
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("resolving {}", dir.display()))?;
+    if existed {
+        let mode = std::fs::metadata(&dir)
+            .with_context(|| format!("reading {}", dir.display()))?
+            .permissions()
+            .mode();
+        ensure!(
+            others_may_write(mode),
+            "--callgrind {}: the proxies (uid {PROXY_UID}) cannot write into it (mode {:o}), \
+             and an existing directory is left as it is: give a directory that does not \
+             exist yet (it is created sticky and world-writable, like /tmp)",
+            dir.display(),
+            mode & 0o7777
+        );
+    } else {
+        // Sticky and world-writable, like /tmp: callgrind writes as uid 1337.
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o1777))
+            .with_context(|| format!("making {} writable for the proxies", dir.display()))?;
+    }
+    for a in dir.ancestors().skip(1) {
+        let mode = std::fs::metadata(a)
+            .with_context(|| format!("reading {}", a.display()))?
+            .permissions()
+            .mode();
+        ensure!(
+            others_may_enter(mode),
+            "--callgrind {}: the proxies (uid {PROXY_UID}) cannot reach it: {} is mode {:o}; \
+             choose a directory elsewhere (e.g. under /tmp)",
+            dir.display(),
+            a.display(),
+            mode & 0o7777
+        );
+    }
+    Ok(dir)
+}
+
 /// Whether a directory of mode `mode` lets other users through.
 fn others_may_enter(mode: u32) -> bool {
     mode & 0o001 != 0
+}
+
+/// Whether a directory of mode `mode` lets other users create files in it.
+fn others_may_write(mode: u32) -> bool {
+    mode & 0o003 == 0o003
 }
 
 fn find_in_path(program: &str) -> Option<PathBuf> {
@@ -233,6 +265,43 @@ fn answered(text: &str, pid: u32) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// An existing directory the proxies cannot write into is refused and
+    /// left as it was; a new one is created for them.
+    #[test]
+    fn an_existing_directory_is_never_opened_up() {
+        let tmp = tempfile::tempdir().unwrap();
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        let existing = tmp.path().join("existing");
+        std::fs::create_dir(&existing).unwrap();
+        std::fs::set_permissions(&existing, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let err = prepare_dir(&existing).unwrap_err().to_string();
+        assert!(err.contains("cannot write into it"), "{err}");
+        let mode = std::fs::metadata(&existing).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o755);
+        let fresh = tmp.path().join("fresh");
+        prepare_dir(&fresh).unwrap();
+        let mode = std::fs::metadata(&fresh).unwrap().permissions().mode();
+        assert_eq!(mode & 0o7777, 0o1777);
+    }
+
+    #[test]
+    fn directory_modes() {
+        // (mode, others may enter, others may write)
+        for (mode, enter, write) in [
+            (0o755, true, false),
+            (0o700, false, false),
+            (0o1777, true, true),
+            (0o777, true, true),
+            (0o772, false, false),
+        ] {
+            assert_eq!(
+                (others_may_enter(mode), others_may_write(mode)),
+                (enter, write),
+                "{mode:o}"
+            );
+        }
+    }
 
     fn names(v: &[&str]) -> Vec<String> {
         v.iter().map(|s| s.to_string()).collect()
