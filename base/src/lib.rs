@@ -8,6 +8,8 @@
 //! * [`logging`]: the one tracing set-up (`--log` filter, else `RUST_LOG`,
 //!   else `info`; `--log-format plain|json`; on stderr);
 //! * [`malloc`]: the allocator setting every proxy is started with;
+//! * [`response`]: which response series count as failures (the agent's
+//!   `stat` and `top`, the benchmarks' and tests' reports);
 //! * [`sync`]: the one mutex policy (std locks taken through
 //!   [`sync::Unpoisoned`], poisoning ignored, and why).
 //!
@@ -17,4 +19,5 @@
 pub mod duration;
 pub mod logging;
 pub mod malloc;
+pub mod response;
 pub mod sync;

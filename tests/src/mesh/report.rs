@@ -3,6 +3,7 @@
 //! identities on the labels.
 
 use crate::mesh::scrape::Metrics;
+use conduit_base::response::failed;
 use std::collections::BTreeSet;
 use std::fmt::Write;
 
@@ -69,16 +70,6 @@ pub fn rows(m: &Metrics) -> Vec<Row> {
             }
         })
         .collect()
-}
-
-/// Whether a response series counts failures: by its `classification`
-/// label (`failure`: 5xx, or a gRPC status other than OK in an HTTP 200),
-/// or without one (a proxy from before it), by its status class.
-pub fn failed(classification: Option<&str>, status_class: Option<&str>) -> bool {
-    match classification {
-        Some(c) => c == "failure",
-        None => matches!(status_class, Some("5xx" | "error")),
-    }
 }
 
 /// Every value of an identity label (a label whose name contains
@@ -175,21 +166,7 @@ conduit_response_latency_seconds_bucket{direction="outbound",dst="web.default.sv
     }
 
     #[test]
-    fn failures_by_classification_else_status_class() {
-        let cases = [
-            (Some("success"), Some("2xx"), false),
-            // A gRPC error travels in an HTTP 200.
-            (Some("failure"), Some("2xx"), true),
-            (Some("failure"), Some("5xx"), true),
-            (Some("success"), Some("4xx"), false),
-            (None, Some("5xx"), true),
-            (None, Some("error"), true),
-            (None, Some("2xx"), false),
-            (None, None, false),
-        ];
-        for (class, status, want) in cases {
-            assert_eq!(failed(class, status), want, "{class:?} {status:?}");
-        }
+    fn success_rate_counts_grpc_failures_in_a_200() {
         let m = Metrics::parse(
             r#"conduit_request_total{direction="outbound",dst="web:9090"} 4
 conduit_response_total{direction="outbound",dst="web:9090",status_class="2xx",classification="success"} 1

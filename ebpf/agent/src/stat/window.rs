@@ -41,15 +41,12 @@ pub struct TcpTotals {
     pub write_bytes: f64,
 }
 
-/// Whether a `conduit_response_total` series counts failures: its
-/// `classification` (`failure`: 5xx, or a gRPC status other than OK, which
-/// travels in an HTTP 200), or for a proxy from before that label, a 5xx
-/// status class.
+/// Whether a `conduit_response_total` sample counts failures
+/// ([`conduit_base::response::failed`]; an empty label is one the series
+/// does not carry).
 pub fn failed(s: &Sample) -> bool {
-    match s.label("classification") {
-        "" => s.label("status_class") == "5xx",
-        class => class == "failure",
-    }
+    let label = |k| Some(s.label(k)).filter(|v| !v.is_empty());
+    conduit_base::response::failed(label("classification"), label("status_class"))
 }
 
 /// Sums the samples of one scrape.
