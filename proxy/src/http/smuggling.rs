@@ -287,6 +287,7 @@ mod tests {
             h.feed(format!("POST /{i} HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n").as_bytes());
             h.feed(format!("GET /{} HTTP/1.1\r\n\r\n", "b".repeat(i * 100)).as_bytes());
         }
+        assert_eq!(h.0.lock().unwrap().done.len(), MAX_HEADS);
         assert!(!h.conflicting("PUT", "/none"));
         assert!(!h.conflicting("POST", "/95"));
         h.feed(&vec![b'a'; 1 << 20]);
