@@ -14,8 +14,6 @@
 use super::BoxError;
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::time::{Instant, Sleep};
@@ -25,33 +23,8 @@ use tokio::time::{Instant, Sleep};
 #[error("the client sent no request body data for {0:?}")]
 pub struct BodyTimeout(pub Duration);
 
-/// Set once a [`ReadTimeout`] body has timed out.
-#[derive(Debug, Clone)]
-pub struct Tripped(Option<Arc<AtomicBool>>);
-
-impl Default for Tripped {
-    fn default() -> Self {
-        Self(Some(Arc::default()))
-    }
-}
-
-impl Tripped {
-    /// For a request whose body is already at its end (most requests):
-    /// no timer can trip, and nothing is allocated.
-    pub fn unwatched() -> Self {
-        Self(None)
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
-    }
-
-    fn trip(&self) {
-        if let Some(f) = &self.0 {
-            f.store(true, Ordering::Relaxed);
-        }
-    }
-}
+/// Raised once a [`ReadTimeout`] body has timed out.
+pub type Tripped = super::flag::Flag;
 
 pin_project_lite::pin_project! {
     /// A body that fails when its client stalls for longer than `limit`.
@@ -101,7 +74,7 @@ where
         }
         match this.sleep.poll(cx) {
             Poll::Ready(()) => {
-                this.tripped.trip();
+                this.tripped.raise();
                 Poll::Ready(Some(Err(Box::new(BodyTimeout(*this.limit)))))
             }
             Poll::Pending => Poll::Pending,

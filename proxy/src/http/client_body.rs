@@ -6,37 +6,10 @@
 
 use http_body::{Body, Frame, SizeHint};
 use std::pin::Pin;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
-/// Set once the client's body has failed.
-#[derive(Debug, Clone)]
-pub struct BodyFailed(Option<Arc<AtomicBool>>);
-
-impl Default for BodyFailed {
-    fn default() -> Self {
-        Self(Some(Arc::default()))
-    }
-}
-
-impl BodyFailed {
-    /// For a request whose body is already at its end (most requests): it
-    /// cannot fail, and nothing is allocated.
-    pub fn unwatched() -> Self {
-        Self(None)
-    }
-
-    pub fn is_set(&self) -> bool {
-        self.0.as_ref().is_some_and(|f| f.load(Ordering::Relaxed))
-    }
-
-    fn raise(&self) {
-        if let Some(f) = &self.0 {
-            f.store(true, Ordering::Relaxed);
-        }
-    }
-}
+/// Raised once the client's body has failed.
+pub type BodyFailed = super::flag::Flag;
 
 pin_project_lite::pin_project! {
     /// The client's request body, watched for errors.

@@ -13,6 +13,7 @@ pub mod body_timeout;
 pub mod classify;
 pub mod client;
 pub mod client_body;
+pub mod flag;
 pub mod forward;
 pub mod grpc;
 pub mod grpc_web;
