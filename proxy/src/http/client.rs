@@ -110,9 +110,11 @@ fn pooled(
 /// small node work on one peer's traffic (mesh benchmark, HTTP/2 at the
 /// maximum rate: 0.22x direct with one, 0.30x with two, 0.27x with four;
 /// docs/benchmarks.md, with one runtime worker per core). On the default
-/// one-thread runtime (`--workers 1`) one against two was measured and not
-/// settled (docs/benchmarks.md, "One runtime thread per proxy"). Each costs
-/// an idle upstream connection's memory.
+/// one-thread runtime (`--workers 1`) two still beat one and four at the
+/// HTTP/2 maximum rate (0.30x against 0.25x and 0.25-0.32x, interleaved
+/// runs), though one costs 4% fewer instructions per request in user
+/// space (docs/benchmarks.md, "How many HTTP/2 connections per peer").
+/// Each costs an idle upstream connection's memory.
 pub const H2_CONNECTIONS: usize = 2;
 
 impl Client {
