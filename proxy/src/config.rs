@@ -111,6 +111,13 @@ pub struct Config {
     #[arg(long, env = "CONDUIT_PROXY_HEADER_READ_TIMEOUT", value_parser = parse_duration, default_value = "10s")]
     pub header_read_timeout: Duration,
 
+    /// HTTP/1 keep-alive connections with no request under way for this
+    /// long are closed (0: never). Longer than clients' own pool timeouts
+    /// (90 s in Go's and hyper's), so the client drops an idle connection
+    /// first and never sends a request into one being closed.
+    #[arg(long, env = "CONDUIT_PROXY_HTTP_IDLE_TIMEOUT", value_parser = parse_duration, default_value = "1h")]
+    pub http_idle_timeout: Duration,
+
     /// Slow clients: longest pause allowed while waiting for more of an
     /// HTTP/1 request body; the request is then cancelled and answered 408.
     /// 0 turns it off. (HTTP/2 and gRPC streams may idle legitimately.)

@@ -110,7 +110,7 @@ impl Activity {
             metered: Some((read, written)),
         })
     }
-    fn add_read(&self, n: usize) {
+    pub(crate) fn add_read(&self, n: usize) {
         self.read.fetch_add(n as u64, Ordering::Relaxed);
         if let Some((r, _)) = &self.metered {
             r.inc_by(n as u64);

@@ -17,6 +17,7 @@ pub mod flag;
 pub mod forward;
 pub mod grpc;
 pub mod grpc_web;
+pub mod head_timer;
 pub mod headers;
 pub mod replay;
 pub mod resets;

@@ -12,6 +12,7 @@
 //! at once races the request its client may be sending on it, which would
 //! fail unanswered).
 
+use super::head_timer::HeadTimer;
 use super::resets::Resets;
 use super::smuggling::{HeadScanner, Heads};
 use super::{Answer, Body, Proto, ProxyError, error_response, forward};
@@ -24,6 +25,7 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use tracing::{debug, info, warn};
 
 /// How long a draining proxy leaves an idle HTTP/1 connection open for a
@@ -44,6 +46,7 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
         conn.direction,
         &conn.dst_label,
     ));
+    let mut idle_closed = None;
     let res = match conn.source_proto {
         Proto::Http1 => {
             let heads = Heads::default();
@@ -69,8 +72,16 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
                     Ok(rsp)
                 }
             });
+            // The header timeout from a head's first byte; an idle
+            // keep-alive connection waits `--http-idle-timeout` instead.
+            let timer = HeadTimer::new(
+                conn.activity.clone(),
+                cfg.header_read_timeout,
+                cfg.http_idle_timeout,
+            );
+            idle_closed = Some(timer.idle_closed());
             let mut b = http1::Builder::new();
-            b.timer(TokioTimer::new())
+            b.timer(timer)
                 .header_read_timeout(cfg.header_read_timeout)
                 .max_headers(cfg.max_headers)
                 .max_buf_size(cfg.max_header_bytes.max(8192));
@@ -160,6 +171,9 @@ pub async fn serve(shared: Arc<Shared>, conn: Arc<ConnCtx>, io: impl Io) {
             "header_too_large"
         } else if e.is_parse() {
             "malformed_http"
+        } else if e.is_timeout() && idle_closed.is_some_and(|c| c.load(Ordering::Relaxed)) {
+            debug!(client = %conn.client_addr, "closing HTTP/1 connection idle for {:?}", shared.cfg.http_idle_timeout);
+            return;
         } else if e.is_timeout() {
             "header_read_timeout"
         } else {

@@ -309,3 +309,128 @@ async fn plain_and_transparent_inbound_paths() {
         1.0,
     );
 }
+
+const GET_ECHO: &[u8] = b"GET /echo HTTP/1.1\r\nHost: web.test\r\n\r\n";
+
+/// Reads one response (its head and a `content-length` body) off `s`.
+async fn one_response(s: &mut TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), s.read(&mut chunk))
+            .await
+            .expect("a response")
+            .unwrap();
+        assert!(
+            n > 0,
+            "closed mid-response: {:?}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&chunk[..n]);
+        let text = String::from_utf8_lossy(&buf).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    let l = l.to_ascii_lowercase();
+                    l.strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+/// hyper's header-read timer also runs while a keep-alive connection waits
+/// idle for its next request; on its own it closed every connection idle
+/// for the header timeout, so the client's pool reconnected (and a request
+/// sent as the proxy closed would fail). Idle is not a slow head.
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start_with(app, |c| c.header_read_timeout = Duration::from_millis(200)).await;
+    let mut s = TcpStream::connect(mesh.entry()).await.unwrap();
+    s.write_all(GET_ECHO).await.unwrap();
+    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    // Idle for five header timeouts: still open.
+    let mut b = [0u8; 1];
+    let idle = tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await;
+    assert!(idle.is_err(), "closed while idle: {idle:?}");
+    s.write_all(GET_ECHO).await.unwrap();
+    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let m = metrics(&mesh.outbound).await;
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"header_read_timeout\""],
+        0.0,
+    );
+}
+
+/// A head started after an idle wait gets the header timeout from its
+/// first byte, not the idle timeout: a slow client is still cut off.
+#[tokio::test]
+async fn a_head_stalled_after_an_idle_wait_is_cut_off() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start_with(app, |c| c.header_read_timeout = Duration::from_millis(300)).await;
+    let mut s = TcpStream::connect(mesh.entry()).await.unwrap();
+    s.write_all(GET_ECHO).await.unwrap();
+    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let mut b = [0u8; 1];
+    let idle = tokio::time::timeout(Duration::from_millis(600), s.read(&mut b)).await;
+    assert!(idle.is_err(), "closed while idle: {idle:?}");
+    s.write_all(b"GET /echo HTTP/1.1\r\nHost: web.test\r\nX-Slow: ")
+        .await
+        .unwrap();
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(250),
+        "{:?}",
+        start.elapsed()
+    );
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    let m = metrics(&mesh.outbound).await;
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"header_read_timeout\""],
+        1.0,
+    );
+}
+
+/// `--http-idle-timeout` closes a keep-alive connection with no request
+/// under way; that is not an error.
+#[tokio::test]
+async fn an_idle_connection_is_closed_after_the_idle_timeout() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start_with(app, |c| c.http_idle_timeout = Duration::from_millis(400)).await;
+    let mut s = TcpStream::connect(mesh.entry()).await.unwrap();
+    s.write_all(GET_ECHO).await.unwrap();
+    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        start.elapsed()
+    );
+    let m = metrics(&mesh.outbound).await;
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"header_read_timeout\""],
+        0.0,
+    );
+}
