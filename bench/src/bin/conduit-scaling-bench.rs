@@ -400,6 +400,15 @@ fn idle_connections(
                 .with_context(|| format!("{n} connections: {}", proxy.log_tail()))?;
             std::thread::sleep(Duration::from_millis(500));
             let (rss, anon) = proxy.rss()?;
+            // Measured with every connection still open, or not at all.
+            let closed = held.iter().filter(|(_, task)| task.is_finished()).count();
+            if closed > 0 {
+                bail!(
+                    "{closed} of the {n} idle {} connections were closed before the measurement: {}",
+                    protocol.label(),
+                    proxy.log_tail()
+                );
+            }
             text.push_str(&format!(
                 "| {} | {n} | {} | {} | {} |\n",
                 protocol.label(),
