@@ -344,6 +344,44 @@ async fn one_response(s: &mut TcpStream) -> String {
     }
 }
 
+/// A connection to the mesh's entry that made one request and got its
+/// answer: kept alive, waiting for the next.
+async fn kept_alive(mesh: &Mesh) -> TcpStream {
+    let mut s = TcpStream::connect(mesh.entry()).await.unwrap();
+    s.write_all(GET_ECHO).await.unwrap();
+    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    s
+}
+
+/// Asserts the proxy neither closes `s` nor sends on it for `idle`.
+async fn stays_open(s: &mut TcpStream, idle: Duration) {
+    let mut b = [0u8; 1];
+    let r = tokio::time::timeout(idle, s.read(&mut b)).await;
+    assert!(r.is_err(), "closed or answered while idle: {r:?}");
+}
+
+/// Waits for the proxy to close `s`; how long that took, and that it sent
+/// nothing first.
+async fn closed_after(s: &mut TcpStream) -> Duration {
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
+    start.elapsed()
+}
+
+async fn header_timeouts(mesh: &Mesh) -> f64 {
+    let m = metrics(&mesh.outbound).await;
+    support::sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"header_read_timeout\""],
+    )
+}
+
 /// hyper's header-read timer also runs while a keep-alive connection waits
 /// idle for its next request; on its own it closed every connection idle
 /// for the header timeout, so the client's pool reconnected (and a request
@@ -352,22 +390,12 @@ async fn one_response(s: &mut TcpStream) -> String {
 async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
     let app = apps::http_server().await;
     let mesh = Mesh::start_with(app, |c| c.header_read_timeout = Duration::from_millis(200)).await;
-    let mut s = TcpStream::connect(mesh.entry()).await.unwrap();
+    let mut s = kept_alive(&mesh).await;
+    // Idle for five header timeouts: still open, and still served.
+    stays_open(&mut s, Duration::from_secs(1)).await;
     s.write_all(GET_ECHO).await.unwrap();
     assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
-    // Idle for five header timeouts: still open.
-    let mut b = [0u8; 1];
-    let idle = tokio::time::timeout(Duration::from_secs(1), s.read(&mut b)).await;
-    assert!(idle.is_err(), "closed while idle: {idle:?}");
-    s.write_all(GET_ECHO).await.unwrap();
-    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
-    let m = metrics(&mesh.outbound).await;
-    assert_sample(
-        &m,
-        "conduit_errors_total",
-        &["reason=\"header_read_timeout\""],
-        0.0,
-    );
+    assert_eq!(header_timeouts(&mesh).await, 0.0);
 }
 
 /// A head started after an idle wait gets the header timeout from its
@@ -376,34 +404,14 @@ async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
 async fn a_head_stalled_after_an_idle_wait_is_cut_off() {
     let app = apps::http_server().await;
     let mesh = Mesh::start_with(app, |c| c.header_read_timeout = Duration::from_millis(300)).await;
-    let mut s = TcpStream::connect(mesh.entry()).await.unwrap();
-    s.write_all(GET_ECHO).await.unwrap();
-    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
-    let mut b = [0u8; 1];
-    let idle = tokio::time::timeout(Duration::from_millis(600), s.read(&mut b)).await;
-    assert!(idle.is_err(), "closed while idle: {idle:?}");
+    let mut s = kept_alive(&mesh).await;
+    stays_open(&mut s, Duration::from_millis(600)).await;
     s.write_all(b"GET /echo HTTP/1.1\r\nHost: web.test\r\nX-Slow: ")
         .await
         .unwrap();
-    let start = std::time::Instant::now();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("closed")
-        .unwrap();
-    assert!(
-        start.elapsed() >= Duration::from_millis(250),
-        "{:?}",
-        start.elapsed()
-    );
-    assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
-    let m = metrics(&mesh.outbound).await;
-    assert_sample(
-        &m,
-        "conduit_errors_total",
-        &["reason=\"header_read_timeout\""],
-        1.0,
-    );
+    let took = closed_after(&mut s).await;
+    assert!(took >= Duration::from_millis(250), "{took:?}");
+    assert_eq!(header_timeouts(&mesh).await, 1.0);
 }
 
 /// `--http-idle-timeout` closes a keep-alive connection with no request
@@ -412,25 +420,8 @@ async fn a_head_stalled_after_an_idle_wait_is_cut_off() {
 async fn an_idle_connection_is_closed_after_the_idle_timeout() {
     let app = apps::http_server().await;
     let mesh = Mesh::start_with(app, |c| c.http_idle_timeout = Duration::from_millis(400)).await;
-    let mut s = TcpStream::connect(mesh.entry()).await.unwrap();
-    s.write_all(GET_ECHO).await.unwrap();
-    assert!(one_response(&mut s).await.starts_with("HTTP/1.1 200"));
-    let start = std::time::Instant::now();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("closed")
-        .unwrap();
-    assert!(
-        start.elapsed() >= Duration::from_millis(350),
-        "{:?}",
-        start.elapsed()
-    );
-    let m = metrics(&mesh.outbound).await;
-    assert_sample(
-        &m,
-        "conduit_errors_total",
-        &["reason=\"header_read_timeout\""],
-        0.0,
-    );
+    let mut s = kept_alive(&mesh).await;
+    let took = closed_after(&mut s).await;
+    assert!(took >= Duration::from_millis(350), "{took:?}");
+    assert_eq!(header_timeouts(&mesh).await, 0.0);
 }
