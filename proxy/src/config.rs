@@ -391,6 +391,11 @@ mod tests {
             conduit_policy::DefaultPolicy::AllUnauthenticated
         );
         assert_eq!(c.workers, 1, "one runtime thread by default");
+        assert_eq!(
+            (c.header_read_timeout, c.http_idle_timeout),
+            (Duration::from_secs(10), Duration::from_secs(3600)),
+            "a slow head is cut off in 10 s, an idle keep-alive connection kept an hour"
+        );
     }
 
     #[test]

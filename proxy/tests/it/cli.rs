@@ -19,6 +19,7 @@ fn help_explains_every_flag_with_its_env_var() {
         "--detect-timeout",
         "--tcp-idle-timeout",
         "--header-read-timeout",
+        "--http-idle-timeout",
         "--max-header-bytes",
         "--max-headers",
         "--max-connections",
