@@ -9,24 +9,15 @@ use crate::io::{Io, PrefixedIo};
 use crate::metrics::DetectLabels;
 use crate::protocol::{self, Serve};
 use std::sync::Arc;
+use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
 
 /// Detects and serves a connection arriving transparently (captured).
-pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: impl Io) {
+pub async fn serve_transparent(shared: Arc<Shared>, conn: ConnCtx, mut io: impl Io) {
     let direction = conn.direction.as_str();
     let port = conn.route.orig_dst.port();
-    let count = |protocol: &'static str| {
-        shared
-            .metrics
-            .detect
-            .get_or_create(&DetectLabels {
-                direction,
-                protocol,
-            })
-            .inc()
-    };
     if shared.cfg.opaque_ports.contains(&port) {
-        count("opaque_port");
+        count(&shared, &conn, "opaque_port");
         return crate::tcp::forward(&shared, &conn, io).await;
     }
     let timeouts = detect::DetectTimeouts {
@@ -40,8 +31,18 @@ pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: i
             return;
         }
     };
-    count(detected.label());
     let io = PrefixedIo::new(prefix, io);
+    if detected == Detected::Timeout {
+        return after_silence(shared, conn, io, timeouts).await;
+    }
+    serve_detected(shared, conn, detected, io).await;
+}
+
+/// Counts what detection found and hands the connection to HTTP or opaque
+/// TCP (or closes it).
+async fn serve_detected(shared: Arc<Shared>, mut conn: ConnCtx, detected: Detected, io: impl Io) {
+    let direction = conn.direction.as_str();
+    count(&shared, &conn, detected.label());
     match detected {
         Detected::Closed => {
             debug!(direction, client = %conn.client_addr, "client closed before sending anything")
@@ -51,10 +52,8 @@ pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: i
                 "closing connection: an HTTP request line not complete within {:?}", shared.cfg.header_read_timeout);
             shared.metrics.error(conn.direction, "header_read_timeout");
         }
-        Detected::Timeout => {
-            info!(direction, client = %conn.client_addr, dst = %conn.dst_label,
-                "no bytes from client within {:?}: forwarding as opaque (server speaks first?)", shared.cfg.detect_timeout);
-        }
+        // Handled by `after_silence`, which never passes it on.
+        Detected::Timeout => {}
         Detected::Http1 | Detected::Http2 | Detected::Tls | Detected::Opaque => {}
     }
     match protocol::for_detected(detected) {
@@ -65,4 +64,87 @@ pub async fn serve_transparent(shared: Arc<Shared>, mut conn: ConnCtx, mut io: i
         Some(Serve::Opaque) => crate::tcp::forward(&shared, &conn, io).await,
         None => {}
     }
+}
+
+/// A client silent for the detection timeout: a server-speaks-first
+/// protocol (SMTP, MySQL ...), or an HTTP client's connection opened ahead
+/// of its request (connection pools do that: a connect started for a
+/// request that an older connection then served is kept idle). The
+/// upstream is opened at once, so a server's greeting waits no longer,
+/// and whoever speaks first decides: the server's bytes make it opaque
+/// TCP on that upstream; the client's are detected as usual (HTTP is served
+/// as HTTP, with its metrics, balancing and retries, and the unused
+/// upstream connection closed). Before, such a pooled HTTP connection was
+/// forwarded as opaque TCP for its whole life.
+async fn after_silence(
+    shared: Arc<Shared>,
+    conn: ConnCtx,
+    mut client: impl Io,
+    timeouts: detect::DetectTimeouts,
+) {
+    let Some((mut upstream, addr)) = crate::tcp::connect(&shared, &conn).await else {
+        return;
+    };
+    // At most what detection reads at once, so its first read takes all
+    // of these bytes back and the rest comes from the client.
+    let mut from_client = vec![0u8; detect::MAX_DETECT.min(1024)];
+    let mut from_server = vec![0u8; 1024];
+    // Both reads are cancel-safe: the one that loses has taken nothing.
+    let first = tokio::select! {
+        r = client.read(&mut from_client) => Speaker::Client(r),
+        r = upstream.read(&mut from_server) => Speaker::Server(r),
+    };
+    match first {
+        Speaker::Client(Ok(n)) if n > 0 => {
+            drop(upstream);
+            from_client.truncate(n);
+            let mut io = PrefixedIo::new(from_client.into(), client);
+            let (detected, prefix) = match detect::detect(&mut io, timeouts).await {
+                Ok(d) => d,
+                Err(e) => {
+                    debug!(client = %conn.client_addr, error = %e, "read failed during protocol detection");
+                    return;
+                }
+            };
+            // `prefix` holds everything read so far (never empty here, so
+            // never a second timeout), and `io` nothing more of it.
+            serve_detected(shared, conn, detected, PrefixedIo::new(prefix, io)).await
+        }
+        Speaker::Server(Ok(n)) => {
+            from_server.truncate(n);
+            count_silent(&shared, &conn);
+            let upstream = PrefixedIo::new(from_server.into(), upstream);
+            crate::tcp::relay(&shared, &conn, client, upstream, addr).await
+        }
+        // The client closed its side, or a read failed: opaque as before,
+        // the copy carries the half-close or ends on the error.
+        Speaker::Client(_) | Speaker::Server(Err(_)) => {
+            count_silent(&shared, &conn);
+            crate::tcp::relay(&shared, &conn, client, upstream, addr).await
+        }
+    }
+}
+
+/// Who sent the first bytes after a silent detection.
+enum Speaker {
+    Client(std::io::Result<usize>),
+    Server(std::io::Result<usize>),
+}
+
+fn count_silent(shared: &Shared, conn: &ConnCtx) {
+    count(shared, conn, Detected::Timeout.label());
+    info!(direction = conn.direction.as_str(), client = %conn.client_addr, dst = %conn.dst_label,
+        "no bytes from client within {:?}, then none or the server's first: forwarding as opaque", shared.cfg.detect_timeout);
+}
+
+/// `conduit_protocol_detect_total{protocol}` for this connection.
+fn count(shared: &Shared, conn: &ConnCtx, protocol: &'static str) {
+    shared
+        .metrics
+        .detect
+        .get_or_create(&DetectLabels {
+            direction: conn.direction.as_str(),
+            protocol,
+        })
+        .inc();
 }

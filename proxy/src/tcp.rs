@@ -4,9 +4,10 @@
 //! connection's [`Activity`], which also feeds the metrics.
 
 use crate::ctx::{ConnCtx, Shared};
-use crate::io::{Activity, Io};
+use crate::io::{Activity, BoxIo, Io};
 use crate::transport::{self, MeshProto, NextHop};
 use std::io;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -44,11 +45,19 @@ where
 /// Forwards an accepted connection as opaque TCP to the connection's
 /// route; a discovered destination's balancer picks the endpoint and fails
 /// over on connect errors.
-pub async fn forward(shared: &Arc<Shared>, conn: &ConnCtx, mut client: impl Io) {
+pub async fn forward(shared: &Arc<Shared>, conn: &ConnCtx, client: impl Io) {
+    if let Some((upstream, addr)) = connect(shared, conn).await {
+        relay(shared, conn, client, upstream, addr).await;
+    }
+}
+
+/// Opens the opaque upstream connection for `conn` (after the inbound
+/// policy admits it); `None` when refused or unreachable (counted).
+pub async fn connect(shared: &Arc<Shared>, conn: &ConnCtx) -> Option<(BoxIo, SocketAddr)> {
     if conn.direction == crate::metrics::Direction::Inbound
         && !crate::policy::enforce::admit_connection(shared, conn)
     {
-        return;
+        return None;
     }
     let connector = shared.client.connector().clone();
     let open = |hop: NextHop| {
@@ -59,15 +68,25 @@ pub async fn forward(shared: &Arc<Shared>, conn: &ConnCtx, mut client: impl Io) 
             Ok::<_, io::Error>((io, hop.addr))
         }
     };
-    let opened = conn.route.target.connect(&shared.policy, open).await;
-    let ((mut upstream, addr), _pick) = match opened {
-        Ok(o) => o,
+    match conn.route.target.connect(&shared.policy, open).await {
+        Ok((opened, _pick)) => Some(opened),
         Err(e) => {
             info!(client = %conn.client_addr, dst = %conn.dst_label, error = %e, "opaque connect failed");
             shared.metrics.error(conn.direction, "connect");
-            return;
+            None
         }
-    };
+    }
+}
+
+/// Copies between the client and its opened upstream until both are done
+/// or the connection idles for `--tcp-idle-timeout`.
+pub async fn relay(
+    shared: &Arc<Shared>,
+    conn: &ConnCtx,
+    mut client: impl Io,
+    mut upstream: impl Io,
+    addr: SocketAddr,
+) {
     match pipe(
         &mut client,
         &mut upstream,

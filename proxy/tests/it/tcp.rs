@@ -96,6 +96,76 @@ async fn server_speaks_first_after_the_detect_timeout() {
     );
 }
 
+/// An HTTP client's connection opened ahead of its request (a pool's
+/// connect that lost the race to an older connection is kept idle) and
+/// silent past the detection timeout is served as HTTP once the request
+/// comes. Before, it went opaque for its whole life: the request reached
+/// the application, but the outbound proxy counted no HTTP request and
+/// could neither balance nor retry it.
+#[tokio::test]
+async fn a_client_silent_past_the_detect_timeout_then_speaking_http_gets_http() {
+    let app = apps::http_server().await;
+    let mesh = Mesh::start_with(app, |c| c.detect_timeout = Duration::from_millis(200)).await;
+    let mut c = TcpStream::connect(mesh.entry()).await.unwrap();
+    // The silence under test: twice the detection timeout.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    c.write_all(b"GET /echo HTTP/1.1\r\nHost: web.test\r\n\r\n")
+        .await
+        .unwrap();
+    let mut lines = BufReader::new(c).lines();
+    let status = tokio::time::timeout(Duration::from_secs(10), lines.next_line())
+        .await
+        .expect("an answer")
+        .unwrap()
+        .unwrap();
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let m = metrics(&mesh.outbound).await;
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"http1\""],
+        1.0,
+    );
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"timeout\""],
+        0.0,
+    );
+    assert_sample(&m, "conduit_request_total", &["outbound"], 1.0);
+}
+
+/// Silent past the detection timeout, then bytes that are not HTTP: opaque,
+/// on a fresh upstream connection, bytes intact.
+#[tokio::test]
+async fn a_client_silent_past_the_detect_timeout_then_sending_bytes_is_opaque() {
+    let app = apps::tcp_echo_server().await;
+    let mesh = Mesh::start_with(app, |c| c.detect_timeout = Duration::from_millis(200)).await;
+    let mut c = TcpStream::connect(mesh.entry()).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let data = [0u8, 1, 2, 0xff, b'\n'];
+    c.write_all(&data).await.unwrap();
+    let mut back = [0u8; 5];
+    tokio::time::timeout(Duration::from_secs(10), c.read_exact(&mut back))
+        .await
+        .expect("echoed")
+        .unwrap();
+    assert_eq!(back, data);
+    let m = metrics(&mesh.outbound).await;
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"opaque\""],
+        1.0,
+    );
+    assert_sample(
+        &m,
+        "conduit_protocol_detect_total",
+        &["protocol=\"timeout\""],
+        0.0,
+    );
+}
+
 #[tokio::test]
 async fn opaque_ports_skip_detection() {
     let app = apps::greeting_server().await;
