@@ -96,6 +96,16 @@ async fn server_speaks_first_after_the_detect_timeout() {
     );
 }
 
+/// A mesh in front of `app` with a 200 ms detection timeout, and a client
+/// connection to it that has said nothing for twice that.
+async fn silent_client(app: std::net::SocketAddr) -> (Mesh, TcpStream) {
+    let mesh = Mesh::start_with(app, |c| c.detect_timeout = Duration::from_millis(200)).await;
+    let c = TcpStream::connect(mesh.entry()).await.unwrap();
+    // The silence under test, not a wait for something to happen.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    (mesh, c)
+}
+
 /// An HTTP client's connection opened ahead of its request (a pool's
 /// connect that lost the race to an older connection is kept idle) and
 /// silent past the detection timeout is served as HTTP once the request
@@ -104,11 +114,7 @@ async fn server_speaks_first_after_the_detect_timeout() {
 /// could neither balance nor retry it.
 #[tokio::test]
 async fn a_client_silent_past_the_detect_timeout_then_speaking_http_gets_http() {
-    let app = apps::http_server().await;
-    let mesh = Mesh::start_with(app, |c| c.detect_timeout = Duration::from_millis(200)).await;
-    let mut c = TcpStream::connect(mesh.entry()).await.unwrap();
-    // The silence under test: twice the detection timeout.
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (mesh, mut c) = silent_client(apps::http_server().await).await;
     c.write_all(b"GET /echo HTTP/1.1\r\nHost: web.test\r\n\r\n")
         .await
         .unwrap();
@@ -139,10 +145,7 @@ async fn a_client_silent_past_the_detect_timeout_then_speaking_http_gets_http() 
 /// on a fresh upstream connection, bytes intact.
 #[tokio::test]
 async fn a_client_silent_past_the_detect_timeout_then_sending_bytes_is_opaque() {
-    let app = apps::tcp_echo_server().await;
-    let mesh = Mesh::start_with(app, |c| c.detect_timeout = Duration::from_millis(200)).await;
-    let mut c = TcpStream::connect(mesh.entry()).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    let (mesh, mut c) = silent_client(apps::tcp_echo_server().await).await;
     let data = [0u8, 1, 2, 0xff, b'\n'];
     c.write_all(&data).await.unwrap();
     let mut back = [0u8; 5];
