@@ -90,9 +90,18 @@ async fn after_silence(
     let mut from_client = vec![0u8; detect::MAX_DETECT.min(1024)];
     let mut from_server = vec![0u8; 1024];
     // Both reads are cancel-safe: the one that loses has taken nothing.
+    // Silent both ways, the connection is idle: closed after the opaque
+    // idle timeout, as it was when it went opaque at once.
+    let idle = shared.cfg.tcp_idle_timeout;
     let first = tokio::select! {
         r = client.read(&mut from_client) => Speaker::Client(r),
         r = upstream.read(&mut from_server) => Speaker::Server(r),
+        () = tokio::time::sleep(idle) => {
+            info!(client = %conn.client_addr, upstream = %addr, "closing a connection silent both ways for {idle:?}");
+            count_silent(&shared, &conn);
+            shared.metrics.error(conn.direction, "idle_timeout");
+            return;
+        }
     };
     match first {
         Speaker::Client(Ok(n)) if n > 0 => {

@@ -169,6 +169,40 @@ async fn a_client_silent_past_the_detect_timeout_then_sending_bytes_is_opaque() 
     );
 }
 
+/// Silent both ways after the detection timeout: closed after the opaque
+/// idle timeout, never held forever.
+#[tokio::test]
+async fn a_connection_silent_both_ways_is_closed_after_the_idle_timeout() {
+    // One proxy, straight to an application that neither speaks first nor
+    // closes an idle connection (a second proxy's own idle timeout would
+    // close it from the far side).
+    let app = apps::http_server().await;
+    let p = support::plain_outbound(app, |c| {
+        c.detect_timeout = Duration::from_millis(100);
+        c.tcp_idle_timeout = Duration::from_millis(300);
+    })
+    .await;
+    let mut c = TcpStream::connect(p.outbound_addrs[0]).await.unwrap();
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), c.read_to_end(&mut out))
+        .await
+        .expect("closed")
+        .unwrap();
+    assert!(
+        start.elapsed() >= Duration::from_millis(350),
+        "{:?}",
+        start.elapsed()
+    );
+    let m = metrics(&p).await;
+    assert_sample(
+        &m,
+        "conduit_errors_total",
+        &["reason=\"idle_timeout\""],
+        1.0,
+    );
+}
+
 #[tokio::test]
 async fn opaque_ports_skip_detection() {
     let app = apps::greeting_server().await;
