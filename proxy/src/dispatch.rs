@@ -98,7 +98,7 @@ async fn after_silence(
         r = upstream.read(&mut from_server) => Speaker::Server(r),
         () = tokio::time::sleep(idle) => {
             info!(client = %conn.client_addr, upstream = %addr, "closing a connection silent both ways for {idle:?}");
-            count_silent(&shared, &conn);
+            count(&shared, &conn, Detected::Timeout.label());
             shared.metrics.error(conn.direction, "idle_timeout");
             return;
         }
