@@ -13,8 +13,7 @@ use tokio::io::AsyncReadExt;
 use tracing::{debug, info};
 
 /// Detects and serves a connection arriving transparently (captured).
-pub async fn serve_transparent(shared: Arc<Shared>, conn: ConnCtx, mut io: impl Io) {
-    let direction = conn.direction.as_str();
+pub async fn serve_transparent(shared: Arc<Shared>, conn: ConnCtx, io: impl Io) {
     let port = conn.route.orig_dst.port();
     if shared.cfg.opaque_ports.contains(&port) {
         count(&shared, &conn, "opaque_port");
@@ -24,18 +23,30 @@ pub async fn serve_transparent(shared: Arc<Shared>, conn: ConnCtx, mut io: impl 
         detect: shared.cfg.detect_timeout,
         http_head: shared.cfg.header_read_timeout,
     };
-    let (detected, prefix) = match detect::detect(&mut io, timeouts).await {
-        Ok(d) => d,
-        Err(e) => {
-            debug!(direction, client = %conn.client_addr, error = %e, "read failed during protocol detection");
-            return;
-        }
+    let Some((detected, io)) = detect_replayed(&conn, io, timeouts).await else {
+        return;
     };
-    let io = PrefixedIo::new(prefix, io);
     if detected == Detected::Timeout {
         return after_silence(shared, conn, io, timeouts).await;
     }
     serve_detected(shared, conn, detected, io).await;
+}
+
+/// Detects the client's protocol; the connection comes back with the bytes
+/// detection read replayed in front of it. `None` when a read failed.
+async fn detect_replayed<T: Io>(
+    conn: &ConnCtx,
+    mut io: T,
+    timeouts: detect::DetectTimeouts,
+) -> Option<(Detected, PrefixedIo<T>)> {
+    match detect::detect(&mut io, timeouts).await {
+        Ok((detected, prefix)) => Some((detected, PrefixedIo::new(prefix, io))),
+        Err(e) => {
+            debug!(direction = conn.direction.as_str(), client = %conn.client_addr, error = %e,
+                "read failed during protocol detection");
+            None
+        }
+    }
 }
 
 /// Counts what detection found and hands the connection to HTTP or opaque
@@ -52,9 +63,12 @@ async fn serve_detected(shared: Arc<Shared>, mut conn: ConnCtx, detected: Detect
                 "closing connection: an HTTP request line not complete within {:?}", shared.cfg.header_read_timeout);
             shared.metrics.error(conn.direction, "header_read_timeout");
         }
-        // Handled by `after_silence`, which never passes it on.
-        Detected::Timeout => {}
-        Detected::Http1 | Detected::Http2 | Detected::Tls | Detected::Opaque => {}
+        // `Timeout` is handled by `after_silence`, which never passes it on.
+        Detected::Timeout
+        | Detected::Http1
+        | Detected::Http2
+        | Detected::Tls
+        | Detected::Opaque => {}
     }
     match protocol::for_detected(detected) {
         Some(Serve::Http(version)) => {
@@ -85,9 +99,7 @@ async fn after_silence(
     let Some((mut upstream, addr)) = crate::tcp::connect(&shared, &conn).await else {
         return;
     };
-    // At most what detection reads at once, so its first read takes all
-    // of these bytes back and the rest comes from the client.
-    let mut from_client = vec![0u8; detect::MAX_DETECT.min(1024)];
+    let mut from_client = vec![0u8; 1024];
     let mut from_server = vec![0u8; 1024];
     // Both reads are cancel-safe: the one that loses has taken nothing.
     // Silent both ways, the connection is idle: closed after the opaque
@@ -107,17 +119,12 @@ async fn after_silence(
         Speaker::Client(Ok(n)) if n > 0 => {
             drop(upstream);
             from_client.truncate(n);
-            let mut io = PrefixedIo::new(from_client.into(), client);
-            let (detected, prefix) = match detect::detect(&mut io, timeouts).await {
-                Ok(d) => d,
-                Err(e) => {
-                    debug!(client = %conn.client_addr, error = %e, "read failed during protocol detection");
-                    return;
-                }
-            };
-            // `prefix` holds everything read so far (never empty here, so
-            // never a second timeout), and `io` nothing more of it.
-            serve_detected(shared, conn, detected, PrefixedIo::new(prefix, io)).await
+            // Detection reads these bytes first (so it never times out
+            // again), and whatever it did not read stays queued behind.
+            let io = PrefixedIo::new(from_client.into(), client);
+            if let Some((detected, io)) = detect_replayed(&conn, io, timeouts).await {
+                serve_detected(shared, conn, detected, io).await
+            }
         }
         Speaker::Server(Ok(n)) => {
             from_server.truncate(n);
