@@ -363,14 +363,9 @@ async fn stays_open(s: &mut TcpStream, idle: Duration) {
 /// Waits for the proxy to close `s`; how long that took, and that it sent
 /// nothing first.
 async fn closed_after(s: &mut TcpStream) -> Duration {
-    let start = std::time::Instant::now();
-    let mut out = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut out))
-        .await
-        .expect("closed")
-        .unwrap();
+    let (out, took) = support::read_until_closed(s).await;
     assert!(out.is_empty(), "{:?}", String::from_utf8_lossy(&out));
-    start.elapsed()
+    took
 }
 
 async fn header_timeouts(mesh: &Mesh) -> f64 {

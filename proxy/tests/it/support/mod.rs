@@ -118,6 +118,19 @@ pub async fn get_text(addr: SocketAddr, path: &str) -> (u16, String) {
 
 pub use conduit_test_support::metrics::{assert_sample, sample};
 
+/// Reads `s` until the proxy closes it (at most 10 s): what it sent first,
+/// and how long the close took.
+pub async fn read_until_closed(s: &mut tokio::net::TcpStream) -> (Vec<u8>, std::time::Duration) {
+    use tokio::io::AsyncReadExt;
+    let start = std::time::Instant::now();
+    let mut out = Vec::new();
+    tokio::time::timeout(std::time::Duration::from_secs(10), s.read_to_end(&mut out))
+        .await
+        .expect("the proxy closes the connection")
+        .unwrap();
+    (out, start.elapsed())
+}
+
 /// Waits until `p` counts `closed` outbound connections closed.
 pub async fn outbound_closed(what: &str, p: &Running, closed: f64) {
     eventually(what, || async {
