@@ -17,6 +17,8 @@
 
 #[path = "mesh/callgrind.rs"]
 mod callgrind;
+#[path = "mesh/cpu.rs"]
+mod cpu;
 #[path = "mesh/instructions.rs"]
 mod instructions;
 #[path = "mesh/paths.rs"]
@@ -253,6 +255,7 @@ fn bench(args: &Args) -> Result<()> {
 
     let table = results::table(&cells);
     let mut summary = results::summary(&cells);
+    summary.extend(cpu::lines(&cells));
     summary.extend(results::idle_line(&idle));
     summary.extend(failed);
     summary.push(format!(
@@ -332,7 +335,7 @@ fn measure(
             let t = Instant::now();
             let mut group: Vec<Cell> = paths
                 .iter()
-                .map(|p| Cell::new(protocol, load, p.kind, &p.proxies))
+                .map(|p| Cell::new(protocol, load, p.kind, &p.proxies, &p.apps))
                 .collect();
             let mut counted: Vec<Option<Counted>> = paths
                 .iter()
@@ -349,7 +352,12 @@ fn measure(
             for _ in 0..args.rounds {
                 for ((p, cell), count) in paths.iter_mut().zip(group.iter_mut()).zip(&mut counted) {
                     check_interrupted()?;
-                    let pids: Vec<u32> = p.proxies.iter().map(|(_, pid)| *pid).collect();
+                    let pids: Vec<u32> = p
+                        .proxies
+                        .iter()
+                        .chain(&p.apps)
+                        .map(|(_, pid)| *pid)
+                        .collect();
                     let profiled = p.profiled.clone();
                     let ((sample, usage), executed) = callgrind::counted(&profiled, || {
                         let sampler = Sampler::start(&pids);
@@ -365,7 +373,7 @@ fn measure(
                     if let Some(c) = count {
                         c.add(&sample, &executed);
                     }
-                    cell.add(sample, &usage);
+                    cell.add(sample, usage);
                 }
             }
             let line: Vec<String> = group

@@ -141,7 +141,7 @@ fn main() -> Result<()> {
                 direct.merge(run(&rt, &direct_t, load, slice));
                 through.merge(run(&rt, &proxy_t, load, slice));
             }
-            let rss = sampler.stop()[0];
+            let rss = sampler.stop().usage[0];
             eprintln!(
                 "\n[bench]       direct {:.0} req/s p50 {} p99 {} ({} errors); proxy {:.0} req/s p50 {} p99 {} ({} errors)",
                 direct.throughput(),

@@ -152,6 +152,9 @@ pub struct Path {
     pub target: SocketAddr,
     /// (label, pid) of the proxies on the way.
     pub proxies: Vec<(&'static str, u32)>,
+    /// (label, pid) of the load generator and the server: what the direct
+    /// path has too.
+    pub apps: Vec<(&'static str, u32)>,
     /// The same proxies when they run under callgrind (`--callgrind`).
     pub profiled: Vec<Profiled>,
     pub client: LoadClient,
@@ -209,10 +212,12 @@ impl Path {
                 })
                 .collect(),
         };
+        let apps = vec![("load generator", client.pid()), ("server", server.pid())];
         let mut path = Path {
             kind,
             target,
             proxies,
+            apps,
             profiled,
             client,
             _server: server,

@@ -128,6 +128,10 @@ impl LoadClient {
         })
     }
 
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
     /// Runs one measurement and returns what it measured.
     pub fn run(
         &mut self,
@@ -172,7 +176,7 @@ fn read_sample(path: &Path) -> Result<Sample> {
 
 /// The benchmark server in a pod.
 pub struct BenchServer {
-    _process: Process,
+    process: Process,
 }
 
 impl BenchServer {
@@ -193,6 +197,10 @@ impl BenchServer {
                     "the benchmark server in {pod} did not start: {e:#}"
                 ))
             })?;
-        Ok(BenchServer { _process: process })
+        Ok(BenchServer { process })
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.process.pid()
     }
 }

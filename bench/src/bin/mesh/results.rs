@@ -7,7 +7,7 @@ use crate::paths::Kind;
 use anyhow::{Context, Result, bail};
 use conduit_bench::loadgen::{Load, Protocol, Sample};
 use conduit_bench::plot::{self, Panel, Series};
-use conduit_bench::procstat::Usage;
+use conduit_bench::procstat::{Machine, Sampled, Usage};
 use conduit_bench::report::{added, fmt_dur, fmt_mb, fmt_opt};
 use conduit_bench::stats::ratio;
 use conduit_bench::table::{Align, Table};
@@ -55,6 +55,10 @@ pub struct Cell {
     pub sample: Sample,
     /// Per proxy on the path: label and usage (largest RSS, mean CPU).
     pub proxies: Vec<(&'static str, Usage)>,
+    /// The load generator and the server, the same way.
+    pub apps: Vec<(&'static str, Usage)>,
+    /// The machine's idle and stolen CPU over the slices (mean).
+    pub machine: Machine,
     rounds: u32,
 }
 
@@ -64,29 +68,42 @@ impl Cell {
         load: Load,
         kind: Kind,
         proxies: &[(&'static str, u32)],
+        apps: &[(&'static str, u32)],
     ) -> Cell {
+        let unused =
+            |v: &[(&'static str, u32)]| v.iter().map(|(l, _)| (*l, Usage::default())).collect();
         Cell {
             protocol,
             load,
             kind,
             sample: Sample::default(),
-            proxies: proxies
-                .iter()
-                .map(|(l, _)| (*l, Usage::default()))
-                .collect(),
+            proxies: unused(proxies),
+            apps: unused(apps),
+            machine: Machine::default(),
             rounds: 0,
         }
     }
 
-    /// Adds one round (slices are of equal length, so CPU is averaged).
-    pub fn add(&mut self, sample: Sample, usage: &[Usage]) {
+    /// Adds one round: `sampled` follows the proxies, then the apps, in the
+    /// order given to [`Cell::new`]. Slices are of equal length, so CPU is
+    /// averaged.
+    pub fn add(&mut self, sample: Sample, sampled: Sampled) {
         self.sample.merge(sample);
         let n = f64::from(self.rounds);
-        for ((_, total), u) in self.proxies.iter_mut().zip(usage) {
+        let mean = |total: f64, x: f64| (total * n + x) / (n + 1.0);
+        let followed = self.proxies.iter_mut().chain(self.apps.iter_mut());
+        for ((_, total), u) in followed.zip(&sampled.usage) {
             total.max_rss = total.max_rss.max(u.max_rss);
             total.max_anon = total.max_anon.max(u.max_anon);
-            total.cpu = (total.cpu * n + u.cpu) / (n + 1.0);
+            total.cpu = mean(total.cpu, u.cpu);
+            total.wait = mean(total.wait, u.wait);
         }
+        let m = sampled.machine;
+        self.machine = Machine {
+            cpus: m.cpus,
+            idle: mean(self.machine.idle, m.idle),
+            steal: mean(self.machine.steal, m.steal),
+        };
         self.rounds += 1;
     }
 
@@ -339,12 +356,18 @@ mod tests {
             load,
             kind,
             &[("client proxy", 1), ("server proxy", 2)][..if kind == Kind::Direct { 0 } else { 2 }],
+            &[("load generator", 3), ("server", 4)],
         );
+        let sampled = |usage: Vec<Usage>| Sampled {
+            usage,
+            machine: Machine::default(),
+        };
         let lat: Vec<u64> = (1..=1000).map(|i| i * ms * 1000).collect();
         let u = Usage {
             max_rss: 5_000_000,
             max_anon: 1_000_000,
             cpu: 0.2,
+            wait: 0.0,
         };
         c.add(
             Sample {
@@ -352,7 +375,7 @@ mod tests {
                 elapsed: Duration::from_secs(1),
                 ..Sample::default()
             },
-            &[u, u],
+            sampled(vec![u, u]),
         );
         c.add(
             Sample {
@@ -360,14 +383,15 @@ mod tests {
                 elapsed: Duration::from_secs(1),
                 ..Sample::default()
             },
-            &[
+            sampled(vec![
                 Usage {
                     max_rss: 7_000_000,
                     max_anon: 2_000_000,
                     cpu: 0.4,
+                    wait: 0.0,
                 },
                 u,
-            ],
+            ]),
         );
         c
     }
