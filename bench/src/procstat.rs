@@ -105,7 +105,7 @@ pub struct MachineTicks {
 /// The machine's CPU time now.
 pub fn machine_ticks() -> Result<MachineTicks> {
     let text = std::fs::read_to_string("/proc/stat").context("reading /proc/stat")?;
-    parse_machine_ticks(&text).with_context(|| "no cpu line in /proc/stat".to_string())
+    parse_machine_ticks(&text).context("no cpu line in /proc/stat")
 }
 
 fn parse_machine_ticks(text: &str) -> Option<MachineTicks> {
@@ -225,11 +225,29 @@ impl Sampler {
     /// Stops; one [`Usage`] per pid, in the order given to
     /// [`Sampler::start`], and the machine's share.
     pub fn stop(self) -> Sampled {
+        // Every end reading at one instant, before the memory thread is
+        // joined (up to one 50 ms sleep), so the processes' CPU, their
+        // waits and the machine's idle time cover the same span as `wall`.
         let wall = self.started.elapsed().as_secs_f64().max(1e-9);
         let machine = match (self.machine_start, machine_ticks().ok()) {
             (Some(a), Some(b)) => Machine::between(a, b),
             _ => Machine::default(),
         };
+        let share = |start: Option<Duration>, now: Option<Duration>| match (start, now) {
+            (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() / wall,
+            _ => 0.0,
+        };
+        let times: Vec<(f64, f64)> = self
+            .pids
+            .iter()
+            .zip(self.cpu_start.into_iter().zip(self.wait_start))
+            .map(|(&pid, (cpu, wait))| {
+                (
+                    share(cpu, cpu_time(pid).ok()),
+                    share(wait, run_queue_wait(pid).ok()),
+                )
+            })
+            .collect();
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
         let mut max = self.max.locked().clone();
@@ -237,20 +255,14 @@ impl Sampler {
             let v = memory(pid);
             *slot = (slot.0.max(v.0), slot.1.max(v.1));
         }
-        let share = |start: Option<Duration>, now: Option<Duration>| match (start, now) {
-            (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() / wall,
-            _ => 0.0,
-        };
-        let usage = self
-            .pids
-            .iter()
-            .zip(self.cpu_start.into_iter().zip(self.wait_start))
+        let usage = times
+            .into_iter()
             .zip(max)
-            .map(|((&pid, (cpu, wait)), (max_rss, max_anon))| Usage {
+            .map(|((cpu, wait), (max_rss, max_anon))| Usage {
                 max_rss,
                 max_anon,
-                cpu: share(cpu, cpu_time(pid).ok()),
-                wait: share(wait, run_queue_wait(pid).ok()),
+                cpu,
+                wait,
             })
             .collect();
         Sampled { usage, machine }
@@ -316,9 +328,9 @@ mod tests {
         // The peak is read after the RSS: other test threads may allocate in
         // between, and VmHWM never decreases.
         assert!(peak_rss_bytes(me).unwrap() >= rss);
+        assert!(run_queue_wait(me).is_ok());
         let s = Sampler::start(&[me]);
         // Burn CPU until the kernel has accounted at least two ticks.
-        assert!(run_queue_wait(me).is_ok());
         let t0 = cpu_time(me).unwrap();
         let mut x = 0u64;
         while cpu_time(me).unwrap() < t0 + Duration::from_millis(20) {
