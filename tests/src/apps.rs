@@ -5,7 +5,9 @@
 use crate::bins;
 use crate::env::{Env, PROXY_UID};
 use crate::process::Process;
-use crate::report::{ClientOutcome, ClientReport, ProxyEvent, Reply, ServerEvent, Side};
+use crate::report::{
+    ClientOutcome, ClientReport, FloodReport, ProxyEvent, Reply, ServerEvent, Side,
+};
 use crate::wait::{fatal, wait_until};
 use anyhow::{Context, Result, anyhow, bail};
 use std::net::SocketAddr;
@@ -14,6 +16,8 @@ use std::time::Duration;
 
 /// How long a process may take to start listening or to register.
 pub const START_TIMEOUT: Duration = Duration::from_secs(20);
+/// How long a `flood` may take to be pushed back or reach its limit.
+const FLOOD_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// A test server listening on `[::]:<port>` (IPv4 and IPv6) in a pod.
 #[derive(Debug)]
@@ -94,6 +98,52 @@ pub fn client_as(env: &Env, pod: &str, addr: SocketAddr, uid: Option<u32>) -> Re
     serde_json::from_str(&line).with_context(|| format!("client output: {line}"))
 }
 
+/// Runs the test application's `flood` in `pod` against `addr`: how many
+/// bytes a connection whose peer never reads takes before it pushes back.
+pub fn flood(env: &Env, pod: &str, addr: SocketAddr, limit: u64) -> Result<FloodReport> {
+    let done = env
+        .spawn(pod, "app", bins::find(bins::TEST_APP)?)?
+        .args(["flood", "--connect", &addr.to_string()])
+        .args(["--limit", &limit.to_string()])
+        .quiet()
+        .run(FLOOD_TIMEOUT)?;
+    let line = done
+        .stdout()
+        .last()
+        .ok_or_else(|| anyhow!("flood printed nothing ({}): {}", done.status, done.stderr()))?
+        .to_owned();
+    serde_json::from_str(&line).with_context(|| format!("flood output: {line}"))
+}
+
+/// The other direction of [`flood`]: `flood --listen` in `server_pod` on
+/// `port` writes to the one connection it accepts, which a client in
+/// `client_pod` opens and never reads (`hold`).
+pub fn flood_back(
+    env: &Env,
+    server_pod: &str,
+    port: u16,
+    client_pod: &str,
+    limit: u64,
+) -> Result<FloodReport> {
+    let mut server = env
+        .spawn(server_pod, "server", bins::find(bins::TEST_APP)?)?
+        .args(["flood", "--listen", &format!("[::]:{port}")])
+        .args(["--limit", &limit.to_string()])
+        .start()?;
+    server.wait_for_line("listening", START_TIMEOUT, |l| {
+        l.contains(r#""event":"listening""#)
+    })?;
+    let addr = env.pod(server_pod).v4(port);
+    let _holder = env
+        .spawn(client_pod, "app", bins::find(bins::TEST_APP)?)?
+        .args(["hold", "--connect", &addr.to_string()])
+        .start()?;
+    let line = server.wait_for_line("its report", FLOOD_TIMEOUT, |l| {
+        l.contains(r#""accepted":"#)
+    })?;
+    serde_json::from_str(&line).with_context(|| format!("flood output: {line}"))
+}
+
 impl ClientReport {
     /// The reply, or an error saying what failed.
     pub fn reply(&self) -> Result<(&SocketAddr, &Reply)> {
@@ -135,6 +185,18 @@ pub enum ProxyMode {
     Report,
     /// Connect to the original destination and relay both ways.
     Relay,
+    /// Hold each connection open for a while without reading from it.
+    Hold,
+}
+
+impl ProxyMode {
+    fn arg(self) -> &'static str {
+        match self {
+            ProxyMode::Report => "report",
+            ProxyMode::Relay => "relay",
+            ProxyMode::Hold => "hold",
+        }
+    }
 }
 
 /// The test proxy in a pod, as uid 1337.
@@ -163,14 +225,7 @@ impl TestProxy {
             .spawn(pod, "proxy", bins::find(bins::TEST_PROXY)?)?
             .user(PROXY_UID, PROXY_UID)
             .args(["--pod", pod, "--namespace", "default"])
-            .args([
-                "--mode",
-                if mode == ProxyMode::Report {
-                    "report"
-                } else {
-                    "relay"
-                },
-            ])
+            .args(["--mode", mode.arg()])
             .args(extra);
         if let Some(s) = socket {
             spawn = spawn.arg("--agent-socket").arg(s);

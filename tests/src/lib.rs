@@ -32,7 +32,7 @@ pub use conduit_test_support::wait;
 pub mod wire;
 
 pub use agent::{Agent, AgentConfig};
-pub use apps::{ProxyMode, TestProxy, TestServer, client, client_as};
+pub use apps::{ProxyMode, TestProxy, TestServer, client, client_as, flood, flood_back};
 pub use env::Env;
 pub use wait::wait_until;
 

@@ -56,6 +56,18 @@ pub struct ClientReport {
     pub outcome: ClientOutcome,
 }
 
+/// What the test application's `flood` prints: how much one connection
+/// took before its writes would block.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FloodReport {
+    /// The connection's peer.
+    pub peer: SocketAddr,
+    /// Bytes the kernel accepted from the writes.
+    pub accepted: u64,
+    /// Whether the writes stopped being accepted (else the limit was reached).
+    pub pushed_back: bool,
+}
+
 /// The result of one connection attempt.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -37,7 +37,10 @@ pub struct Options {
     /// bpffs directory for pinned maps, programs and links.
     #[arg(long, default_value = crate::DEFAULT_PIN_DIR)]
     pub pin_dir: PathBuf,
-    /// Enable the sockops + sk_msg fast path between applications and proxies.
+    /// Enable the sockops + sk_msg fast path between applications and
+    /// proxies. Unsafe for untrusted traffic: it bypasses TCP flow control
+    /// (a writer is never pushed back; what the reader has not read waits in
+    /// the kernel without a per-socket bound). See docs/security.md.
     #[arg(long)]
     pub sockmap_fastpath: bool,
     /// Destinations never captured (repeatable), e.g. 10.96.0.1/32 or fd00::/8.
@@ -209,7 +212,11 @@ fn configure_node(
         .context("writing the node settings")?;
     if opts.sockmap_fastpath {
         loader::attach_fastpath(&node.pins).context("attaching the sk_msg fast path")?;
-        tracing::info!("sockmap fast path on");
+        tracing::warn!(
+            "sockmap fast path on: it bypasses TCP flow control, so a peer that writes faster \
+             than an application or proxy reads fills the node's kernel memory without a \
+             per-socket bound (docs/security.md); use it only for trusted traffic"
+        );
     }
     let old: Vec<_> = node.maps.exclude.keys().filter_map(|k| k.ok()).collect();
     for k in old {

@@ -1,17 +1,23 @@
 //! Test application: `server` answers every connection with one JSON line
 //! describing it; `client` dials once, sends a line, and prints what it saw
-//! (getsockname, getpeername, the reply) as one JSON line. Used by the
+//! (getsockname, getpeername, the reply) as one JSON line; `flood` writes to
+//! one connection until the kernel stops taking bytes and prints how many it
+//! took. Used by the
 //! end-to-end tests and the demo as the "application" in a pod.
 
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use conduit_tests::report::{ClientOutcome, ClientReport, Reply, ServerEvent, canonical, emit};
+use conduit_tests::report::{
+    ClientOutcome, ClientReport, FloodReport, Reply, ServerEvent, canonical, emit,
+};
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Longest line read from a peer.
 const MAX_LINE: u64 = 4096;
+/// How long `flood` waits, its writes refused, before it calls that push-back.
+const FLOOD_QUIET: Duration = Duration::from_millis(500);
 
 #[derive(Parser)]
 #[command(about = "conduit end-to-end test application")]
@@ -43,6 +49,26 @@ enum Cmd {
         #[arg(long, default_value_t = 5000)]
         timeout_ms: u64,
     },
+    /// Dial once (or, with `--listen`, accept once) and write without
+    /// reading until writes stop being accepted (or `--limit` bytes were),
+    /// then report.
+    Flood {
+        /// Address to dial.
+        #[arg(long, required_unless_present = "listen", conflicts_with = "listen")]
+        connect: Option<SocketAddr>,
+        /// Address to accept one connection on.
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Stop after this many bytes.
+        #[arg(long)]
+        limit: u64,
+    },
+    /// Dial once and hold the connection without reading, until killed.
+    Hold {
+        /// Address to dial.
+        #[arg(long)]
+        connect: SocketAddr,
+    },
 }
 
 fn main() -> Result<()> {
@@ -60,7 +86,69 @@ fn main() -> Result<()> {
             });
             Ok(())
         }
+        Cmd::Flood {
+            connect,
+            listen,
+            limit,
+        } => {
+            let s = match (connect, listen) {
+                (Some(addr), _) => TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                    .with_context(|| format!("connecting to {addr}"))?,
+                (None, Some(addr)) => {
+                    let l = TcpListener::bind(addr).with_context(|| format!("binding {addr}"))?;
+                    emit(&ServerEvent::Listening {
+                        addrs: vec![l.local_addr()?],
+                    });
+                    l.accept().context("accepting")?.0
+                }
+                (None, None) => anyhow::bail!("flood needs --connect or --listen"),
+            };
+            let peer = canonical(s.peer_addr()?);
+            let (accepted, pushed_back) = flood(s, limit)?;
+            emit(&FloodReport {
+                peer,
+                accepted,
+                pushed_back,
+            });
+            Ok(())
+        }
+        Cmd::Hold { connect } => {
+            let _s = TcpStream::connect_timeout(&connect, Duration::from_secs(5))
+                .with_context(|| format!("connecting to {connect}"))?;
+            loop {
+                std::thread::park();
+            }
+        }
     }
+}
+
+/// Writes to a connection until the kernel refuses more for
+/// [`FLOOD_QUIET`] on end (the peer's receive and our send buffers are full)
+/// or `limit` bytes were taken. Returns the bytes taken and whether the
+/// kernel pushed back.
+fn flood(mut s: TcpStream, limit: u64) -> Result<(u64, bool)> {
+    s.set_nonblocking(true)?;
+    let chunk = vec![b'x'; 64 * 1024];
+    let mut accepted = 0u64;
+    let mut refused_since: Option<Instant> = None;
+    while accepted < limit {
+        match s.write(&chunk) {
+            Ok(n) => {
+                accepted += n as u64;
+                refused_since = None;
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let since = *refused_since.get_or_insert_with(Instant::now);
+                if since.elapsed() >= FLOOD_QUIET {
+                    return Ok((accepted, true));
+                }
+                // The kernel may still be moving bytes to the peer's queue.
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            Err(e) => return Err(e).context("writing"),
+        }
+    }
+    Ok((accepted, false))
 }
 
 fn server(name: &str, addrs: &[SocketAddr]) -> Result<()> {

@@ -5,8 +5,9 @@
 //! (handing over the inbound listener), and for every accepted connection
 //! recovers the original destination: `getsockopt(SO_ORIGINAL_DST)` /
 //! `IP6T_SO_ORIGINAL_DST` on outbound, `getsockname` on inbound. It then
-//! either answers with a JSON report (`--mode report`) or connects to the
-//! original destination and relays (`--mode relay`). Every step is a JSON
+//! either answers with a JSON report (`--mode report`), connects to the
+//! original destination and relays (`--mode relay`), or holds the connection
+//! open without reading from it (`--mode hold`). Every step is a JSON
 //! line on stdout (see `conduit_tests::report::ProxyEvent`).
 //!
 //! stdin commands: `unregister` closes the registration (the listeners stay),
@@ -39,6 +40,7 @@ const IO_TIMEOUT: Duration = Duration::from_secs(10);
 enum Mode {
     Report,
     Relay,
+    Hold,
 }
 
 #[derive(Parser)]
@@ -275,6 +277,9 @@ impl Proxy {
                 client.write_all(&out).await?;
                 client.shutdown().await?;
             }
+            // Never read: what the client sends must wait in the kernel,
+            // bounded by the socket buffers.
+            Mode::Hold => tokio::time::sleep(IO_TIMEOUT).await,
             Mode::Relay => {
                 let target = match side {
                     Side::Outbound => original_dst,
