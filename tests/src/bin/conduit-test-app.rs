@@ -2,7 +2,7 @@
 //! describing it; `client` dials once, sends a line, and prints what it saw
 //! (getsockname, getpeername, the reply) as one JSON line; `flood` writes to
 //! one connection until the kernel stops taking bytes and prints how many it
-//! took. Used by the
+//! took; `hold` opens a connection and never reads it. Used by the
 //! end-to-end tests and the demo as the "application" in a pod.
 
 use anyhow::{Context, Result};
@@ -12,11 +12,12 @@ use conduit_tests::report::{
 };
 use std::io::{BufRead, BufReader, Write};
 use std::net::{Shutdown, SocketAddr, TcpListener, TcpStream};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// Longest line read from a peer.
 const MAX_LINE: u64 = 4096;
-/// How long `flood` waits, its writes refused, before it calls that push-back.
+/// How long one of `flood`'s writes may take nothing before it calls that
+/// push-back.
 const FLOOD_QUIET: Duration = Duration::from_millis(500);
 
 #[derive(Parser)]
@@ -122,28 +123,24 @@ fn main() -> Result<()> {
     }
 }
 
-/// Writes to a connection until the kernel refuses more for
-/// [`FLOOD_QUIET`] on end (the peer's receive and our send buffers are full)
-/// or `limit` bytes were taken. Returns the bytes taken and whether the
-/// kernel pushed back.
+/// Writes to a connection until a write takes nothing for [`FLOOD_QUIET`]
+/// (the send and receive buffers between here and the reader are full) or
+/// `limit` bytes were taken. Returns the bytes taken and whether the kernel
+/// pushed back.
 fn flood(mut s: TcpStream, limit: u64) -> Result<(u64, bool)> {
-    s.set_nonblocking(true)?;
+    s.set_write_timeout(Some(FLOOD_QUIET))?;
     let chunk = vec![b'x'; 64 * 1024];
     let mut accepted = 0u64;
-    let mut refused_since: Option<Instant> = None;
     while accepted < limit {
         match s.write(&chunk) {
-            Ok(n) => {
-                accepted += n as u64;
-                refused_since = None;
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
-                let since = *refused_since.get_or_insert_with(Instant::now);
-                if since.elapsed() >= FLOOD_QUIET {
-                    return Ok((accepted, true));
-                }
-                // The kernel may still be moving bytes to the peer's queue.
-                std::thread::sleep(Duration::from_millis(5));
+            Ok(n) => accepted += n as u64,
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Ok((accepted, true));
             }
             Err(e) => return Err(e).context("writing"),
         }
