@@ -1,7 +1,8 @@
 //! Resource use of other processes, read from `/proc`: resident memory
 //! (`VmRSS`, `VmHWM`, and `RssAnon`: the private part, heap and stacks,
-//! without the code pages every copy of a binary shares) and CPU time (`utime + stime` of `/proc/<pid>/stat`),
-//! the whole machine's idle and stolen time (`/proc/stat`), and a sampler
+//! without the code pages every copy of a binary shares), CPU time (`utime`
+//! and `stime` of `/proc/<pid>/stat`), the whole machine's idle and stolen
+//! time (`/proc/stat`), and a sampler
 //! that follows a few processes and the machine during a measurement.
 
 use anyhow::{Context, Result};
@@ -43,10 +44,36 @@ fn parse_status_kb(text: &str, key: &str) -> Option<u64> {
 
 /// CPU time (user + system) the process has used so far.
 pub fn cpu_time(pid: u32) -> Result<Duration> {
+    cpu_times(pid).map(|t| t.total())
+}
+
+/// CPU time a process has used so far, in user space and in the kernel.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CpuTimes {
+    /// `utime`.
+    pub user: Duration,
+    /// `stime`: system calls, and interrupts and softirqs taken while the
+    /// process ran (the receiving side of loopback TCP, for one).
+    pub kernel: Duration,
+}
+
+impl CpuTimes {
+    pub fn total(self) -> Duration {
+        self.user + self.kernel
+    }
+}
+
+/// [`CpuTimes`] of a process, from `/proc/<pid>/stat`.
+pub fn cpu_times(pid: u32) -> Result<CpuTimes> {
     let path = format!("/proc/{pid}/stat");
     let text = std::fs::read_to_string(&path).with_context(|| format!("reading {path}"))?;
-    let ticks = parse_stat_ticks(&text).with_context(|| format!("unexpected {path}: {text}"))?;
-    Ok(Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64))
+    let (user, kernel) =
+        parse_stat_ticks(&text).with_context(|| format!("unexpected {path}: {text}"))?;
+    let secs = |ticks: u64| Duration::from_secs_f64(ticks as f64 / clock_ticks() as f64);
+    Ok(CpuTimes {
+        user: secs(user),
+        kernel: secs(kernel),
+    })
 }
 
 /// Time the process's threads have spent runnable but waiting for a CPU
@@ -72,14 +99,14 @@ fn parse_schedstat_wait(text: &str) -> Option<u64> {
     text.split_whitespace().nth(1)?.parse().ok()
 }
 
-/// `utime + stime` (fields 14 and 15) of a `/proc/<pid>/stat` line. The
+/// `(utime, stime)` (fields 14 and 15) of a `/proc/<pid>/stat` line. The
 /// command name (field 2) may hold spaces and parentheses, so fields are
 /// counted after its last `)`.
-fn parse_stat_ticks(text: &str) -> Option<u64> {
+fn parse_stat_ticks(text: &str) -> Option<(u64, u64)> {
     let rest = &text[text.rfind(')')? + 1..];
     let f: Vec<&str> = rest.split_whitespace().collect();
     // After `)`: field 3 (state) is f[0], so field n is f[n - 3].
-    Some(f.get(11)?.parse::<u64>().ok()? + f.get(12)?.parse::<u64>().ok()?)
+    Some((f.get(11)?.parse().ok()?, f.get(12)?.parse().ok()?))
 }
 
 /// Kernel clock ticks per second (`USER_HZ`): 100 on every Linux
@@ -173,6 +200,8 @@ pub struct Usage {
     /// CPU used during the sampling, as a fraction of one core (1.0 = one
     /// core busy all the time).
     pub cpu: f64,
+    /// The part of `cpu` spent in the kernel, the same way.
+    pub kernel: f64,
     /// Time its threads were runnable but waited for a CPU, the same way
     /// (0.5 = half the time, summed over threads).
     pub wait: f64,
@@ -183,7 +212,7 @@ pub struct Usage {
 /// the machine's idle and stolen CPU time over the same span.
 pub struct Sampler {
     pids: Vec<u32>,
-    cpu_start: Vec<Option<Duration>>,
+    cpu_start: Vec<Option<CpuTimes>>,
     wait_start: Vec<Option<Duration>>,
     machine_start: Option<MachineTicks>,
     started: Instant,
@@ -211,7 +240,7 @@ impl Sampler {
             }
         });
         Sampler {
-            cpu_start: pids.iter().map(|&p| cpu_time(p).ok()).collect(),
+            cpu_start: pids.iter().map(|&p| cpu_times(p).ok()).collect(),
             wait_start: pids.iter().map(|&p| run_queue_wait(p).ok()).collect(),
             machine_start: machine_ticks().ok(),
             pids,
@@ -237,13 +266,15 @@ impl Sampler {
             (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() / wall,
             _ => 0.0,
         };
-        let times: Vec<(f64, f64)> = self
+        let times: Vec<(f64, f64, f64)> = self
             .pids
             .iter()
             .zip(self.cpu_start.into_iter().zip(self.wait_start))
             .map(|(&pid, (cpu, wait))| {
+                let now = cpu_times(pid).ok();
                 (
-                    share(cpu, cpu_time(pid).ok()),
+                    share(cpu.map(CpuTimes::total), now.map(CpuTimes::total)),
+                    share(cpu.map(|c| c.kernel), now.map(|c| c.kernel)),
                     share(wait, run_queue_wait(pid).ok()),
                 )
             })
@@ -258,10 +289,11 @@ impl Sampler {
         let usage = times
             .into_iter()
             .zip(max)
-            .map(|((cpu, wait), (max_rss, max_anon))| Usage {
+            .map(|((cpu, kernel, wait), (max_rss, max_anon))| Usage {
                 max_rss,
                 max_anon,
                 cpu,
+                kernel,
                 wait,
             })
             .collect();
@@ -288,7 +320,7 @@ mod tests {
         assert_eq!(parse_status_kb(status, "VmHWM:"), Some(2048));
         assert_eq!(parse_status_kb(status, "VmSwap:"), None);
         let stat = "42 (a (weird) name) S 1 42 42 0 -1 4194560 100 0 0 0 250 75 0 0 20 0 1 0";
-        assert_eq!(parse_stat_ticks(stat), Some(325));
+        assert_eq!(parse_stat_ticks(stat), Some((250, 75)));
         assert_eq!(parse_stat_ticks("garbage"), None);
         assert_eq!(parse_schedstat_wait("5000 7000 3\n"), Some(7000));
         assert_eq!(parse_schedstat_wait("5000\n"), None);
@@ -344,5 +376,6 @@ mod tests {
         assert!(u[0].max_rss > 0);
         assert!(u[0].max_anon > 0 && u[0].max_anon <= u[0].max_rss);
         assert!(u[0].cpu > 0.0, "{u:?}");
+        assert!(u[0].kernel >= 0.0 && u[0].kernel <= u[0].cpu, "{u:?}");
     }
 }

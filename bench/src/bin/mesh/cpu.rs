@@ -33,7 +33,10 @@ pub fn lines(cells: &[Cell]) -> Vec<String> {
             shares.join("; ")
         ));
         let each: Vec<String> = group.iter().filter_map(|c| per_request(c)).collect();
-        out.push(format!("{head}, CPU time per request: {}", each.join("; ")));
+        out.push(format!(
+            "{head}, CPU time per request (in brackets, the part in the kernel): {}",
+            each.join("; ")
+        ));
     }
     out
 }
@@ -62,13 +65,18 @@ fn shares(c: &Cell) -> String {
     format!("{}: {}", c.kind.label(), parts.join(", "))
 }
 
-/// `eBPF: both proxies 48 µs, load generator 16 µs, server 11 µs`.
+/// `eBPF: both proxies 48.0 µs (24.0), load generator 16.0 µs (8.0), …`.
 fn per_request(c: &Cell) -> Option<String> {
     let rate = c.sample.throughput();
     if rate <= 0.0 {
         return None;
     }
-    let us = |cores: f64| format!("{:.1} µs", cores / rate * 1e6);
+    let cost = |label: &str, u: &[&Usage]| {
+        let us = |cores: f64| cores / rate * 1e6;
+        let cpu: f64 = u.iter().map(|u| u.cpu).sum();
+        let kernel: f64 = u.iter().map(|u| u.kernel).sum();
+        format!("{label} {:.1} µs ({:.1})", us(cpu), us(kernel))
+    };
     let mut parts = Vec::new();
     if !c.proxies.is_empty() {
         let label = if c.proxies.len() == 2 {
@@ -76,12 +84,10 @@ fn per_request(c: &Cell) -> Option<String> {
         } else {
             "proxies"
         };
-        parts.push(format!(
-            "{label} {}",
-            us(c.proxies.iter().map(|(_, u)| u.cpu).sum())
-        ));
+        let proxies: Vec<&Usage> = c.proxies.iter().map(|(_, u)| u).collect();
+        parts.push(cost(label, &proxies));
     }
-    parts.extend(c.apps.iter().map(|(l, u)| format!("{l} {}", us(u.cpu))));
+    parts.extend(c.apps.iter().map(|(l, u)| cost(l, &[u])));
     Some(format!("{}: {}", c.kind.label(), parts.join(", ")))
 }
 
@@ -93,7 +99,8 @@ mod tests {
     use std::time::Duration;
 
     /// One slice of `requests` in one second, with these CPU shares (each
-    /// process waited for a CPU half as long as it ran).
+    /// process waited for a CPU half as long as it ran, and spent a fifth of
+    /// its CPU in the kernel).
     fn cell(kind: Kind, load: Load, requests: u64, cpu: &[f64], machine: Machine) -> Cell {
         let proxies: &[(&'static str, u32)] = if kind == Kind::Direct {
             &[]
@@ -106,6 +113,7 @@ mod tests {
             .iter()
             .map(|&cpu| Usage {
                 cpu,
+                kernel: cpu / 5.0,
                 wait: cpu / 2.0,
                 ..Usage::default()
             })
@@ -161,9 +169,11 @@ mod tests {
         );
         assert_eq!(
             l[1],
-            "HTTP/1.1 maximum rate, CPU time per request: \
-             direct: load generator 20.0 µs, server 16.0 µs; \
-             eBPF: both proxies 50.0 µs, load generator 15.0 µs, server 10.0 µs"
+            "HTTP/1.1 maximum rate, CPU time per request \
+             (in brackets, the part in the kernel): \
+             direct: load generator 20.0 µs (4.0), server 16.0 µs (3.2); \
+             eBPF: both proxies 50.0 µs (10.0), load generator 15.0 µs (3.0), \
+             server 10.0 µs (2.0)"
         );
     }
 

@@ -96,6 +96,7 @@ impl Cell {
             total.max_rss = total.max_rss.max(u.max_rss);
             total.max_anon = total.max_anon.max(u.max_anon);
             total.cpu = mean(total.cpu, u.cpu);
+            total.kernel = mean(total.kernel, u.kernel);
             total.wait = mean(total.wait, u.wait);
         }
         let m = sampled.machine;
@@ -367,6 +368,7 @@ mod tests {
             max_rss: 5_000_000,
             max_anon: 1_000_000,
             cpu: 0.2,
+            kernel: 0.1,
             wait: 0.0,
         };
         c.add(
@@ -388,6 +390,7 @@ mod tests {
                     max_rss: 7_000_000,
                     max_anon: 2_000_000,
                     cpu: 0.4,
+                    kernel: 0.1,
                     wait: 0.0,
                 },
                 u,
@@ -406,6 +409,7 @@ mod tests {
         let (_, u) = cells[1].proxies[0];
         assert_eq!(u.max_rss, 7_000_000);
         assert!((u.cpu - 0.3).abs() < 1e-9);
+        assert!((u.kernel - 0.1).abs() < 1e-9);
         let t = table(&cells);
         let lines: Vec<&str> = t.lines().collect();
         assert_eq!(lines.len(), 5, "{t}");
