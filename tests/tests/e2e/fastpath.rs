@@ -115,7 +115,8 @@ fn capture_pushes_back_on_unread_connections() -> Result<()> {
 /// The fast path's known weakness, pinned down: `sk_msg` hands each write
 /// straight to the peer socket's queue and frees the writer's buffer, and
 /// the kernel (measured on 6.18) bounds that queue by no socket limit,
-/// only by the node's TCP memory and the receiver's memory cgroup. So
+/// only by the node's TCP memory (and, under cgroup v2, the receiver's
+/// memory cgroup). So
 /// neither the application nor whatever is on the far side of the proxy is
 /// ever pushed back. This is why the fast path is off by default and its
 /// flag warns (docs/security.md); if a kernel starts bounding the queue,
