@@ -165,11 +165,8 @@ async fn bad_transport_header_is_refused() {
 #[tokio::test]
 async fn unreachable_upstream_gets_502_with_reason() {
     // A port with nothing listening.
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
-    let p = support::plain_outbound(dead, |_| {}).await;
+    let dead = support::refusing();
+    let p = support::plain_outbound(dead.addr, |_| {}).await;
     let mut s = TcpStream::connect(p.outbound_addrs[0]).await.unwrap();
     s.write_all(b"GET / HTTP/1.1\r\nHost: web\r\n\r\n")
         .await

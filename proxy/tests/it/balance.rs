@@ -161,10 +161,8 @@ async fn dead_endpoint_is_failed_over_and_probed_back() {
 #[tokio::test]
 async fn tcp_connect_fails_over_to_a_live_endpoint() {
     let live = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let refused = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = crate::support::refusing();
+    let refused = refusing.addr;
     let endpoints = vec![
         Endpoint::plain(refused),
         Endpoint::plain(live.local_addr().unwrap()),

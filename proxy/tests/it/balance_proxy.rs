@@ -136,10 +136,8 @@ async fn tcp_namer(name: &'static str) -> SocketAddr {
 #[tokio::test]
 async fn opaque_tcp_connections_fail_over_from_a_dead_endpoint() {
     use tokio::io::AsyncReadExt;
-    let dead = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = support::refusing();
+    let dead = refusing.addr;
     let live = tcp_namer("live").await;
     let proxy = proxy_to(vec![dead, live], true).await;
     for _ in 0..30 {

@@ -164,10 +164,8 @@ async fn followed_destinations_are_bounded() {
 
 /// A channel to a controller address where nothing listens.
 fn unreachable_controller() -> tonic::transport::Channel {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Leaked: the channel dials it for as long as the test runs.
+    let port = Box::leak(Box::new(crate::support::refusing())).addr;
     tonic::transport::Endpoint::from_shared(format!("http://{port}"))
         .unwrap()
         .connect_lazy()

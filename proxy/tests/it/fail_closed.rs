@@ -19,10 +19,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// through a controller nobody answers for.
 async fn proxy_without_controller(dst: SocketAddr, tweak: impl Fn(&mut Config)) -> Running {
     support::init_tracing();
-    let nobody = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
+    // Leaked: the proxy keeps dialling the controller for as long as the
+    // test runs.
+    let nobody = Box::leak(Box::new(support::refusing())).addr;
     let channel = tonic::transport::Endpoint::from_shared(format!("http://{nobody}"))
         .unwrap()
         .connect_lazy();

@@ -122,11 +122,8 @@ pub fn classified(page: &str, direction: &str) -> (f64, f64) {
 async fn an_unreachable_application_is_unavailable_to_a_grpc_client() {
     // Nothing listens where the application should be: the inbound proxy
     // cannot connect, and answers for it.
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mesh = Mesh::start(dead).await;
+    let dead = crate::support::refusing();
+    let mesh = Mesh::start(dead.addr).await;
     let mut c = client(&mesh).await;
     for _ in 0..2 {
         let err = c.unary(msg("hi", 0)).await.unwrap_err();

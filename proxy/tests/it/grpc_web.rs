@@ -62,11 +62,8 @@ async fn grpc_web_calls_are_classified_by_the_trailers_frame() {
 /// response of gRPC-Web's content type.
 #[tokio::test]
 async fn an_unreachable_application_is_unavailable_to_a_grpc_web_client() {
-    let dead = std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap();
-    let mesh = Mesh::start(dead).await;
+    let dead = crate::support::refusing();
+    let mesh = Mesh::start(dead.addr).await;
     let mut c = web_client(mesh.entry());
     let err = c.unary(msg("hi", 0)).await.unwrap_err();
     eprintln!("the gRPC-Web client sees: {err:?}");

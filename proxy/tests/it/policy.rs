@@ -503,10 +503,8 @@ async fn before_any_policy_the_configured_default_applies() {
     let ca = TestCa::new("mesh").unwrap();
     let app = app().await;
     // A controller address where nobody answers.
-    let closed = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = support::refusing();
+    let closed = refusing.addr;
     let dir = tempfile::tempdir().unwrap();
     let server = server_proxy_following(&ca, app.addr, closed, dir.path()).await;
     let fe = client_proxy(&ca, &server, app.addr, FRONTEND).await;
@@ -733,10 +731,8 @@ async fn plugin_down_or_slow_follows_its_failure_mode_within_its_timeout() {
     let ca = TestCa::new("mesh").unwrap();
     let app = app().await;
     let plugin_addr = plugin::start().await;
-    let down: SocketAddr = {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        l.local_addr().unwrap()
-    };
+    let refusing = support::refusing();
+    let down = refusing.addr;
     let dir = tempfile::tempdir().unwrap();
     for (addr, headers, failure, want) in [
         (down, &[][..], "closed", 403),

@@ -22,6 +22,45 @@ pub fn init_tracing() {
         .try_init();
 }
 
+/// A loopback address where nothing listens, and nothing will while this
+/// lives: a socket bound to an ephemeral port without listening
+/// (connections to it are refused) and without `SO_REUSEADDR` (no other
+/// bind, ephemeral or not, can take the port). Binding a listener and
+/// dropping it leaves the port free for the next ephemeral bind: once a
+/// proxy's own listener got it, and the test saw another error.
+pub struct Refusing {
+    _socket: socket2::Socket,
+    pub addr: SocketAddr,
+}
+
+pub fn refusing() -> Refusing {
+    use socket2::{Domain, Socket, Type};
+    let socket = Socket::new(Domain::IPV4, Type::STREAM, None).expect("a TCP socket");
+    socket
+        .bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into())
+        .expect("binding an ephemeral loopback port");
+    let addr = socket
+        .local_addr()
+        .ok()
+        .and_then(|a| a.as_socket())
+        .expect("the bound address");
+    Refusing {
+        _socket: socket,
+        addr,
+    }
+}
+
+#[test]
+fn a_refusing_address_refuses_and_keeps_its_port() {
+    let r = refusing();
+    let err = std::net::TcpStream::connect(r.addr).unwrap_err();
+    assert_eq!(err.kind(), std::io::ErrorKind::ConnectionRefused, "{err}");
+    assert!(
+        std::net::TcpListener::bind(r.addr).is_err(),
+        "the port stays taken"
+    );
+}
+
 pub struct Mesh {
     pub outbound: Running,
     pub inbound: Running,
