@@ -2,8 +2,8 @@
 //! (`VmRSS`, `VmHWM`, and `RssAnon`: the private part, heap and stacks,
 //! without the code pages every copy of a binary shares), CPU time (`utime`
 //! and `stime` of `/proc/<pid>/stat`), the whole machine's idle and stolen
-//! time (`/proc/stat`), and a sampler
-//! that follows a few processes and the machine during a measurement.
+//! time (`/proc/stat`), and a sampler that follows a few processes and the
+//! machine during a measurement.
 
 use anyhow::{Context, Result};
 use conduit_base::sync::Unpoisoned;
@@ -266,37 +266,28 @@ impl Sampler {
             (Some(a), Some(b)) => b.saturating_sub(a).as_secs_f64() / wall,
             _ => 0.0,
         };
-        let times: Vec<(f64, f64, f64)> = self
+        let mut usage: Vec<Usage> = self
             .pids
             .iter()
             .zip(self.cpu_start.into_iter().zip(self.wait_start))
             .map(|(&pid, (cpu, wait))| {
                 let now = cpu_times(pid).ok();
-                (
-                    share(cpu.map(CpuTimes::total), now.map(CpuTimes::total)),
-                    share(cpu.map(|c| c.kernel), now.map(|c| c.kernel)),
-                    share(wait, run_queue_wait(pid).ok()),
-                )
+                Usage {
+                    cpu: share(cpu.map(CpuTimes::total), now.map(CpuTimes::total)),
+                    kernel: share(cpu.map(|c| c.kernel), now.map(|c| c.kernel)),
+                    wait: share(wait, run_queue_wait(pid).ok()),
+                    ..Usage::default()
+                }
             })
             .collect();
         self.stop.store(true, Ordering::Relaxed);
         let _ = self.thread.join();
-        let mut max = self.max.locked().clone();
-        for (slot, &pid) in max.iter_mut().zip(&self.pids) {
-            let v = memory(pid);
-            *slot = (slot.0.max(v.0), slot.1.max(v.1));
+        let max = self.max.locked().clone();
+        for ((u, (rss, anon)), &pid) in usage.iter_mut().zip(max).zip(&self.pids) {
+            let (rss_now, anon_now) = memory(pid);
+            u.max_rss = rss.max(rss_now);
+            u.max_anon = anon.max(anon_now);
         }
-        let usage = times
-            .into_iter()
-            .zip(max)
-            .map(|((cpu, kernel, wait), (max_rss, max_anon))| Usage {
-                max_rss,
-                max_anon,
-                cpu,
-                kernel,
-                wait,
-            })
-            .collect();
         Sampled { usage, machine }
     }
 }
