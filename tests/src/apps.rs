@@ -4,7 +4,7 @@
 
 use crate::bins;
 use crate::env::{Env, PROXY_UID};
-use crate::process::Process;
+use crate::process::{Process, Spawn};
 use crate::report::{
     ClientOutcome, ClientReport, FloodReport, ProxyEvent, Reply, ServerEvent, Side,
 };
@@ -74,45 +74,46 @@ pub fn client_as(env: &Env, pod: &str, addr: SocketAddr, uid: Option<u32>) -> Re
     if let Some(uid) = uid {
         spawn = spawn.user(uid, uid);
     }
-    let done = spawn
-        .args([
-            "client",
-            "--connect",
-            &addr.to_string(),
-            "--send",
-            &format!("hello from {pod}"),
-        ])
-        .quiet()
-        .run(Duration::from_secs(15))?;
+    let spawn = spawn.args([
+        "client",
+        "--connect",
+        &addr.to_string(),
+        "--send",
+        &format!("hello from {pod}"),
+    ]);
+    last_report(spawn, Duration::from_secs(15), "client")
+}
+
+/// Runs a test application to its end and parses the JSON report of its
+/// last stdout line.
+fn last_report<T: serde::de::DeserializeOwned>(
+    spawn: Spawn,
+    timeout: Duration,
+    what: &str,
+) -> Result<T> {
+    let done = spawn.quiet().run(timeout)?;
     let line = done
         .stdout()
         .last()
         .ok_or_else(|| {
             anyhow!(
-                "the client printed nothing ({}): {}",
+                "the {what} printed nothing ({}): {}",
                 done.status,
                 done.stderr()
             )
         })?
         .to_owned();
-    serde_json::from_str(&line).with_context(|| format!("client output: {line}"))
+    serde_json::from_str(&line).with_context(|| format!("{what} output: {line}"))
 }
 
 /// Runs the test application's `flood` in `pod` against `addr`: how many
 /// bytes a connection whose peer never reads takes before it pushes back.
 pub fn flood(env: &Env, pod: &str, addr: SocketAddr, limit: u64) -> Result<FloodReport> {
-    let done = env
+    let spawn = env
         .spawn(pod, "app", bins::find(bins::TEST_APP)?)?
         .args(["flood", "--connect", &addr.to_string()])
-        .args(["--limit", &limit.to_string()])
-        .quiet()
-        .run(FLOOD_TIMEOUT)?;
-    let line = done
-        .stdout()
-        .last()
-        .ok_or_else(|| anyhow!("flood printed nothing ({}): {}", done.status, done.stderr()))?
-        .to_owned();
-    serde_json::from_str(&line).with_context(|| format!("flood output: {line}"))
+        .args(["--limit", &limit.to_string()]);
+    last_report(spawn, FLOOD_TIMEOUT, "flood")
 }
 
 /// The other direction of [`flood`]: `flood --listen` in `server_pod` on
